@@ -1,0 +1,4 @@
+from iml_genomics.cli import main
+
+if __name__ == "__main__":
+    main()

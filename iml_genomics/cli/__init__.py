@@ -1,0 +1,78 @@
+"""Command line: a thin click layer over the core.
+
+Subcommands live in their own modules and are imported only when invoked,
+so ``iml-genomics --help`` starts fast. Errors of the
+:class:`~iml_genomics.errors.IMLGenomicsError` family become one line on
+stderr and their exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from iml_genomics import __version__
+
+# name -> "module:function"; each module defines one click command.
+SUBCOMMANDS = {
+    "train": "iml_genomics.cli.train:train",
+    "explain": "iml_genomics.cli.explain:explain",
+    "select": "iml_genomics.cli.select:select",
+    "report": "iml_genomics.cli.report:report",
+    "simulate": "iml_genomics.cli.simulate:simulate",
+    "evaluate": "iml_genomics.cli.evaluate:evaluate",
+    "run": "iml_genomics.cli.run:run",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx):
+        return [name for name, target in SUBCOMMANDS.items() if _module_exists(target)]
+
+    def get_command(self, ctx, name):
+        target = SUBCOMMANDS.get(name)
+        if target is None or not _module_exists(target):
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx):
+        from iml_genomics.errors import IMLGenomicsError
+
+        try:
+            return super().invoke(ctx)
+        except IMLGenomicsError as exc:
+            sub = ctx.invoked_subcommand or "iml-genomics"
+            message = " ".join(str(exc).split())  # always one line
+            click.echo(f"iml-genomics {sub}: error: {message}", err=True)
+            ctx.exit(exc.exit_code)
+        except MemoryError:
+            click.echo("iml-genomics: error: out of memory; run on a larger machine, lower --jobs, "
+                       "or reduce the genes (preprocess.top_k_variable).", err=True)
+            ctx.exit(3)
+
+
+def _module_exists(target: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="iml-genomics")
+def main():
+    """From an expression cohort to ranked, error-controlled, pathway-level biomarkers.
+
+    \b
+    Steps: train -> explain -> select -> report (or all of them with `run`).
+    Each step reads files, writes a directory with provenance.json, and can be
+    one Snakemake rule. See `iml-genomics COMMAND --help`.
+    """
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

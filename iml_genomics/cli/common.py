@@ -1,0 +1,76 @@
+"""Options and glue shared by subcommands: config overrides and cohort loading."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+
+def cohort_options(func):
+    """--config, --expression, --labels and the reader options, as one decorator."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help="YAML config (docs/config.md); defaults when omitted."),
+        click.option("--expression", required=True, type=click.Path(dir_okay=False),
+                     help="Expression matrix: CSV/TSV[.gz], Parquet or .h5ad."),
+        click.option("--labels", type=click.Path(dir_okay=False), default=None,
+                     help="Labels table (CSV/TSV); omit to read --label-column from the .h5ad obs."),
+        click.option("--label-column", default=None, help="Outcome column [config data.label_column]."),
+        click.option("--sample-id-column", default=None, help="Sample id column of --labels [first column]."),
+        click.option("--genes-as-rows", is_flag=True, default=None,
+                     help="Matrix has genes as rows, samples as columns (GEO/TCGA layout)."),
+        click.option("--layer", default=None, help="AnnData layer to read instead of X."),
+        click.option("--drop-unmatched", is_flag=True, default=None,
+                     help="Keep only samples present in both matrix and labels."),
+        click.option("--seed", type=int, default=None, help="Seed of every random step [config seed]."),
+        click.option("--jobs", "n_jobs", type=int, default=None,
+                     help="Parallel workers, -1 = all cores [config n_jobs]; results do not depend on it."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def resolve_config(config_path, *, overrides: dict):
+    """Load the YAML config and apply command-line overrides (dotted keys)."""
+    from iml_genomics.config import load_config
+
+    cfg = load_config(config_path)
+    for key, value in overrides.items():
+        if key == "data.orientation" and value:
+            value = "genes_x_samples"
+        elif key == "data.orientation":
+            value = None
+        cfg.override(key, value)
+    return cfg
+
+
+def common_overrides(opts: dict) -> dict:
+    """Map the shared CLI options onto config keys."""
+    return {
+        "data.label_column": opts.get("label_column"),
+        "data.sample_id_column": opts.get("sample_id_column"),
+        "data.orientation": opts.get("genes_as_rows"),
+        "data.layer": opts.get("layer"),
+        "data.drop_unmatched": opts.get("drop_unmatched"),
+        "seed": opts.get("seed"),
+        "n_jobs": opts.get("n_jobs"),
+    }
+
+
+def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True):
+    """Read the cohort as the config says."""
+    from iml_genomics.io import load_cohort
+
+    return load_cohort(expression, labels=labels, label_column=cfg.data.label_column,
+                       sample_id_column=cfg.data.sample_id_column,
+                       genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
+                       drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
+                       require_labels=require_labels)
+
+
+def out_option(func):
+    return click.option("--out", required=True, type=click.Path(file_okay=False),
+                        help="Output directory (created; files are written atomically).")(func)

@@ -1,0 +1,159 @@
+"""One validated cohort: expression matched to labels by sample id.
+
+The cohort is an :class:`anndata.AnnData` (X samples x genes, ``obs`` the
+label table aligned to the matrix, ``var`` indexed by gene id), the common
+currency of every subcommand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from iml_genomics.errors import InputDataError
+from iml_genomics.io.readers import read_expression, read_labels
+
+
+def _few(ids, n: int = 5) -> str:
+    ids = list(ids)
+    shown = ", ".join(f"'{i}'" for i in ids[:n])
+    return shown + (", ..." if len(ids) > n else "")
+
+
+def load_cohort(expression: str | Path, *, labels: str | Path | None, label_column: str | None,
+                sample_id_column: str | None = None, genes_as_rows: bool = False,
+                layer: str | None = None, drop_unmatched: bool = False,
+                covariates: list[str] | None = None, require_labels: bool = True):
+    """Read an expression matrix and its labels, matched by sample id.
+
+    Parameters
+    ----------
+    expression : path
+        Expression matrix (CSV/TSV[.gz], Parquet, .h5ad).
+    labels : path or None
+        Labels table; when None the labels come from the ``.h5ad`` obs.
+    label_column : str or None
+        Outcome column. May be None only when ``require_labels`` is False.
+    sample_id_column, genes_as_rows, layer
+        Passed to the readers.
+    drop_unmatched : bool
+        Keep the samples present in both files instead of failing.
+    covariates : list of str, optional
+        Label-table columns to carry along (fixed covariates).
+    require_labels : bool
+        Whether the cohort must have an outcome (``train``, ``select``) or may
+        be unlabelled (``explain`` of new samples).
+
+    Returns
+    -------
+    anndata.AnnData
+        X float64 (dense or CSR), obs aligned to the matrix order, with the
+        source paths in ``uns['sources']``.
+    """
+    import anndata as ad
+
+    X, sample_ids, gene_ids, obs = read_expression(expression, genes_as_rows=genes_as_rows, layer=layer)
+    obs_frame = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
+    if label_column is None:
+        if require_labels:
+            raise InputDataError(f"{labels or expression}: no label column given. Pass --label-column COL "
+                                 f"(or set data.label_column in the config).")
+    else:
+        if labels is None:
+            if obs is None:
+                raise InputDataError(f"{expression}: no labels file given and the matrix has no sample metadata. "
+                                     f"Pass --labels FILE (or use an .h5ad with the column in obs).")
+            label_source = Path(expression)
+            obs.index = obs.index.astype(str)
+            table = obs
+            missing = [c for c in [label_column, *(covariates or [])] if c not in table.columns]
+            if missing:
+                raise InputDataError(f"{expression}: label column '{missing[0]}' not found in obs; available columns: "
+                                     f"{', '.join(map(str, table.columns)) or 'none'}. Pass one with --label-column.")
+        else:
+            label_source = Path(labels)
+            table = read_labels(labels, label_column=label_column, sample_id_column=sample_id_column,
+                                extra_columns=covariates)
+        matrix_set, label_set = set(sample_ids), set(table.index)
+        only_matrix = [s for s in sample_ids if s not in label_set]
+        only_labels = [s for s in table.index if s not in matrix_set]
+        if (only_matrix or only_labels) and not drop_unmatched:
+            parts = []
+            if only_labels:
+                parts.append(f"{len(only_labels)} sample(s) in labels not in the matrix ({_few(only_labels)})")
+            if only_matrix:
+                parts.append(f"{len(only_matrix)} sample(s) in the matrix not in labels ({_few(only_matrix)})")
+            raise InputDataError(f"{label_source}: sample ids do not match {expression}: {'; '.join(parts)}. "
+                                 f"Fix the ids, or pass --drop-unmatched to keep only the shared samples.")
+        keep = [i for i, s in enumerate(sample_ids) if s in label_set]
+        if not keep:
+            raise InputDataError(f"{label_source}: no sample id is shared with {expression}; "
+                                 f"check --genes-as-rows and the sample id column.")
+        if len(keep) < len(sample_ids):
+            X = X[keep]
+            sample_ids = [sample_ids[i] for i in keep]
+        obs_frame = table.loc[sample_ids].copy()
+        obs_frame.index.name = "sample_id"
+        values = obs_frame[label_column]
+        missing = values.isna() | (values.astype(str).str.strip() == "")
+        if missing.any():
+            raise InputDataError(f"{label_source}: {int(missing.sum())} sample(s) have no value in label column "
+                                 f"'{label_column}' ({_few(values.index[missing])}). Fill them in or remove those samples.")
+    adata = ad.AnnData(X=X if sparse.issparse(X) else np.ascontiguousarray(X), obs=obs_frame,
+                       var=pd.DataFrame(index=pd.Index(gene_ids, name="gene_id")))
+    adata.uns["sources"] = {"expression": str(expression), "labels": str(labels) if labels else None}
+    return adata
+
+
+def infer_task(y: pd.Series, requested: str = "auto") -> str:
+    """'classification' or 'regression' from the label values.
+
+    Numeric labels with more than 10 distinct values, or non-integer values,
+    are treated as continuous; everything else as classes.
+    """
+    if requested != "auto":
+        return requested
+    numeric = pd.to_numeric(y, errors="coerce")
+    if numeric.notna().all():
+        n_unique = numeric.nunique()
+        if n_unique > 10 or not np.allclose(numeric, np.round(numeric)):
+            return "regression"
+    return "classification"
+
+
+def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, column: str):
+    """Validate the outcome for cross-validation and return it as an array.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        float64 for regression; the class labels (str) for classification.
+    classes : list of str or None
+        Sorted class names for classification.
+    """
+    if task == "regression":
+        numeric = pd.to_numeric(y, errors="coerce")
+        if numeric.isna().any():
+            bad = y[numeric.isna()]
+            raise InputDataError(f"{source}: label column '{column}' must be numeric for regression; sample "
+                                 f"'{bad.index[0]}' has {bad.iloc[0]!r}. Set task: classification or fix the value.")
+        if numeric.nunique() < 2:
+            raise InputDataError(f"{source}: label column '{column}' is constant; there is nothing to predict.")
+        if len(numeric) < n_splits:
+            raise InputDataError(f"{source}: {len(numeric)} samples is fewer than the {n_splits} CV folds; "
+                                 f"lower cv.n_splits (--cv-folds).")
+        return numeric.to_numpy(dtype=np.float64), None
+    labels = y.astype(str).str.strip()
+    counts = labels.value_counts()
+    if len(counts) < 2:
+        raise InputDataError(f"{source}: label column '{column}' has a single class ('{counts.index[0]}'); "
+                             f"classification needs at least two.")
+    small = counts[counts < n_splits]
+    if len(small):
+        raise InputDataError(f"{source}: class '{small.index[0]}' of column '{column}' has {int(small.iloc[0])} "
+                             f"sample(s), fewer than the {n_splits} CV folds; lower cv.n_splits (--cv-folds) "
+                             f"or merge/remove that class.")
+    return labels.to_numpy(dtype=object), sorted(counts.index)

@@ -1,0 +1,333 @@
+"""Readers for expression matrices and label tables.
+
+Every reader returns data keyed by identifiers (sample ids, gene ids) so
+that samples are matched by id, never by position. Problems raise
+:class:`~iml_genomics.errors.InputDataError` with a one-line message naming
+the file, the row/column and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from iml_genomics.errors import InputDataError
+
+TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+MATRIX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq", ".h5ad")
+
+
+def detect_format(path: Path) -> str:
+    """Return 'csv', 'tsv', 'parquet' or 'h5ad' from the file name."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix
+    if suffix in (".csv",):
+        return "csv"
+    if suffix in (".tsv", ".txt"):
+        return "tsv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".h5ad":
+        return "h5ad"
+    raise InputDataError(
+        f"{path}: unknown file format '{path.suffix or path.name}'. Use one of "
+        f"{', '.join(MATRIX_SUFFIXES)} (CSV/TSV may be gzipped).")
+
+
+def check_readable(path: str | Path, what: str) -> Path:
+    """Return ``path`` as a Path, or raise if it is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: {what} file not found. Check the path.")
+    if not path.is_file():
+        raise InputDataError(f"{path}: {what} path is not a file.")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise InputDataError(f"{path}: cannot read {what} file ({exc.strerror}).") from None
+    return path
+
+
+def _open_text(path: Path):
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _first_duplicate(ids) -> str | None:
+    seen = set()
+    for i in ids:
+        if i in seen:
+            return i
+        seen.add(i)
+    return None
+
+
+def _read_text_matrix(path: Path, sep: str) -> pd.DataFrame:
+    # pandas silently renames duplicate header names ('g1' -> 'g1.1'), so the
+    # header is read with the csv module first to see the ids as written.
+    try:
+        with _open_text(path) as fh:
+            header = next(csv.reader(fh, delimiter=sep), None)
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise InputDataError(f"{path}: cannot read matrix ({exc}). Is the file complete and in the format its name says?") from None
+    if not header or len(header) < 2:
+        raise InputDataError(f"{path}: empty matrix (no header with identifiers). Check the file and its delimiter "
+                             f"({'comma' if sep == ',' else 'tab'} expected for this extension).")
+    try:
+        frame = pd.read_csv(path, sep=sep, index_col=0, header=0, dtype=str, keep_default_na=False,
+                            na_filter=False, engine="c")
+    except (pd.errors.ParserError, ValueError, OSError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().splitlines()[-1]
+        raise InputDataError(f"{path}: cannot parse matrix ({msg}). Check the delimiter and that every row has the same number of fields.") from None
+    # R's write.table omits the corner cell, so the header may be one field short.
+    col_ids = [c.strip() for c in (header[1:] if len(header) - 1 == frame.shape[1] else header)]
+    frame.index = frame.index.astype(str).str.strip()
+    frame.attrs["column_header"] = col_ids
+    return frame
+
+
+def _to_numeric(frame: pd.DataFrame, path: Path, row_kind: str, col_kind: str) -> np.ndarray:
+    """Convert string cells to float64, naming the first non-numeric cell."""
+    values = frame.to_numpy(dtype=object)
+    # Empty strings and the usual NA spellings become NaN so they are counted
+    # as missing values (with location) rather than as unparsable text.
+    na_tokens = {"", "NA", "NaN", "nan", "N/A", "NULL", "null"}
+    flat = values.ravel()
+    out = np.empty(flat.shape, dtype=np.float64)
+    try:
+        out[:] = pd.to_numeric(pd.Series(flat).replace(list(na_tokens), np.nan), errors="raise").to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        parsed = pd.to_numeric(pd.Series(flat).replace(list(na_tokens), np.nan), errors="coerce").to_numpy()
+        bad = np.flatnonzero(np.isnan(parsed) & ~pd.Series(flat).isin(na_tokens).to_numpy())
+        r, c = np.unravel_index(bad[0], values.shape)
+        raise InputDataError(
+            f"{path}: non-numeric value {str(values[r, c])!r} at {row_kind} '{frame.index[r]}', "
+            f"{col_kind} '{frame.columns[c]}' ({bad.size} such cells). Expression values must be numbers.") from None
+    return out.reshape(values.shape)
+
+
+def read_expression(path: str | Path, *, genes_as_rows: bool = False, layer: str | None = None):
+    """Read an expression matrix as samples x genes.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV/TSV (optionally gzipped), Parquet or AnnData ``.h5ad``.
+    genes_as_rows : bool
+        The file has genes as rows and samples as columns (GEO/TCGA layout).
+    layer : str, optional
+        For ``.h5ad``: read this layer instead of ``X``.
+
+    Returns
+    -------
+    X : numpy.ndarray or scipy.sparse.csr_matrix
+        float64 values, samples x genes.
+    sample_ids, gene_ids : list of str
+    obs : pandas.DataFrame or None
+        Sample metadata from an ``.h5ad`` file (for labels taken from obs).
+    """
+    path = check_readable(path, "expression")
+    fmt = detect_format(path)
+    obs = None
+    row_kind, col_kind = ("gene", "sample") if genes_as_rows else ("sample", "gene")
+    if fmt in ("csv", "tsv"):
+        frame = _read_text_matrix(path, "," if fmt == "csv" else "\t")
+        col_ids = frame.attrs["column_header"]
+        if frame.shape[0] == 0 or frame.shape[1] == 0:
+            raise InputDataError(f"{path}: empty matrix ({frame.shape[0]} rows x {frame.shape[1]} columns). "
+                                 f"The file needs a header of {col_kind} ids and one row per {row_kind}.")
+        _check_unique(col_ids, path, col_kind)
+        _check_unique(list(frame.index), path, row_kind)
+        frame.columns = col_ids
+        X = _to_numeric(frame, path, row_kind, col_kind)
+        row_ids, col_ids = list(frame.index), list(col_ids)
+    elif fmt == "parquet":
+        X, row_ids, col_ids = _read_parquet(path, row_kind, col_kind)
+    else:
+        X, row_ids, col_ids, obs = _read_h5ad(path, layer)
+        row_kind, col_kind = "sample", "gene"
+        if genes_as_rows:
+            raise InputDataError(f"{path}: --genes-as-rows does not apply to .h5ad files (AnnData is always "
+                                 f"observations x variables). Drop the option or set orientation: samples_x_genes.")
+    if genes_as_rows:
+        X = X.T.copy()
+        row_ids, col_ids = col_ids, row_ids
+    sample_ids, gene_ids = [str(s) for s in row_ids], [str(g) for g in col_ids]
+    check_values(X, path, sample_ids, gene_ids)
+    return X, sample_ids, gene_ids, obs
+
+
+def _check_unique(ids: list, path: Path, kind: str) -> None:
+    dup = _first_duplicate(ids)
+    if dup is not None:
+        n = len(ids) - len(set(ids))
+        raise InputDataError(f"{path}: duplicate {kind} id '{dup}' ({n} duplicated {kind} ids). "
+                             f"{kind.capitalize()} ids must be unique: aggregate or rename them.")
+
+
+def _read_parquet(path: Path, row_kind: str, col_kind: str):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise InputDataError(f"{path}: cannot read Parquet file ({str(exc).splitlines()[0]}).") from None
+    names = list(table.column_names)
+    meta = table.schema.pandas_metadata or {}
+    index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
+    if index_cols:
+        id_col = index_cols[0]
+    elif names:
+        id_col = names[0]
+    else:
+        raise InputDataError(f"{path}: empty matrix (no columns).")
+    value_cols = [c for c in names if c != id_col]
+    if table.num_rows == 0 or not value_cols:
+        raise InputDataError(f"{path}: empty matrix ({table.num_rows} rows x {len(value_cols)} value columns).")
+    _check_unique(value_cols, path, col_kind)
+    row_ids = [str(v) for v in table.column(id_col).to_pylist()]
+    _check_unique(row_ids, path, row_kind)
+    X = np.empty((table.num_rows, len(value_cols)), dtype=np.float64)
+    import pyarrow.types as pat
+
+    for j, name in enumerate(value_cols):
+        col = table.column(name)
+        if pat.is_integer(col.type) or pat.is_floating(col.type) or pat.is_null(col.type):
+            X[:, j] = col.to_numpy(zero_copy_only=False)
+        else:
+            parsed = pd.to_numeric(pd.Series(col.to_pylist()), errors="coerce").to_numpy(dtype=float)
+            raw = col.to_pylist()
+            bad = [i for i, (p, r) in enumerate(zip(parsed, raw)) if np.isnan(p) and r not in (None, "")]
+            if bad:
+                raise InputDataError(f"{path}: non-numeric value {raw[bad[0]]!r} at {row_kind} '{row_ids[bad[0]]}', "
+                                     f"{col_kind} '{name}' (column type {col.type}). Expression values must be numbers.")
+            X[:, j] = parsed
+    return X, row_ids, value_cols
+
+
+def _read_h5ad(path: Path, layer: str | None):
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for corrupt files
+        raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}).") from None
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputDataError(f"{path}: empty matrix ({adata.n_obs} observations x {adata.n_vars} variables).")
+    _check_unique(list(adata.var_names), path, "gene")
+    _check_unique(list(adata.obs_names), path, "sample")
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputDataError(f"{path}: layer '{layer}' not found; available layers: "
+                                 f"{', '.join(adata.layers.keys()) or 'none'}. Use --layer with one of them or omit it for X.")
+        X = adata.layers[layer]
+    else:
+        X = adata.X
+    if sparse.issparse(X):
+        X = sparse.csr_matrix(X, dtype=np.float64)
+    else:
+        X = np.asarray(X, dtype=np.float64)
+    return X, list(adata.obs_names), list(adata.var_names), adata.obs.copy()
+
+
+def check_values(X, path: Path, sample_ids: list[str], gene_ids: list[str]) -> None:
+    """Fail on NaN or infinite values, giving their count and first location."""
+    data = X.data if sparse.issparse(X) else X
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if sparse.issparse(X):
+            coo = X.tocoo()
+            k = int(np.flatnonzero(~np.isfinite(coo.data))[0])
+            r, c = coo.row[k], coo.col[k]
+        else:
+            r, c = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), X.shape)
+        raise InputDataError(f"{path}: {n_bad} missing (NaN) or infinite values; first at sample '{sample_ids[r]}', "
+                             f"gene '{gene_ids[c]}'. Impute or remove them before running.")
+
+
+def read_table(path: str | Path, what: str = "labels") -> pd.DataFrame:
+    """Read a CSV/TSV (optionally gzipped) table with all columns as strings."""
+    path = check_readable(path, what)
+    fmt = detect_format(path)
+    if fmt not in ("csv", "tsv"):
+        raise InputDataError(f"{path}: {what} must be a CSV or TSV table (or give an .h5ad expression file "
+                             f"and take labels from its obs).")
+    try:
+        frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no data"
+        raise InputDataError(f"{path}: cannot parse {what} table ({msg}).") from None
+    if frame.shape[1] == 0:
+        raise InputDataError(f"{path}: {what} table is empty.")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | None = None,
+                extra_columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a labels table indexed by sample id.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV/TSV table, or an ``.h5ad`` file whose ``obs`` holds the column.
+    label_column : str
+        Column with the outcome.
+    sample_id_column : str, optional
+        Column with sample ids; the first column when not given (ignored for
+        ``.h5ad``, whose obs names are the ids).
+    extra_columns : list of str, optional
+        Further columns that must exist (covariates).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by sample id (str); the label column has NaN for missing values.
+    """
+    path = check_readable(path, "labels")
+    if detect_format(path) == "h5ad":
+        import anndata as ad
+
+        try:
+            frame = ad.read_h5ad(path, backed="r").obs.copy()
+        except Exception as exc:
+            raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}).") from None
+        frame.index = frame.index.astype(str)
+        return _check_label_frame(frame, path, label_column, extra_columns, id_desc="obs names")
+    frame = read_table(path, "labels")
+    if sample_id_column is None:
+        sample_id_column = frame.columns[0]
+    elif sample_id_column not in frame.columns:
+        raise InputDataError(f"{path}: sample id column '{sample_id_column}' not found; available columns: "
+                             f"{', '.join(frame.columns)}.")
+    ids = frame[sample_id_column].str.strip()
+    dup = _first_duplicate(list(ids))
+    if dup is not None:
+        raise InputDataError(f"{path}: duplicate sample id '{dup}' in column '{sample_id_column}'. "
+                             f"Each sample must appear once in the labels table.")
+    frame = frame.drop(columns=[sample_id_column]).set_index(ids)
+    frame.index.name = "sample_id"
+    frame = frame.replace({"": np.nan, "NA": np.nan, "NaN": np.nan, "nan": np.nan})
+    return _check_label_frame(frame, path, label_column, extra_columns, id_desc=f"column '{sample_id_column}'")
+
+
+def _check_label_frame(frame: pd.DataFrame, path: Path, label_column: str,
+                       extra_columns: list[str] | None, id_desc: str) -> pd.DataFrame:
+    for col in [label_column, *(extra_columns or [])]:
+        if col not in frame.columns:
+            near = [c for c in frame.columns]
+            raise InputDataError(f"{path}: label column '{col}' not found; available columns: "
+                                 f"{', '.join(map(str, near)) or 'none'} (sample ids from {id_desc}). "
+                                 f"Pass one of them with --label-column.")
+    return frame

@@ -1,0 +1,352 @@
+"""Model registry, leakage-free cross-validation and safe model bundles."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+
+from iml_genomics.errors import BundleError, ConfigError
+from iml_genomics.parallel import parallel_map
+from iml_genomics.preprocess import make_preprocessing_steps
+
+# ---------------------------------------------------------------------------
+# Registry: one entry per config name, each a (classifier, regressor) builder.
+# Builders take (seed, params) and return an unfitted estimator.
+# ---------------------------------------------------------------------------
+
+
+def _l1_logistic(seed, params):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(**{"l1_ratio": 1.0, "C": 1.0, "solver": "saga", "max_iter": 5000, "tol": 1e-4,
+                                 "random_state": seed, **params})
+
+
+def _enet_logistic(seed, params):
+    return _l1_logistic(seed, {"l1_ratio": 0.5, **params})
+
+
+def _lasso(seed, params):
+    from sklearn.linear_model import Lasso
+
+    return Lasso(**{"alpha": 0.05, "max_iter": 10000, "random_state": seed, **params})
+
+
+def _enet(seed, params):
+    from sklearn.linear_model import ElasticNet
+
+    return ElasticNet(**{"alpha": 0.05, "l1_ratio": 0.5, "max_iter": 10000, "random_state": seed, **params})
+
+
+def _forest(cls_name):
+    def build(seed, params, *, regression):
+        import sklearn.ensemble as ens
+
+        cls = getattr(ens, cls_name + ("Regressor" if regression else "Classifier"))
+        return cls(**{"n_estimators": 300, "random_state": seed, "n_jobs": 1, **params})
+
+    return (lambda s, p: build(s, p, regression=False), lambda s, p: build(s, p, regression=True))
+
+
+def _gboost():
+    def build(seed, params, *, regression):
+        import sklearn.ensemble as ens
+
+        cls = ens.GradientBoostingRegressor if regression else ens.GradientBoostingClassifier
+        return cls(**{"n_estimators": 100, "max_depth": 3, "subsample": 1.0, "random_state": seed, **params})
+
+    return (lambda s, p: build(s, p, regression=False), lambda s, p: build(s, p, regression=True))
+
+
+def _linear_svm():
+    def clf(seed, params):
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(**{"C": 0.1, "max_iter": 20000, "random_state": seed, **params})
+
+    def reg(seed, params):
+        from sklearn.svm import LinearSVR
+
+        return LinearSVR(**{"C": 0.1, "max_iter": 20000, "random_state": seed, **params})
+
+    return clf, reg
+
+
+def _tree():
+    def build(seed, params, *, regression):
+        from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+        cls = DecisionTreeRegressor if regression else DecisionTreeClassifier
+        return cls(**{"max_depth": 4, "random_state": seed, **params})
+
+    return (lambda s, p: build(s, p, regression=False), lambda s, p: build(s, p, regression=True))
+
+
+MODEL_REGISTRY: dict[str, tuple[Callable, Callable]] = {
+    # The linear names are task-generic: for a continuous outcome an L1
+    # logistic model is the lasso, and for classes the lasso is L1 logistic.
+    "l1_logistic": (_l1_logistic, _lasso),
+    "lasso": (_l1_logistic, _lasso),
+    "elasticnet_logistic": (_enet_logistic, _enet),
+    "elasticnet": (_enet_logistic, _enet),
+    "random_forest": _forest("RandomForest"),
+    "extra_trees": _forest("ExtraTrees"),
+    "gradient_boosting": _gboost(),
+    "linear_svm": _linear_svm(),
+    "decision_tree": _tree(),
+}
+
+
+def build_estimator(name: str, task: str, *, seed: int, params: dict | None = None):
+    """Unfitted estimator for registry ``name`` and ``task``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown model name, or a parameter the estimator does not accept.
+    """
+    if name not in MODEL_REGISTRY:
+        near = difflib.get_close_matches(name, list(MODEL_REGISTRY), n=1)
+        raise ConfigError(f"config: unknown model.name '{name}'" + (f"; did you mean '{near[0]}'?" if near else "")
+                          + f" Available: {', '.join(MODEL_REGISTRY)}.")
+    params = dict(params or {})
+    builder = MODEL_REGISTRY[name][1 if task == "regression" else 0]
+    accepted = builder(seed, {}).get_params()
+    for key in params:
+        if key not in accepted:
+            near = difflib.get_close_matches(key, list(accepted), n=1)
+            raise ConfigError(f"config: model.params key '{key}' is not a parameter of {type(builder(seed, {})).__name__}"
+                              + (f"; did you mean '{near[0]}'?" if near else "") + ".")
+    try:
+        return builder(seed, params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config: invalid model.params for '{name}': {exc}.") from None
+
+
+def build_pipeline(cfg, task: str, *, sparse_input: bool = False) -> Pipeline:
+    """Preprocessing steps and the configured model in one Pipeline."""
+    model = build_estimator(cfg.model.name, task, seed=cfg.seed, params=cfg.model.params)
+    return Pipeline([*make_preprocessing_steps(cfg.preprocess, sparse_input=sparse_input), ("model", model)])
+
+
+# ---------------------------------------------------------------------------
+# Cross-validation
+# ---------------------------------------------------------------------------
+
+
+def cv_splits(y, task: str, *, n_splits: int, n_repeats: int, seed: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(repeat, fold, train_idx, test_idx) for repeated (stratified) k-fold."""
+    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+
+    cls = RepeatedKFold if task == "regression" else RepeatedStratifiedKFold
+    splitter = cls(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    out = []
+    for i, (tr, te) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        out.append((i // n_splits + 1, i % n_splits + 1, tr, te))
+    return out
+
+
+def predict_scores(model, X, classes: list[str] | None) -> np.ndarray:
+    """Probabilities (n x classes) for classifiers, predictions (n,) for regressors.
+
+    Classifiers without ``predict_proba`` (linear SVM) return their decision
+    function passed through a logistic / softmax so columns still rank
+    samples; their log loss is not reported.
+    """
+    if classes is None:
+        return np.asarray(model.predict(X), dtype=np.float64)
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(X), dtype=np.float64)
+    dec = np.asarray(model.decision_function(X), dtype=np.float64)
+    if dec.ndim == 1:
+        p = 1.0 / (1.0 + np.exp(-dec))
+        return np.column_stack([1 - p, p])
+    e = np.exp(dec - dec.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def score_predictions(y_true, scores: np.ndarray, classes: list[str] | None, *, calibrated: bool = True) -> dict:
+    """Metrics for one fold: AUROC, AP, balanced accuracy, log loss; or R2, RMSE, MAE."""
+    from sklearn import metrics
+
+    if classes is None:
+        return {
+            "r2": metrics.r2_score(y_true, scores),
+            "rmse": float(np.sqrt(metrics.mean_squared_error(y_true, scores))),
+            "mae": metrics.mean_absolute_error(y_true, scores),
+        }
+    y_idx = np.searchsorted(np.asarray(classes, dtype=object), y_true)
+    present = np.unique(y_idx)
+    pred = scores.argmax(axis=1)
+    out = {"balanced_accuracy": metrics.balanced_accuracy_score(y_idx, pred)}
+    if len(classes) == 2:
+        out["auroc"] = metrics.roc_auc_score(y_idx, scores[:, 1])
+        out["average_precision"] = metrics.average_precision_score(y_idx, scores[:, 1])
+    else:
+        onehot = np.eye(len(classes))[y_idx]
+        cols = [c for c in range(len(classes)) if c in present]
+        out["auroc"] = (metrics.roc_auc_score(y_idx, scores, multi_class="ovr", average="macro", labels=range(len(classes)))
+                        if len(present) == len(classes) else float("nan"))
+        out["average_precision"] = float(np.mean([metrics.average_precision_score(onehot[:, c], scores[:, c]) for c in cols]))
+    out["log_loss"] = (metrics.log_loss(y_idx, np.clip(scores, 1e-15, 1), labels=range(len(classes)))
+                       if calibrated else float("nan"))
+    return {k: float(v) for k, v in out.items()}
+
+
+CLASSIFICATION_METRICS = ("auroc", "average_precision", "balanced_accuracy", "log_loss")
+REGRESSION_METRICS = ("r2", "rmse", "mae")
+
+
+def _fit_fold(pipeline, X, y, train_idx, test_idx, classes):
+    model = clone(pipeline).fit(X[train_idx], y[train_idx])
+    scores = predict_scores(model, X[test_idx], classes)
+    return model, scores
+
+
+@dataclass
+class CVResult:
+    """Cross-validation output.
+
+    Attributes
+    ----------
+    metrics : pandas.DataFrame
+        One row per fold, then ``mean`` and ``sd`` rows.
+    oof : pandas.DataFrame
+        Out-of-fold predictions, one row per sample and repeat.
+    models : list
+        Fitted fold pipelines, in split order.
+    splits : list
+        (repeat, fold, train_idx, test_idx).
+    """
+
+    metrics: pd.DataFrame
+    oof: pd.DataFrame
+    models: list
+    splits: list
+
+
+def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, n_splits: int,
+                   n_repeats: int = 1, seed: int = 0, n_jobs: int | None = 1) -> CVResult:
+    """Repeated (stratified) k-fold CV with preprocessing refit inside each fold.
+
+    Parameters
+    ----------
+    pipeline : sklearn.pipeline.Pipeline
+        Unfitted preprocessing + model; cloned for every fold.
+    X : array or sparse matrix, samples x genes
+    y : array
+    sample_ids : list of str
+    classes : list of str or None
+        Sorted class names (classification) or None (regression).
+    n_jobs : int
+        Folds run in parallel; results are the same for any value.
+    """
+    splits = cv_splits(y, task, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
+    results = parallel_map(_fit_fold, [(pipeline, X, y, tr, te, classes) for _, _, tr, te in splits], n_jobs=n_jobs)
+    calibrated = hasattr(pipeline[-1], "predict_proba")
+    rows, oof_parts = [], []
+    for (rep, fold, tr, te), (_, scores) in zip(splits, results):
+        rows.append({"split": f"r{rep}_f{fold}", "repeat": rep, "fold": fold, "n_train": len(tr), "n_test": len(te),
+                     **score_predictions(y[te], scores, classes, calibrated=calibrated)})
+        part = pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=object)[te], "repeat": rep, "fold": fold,
+                             "y_true": y[te]})
+        if classes is None:
+            part["y_pred"] = scores
+        else:
+            part["y_pred"] = np.asarray(classes, dtype=object)[scores.argmax(axis=1)]
+            for k, c in enumerate(classes):
+                part[f"prob_{c}"] = scores[:, k]
+        oof_parts.append(part)
+    per_fold = pd.DataFrame(rows)
+    metric_cols = [c for c in per_fold.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
+    summary = pd.DataFrame([
+        {"split": "mean", **per_fold[metric_cols].mean().to_dict()},
+        {"split": "sd", **per_fold[metric_cols].std(ddof=1).to_dict()},
+    ])
+    metrics_table = pd.concat([per_fold, summary], ignore_index=True)
+    for col in ("repeat", "fold", "n_train", "n_test"):
+        metrics_table[col] = metrics_table[col].astype("Int64")
+    oof = pd.concat(oof_parts, ignore_index=True)
+    order = {s: i for i, s in enumerate(sample_ids)}
+    oof = oof.sort_values(["repeat", "sample_id"], key=lambda c: c.map(order) if c.name == "sample_id" else c,
+                          kind="stable").reset_index(drop=True)
+    return CVResult(metrics_table, oof, [m for m, _ in results], splits)
+
+
+# ---------------------------------------------------------------------------
+# Model bundle: skops file + JSON manifest, loaded only with trusted types.
+# ---------------------------------------------------------------------------
+
+BUNDLE_MODEL = "model.skops"
+BUNDLE_MANIFEST = "model.json"
+
+
+# Type names a bundle may hold: our own transformers, scikit-learn's estimators
+# and their internals (which skops itself trusts), and plain numpy/builtin
+# containers. Anything else (os.system, a user class) is refused.
+_TRUSTED_PREFIXES = ("sklearn.", "iml_genomics.preprocess.")
+_TRUSTED_EXACT = {"numpy.ndarray", "numpy.dtype", "builtins.slice", "collections.OrderedDict",
+                  "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937"}
+
+
+def _is_trusted(type_name: str) -> bool:
+    return type_name in _TRUSTED_EXACT or type_name.startswith(_TRUSTED_PREFIXES)
+
+
+def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> None:
+    """Write ``model.skops`` and ``model.json`` (with the model's sha256) into ``directory``."""
+    import skops.io as sio
+
+    from iml_genomics.io.writers import atomic_write_bytes, file_sha256, write_json
+
+    directory = Path(directory)
+    atomic_write_bytes(sio.dumps(pipeline), directory / BUNDLE_MODEL)
+    write_json({**manifest, "model_file": BUNDLE_MODEL, "model_sha256": file_sha256(directory / BUNDLE_MODEL)},
+               directory / BUNDLE_MANIFEST)
+
+
+def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
+    """Load a bundle written by :func:`save_bundle`, refusing anything untrusted.
+
+    The model file must match the sha256 in its manifest and may contain only
+    the types this package writes (our transformers and registry models).
+
+    Raises
+    ------
+    BundleError
+        Missing files, a hash mismatch (tampering), or untrusted types.
+    """
+    import skops.io as sio
+
+    from iml_genomics.io.writers import file_sha256
+
+    directory = Path(directory)
+    manifest_path, model_path = directory / BUNDLE_MANIFEST, directory / BUNDLE_MODEL
+    if not manifest_path.is_file() or not model_path.is_file():
+        raise BundleError(f"{directory}: not a model bundle (needs {BUNDLE_MANIFEST} and {BUNDLE_MODEL}); "
+                          f"pass the --out directory of 'iml-genomics train'.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable bundle manifest ({exc}).") from None
+    if file_sha256(model_path) != manifest.get("model_sha256"):
+        raise BundleError(f"{model_path}: sha256 does not match {BUNDLE_MANIFEST}; the bundle was modified after "
+                          f"training. Re-run 'iml-genomics train' to recreate it.")
+    try:
+        untrusted = set(sio.get_untrusted_types(file=model_path))
+    except Exception as exc:
+        raise BundleError(f"{model_path}: not a readable skops file ({str(exc).splitlines()[0]}).") from None
+    unknown = sorted(t for t in untrusted if not _is_trusted(t))
+    if unknown:
+        raise BundleError(f"{model_path}: bundle holds types iml-genomics does not write ({', '.join(unknown[:3])}); "
+                          f"refusing to load it. Re-train with 'iml-genomics train'.")
+    pipeline = sio.load(model_path, trusted=sorted(untrusted))
+    return pipeline, manifest

@@ -1,0 +1,102 @@
+"""The `train` step as a plain function: cohort + config -> CV results and a fitted model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from iml_genomics.io.cohort import infer_task, prepare_target
+from iml_genomics.models import CVResult, build_pipeline, cross_validate
+from iml_genomics.preprocess import check_counts, used_gene_mask
+
+
+@dataclass
+class TrainResult:
+    """What `train` produces.
+
+    Attributes
+    ----------
+    cv : CVResult
+        Per-fold metrics, out-of-fold predictions and fold models.
+    model : sklearn.pipeline.Pipeline
+        Preprocessing + model refit on all samples.
+    task : str
+    classes : list of str or None
+    gene_ids : list of str
+        Input genes, in matrix order.
+    used_genes : list of str
+        Genes that reach the model after the final fit's filters.
+    """
+
+    cv: CVResult
+    model: object
+    task: str
+    classes: list | None
+    gene_ids: list
+    used_genes: list
+
+    def manifest(self, cfg) -> dict:
+        """Bundle metadata (everything explain/select need besides the model)."""
+        return {
+            "task": self.task,
+            "classes": self.classes,
+            "positive_class": self.classes[-1] if self.classes and len(self.classes) == 2 else None,
+            "gene_ids": self.gene_ids,
+            "used_genes": self.used_genes,
+            "label_column": cfg.data.label_column,
+            "model_name": cfg.model.name,
+            "config": cfg.to_dict(),
+            "cv_summary": self.cv.metrics.set_index("split").loc[["mean", "sd"]].drop(
+                columns=["repeat", "fold", "n_train", "n_test"]).to_dict(orient="index"),
+        }
+
+
+def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels") -> TrainResult:
+    """Cross-validate and fit the configured pipeline on a cohort.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cohort from :func:`iml_genomics.io.load_cohort` with the label column in obs.
+    cfg : iml_genomics.config.Config
+    n_jobs : int, optional
+        Parallel folds; defaults to ``cfg.n_jobs``. Results do not depend on it.
+    source : str
+        Name of the labels file, for error messages.
+    """
+    label_column = cfg.data.label_column
+    y_raw = adata.obs[label_column]
+    task = infer_task(y_raw, cfg.task)
+    y, classes = prepare_target(y_raw, task, n_splits=cfg.cv.n_splits, source=source, column=label_column)
+    X = adata.X
+    sample_ids, gene_ids = list(adata.obs_names), list(adata.var_names)
+    check_counts(X, cfg.preprocess.transform, adata.uns.get("sources", {}).get("expression", "expression"),
+                 sample_ids, gene_ids)
+    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X))
+    n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
+    cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
+                        n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed, n_jobs=n_jobs)
+    final = pipeline.fit(X, y)
+    used = used_gene_mask(final, len(gene_ids))
+    return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u])
+
+
+def design_matrix(adata) -> np.ndarray | sparse.csr_matrix:
+    """The cohort's X as float64 (dense stays dense, sparse stays CSR)."""
+    X = adata.X
+    return X.tocsr() if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
+
+
+def align_genes(adata, gene_ids: list[str], source: str):
+    """Reorder a cohort's genes to a model's gene list; fail naming missing genes."""
+    from iml_genomics.errors import InputDataError
+
+    present = set(adata.var_names)
+    missing = [g for g in gene_ids if g not in present]
+    if missing:
+        raise InputDataError(f"{source}: {len(missing)} gene(s) the model was trained on are missing "
+                             f"(first: {', '.join(missing[:5])}). Use the same genes as in training.")
+    return adata[:, pd.Index(gene_ids)].copy()
