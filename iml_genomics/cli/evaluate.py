@@ -1,0 +1,179 @@
+"""`iml-genomics evaluate`."""
+
+from __future__ import annotations
+
+import click
+
+from iml_genomics.cli.common import out_option
+
+
+@click.command()
+@click.option("--truth", required=True, type=click.Path(dir_okay=False),
+              help="True genes: a TSV with gene_id (e.g. simulate's *_truth.tsv) or one gene per line.")
+@click.option("--ranking", "rankings", multiple=True, type=click.Path(dir_okay=False),
+              help="Gene ranking (gene_ranking.tsv: gene_id, rank, ...); repeat for several folds/seeds/methods.")
+@click.option("--selection", "selections", multiple=True, type=click.Path(dir_okay=False),
+              help="Gene selection (knockoff_selection.tsv: gene_id, selected, ...); repeat for several.")
+@out_option
+@click.option("--k", "k_values", multiple=True, type=click.IntRange(min=1),
+              help="k for precision at k, top-k agreement and prediction gaps; repeat [10, 20, 50].")
+@click.option("--expression", type=click.Path(dir_okay=False), default=None,
+              help="Expression matrix: with --labels, computes prediction gaps (refits the model).")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Labels table for prediction gaps.")
+@click.option("--label-column", default=None, help="Outcome column [config data.label_column, else 'condition'].")
+@click.option("--genes-as-rows", is_flag=True, default=None, help="--expression has genes as rows.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Model bundle (train --out): its config is refitted for prediction gaps.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config to refit for prediction gaps (instead of --model).")
+@click.option("--n-random", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Random removals per k for the random-gene baseline (PGR).")
+@click.option("--seed", type=int, default=None, help="Seed of CV folds and random removals [config seed].")
+@click.option("--jobs", "n_jobs", type=int, default=None, help="Parallel workers [config n_jobs]; results do not depend on it.")
+def evaluate(truth, rankings, selections, out, k_values, expression, labels, label_column, genes_as_rows,
+             model_dir, config_path, n_random, seed, n_jobs):
+    """Score rankings and selections against known true genes.
+
+    \b
+    Writes to OUT: selection_metrics.tsv (FDP, power), ranking_metrics.tsv
+    (AUPRC, R-precision), precision_at_k.tsv, stability.tsv and
+    stability_pairs.tsv (with >= 2 rankings or selections; top-k Jaccard,
+    Kendall tau), prediction_gaps.tsv (with --expression/--labels and
+    --model or --config), provenance.json.
+    \b
+    Example:
+      iml-genomics evaluate --truth sim/simulated_truth.tsv \\
+        --ranking explain/gene_ranking.tsv --selection select/knockoff_selection.tsv \\
+        --expression sim/simulated_expression.csv.gz --labels sim/simulated_labels.tsv \\
+        --model train/ --out eval/
+    """
+    from pathlib import Path
+
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.evaluate import (evaluate_against_truth, ranking_from_table, selection_from_table,
+                                       truth_from_table)
+    from iml_genomics.io import Provenance, read_table, staged_output, write_tsv
+
+    if not rankings and not selections:
+        raise ConfigError("evaluate: nothing to score; pass --ranking FILE and/or --selection FILE.")
+    k_values = sorted(set(k_values or (10, 20, 50)))
+    wants_gaps = expression is not None or labels is not None
+    if wants_gaps and (expression is None or (model_dir is None and config_path is None)):
+        raise ConfigError("evaluate: prediction gaps need --expression, --labels (or an .h5ad with the label "
+                          "column) and --model BUNDLE or --config FILE.")
+    if wants_gaps and not rankings:
+        raise ConfigError("evaluate: prediction gaps need a --ranking (genes are removed in ranking order).")
+
+    truth_genes = truth_from_table(_read_gene_table(truth, "truth"), str(truth))
+    ranking_lists = {}
+    for path in rankings:
+        for name, genes in ranking_from_table(read_table(path, "ranking"), _label(path, rankings)).items():
+            ranking_lists[name] = genes
+    selection_lists = {_label(p, selections): selection_from_table(read_table(p, "selection"), str(p))
+                       for p in selections}
+
+    cfg = _gap_config(model_dir, config_path) if wants_gaps else None
+    if cfg is not None:
+        for key, value in (("seed", seed), ("n_jobs", n_jobs), ("data.label_column", label_column)):
+            cfg.override(key, value)
+        if cfg.data.label_column is None:
+            cfg.override("data.label_column", "condition")
+        if genes_as_rows:
+            cfg.override("data.orientation", "genes_x_samples")
+    config_dict = cfg.to_dict() if cfg is not None else {"seed": seed if seed is not None else 0, "n_jobs": n_jobs or 1}
+    prov = Provenance("evaluate", config_dict, {
+        "truth": truth, "expression": expression, "labels": labels, "config": config_path,
+        **{f"ranking_{i + 1}": p for i, p in enumerate(rankings)},
+        **{f"selection_{i + 1}": p for i, p in enumerate(selections)},
+        **({"model": str(Path(model_dir) / "model.json")} if model_dir else {})})
+    tables = evaluate_against_truth(truth_genes, rankings=ranking_lists, selections=selection_lists, k_values=k_values)
+    prov.mark("truth_metrics")
+    if cfg is not None:
+        tables["prediction_gaps"] = _gaps(cfg, expression, labels, ranking_lists, k_values, n_random)
+        prov.mark("prediction_gaps")
+    prov.extra["n_true_genes"] = len(truth_genes)
+    with staged_output(out) as stage:
+        for name, frame in tables.items():
+            if name == "selection_metrics" and not selection_lists:
+                continue
+            if name in ("ranking_metrics", "precision_at_k") and not ranking_lists:
+                continue
+            write_tsv(frame, stage / f"{name}.tsv")
+        prov.mark("write")
+        prov.write(stage)
+    for row in tables["selection_metrics"].itertuples():
+        click.echo(f"evaluate: {row.source}: {row.n_selected} selected, FDP = {row.fdp:.3f}, power = {row.power:.3f}",
+                   err=True)
+    for row in tables["ranking_metrics"].itertuples():
+        click.echo(f"evaluate: {row.source}: AUPRC = {row.auprc:.3f}, R-precision = {row.r_precision:.3f}", err=True)
+    click.echo(f"evaluate: wrote {out}", err=True)
+
+
+def _label(path, paths) -> str:
+    """A short source name: the parent directory + file name, unique among ``paths``."""
+    from pathlib import Path
+
+    p = Path(path)
+    names = [f"{Path(q).parent.name}/{Path(q).name}" for q in paths]
+    short = f"{p.parent.name}/{p.name}"
+    return short if names.count(short) == 1 else str(p)
+
+
+def _read_gene_table(path, what: str):
+    """A table with a header, or a bare list of genes (one per line)."""
+    import pandas as pd
+
+    from iml_genomics.io import read_table
+    from iml_genomics.io.readers import check_readable
+
+    path = check_readable(path, what)
+    frame = read_table(path, what)
+    if "gene_id" in frame.columns:
+        return frame
+    text = path.read_text() if not str(path).endswith(".gz") else __import__("gzip").open(path, "rt").read()
+    genes = [line.split("\t")[0].strip() for line in text.splitlines() if line.strip()]
+    return pd.DataFrame({"gene_id": genes})
+
+
+def _gap_config(model_dir, config_path):
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.cli.common import resolve_config
+
+    if model_dir is not None:
+        from iml_genomics.models import load_bundle
+
+        _, manifest = load_bundle(model_dir)
+        return config_from_dict(manifest["config"], source=f"{model_dir}/model.json")
+    return resolve_config(config_path, overrides={})
+
+
+def _gaps(cfg, expression, labels, ranking_lists, k_values, n_random):
+    import pandas as pd
+    from scipy import sparse
+
+    from iml_genomics.cli.common import load_cohort_for
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.evaluate import prediction_gaps
+    from iml_genomics.io.cohort import infer_task, prepare_target
+    from iml_genomics.models import build_pipeline
+    from iml_genomics.training import design_matrix
+
+    adata = load_cohort_for(cfg, expression, labels)
+    task = infer_task(adata.obs[cfg.data.label_column], cfg.task)
+    y, classes = prepare_target(adata.obs[cfg.data.label_column], task, n_splits=cfg.cv.n_splits,
+                                source=str(labels or expression), column=cfg.data.label_column)
+    X = design_matrix(adata)
+    gene_ids = list(adata.var_names)
+    ks = [k for k in k_values if k < len(gene_ids)]
+    if not ks:
+        raise ConfigError(f"evaluate: every --k is >= the {len(gene_ids)} genes of {expression}; "
+                          f"prediction gaps need k < number of genes.")
+    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X))
+    parts = []
+    for name, ranking in ranking_lists.items():
+        gaps = prediction_gaps(X, y, gene_ids, ranking, pipeline=pipeline, task=task, classes=classes, k_values=ks,
+                               n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, n_random=n_random,
+                               cv_seed=cfg.seed, random_state=cfg.seed, n_jobs=cfg.n_jobs)
+        parts.append(gaps.assign(source=name))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[["source", *[c for c in frame.columns if c != "source"]]]
