@@ -1,0 +1,230 @@
+"""The `explain` step as a plain function: fitted model + cohort -> ranking, local explanations, summary.
+
+No file I/O here: attributions are streamed to an ``on_chunk`` callback (the
+CLI writes them to Parquet), everything else is returned in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from iml_genomics.errors import InputDataError
+
+RANKING_COLUMNS = ["gene_id", "rank", "mean_abs_shap", "mean_shap", "sd", "rank_low", "rank_high", "top_k_frequency",
+                   "permutation_importance", "permutation_importance_sd", "used", "method", "scale"]
+
+
+@dataclass
+class ExplainResult:
+    """Everything `explain` writes besides the attributions themselves."""
+
+    ranking: pd.DataFrame
+    local: pd.DataFrame
+    interactions: pd.DataFrame
+    summary: dict
+    refit_importances: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, explain_cfg, refit_pipeline=None,
+                   y=None, n_splits: int = 5, n_repeats: int = 1, random_state: int = 0, n_jobs: int | None = 1,
+                   on_chunk: Callable | None = None, method: str | None = None) -> ExplainResult:
+    """Explain a fitted model on a cohort.
+
+    Parameters
+    ----------
+    pipeline : fitted Pipeline (the bundle's model)
+    X : array or sparse matrix, samples x input genes, in the model's gene order
+    gene_ids, sample_ids : list of str
+    classes : list of str or None
+    task : {'classification', 'regression'}
+    explain_cfg : iml_genomics.config.ExplainConfig
+    refit_pipeline : unfitted Pipeline, optional
+        ``models.build_pipeline(bundle_cfg, task)``; needed with ``y`` for
+        permutation importance and the ranking's stability.
+    y : array, optional
+        Outcome; without it only SHAP of the final model is computed.
+    n_splits, n_repeats : int
+        CV folds for refits (``explain_cfg.stability == 'folds'``).
+    random_state : int
+    n_jobs : int
+        Results do not depend on it.
+    on_chunk : callable, optional
+        Called with (ShapChunk, ShapPlan) for every chunk, in sample order.
+    method : {'shap', 'permutation', 'all'}, optional
+        Defaults to ``explain_cfg.method``.
+    """
+    from iml_genomics.explain.interactions import INTERACTION_COLUMNS, tree_interactions
+    from iml_genomics.explain.local import LOCAL_COLUMNS, local_explanations
+    from iml_genomics.explain.shap_values import iter_shap_chunks, plan_shap
+    from iml_genomics.explain.stability import bootstrap_splits, ranking_stability, refit_importances
+
+    method = method or explain_cfg.method
+    ecfg = explain_cfg
+    gene_ids = [str(g) for g in gene_ids]
+    sample_ids = [str(s) for s in sample_ids]
+    has_labels = y is not None
+    if method == "permutation" and not has_labels:
+        raise InputDataError("explain --method permutation needs labels (held-out rows are scored); pass --labels "
+                             "and --label-column, or use --method shap.")
+    do_shap = method in ("shap", "all")
+    do_perm = method in ("permutation", "all") and has_labels
+    notes: list[str] = []
+    if not has_labels:
+        notes.append("no labels given: permutation importance and fold stability were skipped "
+                     "(sd, rank_low, rank_high, top_k_frequency, permutation_importance are empty)")
+    pos = {s: i for i, s in enumerate(sample_ids)}
+    missing = [s for s in ecfg.samples if s not in pos]
+    if missing:
+        raise InputDataError(f"explain: sample id(s) {', '.join(repr(s) for s in missing[:5])} given to --samples "
+                             f"(explain.samples) are not in the expression matrix.")
+    local_rows = sorted({pos[s] for s in ecfg.samples})
+
+    plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=ecfg.shap_mode,
+                              background_size=ecfg.background_size, random_state=random_state)
+    mask = plan.used_mask
+    q, k = len(plan.gene_ids), len(plan.outputs)
+    summary: dict = {"method": method, "task": task, "classes_explained": plan.outputs, "labels_used": has_labels,
+                     "top_k": ecfg.top_k, "n_genes_input": len(gene_ids), "n_genes_used": q,
+                     "n_samples": len(sample_ids), "additivity_tolerance": ecfg.additivity_tolerance,
+                     "approximations": [], "notes": notes, "model_type": type(pipeline[-1]).__name__}
+    mean_abs = np.full(len(gene_ids), np.nan)
+    mean_sgn = np.full(len(gene_ids), np.nan)
+    local_frame = pd.DataFrame(columns=LOCAL_COLUMNS)
+    if do_shap:
+        sum_abs, sum_sgn = np.zeros(q), np.zeros(q)
+        max_err, n_done = 0.0, 0
+        keep_v, keep_b, keep_o = {}, {}, {}
+        for chunk in iter_shap_chunks(pipeline, X, plan=plan, payload=payload, classes=classes,
+                                      chunk_size=ecfg.chunk_size, n_jobs=n_jobs, random_state=random_state,
+                                      additivity_tolerance=ecfg.additivity_tolerance, sample_ids=sample_ids):
+            if on_chunk is not None:
+                on_chunk(chunk, plan)
+            # multiclass: |phi| summed over classes (a gene's total effect), phi averaged over classes
+            sum_abs += np.abs(chunk.values).sum(axis=(0, 2))
+            sum_sgn += chunk.values.sum(axis=(0, 2)) / k
+            max_err = max(max_err, chunk.max_additivity_error)
+            n_done += chunk.stop - chunk.start
+            for r in local_rows:
+                if chunk.start <= r < chunk.stop:
+                    keep_v[r] = chunk.values[r - chunk.start]
+                    keep_b[r] = chunk.base_values[r - chunk.start]
+                    keep_o[r] = chunk.model_output[r - chunk.start]
+        mean_abs[mask] = sum_abs / max(n_done, 1)
+        mean_sgn[mask] = sum_sgn / max(n_done, 1)
+        summary.update({"max_additivity_error": max_err, "shap_method": plan.method, "scale": plan.scale,
+                        "n_samples_explained": n_done, "shap_exact": plan.exact, "shap_background": plan.background_note})
+        summary["approximations"] += plan.approximations
+        if local_rows:
+            expr = X[local_rows][:, np.flatnonzero(mask)]
+            expr = expr.toarray() if hasattr(expr, "toarray") else np.asarray(expr)
+            local_frame = local_explanations(np.stack([keep_v[r] for r in local_rows]),
+                                             np.stack([keep_b[r] for r in local_rows]),
+                                             np.stack([keep_o[r] for r in local_rows]),
+                                             sample_ids=[sample_ids[r] for r in local_rows], gene_ids=plan.gene_ids,
+                                             outputs=plan.outputs, expression=expr, top_n=ecfg.local_top_n)
+    else:
+        summary.update({"max_additivity_error": None, "shap_method": None, "scale": "raw",
+                        "n_samples_explained": 0})
+        if ecfg.samples:
+            notes.append("--samples ignored: local explanations need SHAP (--method shap or all)")
+
+    # --- refits: permutation importance and ranking stability ---------------------------------------------
+    perm_mean = np.full(len(gene_ids), np.nan)
+    perm_sd = np.full(len(gene_ids), np.nan)
+    stab = None
+    refit_imp = None
+    if has_labels:
+        if refit_pipeline is None:
+            raise ValueError("refit_pipeline is required when y is given")
+        from iml_genomics.models import cv_splits
+
+        if ecfg.stability == "bootstrap":
+            splits = bootstrap_splits(len(y), n_bootstraps=ecfg.n_bootstraps, random_state=random_state, y=y,
+                                      stratify=classes is not None)
+            perm_splits = cv_splits(y, task, n_splits=n_splits, n_repeats=n_repeats, seed=random_state)
+        else:
+            splits = cv_splits(y, task, n_splits=n_splits, n_repeats=n_repeats, seed=random_state)
+            perm_splits = splits
+        same = perm_splits is splits
+        # one refit per stability split; it also yields the OOF permutation importance when the splits are the
+        # CV folds. Permutation-only runs rank each refit by its held-out permutation importance.
+        refits = refit_importances(refit_pipeline, X, y, splits=splits, classes=classes, gene_ids=gene_ids,
+                                   shap=do_shap, shap_mode=ecfg.shap_mode, background_size=ecfg.background_size,
+                                   permutation=(do_perm and same) or not do_shap,
+                                   n_repeats=ecfg.permutation_repeats, scoring=ecfg.permutation_scoring,
+                                   random_state=random_state, n_jobs=n_jobs)
+        perm_list = refits["permutation"]
+        if do_perm and not same:
+            perm_list = refit_importances(refit_pipeline, X, y, splits=perm_splits, classes=classes,
+                                          gene_ids=gene_ids, shap=False, permutation=True,
+                                          n_repeats=ecfg.permutation_repeats, scoring=ecfg.permutation_scoring,
+                                          random_state=random_state, n_jobs=n_jobs)["permutation"]
+        if do_perm:
+            allv = np.concatenate(perm_list, axis=1)
+            perm_mean = allv.mean(axis=1)
+            perm_sd = allv.std(axis=1, ddof=1) if allv.shape[1] > 1 else np.full(len(gene_ids), np.nan)
+            from iml_genomics.explain.permutation import resolve_scoring
+
+            summary["permutation"] = {"scoring": resolve_scoring(ecfg.permutation_scoring, classes),
+                                      "n_repeats": ecfg.permutation_repeats, "n_splits": len(perm_splits),
+                                      "held_out": "out-of-fold rows of each CV refit"}
+        if do_shap:
+            refit_imp = refits["mean_abs_shap"]
+            importance_name = "mean_abs_shap on each refit's held-out rows"
+        else:
+            refit_imp = np.stack([p.mean(axis=1) for p in refits["permutation"]])
+            importance_name = "permutation importance on each refit's held-out rows"
+        stab, agreement = ranking_stability(refit_imp, gene_ids=gene_ids, top_k=ecfg.top_k)
+        summary["fold_agreement"] = {**agreement, "refits": ecfg.stability, "importance": importance_name}
+    else:
+        summary["fold_agreement"] = {"n_refits": 0, "jaccard_top_k_mean": None, "kendall_tau_mean": None,
+                                     "skipped": "no labels"}
+
+    # --- ranking -------------------------------------------------------------------------------------------
+    ranking = pd.DataFrame({"gene_id": gene_ids, "mean_abs_shap": mean_abs, "mean_shap": mean_sgn,
+                            "permutation_importance": perm_mean, "permutation_importance_sd": perm_sd,
+                            "used": mask})
+    if stab is not None:
+        ranking["sd"] = stab["sd"].to_numpy()
+        ranking["rank_low"] = pd.array(stab["rank_low"].to_numpy(), dtype="Int64")
+        ranking["rank_high"] = pd.array(stab["rank_high"].to_numpy(), dtype="Int64")
+        ranking["top_k_frequency"] = stab["top_k_frequency"].to_numpy()
+    else:
+        ranking["sd"] = np.nan
+        ranking["rank_low"] = pd.array([pd.NA] * len(gene_ids), dtype="Int64")
+        ranking["rank_high"] = pd.array([pd.NA] * len(gene_ids), dtype="Int64")
+        ranking["top_k_frequency"] = np.nan
+    # genes the final model does not use have no importance (NaN), whatever the refits saw
+    for col in ("mean_abs_shap", "mean_shap", "permutation_importance", "permutation_importance_sd", "sd"):
+        ranking.loc[~mask, col] = np.nan
+    ranking["method"] = plan.method if do_shap else "permutation_oof"
+    ranking["scale"] = plan.scale if do_shap else "raw"
+    key = "mean_abs_shap" if do_shap else "permutation_importance"
+    score = np.where(mask, np.nan_to_num(ranking[key].to_numpy(), nan=-np.inf), -np.inf)
+    order = np.lexsort((np.asarray(gene_ids, dtype=object), ~mask, -score))
+    ranking = ranking.iloc[order].reset_index(drop=True)
+    ranking["rank"] = np.arange(1, len(ranking) + 1)
+    ranking = ranking[RANKING_COLUMNS]
+
+    # --- interactions (tree models) ------------------------------------------------------------------------
+    inter = pd.DataFrame(columns=INTERACTION_COLUMNS)
+    if do_shap and plan.kind == "tree":
+        from iml_genomics.explain.shap_values import _background_rows
+
+        top = ranking.loc[ranking["used"], "gene_id"].head(ecfg.interaction_top_k).tolist()
+        rows = _background_rows(X.shape[0], ecfg.interaction_max_samples, random_state)
+        inter, info = tree_interactions(pipeline, X[rows], used_gene_ids=plan.gene_ids, top_genes=top,
+                                        classes=classes, max_samples=len(rows), n_jobs=n_jobs)
+        summary["interactions"] = info
+        if info["n_samples"] and info["n_samples"] < X.shape[0]:
+            summary["approximations"].append(
+                f"interaction values averaged over a seeded subset of {info['n_samples']} of {X.shape[0]} samples")
+    else:
+        summary["interactions"] = {"skipped": "interaction values are computed for tree models only"
+                                   if do_shap else "needs SHAP"}
+    return ExplainResult(ranking, local_frame, inter, summary, refit_imp)

@@ -1,0 +1,424 @@
+"""SHAP attributions of a fitted pipeline, exact where the model allows it.
+
+The explained function is the pipeline's final estimator applied to the
+*preprocessed* features (the output of the steps before the model), so the
+attributions live on the genes that reach the model; they are mapped back to
+gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
+
+- tree ensembles (random forest, extra trees, gradient boosting, CART): Tree
+  SHAP from the ``shap`` library, path-dependent or interventional; exact;
+- linear models (logistic / lasso / elastic net / linear SVM): the closed form
+  ``phi_j = b_j (z_j - E[z_j])`` on the margin scale; exact;
+- anything else: ``shap.PermutationExplainer`` with an evaluation budget that
+  grows with the number of genes; approximate, and said so.
+
+Samples are explained in fixed chunks (``chunk_size``) dispatched with
+:func:`iml_genomics.parallel.parallel_map`; chunk boundaries and the per-chunk
+seeds do not depend on ``n_jobs``, so neither do the values. Additivity
+(``base + sum(phi) == f(x)``) is checked on every chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+from scipy import sparse
+
+from iml_genomics.errors import NumericalError
+from iml_genomics.parallel import effective_n_jobs, parallel_map, spawn_seeds
+from iml_genomics.preprocess import used_gene_mask
+
+SHAP_MODES = ("tree_path_dependent", "interventional")
+
+_TREE_TYPES = (
+    "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier", "ExtraTreesRegressor",
+    "GradientBoostingClassifier", "GradientBoostingRegressor", "DecisionTreeClassifier", "DecisionTreeRegressor",
+)
+_LINEAR_TYPES = ("LogisticRegression", "Lasso", "ElasticNet", "LinearRegression", "Ridge", "LinearSVC", "LinearSVR",
+                 "RidgeClassifier", "SGDClassifier", "SGDRegressor")
+
+
+def model_kind(estimator) -> str:
+    """'tree', 'linear' or 'agnostic' for a fitted final estimator."""
+    name = type(estimator).__name__
+    if name in _TREE_TYPES:
+        return "tree"
+    if name in _LINEAR_TYPES and hasattr(estimator, "coef_"):
+        return "linear"
+    return "agnostic"
+
+
+def split_pipeline(pipeline):
+    """(preprocessing callable, final estimator) of a fitted Pipeline (or a bare estimator)."""
+    steps = getattr(pipeline, "steps", None)
+    if steps is None:
+        return None, pipeline
+    pre = pipeline[:-1] if len(steps) > 1 else None
+    return pre, steps[-1][1]
+
+
+def preprocess(pre, X) -> np.ndarray:
+    """Apply the preprocessing steps and return a dense float64 array."""
+    Z = X if pre is None else pre.transform(X)
+    if sparse.issparse(Z):
+        Z = Z.toarray()
+    return np.ascontiguousarray(Z, dtype=np.float64)
+
+
+def explained_outputs(estimator, classes: list | None) -> list[str]:
+    """Labels of the outputs explained: positive class (binary), every class, or '' (regression)."""
+    if classes is None:
+        return [""]
+    if len(classes) == 2:
+        return [str(classes[-1])]
+    return [str(c) for c in classes]
+
+
+def output_scale(estimator, classes: list | None) -> str:
+    """Scale of the explained output: 'log_odds', 'probability' or 'raw'."""
+    if classes is None:
+        return "raw"
+    kind, name = model_kind(estimator), type(estimator).__name__
+    if kind == "tree":
+        return "log_odds" if name.startswith("GradientBoosting") else "probability"
+    if kind == "linear":
+        # logistic margins are log-odds (binary) / softmax logits (multiclass); SVM margins are not
+        return "log_odds" if name == "LogisticRegression" else "raw"
+    return "probability" if hasattr(estimator, "predict_proba") else "raw"
+
+
+def model_output(estimator, Z: np.ndarray, classes: list | None) -> np.ndarray:
+    """The model's output on the explained scale, shape (n, n_outputs)."""
+    scale = output_scale(estimator, classes)
+    if classes is None:
+        return np.asarray(estimator.predict(Z), dtype=np.float64).reshape(-1, 1)
+    if scale == "probability":
+        proba = np.asarray(estimator.predict_proba(Z), dtype=np.float64)
+        return proba[:, [-1]] if len(classes) == 2 else proba
+    dec = np.asarray(estimator.decision_function(Z), dtype=np.float64)
+    return dec.reshape(-1, 1) if dec.ndim == 1 else dec
+
+
+def method_name(kind: str, mode: str) -> str:
+    """The value written in gene_ranking.tsv's ``method`` column."""
+    if kind == "tree":
+        return "tree_shap_path_dependent" if mode == "tree_path_dependent" else "tree_shap_interventional"
+    if kind == "linear":
+        return "linear_shap"
+    return "permutation_shap_approximate"
+
+
+@dataclass
+class ShapChunk:
+    """Attributions of consecutive samples ``start:stop``.
+
+    Attributes
+    ----------
+    values : ndarray, (n_chunk, n_genes_used, n_outputs) float64
+    base_values : ndarray, (n_chunk, n_outputs)
+    model_output : ndarray, (n_chunk, n_outputs)
+    max_additivity_error : float
+    """
+
+    start: int
+    stop: int
+    values: np.ndarray
+    base_values: np.ndarray
+    model_output: np.ndarray
+    max_additivity_error: float
+
+
+@dataclass
+class ShapResult:
+    """SHAP attributions of a cohort.
+
+    Attributes
+    ----------
+    values : ndarray, (n_samples, n_genes_used, n_outputs) float64
+        ``values[i, j, k]`` is gene ``gene_ids[j]``'s attribution for sample i and output ``outputs[k]``.
+    base_values : ndarray, (n_samples, n_outputs)
+    model_output : ndarray, (n_samples, n_outputs)
+        ``base_values + values.sum(axis=1)`` up to ``max_additivity_error``.
+    gene_ids : list of str
+        Genes that enter the model (after the pipeline's filter), in input order.
+    outputs : list of str
+        The ``class`` of each output: the positive class (binary), each class (multiclass), '' (regression).
+    scale : str
+        'log_odds', 'probability' or 'raw'.
+    method : str
+        'tree_shap_path_dependent', 'tree_shap_interventional', 'linear_shap' or 'permutation_shap_approximate'.
+    exact : bool
+        False for the model-agnostic estimator.
+    max_additivity_error : float
+    approximations : list of str
+        Empty when exact.
+    """
+
+    values: np.ndarray
+    base_values: np.ndarray
+    model_output: np.ndarray
+    gene_ids: list
+    outputs: list
+    scale: str
+    method: str
+    exact: bool
+    max_additivity_error: float
+    approximations: list = field(default_factory=list)
+
+
+@dataclass
+class ShapPlan:
+    """What :func:`iter_shap_chunks` will do; known before any sample is explained."""
+
+    gene_ids: list
+    used_mask: np.ndarray
+    outputs: list
+    scale: str
+    method: str
+    kind: str
+    exact: bool
+    approximations: list
+    background_note: str
+
+
+# ---------------------------------------------------------------------------
+# per-chunk workers (module level: picklable for joblib)
+# ---------------------------------------------------------------------------
+
+
+def _linear_terms(estimator, classes):
+    """Coefficients (n_outputs, q) and intercepts (n_outputs,) of the explained margins."""
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    intercept = np.atleast_1d(np.asarray(getattr(estimator, "intercept_", 0.0), dtype=np.float64))
+    if intercept.size == 1 and coef.shape[0] > 1:
+        intercept = np.repeat(intercept, coef.shape[0])
+    return coef, intercept
+
+
+def _chunk_linear(estimator, Z, classes, mean):
+    # Closed form of exact linear SHAP under feature independence (Lundberg & Lee 2017):
+    # phi_j = b_j (z_j - E[z_j]) on the margin scale. The model sees scaled genes z = (x - m) / s; since
+    # b_j (z_j - E z_j) = (b_j / s_j)(x_j - E x_j), the attribution of a gene in scaled space equals its
+    # attribution in original space (linear SHAP is invariant to affine per-feature transforms).
+    coef, intercept = _linear_terms(estimator, classes)
+    values = (Z - mean)[:, :, None] * coef.T[None, :, :]
+    base = np.broadcast_to(intercept + coef @ mean, (Z.shape[0], coef.shape[0])).copy()
+    return values, base
+
+
+def _chunk_tree(explainer, Z, n_outputs):
+    raw = np.asarray(explainer.shap_values(Z, check_additivity=False), dtype=np.float64)
+    expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if raw.shape[2] != n_outputs:  # binary classifiers with two probability outputs: keep the positive class
+        raw, expected = raw[:, :, -n_outputs:], expected[-n_outputs:]
+    base = np.broadcast_to(expected, (Z.shape[0], n_outputs)).copy()
+    return raw, base
+
+
+def _agnostic_function(estimator, classes):
+    def f(Z):
+        return model_output(estimator, Z, classes)
+    return f
+
+
+def _chunk_agnostic(estimator, Z, classes, background, max_evals, seed):
+    import shap
+
+    masker = shap.maskers.Independent(background, max_samples=background.shape[0])
+    explainer = shap.PermutationExplainer(_agnostic_function(estimator, classes), masker, seed=seed)
+    exp = explainer(Z, max_evals=max_evals, silent=True)
+    values = np.asarray(exp.values, dtype=np.float64)
+    base = np.asarray(exp.base_values, dtype=np.float64)
+    if values.ndim == 2:
+        values = values[:, :, None]
+    base = base.reshape(Z.shape[0], -1)
+    return values, base
+
+
+def _explain_chunk(pre, estimator, X, start, stop, classes, kind, payload, seed):
+    Z = preprocess(pre, X[start:stop])
+    if kind == "linear":
+        values, base = _chunk_linear(estimator, Z, classes, payload)
+    elif kind == "tree":
+        values, base = _chunk_tree(payload, Z, len(explained_outputs(estimator, classes)))
+    else:
+        background, max_evals = payload
+        values, base = _chunk_agnostic(estimator, Z, classes, background, max_evals, seed)
+    out = model_output(estimator, Z, classes)
+    err = float(np.max(np.abs(base + values.sum(axis=1) - out))) if out.size else 0.0
+    return ShapChunk(start, stop, values, base, out, err)
+
+
+# ---------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------
+
+
+def _background_rows(n: int, size: int, random_state: int) -> np.ndarray:
+    """Sorted row indices of a seeded background sample (all rows when n <= size)."""
+    if n <= size:
+        return np.arange(n)
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent", background_size: int = 100,
+              random_state: int = 0, background=None):
+    """Decide the explainer and prepare what every chunk needs.
+
+    Returns
+    -------
+    plan : ShapPlan
+    payload : object
+        The fitted explainer (trees), the background mean (linear) or
+        (background, max_evals) (model-agnostic), shipped to every chunk.
+    """
+    if mode not in SHAP_MODES:
+        raise ValueError(f"mode must be one of {SHAP_MODES}; got {mode!r}")
+    pre, estimator = split_pipeline(pipeline)
+    gene_ids = [str(g) for g in gene_ids]
+    if len(gene_ids) != X.shape[1]:
+        raise ValueError(f"gene_ids has {len(gene_ids)} entries but X has {X.shape[1]} columns")
+    mask = used_gene_mask(pipeline, X.shape[1]) if pre is not None else np.ones(X.shape[1], dtype=bool)
+    used = [g for g, u in zip(gene_ids, mask) if u]
+    kind = model_kind(estimator)
+    outputs = explained_outputs(estimator, classes)
+    approximations: list[str] = []
+
+    def background_matrix():
+        if background is not None:
+            return preprocess(pre, background)
+        return preprocess(pre, X[_background_rows(X.shape[0], background_size, random_state)])
+
+    if kind == "tree":
+        import shap
+
+        if mode == "interventional":
+            bg = background_matrix()
+            payload = shap.TreeExplainer(estimator, data=bg, feature_perturbation="interventional")
+            note = f"interventional: {bg.shape[0]} background samples drawn from the explained cohort"
+        else:
+            payload = shap.TreeExplainer(estimator, feature_perturbation="tree_path_dependent")
+            note = "tree_path_dependent: expectations under the trees' own training cover"
+    elif kind == "linear":
+        scaler = dict(getattr(pipeline, "steps", [])).get("scale")
+        if scaler is not None and getattr(scaler, "with_mean", False) and getattr(scaler, "mean_", None) is not None:
+            # the model's features are centred on the training data: E[z_j] = 0 exactly
+            payload = np.zeros(len(used))
+            note = "E[z] = training mean (0 after the fitted StandardScaler)"
+        else:
+            bg = background_matrix()
+            payload = bg.mean(axis=0)
+            note = f"E[z] = mean of {bg.shape[0]} background samples drawn from the explained cohort"
+    else:
+        bg = background_matrix()
+        # two antithetic permutations per gene-count unit: the budget grows linearly with the genes
+        max_evals = int(max(500, 10 * (len(used) + 1)))
+        payload = (bg, max_evals)
+        approximations.append(f"model-agnostic permutation SHAP ({type(estimator).__name__}): Monte Carlo "
+                              f"estimate with max_evals={max_evals} per sample and {bg.shape[0]} background samples")
+        note = f"independent masker over {bg.shape[0]} background samples drawn from the explained cohort"
+    plan = ShapPlan(used, mask, outputs, output_scale(estimator, classes), method_name(kind, mode), kind,
+                    kind != "agnostic", approximations, note)
+    return plan, payload
+
+
+def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_size: int = 256, n_jobs: int | None = 1,
+                     random_state: int = 0, additivity_tolerance: float = 1e-4,
+                     sample_ids=None) -> Iterator[ShapChunk]:
+    """Explain ``X`` chunk by chunk, yielding :class:`ShapChunk` in sample order.
+
+    Chunks are computed in waves of ``2 * n_workers`` so memory stays near a
+    few chunks whatever the cohort size. Raises :class:`NumericalError` when a
+    chunk breaks additivity by more than ``additivity_tolerance``.
+    """
+    pre, estimator = split_pipeline(pipeline)
+    n = X.shape[0]
+    bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    seeds = spawn_seeds(random_state, len(bounds))
+    wave = max(1, 2 * effective_n_jobs(n_jobs))
+    for w in range(0, len(bounds), wave):
+        tasks = [(pre, estimator, X, s, e, classes, plan.kind, payload, seeds[w + i])
+                 for i, (s, e) in enumerate(bounds[w:w + wave])]
+        for chunk in parallel_map(_explain_chunk, tasks, n_jobs=n_jobs):
+            if chunk.max_additivity_error > additivity_tolerance:
+                _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
+            yield chunk
+
+
+def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) -> None:
+    total = chunk.base_values + chunk.values.sum(axis=1)
+    err = np.abs(total - chunk.model_output)
+    i, k = np.unravel_index(int(np.argmax(err)), err.shape)
+    row = chunk.start + i
+    name = f"sample '{sample_ids[row]}'" if sample_ids is not None else f"sample {row}"
+    raise NumericalError(
+        f"Additivity check failed in {plan.method}: for {name} (output '{plan.outputs[k]}') the base value plus "
+        f"the sum of the SHAP values was {total[i, k]:.9g}, while the model output was "
+        f"{chunk.model_output[i, k]:.9g} (|error| {err[i, k]:.3g} > explain.additivity_tolerance {tol:g}). "
+        f"This is a bug or a model the explainer cannot represent exactly; report it, or raise the tolerance "
+        f"if the difference is float32 rounding.")
+
+
+def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent",
+                      background_size: int = 100, chunk_size: int = 256, n_jobs: int | None = 1,
+                      random_state: int = 0, additivity_tolerance: float = 1e-4, background=None,
+                      sample_ids=None) -> ShapResult:
+    """SHAP values of a fitted pipeline for every row of ``X``, on the genes that enter the model.
+
+    Parameters
+    ----------
+    pipeline : sklearn.pipeline.Pipeline or estimator
+        Fitted preprocessing + model (as loaded by ``models.load_bundle``).
+    X : array or sparse matrix, samples x input genes
+        Raw expression in the model's gene order (``training.align_genes``).
+    gene_ids : list of str
+        Input gene ids (one per column of X).
+    classes : list of str or None
+        Sorted classes (bundle manifest) or None for regression.
+    mode : {'tree_path_dependent', 'interventional'}
+        Value function for tree models (ignored by the linear and agnostic routes).
+    background_size : int
+        Rows of X sampled (seeded) as background for interventional, agnostic and unscaled linear SHAP.
+    chunk_size : int
+        Samples per parallel task.
+    n_jobs : int
+        Workers; the values do not depend on it.
+    random_state : int
+        Seed for the background sample and the agnostic explainer's permutations.
+    additivity_tolerance : float
+        Maximum allowed ``|base + sum(phi) - f(x)|``.
+    background : array, optional
+        Explicit background rows (raw expression) instead of a sample of X.
+    sample_ids : list of str, optional
+        Used in error messages.
+
+    Returns
+    -------
+    ShapResult
+
+    Raises
+    ------
+    NumericalError
+        When additivity fails for any sample.
+    """
+    plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=mode,
+                              background_size=background_size, random_state=random_state, background=background)
+    n, q, k = X.shape[0], len(plan.gene_ids), len(plan.outputs)
+    values = np.empty((n, q, k))
+    base = np.empty((n, k))
+    out = np.empty((n, k))
+    max_err = 0.0
+    for chunk in iter_shap_chunks(pipeline, X, plan=plan, payload=payload, classes=classes, chunk_size=chunk_size,
+                                  n_jobs=n_jobs, random_state=random_state,
+                                  additivity_tolerance=additivity_tolerance, sample_ids=sample_ids):
+        values[chunk.start:chunk.stop] = chunk.values
+        base[chunk.start:chunk.stop] = chunk.base_values
+        out[chunk.start:chunk.stop] = chunk.model_output
+        max_err = max(max_err, chunk.max_additivity_error)
+    return ShapResult(values, base, out, plan.gene_ids, plan.outputs, plan.scale, plan.method, plan.exact, max_err,
+                      list(plan.approximations))
