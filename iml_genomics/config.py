@@ -79,6 +79,11 @@ class ExplainConfig:
     interaction_top_k: int = _opt(20, min=2, help="Genes considered for Shapley interaction values (tree models).")
     additivity_tolerance: float = _opt(1e-4, min=0.0, min_exclusive=True, help="Max |base + sum(phi) - f(x)| allowed.")
     samples: list[str] = _opt([], help="Sample ids for local explanations.")
+    local_top_n: int = _opt(10, min=1, help="Genes per direction (up, down) in local_explanations.tsv.")
+    interaction_max_samples: int = _opt(
+        200, min=1, help="Samples (seeded subset) over which tree interaction values are averaged.")
+    permutation_scoring: Literal["auto", "log_loss", "auroc", "accuracy", "r2"] = _opt(
+        "auto", help="Held-out score whose drop is the permutation importance; auto = log_loss (classes) or r2.")
 
 
 @dataclass
