@@ -351,7 +351,10 @@ def simulate_pathway(n_samples: int = 200, n_genes: int = 500, *, pathway_size: 
         Labels ``class_1`` .. ``class_K`` in column ``condition``; true genes
         are the genes of every class's characteristic pathways; ``truth`` has
         gene_id, pathway (characteristic pathways holding the gene) and
-        class; ``params['characteristic']`` maps class -> pathways.
+        class; ``params['characteristic']`` maps class -> pathways,
+        ``params['pathway_weights']`` is the classes x pathways Dirichlet
+        parameter and ``params['gene_weights']`` the pathways x
+        pathway_size gene weights beta (in the order of the GMT's genes).
     """
     _check_range("pathway_size", pathway_size, 1, n_genes)
     _check_range("overlap", overlap, 0, pathway_size, hi_open=True)
@@ -414,7 +417,9 @@ def simulate_pathway(n_samples: int = 200, n_genes: int = 500, *, pathway_size: 
               "gene_concentration": gene_concentration, "n_reads": n_reads,
               "class_proportions": [float(v) for v in np.asarray(class_proportions, float) / np.sum(class_proportions)],
               "seed": seed,
-              "characteristic": {class_names[c]: [path_names[p] for p in paths] for c, paths in characteristic.items()}}
+              "characteristic": {class_names[c]: [path_names[p] for p in paths] for c, paths in characteristic.items()},
+              # arrays for tests and power studies (not written to provenance)
+              "pathway_weights": alpha, "gene_weights": beta}
     return SimulatedCohort(
         expression=pd.DataFrame(cpm, index=pd.Index(sample_ids, name="sample_id"), columns=gene_ids),
         labels=pd.DataFrame({"condition": np.asarray(class_names, dtype=object)[y_idx]},

@@ -109,7 +109,8 @@ def simulate(family, out, formats, prefix, seed, **opts):
                             "n_true_genes": len(cohort.true_genes), "n_pathways": len(cohort.pathways),
                             "class_counts": cohort.labels["condition"].astype(str).value_counts().sort_index().to_dict()
                             if cohort.params.get("outcome") != "continuous" else None}
-    prov.extra["simulation"] = {k: v for k, v in cohort.params.items() if k != "loadings"}
+    prov.extra["simulation"] = {k: v for k, v in cohort.params.items()
+                                if k not in ("loadings", "pathway_weights", "gene_weights")}
     with staged_output(out) as stage:
         write_cohort(cohort, stage, prefix, formats=tuple(dict.fromkeys(formats)), detailed_truth=True)
         prov.mark("write")
