@@ -108,6 +108,16 @@ class ReportConfig:
     max_set_size: int = _opt(500, min=1, help="Largest gene set tested.")
     top_k: int = _opt(50, min=1, help="Top genes of the ranking used for over-representation when no selection exists.")
     n_permutations: int = _opt(1000, min=10, help="Permutations for the rank-based set test.")
+    ranking_metric: Literal["auto", "mean_abs_shap", "univariate", "knockoff_w"] = _opt(
+        "auto", help="Gene score of the rank-based set test; auto = mean |SHAP| from explain, else the univariate "
+                     "statistic, else knockoff W.")
+    gene_set_fdr: float = _opt(0.1, min=0.0, max=1.0, min_exclusive=True,
+                               help="q-value at or below which a gene set counts as significant (biomarkers.tsv).")
+    gene_map_id_column: str | None = _opt(None, help="Gene-map column with the measured ids; auto-detected when unset.")
+    gene_map_symbol_column: str | None = _opt(
+        None, help="Gene-map column with symbols (first word used); symbol/gene_symbol/.../description when unset.")
+    samples: list[str] = _opt([], help="Samples whose local explanations the report shows; explain.samples when empty.")
+    title: str = _opt("iml-genomics report", help="Title of report.html.")
 
 
 @dataclass

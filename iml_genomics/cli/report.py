@@ -1,0 +1,164 @@
+"""`iml-genomics report`."""
+
+from __future__ import annotations
+
+import click
+
+from iml_genomics.cli.common import out_option, resolve_config
+
+
+class _MultiValueOption(click.Option):
+    """An option that takes every following argument up to the next option:
+    ``--inputs DIR [DIR ...]`` (``--inputs a --inputs b`` works too)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            our = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if our is None:
+                continue
+            previous = our.process
+
+            def process(value, state, _previous=previous, _parser=parser):
+                values = [value]
+                while state.rargs and not _is_option(state.rargs[0], _parser):
+                    values.append(state.rargs.pop(0))
+                for v in values:
+                    _previous(v, state)
+
+            our.process = process
+
+
+def _is_option(arg: str, parser) -> bool:
+    return arg.startswith("-") and (arg.split("=", 1)[0] in parser._long_opt or arg in parser._short_opt
+                                    or arg == "--")
+
+
+@click.command()
+@click.option("--inputs", "input_dirs", cls=_MultiValueOption, required=True, type=click.Path(file_okay=False),
+              help="Output directories of train, explain and/or select (any subset; recognised by their files).")
+@click.option("--gene-sets", type=click.Path(dir_okay=False), default=None,
+              help="GMT file (plain or .gz) [config report.gene_sets].")
+@click.option("--gene-map", type=click.Path(dir_okay=False), default=None,
+              help="TSV/CSV mapping measured ids (probes, Ensembl) to symbols [config report.gene_map].")
+@out_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML config; when omitted, the config recorded by train (provenance.json) is used.")
+@click.option("--expression", type=click.Path(dir_okay=False), default=None,
+              help="Expression matrix for univariate effects [path recorded by train].")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Labels table [path recorded by train].")
+@click.option("--label-column", default=None, help="Outcome column [config data.label_column].")
+@click.option("--sample-id-column", default=None, help="Sample id column of --labels [first column].")
+@click.option("--genes-as-rows", is_flag=True, default=None, help="Matrix has genes as rows.")
+@click.option("--samples", default=None,
+              help="Comma-separated sample ids whose local explanations are shown [config report.samples].")
+@click.option("--top-k", type=int, default=None,
+              help="Top genes of the ranking used for over-representation when no selection exists "
+                   "[config report.top_k].")
+@click.option("--min-set-size", type=int, default=None, help="Smallest gene set tested [config report.min_set_size].")
+@click.option("--max-set-size", type=int, default=None, help="Largest gene set tested [config report.max_set_size].")
+@click.option("--permutations", type=int, default=None,
+              help="Permutations of the rank-based set test [config report.n_permutations].")
+@click.option("--ranking-metric", default=None,
+              help="auto, mean_abs_shap, univariate or knockoff_w [config report.ranking_metric].")
+@click.option("--title", default=None, help="Report title [config report.title].")
+@click.option("--seed", type=int, default=None, help="Seed of the permutation test [config seed].")
+@click.option("--jobs", "n_jobs", type=int, default=None, help="Accepted for symmetry; the report is single-process.")
+def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels, label_column, sample_id_column,
+           genes_as_rows, samples, top_k, min_set_size, max_set_size, permutations, ranking_metric, title, seed,
+           n_jobs):
+    """Biomarker table, gene-set results and a self-contained HTML report.
+
+    \b
+    Writes to OUT: biomarkers.tsv, gene_sets.tsv (when gene sets are given),
+    group_attributions.parquet (per sample x set sum |SHAP|, when explain attributions exist),
+    report.html, report_summary.json, provenance.json.
+    \b
+    Example (Golub, after train/explain/select into results/golub/*):
+      iml-genomics report --inputs results/golub/train results/golub/explain results/golub/select \\
+        --gene-sets ../shared/data/go_bp_2022-07.gmt.gz --gene-map test_data/golub_probes.tsv \\
+        --out results/golub/report
+    """
+    from pathlib import Path
+
+    from iml_genomics import genesets as gs
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.io import Provenance, load_cohort, staged_output, write_json, write_tsv
+    from iml_genomics.report import build_report, cohort_paths, load_inputs, measured_genes
+
+    inputs = load_inputs(input_dirs)
+    overrides = {
+        "data.label_column": label_column, "data.sample_id_column": sample_id_column,
+        "data.orientation": genes_as_rows, "report.gene_sets": gene_sets, "report.gene_map": gene_map,
+        "report.top_k": top_k, "report.min_set_size": min_set_size, "report.max_set_size": max_set_size,
+        "report.n_permutations": permutations, "report.ranking_metric": ranking_metric, "report.title": title,
+        "seed": seed, "n_jobs": n_jobs,
+        "report.samples": [s.strip() for s in samples.split(",") if s.strip()] if samples else None,
+    }
+    recorded_cfg = (inputs.provenance.get("train") or {}).get("config")
+    if config_path is None and isinstance(recorded_cfg, dict):
+        # the train step's resolved config: same data section (label column, orientation) without retyping it
+        cfg = config_from_dict(recorded_cfg, source=f"{inputs.dirs['train'] / 'provenance.json'}")
+        for key, value in overrides.items():
+            if key == "data.orientation":
+                value = "genes_x_samples" if value else None
+            cfg.override(key, value)
+    else:
+        cfg = resolve_config(config_path, overrides=overrides)
+    rc = cfg.report
+    recorded = cohort_paths(inputs)
+    expression = expression or recorded["expression"]
+    labels = labels or recorded["labels"]
+    prov = Provenance("report", cfg.to_dict(), {
+        **{f"inputs_{step}": str(d) for step, d in inputs.dirs.items()}, "gene_sets": rc.gene_sets,
+        "gene_map": rc.gene_map, "expression": expression, "labels": labels, "config": config_path})
+    prov.mark("read_inputs")
+
+    adata = None
+    if expression:
+        if not Path(expression).is_file():
+            raise InputDataError(f"{expression}: expression file (recorded by train) not found. Pass --expression "
+                                 f"and --labels to point at the cohort.")
+        label_col = cfg.data.label_column or (inputs.model or {}).get("label_column")
+        adata = load_cohort(expression, labels=labels, label_column=label_col,
+                            sample_id_column=cfg.data.sample_id_column,
+                            genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
+                            drop_unmatched=cfg.data.drop_unmatched, require_labels=False)
+    label_col = cfg.data.label_column or (inputs.model or {}).get("label_column")
+    collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
+    genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
+    gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
+                                   symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
+    prov.mark("read_cohort_and_gene_sets")
+    task = (inputs.model or {}).get("task") or (None if cfg.task == "auto" else cfg.task)
+    result = build_report(
+        inputs, collection=collection, report_cfg=rc, gene_map=gene_table, adata=adata, label_column=label_col,
+        task=task, count_data=cfg.preprocess.transform in ("log1p", "log1p_cpm"),
+        cpm=cfg.preprocess.transform == "log1p_cpm", samples=rc.samples or cfg.explain.samples,
+        random_state=cfg.seed, title=rc.title,
+        own_provenance={"command line": " ".join(__import__("sys").argv), "seed": cfg.seed,
+                        "gene sets": rc.gene_sets, "gene map": rc.gene_map, "expression": expression,
+                        "labels": labels})
+    prov.mark("analyse")
+    prov.extra["report"] = result.summary
+    with staged_output(out) as stage:
+        write_tsv(result.biomarkers, stage / "biomarkers.tsv")
+        if result.gene_sets is not None:
+            write_tsv(result.gene_sets, stage / "gene_sets.tsv")
+        if result.group_attributions_per_sample is not None:
+            per_sample = result.group_attributions_per_sample.rename_axis("sample_id").reset_index()
+            per_sample.to_parquet(stage / "group_attributions.parquet", index=False)
+        write_json(result.summary, stage / "report_summary.json")
+        (stage / "report.html").write_text(result.html, encoding="utf-8")
+        prov.mark("write")
+        prov.write(stage)
+    gsum = result.summary.get("gene_sets") or {}
+    click.echo(f"report: {len(result.biomarkers)} genes, {gsum.get('n_sets_tested', 0)} gene sets tested "
+               f"({gsum.get('n_significant_sets', 0)} significant), inputs: {', '.join(inputs.steps)}; wrote {out}",
+               err=True)

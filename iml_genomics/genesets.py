@@ -1,0 +1,504 @@
+"""Gene sets: GMT reading, identifier harmonisation, over-representation,
+a rank-based (prerank GSEA-style) set test and group attributions.
+
+Everything here works on *keys*: harmonised gene identifiers (stripped,
+upper-case symbols). Measured gene ids (probes, Ensembl ids, symbols) are
+turned into keys by :func:`map_gene_ids`, optionally through a mapping
+table; gene sets are reduced to the keys that were measured (the
+background is the measured genes, never the whole GMT).
+
+Several measured ids can share one key (several probes of one gene). How
+they are collapsed depends on the question:
+
+* over-representation: a key is *selected* when any of its ids is selected;
+* rank-based test: a key's score is the score of its id with the largest
+  absolute score (the "max probe" rule of GSEA's collapse step);
+* group attributions: the |SHAP| of every measured id whose key is in the
+  set is summed (two probes of one gene both carry model attribution).
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from iml_genomics.errors import InputDataError
+
+__all__ = [
+    "GeneSetCollection", "read_gmt", "normalise_ids", "read_gene_map", "map_gene_ids", "restrict_gene_sets",
+    "benjamini_hochberg", "over_representation", "prerank", "group_attributions", "collapse_scores",
+]
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class GeneSetCollection:
+    """Gene sets as read from a GMT file.
+
+    Attributes
+    ----------
+    sets : dict of str -> list of str
+        Set name -> member genes as written (order kept, duplicates removed).
+    descriptions : dict of str -> str
+        Set name -> the GMT's second column (often a URL or an id).
+    source : str
+        File name the sets came from (for the ``source`` output column).
+    """
+
+    sets: dict[str, list[str]]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+
+def read_gmt(path: str | Path) -> GeneSetCollection:
+    """Read a GMT file (plain or gzipped).
+
+    Each non-empty line is ``name<TAB>description<TAB>gene<TAB>gene...``.
+    Blank lines and lines starting with ``#`` are skipped; empty gene fields
+    (trailing tabs) are ignored.
+
+    Raises
+    ------
+    InputDataError
+        Missing or unreadable file, a line with fewer than three fields or
+        without genes, or a set name used twice; the message names the file
+        and the line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{path}: gene-set file not found. Check --gene-sets (or report.gene_sets).")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    sets: dict[str, list[str]] = {}
+    descriptions: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip() or line.startswith("#"):
+                    continue
+                fields = line.split("\t")
+                name = fields[0].strip()
+                genes = [g.strip() for g in fields[2:] if g.strip()]
+                if len(fields) < 3 or not name or not genes:
+                    raise InputDataError(
+                        f"{path}: line {lineno}: not a GMT record (need name<TAB>description<TAB>genes..., "
+                        f"got {len(fields)} tab-separated field(s)). Fix the line or use a GMT file.")
+                if name in sets:
+                    raise InputDataError(f"{path}: line {lineno}: gene set '{name}' already defined at line "
+                                         f"{first_line[name]}. Set names must be unique.")
+                sets[name] = list(dict.fromkeys(genes))
+                descriptions[name] = fields[1].strip()
+                first_line[name] = lineno
+    except UnicodeDecodeError:
+        raise InputDataError(f"{path}: line {lineno + 1}: not UTF-8 text; is this a GMT file?") from None
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputDataError(f"{path}: cannot read gene-set file near line {lineno + 1} ({exc}).") from None
+    if not sets:
+        raise InputDataError(f"{path}: no gene sets found (empty GMT file).")
+    return GeneSetCollection(sets=sets, descriptions=descriptions, source=path.name)
+
+
+def normalise_ids(ids) -> np.ndarray:
+    """Harmonised keys: surrounding whitespace removed, upper case.
+
+    Human gene symbols are upper case by convention (HGNC), mouse symbols
+    are capitalised; comparing upper-case keys matches both spellings.
+    """
+    return np.array([str(i).strip().upper() for i in ids], dtype=object)
+
+
+_SYMBOL_COLUMNS = ("symbol", "gene_symbol", "hgnc_symbol", "gene_name", "symbols", "description")
+
+
+def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
+                  symbol_column: str | None = None) -> pd.Series:
+    """Read a table mapping measured gene ids (probes, Ensembl ids) to symbols.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV/TSV (optionally gzipped) with a header.
+    gene_ids : sequence of str
+        The measured ids, used to find the id column when not given.
+    id_column : str, optional
+        Column holding the measured ids; by default the column sharing the
+        most values with ``gene_ids``.
+    symbol_column : str, optional
+        Column holding symbols; by default the first of symbol, gene_symbol,
+        hgnc_symbol, gene_name, symbols, description that exists. Only the
+        first whitespace-separated word is used, so a description such as
+        ``"CST3 Cystatin C (amyloid ...)"`` maps to ``CST3``.
+
+    Returns
+    -------
+    pandas.Series
+        Index: measured id (as in the table, stripped); values: harmonised
+        symbol key. Ids with an empty symbol are left out.
+    """
+    from iml_genomics.io import read_table
+
+    table = read_table(path, "gene map")
+    measured = {str(g).strip() for g in gene_ids}
+    if id_column is None:
+        overlap = {c: table[c].str.strip().isin(measured).sum() for c in table.columns}
+        id_column = max(overlap, key=lambda c: (overlap[c], -list(table.columns).index(c)))
+        if overlap[id_column] == 0:
+            raise InputDataError(f"{path}: no column of the gene map holds the measured gene ids (e.g. "
+                                 f"'{next(iter(measured))}'). Check the file or set report.gene_map_id_column.")
+    elif id_column not in table.columns:
+        raise InputDataError(f"{path}: gene map id column '{id_column}' not found; available columns: "
+                             f"{', '.join(table.columns)}.")
+    if symbol_column is None:
+        lower = {c.lower(): c for c in table.columns}
+        candidates = [lower[c] for c in _SYMBOL_COLUMNS if c in lower and lower[c] != id_column]
+        others = [c for c in table.columns if c != id_column]
+        if not candidates and not others:
+            raise InputDataError(f"{path}: gene map needs an id column and a symbol column; found only "
+                                 f"'{id_column}'.")
+        symbol_column = candidates[0] if candidates else others[-1]
+    elif symbol_column not in table.columns:
+        raise InputDataError(f"{path}: gene map symbol column '{symbol_column}' not found; available columns: "
+                             f"{', '.join(table.columns)}.")
+    ids = table[id_column].str.strip()
+    symbols = table[symbol_column].fillna("").str.strip().str.split(n=1).str[0].fillna("")
+    keep = (ids != "") & (symbols != "")
+    series = pd.Series(normalise_ids(symbols[keep]), index=ids[keep].to_numpy(), name="symbol")
+    # a probe listed twice keeps its first symbol: deterministic, and the table says nothing better
+    series = series[~series.index.duplicated(keep="first")]
+    series.attrs.update(id_column=id_column, symbol_column=symbol_column, source=str(path))
+    return series
+
+
+def map_gene_ids(gene_ids, gene_map: pd.Series | None = None) -> pd.Series:
+    """Harmonised key of every measured gene id.
+
+    Without a map the key is the id itself, normalised (strip, upper case).
+    With a map, ids absent from it fall back to their own normalised id, so
+    a table that already uses symbols still works.
+
+    Returns
+    -------
+    pandas.Series
+        Index: measured gene id (in the given order); values: key.
+    """
+    gene_ids = [str(g) for g in gene_ids]
+    keys = normalise_ids(gene_ids)
+    if gene_map is not None:
+        mapped = gene_map.reindex([g.strip() for g in gene_ids]).to_numpy()
+        keys = np.where(pd.isna(mapped), keys, mapped)
+    return pd.Series(keys, index=pd.Index(gene_ids, name="gene_id"), name="key")
+
+
+def restrict_gene_sets(collection: GeneSetCollection, universe, *, min_size: int = 10,
+                       max_size: int = 500) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """Reduce every set to the measured keys and apply the size limits.
+
+    Parameters
+    ----------
+    collection : GeneSetCollection
+    universe : iterable of str
+        Harmonised keys of the measured genes (the background).
+    min_size, max_size : int
+        Limits on the number of *measured* members.
+
+    Returns
+    -------
+    sets : dict of str -> list of str
+        Kept sets -> their measured keys, sorted.
+    table : pandas.DataFrame
+        One row per set of the file: gene_set, description, set_size (as in the
+        file), n_measured, tested (bool).
+    """
+    universe = set(universe)
+    kept, rows = {}, []
+    for name, genes in collection.sets.items():
+        members = sorted(set(normalise_ids(genes)) & universe)
+        tested = min_size <= len(members) <= max_size
+        rows.append((name, collection.descriptions.get(name, ""), len(genes), len(members), tested))
+        if tested:
+            kept[name] = members
+    table = pd.DataFrame(rows, columns=["gene_set", "description", "set_size", "n_measured", "tested"])
+    return kept, table
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values); NaN stays NaN.
+
+    ``q_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the m non-missing p-values
+    sorted increasingly.
+    """
+    p = np.asarray(p_values, dtype=float)
+    q = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    m = int(ok.sum())
+    if m == 0:
+        return q
+    order = np.argsort(p[ok], kind="mergesort")
+    ranked = p[ok][order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(ranked, 1.0)
+    q[ok] = out
+    return q
+
+
+def over_representation(selected, universe, sets: dict[str, list[str]]) -> pd.DataFrame:
+    """Hypergeometric over-representation of selected keys in each set.
+
+    Parameters
+    ----------
+    selected : iterable of str
+        Selected keys (must lie in ``universe``; others are ignored).
+    universe : iterable of str
+        Background keys: the measured genes.
+    sets : dict of str -> list of str
+        Sets restricted to the universe (see :func:`restrict_gene_sets`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        gene_set, n_measured, n_selected, n_overlap, expected_overlap,
+        odds_ratio, p_value, q_value, overlap_genes (';'-joined, sorted), in
+        the order of ``sets``. ``p_value = P(X >= n_overlap)`` with X
+        hypergeometric (universe N, set size K, n selected). The odds ratio is
+        the sample odds ratio of the 2x2 table, with 0.5 added to each cell
+        when a cell is zero (Haldane-Anscombe).
+    """
+    from scipy.stats import hypergeom
+
+    universe = set(universe)
+    chosen = set(selected) & universe
+    N, n = len(universe), len(chosen)
+    names = list(sets)
+    K = np.array([len(sets[s]) for s in names], dtype=float)
+    overlaps = [sorted(set(sets[s]) & chosen) for s in names]
+    x = np.array([len(o) for o in overlaps], dtype=float)
+    p = hypergeom.sf(x - 1, N, K, n) if names else np.array([])
+    a, b, c = x, n - x, K - x
+    d = N - K - n + x
+    zero = (a == 0) | (b == 0) | (c == 0) | (d == 0)
+    adj = np.where(zero, 0.5, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        odds = ((a + adj) * (d + adj)) / ((b + adj) * (c + adj))
+    return pd.DataFrame({
+        "gene_set": names, "n_measured": K.astype(int), "n_selected": n, "n_overlap": x.astype(int),
+        "expected_overlap": K * n / N if N else np.nan, "odds_ratio": odds, "p_value": np.clip(p, 0, 1),
+        "q_value": benjamini_hochberg(p), "overlap_genes": [";".join(o) for o in overlaps],
+    })
+
+
+def collapse_scores(scores: pd.Series, keys: pd.Series) -> pd.Series:
+    """One score per key: the score with the largest absolute value among its ids.
+
+    Ties are broken by the id that sorts first, so the result is deterministic.
+    """
+    frame = pd.DataFrame({"key": keys.reindex(scores.index).to_numpy(), "score": scores.to_numpy(),
+                          "abs": np.abs(scores.to_numpy()), "id": scores.index.astype(str)})
+    frame = frame.dropna(subset=["key", "score"]).sort_values(["key", "abs", "id"], ascending=[True, False, True],
+                                                              kind="mergesort")
+    first = frame.drop_duplicates("key", keep="first")
+    return pd.Series(first["score"].to_numpy(), index=pd.Index(first["key"].to_numpy(), name="key"), name="score")
+
+
+def _running_sum_extremes(pos: np.ndarray, weights: np.ndarray, n_genes: int):
+    """Enrichment scores of many sets of the same size from their hit positions.
+
+    The GSEA running sum steps up by w_i / sum(w) at each hit and down by
+    1 / (N - k) at each miss, so its extremes sit right after a hit (maximum)
+    or right before one (minimum); both follow from the sorted hit positions
+    in O(k) instead of O(N). Rows whose hits all weigh zero get ES = 0.
+
+    Parameters
+    ----------
+    pos : (m, k) int array
+        0-based positions of the hits in the ranking, sorted along axis 1.
+    weights : (m, k) float array
+        |score|^p of each hit.
+    n_genes : int
+
+    Returns
+    -------
+    es : (m,) float, imax : (m,) int, imin : (m,) int
+        Signed ES (the larger deviation in absolute value), and the hit index
+        of the maximum and of the minimum.
+    """
+    m, k = pos.shape
+    total = weights.sum(axis=1, keepdims=True)
+    zero = total[:, 0] <= 0
+    total[zero] = 1.0
+    cum = np.cumsum(weights, axis=1) / total
+    misses = (pos - np.arange(k)) / max(n_genes - k, 1)
+    up = cum - misses
+    down = cum - weights / total - misses
+    imax = up.argmax(axis=1)
+    imin = down.argmin(axis=1)
+    rows = np.arange(m)
+    es_max = up[rows, imax]
+    es_min = np.minimum(down[rows, imin], 0.0)
+    es = np.where(np.abs(es_max) >= np.abs(es_min), es_max, es_min)
+    es[zero] = 0.0
+    return es, imax, imin
+
+
+def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: int = 1000, weight: float = 1.0,
+            random_state=0, batch_rows: int = 2_000_000) -> pd.DataFrame:
+    """Pre-ranked gene-set enrichment (GSEA-style) with gene-permutation p-values.
+
+    The enrichment score (ES) of a set is the maximum deviation from zero of
+    the weighted Kolmogorov-Smirnov running sum down the ranking (Subramanian
+    et al. 2005, weight p = ``weight``). The null distribution of a set of k
+    genes is the ES of ``n_permutations`` random k-subsets of the ranking
+    (gene permutation, as in GSEA prerank); sets of the same size share one
+    null sample (as in fgsea), which is what makes this fast.
+
+    NES = ES / mean(null ES of the same sign) (absolute value), the p-value is
+    (1 + #null ES at least as extreme, same sign) / (1 + #null ES of that sign),
+    and q_value is Benjamini-Hochberg over the tested sets.
+
+    Parameters
+    ----------
+    scores : pandas.Series
+        Score per key (higher = earlier in the ranking). Use
+        :func:`collapse_scores` first when ids map to shared keys.
+    sets : dict of str -> list of str
+        Sets restricted to the keys of ``scores``.
+    n_permutations : int
+    weight : float
+        Exponent p of |score| in the running sum (1 = classic GSEA).
+    random_state : int or numpy.random.Generator or SeedSequence
+    batch_rows : int
+        Upper bound on positions handled per vectorised step (memory knob).
+
+    Returns
+    -------
+    pandas.DataFrame
+        gene_set, n_measured, es, nes, p_value, q_value, leading_edge
+        (';'-joined keys in ranking order), n_leading_edge; in the order of ``sets``.
+    """
+    rng = np.random.default_rng(random_state)
+    order = np.lexsort((scores.index.astype(str).to_numpy(), -scores.to_numpy(dtype=float)))
+    ranked_keys = scores.index.to_numpy()[order]
+    w_all = np.abs(scores.to_numpy(dtype=float)[order]) ** weight
+    n_genes = len(ranked_keys)
+    position = pd.Series(np.arange(n_genes), index=ranked_keys)
+    names = list(sets)
+    member_pos = [np.sort(position.reindex(sets[s]).dropna().to_numpy(dtype=np.int64)) for s in names]
+    sizes = np.array([len(p) for p in member_pos])
+    out = {"es": np.full(len(names), np.nan), "nes": np.full(len(names), np.nan),
+           "p_value": np.full(len(names), np.nan)}
+    leading = [""] * len(names)
+    n_lead = np.zeros(len(names), dtype=int)
+    testable = (sizes > 0) & (sizes < n_genes)
+    max_k = int(sizes[testable].max()) if testable.any() else 0
+    if max_k:
+        # one random max_k-subset (in random order) per permutation; its first k
+        # entries are a uniform random k-subset, for every k at once
+        perms = np.empty((n_permutations, max_k), dtype=np.int64)
+        for i in range(n_permutations):
+            perms[i] = rng.choice(n_genes, size=max_k, replace=False, shuffle=True)
+    for k in np.unique(sizes[testable]):
+        idx = np.flatnonzero(sizes == k)
+        obs_pos = np.stack([member_pos[i] for i in idx])
+        es, imax, imin = _running_sum_extremes(obs_pos, w_all[obs_pos], n_genes)
+        null = np.empty(n_permutations)
+        step = max(1, batch_rows // int(k))
+        for start in range(0, n_permutations, step):
+            block = np.sort(perms[start:start + step, :k], axis=1)
+            null[start:start + step] = _running_sum_extremes(block, w_all[block], n_genes)[0]
+        pos_null, neg_null = null[null >= 0], null[null < 0]
+        mean_pos = pos_null.mean() if pos_null.size else np.nan
+        mean_neg = -neg_null.mean() if neg_null.size else np.nan
+        for j, i in enumerate(idx):
+            e = es[j]
+            if e >= 0:
+                out["nes"][i] = e / mean_pos if mean_pos > 0 else np.nan
+                out["p_value"][i] = (1 + np.sum(pos_null >= e)) / (1 + pos_null.size)
+                hits = obs_pos[j, :imax[j] + 1]
+            else:
+                out["nes"][i] = e / mean_neg if mean_neg > 0 else np.nan
+                out["p_value"][i] = (1 + np.sum(neg_null <= e)) / (1 + neg_null.size)
+                hits = obs_pos[j, imin[j]:]
+            out["es"][i] = e
+            if e == 0:
+                hits = hits[:0]
+            leading[i] = ";".join(ranked_keys[hits])
+            n_lead[i] = len(hits)
+    return pd.DataFrame({"gene_set": names, "n_measured": sizes, "es": out["es"], "nes": out["nes"],
+                         "p_value": out["p_value"], "q_value": benjamini_hochberg(out["p_value"]),
+                         "leading_edge": leading, "n_leading_edge": n_lead})
+
+
+def group_attributions(attributions: pd.DataFrame, keys: pd.Series, sets: dict[str, list[str]],
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sum and mean of |SHAP| over the member genes of each set.
+
+    Parameters
+    ----------
+    attributions : pandas.DataFrame
+        Rows = samples (index = sample id; repeated ids, e.g. one row per class
+        of a multiclass model, are averaged in absolute value), columns =
+        measured gene ids, values = SHAP values.
+    keys : pandas.Series
+        Measured id -> key (see :func:`map_gene_ids`).
+    sets : dict of str -> list of str
+        Sets over keys.
+
+    Returns
+    -------
+    overall : pandas.DataFrame
+        gene_set, n_attributed_genes (measured ids with an attribution),
+        sum_abs_shap (mean over samples of the per-sample sum), mean_abs_shap
+        (that divided by n_attributed_genes), rank (by sum_abs_shap, ties by
+        name); sorted by rank.
+    per_sample : pandas.DataFrame
+        Samples x sets, per-sample sum of |SHAP| over the set's genes.
+    """
+    abs_attr = attributions.abs().groupby(level=0, sort=False).mean()
+    cols = [c for c in abs_attr.columns if c in keys.index]
+    col_keys = keys.reindex(cols).to_numpy()
+    names = list(sets)
+    key_to_set = {}
+    for j, name in enumerate(names):
+        for k in sets[name]:
+            key_to_set.setdefault(k, []).append(j)
+    rows, cols_idx = [], []
+    for c, k in enumerate(col_keys):
+        for j in key_to_set.get(k, ()):
+            rows.append(c)
+            cols_idx.append(j)
+    from scipy import sparse
+
+    membership = sparse.csr_matrix((np.ones(len(rows)), (rows, cols_idx)), shape=(len(cols), len(names)))
+    values = abs_attr[cols].to_numpy(dtype=float)
+    per = np.asarray(membership.T.dot(values.T).T) if len(names) else np.zeros((len(values), 0))
+    n_attr = np.asarray(membership.sum(axis=0)).ravel().astype(int)
+    total = per.mean(axis=0) if len(values) else np.zeros(len(names))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(n_attr > 0, total / np.maximum(n_attr, 1), np.nan)
+    overall = pd.DataFrame({"gene_set": names, "n_attributed_genes": n_attr, "sum_abs_shap": total,
+                            "mean_abs_shap": mean})
+    overall = overall.sort_values(["sum_abs_shap", "gene_set"], ascending=[False, True], kind="mergesort")
+    overall.insert(0, "rank", np.arange(1, len(overall) + 1))
+    per_sample = pd.DataFrame(per, index=abs_attr.index, columns=names)
+    return overall.reset_index(drop=True), per_sample
+
+
+def set_membership(sets: dict[str, list[str]], significant: list[str]) -> dict[str, list[str]]:
+    """Key -> sorted names of the ``significant`` sets that contain it."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(significant):
+        for key in sets.get(name, ()):
+            out.setdefault(key, []).append(name)
+    return out
+
+

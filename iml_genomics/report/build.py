@@ -1,0 +1,256 @@
+"""The report step's core: tables and HTML from in-memory inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from iml_genomics import __version__
+from iml_genomics import genesets as gs
+from iml_genomics.report import html as H
+from iml_genomics.report import plots
+from iml_genomics.report.inputs import ReportInputs, measured_genes
+from iml_genomics.report.tables import analyse_gene_sets, build_biomarkers, univariate_effects
+
+
+@dataclass
+class ReportResult:
+    """Tables, summary and page produced by :func:`build_report`."""
+
+    biomarkers: pd.DataFrame
+    gene_sets: pd.DataFrame | None
+    group_attributions_per_sample: pd.DataFrame | None
+    summary: dict = field(default_factory=dict)
+    html: str = ""
+
+
+def _attr_rows(inputs: ReportInputs, positive_class: str | None) -> pd.DataFrame | None:
+    """Samples x genes SHAP values of one class (the positive one when several)."""
+    attr = inputs.attributions
+    if attr is None:
+        return None
+    if "class" in attr.columns and attr["class"].nunique() > 1:
+        cls = positive_class if positive_class in set(attr["class"].astype(str)) else str(attr["class"].iloc[0])
+        attr = attr[attr["class"].astype(str) == cls]
+    genes = [c for c in attr.columns if c not in ("sample_id", "class", "base_value", "model_output")]
+    return attr.set_index(attr["sample_id"].astype(str))[genes]
+
+
+def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | None, report_cfg,
+                 gene_map: pd.Series | None = None, adata=None, label_column: str | None = None,
+                 task: str | None = None, count_data: bool = False, cpm: bool = False,
+                 samples: list[str] | None = None, random_state=0, title: str = "iml-genomics report",
+                 own_provenance: dict | None = None) -> ReportResult:
+    """Build biomarkers.tsv, gene_sets.tsv and report.html contents.
+
+    Parameters
+    ----------
+    inputs : ReportInputs
+        What :func:`~iml_genomics.report.inputs.load_inputs` found.
+    collection : GeneSetCollection or None
+        Gene sets; gene-set results are skipped when None.
+    report_cfg : ReportConfig
+        min/max set size, top_k, n_permutations, ranking_metric, gene_set_fdr.
+    gene_map : pandas.Series, optional
+        Measured id -> symbol (see :func:`iml_genomics.genesets.read_gene_map`).
+    adata : anndata.AnnData, optional
+        The cohort, for univariate effects and expression-coloured plots.
+    label_column, task : str, optional
+        Outcome column and task; task defaults to model.json's.
+    count_data, cpm : bool
+        Passed to :func:`~iml_genomics.report.tables.univariate_effects`.
+    samples : list of str, optional
+        Samples whose local explanations are shown; all in
+        local_explanations.tsv when empty.
+    random_state : int
+        Seed of the permutation test.
+    """
+    model = inputs.model or {}
+    task = task or model.get("task")
+    positive_class = model.get("positive_class")
+    gene_ids = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
+    univariate = None
+    if adata is not None and label_column and label_column in adata.obs.columns:
+        if task is None:
+            from iml_genomics.io import infer_task
+
+            task = infer_task(adata.obs[label_column])
+        univariate = univariate_effects(adata, label_column=label_column, task=task,
+                                        positive_class=positive_class, count_data=count_data, cpm=cpm)
+    summary: dict = {"steps": inputs.steps, "task": task, "n_genes": len(gene_ids),
+                     "univariate_effect": None if univariate is None else str(univariate["effect_type"].iloc[0])}
+    analysis = None
+    if collection is not None:
+        analysis = analyse_gene_sets(
+            inputs, collection, gene_map=gene_map, univariate=univariate, min_size=report_cfg.min_set_size,
+            max_size=report_cfg.max_set_size, top_k=report_cfg.top_k, n_permutations=report_cfg.n_permutations,
+            ranking_metric=report_cfg.ranking_metric, q_threshold=report_cfg.gene_set_fdr,
+            random_state=random_state, gene_ids=gene_ids)
+        summary["gene_sets"] = analysis.summary
+        keys = analysis.keys
+    else:
+        keys = gs.map_gene_ids(gene_ids, gene_map)
+    biomarkers = build_biomarkers(inputs, gene_ids=gene_ids, keys=keys, univariate=univariate,
+                                  gene_set_table=analysis.table if analysis else None,
+                                  sets=analysis.sets if analysis else None)
+    summary["n_biomarker_rows"] = len(biomarkers)
+    if inputs.knockoffs is not None:
+        summary["n_knockoff_selected"] = int((biomarkers["knockoff_selected"] == True).sum())  # noqa: E712
+    result = ReportResult(biomarkers=biomarkers, gene_sets=analysis.table if analysis else None,
+                          group_attributions_per_sample=analysis.group_per_sample if analysis else None,
+                          summary=summary)
+    result.html = _page(inputs, result, adata=adata, label_column=label_column, keys=keys, samples=samples or [],
+                        title=title, own_provenance=own_provenance, seed=random_state)
+    return result
+
+
+def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, keys: pd.Series, samples, title,
+          own_provenance, seed) -> str:
+    model = inputs.model or {}
+    labels = {g: k for g, k in keys.items() if str(k).upper() != str(g).upper()}
+    sections = []
+
+    # data summary
+    info = {"steps found": ", ".join(inputs.steps) or "none",
+            "task": result.summary.get("task") or "", "genes measured": result.summary["n_genes"]}
+    if adata is not None:
+        info["samples"] = adata.n_obs
+        if label_column and label_column in adata.obs.columns and result.summary.get("task") != "regression":
+            counts = adata.obs[label_column].astype(str).value_counts().sort_index()
+            info[f"classes ({label_column})"] = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    elif inputs.oof is not None:
+        info["samples (out-of-fold)"] = inputs.oof["sample_id"].nunique()
+    if model:
+        info["model"] = model.get("model_name", "")
+        info["genes used by the final model"] = len(model.get("used_genes") or [])
+        info["label column"] = model.get("label_column", "")
+    info["univariate effect"] = result.summary.get("univariate_effect") or "not computed (no expression/labels)"
+    gsum = result.summary.get("gene_sets")
+    if gsum:
+        info["gene-set file"] = gsum["gene_set_file"]
+    sections.append(("data", "Data summary", H.kv_table(info)))
+
+    # CV performance
+    if inputs.cv_metrics is not None:
+        cv = inputs.cv_metrics
+        agg = cv[cv["split"].astype(str).isin(["mean", "sd"])]
+        metric_cols = [c for c in cv.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
+        inner = H.table_html(agg[["split", *metric_cols]])
+        inner += '<div class="plots">' + H.img(plots.roc_curves(inputs.oof, model), "ROC curves") + "</div>"
+        inner += ('<p class="note">Out-of-fold predictions: every sample is predicted by a model that did not see '
+                  'it. Preprocessing was fit inside the folds.</p>')
+    else:
+        inner = H.missing(H._MISSING["train"])
+    sections.append(("cv", "Cross-validated performance", inner))
+
+    # top biomarkers
+    bm = result.biomarkers
+    show = ["rank", "gene_id", "symbol", "knockoff_selected", "explain_rank", "mean_abs_shap", "explain_rank_low",
+            "explain_rank_high", "top_k_frequency", "knockoff_w", "effect", "higher_in", "q_value", "gene_sets"]
+    inner = H.table_html(bm[show], max_rows=25, max_chars=70)
+    inner += ('<p class="note">Sorted: knockoff-selected genes first, then genes with non-zero mean |SHAP| by '
+              f'explain rank, then univariate q-value, then |effect|; ties by gene id. Effect: '
+              f'{H.esc(result.summary.get("univariate_effect") or "n/a")}. Full table: biomarkers.tsv.</p>')
+    sections.append(("biomarkers", "Top biomarkers", inner))
+
+    # SHAP
+    if inputs.gene_ranking is not None or inputs.attributions is not None:
+        attr = _attr_rows(inputs, model.get("positive_class"))
+        if inputs.gene_ranking is not None:
+            top = inputs.gene_ranking.sort_values(["rank", "gene_id"])["gene_id"].astype(str).head(20).tolist()
+        else:
+            top = attr.abs().mean().sort_values(ascending=False).index[:20].tolist()
+        expr = None
+        if adata is not None and attr is not None:
+            cols = [g for g in top if g in set(adata.var_names)]
+            sub = adata[:, cols]
+            X = sub.X.toarray() if hasattr(sub.X, "toarray") else np.asarray(sub.X)
+            expr = pd.DataFrame(X, index=adata.obs_names.astype(str), columns=cols)
+        inner = '<div class="plots">' + H.img(plots.shap_beeswarm(attr, expr, top, labels, seed=seed),
+                                              "SHAP beeswarm summary")
+        inner += H.img(plots.shap_bar(inputs.gene_ranking, labels), "mean |SHAP| bar chart") + "</div>"
+        if inputs.interactions is not None and len(inputs.interactions):
+            inner += "<h3>Strongest pairwise interactions (Shapley interaction values)</h3>"
+            inner += H.table_html(inputs.interactions.sort_values("mean_abs_interaction", ascending=False),
+                                  max_rows=10)
+        if inputs.explain_summary:
+            keep = {k: v for k, v in inputs.explain_summary.items() if not isinstance(v, (dict, list))}
+            inner += "<h3>Explain summary</h3>" + H.kv_table(keep)
+    else:
+        inner = H.missing(H._MISSING["explain"])
+    sections.append(("shap", "SHAP attributions", inner))
+
+    # knockoffs
+    if inputs.knockoffs is not None:
+        ss = inputs.select_summary or {}
+        thr = ss.get("threshold")
+        try:
+            thr = float(thr)
+        except (TypeError, ValueError):
+            thr = None
+        inner = '<div class="plots">' + H.img(plots.knockoff_w(inputs.knockoffs, thr, labels), "knockoff W plot")
+        inner += "</div>"
+        keep = {k: v for k, v in ss.items() if not isinstance(v, (dict, list))}
+        diag = ss.get("diagnostics") if isinstance(ss.get("diagnostics"), dict) else {}
+        keep.update({f"diagnostics.{k}": v for k, v in diag.items() if not isinstance(v, (dict, list))})
+        inner += H.kv_table(keep)
+    else:
+        inner = H.missing(H._MISSING["select"])
+    sections.append(("knockoffs", "Knockoff selection", inner))
+
+    # gene sets
+    if result.gene_sets is not None:
+        gsum = result.summary["gene_sets"]
+        mapping = {
+            "gene-set file": gsum["gene_set_file"], "sets in file": gsum["n_sets_in_file"],
+            f"sets tested ({gsum['min_set_size']}-{gsum['max_set_size']} measured genes)": gsum["n_sets_tested"],
+            "measured gene ids": gsum["n_measured_ids"],
+            "ids mapped through the gene map": gsum["n_ids_mapped_by_table"],
+            "ids whose symbol is in the gene-set file": gsum["n_ids_in_gene_set_file"],
+            "distinct symbols (background)": gsum["n_keys"],
+            "background symbols in a tested set": gsum["n_keys_in_tested_sets"],
+            "over-representation query": gsum["query_source"],
+            "rank-based test on": gsum["ranking_metric"], "permutations": gsum["n_permutations"],
+            f"significant sets (q <= {gsum['q_threshold']})": gsum["n_significant_sets"],
+        }
+        inner = H.kv_table(mapping)
+        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets), "gene set q-values")
+        inner += H.img(plots.group_attribution_bars(result.gene_sets), "group attributions") + "</div>"
+        cols = ["rank", "gene_set", "n_measured", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value",
+                "nes", "gsea_q_value", "leading_edge", "group_attribution", "significant"]
+        inner += H.table_html(result.gene_sets[cols], max_rows=25, max_chars=60)
+        inner += '<p class="note">Full table: gene_sets.tsv.</p>'
+    else:
+        inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
+    sections.append(("genesets", "Gene sets", inner))
+
+    # local explanations
+    if inputs.local is not None and len(inputs.local):
+        present = list(dict.fromkeys(inputs.local["sample_id"].astype(str)))
+        wanted = [s for s in samples if s in present] or present[:6]
+        not_found = [s for s in samples if s not in present]
+        inner = ""
+        if not_found:
+            inner += H.missing("No local explanation for: " + H.esc(", ".join(not_found))
+                               + " (run explain with --samples).")
+        inner += '<div class="plots">' + "".join(
+            H.img(plots.local_explanation(inputs.local, s, labels), f"local explanation {s}") for s in wanted)
+        inner += "</div>"
+        cols = [c for c in ["sample_id", "class", "prediction", "base_value", "direction", "rank", "gene_id",
+                            "shap_value", "expression_value"] if c in inputs.local.columns]
+        sub = inputs.local[inputs.local["sample_id"].astype(str).isin(wanted)]
+        inner += H.table_html(sub[cols].groupby("sample_id", sort=False).head(8), max_rows=60)
+    else:
+        inner = H.missing(H._MISSING["explain"] if inputs.gene_ranking is None else
+                          "No local_explanations.tsv in the explain output (run explain with --samples).")
+    sections.append(("local", "Local explanations", inner))
+
+    sections.append(("meaning", "What these numbers mean, and what they don't", H.MEANING))
+    sections.append(("provenance", "Provenance", H.provenance_html(inputs.provenance, own_provenance)))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    subtitle = f"generated {now} by iml-genomics {__version__} from: " + ", ".join(
+        f"{k}={v}" for k, v in sorted(inputs.dirs.items()))
+    return H.render(title=title, subtitle=subtitle, sections=sections, version=__version__)

@@ -1,0 +1,146 @@
+"""Assemble the self-contained HTML report (plots embedded as base64 PNG)."""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from string import Template
+
+import numpy as np
+import pandas as pd
+
+_MISSING = {
+    "train": "No train output given: pass the --out directory of <code>iml-genomics train</code> to --inputs.",
+    "explain": "No explain output given: pass the --out directory of <code>iml-genomics explain</code> to --inputs.",
+    "select": "No select output given: pass the --out directory of <code>iml-genomics select</code> to --inputs.",
+}
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value) -> str:
+    """Numbers for people: 4 significant digits, small p-values in e-notation."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if v == 0:
+            return "0"
+        if abs(v) < 1e-3 or abs(v) >= 1e5:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return str(value)
+
+
+def table_html(frame: pd.DataFrame, *, max_rows: int | None = None, max_chars: int = 80) -> str:
+    if frame is None or not len(frame):
+        return '<p class="note">(empty)</p>'
+    if max_rows is not None:
+        frame = frame.head(max_rows)
+    # columns with no value at all (evidence from a step that was not given) only add noise on the page
+    empty = [c for c in frame.columns if frame[c].isna().all() or (frame[c].astype(str).str.strip() == "").all()]
+    frame = frame.drop(columns=empty)
+    head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for v in row:
+            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            text = fmt(v)
+            if len(text) > max_chars:
+                text = text[:max_chars - 1] + "\u2026"
+            cells.append(f'<td class="num">{esc(text)}</td>' if num else f"<td>{esc(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def kv_table(items: dict) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in items.items())
+    return f"<table><tbody>{rows}</tbody></table>"
+
+
+def img(b64: str | None, alt: str) -> str:
+    if not b64:
+        return ""
+    return f'<img class="plot" alt="{esc(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def missing(text: str) -> str:
+    return f'<p class="missing">{text}</p>'
+
+
+MEANING = """
+<dl class="meaning">
+<dt>Cross-validated AUROC, balanced accuracy, R&sup2;</dt>
+<dd>How well the <em>whole modelling procedure</em> predicts samples it was not fitted on, averaged over folds
+(&plusmn; sd across folds). It says nothing about which genes matter, and it is optimistic if samples are not
+independent (e.g. several samples per patient) or if the cohort differs from the population you care about.</dd>
+<dt>SHAP value, mean |SHAP|</dt>
+<dd>How much a gene's value moved <em>this fitted model's</em> output for one sample, relative to the average
+prediction; mean |SHAP| averages the size of those moves over samples. It is an explanation of the model, not
+of biology: correlated genes share or swap credit, a gene the model ignores can still be strongly associated with
+the outcome, and a large attribution is not evidence of causation. The rank interval (rank_low-rank_high) and
+top-k frequency show how stable a gene's place is across folds; a wide interval means do not trust the exact
+rank.</dd>
+<dt>Knockoff W and selection</dt>
+<dd>W compares a gene with its synthetic "knockoff" copy, which by construction has no link to the outcome. Genes
+with W above the threshold T are selected; the procedure controls the expected <em>fraction</em> of false
+discoveries among the selected genes at the target FDR (e.g. 10%) - it does not say which selected gene is a false
+one, it assumes the covariance model of the genes is adequate, and it selects genes that carry information
+<em>conditional on all other measured genes</em> (a gene redundant with a selected neighbour may not be selected).
+An empty selection means the evidence was too weak at this FDR, not that no gene matters.</dd>
+<dt>Univariate effect, p-value, q-value</dt>
+<dd>The marginal difference of one gene between groups (or its correlation with a continuous outcome), tested
+gene by gene (Welch t / Mann-Whitney, or Pearson / Spearman). q-values are Benjamini-Hochberg adjusted over genes.
+Marginal association is not what the model uses, and it ignores every other gene.</dd>
+<dt>Gene-set over-representation (p_value, q_value, odds_ratio)</dt>
+<dd>Whether the query genes (knockoff selection, or the top of the ranking) fall into a set more often than
+expected when drawing from the <em>measured</em> genes (hypergeometric test). It depends on the size of the query
+list and on how the sets were curated; overlapping sets are not independent tests.</dd>
+<dt>Rank-based set test (es, nes, gsea_p_value, gsea_q_value, leading edge)</dt>
+<dd>Whether a set's genes sit near the top of the whole ranking rather than anywhere in it (GSEA-style running
+sum, gene permutations). NES is the enrichment score scaled by its null mean, so sets of different sizes compare.
+Gene permutation treats genes as independent; co-expressed sets can look more significant than they are. The
+leading edge is the subset of genes driving the score.</dd>
+<dt>Group attribution</dt>
+<dd>The sum (and mean per gene) of |SHAP| over a set's genes: how much of this model's output moves with that
+set. Large sets collect more attribution by size alone; compare the mean column for that.</dd>
+<dt>What none of these numbers are</dt>
+<dd>Proof of mechanism, of causality, or of clinical usefulness. They are leads to test in independent cohorts
+and experiments.</dd>
+</dl>
+"""
+
+
+def render(*, title: str, subtitle: str, sections: list[tuple[str, str, str]], version: str) -> str:
+    """Fill the template with (anchor, heading, inner html) sections."""
+    template = Template(resources.files("iml_genomics.report").joinpath("templates/report.html").read_text())
+    nav = "".join(f'<a href="#{a}">{esc(h)}</a>' for a, h, _ in sections)
+    body = "\n".join(f'<section id="{a}">\n<h2>{esc(h)}</h2>\n{inner}\n</section>' for a, h, inner in sections)
+    return template.substitute(title=esc(title), subtitle=esc(subtitle), nav=nav, body=body, version=esc(version))
+
+
+def provenance_html(provenance: dict[str, dict], own: dict | None) -> str:
+    parts = []
+    for step, prov in sorted(provenance.items()):
+        inputs = prov.get("inputs") or {}
+        items = {"step": step, "command line": " ".join(map(str, prov.get("command_line", []))),
+                 "started (UTC)": prov.get("started_utc", ""), "wall time (s)": prov.get("wall_time_seconds"),
+                 "seed": prov.get("seed"), "n_jobs": prov.get("n_jobs")}
+        for role, info in inputs.items():
+            if isinstance(info, dict):
+                items[f"input {role}"] = f"{info.get('path')} (sha256 {str(info.get('sha256'))[:16]}...)"
+        versions = prov.get("versions") or {}
+        items["versions"] = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v)
+        parts.append(f"<h3>{esc(step)}</h3>" + kv_table(items))
+    if own:
+        parts.append("<h3>this report</h3>" + kv_table({k: v if not isinstance(v, (dict, list)) else json.dumps(v)
+                                                       for k, v in own.items()}))
+    return "".join(parts) or '<p class="note">No provenance.json found in the inputs.</p>'

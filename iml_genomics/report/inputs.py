@@ -1,0 +1,174 @@
+"""Read the output directories of train, explain and select.
+
+Each directory is recognised by its files, never by its name. Every table
+is optional: the report uses whatever exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from iml_genomics.errors import InputDataError
+
+# step -> files that identify its output directory (any one of them suffices)
+MARKERS = {
+    "train": ("cv_metrics.tsv", "model.json", "oof_predictions.tsv"),
+    "explain": ("gene_ranking.tsv", "attributions.parquet", "explain_summary.json"),
+    "select": ("knockoff_selection.tsv", "select_summary.json"),
+}
+
+# file -> columns it must have (the input contracts of the other steps)
+REQUIRED_COLUMNS = {
+    "cv_metrics.tsv": ("split",),
+    "oof_predictions.tsv": ("sample_id", "y_true", "y_pred"),
+    "gene_ranking.tsv": ("gene_id", "rank", "mean_abs_shap"),
+    "local_explanations.tsv": ("sample_id", "gene_id", "shap_value"),
+    "interactions.tsv": ("gene_id_1", "gene_id_2", "mean_abs_interaction"),
+    "knockoff_selection.tsv": ("gene_id", "w", "selected"),
+}
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report found in its input directories (None when absent)."""
+
+    dirs: dict[str, Path] = field(default_factory=dict)
+    cv_metrics: pd.DataFrame | None = None
+    oof: pd.DataFrame | None = None
+    model: dict | None = None
+    provenance: dict[str, dict] = field(default_factory=dict)
+    attributions: pd.DataFrame | None = None
+    gene_ranking: pd.DataFrame | None = None
+    local: pd.DataFrame | None = None
+    interactions: pd.DataFrame | None = None
+    explain_summary: dict | None = None
+    knockoffs: pd.DataFrame | None = None
+    select_summary: dict | None = None
+
+    @property
+    def steps(self) -> list[str]:
+        return sorted(self.dirs)
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    name = path.name
+    try:
+        frame = pd.read_csv(path, sep="\t", keep_default_na=True, dtype={"gene_id": str, "sample_id": str,
+                                                                         "gene_id_1": str, "gene_id_2": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no data"
+        raise InputDataError(f"{path}: cannot parse table ({msg}).") from None
+    missing = [c for c in REQUIRED_COLUMNS.get(name, ()) if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{path}: column '{missing[0]}' missing; found {', '.join(map(str, frame.columns))}. "
+                             f"Re-run the step that wrote it.")
+    return frame
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputDataError(f"{path}: cannot read JSON ({exc}). Re-run the step that wrote it.") from None
+
+
+def detect_step(directory: Path) -> str:
+    """'train', 'explain' or 'select' from the files in ``directory``."""
+    if not directory.is_dir():
+        raise InputDataError(f"{directory}: input directory not found. Pass output directories of "
+                             f"train/explain/select to --inputs.")
+    found = [step for step, files in MARKERS.items() if any((directory / f).is_file() for f in files)]
+    if len(found) != 1:
+        prov = directory / "provenance.json"
+        if prov.is_file():
+            step = _read_json(prov).get("step")
+            if step in MARKERS and (not found or step in found):
+                return step
+        if not found:
+            expected = ", ".join(f[0] for f in MARKERS.values())
+            raise InputDataError(f"{directory}: not an output directory of train, explain or select (none of "
+                                 f"{expected} found). Pass the --out directory of one of those steps.")
+        raise InputDataError(f"{directory}: holds outputs of several steps ({', '.join(found)}); give each "
+                             f"step its own output directory.")
+    return found[0]
+
+
+def load_inputs(directories) -> ReportInputs:
+    """Read every recognised file of the given step output directories.
+
+    Raises
+    ------
+    InputDataError
+        A directory that is missing or unrecognisable, two directories of the
+        same step, or a table that cannot be parsed or lacks a contract column.
+    """
+    inputs = ReportInputs()
+    for d in directories:
+        d = Path(d)
+        step = detect_step(d)
+        if step in inputs.dirs:
+            raise InputDataError(f"{d}: a second {step} directory (the first was {inputs.dirs[step]}); "
+                                 f"pass one directory per step.")
+        inputs.dirs[step] = d
+        if (d / "provenance.json").is_file():
+            inputs.provenance[step] = _read_json(d / "provenance.json")
+        if step == "train":
+            if (d / "cv_metrics.tsv").is_file():
+                inputs.cv_metrics = _read_tsv(d / "cv_metrics.tsv")
+            if (d / "oof_predictions.tsv").is_file():
+                inputs.oof = _read_tsv(d / "oof_predictions.tsv")
+            if (d / "model.json").is_file():
+                inputs.model = _read_json(d / "model.json")
+        elif step == "explain":
+            if (d / "gene_ranking.tsv").is_file():
+                inputs.gene_ranking = _read_tsv(d / "gene_ranking.tsv")
+            if (d / "local_explanations.tsv").is_file():
+                inputs.local = _read_tsv(d / "local_explanations.tsv")
+            if (d / "interactions.tsv").is_file():
+                inputs.interactions = _read_tsv(d / "interactions.tsv")
+            if (d / "explain_summary.json").is_file():
+                inputs.explain_summary = _read_json(d / "explain_summary.json")
+            if (d / "attributions.parquet").is_file():
+                try:
+                    inputs.attributions = pd.read_parquet(d / "attributions.parquet")
+                except Exception as exc:  # pyarrow raises several unrelated types
+                    raise InputDataError(f"{d / 'attributions.parquet'}: cannot read Parquet "
+                                         f"({str(exc).splitlines()[0]}).") from None
+                if "sample_id" not in inputs.attributions.columns:
+                    raise InputDataError(f"{d / 'attributions.parquet'}: column 'sample_id' missing.")
+        else:
+            if (d / "knockoff_selection.tsv").is_file():
+                inputs.knockoffs = _read_tsv(d / "knockoff_selection.tsv")
+            if (d / "select_summary.json").is_file():
+                inputs.select_summary = _read_json(d / "select_summary.json")
+    return inputs
+
+
+def cohort_paths(inputs: ReportInputs) -> dict[str, str | None]:
+    """Expression and labels paths recorded by train (or select/explain) provenance."""
+    out: dict[str, str | None] = {"expression": None, "labels": None}
+    for step in ("train", "select", "explain"):
+        prov = inputs.provenance.get(step) or {}
+        recorded = prov.get("inputs") or {}
+        for role in out:
+            if out[role] is None and isinstance(recorded.get(role), dict):
+                out[role] = recorded[role].get("path")
+    return out
+
+
+def measured_genes(inputs: ReportInputs) -> list[str]:
+    """The measured gene ids, from the most complete source available."""
+    if inputs.model and inputs.model.get("gene_ids"):
+        return [str(g) for g in inputs.model["gene_ids"]]
+    if inputs.gene_ranking is not None:
+        return inputs.gene_ranking["gene_id"].astype(str).tolist()
+    if inputs.knockoffs is not None:
+        return inputs.knockoffs["gene_id"].astype(str).tolist()
+    if inputs.attributions is not None:
+        return [c for c in inputs.attributions.columns if c not in ("sample_id", "class", "base_value",
+                                                                     "model_output")]
+    return []

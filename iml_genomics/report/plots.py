@@ -1,0 +1,231 @@
+"""Matplotlib figures of the report, returned as base64 PNG strings.
+
+Every function returns None when its data is missing, so the report shows
+whatever exists. matplotlib runs on the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+
+PALETTE = {"blue": "#1f6fb4", "red": "#c0392b", "grey": "#8c8c8c", "green": "#2e8b57"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+                         "svg.hashsalt": "iml-genomics"})
+    return plt
+
+
+def to_base64_png(fig) -> str:
+    """Encode a figure as base64 PNG (no timestamp metadata) and close it."""
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def roc_curves(oof: pd.DataFrame | None, model: dict | None) -> str | None:
+    """ROC curves of the out-of-fold predictions, one per CV repeat (binary)
+    or one-vs-rest per class (multiclass); observed vs predicted for regression."""
+    if oof is None or not len(oof):
+        return None
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _plt()
+    prob_cols = [c for c in oof.columns if c.startswith("prob_")]
+    classes = [c[len("prob_"):] for c in prob_cols]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    if not prob_cols:  # regression
+        y, p = pd.to_numeric(oof["y_true"]), pd.to_numeric(oof["y_pred"])
+        ax.scatter(y, p, s=10, alpha=0.6, color=PALETTE["blue"])
+        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], color=PALETTE["grey"], lw=1, ls="--")
+        ax.set(xlabel="observed", ylabel="out-of-fold prediction", title="Out-of-fold predictions")
+        return to_base64_png(fig)
+    y_true = oof["y_true"].astype(str)
+    if len(classes) == 2:
+        pos = (model or {}).get("positive_class") or classes[-1]
+        pos = str(pos) if f"prob_{pos}" in oof.columns else classes[-1]
+        repeats = sorted(oof["repeat"].unique()) if "repeat" in oof.columns else [None]
+        for r in repeats:
+            sub = oof if r is None else oof[oof["repeat"] == r]
+            fpr, tpr, _ = roc_curve(sub["y_true"].astype(str) == pos, sub[f"prob_{pos}"])
+            label = f"repeat {r}: AUC {auc(fpr, tpr):.3f}" if r is not None else f"AUC {auc(fpr, tpr):.3f}"
+            ax.plot(fpr, tpr, lw=1.5, label=label)
+        ax.set_title(f"ROC, out-of-fold (positive class: {pos})")
+    else:
+        for cls in classes:
+            fpr, tpr, _ = roc_curve(y_true == cls, oof[f"prob_{cls}"])
+            ax.plot(fpr, tpr, lw=1.5, label=f"{cls} vs rest: AUC {auc(fpr, tpr):.3f}")
+        ax.set_title("ROC one-vs-rest, out-of-fold (all repeats pooled)")
+    ax.plot([0, 1], [0, 1], color=PALETTE["grey"], lw=1, ls="--")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
+    return to_base64_png(fig)
+
+
+def shap_beeswarm(attr: pd.DataFrame | None, expression: pd.DataFrame | None, genes: list[str],
+                  labels: dict[str, str] | None = None, *, seed: int = 0) -> str | None:
+    """Beeswarm-style summary: one row per gene, one dot per sample at its SHAP
+    value, coloured by the gene's expression (standardised) when available."""
+    if attr is None or not genes:
+        return None
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    genes = [g for g in genes if g in attr.columns][:20]
+    if not genes:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(genes) + 1.2))
+    scatter = None
+    for row, gene in enumerate(reversed(genes)):
+        phi = attr[gene].to_numpy(dtype=float)
+        # jitter grows with local density so overlapping points spread out, like a beeswarm
+        order = np.argsort(phi)
+        dens = np.zeros(len(phi))
+        if len(phi) > 1:
+            spread = np.ptp(phi) or 1.0
+            bins = np.floor((phi - phi.min()) / spread * 50).astype(int)
+            counts = np.bincount(bins)
+            dens = counts[bins] / counts.max()
+        jitter = (rng.random(len(phi)) - 0.5) * 0.7 * np.sqrt(dens)
+        color = PALETTE["grey"]
+        if expression is not None and gene in expression.columns:
+            x = expression[gene].reindex(attr.index).to_numpy(dtype=float)
+            sd = np.nanstd(x) or 1.0
+            color = np.clip((x - np.nanmean(x)) / sd, -2.5, 2.5)
+        scatter = ax.scatter(phi[order], row + jitter[order], s=9, c=color if np.ndim(color) == 0 else color[order],
+                             cmap="coolwarm", vmin=-2.5, vmax=2.5, linewidths=0, alpha=0.85)
+    ax.axvline(0, color=PALETTE["grey"], lw=0.8)
+    ax.set_yticks(range(len(genes)))
+    ax.set_yticklabels([_label(g, labels) for g in reversed(genes)], fontsize=8)
+    ax.set_xlabel("SHAP value (contribution to the model output)")
+    ax.set_title("SHAP summary: top genes by mean |SHAP|")
+    if expression is not None and scatter is not None:
+        cb = fig.colorbar(scatter, ax=ax, fraction=0.04, pad=0.02)
+        cb.set_label("expression (z-score)")
+    return to_base64_png(fig)
+
+
+def _label(gene: str, labels: dict[str, str] | None) -> str:
+    sym = (labels or {}).get(gene)
+    return f"{gene} ({sym})" if sym and sym.upper() != str(gene).upper() else str(gene)
+
+
+def shap_bar(ranking: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 20) -> str | None:
+    """Mean |SHAP| of the top genes, with the across-fold sd as error bars."""
+    if ranking is None or not len(ranking):
+        return None
+    plt = _plt()
+    top = ranking.sort_values(["rank", "gene_id"]).head(n)
+    fig, ax = plt.subplots(figsize=(6.0, 0.28 * len(top) + 1.2))
+    y = np.arange(len(top))[::-1]
+    err = pd.to_numeric(top["sd"], errors="coerce").fillna(0).to_numpy() if "sd" in top.columns else None
+    ax.barh(y, top["mean_abs_shap"].astype(float), xerr=err, color=PALETTE["blue"], error_kw={"lw": 0.8})
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in top["gene_id"].astype(str)], fontsize=8)
+    ax.set_xlabel("mean |SHAP|")
+    ax.set_title("Global importance (error bar: sd)")
+    return to_base64_png(fig)
+
+
+def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: dict[str, str] | None = None
+               ) -> str | None:
+    """Knockoff W of every gene, sorted, with the selection threshold."""
+    if knockoffs is None or not len(knockoffs):
+        return None
+    plt = _plt()
+    w = pd.to_numeric(knockoffs["w"], errors="coerce").fillna(0.0).to_numpy()
+    sel = knockoffs["selected"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    order = np.lexsort((knockoffs["gene_id"].astype(str).to_numpy(), -w))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    x = np.arange(len(w))
+    ax.scatter(x, w[order], s=8, c=np.where(sel[order], PALETTE["red"], PALETTE["grey"]), linewidths=0)
+    if threshold is not None and np.isfinite(threshold):
+        ax.axhline(threshold, color=PALETTE["red"], lw=1, ls="--", label=f"threshold T = {threshold:.3g}")
+        ax.axhline(-threshold, color=PALETTE["grey"], lw=1, ls=":", label="-T (mirror: null W are symmetric)")
+        ax.legend(fontsize=7, frameon=False)
+    ax.axhline(0, color="black", lw=0.6)
+    for i in range(min(int(sel.sum()), 8)):
+        g = str(knockoffs["gene_id"].iloc[order[i]])
+        ax.annotate(_label(g, labels), (i, w[order][i]), fontsize=6, xytext=(4, 0), textcoords="offset points")
+    ax.set(xlabel="genes sorted by W", ylabel="knockoff statistic W",
+           title=f"Knockoff W ({int(sel.sum())} selected, red)")
+    return to_base64_png(fig)
+
+
+def gene_set_bars(table: pd.DataFrame | None, n: int = 15) -> str | None:
+    """-log10 q of the best gene sets (over-representation and rank-based)."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    top = table.head(n)
+    fig, ax = plt.subplots(figsize=(6.8, 0.3 * len(top) + 1.3))
+    y = np.arange(len(top))[::-1]
+    q1 = -np.log10(pd.to_numeric(top["q_value"], errors="coerce").clip(lower=1e-300).fillna(1.0))
+    q2 = -np.log10(pd.to_numeric(top["gsea_q_value"], errors="coerce").clip(lower=1e-300).fillna(1.0))
+    ax.barh(y + 0.2, q1, height=0.4, color=PALETTE["blue"], label="over-representation")
+    ax.barh(y - 0.2, q2, height=0.4, color=PALETTE["green"], label="rank-based (GSEA-style)")
+    ax.set_yticks(y)
+    ax.set_yticklabels([_short(s) for s in top["gene_set"]], fontsize=7)
+    ax.axvline(1, color=PALETTE["grey"], lw=0.8, ls="--")
+    ax.set_xlabel("-log10 q (dashed: q = 0.1)")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_title("Gene sets")
+    return to_base64_png(fig)
+
+
+def _short(text: str, n: int = 60) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[:n - 1] + "\u2026"
+
+
+def group_attribution_bars(table: pd.DataFrame | None, n: int = 15) -> str | None:
+    """Sets with the largest summed |SHAP| of their member genes."""
+    if table is None or "group_attribution" not in table or table["group_attribution"].isna().all():
+        return None
+    plt = _plt()
+    top = table.sort_values(["group_attribution_rank", "gene_set"]).head(n)
+    fig, ax = plt.subplots(figsize=(6.8, 0.3 * len(top) + 1.3))
+    y = np.arange(len(top))[::-1]
+    ax.barh(y, top["group_attribution"].astype(float), color=PALETTE["blue"])
+    ax.set_yticks(y)
+    ax.set_yticklabels([_short(s) for s in top["gene_set"]], fontsize=7)
+    ax.set_xlabel("mean over samples of sum |SHAP| of member genes")
+    ax.set_title("Group attributions")
+    return to_base64_png(fig)
+
+
+def local_explanation(local: pd.DataFrame, sample_id: str, labels: dict[str, str] | None = None,
+                      n: int = 12) -> str | None:
+    """Largest contributions to one sample's prediction (red pushes up, blue down)."""
+    sub = local[local["sample_id"].astype(str) == str(sample_id)]
+    if not len(sub):
+        return None
+    if "class" in sub.columns and sub["class"].nunique() > 1:
+        sub = sub[sub["class"] == sub["class"].iloc[0]]
+    sub = sub.reindex(sub["shap_value"].abs().sort_values(ascending=False).index).head(n)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.8, 0.3 * len(sub) + 1.2))
+    y = np.arange(len(sub))[::-1]
+    vals = sub["shap_value"].astype(float).to_numpy()
+    ax.barh(y, vals, color=np.where(vals > 0, PALETTE["red"], PALETTE["blue"]))
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in sub["gene_id"].astype(str)], fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    title = f"Sample {sample_id}"
+    if "prediction" in sub.columns and "base_value" in sub.columns:
+        title += f": base {float(sub['base_value'].iloc[0]):.3g} -> output {float(sub['prediction'].iloc[0]):.3g}"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("SHAP value")
+    return to_base64_png(fig)

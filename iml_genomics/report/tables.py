@@ -1,0 +1,327 @@
+"""The report's tables: univariate effects, gene-set results, biomarkers.
+
+Columns are fixed whatever inputs exist (missing evidence is empty), and
+documented in docs/report.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from iml_genomics import genesets as gs
+from iml_genomics.report.inputs import ReportInputs, measured_genes
+
+UNIVARIATE_COLUMNS = ["effect", "effect_type", "higher_in", "statistic", "statistic_type", "p_value",
+                      "rank_test_p_value", "q_value"]
+
+BIOMARKER_COLUMNS = [
+    "rank", "gene_id", "symbol", "knockoff_selected", "explain_rank", "mean_abs_shap", "mean_shap", "shap_sd",
+    "explain_rank_low", "explain_rank_high", "top_k_frequency", "permutation_importance",
+    "permutation_importance_sd", "used_by_model", "knockoff_w", "knockoff_rank", "selection_frequency", "e_value",
+    *UNIVARIATE_COLUMNS, "n_gene_sets", "gene_sets",
+]
+
+GENE_SET_COLUMNS = [
+    "rank", "gene_set", "description", "source", "set_size", "n_measured", "n_query", "n_overlap", "overlap_genes",
+    "expected_overlap", "odds_ratio", "p_value", "q_value", "es", "nes", "gsea_p_value", "gsea_q_value",
+    "leading_edge", "n_leading_edge", "group_attribution", "group_attribution_mean", "group_attribution_rank",
+    "significant",
+]
+
+
+def univariate_effects(adata, *, label_column: str, task: str, positive_class: str | None = None,
+                       count_data: bool = False, cpm: bool = False) -> pd.DataFrame:
+    """One row per gene: effect size and a test of association with the outcome.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cohort as loaded (values as in the file).
+    label_column : str
+    task : {'classification', 'regression'}
+    positive_class : str, optional
+        Binary classification: effects are positive class minus the others.
+        Defaults to the last class in sorted order (as train does).
+    count_data : bool
+        Values are counts (preprocess.transform is log1p or log1p_cpm): the
+        effect is the log2 fold change of means, log2((m1 + 1) / (m0 + 1)),
+        and the tests use log1p values. Otherwise values are taken to be on
+        a log (or otherwise final) scale and the effect is the difference of
+        means in the units of the file (a log2 fold change when the file
+        holds log2 values).
+    cpm : bool
+        Counts are first scaled to counts per million (log1p_cpm).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index gene_id; columns effect, effect_type, higher_in, statistic,
+        statistic_type, p_value, rank_test_p_value, q_value.
+
+        * binary: mean_difference or log2_fold_change, Welch t (p_value) and
+          Mann-Whitney U (rank_test_p_value);
+        * more than two classes: eta_squared, one-way ANOVA F and
+          Kruskal-Wallis; higher_in is the class with the highest mean;
+        * regression: Pearson r (t-test p-value) and Spearman rho p-value;
+          higher_in is 'higher_outcome' or 'lower_outcome'.
+
+        q_value is Benjamini-Hochberg over p_value.
+    """
+    from scipy import sparse, stats
+
+    X = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X, dtype=float)
+    if count_data and cpm:
+        lib = X.sum(axis=1, keepdims=True)
+        X = X / np.where(lib > 0, lib, 1.0) * 1e6
+    Xt = np.log1p(np.clip(X, 0, None)) if count_data else X
+    y = adata.obs[label_column]
+    genes = adata.var_names.astype(str)
+    out = pd.DataFrame(index=pd.Index(genes, name="gene_id"), columns=UNIVARIATE_COLUMNS, dtype=object)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if task == "regression":
+            yv = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
+            xc = Xt - Xt.mean(axis=0)
+            yc = yv - yv.mean()
+            r = (xc * yc[:, None]).sum(axis=0) / np.sqrt((xc ** 2).sum(axis=0) * (yc ** 2).sum())
+            n = len(yv)
+            t = r * np.sqrt((n - 2) / np.clip(1 - r ** 2, 1e-300, None))
+            p = 2 * stats.t.sf(np.abs(t), n - 2)
+            rho = stats.spearmanr(Xt, yv[:, None], axis=0)
+            rho_p = np.asarray(rho.pvalue)[-1, :-1] if Xt.shape[1] > 1 else np.atleast_1d(rho.pvalue)
+            out["effect"], out["effect_type"] = r, "pearson_r"
+            out["higher_in"] = np.where(r > 0, "higher_outcome", np.where(r < 0, "lower_outcome", ""))
+            out["statistic"], out["statistic_type"], out["p_value"] = t, "pearson_t", p
+            out["rank_test_p_value"] = rho_p
+        else:
+            labels = y.astype(str).to_numpy()
+            classes = sorted(set(labels))
+            if len(classes) == 2:
+                pos = positive_class if positive_class in classes else classes[-1]
+                neg = [c for c in classes if c != pos][0]
+                a, b = Xt[labels == pos], Xt[labels == neg]
+                if count_data:
+                    effect = np.log2((X[labels == pos].mean(axis=0) + 1) / (X[labels == neg].mean(axis=0) + 1))
+                    out["effect_type"] = "log2_fold_change"
+                else:
+                    effect = a.mean(axis=0) - b.mean(axis=0)
+                    out["effect_type"] = "mean_difference"
+                welch = stats.ttest_ind(a, b, axis=0, equal_var=False)
+                mw = stats.mannwhitneyu(a, b, axis=0, alternative="two-sided")
+                out["effect"] = effect
+                out["higher_in"] = np.where(effect > 0, pos, np.where(effect < 0, neg, ""))
+                out["statistic"], out["statistic_type"] = welch.statistic, "welch_t"
+                out["p_value"], out["rank_test_p_value"] = welch.pvalue, mw.pvalue
+            else:
+                groups = [Xt[labels == c] for c in classes]
+                anova = stats.f_oneway(*groups, axis=0)
+                kw = stats.kruskal(*groups, axis=0)
+                grand = Xt.mean(axis=0)
+                between = sum(len(g) * (g.mean(axis=0) - grand) ** 2 for g in groups)
+                total = ((Xt - grand) ** 2).sum(axis=0)
+                means = np.stack([g.mean(axis=0) for g in groups])
+                out["effect"], out["effect_type"] = between / total, "eta_squared"
+                out["higher_in"] = np.array(classes, dtype=object)[means.argmax(axis=0)]
+                out["statistic"], out["statistic_type"] = anova.statistic, "anova_f"
+                out["p_value"], out["rank_test_p_value"] = anova.pvalue, kw.pvalue
+    for col in ("effect", "statistic", "p_value", "rank_test_p_value"):
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    out["q_value"] = gs.benjamini_hochberg(out["p_value"].to_numpy())
+    return out
+
+
+@dataclass
+class GeneSetAnalysis:
+    """Result of :func:`analyse_gene_sets`."""
+
+    table: pd.DataFrame
+    sets: dict[str, list[str]]
+    keys: pd.Series
+    group_per_sample: pd.DataFrame | None
+    summary: dict = field(default_factory=dict)
+
+
+def _attribution_matrix(inputs: ReportInputs, positive_class: str | None) -> pd.DataFrame | None:
+    """Samples x genes SHAP values (rows per class kept; |.| averaged later)."""
+    attr = inputs.attributions
+    if attr is None:
+        return None
+    genes = [c for c in attr.columns if c not in ("sample_id", "class", "base_value", "model_output")]
+    return attr.set_index(attr["sample_id"].astype(str))[genes]
+
+
+def ranking_scores(inputs: ReportInputs, univariate: pd.DataFrame | None, metric: str) -> tuple[pd.Series, str]:
+    """Gene scores for the rank-based test and the name of the metric used.
+
+    ``auto`` uses mean |SHAP| from explain when present, else the signed
+    univariate statistic, else the knockoff W.
+    """
+    choices = {
+        "mean_abs_shap": (lambda: inputs.gene_ranking.set_index("gene_id")["mean_abs_shap"]
+                          if inputs.gene_ranking is not None else None),
+        "univariate": (lambda: univariate["statistic"] if univariate is not None else None),
+        "knockoff_w": (lambda: inputs.knockoffs.set_index("gene_id")["w"] if inputs.knockoffs is not None else None),
+    }
+    order = [metric] if metric != "auto" else ["mean_abs_shap", "univariate", "knockoff_w"]
+    for name in order:
+        s = choices[name]()
+        if s is not None:
+            s = pd.to_numeric(s, errors="coerce").dropna()
+            s.index = s.index.astype(str)
+            return s, name
+    return pd.Series(dtype=float), "none"
+
+
+def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None, top_k: int) -> tuple[list[str], str]:
+    """Genes tested for over-representation and where they come from."""
+    if inputs.knockoffs is not None:
+        sel = inputs.knockoffs[_truthy(inputs.knockoffs["selected"])]["gene_id"].astype(str).tolist()
+        if sel:
+            return sel, f"knockoff selection ({len(sel)} genes)"
+    if inputs.gene_ranking is not None:
+        gr = inputs.gene_ranking.sort_values(["rank", "gene_id"], kind="mergesort")
+        gr = gr[pd.to_numeric(gr["mean_abs_shap"], errors="coerce") > 0]
+        genes = gr["gene_id"].astype(str).head(top_k).tolist()
+        return genes, f"top {len(genes)} genes of the explain ranking with mean |SHAP| > 0"
+    if univariate is not None:
+        u = univariate.sort_values(["p_value"], kind="mergesort")
+        genes = u.index.astype(str)[:top_k].tolist()
+        return genes, f"top {len(genes)} genes by univariate p-value"
+    return [], "none"
+
+
+def _truthy(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
+
+
+def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *, gene_map: pd.Series | None,
+                      univariate: pd.DataFrame | None, min_size: int, max_size: int, top_k: int,
+                      n_permutations: int, ranking_metric: str, q_threshold: float, random_state,
+                      gene_ids: list[str] | None = None) -> GeneSetAnalysis:
+    """Over-representation, prerank test and group attributions for every set.
+
+    Returns a :class:`GeneSetAnalysis` whose table has the columns
+    :data:`GENE_SET_COLUMNS`, sorted by the rule in docs/report.md.
+    """
+    genes = gene_ids or measured_genes(inputs)
+    keys = gs.map_gene_ids(genes, gene_map)
+    universe = pd.unique(keys.to_numpy())
+    sets, set_table = gs.restrict_gene_sets(collection, universe, min_size=min_size, max_size=max_size)
+    in_any = set().union(*sets.values()) if sets else set()
+    all_set_genes = set(gs.normalise_ids(g for genes_ in collection.sets.values() for g in genes_))
+    summary = {
+        "gene_set_file": collection.source, "n_sets_in_file": len(collection), "n_sets_tested": len(sets),
+        "min_set_size": min_size, "max_set_size": max_size, "n_measured_ids": len(genes),
+        "n_keys": len(universe), "n_ids_mapped_by_table": int(gene_map.index.isin(genes).sum())
+        if gene_map is not None else 0,
+        "n_ids_in_gene_set_file": int(keys.isin(all_set_genes).sum()),
+        "n_keys_in_gene_set_file": int(len(set(universe) & all_set_genes)),
+        "n_keys_in_tested_sets": len(in_any),
+    }
+    query, query_source = query_genes(inputs, univariate, top_k)
+    query_keys = sorted(set(keys.reindex(query).dropna()))
+    summary.update(query_source=query_source, n_query_ids=len(query), n_query_keys=len(query_keys))
+    ora = gs.over_representation(query_keys, universe, sets)
+    scores, metric = ranking_scores(inputs, univariate, ranking_metric)
+    signed = metric in ("univariate", "knockoff_w")
+    summary.update(ranking_metric=metric, ranking_signed=signed, n_permutations=n_permutations)
+    table = set_table[set_table["tested"]].drop(columns="tested").merge(
+        ora.drop(columns="n_measured").rename(columns={"n_selected": "n_query"}), on="gene_set", how="left")
+    if len(scores):
+        collapsed = gs.collapse_scores(scores, keys)
+        sub = {k: [g for g in v if g in collapsed.index] for k, v in sets.items()}
+        pre = gs.prerank(collapsed, sub, n_permutations=n_permutations, random_state=random_state)
+        pre = pre.drop(columns="n_measured").rename(columns={"p_value": "gsea_p_value", "q_value": "gsea_q_value"})
+        table = table.merge(pre, on="gene_set", how="left")
+    attr = _attribution_matrix(inputs, None)
+    per_sample = None
+    if attr is not None:
+        overall, per_sample = gs.group_attributions(attr, keys, sets)
+        table = table.merge(overall.rename(columns={"sum_abs_shap": "group_attribution",
+                                                    "mean_abs_shap": "group_attribution_mean",
+                                                    "rank": "group_attribution_rank"})
+                            .drop(columns="n_attributed_genes"), on="gene_set", how="left")
+    table["source"] = collection.source
+    for col in GENE_SET_COLUMNS:
+        if col not in table.columns:
+            table[col] = np.nan if col not in ("leading_edge", "overlap_genes") else ""
+    gsea_q = pd.to_numeric(table["gsea_q_value"], errors="coerce")
+    if not signed:
+        # an unsigned score (mean |SHAP|) has no meaningful "depleted" direction
+        gsea_q = gsea_q.where(pd.to_numeric(table["nes"], errors="coerce") > 0)
+    ora_q = pd.to_numeric(table["q_value"], errors="coerce")
+    best_q = pd.concat([ora_q, gsea_q], axis=1).min(axis=1)
+    table["significant"] = (best_q <= q_threshold).to_numpy()
+    table["_best_q"] = best_q.fillna(np.inf)
+    table["_p"] = pd.to_numeric(table["p_value"], errors="coerce").fillna(np.inf)
+    table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
+    table = table.sort_values(["_best_q", "_p", "_attr", "gene_set"], kind="mergesort")
+    table["rank"] = np.arange(1, len(table) + 1)
+    table = table[GENE_SET_COLUMNS].reset_index(drop=True)
+    summary["n_significant_sets"] = int(table["significant"].sum())
+    summary["q_threshold"] = q_threshold
+    return GeneSetAnalysis(table=table, sets=sets, keys=keys, group_per_sample=per_sample, summary=summary)
+
+
+def build_biomarkers(inputs: ReportInputs, *, gene_ids: list[str], keys: pd.Series,
+                     univariate: pd.DataFrame | None, gene_set_table: pd.DataFrame | None,
+                     sets: dict[str, list[str]] | None) -> pd.DataFrame:
+    """One row per measured gene with every piece of evidence side by side.
+
+    Sort rule (docs/report.md): knockoff-selected genes first; then genes
+    with a non-zero mean |SHAP| by explain rank; then univariate q-value
+    (ascending); then |effect| (descending); ties by gene id.
+    """
+    frame = pd.DataFrame(index=pd.Index([str(g) for g in gene_ids], name="gene_id"))
+    frame["symbol"] = keys.reindex(frame.index).to_numpy()
+    if inputs.gene_ranking is not None:
+        gr = inputs.gene_ranking.copy()
+        gr["gene_id"] = gr["gene_id"].astype(str)
+        gr = gr.drop_duplicates("gene_id").set_index("gene_id")
+        mapping = {"rank": "explain_rank", "mean_abs_shap": "mean_abs_shap", "mean_shap": "mean_shap",
+                   "sd": "shap_sd", "rank_low": "explain_rank_low", "rank_high": "explain_rank_high",
+                   "top_k_frequency": "top_k_frequency", "permutation_importance": "permutation_importance",
+                   "permutation_importance_sd": "permutation_importance_sd", "used": "used_by_model"}
+        for src, dst in mapping.items():
+            if src in gr.columns:
+                frame[dst] = gr[src].reindex(frame.index)
+    if inputs.knockoffs is not None:
+        ko = inputs.knockoffs.copy()
+        ko["gene_id"] = ko["gene_id"].astype(str)
+        ko = ko.drop_duplicates("gene_id").set_index("gene_id")
+        frame["knockoff_w"] = ko["w"].reindex(frame.index)
+        frame["knockoff_selected"] = _truthy(ko["selected"]).reindex(frame.index)
+        for src, dst in (("rank", "knockoff_rank"), ("selection_frequency", "selection_frequency"),
+                         ("e_value", "e_value")):
+            if src in ko.columns:
+                frame[dst] = ko[src].reindex(frame.index)
+    if univariate is not None:
+        for col in UNIVARIATE_COLUMNS:
+            frame[col] = univariate[col].reindex(frame.index)
+    if gene_set_table is not None and sets is not None:
+        significant = gene_set_table.loc[gene_set_table["significant"].astype(bool), "gene_set"].tolist()
+        member = gs.set_membership(sets, significant)
+        lists = [member.get(k, []) for k in frame["symbol"]]
+        frame["n_gene_sets"] = [len(x) for x in lists]
+        frame["gene_sets"] = [";".join(x) for x in lists]
+    for col in BIOMARKER_COLUMNS:
+        if col not in frame.columns and col not in ("rank", "gene_id"):
+            frame[col] = "" if col in ("gene_sets", "effect_type", "higher_in", "statistic_type") else np.nan
+    frame = frame.reset_index()
+    shap = pd.to_numeric(frame["mean_abs_shap"], errors="coerce")
+    explain_key = pd.to_numeric(frame["explain_rank"], errors="coerce").where(shap > 0)
+    keys_sort = pd.DataFrame({
+        "sel": ~frame["knockoff_selected"].map(lambda v: v is True or v == True),  # noqa: E712
+        "explain": explain_key.fillna(np.inf),
+        "q": pd.to_numeric(frame["q_value"], errors="coerce").fillna(np.inf),
+        "effect": -pd.to_numeric(frame["effect"], errors="coerce").abs().fillna(-np.inf),
+        "gene_id": frame["gene_id"],
+    })
+    order = keys_sort.sort_values(["sel", "explain", "q", "effect", "gene_id"], kind="mergesort").index
+    frame = frame.loc[order].reset_index(drop=True)
+    frame["rank"] = np.arange(1, len(frame) + 1)
+    if inputs.knockoffs is None:
+        frame["knockoff_selected"] = ""
+    return frame[BIOMARKER_COLUMNS]
