@@ -11,11 +11,13 @@ import click
 def cohort_options(func):
     """--config, --expression, --labels and the reader options, as one decorator."""
     options = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+        # Paths are plain strings here: the readers check them and say what is wrong
+        # in one line (click's own checks print a multi-line usage block).
+        click.option("--config", "config_path", type=click.Path(), default=None,
                      help="YAML config (docs/config.md); defaults when omitted."),
-        click.option("--expression", required=True, type=click.Path(dir_okay=False),
+        click.option("--expression", required=True, type=click.Path(),
                      help="Expression matrix: CSV/TSV[.gz], Parquet or .h5ad."),
-        click.option("--labels", type=click.Path(dir_okay=False), default=None,
+        click.option("--labels", type=click.Path(), default=None,
                      help="Labels table (CSV/TSV); omit to read --label-column from the .h5ad obs."),
         click.option("--label-column", default=None, help="Outcome column [config data.label_column]."),
         click.option("--sample-id-column", default=None, help="Sample id column of --labels [first column]."),
@@ -44,7 +46,39 @@ def resolve_config(config_path, *, overrides: dict):
         elif key == "data.orientation":
             value = None
         cfg.override(key, value)
+    if cfg.model.params:
+        _check_model_params(cfg, str(config_path))
     return cfg
+
+
+def _check_model_params(cfg, source: str) -> None:
+    """Fail before reading any data if model.params has a key the estimator does not take.
+
+    The registry's own message says 'config:'; here the file is known, so the
+    error names it. With task 'auto' the task is not known yet: a key accepted
+    by either the classifier or the regressor passes (the fit re-checks it).
+    """
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.models import build_estimator
+
+    tasks = ["classification", "regression"] if cfg.task == "auto" else [cfg.task]
+    first = None
+    for task in tasks:
+        try:
+            estimator = build_estimator(cfg.model.name, task, seed=cfg.seed, params=cfg.model.params)
+            # scikit-learn checks values (types, ranges) only in fit; check them now so a bad
+            # value is one line naming the key instead of a traceback from inside the CV loop.
+            try:
+                getattr(estimator, "_validate_params", lambda: None)()
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"config: model.params value rejected: {str(exc).splitlines()[0]}") from None
+            return
+        except ConfigError as exc:
+            first = first or exc
+    message = str(first)
+    if message.startswith("config:"):
+        message = f"{source}:{message[len('config:'):]}"
+    raise ConfigError(message.rstrip(".") + ". Fix model.params (see the scikit-learn estimator's parameters).")
 
 
 def common_overrides(opts: dict) -> dict:

@@ -26,14 +26,15 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
         --labels test_data/demo_labels.tsv --label-column condition --out results/train
     """
     from iml_genomics.io import Provenance, staged_output, write_tsv
-    from iml_genomics.models import save_bundle
-    from iml_genomics.training import train_model
 
     cfg = resolve_config(config_path, overrides={
         **common_overrides(opts), "model.name": model_name, "cv.n_splits": cv_folds, "cv.n_repeats": cv_repeats})
     prov = Provenance("train", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path})
     adata = load_cohort_for(cfg, expression, labels)
     prov.mark("read")
+    from iml_genomics.models import save_bundle  # scikit-learn: imported once the inputs are valid
+    from iml_genomics.training import train_model
+
     result = train_model(adata, cfg, source=str(labels or expression))
     prov.mark("cross_validate_and_fit")
     prov.extra["cohort"] = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": result.task,

@@ -53,8 +53,6 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         X float64 (dense or CSR), obs aligned to the matrix order, with the
         source paths in ``uns['sources']``.
     """
-    import anndata as ad
-
     X, sample_ids, gene_ids, obs = read_expression(expression, genes_as_rows=genes_as_rows, layer=layer)
     obs_frame = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
     if label_column is None:
@@ -102,6 +100,8 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         if missing.any():
             raise InputDataError(f"{label_source}: {int(missing.sum())} sample(s) have no value in label column "
                                  f"'{label_column}' ({_few(values.index[missing])}). Fill them in or remove those samples.")
+    import anndata as ad  # imported late: a bad input fails fast, before this heavy import
+
     adata = ad.AnnData(X=X if sparse.issparse(X) else np.ascontiguousarray(X), obs=obs_frame,
                        var=pd.DataFrame(index=pd.Index(gene_ids, name="gene_id")))
     adata.uns["sources"] = {"expression": str(expression), "labels": str(labels) if labels else None}

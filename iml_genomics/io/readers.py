@@ -8,9 +8,11 @@ the file, the row/column and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +49,10 @@ def check_readable(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{path}: {what} file not found. Check the path.")
+    if path.is_dir():
+        raise InputDataError(f"{path}: {what} path is a directory, not a file. Give the path of the file itself.")
     if not path.is_file():
-        raise InputDataError(f"{path}: {what} path is not a file.")
+        raise InputDataError(f"{path}: {what} path is not a regular file. Give the path of a {what} file.")
     try:
         with open(path, "rb") as fh:
             fh.read(1)
@@ -179,9 +183,12 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        # ParquetFile.read, unlike read_table, accepts duplicate column names, so
+        # duplicate gene ids reach the check below instead of a pyarrow error.
+        table = pq.ParquetFile(path).read()
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise InputDataError(f"{path}: cannot read Parquet file ({str(exc).splitlines()[0]}).") from None
+        raise InputDataError(f"{path}: cannot read Parquet file ({str(exc).splitlines()[0]}). "
+                             f"Is the file complete and written as Parquet?") from None
     names = list(table.column_names)
     meta = table.schema.pandas_metadata or {}
     index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
@@ -215,13 +222,23 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
     return X, row_ids, value_cols
 
 
+@contextlib.contextmanager
+def _quiet_duplicate_names():
+    """Silence anndata's duplicate-name warning: we raise a clearer one-line error right after."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
+        yield
+
+
 def _read_h5ad(path: Path, layer: str | None):
     import anndata as ad
 
     try:
-        adata = ad.read_h5ad(path)
+        with _quiet_duplicate_names():
+            adata = ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for corrupt files
-        raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}).") from None
+        raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}). "
+                             f"Is the file complete and written by anndata?") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputDataError(f"{path}: empty matrix ({adata.n_obs} observations x {adata.n_vars} variables).")
     _check_unique(list(adata.var_names), path, "gene")
@@ -300,9 +317,15 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
         import anndata as ad
 
         try:
-            frame = ad.read_h5ad(path, backed="r").obs.copy()
+            with _quiet_duplicate_names():
+                frame = ad.read_h5ad(path, backed="r").obs.copy()
         except Exception as exc:
-            raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}).") from None
+            raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}). "
+                                 f"Is the file complete and written by anndata?") from None
+        dup = _first_duplicate(list(frame.index.astype(str)))
+        if dup is not None:
+            raise InputDataError(f"{path}: duplicate sample id '{dup}' in obs names. "
+                                 f"Each sample must appear once in the labels.")
         frame.index = frame.index.astype(str)
         return _check_label_frame(frame, path, label_column, extra_columns, id_desc="obs names")
     frame = read_table(path, "labels")
