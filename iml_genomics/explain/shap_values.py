@@ -9,8 +9,10 @@ gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
   SHAP from the ``shap`` library, path-dependent or interventional; exact;
 - linear models (logistic / lasso / elastic net / linear SVM): the closed form
   ``phi_j = b_j (z_j - E[z_j])`` on the margin scale; exact;
-- anything else: ``shap.PermutationExplainer`` with an evaluation budget that
-  grows with the number of genes; approximate, and said so.
+- anything else: permutation-sampling Shapley values (the estimator of
+  ``shap.PermutationExplainer``: antithetic permutations over an independent
+  background masker, written in numpy) with an evaluation budget that grows
+  with the number of genes; approximate, and said so.
 
 Samples are explained in fixed chunks (``chunk_size``) dispatched with
 :func:`iml_genomics.parallel.parallel_map`; chunk boundaries and the per-chunk
@@ -219,24 +221,51 @@ def _chunk_tree(explainer, Z, n_outputs):
     return raw, base
 
 
-def _agnostic_function(estimator, classes):
-    def f(Z):
-        return model_output(estimator, Z, classes)
-    return f
+def _permutation_shap_row(f, x, background, n_pairs, rng, max_cells):
+    """Antithetic permutation-sampling Shapley values of one sample (Strumbelj & Kononenko 2014).
+
+    The same estimator as ``shap.PermutationExplainer`` with an independent masker (each permutation is walked
+    forward and backward), written in numpy so worker processes do not pay numba's compilation. Each walk
+    telescopes from f(background) to f(x), so efficiency (additivity) holds exactly for any budget.
+    """
+    q, nb = x.shape[0], background.shape[0]
+    ks = np.arange(q + 1)
+    block = max(1, int(max_cells // max(1, nb * q)))
+    phi = None
+    base = None
+    for _ in range(n_pairs):
+        perm = rng.permutation(q)
+        for order in (perm, perm[::-1]):
+            rank = np.empty(q, dtype=np.int64)
+            rank[order] = np.arange(q)
+            v = []
+            for s in range(0, q + 1, block):
+                kk = ks[s:s + block]
+                masks = rank[None, :] < kk[:, None]  # prefix k: the first k genes of the order come from x
+                rows = np.where(masks[:, None, :], x[None, None, :], background[None, :, :]).reshape(-1, q)
+                out = f(rows)
+                v.append(out.reshape(len(kk), nb, -1).mean(axis=1))
+            v = np.concatenate(v)  # (q + 1, n_outputs)
+            contrib = np.diff(v, axis=0)  # contribution of order[i]
+            step = np.empty_like(contrib)
+            step[order] = contrib
+            phi = step if phi is None else phi + step
+            base = v[0]
+    return phi / (2 * n_pairs), base
 
 
-def _chunk_agnostic(estimator, Z, classes, background, max_evals, seed):
-    import shap
+def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed):
+    rng = np.random.default_rng(seed)
 
-    masker = shap.maskers.Independent(background, max_samples=background.shape[0])
-    explainer = shap.PermutationExplainer(_agnostic_function(estimator, classes), masker, seed=seed)
-    exp = explainer(Z, max_evals=max_evals, silent=True)
-    values = np.asarray(exp.values, dtype=np.float64)
-    base = np.asarray(exp.base_values, dtype=np.float64)
-    if values.ndim == 2:
-        values = values[:, :, None]
-    base = base.reshape(Z.shape[0], -1)
-    return values, base
+    def f(rows):
+        return model_output(estimator, rows, classes)
+
+    vals, bases = [], []
+    for i in range(Z.shape[0]):
+        phi, base = _permutation_shap_row(f, Z[i], background, n_pairs, rng, max_cells=2**24)
+        vals.append(phi)
+        bases.append(base)
+    return np.stack(vals), np.stack(bases)
 
 
 def _explain_chunk(pre, estimator, X, start, stop, classes, kind, payload, seed):
@@ -246,8 +275,8 @@ def _explain_chunk(pre, estimator, X, start, stop, classes, kind, payload, seed)
     elif kind == "tree":
         values, base = _chunk_tree(payload, Z, len(explained_outputs(estimator, classes)))
     else:
-        background, max_evals = payload
-        values, base = _chunk_agnostic(estimator, Z, classes, background, max_evals, seed)
+        background, n_pairs = payload
+        values, base = _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed)
     out = model_output(estimator, Z, classes)
     err = float(np.max(np.abs(base + values.sum(axis=1) - out))) if out.size else 0.0
     return ShapChunk(start, stop, values, base, out, err)
@@ -267,7 +296,7 @@ def _background_rows(n: int, size: int, random_state: int) -> np.ndarray:
 
 
 def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent", background_size: int = 100,
-              random_state: int = 0, background=None):
+              random_state: int = 0, background=None, agnostic_pairs: int = 5):
     """Decide the explainer and prepare what every chunk needs.
 
     Returns
@@ -275,7 +304,7 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
     plan : ShapPlan
     payload : object
         The fitted explainer (trees), the background mean (linear) or
-        (background, max_evals) (model-agnostic), shipped to every chunk.
+        (background, n_pairs) (model-agnostic), shipped to every chunk.
     """
     if mode not in SHAP_MODES:
         raise ValueError(f"mode must be one of {SHAP_MODES}; got {mode!r}")
@@ -316,11 +345,13 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
             note = f"E[z] = mean of {bg.shape[0]} background samples drawn from the explained cohort"
     else:
         bg = background_matrix()
-        # two antithetic permutations per gene-count unit: the budget grows linearly with the genes
-        max_evals = int(max(500, 10 * (len(used) + 1)))
-        payload = (bg, max_evals)
-        approximations.append(f"model-agnostic permutation SHAP ({type(estimator).__name__}): Monte Carlo "
-                              f"estimate with max_evals={max_evals} per sample and {bg.shape[0]} background samples")
+        # the budget grows linearly with the genes: each antithetic pair walks 2 (q + 1) coalitions
+        n_pairs = int(agnostic_pairs)
+        evals = 2 * n_pairs * (len(used) + 1)
+        payload = (bg, n_pairs)
+        approximations.append(f"model-agnostic permutation SHAP ({type(estimator).__name__}): Monte Carlo estimate "
+                              f"from {n_pairs} antithetic permutation pairs ({evals} coalitions per sample) over "
+                              f"{bg.shape[0]} background samples; additive exactly, not exact per gene")
         note = f"independent masker over {bg.shape[0]} background samples drawn from the explained cohort"
     plan = ShapPlan(used, mask, outputs, output_scale(estimator, classes), method_name(kind, mode), kind,
                     kind != "agnostic", approximations, note)
@@ -367,7 +398,7 @@ def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) 
 def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent",
                       background_size: int = 100, chunk_size: int = 256, n_jobs: int | None = 1,
                       random_state: int = 0, additivity_tolerance: float = 1e-4, background=None,
-                      sample_ids=None) -> ShapResult:
+                      sample_ids=None, agnostic_pairs: int = 5) -> ShapResult:
     """SHAP values of a fitted pipeline for every row of ``X``, on the genes that enter the model.
 
     Parameters
@@ -396,6 +427,9 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
         Explicit background rows (raw expression) instead of a sample of X.
     sample_ids : list of str, optional
         Used in error messages.
+    agnostic_pairs : int
+        Antithetic permutation pairs per sample for the model-agnostic route
+        (2 * agnostic_pairs * (n_genes_used + 1) model evaluations per sample and background row).
 
     Returns
     -------
@@ -407,7 +441,8 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
         When additivity fails for any sample.
     """
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=mode,
-                              background_size=background_size, random_state=random_state, background=background)
+                              background_size=background_size, random_state=random_state, background=background,
+                              agnostic_pairs=agnostic_pairs)
     n, q, k = X.shape[0], len(plan.gene_ids), len(plan.outputs)
     values = np.empty((n, q, k))
     base = np.empty((n, k))
