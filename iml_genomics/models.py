@@ -105,8 +105,12 @@ MODEL_REGISTRY: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def build_estimator(name: str, task: str, *, seed: int, params: dict | None = None):
+def build_estimator(name: str, task: str, *, seed: int, params: dict | None = None, n_classes: int | None = None):
     """Unfitted estimator for registry ``name`` and ``task``.
+
+    ``n_classes`` lets binary L1 logistic models use liblinear, which is
+    hundreds of times faster than saga on wide expression matrices
+    (0.02 s vs 15 s on Golub, 38 x 3051) but cannot do multiclass.
 
     Raises
     ------
@@ -119,6 +123,8 @@ def build_estimator(name: str, task: str, *, seed: int, params: dict | None = No
                           + f" Available: {', '.join(MODEL_REGISTRY)}.")
     params = dict(params or {})
     builder = MODEL_REGISTRY[name][1 if task == "regression" else 0]
+    if builder is _l1_logistic and n_classes == 2 and "solver" not in params:
+        params = {"solver": "liblinear", **params}
     accepted = builder(seed, {}).get_params()
     for key in params:
         if key not in accepted:
@@ -131,9 +137,12 @@ def build_estimator(name: str, task: str, *, seed: int, params: dict | None = No
         raise ConfigError(f"config: invalid model.params for '{name}': {exc}.") from None
 
 
-def build_pipeline(cfg, task: str, *, sparse_input: bool = False) -> Pipeline:
-    """Preprocessing steps and the configured model in one Pipeline."""
-    model = build_estimator(cfg.model.name, task, seed=cfg.seed, params=cfg.model.params)
+def build_pipeline(cfg, task: str, *, sparse_input: bool = False, n_classes: int | None = None) -> Pipeline:
+    """Preprocessing steps and the configured model in one Pipeline.
+
+    Pass ``n_classes`` for classification so the fastest valid solver is used.
+    """
+    model = build_estimator(cfg.model.name, task, seed=cfg.seed, params=cfg.model.params, n_classes=n_classes)
     return Pipeline([*make_preprocessing_steps(cfg.preprocess, sparse_input=sparse_input), ("model", model)])
 
 
@@ -301,6 +310,43 @@ def _is_trusted(type_name: str) -> bool:
     return type_name in _TRUSTED_EXACT or type_name.startswith(_TRUSTED_PREFIXES)
 
 
+def _deterministic_skops(data: bytes) -> bytes:
+    """Make a skops file byte-stable: equal models give equal bytes.
+
+    skops names arrays and nodes by ``id()`` (memory addresses) and stamps the
+    zip with the current time; renumber ids in order of first appearance and
+    fix the timestamps. Loading is unaffected (ids are only cross-references).
+    """
+    import io
+    import re
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(data))
+    schema = src.read("schema.json").decode()
+    mapping: dict[str, str] = {}
+
+    def renumber(match: re.Match) -> str:
+        new = mapping.setdefault(match.group(2), str(len(mapping) + 1))
+        return f"{match.group(1)}{new}"
+
+    schema = re.sub(r'("__id__": |"file": ")(\d+)', renumber, schema)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        members = []
+        for info in src.infolist():
+            name = info.filename
+            stem = name[:-4] if name.endswith(".npy") else None
+            if stem is not None and stem in mapping:
+                name = f"{mapping[stem]}.npy"
+            members.append((name, info.filename))
+        for name, original in sorted(members):
+            fixed = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            fixed.external_attr = 0o644 << 16
+            dst.writestr(fixed, schema.encode() if original == "schema.json" else src.read(original))
+    return buf.getvalue()
+
+
 def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> None:
     """Write ``model.skops`` and ``model.json`` (with the model's sha256) into ``directory``."""
     import skops.io as sio
@@ -308,7 +354,7 @@ def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> No
     from iml_genomics.io.writers import atomic_write_bytes, file_sha256, write_json
 
     directory = Path(directory)
-    atomic_write_bytes(sio.dumps(pipeline), directory / BUNDLE_MODEL)
+    atomic_write_bytes(_deterministic_skops(sio.dumps(pipeline)), directory / BUNDLE_MODEL)
     write_json({**manifest, "model_file": BUNDLE_MODEL, "model_sha256": file_sha256(directory / BUNDLE_MODEL)},
                directory / BUNDLE_MANIFEST)
 

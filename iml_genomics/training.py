@@ -48,7 +48,9 @@ class TrainResult:
             "used_genes": self.used_genes,
             "label_column": cfg.data.label_column,
             "model_name": cfg.model.name,
-            "config": cfg.to_dict(),
+            # n_jobs is how the run was executed, not what the model is: leaving it out
+            # keeps the bundle byte-identical whatever --jobs was
+            "config": {k: v for k, v in cfg.to_dict().items() if k != "n_jobs"},
             "cv_summary": self.cv.metrics.set_index("split").loc[["mean", "sd"]].drop(
                 columns=["repeat", "fold", "n_train", "n_test"]).to_dict(orient="index"),
         }
@@ -75,7 +77,7 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     sample_ids, gene_ids = list(adata.obs_names), list(adata.var_names)
     check_counts(X, cfg.preprocess.transform, adata.uns.get("sources", {}).get("expression", "expression"),
                  sample_ids, gene_ids)
-    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X))
+    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
     n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
     cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
                         n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed, n_jobs=n_jobs)

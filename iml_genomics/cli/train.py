@@ -28,7 +28,11 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     from iml_genomics.io import Provenance, staged_output, write_tsv
 
     cfg = resolve_config(config_path, overrides={
-        **common_overrides(opts), "model.name": model_name, "cv.n_splits": cv_folds, "cv.n_repeats": cv_repeats})
+        **common_overrides(opts), "cv.n_splits": cv_folds, "cv.n_repeats": cv_repeats})
+    if model_name is not None and model_name != cfg.model.name:
+        # the config's model.params belong to the config's model, not to the one named here
+        cfg.model.params = {}
+        cfg.override("model.name", model_name)
     prov = Provenance("train", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path})
     adata = load_cohort_for(cfg, expression, labels)
     prov.mark("read")

@@ -1,0 +1,44 @@
+"""Shared fixtures: paths to the bundled data and a runner for the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA = ROOT / "test_data"
+CONFIGS = ROOT / "configs"
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m iml_genomics ARGS`` in a real subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "iml_genomics", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"iml-genomics {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_paths() -> dict[str, Path]:
+    return {
+        "csv.gz": TEST_DATA / "demo_expression.csv.gz",
+        "parquet": TEST_DATA / "demo_expression.parquet",
+        "h5ad": TEST_DATA / "demo_expression.h5ad",
+        "labels": TEST_DATA / "demo_labels.tsv",
+        "truth": TEST_DATA / "demo_truth.tsv",
+        "gmt": TEST_DATA / "demo_pathways.gmt",
+        "config": CONFIGS / "demo.yaml",
+    }
+
+
+@pytest.fixture(scope="session")
+def demo_train_dir(tmp_path_factory, demo_paths) -> Path:
+    """The demo cohort trained once per session with configs/demo.yaml."""
+    out = tmp_path_factory.mktemp("demo_train") / "train"
+    run_cli("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
+            "--labels", demo_paths["labels"], "--out", out, "--jobs", "2")
+    return out
