@@ -29,6 +29,9 @@ def cohort_options(func):
         click.option("--seed", type=int, default=None, help="Seed of every random step [config seed]."),
         click.option("--jobs", "n_jobs", type=int, default=None,
                      help="Parallel workers, -1 = all cores [config n_jobs]; results do not depend on it."),
+        click.option("--scheduler", default=None,
+                     help="dask.distributed scheduler address (e.g. tcp://10.0.0.1:8786) to run parallel "
+                          "loops on a cluster [config parallel.scheduler]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -48,6 +51,10 @@ def resolve_config(config_path, *, overrides: dict):
         cfg.override(key, value)
     if cfg.model.params:
         _check_model_params(cfg, str(config_path))
+    from iml_genomics.parallel import set_scheduler
+
+    # one switch for every parallel loop of this process (CV folds, SHAP chunks, knockoff draws)
+    set_scheduler(cfg.parallel.scheduler)
     return cfg
 
 
@@ -91,6 +98,7 @@ def common_overrides(opts: dict) -> dict:
         "data.drop_unmatched": opts.get("drop_unmatched"),
         "seed": opts.get("seed"),
         "n_jobs": opts.get("n_jobs"),
+        "parallel.scheduler": opts.get("scheduler"),
     }
 
 

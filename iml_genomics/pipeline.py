@@ -1,0 +1,184 @@
+"""The whole pipeline's bookkeeping: step outputs, fingerprints and resource estimates.
+
+`run` executes train -> explain -> select -> report; a step is skipped when
+its declared outputs are all present and its fingerprint (resolved config,
+sha256 of its input files, fingerprints of the steps it reads) is the one
+recorded by the run that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from iml_genomics.errors import ConfigError, InputDataError
+
+STEPS = ("train", "explain", "select", "report")
+
+# Files a step always writes; a step whose directory lacks one is incomplete.
+STEP_OUTPUTS = {
+    "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
+    "explain": ("gene_ranking.tsv", "attributions.parquet", "explain_summary.json", "provenance.json"),
+    "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
+    "report": ("biomarkers.tsv", "report.html", "provenance.json"),
+}
+UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train", "explain", "select")}
+
+# Config sections that change each step's results (n_jobs and the scheduler never do).
+STEP_SECTIONS = {
+    "train": ("seed", "task", "data", "preprocess", "model", "cv"),
+    "explain": ("seed", "task", "data", "preprocess", "model", "cv", "explain"),
+    "select": ("seed", "task", "data", "preprocess", "select"),
+    "report": ("seed", "report"),
+}
+
+
+def _sha256_file(path: str | Path) -> str:
+    from iml_genomics.io.writers import file_sha256
+
+    return file_sha256(path)
+
+
+def step_fingerprint(step: str, config: dict, input_files: list[str | Path], upstream: dict[str, str]) -> str:
+    """sha256 over what determines a step's outputs.
+
+    Parameters
+    ----------
+    step : str
+    config : dict
+        Resolved configuration (``Config.to_dict()``); only the sections the
+        step reads are hashed, so changing ``report.top_k`` does not redo ``train``.
+    input_files : list of path
+        Files the step reads (hashed by content, not by name or time).
+    upstream : dict
+        Fingerprints of the steps whose outputs this step reads.
+    """
+    payload = {
+        "step": step,
+        "config": {k: config.get(k) for k in STEP_SECTIONS[step]},
+        "inputs": sorted(_sha256_file(p) for p in input_files if p is not None and Path(p).is_file()),
+        "upstream": upstream,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def outputs_complete(step: str, directory: str | Path) -> bool:
+    """Whether every file ``step`` always writes exists in ``directory``."""
+    directory = Path(directory)
+    return all((directory / name).is_file() for name in STEP_OUTPUTS[step])
+
+
+def read_run_state(path: str | Path) -> dict:
+    """The step fingerprints recorded by earlier runs ({} when none)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+# ---------------------------------------------------------------------------
+# Resource estimates (--dry-run, --max-memory)
+# ---------------------------------------------------------------------------
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_memory(text: str) -> int:
+    """'8G', '512M', '6GiB', '1.5 GB' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(?:I?B)?\s*", str(text).upper())
+    if not match:
+        raise ConfigError(f"--max-memory: cannot read {text!r}; write a size such as 8G or 512M.")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def peek_shape(path: str | Path, *, genes_as_rows: bool = False) -> tuple[int, int]:
+    """(n_samples, n_genes) of a matrix file without loading its values."""
+    from iml_genomics.io.readers import _open_text, check_readable, detect_format
+
+    path = check_readable(path, "expression")
+    fmt = detect_format(path)
+    if fmt in ("csv", "tsv"):
+        with _open_text(path) as fh:
+            header = fh.readline()
+            rows = sum(1 for line in fh if line.strip())
+        cols = len(header.rstrip("\r\n").split("," if fmt == "csv" else "\t")) - 1
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        rows, cols = meta.num_rows, meta.num_columns - 1
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            x = f["X"]
+            shape = x.attrs["shape"] if "shape" in x.attrs else x.shape
+            rows, cols = int(shape[0]), int(shape[1])
+        genes_as_rows = False
+    return (cols, rows) if genes_as_rows else (rows, cols)
+
+
+@dataclass
+class StepEstimate:
+    """Estimated peak memory and work of one step."""
+
+    step: str
+    peak_memory_bytes: int
+    work: str
+
+
+def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int) -> list[StepEstimate]:
+    """Rough peak memory and work per step, from the cohort's shape and the config.
+
+    The estimates are deliberately conservative (upper bounds of the dense
+    float64 copies each step holds); they exist to refuse a run that cannot
+    fit before hours are spent, not to predict to the megabyte.
+    """
+    from iml_genomics.parallel import effective_n_jobs
+
+    n, p = n_samples, n_genes
+    workers = effective_n_jobs(n_jobs)
+    matrix = 8 * n * p
+    base = 300 * 1024**2  # interpreter, numpy, sklearn, shap
+    p_model = min(p, cfg.preprocess.top_k_variable or p)
+    n_fits = cfg.cv.n_splits * cfg.cv.n_repeats + 1
+    trees = cfg.model.params.get("n_estimators", 300) if "forest" in cfg.model.name or "trees" in cfg.model.name else 0
+    train = base + 3 * matrix + workers * 2 * 8 * n * p_model
+    train_work = f"{n} samples x {p} genes (model sees {p_model}); {n_fits} fits" + (f" x {trees} trees" if trees else "")
+    chunk = min(cfg.explain.chunk_size, n)
+    n_refits = cfg.explain.n_bootstraps if cfg.explain.stability == "bootstrap" else cfg.cv.n_splits * cfg.cv.n_repeats
+    explain = base + 3 * matrix + workers * (8 * chunk * p_model * 4) + 4 * n * p_model
+    explain_work = (f"SHAP {n} samples x {p_model} genes in chunks of {chunk}; {n_refits} refits; "
+                    f"permutation {cfg.explain.permutation_repeats} repeats x {p_model} genes")
+    # select: X, its knockoffs and [X, X~] (dense), the factor model U (p x k), per parallel draw
+    k = cfg.select.factor_rank or min(50, n)
+    dense_cov = 8 * p * p * 3 if cfg.select.covariance == "ledoit_wolf" or (cfg.select.covariance == "auto" and p <= 2000) else 0
+    draws_in_parallel = min(workers, cfg.select.n_draws)
+    select = base + 2 * matrix + dense_cov + 8 * p * k * 4 + draws_in_parallel * 4 * matrix
+    select_work = f"{cfg.select.n_draws} knockoff draw(s) of {n} x {p}; statistic {cfg.select.statistic} on {n} x {2 * p}"
+    report = base + 2 * matrix + 8 * p * 200
+    report_work = f"{p} genes; rank test with {cfg.report.n_permutations} permutations"
+    return [StepEstimate("train", train, train_work), StepEstimate("explain", explain, explain_work),
+            StepEstimate("select", select, select_work), StepEstimate("report", report, report_work)]
+
+
+def resolve_input(path: str | None, role: str, config_path: str | Path) -> Path | None:
+    """A data path from the config, checked to exist."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise InputDataError(f"{config_path}: data.{role} '{path}' not found (paths are relative to the working "
+                             f"directory {Path.cwd()}). Fix the path in the config.")
+    return p
