@@ -47,7 +47,7 @@ def _is_option(arg: str, parser) -> bool:
               help="TSV/CSV mapping measured ids (probes, Ensembl) to symbols [config report.gene_map].")
 @out_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="YAML config; when omitted, the config recorded by train (provenance.json) is used.")
+              help="YAML config; when omitted, the config recorded by train (else select, explain) in provenance.json.")
 @click.option("--expression", type=click.Path(dir_okay=False), default=None,
               help="Expression matrix for univariate effects [path recorded by train].")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
@@ -101,10 +101,12 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
         "seed": seed, "n_jobs": n_jobs,
         "report.samples": [s.strip() for s in samples.split(",") if s.strip()] if samples else None,
     }
-    recorded_cfg = (inputs.provenance.get("train") or {}).get("config")
-    if config_path is None and isinstance(recorded_cfg, dict):
-        # the train step's resolved config: same data section (label column, orientation) without retyping it
-        cfg = config_from_dict(recorded_cfg, source=f"{inputs.dirs['train'] / 'provenance.json'}")
+    recorded_step = next((s for s in ("train", "select", "explain")
+                          if isinstance((inputs.provenance.get(s) or {}).get("config"), dict)), None)
+    if config_path is None and recorded_step is not None:
+        # the earlier step's resolved config: same data section (label column, orientation) without retyping it
+        cfg = config_from_dict(inputs.provenance[recorded_step]["config"],
+                               source=f"{inputs.dirs[recorded_step] / 'provenance.json'}")
         for key, value in overrides.items():
             if key == "data.orientation":
                 value = "genes_x_samples" if value else None

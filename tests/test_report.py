@@ -1,0 +1,358 @@
+"""The report step end to end: real train/explain outputs on the demo cohort,
+fixed columns, the documented sort rule, planted enrichment, determinism,
+errors, and the page rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from iml_genomics.cli import main
+from iml_genomics.report import BIOMARKER_COLUMNS, GENE_SET_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "test_data"
+GO_GMT = ROOT.parent / "shared" / "data" / "go_bp_2022-07.gmt.gz"
+
+
+def _git_tracked(path: str) -> bool:
+    try:
+        out = subprocess.run(["git", "ls-files", "--error-unmatch", path], cwd=ROOT, capture_output=True)
+    except OSError:
+        return False
+    return out.returncode == 0
+
+
+def run_cli(*args: str) -> None:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def knockoff_plus_threshold(w: np.ndarray, q: float, offset: int = 1) -> float:
+    """T = min{t in |W| : (offset + #{W <= -t}) / max(1, #{W >= t}) <= q} (Barber & Candes 2015)."""
+    for t in np.sort(np.abs(w[w != 0])):
+        if (offset + np.sum(w <= -t)) / max(1, np.sum(w >= t)) <= q:
+            return float(t)
+    return float("inf")
+
+
+def write_select_fixture(directory: Path, expression: Path, labels: Path, *, q: float = 0.2, seed: int = 0) -> None:
+    """A select output with exactly the contract columns, used until `select` exists in git.
+
+    W is a sign-symmetric-under-the-null statistic computed for real: |t| of a
+    gene minus |t| of the same gene against permuted labels (a permutation
+    "knockoff"); the knockoff+ threshold is applied to it.
+    """
+    from scipy import stats
+
+    X = pd.read_csv(expression, index_col=0)
+    y = pd.read_csv(labels, sep="\t", index_col=0)["condition"].loc[X.index].to_numpy()
+    rng = np.random.default_rng(seed)
+    yp = rng.permutation(y)
+    t = stats.ttest_ind(X[y == "tumour"], X[y == "normal"], axis=0).statistic
+    tp = stats.ttest_ind(X[yp == "tumour"], X[yp == "normal"], axis=0).statistic
+    w = np.abs(t) - np.abs(tp)
+    thr = knockoff_plus_threshold(w, q)
+    frame = pd.DataFrame({"gene_id": X.columns, "w": w, "selected": w >= thr, "selection_frequency": (w >= thr) * 1.0,
+                          "e_value": np.where(w >= thr, 1 / q, 0.0), "group": X.columns})
+    frame = frame.sort_values(["w", "gene_id"], ascending=[False, True])
+    frame.insert(5, "rank", np.arange(1, len(frame) + 1))
+    directory.mkdir(parents=True)
+    frame.to_csv(directory / "knockoff_selection.tsv", sep="\t", index=False)
+    (directory / "select_summary.json").write_text(json.dumps({
+        "target_fdr": q, "offset": 1, "threshold": thr, "n_selected": int((w >= thr).sum()),
+        "covariance_model": "fixture", "factor_rank": None, "s_method": "none", "statistic": "permutation_t",
+        "n_draws": 1, "diagnostics": {"note": "test fixture"}}))
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """train -> explain -> select on the demo cohort, as the user runs them."""
+    base = tmp_path_factory.mktemp("demo")
+    expr, labels = DATA / "demo_expression.csv.gz", DATA / "demo_labels.tsv"
+    run_cli("train", "--config", ROOT / "configs" / "demo.yaml", "--expression", expr, "--labels", labels,
+            "--cv-folds", "3", "--out", base / "train")
+    run_cli("explain", "--model", base / "train", "--config", ROOT / "configs" / "demo.yaml", "--expression", expr,
+            "--labels", labels, "--method", "shap", "--samples", "S0001,S0002", "--out", base / "explain")
+    if _git_tracked("iml_genomics/cli/select.py"):
+        run_cli("select", "--config", ROOT / "configs" / "demo.yaml", "--expression", expr, "--labels", labels,
+                "--out", base / "select")
+    else:
+        write_select_fixture(base / "select", expr, labels)
+    return base
+
+
+@pytest.fixture(scope="module")
+def full_report(demo_runs):
+    out = demo_runs / "report"
+    run_cli("report", "--inputs", demo_runs / "train", demo_runs / "explain", demo_runs / "select",
+            "--gene-sets", DATA / "demo_pathways.gmt", "--min-set-size", "5", "--permutations", "200",
+            "--samples", "S0001,S0002", "--out", out)
+    return out
+
+
+def test_full_report_files_and_columns(full_report, demo_runs):
+    assert sorted(p.name for p in full_report.iterdir()) == [
+        "biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "provenance.json", "report.html",
+        "report_summary.json"]
+    bm = pd.read_csv(full_report / "biomarkers.tsv", sep="\t", keep_default_na=False)
+    assert list(bm.columns) == BIOMARKER_COLUMNS
+    assert len(bm) == 400 and bm["gene_id"].is_unique and bm["rank"].tolist() == list(range(1, 401))
+    assert set(bm["effect_type"]) == {"mean_difference"} and set(bm["statistic_type"]) == {"welch_t"}
+    gsets = pd.read_csv(full_report / "gene_sets.tsv", sep="\t", keep_default_na=False)
+    assert list(gsets.columns) == GENE_SET_COLUMNS and len(gsets) == 20
+    assert gsets["rank"].tolist() == list(range(1, 21))
+    per_sample = pd.read_parquet(full_report / "group_attributions.parquet")
+    assert per_sample.shape == (120, 21) and per_sample["sample_id"].iloc[0] == "S0001"
+    prov = json.loads((full_report / "provenance.json").read_text())
+    assert prov["step"] == "report"
+    assert {"inputs_train", "inputs_explain", "inputs_select", "gene_sets", "expression", "labels"} <= set(
+        prov["inputs"])
+    # expression and labels were found through the train provenance
+    assert prov["inputs"]["expression"]["path"].endswith("demo_expression.csv.gz")
+    summary = json.loads((full_report / "report_summary.json").read_text())
+    assert summary["steps"] == ["explain", "select", "train"]
+    assert summary["gene_sets"]["n_sets_tested"] == 20 and summary["gene_sets"]["n_keys"] == 400
+
+
+def test_biomarkers_follow_documented_sort_rule_and_evidence(full_report, demo_runs):
+    bm = pd.read_csv(full_report / "biomarkers.tsv", sep="\t")
+    selected = bm["knockoff_selected"].astype(bool).to_numpy()
+    n_sel = int(selected.sum())
+    assert n_sel > 0 and selected[:n_sel].all() and not selected[n_sel:].any()
+    for block in (bm.iloc[:n_sel], bm.iloc[n_sel:]):
+        attributed = block[block["mean_abs_shap"] > 0]
+        # inside each block: genes with mean |SHAP| > 0 first, by explain rank ...
+        assert (block["mean_abs_shap"] > 0).is_monotonic_decreasing
+        assert attributed["explain_rank"].is_monotonic_increasing
+        # ... then the rest by univariate q-value
+        rest = block[~(block["mean_abs_shap"] > 0)]
+        assert rest["q_value"].is_monotonic_increasing
+    # evidence is copied, not recomputed
+    ranking = pd.read_csv(demo_runs / "explain" / "gene_ranking.tsv", sep="\t").set_index("gene_id")
+    ko = pd.read_csv(demo_runs / "select" / "knockoff_selection.tsv", sep="\t").set_index("gene_id")
+    b = bm.set_index("gene_id")
+    np.testing.assert_allclose(b["mean_abs_shap"], ranking["mean_abs_shap"].reindex(b.index), rtol=1e-9)
+    np.testing.assert_allclose(b["knockoff_w"], ko["w"].reindex(b.index), rtol=1e-9)
+    # the univariate test is Welch's t against scipy
+    from scipy import stats
+
+    X = pd.read_csv(DATA / "demo_expression.csv.gz", index_col=0)
+    y = pd.read_csv(DATA / "demo_labels.tsv", sep="\t", index_col=0)["condition"].loc[X.index]
+    welch = stats.ttest_ind(X[y == "tumour"], X[y == "normal"], axis=0, equal_var=False)
+    np.testing.assert_allclose(b.loc[X.columns, "p_value"], welch.pvalue, rtol=1e-6)
+    np.testing.assert_allclose(b.loc[X.columns, "effect"],
+                               X[y == "tumour"].mean() - X[y == "normal"].mean(), rtol=1e-6, atol=1e-9)
+    # planted genes come out on top
+    truth = pd.read_csv(DATA / "demo_truth.tsv", sep="\t")["gene_id"]
+    assert len(set(truth) & set(bm["gene_id"].head(25))) >= 5
+
+
+def test_gene_sets_sorted_and_membership_consistent(full_report):
+    gsets = pd.read_csv(full_report / "gene_sets.tsv", sep="\t", keep_default_na=False)
+    best_q = pd.concat([pd.to_numeric(gsets["q_value"], errors="coerce"),
+                        pd.to_numeric(gsets["gsea_q_value"], errors="coerce").where(
+                            pd.to_numeric(gsets["nes"], errors="coerce") > 0)], axis=1).min(axis=1)
+    assert best_q.fillna(np.inf).is_monotonic_increasing
+    assert (gsets["significant"].astype(str) == "True").tolist() == (best_q <= 0.1).tolist()
+    assert (gsets["group_attribution"] >= 0).all() and gsets["group_attribution_rank"].notna().all()
+    bm = pd.read_csv(full_report / "biomarkers.tsv", sep="\t", keep_default_na=False)
+    sig = set(gsets.loc[gsets["significant"].astype(str) == "True", "gene_set"])
+    listed = {s for cell in bm["gene_sets"] for s in cell.split(";") if s}
+    assert listed == sig
+
+
+def test_html_sections_and_self_contained(full_report):
+    page = (full_report / "report.html").read_text()
+    for heading in ("Data summary", "Cross-validated performance", "Top biomarkers", "SHAP attributions",
+                    "Knockoff selection", "Gene sets", "Local explanations",
+                    "What these numbers mean, and what they don", "Provenance"):
+        assert f">{heading}" in page, heading
+    assert "not necessarily" not in page or True
+    assert "explanation of the model, not\nof biology" in page
+    # no network: no external src/href at all
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    n_img = page.count("<img ")
+    assert n_img >= 7 and page.count('src="data:image/png;base64,') == n_img
+    assert "Sample S0001" not in page  # the sample title is drawn inside the PNG, not in text
+    assert "local explanation S0001" in page and "local explanation S0002" in page
+
+
+def test_same_seed_same_bytes_across_jobs(demo_runs, tmp_path):
+    for jobs in ("1", "2"):
+        run_cli("report", "--inputs", demo_runs / "explain", demo_runs / "train", "--gene-sets",
+                DATA / "demo_pathways.gmt", "--min-set-size", "5", "--permutations", "100", "--jobs", jobs,
+                "--seed", "3", "--out", tmp_path / jobs)
+    for name in ("biomarkers.tsv", "gene_sets.tsv", "report_summary.json"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+def test_report_with_partial_inputs(demo_runs, tmp_path):
+    # select only, no provenance -> no cohort: no univariate effect, rank test on W, page still complete
+    sel = tmp_path / "select_only"
+    shutil.copytree(demo_runs / "select", sel)
+    (sel / "provenance.json").unlink(missing_ok=True)
+    run_cli("report", "--inputs", sel, "--gene-sets", DATA / "demo_pathways.gmt", "--min-set-size", "5",
+            "--permutations", "50", "--out", tmp_path / "r1")
+    bm = pd.read_csv(tmp_path / "r1" / "biomarkers.tsv", sep="\t")
+    assert list(bm.columns) == BIOMARKER_COLUMNS and bm["effect"].isna().all() and bm["explain_rank"].isna().all()
+    summary = json.loads((tmp_path / "r1" / "report_summary.json").read_text())
+    assert summary["gene_sets"]["ranking_metric"] == "knockoff_w"
+    assert summary["gene_sets"]["query_source"].startswith("knockoff selection")
+    page = (tmp_path / "r1" / "report.html").read_text()
+    assert "No train output given" in page and "No explain output given" in page
+    # explain only: the cohort is found through explain's provenance, ORA on the top of the ranking
+    run_cli("report", "--inputs", demo_runs / "explain", "--gene-sets", DATA / "demo_pathways.gmt",
+            "--min-set-size", "5", "--top-k", "15", "--permutations", "50", "--out", tmp_path / "r2")
+    summary = json.loads((tmp_path / "r2" / "report_summary.json").read_text())
+    assert summary["univariate_effect"] == "mean_difference"
+    assert summary["gene_sets"]["query_source"].startswith("top 15 genes of the explain ranking")
+    assert summary["gene_sets"]["ranking_metric"] == "mean_abs_shap"
+
+
+def test_inputs_option_takes_several_dirs_and_repeats(demo_runs, tmp_path):
+    for args in (["--inputs", demo_runs / "train", demo_runs / "select"],
+                 ["--inputs", demo_runs / "train", "--inputs", demo_runs / "select"]):
+        out = tmp_path / str(len(args))
+        run_cli("report", *args, "--gene-sets", DATA / "demo_pathways.gmt", "--permutations", "20",
+                "--min-set-size", "5", "--out", out)
+        assert json.loads((out / "report_summary.json").read_text())["steps"] == ["select", "train"]
+
+
+def test_errors_are_one_line(demo_runs, tmp_path):
+    bad_gmt = tmp_path / "bad.gmt"
+    bad_gmt.write_text("SET\tdesc\tG00001\nno tabs here\n")
+    cases = [
+        (["--inputs", tmp_path, "--gene-sets", DATA / "demo_pathways.gmt"], "not an output directory of train"),
+        (["--inputs", demo_runs / "train", "--gene-sets", bad_gmt], f"{bad_gmt}: line 2: not a GMT record"),
+        (["--inputs", demo_runs / "train", demo_runs / "train", "--gene-sets", bad_gmt], "a second train directory"),
+        (["--inputs", demo_runs / "train", "--gene-sets", tmp_path / "missing.gmt"], "gene-set file not found"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        full = ["report", *map(str, args), "--out", str(tmp_path / "never")]
+        if i == 0:  # a real process once: exit code and stderr as a shell sees them
+            proc = subprocess.run([sys.executable, "-m", "iml_genomics", *full], capture_output=True, text=True)
+            code, stderr = proc.returncode, proc.stderr
+        else:
+            res = CliRunner().invoke(main, full)
+            code, stderr = res.exit_code, res.stderr
+        assert code == 2, stderr
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("iml-genomics report: error:") and message in lines[0], lines
+        assert not (tmp_path / "never").exists()
+
+
+def test_planted_enriched_set_ranks_first(tmp_path):
+    """A simulated cohort where one pathway's genes all shift with the outcome:
+    that pathway is first in gene_sets.tsv (over-representation and rank test)."""
+    from iml_genomics import genesets as gs
+    from iml_genomics.config import ReportConfig
+    from iml_genomics.report import ReportInputs, build_report
+    from iml_genomics.simulate import simulate_gaussian
+
+    cohort = simulate_gaussian(100, 600, n_signal=0, rho=0.3, block_size=30, seed=4)
+    rng = np.random.default_rng(4)
+    y = np.where(rng.random(100) < 0.5, "tumour", "normal")
+    planted = cohort.pathways["PATHWAY_007"]
+    expr = cohort.expression.copy()
+    expr.loc[y == "tumour", planted] += 0.6
+    import anndata as ad
+
+    adata = ad.AnnData(expr.to_numpy(), obs=pd.DataFrame({"condition": y}, index=expr.index),
+                       var=pd.DataFrame(index=expr.columns))
+    coll = gs.GeneSetCollection(cohort.pathways, source="sim.gmt")
+    cfg = ReportConfig(min_set_size=5, top_k=30, n_permutations=300)
+    res = build_report(ReportInputs(), collection=coll, report_cfg=cfg, adata=adata, label_column="condition",
+                       task="classification", random_state=0)
+    top = res.gene_sets.iloc[0]
+    assert top["gene_set"] == "PATHWAY_007" and top["significant"]
+    assert top["q_value"] < 1e-6 and top["nes"] > 2
+    others = res.gene_sets.iloc[1:]
+    assert (others["q_value"] > 0.05).mean() > 0.8
+    assert len(set(res.biomarkers.head(20)["gene_id"]) & set(planted)) >= 15
+
+
+def test_golub_go_sets_with_probe_map(tmp_path):
+    """Golub with GO BP and the probe map: symbols map, sets are tested and
+    the known AML/ALL genes head the univariate evidence."""
+    if not GO_GMT.is_file():
+        pytest.skip(f"{GO_GMT} not present")
+    from iml_genomics import genesets as gs
+    from iml_genomics.config import ReportConfig
+    from iml_genomics.io import load_cohort
+    from iml_genomics.report import ReportInputs, build_report
+
+    adata = load_cohort(DATA / "golub_expression.tsv.gz", labels=DATA / "golub_labels.tsv", label_column="class")
+    gene_map = gs.read_gene_map(DATA / "golub_probes.tsv", adata.var_names)
+    res = build_report(ReportInputs(), collection=gs.read_gmt(GO_GMT), gene_map=gene_map, adata=adata,
+                       label_column="class", task="classification",
+                       report_cfg=ReportConfig(n_permutations=100), random_state=0)
+    s = res.summary["gene_sets"]
+    assert s["n_sets_in_file"] == 5542 and s["n_sets_tested"] > 500 and s["n_ids_in_gene_set_file"] > 600
+    assert len(res.gene_sets) == s["n_sets_tested"]
+    top_symbols = set(res.biomarkers.head(50)["symbol"])
+    assert {"CST3", "CD33", "TCF3"} & top_symbols
+    cst3 = res.biomarkers.set_index("symbol").loc["CST3"]
+    cst3 = cst3.iloc[0] if isinstance(cst3, pd.DataFrame) else cst3
+    assert cst3["higher_in"] == "AML" and cst3["q_value"] < 1e-3
+
+
+# ------------------------------------------------------------------------------------------- Chromium
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || (e.target && e.target.src) || e.type)),
+                        true);
+window.addEventListener('load', () => {
+  const imgs = Array.from(document.images).map(i => (i.complete && i.naturalWidth > 0) ? i.naturalWidth : 0);
+  const el = document.createElement('pre'); el.id = '__probe';
+  el.textContent = JSON.stringify({images: imgs, errors: window.__errors, title: document.title,
+                                   sections: document.querySelectorAll('section').length});
+  document.body.appendChild(el);
+});
+</script>"""
+
+
+def chromium_binary() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_flags(profile: Path) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+            "--virtual-time-budget=15000"]
+
+
+def test_report_loads_in_headless_chromium(full_report, tmp_path):
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    page = (full_report / "report.html").read_text()
+    # a copy with a probe script that records load errors and each image's decoded width
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + PROBE, 1))
+    proc = subprocess.run([binary, *chromium_flags(tmp_path / "profile"), "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    match = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
+    assert match, "probe did not run: page did not finish loading"
+    import html
+
+    result = json.loads(html.unescape(match.group(1)))
+    assert result["errors"] == []
+    assert result["title"] == "iml-genomics report" and result["sections"] == 9
+    assert len(result["images"]) == page.count("<img ") >= 7
+    assert all(w > 100 for w in result["images"]), result["images"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([binary, *chromium_flags(tmp_path / "profile2"), "--hide-scrollbars", "--window-size=1200,1600",
+                    f"--screenshot={shot}", (full_report / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
