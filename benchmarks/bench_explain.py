@@ -1,0 +1,186 @@
+"""Benchmark of `explain`: our SHAP path vs one shap.TreeExplainer call, our permutation importance vs sklearn.
+
+Usage (the issue's sizes; takes tens of minutes on a loaded 2-core machine):
+
+    /work/venv/bin/python benchmarks/bench_explain.py --n 1000 --p 5000 --trees 500 --jobs 2 \\
+        --perm-p 2000 --perm-trees 200 --perm-rows 200 --perm-repeats 5
+
+Each part prints one table row per implementation with wall time, peak RSS
+(this process plus its worker processes, sampled every 50 ms), the speed ratio
+against the reference measured in the same run, and the maximum absolute
+difference of the values. Sizes are flags; ``--skip-*`` drops a part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+class PeakRSS:
+    """Peak resident memory of this process and its children while the block runs."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _rss(self):
+        total = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:  # child exited between listing and reading
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def cohort(n, p, seed):
+    from iml_genomics.simulate import simulate_gaussian
+
+    c = simulate_gaussian(n, p, n_signal=10, effect_size=1.0, seed=seed)
+    X = np.ascontiguousarray(c.expression.to_numpy(dtype=np.float64))
+    y = c.labels["condition"].astype(str).to_numpy(dtype=object)
+    return X, y, list(c.expression.columns)
+
+
+def row(name, seconds, peak, ratio, diff, note=""):
+    d = "" if diff is None else f"{diff:.2e}"
+    print(f"| {name} | {seconds:.1f} | {peak / 2**30:.2f} | {ratio} | {d} | {note} |", flush=True)
+
+
+def bench_shap(args):
+    import shap
+    from sklearn.ensemble import RandomForestClassifier
+
+    from iml_genomics.explain import shap_attributions
+    from iml_genomics.parallel import parallel_map
+
+    X, y, ids = cohort(args.n, args.p, args.seed)
+    classes = sorted(set(y))
+    t = time.perf_counter()
+    model = RandomForestClassifier(n_estimators=args.trees, random_state=0, n_jobs=args.jobs).fit(X, y)
+    model.set_params(n_jobs=1)
+    fit_s = time.perf_counter() - t
+    depth = np.mean([e.tree_.max_depth for e in model.estimators_])
+    leaves = np.mean([e.tree_.n_leaves for e in model.estimators_])
+    print(f"\n### SHAP: random forest {args.trees} trees (mean depth {depth:.1f}, {leaves:.0f} leaves), "
+          f"n = {args.n}, p = {args.p}, jobs = {args.jobs}; fit {fit_s:.1f} s\n")
+    print("| implementation | wall s | peak RSS GiB | speed ratio vs shap | max abs diff vs shap | note |")
+    print("|---|---|---|---|---|---|")
+    with PeakRSS() as ref_m:
+        ref = shap.TreeExplainer(model).shap_values(X)[:, :, -1]
+    row("shap.TreeExplainer(model).shap_values(X) (1 call)", ref_m.seconds, ref_m.peak, "1.00", 0.0)
+    del_ref = ref
+    # cold: includes starting the worker processes (what one CLI run pays)
+    with PeakRSS() as cold:
+        ours = shap_attributions(model, X, gene_ids=ids, classes=classes, chunk_size=args.chunk_size,
+                                 n_jobs=args.jobs)
+    diff = float(np.max(np.abs(ours.values[:, :, 0] - del_ref)))
+    row(f"iml_genomics shap_attributions, jobs={args.jobs}, cold workers", cold.seconds, cold.peak,
+        f"{ref_m.seconds / cold.seconds:.2f}", diff, f"max additivity error {ours.max_additivity_error:.1e}")
+    del ours
+    parallel_map(_noop, [(i,) for i in range(args.jobs)], n_jobs=args.jobs)
+    with PeakRSS() as warm:
+        ours = shap_attributions(model, X, gene_ids=ids, classes=classes, chunk_size=args.chunk_size,
+                                 n_jobs=args.jobs)
+    diff = float(np.max(np.abs(ours.values[:, :, 0] - del_ref)))
+    row(f"iml_genomics shap_attributions, jobs={args.jobs}, warm workers", warm.seconds, warm.peak,
+        f"{ref_m.seconds / warm.seconds:.2f}", diff, "workers already running (shap imported)")
+
+
+def _noop(i):
+    import shap  # noqa: F401  (warm the worker: the import dominates a cold start)
+
+    return i
+
+
+def bench_perm(args):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.inspection import permutation_importance
+
+    from iml_genomics.explain import permutation_importance_fitted
+
+    n = args.perm_train + args.perm_rows
+    X, y, _ = cohort(n, args.perm_p, args.seed + 1)
+    classes = sorted(set(y))
+    Xtr, ytr, Xte, yte = X[:args.perm_train], y[:args.perm_train], X[args.perm_train:], y[args.perm_train:]
+    model = RandomForestClassifier(n_estimators=args.perm_trees, random_state=0, n_jobs=args.jobs).fit(Xtr, ytr)
+    model.set_params(n_jobs=1)  # as in our registry: parallelism comes from the importance loop
+    print(f"\n### Permutation importance: random forest {args.perm_trees} trees, p = {args.perm_p}, "
+          f"{args.perm_rows} held-out rows, {args.perm_repeats} repeats, scoring = log loss, n_jobs = {args.jobs}\n")
+    print("| implementation | wall s | peak RSS GiB | speed ratio vs sklearn | max abs diff of means | note |")
+    print("|---|---|---|---|---|---|")
+    with PeakRSS() as ours_m:
+        ours = permutation_importance_fitted(model, Xte, yte, classes=classes, n_repeats=args.perm_repeats,
+                                             random_state=0, n_jobs=args.jobs, scoring="log_loss")
+    if args.skip_sklearn_perm:
+        row("iml_genomics permutation_importance_fitted", ours_m.seconds, ours_m.peak, "n/a", None,
+            "sklearn skipped")
+        return
+    with PeakRSS() as sk_m:
+        sk = permutation_importance(model, Xte, yte, scoring="neg_log_loss", n_repeats=args.perm_repeats,
+                                    random_state=0, n_jobs=args.jobs)
+    row("sklearn.inspection.permutation_importance", sk_m.seconds, sk_m.peak, "1.00", 0.0)
+    m_ours, m_sk = ours.mean(axis=1), sk.importances_mean
+    se = np.sqrt(ours.var(axis=1, ddof=1) / args.perm_repeats + sk.importances_std**2 / args.perm_repeats)
+    within = np.mean(np.abs(m_ours - m_sk) <= 3 * se + 1e-12)
+    corr = np.corrcoef(m_ours, m_sk)[0, 1]
+    row("iml_genomics permutation_importance_fitted", ours_m.seconds, ours_m.peak,
+        f"{sk_m.seconds / ours_m.seconds:.1f}", float(np.max(np.abs(m_ours - m_sk))),
+        f"{within:.1%} of genes within 3 MC s.e.; Pearson r = {corr:.3f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--p", type=int, default=5000)
+    ap.add_argument("--trees", type=int, default=500)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=128)
+    ap.add_argument("--perm-p", type=int, default=2000)
+    ap.add_argument("--perm-trees", type=int, default=200)
+    ap.add_argument("--perm-rows", type=int, default=200)
+    ap.add_argument("--perm-train", type=int, default=800)
+    ap.add_argument("--perm-repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-shap", action="store_true")
+    ap.add_argument("--skip-perm", action="store_true")
+    ap.add_argument("--skip-sklearn-perm", action="store_true")
+    args = ap.parse_args(argv)
+    print(f"# bench_explain: {' '.join(sys.argv[1:])}; cores {os.cpu_count()}, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if not args.skip_shap:
+        bench_shap(args)
+    if not args.skip_perm:
+        bench_perm(args)
+    print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
