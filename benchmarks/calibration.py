@@ -337,7 +337,8 @@ def summarize(raw: pd.DataFrame, q: float) -> pd.DataFrame:
         se_fdp = fdp.std(ddof=1) / np.sqrt(r) if r > 1 else float("nan")
         se_pow = power.std(ddof=1) / np.sqrt(r) if r > 1 else float("nan")
         sets = [set(s.split(";")) - {""} for s in ok["selected"]]
-        pairs = [jaccard(a, b) for a, b in itertools.combinations(sets, 2)]
+        # pairs where both selections are empty carry no information about stability
+        pairs = [jaccard(a, b) for a, b in itertools.combinations(sets, 2) if a or b]
         claim = FDR_CLAIM.get(method, "none" if method in SELECTION_METHODS else "none (top-k)")
         mean_fdp = float(fdp.mean()) if r else float("nan")
         if not r:
