@@ -114,6 +114,13 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     else:
         cfg = resolve_config(config_path, overrides=overrides)
     rc = cfg.report
+    if config_path:
+        # paths written in a config file may be relative to the file rather than to the working directory
+        for key in ("gene_sets", "gene_map"):
+            value = getattr(rc, key)
+            if value and not Path(value).exists() and (Path(config_path).parent / value).exists() \
+                    and overrides.get(f"report.{key}") is None:
+                setattr(rc, key, str(Path(config_path).parent / value))
     recorded = cohort_paths(inputs)
     expression = expression or recorded["expression"]
     labels = labels or recorded["labels"]

@@ -77,6 +77,10 @@ def missing(text: str) -> str:
 
 
 MEANING = """
+<p><strong>In one sentence:</strong> a model-level explanation is about the fitted model, not necessarily about
+biology; a knockoff selection controls the share of false discoveries among the selected genes, it does not prove
+any single gene; a gene-set result summarises where the evidence falls in a curated list, it does not show that a
+pathway is active.</p>
 <dl class="meaning">
 <dt>Cross-validated AUROC, balanced accuracy, R&sup2;</dt>
 <dd>How well the <em>whole modelling procedure</em> predicts samples it was not fitted on, averaged over folds
