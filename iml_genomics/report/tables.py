@@ -152,11 +152,16 @@ def _attribution_matrix(inputs: ReportInputs, positive_class: str | None) -> pd.
     return attr.set_index(attr["sample_id"].astype(str))[genes]
 
 
-def ranking_scores(inputs: ReportInputs, univariate: pd.DataFrame | None, metric: str) -> tuple[pd.Series, str]:
+def ranking_scores(inputs: ReportInputs, univariate: pd.DataFrame | None, metric: str,
+                   *, min_nonzero_fraction: float = 0.5) -> tuple[pd.Series, str]:
     """Gene scores for the rank-based test and the name of the metric used.
 
-    ``auto`` uses mean |SHAP| from explain when present, else the signed
-    univariate statistic, else the knockoff W.
+    ``auto`` uses mean |SHAP| from explain when at least
+    ``min_nonzero_fraction`` of the genes have a non-zero value, else the
+    signed univariate statistic, else mean |SHAP| anyway, else the knockoff W.
+    A sparse model (L1) gives most genes exactly zero attribution; a running
+    sum over a ranking that is mostly one big tie says little, and its NES
+    is inflated because random sets rarely reach a non-zero gene.
     """
     choices = {
         "mean_abs_shap": (lambda: inputs.gene_ranking.set_index("gene_id")["mean_abs_shap"]
@@ -164,13 +169,16 @@ def ranking_scores(inputs: ReportInputs, univariate: pd.DataFrame | None, metric
         "univariate": (lambda: univariate["statistic"] if univariate is not None else None),
         "knockoff_w": (lambda: inputs.knockoffs.set_index("gene_id")["w"] if inputs.knockoffs is not None else None),
     }
-    order = [metric] if metric != "auto" else ["mean_abs_shap", "univariate", "knockoff_w"]
-    for name in order:
+    order = [metric] if metric != "auto" else ["mean_abs_shap", "univariate", "mean_abs_shap", "knockoff_w"]
+    for i, name in enumerate(order):
         s = choices[name]()
-        if s is not None:
-            s = pd.to_numeric(s, errors="coerce").dropna()
-            s.index = s.index.astype(str)
-            return s, name
+        if s is None:
+            continue
+        s = pd.to_numeric(s, errors="coerce").dropna()
+        s.index = s.index.astype(str)
+        if metric == "auto" and i == 0 and (s != 0).mean() < min_nonzero_fraction:
+            continue
+        return s, name
     return pd.Series(dtype=float), "none"
 
 
