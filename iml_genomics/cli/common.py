@@ -102,15 +102,25 @@ def common_overrides(opts: dict) -> dict:
     }
 
 
-def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True):
-    """Read the cohort as the config says."""
-    from iml_genomics.io import load_cohort
+def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, check_cv: bool = False):
+    """Read the cohort as the config says.
 
-    return load_cohort(expression, labels=labels, label_column=cfg.data.label_column,
-                       sample_id_column=cfg.data.sample_id_column,
-                       genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
-                       drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
-                       require_labels=require_labels)
+    With ``check_cv`` the outcome is also checked for cross-validation (two or
+    more classes, none smaller than cv.n_splits) right away, so such an input
+    fails in a second instead of after the model libraries are imported.
+    """
+    from iml_genomics.io import infer_task, load_cohort, prepare_target
+
+    adata = load_cohort(expression, labels=labels, label_column=cfg.data.label_column,
+                        sample_id_column=cfg.data.sample_id_column,
+                        genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
+                        drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
+                        require_labels=require_labels)
+    if check_cv and cfg.data.label_column is not None:
+        y = adata.obs[cfg.data.label_column]
+        prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits, source=str(labels or expression),
+                       column=cfg.data.label_column)
+    return adata
 
 
 def out_option(func):

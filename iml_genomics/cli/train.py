@@ -34,7 +34,7 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
         cfg.model.params = {}
         cfg.override("model.name", model_name)
     prov = Provenance("train", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path})
-    adata = load_cohort_for(cfg, expression, labels)
+    adata = load_cohort_for(cfg, expression, labels, check_cv=True)
     prov.mark("read")
     from iml_genomics.models import save_bundle  # scikit-learn: imported once the inputs are valid
     from iml_genomics.training import train_model

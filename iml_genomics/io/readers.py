@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,10 @@ def _read_text_matrix(path: Path, sep: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, sep=sep, index_col=0, header=0, dtype=str, keep_default_na=False,
                             na_filter=False, engine="c")
-    except (pd.errors.ParserError, ValueError, OSError, UnicodeDecodeError) as exc:
+    except EOFError:  # a truncated .gz (click would otherwise print a bare 'Aborted!')
+        raise InputDataError(f"{path}: the compressed file ends early (truncated download or copy?). "
+                             f"Re-create or re-download it.") from None
+    except (pd.errors.ParserError, ValueError, OSError, UnicodeDecodeError, zlib.error) as exc:
         msg = str(exc).strip().splitlines()[-1]
         raise InputDataError(f"{path}: cannot parse matrix ({msg}). Check the delimiter and that every row has the same number of fields.") from None
     # R's write.table omits the corner cell, so the header may be one field short.
@@ -282,9 +286,13 @@ def read_table(path: str | Path, what: str = "labels") -> pd.DataFrame:
                              f"and take labels from its obs).")
     try:
         frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+    except EOFError:
+        raise InputDataError(f"{path}: the compressed file ends early (truncated download or copy?). "
+                             f"Re-create or re-download it.") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, zlib.error) as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no data"
-        raise InputDataError(f"{path}: cannot parse {what} table ({msg}).") from None
+        raise InputDataError(f"{path}: cannot parse {what} table ({msg}). It needs a header row and one row per "
+                             f"sample, {'comma' if fmt == 'csv' else 'tab'}-separated.") from None
     if frame.shape[1] == 0:
         raise InputDataError(f"{path}: {what} table is empty.")
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -333,7 +341,7 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
         sample_id_column = frame.columns[0]
     elif sample_id_column not in frame.columns:
         raise InputDataError(f"{path}: sample id column '{sample_id_column}' not found; available columns: "
-                             f"{', '.join(frame.columns)}.")
+                             f"{', '.join(frame.columns)}. Pass one of them with --sample-id-column.")
     ids = frame[sample_id_column].str.strip()
     dup = _first_duplicate(list(ids))
     if dup is not None:
