@@ -1,0 +1,197 @@
+"""Covariance models of the genes: dense Ledoit-Wolf and a low-rank factor model.
+
+Knockoffs are built on the correlation scale: genes are centred and scaled,
+and the model describes their correlation matrix ``C``. Two models:
+
+- ``ledoit_wolf``: dense shrinkage estimate (p x p), for moderate p.
+- ``factor``: ``C = diag(d) + U U^T`` with ``U`` p x k. It is never formed as a
+  p x p matrix; every product with ``C`` or ``C^{-1}`` goes through the
+  Woodbury identity and costs O(p k^2) or O(n p k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from iml_genomics.errors import InputDataError
+
+#: Above this many genes ``covariance="auto"`` chooses the factor model.
+DENSE_MAX_GENES = 2500
+#: Largest rank considered when the factor rank is chosen from the data.
+MAX_FACTOR_RANK = 50
+
+
+@dataclass
+class CovarianceModel:
+    """A fitted covariance model on the correlation scale.
+
+    Attributes
+    ----------
+    kind : {'ledoit_wolf', 'factor'}
+    mean, scale : ndarray of shape (p,)
+        Column means and standard deviations used to standardise X.
+    corr : ndarray of shape (p, p) or None
+        Dense correlation matrix (``ledoit_wolf``).
+    d : ndarray of shape (p,) or None
+        Diagonal of the factor model.
+    U : ndarray of shape (p, k) or None
+        Loadings of the factor model.
+    shrinkage : float or None
+        Ledoit-Wolf shrinkage intensity.
+    """
+
+    kind: str
+    mean: np.ndarray
+    scale: np.ndarray
+    corr: np.ndarray | None = None
+    d: np.ndarray | None = None
+    U: np.ndarray | None = None
+    shrinkage: float | None = None
+
+    @property
+    def p(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.U is None else int(self.U.shape[1])
+
+    def standardize(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.scale
+
+    def unstandardize(self, Z: np.ndarray) -> np.ndarray:
+        return Z * self.scale + self.mean
+
+    def dense(self) -> np.ndarray:
+        """The p x p correlation matrix (only for moderate p: tests, groups, small checks)."""
+        if self.corr is not None:
+            return self.corr
+        return np.diag(self.d) + self.U @ self.U.T
+
+    def solve(self, B: np.ndarray) -> np.ndarray:
+        """``C^{-1} B`` for B of shape (p, m), via Cholesky or Woodbury."""
+        if self.corr is not None:
+            return linalg.cho_solve(linalg.cho_factor(self.corr, lower=True, check_finite=False), B,
+                                    check_finite=False)
+        return woodbury_solve(self.d, self.U, B)
+
+
+def woodbury_solve(d: np.ndarray, U: np.ndarray, B: np.ndarray, scale_u: float = 1.0) -> np.ndarray:
+    """``(diag(d) + scale_u U U^T)^{-1} B`` in O(p k^2 + p k m) without forming p x p matrices."""
+    squeeze = B.ndim == 1
+    B2 = B[:, None] if squeeze else B
+    DinvB = B2 / d[:, None]
+    DinvU = U / d[:, None]
+    core = np.eye(U.shape[1]) / scale_u + U.T @ DinvU
+    out = DinvB - DinvU @ linalg.solve(core, U.T @ DinvB, assume_a="pos", check_finite=False)
+    return out[:, 0] if squeeze else out
+
+
+def _standardize(X: np.ndarray, what: str = "expression") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    const = np.flatnonzero(scale <= 1e-12 * np.maximum(1.0, np.abs(mean)))
+    if const.size:
+        raise InputDataError(f"{what}: {const.size} gene(s) are constant across samples (first column index "
+                             f"{const[0]}); knockoffs need variation. Remove them or set preprocess.min_expression.")
+    return (X - mean) / scale, mean, scale
+
+
+def choose_factor_rank(eigvals: np.ndarray, n: int, p: int) -> int:
+    """Factor rank by the eigenvalue-ratio rule (Ahn and Horenstein 2013).
+
+    k = argmax_i lambda_i / lambda_{i+1} over the sample-correlation
+    eigenvalues that exceed the Marchenko-Pastur noise edge (the noise level is
+    the mean of the eigenvalues left after removing them); 1 when none does.
+    """
+    gamma = p / n
+    sigma2, n_above = 1.0, 0
+    for _ in range(10):  # fixed point: strong factors must not inflate the noise level
+        new = int(np.sum(eigvals > sigma2 * (1.0 + np.sqrt(gamma)) ** 2))
+        sigma2 = max((p - eigvals[:new].sum()) / max(p - new, 1), 1e-3)
+        if new == n_above:
+            break
+        n_above = new
+    n_above = min(n_above, eigvals.size - 1)
+    if n_above < 1:
+        return 1
+    ratios = eigvals[:n_above] / eigvals[1:n_above + 1]
+    return int(np.argmax(ratios)) + 1
+
+
+def _debias_spike(lam: np.ndarray, gamma: float, sigma2: float) -> np.ndarray:
+    """Population spike ell from a sample eigenvalue (spiked-covariance model).
+
+    Solves lam = ell + gamma * sigma2 * ell / (ell - sigma2) for ell > sigma2;
+    below the detection threshold the spike is set to sigma2 (no signal).
+    """
+    lam_n, out = lam / sigma2, np.empty_like(lam)
+    b = lam_n + 1.0 - gamma
+    disc = b * b - 4.0 * lam_n
+    ok = (disc > 0) & (b > 0)
+    out[ok] = (b[ok] + np.sqrt(disc[ok])) / 2.0
+    out[~ok] = 1.0
+    return out * sigma2
+
+
+def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = None,
+                   random_state: int = 0, dense_max: int = DENSE_MAX_GENES) -> CovarianceModel:
+    """Fit a covariance model of the genes on the correlation scale.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        Expression, samples x genes (already preprocessed).
+    method : {'auto', 'ledoit_wolf', 'factor'}
+        ``auto`` takes Ledoit-Wolf up to ``dense_max`` genes, the factor model above.
+    rank : int, optional
+        Factor rank k; chosen by the eigenvalue-ratio rule among eigenvalues
+        above the Marchenko-Pastur noise edge (at most 50) when None.
+    random_state : int
+        Seed of the randomized SVD.
+    dense_max : int
+
+    Returns
+    -------
+    CovarianceModel
+    """
+    n, p = X.shape
+    Xs, mean, scale = _standardize(np.asarray(X, dtype=np.float64))
+    if method == "auto":
+        method = "ledoit_wolf" if p <= dense_max else "factor"
+    if method == "ledoit_wolf":
+        from sklearn.covariance import ledoit_wolf
+
+        cov, shrink = ledoit_wolf(Xs, assume_centered=True)
+        sd = np.sqrt(np.diag(cov))
+        corr = cov / np.outer(sd, sd)
+        return CovarianceModel("ledoit_wolf", mean, scale, corr=corr, shrinkage=float(shrink))
+    if method != "factor":
+        raise ValueError(f"covariance must be auto, ledoit_wolf or factor, got {method!r}")
+    k_max = int(min(rank or MAX_FACTOR_RANK, n - 2, p - 1))
+    if k_max < 1:
+        raise InputDataError(f"expression: {n} samples are too few for a factor model; use covariance: ledoit_wolf.")
+    if min(n, p) <= 3 * k_max + 10:
+        _, sv, Vt = linalg.svd(Xs, full_matrices=False, check_finite=False)
+        sv, Vt = sv[:k_max], Vt[:k_max]
+    else:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, sv, Vt = randomized_svd(Xs, k_max, n_oversamples=10, n_iter=4, random_state=random_state)
+    eig = sv**2 / n  # eigenvalues of the sample correlation matrix
+    k = rank if rank is not None else choose_factor_rank(eig, n, p)
+    k = int(min(k, k_max))
+    sigma2 = max((p - eig[:k].sum()) / max(p - k, 1), 1e-3)
+    ell = _debias_spike(eig[:k], p / n, sigma2)
+    U = Vt[:k].T * np.sqrt(np.maximum(ell - sigma2, 0.0))
+    # unit diagonal: d_j = 1 - ||u_j||^2, floored so the model stays positive definite
+    row = np.sum(U**2, axis=1)
+    too_big = row > 0.95
+    if np.any(too_big):
+        U[too_big] *= np.sqrt(0.95 / row[too_big])[:, None]
+        row = np.sum(U**2, axis=1)
+    d = 1.0 - row
+    return CovarianceModel("factor", mean, scale, d=d, U=U)
