@@ -98,6 +98,11 @@ class SelectConfig:
     groups: Literal["none", "clusters", "file"] = _opt("none", help="Group knockoffs over gene clusters or user groups.")
     group_file: str | None = _opt(None, help="TSV gene_id -> group when groups is file.")
     cluster_correlation: float = _opt(0.5, min=0.0, max=1.0, help="Correlation above which genes are clustered.")
+    derandomize_fdr: float | None = _opt(
+        None, min=0.0, max=1.0, min_exclusive=True,
+        help="Knockoff level inside each draw when n_draws > 1 (e-values, Ren and Barber 2023); fdr / 2 when unset.")
+    max_pairs: int | None = _opt(
+        None, min=1, help="Gene/knockoff pairs kept by swap-symmetric screening before the lasso; max(1000, 2n) when unset.")
 
 
 @dataclass
