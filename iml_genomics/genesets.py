@@ -30,7 +30,7 @@ from iml_genomics.errors import InputDataError
 
 __all__ = [
     "GeneSetCollection", "read_gmt", "normalise_ids", "read_gene_map", "map_gene_ids", "restrict_gene_sets",
-    "benjamini_hochberg", "over_representation", "prerank", "group_attributions", "collapse_scores",
+    "benjamini_hochberg", "over_representation", "prerank", "group_attributions", "collapse_scores", "set_membership",
 ]
 
 

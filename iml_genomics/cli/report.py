@@ -84,6 +84,7 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
         --gene-sets ../shared/data/go_bp_2022-07.gmt.gz --gene-map test_data/golub_probes.tsv \\
         --out results/golub/report
     """
+    import sys
     from pathlib import Path
 
     from iml_genomics import genesets as gs
@@ -151,7 +152,7 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
         task=task, count_data=cfg.preprocess.transform in ("log1p", "log1p_cpm"),
         cpm=cfg.preprocess.transform == "log1p_cpm", samples=rc.samples or cfg.explain.samples,
         random_state=cfg.seed, title=rc.title,
-        own_provenance={"command line": " ".join(__import__("sys").argv), "seed": cfg.seed,
+        own_provenance={"command line": " ".join(sys.argv), "seed": cfg.seed,
                         "gene sets": rc.gene_sets, "gene map": rc.gene_map, "expression": expression,
                         "labels": labels})
     prov.mark("analyse")
