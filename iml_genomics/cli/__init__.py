@@ -43,12 +43,20 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         from iml_genomics.errors import IMLGenomicsError
 
+        def prog() -> str:
+            return f"iml-genomics {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "iml-genomics"
+
         try:
             return super().invoke(ctx)
         except IMLGenomicsError as exc:
-            sub = ctx.invoked_subcommand or "iml-genomics"
             message = " ".join(str(exc).split())  # always one line
-            click.echo(f"iml-genomics {sub}: error: {message}", err=True)
+            click.echo(f"{prog()}: error: {message}", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # A bad option is reported like a bad input: one line (click's default is a
+            # usage block), so logs of pipelines stay one line per failure; exit code 2.
+            message = " ".join(exc.format_message().split())
+            click.echo(f"{prog()}: error: {message} See '{prog()} --help'.", err=True)
             ctx.exit(exc.exit_code)
         except MemoryError:
             click.echo("iml-genomics: error: out of memory; run on a larger machine, lower --jobs, "

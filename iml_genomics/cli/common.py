@@ -38,6 +38,15 @@ def cohort_options(func):
     return func
 
 
+# Config key -> the option that sets it, so an out-of-range value names what the user typed.
+_OPTION_OF_KEY = {
+    "data.label_column": "--label-column", "data.sample_id_column": "--sample-id-column",
+    "data.orientation": "--genes-as-rows", "data.layer": "--layer", "data.drop_unmatched": "--drop-unmatched",
+    "seed": "--seed", "n_jobs": "--jobs", "model.name": "--model", "cv.n_splits": "--cv-folds",
+    "cv.n_repeats": "--cv-repeats",
+}
+
+
 def resolve_config(config_path, *, overrides: dict):
     """Load the YAML config and apply command-line overrides (dotted keys)."""
     from iml_genomics.config import load_config
@@ -48,7 +57,8 @@ def resolve_config(config_path, *, overrides: dict):
             value = "genes_x_samples"
         elif key == "data.orientation":
             value = None
-        cfg.override(key, value)
+        option = _OPTION_OF_KEY.get(key)
+        cfg.override(key, value, source=f"option {option}" if option else "command line")
     if cfg.model.params:
         _check_model_params(cfg, str(config_path))
     from iml_genomics.parallel import set_scheduler
@@ -85,7 +95,9 @@ def _check_model_params(cfg, source: str) -> None:
     message = str(first)
     if message.startswith("config:"):
         message = f"{source}:{message[len('config:'):]}"
-    raise ConfigError(message.rstrip(".") + ". Fix model.params (see the scikit-learn estimator's parameters).")
+    message = message.rstrip(".")
+    message += "" if message.endswith("?") else "."
+    raise ConfigError(f"{message} Fix model.params (see the scikit-learn estimator's parameters).")
 
 
 def common_overrides(opts: dict) -> dict:

@@ -141,7 +141,8 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
             raise InputDataError(f"{source}: label column '{column}' must be numeric for regression; sample "
                                  f"'{bad.index[0]}' has {bad.iloc[0]!r}. Set task: classification or fix the value.")
         if numeric.nunique() < 2:
-            raise InputDataError(f"{source}: label column '{column}' is constant; there is nothing to predict.")
+            raise InputDataError(f"{source}: label column '{column}' is constant; there is nothing to predict. "
+                                 f"Check that --label-column names the outcome.")
         if len(numeric) < n_splits:
             raise InputDataError(f"{source}: {len(numeric)} samples is fewer than the {n_splits} CV folds; "
                                  f"lower cv.n_splits (--cv-folds).")
@@ -150,7 +151,8 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
     counts = labels.value_counts()
     if len(counts) < 2:
         raise InputDataError(f"{source}: label column '{column}' has a single class ('{counts.index[0]}'); "
-                             f"classification needs at least two.")
+                             f"classification needs at least two. Check that --label-column names the outcome "
+                             f"and that the file holds samples of every group.")
     small = counts[counts < n_splits]
     if len(small):
         raise InputDataError(f"{source}: class '{small.index[0]}' of column '{column}' has {int(small.iloc[0])} "
