@@ -367,3 +367,34 @@ def test_report_loads_in_headless_chromium(full_report, tmp_path):
                     f"--screenshot={shot}", (full_report / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("outcome", ["continuous", "multiclass"])
+def test_univariate_effects_regression_and_multiclass_against_scipy(outcome):
+    import anndata as ad
+    from scipy import stats
+
+    from iml_genomics.report import univariate_effects
+    from iml_genomics.simulate import simulate_gaussian
+
+    cohort = simulate_gaussian(90, 30, n_signal=3, effect_size=1.5, outcome=outcome, n_classes=3, seed=2)
+    adata = ad.AnnData(cohort.expression.to_numpy(), obs=cohort.labels, var=pd.DataFrame(
+        index=cohort.expression.columns))
+    task = "regression" if outcome == "continuous" else "classification"
+    res = univariate_effects(adata, label_column="condition", task=task)
+    X, y = cohort.expression, cohort.labels["condition"]
+    for j, gene in enumerate(X.columns[:10]):
+        if task == "regression":
+            r = stats.pearsonr(X[gene], y)
+            assert res.loc[gene, "effect"] == pytest.approx(r.statistic, rel=1e-9)
+            assert res.loc[gene, "p_value"] == pytest.approx(r.pvalue, rel=1e-6)
+            assert res.loc[gene, "rank_test_p_value"] == pytest.approx(stats.spearmanr(X[gene], y).pvalue, rel=1e-6)
+        else:
+            groups = [X.loc[y == c, gene] for c in sorted(y.unique())]
+            assert res.loc[gene, "p_value"] == pytest.approx(stats.f_oneway(*groups).pvalue, rel=1e-6)
+            assert res.loc[gene, "rank_test_p_value"] == pytest.approx(stats.kruskal(*groups).pvalue, rel=1e-6)
+            assert res.loc[gene, "higher_in"] == sorted(y.unique())[int(np.argmax([g.mean() for g in groups]))]
+    assert set(res["effect_type"]) == {"pearson_r" if task == "regression" else "eta_squared"}
+    np.testing.assert_allclose(res["q_value"], stats.false_discovery_control(res["p_value"]), rtol=1e-9)
+    # the planted genes have the strongest evidence
+    assert set(res["p_value"].nsmallest(3).index) & set(cohort.true_genes)
