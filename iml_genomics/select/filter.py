@@ -80,7 +80,19 @@ def _linear_part(X: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
 
 
 def _one_draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, covariates, n_jobs):
-    """One knockoff draw and its importances (a top-level function so joblib can ship it)."""
+    """One knockoff draw and its importances (a top-level function so joblib can ship it).
+
+    BLAS runs single-threaded here whatever the worker count, because a
+    different thread count changes floating-point summation order, and
+    --jobs must not change a single bit of the output.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, covariates, n_jobs)
+
+
+def _draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, covariates, n_jobs):
     R = X - fitted
     Rk = sample_knockoffs(model, prep["S"], R, random_state=seed, prepared=prep["sampler"])
     Xk = fitted + Rk

@@ -134,6 +134,14 @@ def _coordinate_descent(C, d, U, s: np.ndarray, *, method: str, n_iter: int, rng
     The inverse (or the Woodbury k x k state) is recomputed from scratch at
     every sweep, so rank-one updates never accumulate rounding drift.
     """
+    from threadpoolctl import threadpool_limits
+
+    # small LAPACK calls are ~20x slower with a multi-threaded BLAS on a busy machine; one thread is plenty
+    with threadpool_limits(limits=1 if C is None or C.shape[0] <= 600 else None):
+        return _cd_loop(C, d, U, s, method=method, n_iter=n_iter, rng=rng, tol=tol, s_max=s_max)
+
+
+def _cd_loop(C, d, U, s, *, method, n_iter, rng, tol, s_max):
     code = 0 if method == "mvr" else 1
     mus = np.geomspace(0.1, 1e-4, n_iter) if method == "sdp" else np.zeros(n_iter)
     for it in range(n_iter):
