@@ -155,6 +155,9 @@ def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: 
         ax.axhline(threshold, color=PALETTE["red"], lw=1, ls="--", label=f"threshold T = {threshold:.3g}")
         ax.axhline(-threshold, color=PALETTE["grey"], lw=1, ls=":", label="-T (mirror: null W are symmetric)")
         ax.legend(fontsize=7, frameon=False)
+    else:
+        ax.text(0.98, 0.95, "no finite threshold: no set of genes reaches the target FDR",
+                transform=ax.transAxes, ha="right", va="top", fontsize=7, color=PALETTE["red"])
     ax.axhline(0, color="black", lw=0.6)
     for i in range(min(int(sel.sum()), 8)):
         g = str(knockoffs["gene_id"].iloc[order[i]])
