@@ -60,7 +60,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     """
     from iml_genomics.explain.interactions import INTERACTION_COLUMNS, tree_interactions
     from iml_genomics.explain.local import LOCAL_COLUMNS, local_explanations
-    from iml_genomics.explain.shap_values import iter_shap_chunks, plan_shap
+    from iml_genomics.explain.shap_values import iter_shap_chunks, plan_shap, split_pipeline
     from iml_genomics.explain.stability import bootstrap_splits, ranking_stability, refit_importances
 
     method = method or explain_cfg.method
@@ -91,7 +91,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     summary: dict = {"method": method, "task": task, "classes_explained": plan.outputs, "labels_used": has_labels,
                      "top_k": ecfg.top_k, "n_genes_input": len(gene_ids), "n_genes_used": q,
                      "n_samples": len(sample_ids), "additivity_tolerance": ecfg.additivity_tolerance,
-                     "approximations": [], "notes": notes, "model_type": type(pipeline[-1]).__name__}
+                     "approximations": [], "notes": notes, "model_type": type(split_pipeline(pipeline)[1]).__name__}
     mean_abs = np.full(len(gene_ids), np.nan)
     mean_sgn = np.full(len(gene_ids), np.nan)
     local_frame = pd.DataFrame(columns=LOCAL_COLUMNS)
@@ -117,7 +117,8 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         mean_abs[mask] = sum_abs / max(n_done, 1)
         mean_sgn[mask] = sum_sgn / max(n_done, 1)
         summary.update({"max_additivity_error": max_err, "shap_method": plan.method, "scale": plan.scale,
-                        "n_samples_explained": n_done, "shap_exact": plan.exact, "shap_background": plan.background_note})
+                        "n_samples_explained": n_done, "shap_exact": plan.exact,
+                        "shap_background": plan.background_note})
         summary["approximations"] += plan.approximations
         if local_rows:
             expr = X[local_rows][:, np.flatnonzero(mask)]
