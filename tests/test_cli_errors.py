@@ -135,7 +135,7 @@ def test_unreadable_expression_file_chmod(data):
         proc = run_train(*train_args(data), cwd=data["dir"])
     finally:
         path.chmod(0o644)
-    assert_clean_error(proc, data["out"], "expr.csv", "cannot read", "permission")
+    assert_clean_error(proc, data["out"], "expr.csv", "cannot read", "Permission denied", "chmod")
 
 
 def test_unreadable_expression_path_is_directory(data):

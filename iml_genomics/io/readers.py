@@ -58,7 +58,8 @@ def check_readable(path: str | Path, what: str) -> Path:
         with open(path, "rb") as fh:
             fh.read(1)
     except OSError as exc:
-        raise InputDataError(f"{path}: cannot read {what} file ({exc.strerror}).") from None
+        raise InputDataError(f"{path}: cannot read {what} file ({exc.strerror}). Check the file's permissions "
+                             f"(for example chmod u+r).") from None
     return path
 
 
