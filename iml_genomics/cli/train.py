@@ -25,14 +25,14 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
         --expression test_data/demo_expression.csv.gz \\
         --labels test_data/demo_labels.tsv --label-column condition --out results/train
     """
-    from iml_genomics.io import Provenance, staged_output, write_tsv
-
     cfg = resolve_config(config_path, overrides={
         **common_overrides(opts), "cv.n_splits": cv_folds, "cv.n_repeats": cv_repeats})
     if model_name is not None and model_name != cfg.model.name:
         # the config's model.params belong to the config's model, not to the one named here
         cfg.model.params = {}
         cfg.override("model.name", model_name)
+    from iml_genomics.io import Provenance, staged_output, write_tsv  # pandas: once the config is valid
+
     prov = Provenance("train", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path})
     adata = load_cohort_for(cfg, expression, labels, check_cv=True)
     prov.mark("read")
