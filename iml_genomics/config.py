@@ -30,6 +30,8 @@ def _opt(default: Any, *, min: float | None = None, max: float | None = None,
 
 @dataclass
 class DataConfig:
+    expression: str | None = _opt(None, help="Expression matrix path for `run` and the Snakefile (relative to the working directory).")
+    labels: str | None = _opt(None, help="Labels table path for `run`; omit to read the label column from an .h5ad obs.")
     orientation: Literal["samples_x_genes", "genes_x_samples"] = _opt(
         "samples_x_genes", help="Layout of the expression matrix file.")
     layer: str | None = _opt(None, help="AnnData layer to read instead of X.")
@@ -170,7 +172,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in args) + " (or null)"
     if origin is list:
         return "a list"
-    if origin is dict:
+    if origin is dict or tp is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
@@ -282,6 +284,8 @@ def load_config(path: str | Path | None) -> Config:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: config path is a directory, not a file. Give the YAML file to --config.")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found. Check the path given to --config.")
     try:
@@ -290,6 +294,11 @@ def load_config(path: str | Path | None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        # The parser often notices a problem a line after its cause (an unclosed
+        # bracket); name where the enclosing construct started too.
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and cmark is not None and (mark is None or cmark.line != mark.line):
+            problem += f" ({context} at line {cmark.line + 1})"
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}. Fix the YAML syntax.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc}).") from None
@@ -308,7 +317,24 @@ def config_keys() -> list[tuple[str, str, Any, str]]:
                 walk(tp, f"{prefix}{f.name}.")
                 continue
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            rows.append((f"{prefix}{f.name}", _type_name(tp), default, f.metadata.get("help", "")))
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            bounds = []
+            if lo is not None:
+                bounds.append(f"{'>' if f.metadata.get('min_exclusive') else '>='} {lo}")
+            if hi is not None:
+                bounds.append(f"<= {hi}")
+            type_name = _type_name(tp) + (f", {' and '.join(bounds)}" if bounds else "")
+            rows.append((f"{prefix}{f.name}", type_name, default, f.metadata.get("help", "")))
 
     walk(Config, "")
     return rows
+
+
+def config_reference_markdown() -> str:
+    """The table of every key for ``docs/config.md`` (kept in sync by a test)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, help_text in config_keys():
+        shown = "null" if default is None else repr(default) if isinstance(default, str) else str(default).lower() \
+            if isinstance(default, bool) else str(default)
+        lines.append(f"| `{key}` | {type_name.replace('|', '/')} | `{shown}` | {help_text.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
