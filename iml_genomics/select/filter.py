@@ -105,7 +105,7 @@ def _draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, covaria
 
 
 def swap_check(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_method: str, random_state: int = 0,
-               max_genes: int = 1000, holdout: float = 0.25, n_pairs: int = 2000) -> dict:
+               max_genes: int = 500, holdout: float = 0.25, n_pairs: int = 2000) -> dict:
     """Exchangeability check of the knockoff construction on held-out samples.
 
     The covariance model (same kind and rank) and S are refitted on 75% of the

@@ -184,7 +184,10 @@ def equicorrelated(model) -> np.ndarray:
 
 
 def _dense_solve(C: np.ndarray, method: str, rng: np.random.Generator, n_iter: int) -> np.ndarray:
-    lam = linalg.eigh(C, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1 if C.shape[0] <= 600 else None):  # see _coordinate_descent
+        lam = linalg.eigh(C, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0]
     s = np.full(C.shape[0], max(min(lam, 1.0) * (1.0 - 1e-6), S_TOL))
     return _coordinate_descent(C, None, None, s, method=method, n_iter=n_iter, rng=rng)
 

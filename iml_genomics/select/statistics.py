@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iml_genomics.parallel import parallel_map
+from iml_genomics.parallel import effective_n_jobs
 
 
 def _targets(y, task: str) -> np.ndarray:
@@ -115,7 +115,16 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
             continue
         alphas = alpha_max * np.geomspace(1.0, eps, n_alphas)
         max_active = max(10, int(0.5 * n * (1 - 1 / len(folds))))
-        errs = parallel_map(_fold_errors, [(D, yt, tr, te, alphas, max_active) for tr, te in folds], n_jobs=n_jobs)
+        tasks = [(D, yt, tr, te, alphas, max_active) for tr, te in folds]
+        if effective_n_jobs(n_jobs) > 1:
+            # threads, not processes: the coordinate descent releases the GIL, the folds share D without
+            # copies, and there is no worker start-up (seconds on a busy machine vs ~1 s of work)
+            from joblib import Parallel, delayed
+
+            errs = Parallel(n_jobs=effective_n_jobs(n_jobs), prefer="threads")(
+                delayed(_fold_errors)(*t) for t in tasks)
+        else:
+            errs = [_fold_errors(*t) for t in tasks]
         depth = min(len(e) for e in errs)
         cv = np.mean([e[:depth] for e in errs], axis=0)
         best = int(np.argmin(cv))
