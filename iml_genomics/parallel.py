@@ -8,12 +8,42 @@ workers ran them or in which order they finished.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 _SCHEDULER: str | None = None
+log = logging.getLogger("iml_genomics.progress")
+
+
+class _Progress:
+    """Progress of one parallel loop: a live line on a terminal, sparse log lines otherwise.
+
+    Cluster logs get at most one line per ~10% (or per 30 s); a terminal
+    gets a counter rewritten in place. Silent when logging is above INFO.
+    """
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total = name, total
+        self.tty = sys.stderr.isatty()
+        self.enabled = total > 1 and log.isEnabledFor(logging.INFO)
+        self.last_logged, self.last_time = 0, time.monotonic()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            end = "\n" if done == self.total else ""
+            print(f"\r{self.name}: {done}/{self.total}", end=end, file=sys.stderr, flush=True)
+            return
+        step = max(1, self.total // 10)
+        if done == self.total or done - self.last_logged >= step or time.monotonic() - self.last_time > 30:
+            log.info("%s: %d/%d", self.name, done, self.total)
+            self.last_logged, self.last_time = done, time.monotonic()
 
 
 def effective_n_jobs(n_jobs: int | None) -> int:
@@ -73,7 +103,17 @@ def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: in
 
     tasks = list(tasks)
     workers = effective_n_jobs(n_jobs)
+    progress = _Progress(getattr(func, "__name__", "tasks").strip("_").replace("_", " "), len(tasks))
+    results: list[Any] = []
     if _SCHEDULER is None and (workers == 1 or len(tasks) <= 1):
-        return [func(*t) for t in tasks]
+        for t in tasks:
+            results.append(func(*t))
+            progress.update(len(results))
+        return results
     with _backend(workers):
-        return Parallel(n_jobs=workers if _SCHEDULER is None else -1)(delayed(func)(*t) for t in tasks)
+        # a generator in task order: results arrive as they finish, for progress
+        for result in Parallel(n_jobs=workers if _SCHEDULER is None else -1, return_as="generator")(
+                delayed(func)(*t) for t in tasks):
+            results.append(result)
+            progress.update(len(results))
+    return results

@@ -162,3 +162,14 @@ def test_dask_cluster_gives_identical_tables(tmp_path):
     for rel in ("train/cv_metrics.tsv", "train/oof_predictions.tsv", "train/model.skops",
                 "explain/gene_ranking.tsv"):
         assert (local / rel).read_bytes() == (remote / rel).read_bytes(), rel
+
+
+def test_progress_lines_in_logs_and_quiet(tmp_path):
+    """Not a terminal: a few timestamped progress lines; -q: none. Results identical either way."""
+    common = ["train", "--config", ROOT / "configs" / "demo.yaml", "--expression",
+              TEST_DATA / "demo_expression.csv.gz", "--labels", TEST_DATA / "demo_labels.tsv", "--jobs", "2"]
+    loud = run_cli(*common, "--out", tmp_path / "loud")
+    assert "INFO fit fold: 5/5" in loud.stderr
+    quiet = run_cli("-q", *common, "--out", tmp_path / "quiet")
+    assert "INFO" not in quiet.stderr
+    assert (tmp_path / "loud" / "cv_metrics.tsv").read_bytes() == (tmp_path / "quiet" / "cv_metrics.tsv").read_bytes()

@@ -70,16 +70,34 @@ def _module_exists(target: str) -> bool:
     return importlib.util.find_spec(target.split(":")[0]) is not None
 
 
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Timestamped lines on stderr: INFO by default, WARNING with --quiet, DEBUG with --verbose."""
+    import logging
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s iml-genomics %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("iml_genomics")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="iml-genomics")
-def main():
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress lines).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages on stderr.")
+def main(quiet, verbose):
     """From an expression cohort to ranked, error-controlled, pathway-level biomarkers.
 
     \b
     Steps: train -> explain -> select -> report (or all of them with `run`).
     Each step reads files, writes a directory with provenance.json, and can be
     one Snakemake rule. See `iml-genomics COMMAND --help`.
+    Progress of long loops goes to stderr: a live counter on a terminal, a
+    few timestamped lines otherwise (cluster logs); -q silences it.
     """
+    configure_logging(quiet, verbose)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,16 +12,6 @@ import click
 log = logging.getLogger("iml_genomics.run")
 
 
-def _configure_logging(quiet: bool, verbose: bool) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s iml-genomics %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("iml_genomics")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def _step_args(step: str, cfg, config_path: str, out: Path, n_jobs: int | None, scheduler: str | None) -> list[str]:
     """Command-line arguments that make one step read the run's config and write under OUT."""
     data = cfg.data
@@ -76,12 +66,14 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
       iml-genomics run configs/demo.yaml --out results/demo
     """
     from iml_genomics import pipeline as pl
+    from iml_genomics.cli import configure_logging
     from iml_genomics.cli import main as cli_main
     from iml_genomics.cli.common import resolve_config
     from iml_genomics.errors import ConfigError, ResourceError
     from iml_genomics.io.writers import Provenance, write_json
 
-    _configure_logging(quiet, verbose)
+    if quiet or verbose:
+        configure_logging(quiet, verbose)
     cfg = resolve_config(config_path, overrides={"n_jobs": n_jobs, "parallel.scheduler": scheduler})
     if cfg.data.expression is None:
         raise ConfigError(f"{config_path}: `run` needs data.expression (and data.labels unless the labels are "
