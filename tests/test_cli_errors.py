@@ -5,7 +5,8 @@ contract of issue 2: exit code 2, exactly one non-empty line on stderr that
 names the file and the row/column/key and says what to do, no traceback, and
 no output directory left behind. The positive cases (genes as rows, gzipped
 and plain CSV/TSV, labels from an .h5ad obs column, --drop-unmatched) must
-give byte-identical ``cv_metrics.tsv`` to the plain CSV run. Model bundles
+give a ``cv_metrics.tsv`` byte-identical to the plain CSV cohort trained
+in-process with the same settings. Model bundles
 are tested at the function level (tampered bytes, untrusted types, round trip).
 """
 
@@ -23,7 +24,7 @@ import pytest
 
 N_SAMPLES, N_GENES = 30, 20
 PREFIX = "iml-genomics train: error: "
-# Small, fast, deterministic runs: one worker, a quick model.
+# Small, fast, deterministic runs: one worker, three folds.
 FAST = ("--jobs", "1", "--cv-folds", "3")
 
 
@@ -32,9 +33,9 @@ FAST = ("--jobs", "1", "--cv-folds", "3")
 # ---------------------------------------------------------------------------
 
 
-def run_train(*args, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(*args, cwd: Path) -> subprocess.CompletedProcess:
     """Run the real ``python -m iml_genomics train ARGS`` in ``cwd``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "iml_genomics", "train", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300, env=env)
 
@@ -78,7 +79,7 @@ def data(tmp_path, cohort):
             "out": tmp_path / "out"}
 
 
-def train_args(d, *, expression=None, labels="default", label_column="condition", extra=(), fast=FAST, out=None):
+def train_args(d, *, expression=None, labels="default", label_column="condition", extra=(), fast=FAST):
     """Arguments for a train run on the test's cohort (overridable pieces)."""
     args = ["--expression", expression or d["expr_path"]]
     labels = d["labels_path"] if labels == "default" else labels
@@ -86,7 +87,7 @@ def train_args(d, *, expression=None, labels="default", label_column="condition"
         args += ["--labels", labels]
     if label_column is not None:
         args += ["--label-column", label_column]
-    return [*args, "--out", out or d["out"], *fast, *extra]
+    return [*args, "--out", d["out"], *fast, *extra]
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -151,11 +152,13 @@ def test_unknown_format(data):
     assert_clean_error(proc, data["out"], "expr.xlsx", "unknown file format", ".parquet", "Use one of")
 
 
-@pytest.mark.parametrize("content", ["", "sample_id,G00,G01\n"], ids=["zero_bytes", "header_only"])
-def test_empty_matrix(data, content):
+@pytest.mark.parametrize(("content", "advice"), [("", "Check the file and its delimiter"),
+                                                  ("sample_id,G00,G01\n", "one row per sample")],
+                         ids=["zero_bytes", "header_only"])
+def test_empty_matrix(data, content, advice):
     bad = write_text(data["dir"] / "empty.csv", content)
     proc = run_train(*train_args(data, expression=bad), cwd=data["dir"])
-    assert_clean_error(proc, data["out"], "empty.csv", "empty matrix", "Check the file" if not content else "row per")
+    assert_clean_error(proc, data["out"], "empty.csv", "empty matrix", advice)
 
 
 # ---------------------------------------------------------------------------
@@ -413,10 +416,15 @@ def test_cli_option_wrong_type_is_one_line(data):
     assert_clean_error(proc, data["out"], "'--cv-folds'", "'three' is not a valid integer", "--help")
 
 
-def test_unknown_model_param(data):
-    cfg = write_config(data, "model:\n  name: l1_logistic\n  params:\n    Cc: 0.5\n")
+@pytest.mark.parametrize(("yaml_text", "needles"), [
+    ("model:\n  name: l1_logistic\n  params:\n    Cc: 0.5\n", ("'Cc'", "did you mean 'C'?")),
+    # a value scikit-learn would reject only inside fit (a traceback from the CV loop before)
+    ("model:\n  name: random_forest\n  params:\n    n_estimators: -4\n", ("'n_estimators'", "Got -4")),
+], ids=["unknown_key", "bad_value"])
+def test_model_params_checked_before_reading(data, yaml_text, needles):
+    cfg = write_config(data, yaml_text)
     proc = run_train(*train_args(data, extra=("--config", cfg)), cwd=data["dir"])
-    assert_clean_error(proc, data["out"], "config.yaml", "model.params", "'Cc'", "did you mean 'C'?", "Fix model.params")
+    assert_clean_error(proc, data["out"], "config.yaml", "model.params", *needles, "Fix model.params")
 
 
 def test_config_file_missing(data):
