@@ -183,6 +183,7 @@ def test_html_sections_and_self_contained(full_report):
     assert "a model-level explanation is about the fitted model, not necessarily about\nbiology" in page
     # no network: no external src/href at all
     assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "<script" not in page
     n_img = page.count("<img ")
     assert n_img >= 7 and page.count('src="data:image/png;base64,') == n_img
     assert "Sample S0001" not in page  # the sample title is drawn inside the PNG, not in text
@@ -398,3 +399,24 @@ def test_univariate_effects_regression_and_multiclass_against_scipy(outcome):
     np.testing.assert_allclose(res["q_value"], stats.false_discovery_control(res["p_value"]), rtol=1e-9)
     # the planted genes have the strongest evidence
     assert set(res["p_value"].nsmallest(3).index) & set(cohort.true_genes)
+
+
+@pytest.mark.slow
+def test_golub_readme_command(tmp_path):
+    """The documented Golub commands (docs/report.md): train, then report with the GO sets and
+    the probe map taken from configs/golub.yaml; the page lists GO sets and renders."""
+    if not GO_GMT.is_file():
+        pytest.skip(f"{GO_GMT} not present")
+    cmd = [sys.executable, "-m", "iml_genomics"]
+    subprocess.run([*cmd, "train", "--config", "configs/golub.yaml", "--expression", "test_data/golub_expression.tsv.gz",
+                    "--labels", "test_data/golub_labels.tsv", "--out", str(tmp_path / "train")], cwd=ROOT, check=True)
+    subprocess.run([*cmd, "report", "--inputs", str(tmp_path / "train"), "--out", str(tmp_path / "report")],
+                   cwd=ROOT, check=True)
+    gsets = pd.read_csv(tmp_path / "report" / "gene_sets.tsv", sep="\t")
+    assert len(gsets) > 500 and gsets["gene_set"].str.contains(r"\(GO:\d{7}\)").all()
+    assert gsets["significant"].any()
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "go_bp_2022-07.gmt.gz" in page and gsets["gene_set"].iloc[0].split(" (GO")[0] in page
+    bm = pd.read_csv(tmp_path / "report" / "biomarkers.tsv", sep="\t")
+    # without explain/select the order is the univariate evidence: Golub's AML/ALL markers near the top
+    assert {"CST3", "TCF3"} <= set(bm.head(20)["symbol"]) and {"CD33", "CCND3"} <= set(bm.head(150)["symbol"])
