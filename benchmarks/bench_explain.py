@@ -5,7 +5,9 @@ Usage (the issue's sizes; takes tens of minutes on a loaded 2-core machine):
     /work/venv/bin/python benchmarks/bench_explain.py --n 1000 --p 5000 --trees 500 --jobs 2 \\
         --perm-p 2000 --perm-trees 200 --perm-rows 200 --perm-repeats 5
 
-Each part prints one table row per implementation with wall time, peak RSS
+Each part prints one table row per implementation with wall time, CPU time (this
+process plus its joblib workers; on a machine shared with other jobs the CPU
+time shows the work done, the wall time how much CPU we were given), peak RSS
 (this process plus its worker processes, sampled every 50 ms), the speed ratio
 against the reference measured in the same run, and the maximum absolute
 difference of the values. Sizes are flags; ``--skip-*`` drops a part.
@@ -46,7 +48,17 @@ class PeakRSS:
             self.peak = max(self.peak, self._rss())
             time.sleep(0.05)
 
+    def _cpu(self):
+        out = {self.proc.pid: sum(self.proc.cpu_times()[:2])}
+        for child in self.proc.children(recursive=True):
+            try:
+                out[child.pid] = sum(child.cpu_times()[:2])
+            except Exception:
+                pass
+        return out
+
     def __enter__(self):
+        self.cpu0 = self._cpu()
         self.peak = self._rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -55,6 +67,9 @@ class PeakRSS:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+        cpu1 = self._cpu()
+        # CPU seconds of this process and its (persistent joblib) workers during the block
+        self.cpu = sum(c - self.cpu0.get(pid, 0.0) for pid, c in cpu1.items())
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
@@ -69,9 +84,9 @@ def cohort(n, p, seed):
     return X, y, list(c.expression.columns)
 
 
-def row(name, seconds, peak, ratio, diff, note=""):
+def row(name, m, ratio, diff, note=""):
     d = "" if diff is None else f"{diff:.2e}"
-    print(f"| {name} | {seconds:.1f} | {peak / 2**30:.2f} | {ratio} | {d} | {note} |", flush=True)
+    print(f"| {name} | {m.seconds:.1f} | {m.cpu:.1f} | {m.peak / 2**30:.2f} | {ratio} | {d} | {note} |", flush=True)
 
 
 def bench_shap(args):
@@ -91,18 +106,18 @@ def bench_shap(args):
     leaves = np.mean([e.tree_.n_leaves for e in model.estimators_])
     print(f"\n### SHAP: random forest {args.trees} trees (mean depth {depth:.1f}, {leaves:.0f} leaves), "
           f"n = {args.n}, p = {args.p}, jobs = {args.jobs}; fit {fit_s:.1f} s\n")
-    print("| implementation | wall s | peak RSS GiB | speed ratio vs shap | max abs diff vs shap | note |")
-    print("|---|---|---|---|---|---|")
+    print("| implementation | wall s | CPU s | peak RSS GiB | speed ratio vs shap | max abs diff vs shap | note |")
+    print("|---|---|---|---|---|---|---|")
     with PeakRSS() as ref_m:
         ref = shap.TreeExplainer(model).shap_values(X)[:, :, -1]
-    row("shap.TreeExplainer(model).shap_values(X) (1 call)", ref_m.seconds, ref_m.peak, "1.00", 0.0)
+    row("shap.TreeExplainer(model).shap_values(X) (1 call)", ref_m, "1.00", 0.0)
     del_ref = ref
     # cold: includes starting the worker processes (what one CLI run pays)
     with PeakRSS() as cold:
         ours = shap_attributions(model, X, gene_ids=ids, classes=classes, chunk_size=args.chunk_size,
                                  n_jobs=args.jobs)
     diff = float(np.max(np.abs(ours.values[:, :, 0] - del_ref)))
-    row(f"iml_genomics shap_attributions, jobs={args.jobs}, cold workers", cold.seconds, cold.peak,
+    row(f"iml_genomics shap_attributions, jobs={args.jobs}, cold workers", cold,
         f"{ref_m.seconds / cold.seconds:.2f}", diff, f"max additivity error {ours.max_additivity_error:.1e}")
     del ours
     parallel_map(_noop, [(i,) for i in range(args.jobs)], n_jobs=args.jobs)
@@ -110,7 +125,7 @@ def bench_shap(args):
         ours = shap_attributions(model, X, gene_ids=ids, classes=classes, chunk_size=args.chunk_size,
                                  n_jobs=args.jobs)
     diff = float(np.max(np.abs(ours.values[:, :, 0] - del_ref)))
-    row(f"iml_genomics shap_attributions, jobs={args.jobs}, warm workers", warm.seconds, warm.peak,
+    row(f"iml_genomics shap_attributions, jobs={args.jobs}, warm workers", warm,
         f"{ref_m.seconds / warm.seconds:.2f}", diff, "workers already running (shap imported)")
 
 
@@ -134,24 +149,23 @@ def bench_perm(args):
     model.set_params(n_jobs=1)  # as in our registry: parallelism comes from the importance loop
     print(f"\n### Permutation importance: random forest {args.perm_trees} trees, p = {args.perm_p}, "
           f"{args.perm_rows} held-out rows, {args.perm_repeats} repeats, scoring = log loss, n_jobs = {args.jobs}\n")
-    print("| implementation | wall s | peak RSS GiB | speed ratio vs sklearn | max abs diff of means | note |")
-    print("|---|---|---|---|---|---|")
+    print("| implementation | wall s | CPU s | peak RSS GiB | speed ratio vs sklearn | max abs diff of means | note |")
+    print("|---|---|---|---|---|---|---|")
     with PeakRSS() as ours_m:
         ours = permutation_importance_fitted(model, Xte, yte, classes=classes, n_repeats=args.perm_repeats,
                                              random_state=0, n_jobs=args.jobs, scoring="log_loss")
     if args.skip_sklearn_perm:
-        row("iml_genomics permutation_importance_fitted", ours_m.seconds, ours_m.peak, "n/a", None,
-            "sklearn skipped")
+        row("iml_genomics permutation_importance_fitted", ours_m, "n/a", None, "sklearn skipped")
         return
     with PeakRSS() as sk_m:
         sk = permutation_importance(model, Xte, yte, scoring="neg_log_loss", n_repeats=args.perm_repeats,
                                     random_state=0, n_jobs=args.jobs)
-    row("sklearn.inspection.permutation_importance", sk_m.seconds, sk_m.peak, "1.00", 0.0)
+    row("sklearn.inspection.permutation_importance", sk_m, "1.00", 0.0)
     m_ours, m_sk = ours.mean(axis=1), sk.importances_mean
     se = np.sqrt(ours.var(axis=1, ddof=1) / args.perm_repeats + sk.importances_std**2 / args.perm_repeats)
     within = np.mean(np.abs(m_ours - m_sk) <= 3 * se + 1e-12)
     corr = np.corrcoef(m_ours, m_sk)[0, 1]
-    row("iml_genomics permutation_importance_fitted", ours_m.seconds, ours_m.peak,
+    row("iml_genomics permutation_importance_fitted", ours_m,
         f"{sk_m.seconds / ours_m.seconds:.1f}", float(np.max(np.abs(m_ours - m_sk))),
         f"{within:.1%} of genes within 3 MC s.e.; Pearson r = {corr:.3f}")
 
