@@ -114,12 +114,3 @@ def test_factor_model_path():
     assert s["diagnostics"]["swap_check"]["covariance_model"] == "factor"
     sel = set(res.table.loc[res.table["selected"], "gene_id"])
     assert len(sel & set(genes[:10])) >= 6
-
-
-def test_jobs_do_not_change_results(cohort):
-    X, y, genes, _ = cohort
-    kw = dict(task="classification", fdr=0.2, n_draws=2, random_state=4, check_swap=False)
-    a = knockoff_select(X, y, genes, n_jobs=1, **kw)
-    b = knockoff_select(X, y, genes, n_jobs=2, **kw)
-    pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
-    assert a.summary == b.summary

@@ -94,12 +94,12 @@ def test_sampler_joint_covariance_matches_theory(kind):
     model = _dense(C) if kind == "dense" else fm
     s, _ = compute_s(model, "mvr")
     rng = np.random.default_rng(0)
-    X = rng.multivariate_normal(np.zeros(25), C, size=60000)
+    X = rng.multivariate_normal(np.zeros(25), C, size=30000)
     Xk = sample_knockoffs(model, s, X, random_state=1)
     G = np.cov(np.hstack([X, Xk]), rowvar=False)
-    # (X, X~) must have covariance [[C, C - S], [C - S, C]]; MC error at n = 60,000 is ~0.01
-    assert np.abs(G[25:, 25:] - C).max() < 0.03
-    assert np.abs(G[:25, 25:] - (C - np.diag(s))).max() < 0.03
+    # (X, X~) must have covariance [[C, C - S], [C - S, C]]; MC error at n = 30,000 is ~0.015
+    assert np.abs(G[25:, 25:] - C).max() < 0.045
+    assert np.abs(G[:25, 25:] - (C - np.diag(s))).max() < 0.045
 
 
 def test_factor_rank_is_chosen_from_data():

@@ -43,6 +43,11 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
         **common_overrides(opts), "select.fdr": fdr, "select.n_draws": n_draws, "select.statistic": statistic,
         "select.s_method": s_method, "select.covariance": covariance})
     sc = cfg.select
+    if sc.groups == "file" and not sc.group_file:  # fail before reading a large matrix
+        from iml_genomics.errors import ConfigError
+
+        raise ConfigError(f"{config_path or 'config'}: select.groups is 'file' but select.group_file is not set; "
+                          f"give a TSV with columns gene_id and group.")
     prov = Provenance("select", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path,
                                                 "group_file": sc.group_file if sc.groups == "file" else None})
     adata = load_cohort_for(cfg, expression, labels)
