@@ -79,7 +79,7 @@ def data(tmp_path, cohort):
             "out": tmp_path / "out"}
 
 
-def train_args(d, *, expression=None, labels="default", label_column="condition", extra=(), fast=FAST):
+def train_args(d, *, expression=None, labels="default", label_column="condition", extra=(), fast=FAST, out=None):
     """Arguments for a train run on the test's cohort (overridable pieces)."""
     args = ["--expression", expression or d["expr_path"]]
     labels = d["labels_path"] if labels == "default" else labels
@@ -87,7 +87,7 @@ def train_args(d, *, expression=None, labels="default", label_column="condition"
         args += ["--labels", labels]
     if label_column is not None:
         args += ["--label-column", label_column]
-    return [*args, "--out", d["out"], *fast, *extra]
+    return [*args, "--out", out or d["out"], *fast, *extra]
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -159,6 +159,26 @@ def test_empty_matrix(data, content, advice):
     bad = write_text(data["dir"] / "empty.csv", content)
     proc = run_train(*train_args(data, expression=bad), cwd=data["dir"])
     assert_clean_error(proc, data["out"], "empty.csv", "empty matrix", advice)
+
+
+def test_out_under_a_file_fails_before_work(data):
+    blocker = write_text(data["dir"] / "results", "not a directory")
+    proc = run_train(*train_args(data, out=blocker / "train"), cwd=data["dir"])
+    assert_clean_error(proc, blocker / "train", "'--out'", "is a file", "Choose another path")
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (a directory nobody can write in)")
+def test_out_refused_by_the_system_is_one_line(data):
+    # /proc passes the early check even for root but refuses mkdir: the OSError raised
+    # while writing outputs must still end as one error line, exit 2, no traceback.
+    out = Path("/proc") / f"iml_genomics_test_{os.getpid()}"
+    proc = run_train(*train_args(data, out=out), cwd=data["dir"])
+    assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(PREFIX) and str(out) in last and "Check the path" in last, last
+    # anything before it is progress logging, never an error or warning
+    assert all(" iml-genomics INFO " in line for line in proc.stderr.strip().splitlines()[:-1]), proc.stderr
 
 
 # ---------------------------------------------------------------------------

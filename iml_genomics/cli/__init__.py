@@ -58,6 +58,15 @@ class LazyGroup(click.Group):
             message = " ".join(exc.format_message().split())
             click.echo(f"{prog()}: error: {message} See '{prog()} --help'.", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            # A path the system refuses (output under a file, no permission, disk full):
+            # an environment problem, reported in one line. OSErrors without a file name
+            # are not about the user's paths and keep their traceback.
+            if exc.filename is None:
+                raise
+            click.echo(f"{prog()}: error: {exc.filename}: {exc.strerror or exc}. Check the path, its "
+                       f"permissions and the free disk space.", err=True)
+            ctx.exit(2)
         except MemoryError:
             click.echo("iml-genomics: error: out of memory; run on a larger machine, lower --jobs, "
                        "or reduce the genes (preprocess.top_k_variable).", err=True)

@@ -135,6 +135,22 @@ def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, che
     return adata
 
 
+def _check_out_dir(ctx, param, value):
+    """Fail at once, not after hours of work, if --out cannot be created or written."""
+    if value is None:
+        return value
+    import os
+
+    probe = Path(value)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise click.BadParameter(f"'{probe}' is a file, so '{value}' cannot be a directory. Choose another path.")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"no permission to write in '{probe}'. Choose another path.")
+    return value
+
+
 def out_option(func):
-    return click.option("--out", required=True, type=click.Path(file_okay=False),
+    return click.option("--out", required=True, type=click.Path(file_okay=False), callback=_check_out_dir,
                         help="Output directory (created; files are written atomically).")(func)
