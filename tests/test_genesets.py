@@ -216,3 +216,18 @@ def test_group_attributions_hand_computed():
     o = overall.set_index("gene_set")
     assert o.loc["SET_AB", "sum_abs_shap"] == 4.0 and o.loc["SET_AB", "mean_abs_shap"] == pytest.approx(4 / 3)
     assert o.loc["SET_AB", "rank"] == 1 and o.loc["SET_B", "rank"] == 2 and np.isnan(o.loc["SET_C", "mean_abs_shap"])
+
+
+def test_read_gene_map_columns_and_errors(tmp_path):
+    table = tmp_path / "map.tsv"
+    table.write_text("ensembl\tgene_symbol\tother\nENSG1\t tp53 \tx\nENSG2\tBRCA1 extra words\ty\nENSG3\t\tz\n")
+    m = gs.read_gene_map(table, ["ENSG1", "ENSG2", "ENSG9"])
+    assert m.attrs["id_column"] == "ensembl" and m.attrs["symbol_column"] == "gene_symbol"
+    assert m.to_dict() == {"ENSG1": "TP53", "ENSG2": "BRCA1"}  # empty symbol left out, first word kept
+    assert gs.map_gene_ids(["ENSG1", "ENSG3"], m).tolist() == ["TP53", "ENSG3"]
+    m2 = gs.read_gene_map(table, ["ENSG1"], id_column="ensembl", symbol_column="other")
+    assert m2["ENSG1"] == "X"
+    with pytest.raises(InputDataError, match="no column of the gene map holds the measured gene ids"):
+        gs.read_gene_map(table, ["PROBE_1"])
+    with pytest.raises(InputDataError, match="symbol column 'sym' not found"):
+        gs.read_gene_map(table, ["ENSG1"], symbol_column="sym")
