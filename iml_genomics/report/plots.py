@@ -159,9 +159,11 @@ def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: 
         ax.text(0.98, 0.95, "no finite threshold: no set of genes reaches the target FDR",
                 transform=ax.transAxes, ha="right", va="top", fontsize=7, color=PALETTE["red"])
     ax.axhline(0, color="black", lw=0.6)
+    # label the first selected genes, stepping the labels right and down so they do not overlap
     for i in range(min(int(sel.sum()), 8)):
         g = str(knockoffs["gene_id"].iloc[order[i]])
-        ax.annotate(_label(g, labels), (i, w[order][i]), fontsize=6, xytext=(4, 0), textcoords="offset points")
+        ax.annotate(_label(g, labels), (i, w[order][i]), fontsize=6, xytext=(8 + 4 * i, -9 * i),
+                    textcoords="offset points", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": PALETTE["grey"]})
     ax.set(xlabel="genes sorted by W", ylabel="knockoff statistic W",
            title=f"Knockoff W ({int(sel.sum())} selected, red)")
     return to_base64_png(fig)
