@@ -126,3 +126,24 @@ def test_permutation_without_labels_fails_with_one_line(rf_bundle):
                                        "--method", "permutation"])
     assert result.exit_code == 2 and "needs labels" in result.output
     assert not (root / "bad").exists()
+
+
+# Known ALL/AML genes of Golub et al. 1999 (../shared/data/README.md), as Hu6800 probes (test_data/golub_probes.tsv)
+GOLUB_KNOWN = {"M27891_at": "CST3", "X95735_at": "zyxin", "M23197_at": "CD33", "M27783_s_at": "ELA2",
+               "M84526_at": "CFD", "U50136_rna1_at": "LTC4S", "Y12670_at": "LEPR", "U22376_cds2_s_at": "MYB",
+               "M31523_at": "TCF3", "M92287_at": "CCND3", "M31303_rna1_at": "STMN1"}
+
+
+@pytest.mark.slow
+def test_golub_known_genes_rank_near_the_top(tmp_path):
+    from conftest import CONFIGS, TEST_DATA
+
+    expr, labels = TEST_DATA / "golub_expression.tsv.gz", TEST_DATA / "golub_labels.tsv"
+    _invoke("train", "--config", CONFIGS / "golub.yaml", "--expression", expr, "--labels", labels,
+            "--out", tmp_path / "train", "--jobs", "2")
+    _invoke("explain", "--model", tmp_path / "train", "--expression", expr, "--labels", labels,
+            "--out", tmp_path / "explain", "--jobs", "2")
+    ranking = pd.read_csv(tmp_path / "explain" / "gene_ranking.tsv", sep="\t").set_index("gene_id")
+    top20 = set(ranking.index[:20])
+    assert len(top20 & set(GOLUB_KNOWN)) >= 5
+    assert ranking.loc["M27891_at", "rank"] <= 3 and ranking.loc["M27891_at", "top_k_frequency"] >= 0.9  # CST3
