@@ -94,3 +94,21 @@ def test_null_w_sign_symmetric(replicates):
     assert nonzero.size > 200
     test = stats.binomtest(int(np.sum(nonzero > 0)), int(nonzero.size), 0.5)
     assert test.pvalue > 0.001, f"{np.mean(nonzero > 0):.3f} of {nonzero.size} null W positive"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("statistic", ["random_forest", "model", "lasso"])
+def test_mean_fdp_at_most_q_other_statistics_long(statistic):
+    """Longer check (30 replicates, binary outcome) for each statistic; run with -m slow."""
+    fdp = []
+    for r in range(30):
+        c = simulate_gaussian(300, 100, n_signal=12, effect_size=1.5, rho=0.6, block_size=10, outcome="binary",
+                              seed=500 + r)
+        genes = list(c.expression.columns)
+        res = knockoff_select(c.expression.to_numpy(), c.labels["condition"].to_numpy(), genes,
+                              task="classification", fdr=Q, statistic=statistic, model="l1_logistic",
+                              model_params={"C": 0.3}, random_state=r, check_swap=False)
+        sel = set(res.table.loc[res.table["selected"], "gene_id"])
+        fdp.append(len(sel - set(c.true_genes)) / max(1, len(sel)))
+    fdp = np.array(fdp)
+    assert fdp.mean() <= Q + 2 * max(fdp.std(ddof=1), 0.05) / np.sqrt(fdp.size)
