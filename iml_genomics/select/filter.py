@@ -73,7 +73,7 @@ def covariate_matrix(covariates) -> np.ndarray | None:
 def _linear_part(X: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
     """Least-squares fit of X on [1, covariates] (the part of X the knockoffs keep)."""
     if covariates is None:
-        return np.zeros_like(X)
+        return None  # no covariates: nothing to keep (saves an n x p array at genome scale)
     A = np.hstack([np.ones((X.shape[0], 1)), covariates])
     coef, *_ = np.linalg.lstsq(A, X, rcond=None)
     return A @ coef
@@ -93,9 +93,9 @@ def _one_draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, cov
 
 
 def _draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, covariates, n_jobs):
-    R = X - fitted
+    R = X if fitted is None else X - fitted
     Rk = sample_knockoffs(model, prep["S"], R, random_state=seed, prepared=prep["sampler"])
-    Xk = fitted + Rk
+    Xk = Rk if fitted is None else fitted + Rk
     # |corr(X_j, X~_j)| on the residual scale (what the knockoff model describes)
     Rc, Rkc = R - R.mean(axis=0), Rk - Rk.mean(axis=0)
     corr = np.sum(Rc * Rkc, axis=0) / np.sqrt(np.sum(Rc**2, axis=0) * np.sum(Rkc**2, axis=0))
@@ -206,7 +206,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         raise ConfigError(f"config: select.statistic must be one of {', '.join(STATISTICS)}; got {statistic!r}.")
     cov = covariate_matrix(covariates)
     fitted = _linear_part(X, cov)
-    R = X - fitted
+    R = X if fitted is None else X - fitted
     model_ = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
 
     group_labels = None
