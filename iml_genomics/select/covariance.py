@@ -180,7 +180,7 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
     else:
         from sklearn.utils.extmath import randomized_svd
 
-        _, sv, Vt = randomized_svd(Xs, k_max, n_oversamples=10, n_iter=4, random_state=random_state)
+        _, sv, Vt = randomized_svd(Xs, k_max, n_oversamples=10, n_iter=2, random_state=random_state)
     eig = sv**2 / n  # eigenvalues of the sample correlation matrix
     k = rank if rank is not None else choose_factor_rank(eig, n, p)
     k = int(min(k, k_max))

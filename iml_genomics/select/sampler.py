@@ -52,15 +52,24 @@ def sample_knockoffs(model, S: np.ndarray, X: np.ndarray, *, random_state: int |
     Z = model.standardize(X)
     n, p = Z.shape
     if prep["kind"] == "dense":
-        mean = Z - Z @ prep["CinvS"]
-        noise = rng.standard_normal((n, p)) @ prep["L"].T
+        Z -= Z @ prep["CinvS"]
+        Z += rng.standard_normal((n, p)) @ prep["L"].T
     else:
+        # in-place steps: at n = 1,000, p = 20,000 each n x p temporary is 160 MB of memory traffic
         s, d, U = prep["s"], model.d, model.U
-        ZCinv = Z / d - ((Z / d) @ U) @ prep["G"] @ (U.T / d)
-        mean = Z - ZCinv * s
-        k = U.shape[1]
-        noise = rng.standard_normal((n, p)) * prep["diag_sd"] + rng.standard_normal((n, k)) @ prep["WL"].T
-    return model.unstandardize(mean + noise)
+        T = Z / d
+        T -= ((T @ U) @ prep["G"]) @ (U.T / d)  # T = Z C^{-1} (Woodbury)
+        T *= s
+        Z -= T  # conditional mean Z - Z C^{-1} S
+        del T
+        E = rng.standard_normal((n, p))
+        E *= prep["diag_sd"]
+        E += rng.standard_normal((n, U.shape[1])) @ prep["WL"].T
+        Z += E
+        del E
+    Z *= model.scale
+    Z += model.mean
+    return Z
 
 
 def prepare_sampler(model, S: np.ndarray) -> dict:
