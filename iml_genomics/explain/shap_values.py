@@ -268,8 +268,8 @@ def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed):
     return np.stack(vals), np.stack(bases)
 
 
-def _explain_chunk(pre, estimator, X, start, stop, classes, kind, payload, seed):
-    Z = preprocess(pre, X[start:stop])
+def _explain_chunk(pre, estimator, X_chunk, start, stop, classes, kind, payload, seed):
+    Z = preprocess(pre, X_chunk)
     if kind == "linear":
         values, base = _chunk_linear(estimator, Z, classes, payload)
     elif kind == "tree":
@@ -373,7 +373,8 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     seeds = spawn_seeds(random_state, len(bounds))
     wave = max(1, 2 * effective_n_jobs(n_jobs))
     for w in range(0, len(bounds), wave):
-        tasks = [(pre, estimator, X, s, e, classes, plan.kind, payload, seeds[w + i])
+        # ship each worker its own rows only (not the whole matrix once per wave)
+        tasks = [(pre, estimator, X[s:e], s, e, classes, plan.kind, payload, seeds[w + i])
                  for i, (s, e) in enumerate(bounds[w:w + wave])]
         for chunk in parallel_map(_explain_chunk, tasks, n_jobs=n_jobs):
             if chunk.max_additivity_error > additivity_tolerance:
