@@ -96,10 +96,20 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         label_column = None  # an unlabelled matrix: SHAP only
     prov = Provenance("explain", cfg.to_dict(), {"model": Path(model_dir) / "model.skops", "expression": expression,
                                                  "labels": labels, "config": config_path})
-    adata = load_cohort(expression, labels=labels, label_column=label_column,
-                        sample_id_column=cfg.data.sample_id_column,
-                        genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
-                        drop_unmatched=cfg.data.drop_unmatched, require_labels=False)
+    def read(column):
+        return load_cohort(expression, labels=labels, label_column=column,
+                           sample_id_column=cfg.data.sample_id_column,
+                           genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
+                           drop_unmatched=cfg.data.drop_unmatched, require_labels=False)
+
+    try:
+        adata = read(label_column)
+    except InputDataError:
+        # an .h5ad without the training label column in obs (and no --label-column): explain it unlabelled
+        if labels is not None or opts.get("label_column") or label_column is None:
+            raise
+        label_column = None
+        adata = read(None)
     adata = align_genes(adata, manifest["gene_ids"], str(expression))
     X = design_matrix(adata)
     task, classes = manifest["task"], manifest.get("classes")
