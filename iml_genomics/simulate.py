@@ -53,7 +53,8 @@ def block_correlated_normal(n: int, p: int, *, block_size: int, rho: float, rng:
     return np.sqrt(rho) * factors[:, block_of] + np.sqrt(1.0 - rho) * noise
 
 
-def factor_correlated_normal(n: int, p: int, *, n_factors: int, rho: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def factor_correlated_normal(n: int, p: int, *, n_factors: int, rho: float,
+                             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n x p unit-variance normal rows with a rank-``n_factors`` correlation.
 
     X = sqrt(rho) F L^T + sqrt(1 - rho) E with unit-norm loading rows L, so
