@@ -72,12 +72,17 @@ def test_jobs_do_not_change_bytes(tmp_path, demo_paths, demo_train_dir):
 
 
 def test_random_forest_jobs_identical_and_repeated_cv(tmp_path, demo_paths):
+    import yaml
+
+    cfg = yaml.safe_load(demo_paths["config"].read_text())
+    cfg["model"] = {"name": "random_forest", "params": {"n_estimators": 60}}
+    config = tmp_path / "rf.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     outs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"rf{jobs}"
-        run_cli("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
-                "--labels", demo_paths["labels"], "--out", out, "--jobs", jobs, "--model", "random_forest",
-                "--cv-folds", "3", "--cv-repeats", "2")
+        run_cli("train", "--config", config, "--expression", demo_paths["csv.gz"],
+                "--labels", demo_paths["labels"], "--out", out, "--jobs", jobs, "--cv-folds", "3", "--cv-repeats", "2")
         outs.append(out)
     for table in TABLES:
         assert (outs[0] / table).read_bytes() == (outs[1] / table).read_bytes()
