@@ -56,7 +56,7 @@ CASES = [("block", "equicorrelated", "ledoit_wolf"), ("block", "sdp", "ledoit_wo
 @pytest.fixture(scope="module")
 def replicates():
     """Knockoff+ runs on R seeded cohorts per case: FDP, power and the null W."""
-    R = 16
+    R = 10
     out = {}
     for sim, s_method, cov in CASES:
         fdp, power, null_w = [], [], []
