@@ -168,7 +168,7 @@ def _gaps(cfg, expression, labels, ranking_lists, k_values, n_random):
     if not ks:
         raise ConfigError(f"evaluate: every --k is >= the {len(gene_ids)} genes of {expression}; "
                           f"prediction gaps need k < number of genes.")
-    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X))
+    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
     parts = []
     for name, ranking in ranking_lists.items():
         gaps = prediction_gaps(X, y, gene_ids, ranking, pipeline=pipeline, task=task, classes=classes, k_values=ks,

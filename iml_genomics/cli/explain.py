@@ -124,7 +124,7 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
     prov.mark("read")
     from scipy import sparse
 
-    refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X))
+    refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
     sample_ids = list(adata.obs_names)
     with staged_output(out) as stage:
         writer = _AttributionWriter(stage / "attributions.parquet", sample_ids)
