@@ -54,7 +54,7 @@ def _data(p, n, seed, outcome="continuous", big=False):
 
     if big:
         return _big_data(p, n, seed)
-    c = simulate_gaussian(n, p, n_signal=20, effect_size=0.6 if outcome == "continuous" else 1.0, rho=0.5,
+    c = simulate_gaussian(n, p, n_signal=20, effect_size=0.4 if outcome == "continuous" else 1.0, rho=0.5,
                           block_size=20, outcome=outcome, seed=seed)
     X = c.expression.to_numpy()
     genes = list(c.expression.columns)
