@@ -103,7 +103,7 @@ def _check_range(name: str, value, lo=None, hi=None, *, lo_open=False, hi_open=F
 def simulate_gaussian(n_samples: int = 200, n_genes: int = 500, *, n_signal: int = 10, effect_size: float = 1.0,
                       rho: float = 0.5, block_size: int = 20, outcome: str = "binary", n_classes: int = 3,
                       interactions: bool = False, seed: int = 0, correlation: str = "block",
-                      n_factors: int = 10) -> SimulatedCohort:
+                      n_factors: int = 10, signal_blocks: int | None = None) -> SimulatedCohort:
     """Block- or factor-correlated Gaussian genes with a sparse planted outcome.
 
     Parameters
@@ -161,7 +161,10 @@ def simulate_gaussian(n_samples: int = 200, n_genes: int = 500, *, n_signal: int
         # planted genes are spread over the factors' home groups as over blocks
         block_size = -(-n_genes // n_factors)
     n_blocks = -(-n_genes // block_size)
-    signal_idx = np.array([(k % n_blocks) * block_size + k // n_blocks for k in range(n_signal)], dtype=int)
+    # spread one per block by default; with signal_blocks, concentrate them in the
+    # first blocks so that those blocks (the simulated pathways) are enriched
+    spread = n_blocks if signal_blocks is None else min(signal_blocks, n_blocks)
+    signal_idx = np.array([(k % spread) * block_size + k // spread for k in range(n_signal)], dtype=int)
     beta = np.zeros(n_genes)
     beta[signal_idx] = effect_size * np.where(np.arange(n_signal) % 2 == 0, 1.0, -1.0)
     eta = X @ beta
@@ -271,15 +274,19 @@ def write_cohort(cohort: SimulatedCohort, directory, prefix: str, formats=("csv.
     return paths
 
 
-def make_demo_data(directory, *, seed: int = 7) -> dict[str, str]:
+def make_demo_data(directory, *, seed: int = 8) -> dict[str, str]:
     """Regenerate the bundled demo cohort in ``test_data/``.
 
-    120 samples x 400 genes in blocks of 20 (rho = 0.5), 8 planted genes,
-    binary outcome; written as CSV.gz, Parquet and .h5ad with labels, the
-    true genes and a GMT of the 20 simulated pathways.
+    400 samples x 400 genes in blocks of 20 (rho = 0.3), 20 planted genes
+    concentrated in the first 4 blocks (so 4 of the 20 simulated pathways are
+    enriched), binary outcome; written as CSV.gz, Parquet and .h5ad with
+    labels, the true genes and a GMT of the pathways. Sized so that every step
+    has something to find: knockoff+ at q = 0.1 needs at least 1/q = 10
+    discoveries before it can select anything, which a cohort with fewer
+    signals, or fewer samples, cannot give.
     """
-    cohort = simulate_gaussian(120, 400, n_signal=8, effect_size=1.5, rho=0.5, block_size=20,
-                               outcome="binary", seed=seed)
+    cohort = simulate_gaussian(400, 400, n_signal=20, effect_size=1.0, rho=0.3, block_size=20,
+                               outcome="binary", seed=seed, signal_blocks=4)
     return write_cohort(cohort, directory, "demo", formats=("csv.gz", "parquet", "h5ad"))
 
 

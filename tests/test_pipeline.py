@@ -75,7 +75,7 @@ def test_dry_run_estimates_and_memory_limit(tmp_path):
     dry = run_cli("run", config, "--out", out, "--dry-run")
     lines = dry.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["step", "peak", "memory"]
-    assert any(line.startswith("train") and "120 samples x 400 genes" in line for line in lines)
+    assert any(line.startswith("train") and "400 samples x 400 genes" in line for line in lines)
     assert not out.exists(), "a dry run writes nothing"
     refused = run_cli("run", config, "--out", out, "--max-memory", "10M", check=False)
     assert refused.returncode == 2

@@ -113,7 +113,7 @@ def test_full_report_files_and_columns(full_report, demo_runs):
     assert list(gsets.columns) == GENE_SET_COLUMNS and len(gsets) == 20
     assert gsets["rank"].tolist() == list(range(1, 21))
     per_sample = pd.read_parquet(full_report / "group_attributions.parquet")
-    assert per_sample.shape == (120, 21) and per_sample["sample_id"].iloc[0] == "S0001"
+    assert per_sample.shape == (400, 21) and per_sample["sample_id"].iloc[0] == "S0001"
     prov = json.loads((full_report / "provenance.json").read_text())
     assert prov["step"] == "report"
     assert {"inputs_train", "inputs_explain", "inputs_select", "gene_sets", "expression", "labels"} <= set(

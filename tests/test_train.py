@@ -25,14 +25,14 @@ def test_demo_outputs_and_columns(demo_train_dir):
                                 "average_precision", "log_loss"]
     assert list(cv["split"]) == ["r1_f1", "r1_f2", "r1_f3", "r1_f4", "r1_f5", "mean", "sd"]
     folds = cv.iloc[:5]
-    assert folds["n_test"].sum() == 120
+    assert folds["n_test"].sum() == 400
     assert cv.set_index("split").loc["mean", "auroc"] == pytest.approx(folds["auroc"].mean())
     assert cv.set_index("split").loc["sd", "auroc"] == pytest.approx(folds["auroc"].std(ddof=1))
     # planted signal is learnable: well above chance out of fold
     assert cv.set_index("split").loc["mean", "auroc"] > 0.7
     oof = pd.read_csv(demo_train_dir / "oof_predictions.tsv", sep="\t")
     assert list(oof.columns) == ["sample_id", "repeat", "fold", "y_true", "y_pred", "prob_normal", "prob_tumour"]
-    assert oof["sample_id"].is_unique and len(oof) == 120
+    assert oof["sample_id"].is_unique and len(oof) == 400
     np.testing.assert_allclose(oof[["prob_normal", "prob_tumour"]].sum(axis=1), 1.0)
     # out-of-fold AUROC recomputed from the predictions matches the per-fold table's inputs
     labels = pd.read_csv(TEST_DATA / "demo_labels.tsv", sep="\t", index_col=0)["condition"]
@@ -49,7 +49,7 @@ def test_bundle_round_trip_predicts_like_cv_refit(demo_train_dir):
     X = pd.read_csv(TEST_DATA / "demo_expression.csv.gz", index_col=0)
     assert manifest["gene_ids"] == list(X.columns)
     proba = pipeline.predict_proba(X.to_numpy())
-    assert proba.shape == (120, 2)
+    assert proba.shape == (400, 2)
     assert np.isfinite(proba).all()
 
 
@@ -89,7 +89,7 @@ def test_random_forest_jobs_identical_and_repeated_cv(tmp_path, demo_paths):
     cv = pd.read_csv(outs[0] / "cv_metrics.tsv", sep="\t")
     assert len(cv) == 3 * 2 + 2
     oof = pd.read_csv(outs[0] / "oof_predictions.tsv", sep="\t")
-    assert len(oof) == 120 * 2 and set(oof["repeat"]) == {1, 2}
+    assert len(oof) == 400 * 2 and set(oof["repeat"]) == {1, 2}
 
 
 def _noise_cohort(seed: int, n: int = 60, p: int = 2000):
