@@ -1,7 +1,7 @@
 """Benchmark: our over-representation + prerank test vs gseapy prerank.
 
 A 20,000-gene ranking (all symbols of the GO BP file, padded with unnamed
-genes) against ../shared/data/go_bp_2022-07.gmt.gz with set sizes 15-500
+genes) against test_data/go_bp_2022-07.gmt.gz with set sizes 15-500
 (4,463 sets), 1,000 gene permutations, weight p = 1. Scores are standard
 normal with a shift of +0.6 for the members of 40 random sets (planted
 enrichment), so NES spans a real range. Each engine runs in its own
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_GMT = ROOT.parent / "shared" / "data" / "go_bp_2022-07.gmt.gz"
+DEFAULT_GMT = ROOT / "test_data" / "go_bp_2022-07.gmt.gz"
 
 
 def make_ranking(gmt: Path, n_genes: int, seed: int) -> tuple[pd.Series, dict[str, list[str]]]:

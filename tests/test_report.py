@@ -21,7 +21,7 @@ from iml_genomics.report import BIOMARKER_COLUMNS, GENE_SET_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "test_data"
-GO_GMT = ROOT.parent / "shared" / "data" / "go_bp_2022-07.gmt.gz"
+GO_GMT = ROOT / "test_data" / "go_bp_2022-07.gmt.gz"
 
 
 def _git_tracked(path: str) -> bool:

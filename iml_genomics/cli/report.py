@@ -81,7 +81,7 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     \b
     Example (Golub, after train/explain/select into results/golub/*):
       iml-genomics report --inputs results/golub/train results/golub/explain results/golub/select \\
-        --gene-sets ../shared/data/go_bp_2022-07.gmt.gz --gene-map test_data/golub_probes.tsv \\
+        --gene-sets test_data/go_bp_2022-07.gmt.gz --gene-map test_data/golub_probes.tsv \\
         --out results/golub/report
     """
     import sys
