@@ -63,8 +63,25 @@ def spawn_seeds(seed: int, n: int) -> list[int]:
 
 
 def set_scheduler(address: str | None) -> None:
-    """Route later :func:`parallel_map` calls to a dask.distributed scheduler."""
+    """Route later :func:`parallel_map` calls to a dask.distributed scheduler.
+
+    The scheduler is contacted once here, so a wrong address or a missing
+    dask install fails at once with a one-line error, before any data is read.
+    """
     global _SCHEDULER
+    if address:
+        from iml_genomics.errors import ConfigError
+
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise ConfigError("parallel.scheduler is set but dask.distributed is not installed; "
+                              "pip install 'iml-genomics[cluster]' or drop --scheduler.") from None
+        try:
+            Client(address, timeout="20s").close()
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"parallel.scheduler: cannot reach the Dask scheduler at {address} "
+                              f"({type(exc).__name__}); check the address and that the scheduler is running.") from None
     _SCHEDULER = address
 
 

@@ -31,7 +31,7 @@ UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train"
 STEP_SECTIONS = {
     "train": ("seed", "task", "data", "preprocess", "model", "cv"),
     "explain": ("seed", "task", "data", "preprocess", "model", "cv", "explain"),
-    "select": ("seed", "task", "data", "preprocess", "select"),
+    "select": ("seed", "task", "data", "preprocess", "model", "select"),
     "report": ("seed", "report"),
 }
 

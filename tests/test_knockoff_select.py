@@ -114,3 +114,14 @@ def test_factor_model_path():
     assert s["diagnostics"]["swap_check"]["covariance_model"] == "factor"
     sel = set(res.table.loc[res.table["selected"], "gene_id"])
     assert len(sel & set(genes[:10])) >= 6
+
+
+def test_null_e_values_average_at_most_one_for_both_offsets():
+    """e-values of one knockoff run are valid (mean <= 1 under a sign-symmetric null) for offset 0 and 1."""
+    from iml_genomics.select.threshold import knockoff_evalues
+
+    rng = np.random.default_rng(5)
+    for offset in (0, 1):
+        means = [knockoff_evalues(rng.standard_normal(20) * rng.choice([-1, 1], 20), 0.3, offset)[0].mean()
+                 for _ in range(4000)]
+        assert np.mean(means) <= 1.0 + 3 * np.std(means) / np.sqrt(len(means)), (offset, np.mean(means))

@@ -173,3 +173,15 @@ def test_progress_lines_in_logs_and_quiet(tmp_path):
     quiet = run_cli("-q", *common, "--out", tmp_path / "quiet")
     assert "INFO" not in quiet.stderr
     assert (tmp_path / "loud" / "cv_metrics.tsv").read_bytes() == (tmp_path / "quiet" / "cv_metrics.tsv").read_bytes()
+
+
+def test_quiet_run_stays_quiet_and_bad_scheduler_is_one_line(tmp_path):
+    config = _fast_config(tmp_path)
+    quiet = run_cli("-q", "run", config, "--out", tmp_path / "q", "--steps", "train")
+    assert "INFO" not in quiet.stderr
+    bad = run_cli("train", "--config", config, "--expression", TEST_DATA / "demo_expression.csv.gz",
+                  "--labels", TEST_DATA / "demo_labels.tsv", "--out", tmp_path / "s",
+                  "--scheduler", "tcp://127.0.0.1:9", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "cannot reach the Dask scheduler" in bad.stderr
+    assert not (tmp_path / "s").exists()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -68,3 +69,25 @@ def test_missing_group_file_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert "select.group_file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_sparse_h5ad_input(tmp_path):
+    """A sparse .h5ad runs through select's default preprocessing (standardisation centres)."""
+    import anndata as ad
+    from scipy import sparse
+
+    from iml_genomics.simulate import simulate_gaussian
+
+    cohort = simulate_gaussian(120, 60, n_signal=12, effect_size=1.5, rho=0.2, seed=3)
+    X = cohort.expression.to_numpy()
+    X[np.abs(X) < 0.5] = 0.0
+    adata = ad.AnnData(X=sparse.csr_matrix(X), obs=cohort.labels.astype(str),
+                       var=pd.DataFrame(index=cohort.expression.columns))
+    path = tmp_path / "sparse.h5ad"
+    adata.write_h5ad(path)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "iml_genomics", "select", "--expression", str(path),
+                           "--label-column", "condition", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t")
+    assert len(table) == 60 and table["gene_id"].is_unique

@@ -127,7 +127,10 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
         log.info("[%d/%d] %s: running", index, len(wanted), step)
         if show_bar:
             click.echo(f"\r[{'#' * index}{'.' * (len(wanted) - index)}] {step} ...", err=True, nl=False)
-        args = [step, *_step_args(step, cfg, config_path, out, n_jobs, scheduler)]
+        # each step re-enters the click group, which would reset logging: pass the level on
+        level = logging.getLogger("iml_genomics").getEffectiveLevel()
+        flags = ["-q"] if level >= logging.WARNING else ["-v"] if level <= logging.DEBUG else []
+        args = [*flags, step, *_step_args(step, cfg, config_path, out, n_jobs, scheduler)]
         log.debug("iml-genomics %s", " ".join(args))
         started = time.perf_counter()
         code = cli_main.main(args=args, prog_name="iml-genomics", standalone_mode=False)

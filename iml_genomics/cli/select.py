@@ -62,6 +62,8 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     # the configured preprocessing, fitted on all samples (select has no CV folds to leak across)
     from sklearn.pipeline import Pipeline
 
+    if hasattr(X, "toarray"):
+        X = X.toarray()  # the knockoff model is dense; centring needs dense input
     steps = make_preprocessing_steps(cfg.preprocess)
     if steps:
         pipe = Pipeline(steps)

@@ -36,6 +36,13 @@ def resolve_scoring(scoring: str, classes) -> str:
         return "r2" if classes is None else "log_loss"
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}; got {scoring!r}")
+    if (classes is None) != (scoring == "r2"):
+        from iml_genomics.errors import ConfigError
+
+        task = "regression" if classes is None else "classification"
+        valid = "r2" if classes is None else "log_loss, auroc or accuracy"
+        raise ConfigError(f"config: explain.permutation_scoring '{scoring}' does not apply to a {task} model; "
+                          f"use auto or {valid}.")
     return scoring
 
 

@@ -37,8 +37,10 @@ def knockoff_evalues(W: np.ndarray, fdr: float, offset: int = 1) -> tuple[np.nda
     T = knockoff_threshold(W, fdr, offset)
     if not np.isfinite(T):
         return np.zeros_like(W), T
-    denom = offset + np.sum(W <= -T)
-    return W.size * (W >= T) / max(denom, 1), T
+    # always 1 + #{W <= -T}: with offset 0 in the denominator the mean null
+    # e-value exceeds 1 and e-BH loses its guarantee (the threshold may still be offset 0)
+    denom = 1 + np.sum(W <= -T)
+    return W.size * (W >= T) / denom, T
 
 
 def ebh(e: np.ndarray, fdr: float) -> tuple[np.ndarray, float]:
