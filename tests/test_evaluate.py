@@ -211,7 +211,7 @@ def test_cli_evaluate_end_to_end(tmp_path, cohort):
                   "--config", cfg, "--n-random", 1, "--out", tmp_path / "eval")
     assert res.exit_code == 0, res.output
     out = tmp_path / "eval"
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "precision_at_k.tsv", "prediction_gaps.tsv", "provenance.json", "ranking_metrics.tsv",
         "selection_metrics.tsv", "stability.tsv", "stability_pairs.tsv"]
     sel = pd.read_csv(out / "selection_metrics.tsv", sep="\t").iloc[0]

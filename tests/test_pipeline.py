@@ -185,3 +185,18 @@ def test_quiet_run_stays_quiet_and_bad_scheduler_is_one_line(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "cannot reach the Dask scheduler" in bad.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_rerun_into_same_directory_leaves_no_stale_outputs(tmp_path):
+    from iml_genomics.io.writers import staged_output
+
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    with staged_output(out) as stage:
+        (stage / "a.tsv").write_text("1")
+        (stage / "b.tsv").write_text("2")
+    with staged_output(out) as stage:
+        (stage / "a.tsv").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == [".iml-outputs.json", "a.tsv", "notes.txt"]
+    assert (out / "a.tsv").read_text() == "3"

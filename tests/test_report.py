@@ -102,7 +102,7 @@ def full_report(demo_runs):
 
 
 def test_full_report_files_and_columns(full_report, demo_runs):
-    assert sorted(p.name for p in full_report.iterdir()) == [
+    assert sorted(p.name for p in full_report.iterdir() if not p.name.startswith(".")) == [
         "biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "provenance.json", "report.html",
         "report_summary.json"]
     bm = pd.read_csv(full_report / "biomarkers.tsv", sep="\t", keep_default_na=False)

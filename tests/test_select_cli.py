@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
 
 def test_outputs_and_contract(runs):
     out = runs[1]
-    assert {p.name for p in out.iterdir()} == {"knockoff_selection.tsv", "select_summary.json", "provenance.json"}
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"knockoff_selection.tsv", "select_summary.json", "provenance.json"}
     table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False)
     assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group"]
     assert len(table) == 400 and list(table["rank"]) == list(range(1, 401))

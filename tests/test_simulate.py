@@ -254,7 +254,7 @@ def test_cli_same_seed_same_bytes(tmp_path, family, extra, golub_small):
                       *extra, "--out", tmp_path / name)
         assert res.exit_code == 0, res.output
         outs.append(tmp_path / name)
-    files = sorted(p.name for p in outs[0].iterdir())
+    files = sorted(p.name for p in outs[0].iterdir() if not p.name.startswith("."))
     assert files == ["provenance.json", "simulated_expression.csv.gz", "simulated_expression.parquet",
                      "simulated_labels.tsv", "simulated_pathways.gmt", "simulated_truth.tsv"]
     for f in files:

@@ -18,7 +18,7 @@ TABLES = ("cv_metrics.tsv", "oof_predictions.tsv")
 
 
 def test_demo_outputs_and_columns(demo_train_dir):
-    files = {p.name for p in demo_train_dir.iterdir()}
+    files = {p.name for p in demo_train_dir.iterdir() if not p.name.startswith(".")}
     assert files == {"cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"}
     cv = pd.read_csv(demo_train_dir / "cv_metrics.tsv", sep="\t")
     assert list(cv.columns) == ["split", "repeat", "fold", "n_train", "n_test", "balanced_accuracy", "auroc",

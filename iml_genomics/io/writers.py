@@ -87,21 +87,34 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
     On any exception the staging directory is removed, and ``out_dir`` too if
     this call created it and it is empty, so failures leave nothing behind.
     Each file is moved with :func:`os.replace` (atomic on one filesystem).
+    Files that the previous run into ``out_dir`` wrote and this one did not
+    (listed in ``.iml-outputs.json``) are removed, so a directory never mixes
+    outputs of two runs; files iml-genomics did not write are never touched.
     """
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".iml-staging-", dir=out_dir))
+    listing = out_dir / ".iml-outputs.json"
     try:
         yield stage
-        for src in sorted(stage.rglob("*")):
-            if src.is_dir():
-                continue
-            dest = out_dir / src.relative_to(stage)
+        written = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+        for rel in written:
+            src, dest = stage / rel, out_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.is_dir():
                 shutil.rmtree(dest)
             os.replace(src, dest)
+        try:
+            previous = json.loads(listing.read_text())
+        except (FileNotFoundError, ValueError):
+            previous = []
+        for rel in set(previous) - set(written):
+            stale = out_dir / rel
+            if stale.is_file() and stale.resolve().is_relative_to(out_dir.resolve()):
+                stale.unlink()
+        if written:
+            atomic_write_bytes(json.dumps(written, indent=1).encode(), listing)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if created and out_dir.exists() and not any(out_dir.iterdir()):
