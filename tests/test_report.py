@@ -166,7 +166,10 @@ def test_gene_sets_sorted_and_membership_consistent(full_report):
         gsea_q = gsea_q.where(pd.to_numeric(gsets["nes"], errors="coerce") > 0)
     best_q = pd.concat([pd.to_numeric(gsets["q_value"], errors="coerce"), gsea_q], axis=1).min(axis=1)
     assert best_q.fillna(np.inf).is_monotonic_increasing
-    assert (gsets["significant"].astype(str) == "True").tolist() == (best_q <= 0.1).tolist()
+    flag_q = json.loads((full_report / "report_summary.json").read_text())["gene_sets"]["flag_q_threshold"]
+    n_families = int(pd.to_numeric(gsets["q_value"], errors="coerce").notna().any()) + int(gsea_q.notna().any())
+    assert flag_q == pytest.approx(0.1 / n_families)
+    assert (gsets["significant"].astype(str) == "True").tolist() == (best_q <= flag_q).tolist()
     assert (gsets["group_attribution"] >= 0).all() and gsets["group_attribution_rank"].notna().all()
     bm = pd.read_csv(full_report / "biomarkers.tsv", sep="\t", keep_default_na=False)
     sig = set(gsets.loc[gsets["significant"].astype(str) == "True", "gene_set"])
@@ -423,3 +426,26 @@ def test_golub_readme_command(tmp_path, request):
     bm = pd.read_csv(tmp_path / "report" / "biomarkers.tsv", sep="\t")
     # without explain/select the order is the univariate evidence: Golub's AML/ALL markers near the top
     assert {"CST3", "TCF3"} <= set(bm.head(20)["symbol"]) and {"CD33", "CCND3"} <= set(bm.head(150)["symbol"])
+
+
+def test_ora_background_is_what_the_selection_could_pick():
+    """Knockoffs tested only 4 of 8 measured genes: the hypergeometric background is those 4."""
+    from scipy import stats
+
+    from iml_genomics import genesets as gs
+    from iml_genomics.report.inputs import ReportInputs
+    from iml_genomics.report.tables import analyse_gene_sets
+
+    measured = [f"G{i}" for i in range(8)]
+    knockoffs = pd.DataFrame({"gene_id": ["G0", "G1", "G2", "G3"], "w": [3.0, 2.0, -1.0, 0.0],
+                              "selected": [True, True, False, False], "selection_frequency": [1, 1, 0, 0],
+                              "e_value": [4.0, 4.0, 0, 0], "rank": [1, 2, 3, 4], "group": ["", "", "", ""]})
+    collection = gs.GeneSetCollection(sets={"SET_A": ["G0", "G1", "G4"], "SET_B": ["G2", "G5", "G6"]},
+                                      source="toy")
+    res = analyse_gene_sets(ReportInputs(knockoffs=knockoffs), collection, gene_map=None, univariate=None,
+                            min_size=1, max_size=10, top_k=5, n_permutations=10, ranking_metric="auto",
+                            q_threshold=0.1, random_state=0, gene_ids=measured)
+    assert res.summary["n_background_keys"] == 4
+    row = res.table.set_index("gene_set").loc["SET_A"]
+    # background 4 genes, SET_A has 2 of them, 2 selected, both in SET_A
+    assert row["p_value"] == pytest.approx(stats.hypergeom.sf(1, 4, 2, 2))

@@ -189,22 +189,31 @@ def ranking_scores(inputs: ReportInputs, univariate: pd.DataFrame | None, metric
     return pd.Series(dtype=float), "none"
 
 
-def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None, top_k: int) -> tuple[list[str], str]:
-    """Genes tested for over-representation and where they come from."""
+def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None,
+                top_k: int) -> tuple[list[str], str, list[str] | None]:
+    """Genes tested for over-representation, where they come from, and the background.
+
+    The background is the genes that *could* have been picked by the same
+    procedure: the genes select tested, or the genes that entered the model;
+    ``None`` means every measured gene. Using all measured genes when a filter
+    chose the candidates would make the filter's favourite pathways look enriched.
+    """
     if inputs.knockoffs is not None:
         sel = inputs.knockoffs[_truthy(inputs.knockoffs["selected"])]["gene_id"].astype(str).tolist()
         if sel:
-            return sel, f"knockoff selection ({len(sel)} genes)"
+            return sel, f"knockoff selection ({len(sel)} genes)", inputs.knockoffs["gene_id"].astype(str).tolist()
     if inputs.gene_ranking is not None:
         gr = inputs.gene_ranking.sort_values(["rank", "gene_id"], kind="mergesort")
+        pool = gr[_truthy(gr["used"])] if "used" in gr.columns else gr
         gr = gr[pd.to_numeric(gr["mean_abs_shap"], errors="coerce") > 0]
         genes = gr["gene_id"].astype(str).head(top_k).tolist()
-        return genes, f"top {len(genes)} genes of the explain ranking with mean |SHAP| > 0"
+        return (genes, f"top {len(genes)} genes of the explain ranking with mean |SHAP| > 0",
+                pool["gene_id"].astype(str).tolist())
     if univariate is not None:
         u = univariate.sort_values(["p_value"], kind="mergesort")
         genes = u.index.astype(str)[:top_k].tolist()
-        return genes, f"top {len(genes)} genes by univariate p-value"
-    return [], "none"
+        return genes, f"top {len(genes)} genes by univariate p-value", None
+    return [], "none", None
 
 
 def _truthy(col: pd.Series) -> pd.Series:
@@ -235,10 +244,13 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         "n_keys_in_gene_set_file": int(len(set(universe) & all_set_genes)),
         "n_keys_in_tested_sets": len(in_any),
     }
-    query, query_source = query_genes(inputs, univariate, top_k)
+    query, query_source, pool = query_genes(inputs, univariate, top_k)
     query_keys = sorted(set(keys.reindex(query).dropna()))
-    summary.update(query_source=query_source, n_query_ids=len(query), n_query_keys=len(query_keys))
-    ora = gs.over_representation(query_keys, universe, sets)
+    background = set(universe) if pool is None else set(keys.reindex(pool).dropna())
+    summary.update(query_source=query_source, n_query_ids=len(query), n_query_keys=len(query_keys),
+                   n_background_keys=len(background))
+    ora = gs.over_representation(query_keys, background,
+                                 {name: [g for g in members if g in background] for name, members in sets.items()})
     scores, metric = ranking_scores(inputs, univariate, ranking_metric)
     signed = metric in ("univariate", "knockoff_w")
     summary.update(ranking_metric=metric, ranking_signed=signed, n_permutations=n_permutations)
@@ -268,7 +280,11 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         gsea_q = gsea_q.where(pd.to_numeric(table["nes"], errors="coerce") > 0)
     ora_q = pd.to_numeric(table["q_value"], errors="coerce")
     best_q = pd.concat([ora_q, gsea_q], axis=1).min(axis=1)
-    table["significant"] = (best_q <= q_threshold).to_numpy()
+    # a set is flagged when either test rejects; the union of two BH families at
+    # q/2 each has FDR <= q (FDP of a union <= sum of the two FDPs), at q each it would not
+    n_families = int(ora_q.notna().any()) + int(gsea_q.notna().any())
+    flag_q = q_threshold / max(1, n_families)
+    table["significant"] = (best_q <= flag_q).to_numpy()
     table["_best_q"] = best_q.fillna(np.inf)
     table["_p"] = pd.to_numeric(table["p_value"], errors="coerce").fillna(np.inf)
     table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
@@ -277,6 +293,7 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     table = table[GENE_SET_COLUMNS].reset_index(drop=True)
     summary["n_significant_sets"] = int(table["significant"].sum())
     summary["q_threshold"] = q_threshold
+    summary["flag_q_threshold"] = flag_q
     return GeneSetAnalysis(table=table, sets=sets, keys=keys, group_per_sample=per_sample, summary=summary)
 
 
