@@ -56,8 +56,11 @@ def step_fingerprint(step: str, config: dict, input_files: list[str | Path], ups
     upstream : dict
         Fingerprints of the steps whose outputs this step reads.
     """
+    from iml_genomics import __version__
+
     payload = {
         "step": step,
+        "iml_genomics_version": __version__,  # a new release may compute differently
         "config": {k: config.get(k) for k in STEP_SECTIONS[step]},
         "inputs": sorted(_sha256_file(p) for p in input_files if p is not None and Path(p).is_file()),
         "upstream": upstream,
