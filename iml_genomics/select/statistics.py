@@ -105,6 +105,13 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
         keep = np.sort(np.argsort(-pair_score, kind="stable")[:max_pairs])
         D = D[:, np.concatenate([keep, keep + p])]
     m = keep.size
+    # Coordinate descent visits columns in a fixed order and stops at a tolerance, so
+    # swapping a gene with its knockoff can move its coefficient slightly. A seeded coin
+    # flip of which copy sits first makes W's sign symmetry under the null exact.
+    flip = np.random.default_rng(random_state).random(m) < 0.5
+    order = np.arange(2 * m)
+    order[:m][flip], order[m:][flip] = np.arange(m, 2 * m)[flip], np.arange(m)[flip]
+    D = D[:, order]
     folds = list(KFold(n_splits=min(n_folds, n), shuffle=True, random_state=random_state).split(D))
     imp = np.zeros(2 * m)
     alphas_chosen = []
@@ -133,6 +140,7 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
         coefs = _path_until(np.asfortranarray(D), yt, alphas[:best + 1], max_active=2 * m)
         imp = np.maximum(imp, np.abs(coefs[-1]))
         alphas_chosen.append(float(alphas[best]))
+    imp = imp[np.argsort(order)]  # back to [genes, knockoffs]
     full, full_k = np.zeros(p), np.zeros(p)
     full[keep], full_k[keep] = imp[:m], imp[m:]
     return full, full_k, {"n_screened": int(m), "alpha": alphas_chosen}
