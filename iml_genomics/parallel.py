@@ -86,7 +86,7 @@ def set_scheduler(address: str | None) -> None:
 
 
 @contextlib.contextmanager
-def _backend(n_jobs: int) -> Iterator[None]:
+def _backend() -> Iterator[None]:
     if _SCHEDULER is None:
         yield
         return
@@ -127,7 +127,7 @@ def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: in
             results.append(func(*t))
             progress.update(len(results))
         return results
-    with _backend(workers):
+    with _backend():
         # a generator in task order: results arrive as they finish, for progress
         for result in Parallel(n_jobs=workers if _SCHEDULER is None else -1, return_as="generator")(
                 delayed(func)(*t) for t in tasks):

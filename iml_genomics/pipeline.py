@@ -166,7 +166,10 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int) -> lis
                     f"permutation {cfg.explain.permutation_repeats} repeats x {p_model} genes")
     # select: X, its knockoffs and [X, X~] (dense), the factor model U (p x k), per parallel draw
     k = cfg.select.factor_rank or min(50, n)
-    dense_cov = 8 * p * p * 3 if cfg.select.covariance == "ledoit_wolf" or (cfg.select.covariance == "auto" and p <= 2000) else 0
+    from iml_genomics.select.covariance import DENSE_MAX_GENES
+
+    dense = cfg.select.covariance == "ledoit_wolf" or (cfg.select.covariance == "auto" and p <= DENSE_MAX_GENES)
+    dense_cov = 8 * p * p * 3 if dense else 0
     draws_in_parallel = min(workers, cfg.select.n_draws)
     select = base + 2 * matrix + dense_cov + 8 * p * k * 4 + draws_in_parallel * 4 * matrix
     select_work = f"{cfg.select.n_draws} knockoff draw(s) of {n} x {p}; statistic {cfg.select.statistic} on {n} x {2 * p}"

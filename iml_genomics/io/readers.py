@@ -22,7 +22,6 @@ from scipy import sparse
 
 from iml_genomics.errors import InputDataError
 
-TEXT_FORMATS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 MATRIX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq", ".h5ad")
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import parallel_map, spawn_seeds
-from iml_genomics.select.covariance import CovarianceModel, fit_covariance
+from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
 from iml_genomics.select.sampler import prepare_sampler, sample_knockoffs
 from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
@@ -125,7 +125,8 @@ def swap_check(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_met
     genes = np.sort(rng.choice(p, size=min(p, max_genes), replace=False))
     order = rng.permutation(n)
     hold, train = np.sort(order[:n_hold]), np.sort(order[n_hold:])
-    kind = "ledoit_wolf" if covariance == "ledoit_wolf" or (covariance == "auto" and genes.size <= 2500) else "factor"
+    kind = ("ledoit_wolf" if covariance == "ledoit_wolf" or (covariance == "auto" and genes.size <= DENSE_MAX_GENES)
+            else "factor")
     rank = factor_rank
     try:
         model = fit_covariance(X[np.ix_(train, genes)], method=kind, rank=rank, random_state=random_state)
