@@ -15,7 +15,7 @@ gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
   with the number of genes; approximate, and said so.
 
 Samples are explained in fixed chunks (``chunk_size``) dispatched with
-:func:`iml_genomics.parallel.parallel_map`; chunk boundaries and the per-chunk
+:func:`iml_genomics.parallel.shared_context_pool`; chunk boundaries and the per-chunk
 seeds do not depend on ``n_jobs``, so neither do the values. Additivity
 (``base + sum(phi) == f(x)``) is checked on every chunk.
 """
@@ -29,7 +29,7 @@ import numpy as np
 from scipy import sparse
 
 from iml_genomics.errors import NumericalError
-from iml_genomics.parallel import effective_n_jobs, parallel_map, spawn_seeds
+from iml_genomics.parallel import effective_n_jobs, shared_context_pool, spawn_seeds
 from iml_genomics.preprocess import used_gene_mask
 
 SHAP_MODES = ("tree_path_dependent", "interventional")
@@ -268,7 +268,8 @@ def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed):
     return np.stack(vals), np.stack(bases)
 
 
-def _explain_chunk(pre, estimator, X_chunk, start, stop, classes, kind, payload, seed):
+def _explain_chunk(context, X_chunk, start, stop, seed):
+    pre, estimator, classes, kind, payload = context
     Z = preprocess(pre, X_chunk)
     if kind == "linear":
         values, base = _chunk_linear(estimator, Z, classes, payload)
@@ -369,17 +370,20 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     """
     pre, estimator = split_pipeline(pipeline)
     n = X.shape[0]
-    bounds = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    # ceil(n / chunk_size) chunks of equal size (within one sample): unequal chunks leave a worker idle at the end
+    edges = np.linspace(0, n, -(-n // chunk_size) + 1).round().astype(int) if n else np.zeros(1, dtype=int)
+    bounds = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
     seeds = spawn_seeds(random_state, len(bounds))
     wave = max(1, 2 * effective_n_jobs(n_jobs))
-    for w in range(0, len(bounds), wave):
-        # ship each worker its own rows only (not the whole matrix once per wave)
-        tasks = [(pre, estimator, X[s:e], s, e, classes, plan.kind, payload, seeds[w + i])
-                 for i, (s, e) in enumerate(bounds[w:w + wave])]
-        for chunk in parallel_map(_explain_chunk, tasks, n_jobs=n_jobs):
-            if chunk.max_additivity_error > additivity_tolerance:
-                _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
-            yield chunk
+    # the model and explainer are shared by every chunk: forked workers inherit them instead of each importing
+    # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows
+    with shared_context_pool((pre, estimator, classes, plan.kind, payload), n_jobs=n_jobs) as run:
+        for w in range(0, len(bounds), wave):
+            tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
+            for chunk in run(_explain_chunk, tasks):
+                if chunk.max_additivity_error > additivity_tolerance:
+                    _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
+                yield chunk
 
 
 def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) -> None:
