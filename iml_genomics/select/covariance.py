@@ -79,6 +79,41 @@ class CovarianceModel:
         return woodbury_solve(self.d, self.U, B)
 
 
+def spd_inverse(A: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix from its Cholesky factor.
+
+    LAPACK potrf + potri: about p^3 / 1.5 flops, against 2.3 p^3 for a Cholesky
+    solve with the identity; the difference is most of a dense knockoff run at
+    p = 2,000. With ``overwrite`` the inverse takes A's memory (a fresh p x p
+    array costs page faults comparable to the flops on a VM). Raises
+    ``numpy.linalg.LinAlgError`` when A is not positive definite.
+    """
+    from scipy.linalg import lapack
+
+    L, info = lapack.dpotrf(A, lower=1, clean=0, overwrite_a=int(overwrite))
+    if info != 0:
+        raise np.linalg.LinAlgError(f"matrix is not positive definite (potrf info {info})")
+    inv, info = lapack.dpotri(L, lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"matrix is singular (potri info {info})")
+    # potri fills the lower triangle only; copy it up in blocks (index arrays over p^2 / 2 entries cost as much
+    # as the inversion itself)
+    p, step = inv.shape[0], 256
+    for start in range(0, p, step):
+        stop = min(start + step, p)
+        block = inv[start:stop, start:stop]
+        block[:] = np.tril(block) + np.tril(block, -1).T
+        inv[start:stop, stop:] = inv[stop:, start:stop].T
+    return inv
+
+
+def two_c_minus_s(C: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """2C - diag(s) as one new array (no p x p temporaries)."""
+    M = C * 2.0
+    M[np.diag_indices_from(M)] -= s
+    return M
+
+
 def woodbury_solve(d: np.ndarray, U: np.ndarray, B: np.ndarray, scale_u: float = 1.0) -> np.ndarray:
     """``(diag(d) + scale_u U U^T)^{-1} B`` in O(p k^2 + p k m) without forming p x p matrices."""
     squeeze = B.ndim == 1

@@ -17,11 +17,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
+from iml_genomics.select.covariance import spd_inverse
+
 
 def _psd_sqrt_factor(V: np.ndarray) -> np.ndarray:
     """A factor L with L L^T = V for a PSD (possibly singular) V."""
     try:
-        return linalg.cholesky(V + 1e-10 * np.eye(V.shape[0]), lower=True, check_finite=False)
+        jittered = V.copy()
+        jittered[np.diag_indices_from(jittered)] += 1e-10
+        return linalg.cholesky(jittered, lower=True, check_finite=False, overwrite_a=True)
     except linalg.LinAlgError:
         w, Q = linalg.eigh(V, check_finite=False)
         return Q * np.sqrt(np.clip(w, 0.0, None))
@@ -75,12 +79,16 @@ def sample_knockoffs(model, S: np.ndarray, X: np.ndarray, *, random_state: int |
 def prepare_sampler(model, S: np.ndarray) -> dict:
     """Precompute what every knockoff draw needs (Cholesky factors, Woodbury core)."""
     if model.corr is not None:
-        C = model.corr
-        S_full = np.diag(S) if S.ndim == 1 else S
-        cho = linalg.cho_factor(C, lower=True, check_finite=False)
-        CinvS = linalg.cho_solve(cho, S_full, check_finite=False)
-        V = 2.0 * S_full - S_full @ CinvS
-        V = (V + V.T) / 2.0
+        # p x p arrays are made in place where possible: at p = 2,000 each new one costs ~0.05 s of page faults
+        CinvS = spd_inverse(model.corr)
+        if S.ndim == 1:  # diagonal S: scale columns and rows instead of multiplying p x p matrices
+            CinvS *= S[None, :]
+            V = CinvS * -S[:, None]  # exactly symmetric: spd_inverse's result is
+            V[np.diag_indices_from(V)] += 2.0 * S
+        else:
+            CinvS = CinvS @ S
+            V = 2.0 * S - S @ CinvS
+            V = (V + V.T) / 2.0
         return {"kind": "dense", "CinvS": CinvS, "L": _psd_sqrt_factor(V)}
     if S.ndim != 1:
         raise ValueError("the factor-model sampler needs a diagonal S")

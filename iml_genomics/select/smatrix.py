@@ -27,6 +27,7 @@ import numpy as np
 from scipy import linalg
 
 from iml_genomics.errors import NumericalError
+from iml_genomics.select.covariance import spd_inverse, two_c_minus_s
 
 #: Smallest s_j and the margin kept from the PSD boundary.
 S_TOL = 1e-5
@@ -149,14 +150,13 @@ def _cd_loop(C, d, U, s, *, method, n_iter, rng, tol, s_max):
         if C is not None:
             for _ in range(50):  # rounding can put s a hair outside the PD region: step back
                 try:
-                    cho = linalg.cho_factor(2.0 * C - np.diag(s), lower=True, check_finite=False)
+                    Minv = spd_inverse(two_c_minus_s(C, s), overwrite=True)
                     break
-                except linalg.LinAlgError:
+                except np.linalg.LinAlgError:
                     s *= 0.999
             else:
                 raise NumericalError("2Sigma - S lost positive definiteness during coordinate descent; the "
                                      "correlation matrix may be singular. Use select.s_method: equicorrelated.")
-            Minv = linalg.cho_solve(cho, np.eye(C.shape[0]), check_finite=False)
             change = _sweep_dense(np.ascontiguousarray(Minv), s, order, code, mus[it], s_max, S_TOL)
         else:
             delta = 2.0 * d - s
@@ -289,8 +289,11 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
 def min_eig_2c_minus_s(model, s: np.ndarray, S_full: np.ndarray | None = None) -> float:
     """Smallest eigenvalue of 2C - S.
 
-    Dense: Cholesky of 2C - S (fails -> not PD, LAPACK gives the negative
-    eigenvalue), then Lanczos on its inverse. Factor model: M = diag(2d - s) + 2UU^T
+    Dense: the inverse of 2C - S from its Cholesky factor (fails -> not PD:
+    LAPACK gives the negative eigenvalue), then Lanczos on that dense inverse;
+    lambda_min = 1 / lambda_max(M^{-1}). The spectrum's low end is clustered,
+    so Lanczos needs 60-90 products: dense ones cost a third of Cholesky solves.
+    Factor model: M = diag(2d - s) + 2UU^T
     is never formed; its largest inverse eigenvalue is found by Lanczos on the
     Woodbury operator M^{-1} (O(p k) per product), and lambda_min(M) = 1 / that.
     If some 2d_j - s_j <= 0 the Woodbury form does not apply and the bound is
@@ -299,17 +302,15 @@ def min_eig_2c_minus_s(model, s: np.ndarray, S_full: np.ndarray | None = None) -
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     if model.corr is not None:
-        M = 2.0 * model.corr - (S_full if S_full is not None else np.diag(s))
+        M = 2.0 * model.corr - S_full if S_full is not None else two_c_minus_s(model.corr, s)
         p = M.shape[0]
-        try:  # positive definite: lambda_min = 1 / lambda_max(M^{-1}), Lanczos on Cholesky solves
-            cho = linalg.cho_factor(M, lower=True, check_finite=False)
-        except linalg.LinAlgError:  # not PD: report the (negative) smallest eigenvalue itself
+        try:
+            Minv = spd_inverse(M) if p > 200 else None
+        except np.linalg.LinAlgError:  # not PD: report the (negative) smallest eigenvalue itself
+            Minv = None
+        if Minv is None:
             return float(linalg.eigh(M, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0])
-        if p <= 200:
-            return float(linalg.eigh(M, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0])
-        op = LinearOperator((p, p), matvec=lambda v: linalg.cho_solve(cho, np.asarray(v).ravel(), check_finite=False),
-                            dtype=np.float64)
-        return float(1.0 / eigsh(op, k=1, which="LA", return_eigenvectors=False, tol=1e-8, v0=np.ones(p))[0])
+        return float(1.0 / eigsh(Minv, k=1, which="LA", return_eigenvectors=False, tol=1e-8, v0=np.ones(p))[0])
 
     diag = 2.0 * model.d - s
     p = model.p
