@@ -112,3 +112,43 @@ def test_factor_rank_is_chosen_from_data():
     assert model.kind == "factor" and model.rank == k
     assert np.all(model.d > 0)
     np.testing.assert_allclose(model.d + np.sum(model.U**2, axis=1), 1.0)
+
+
+def test_ledoit_wolf_correlation_equals_sklearn():
+    from sklearn.covariance import ledoit_wolf
+
+    from iml_genomics.select.covariance import _standardize, ledoit_wolf_correlation
+
+    rng = np.random.default_rng(2)
+    for n, p in [(40, 300), (300, 60)]:
+        X = rng.standard_normal((n, p)) @ (np.eye(p) + 0.2 * rng.standard_normal((p, p)) / np.sqrt(p))
+        Xs, _, _ = _standardize(X)
+        cov, shrinkage = ledoit_wolf(Xs, assume_centered=True)
+        sd = np.sqrt(np.diag(cov))
+        corr, ours = ledoit_wolf_correlation(Xs)
+        assert ours == pytest.approx(shrinkage, abs=1e-12) and 0 < ours < 1
+        np.testing.assert_allclose(corr, cov / np.outer(sd, sd), atol=1e-12)
+
+
+def test_spd_inverse_equals_numpy_and_rejects_indefinite():
+    from iml_genomics.select.covariance import spd_inverse
+
+    rng = np.random.default_rng(3)
+    for p in (1, 7, 256, 300):  # below, at and across the 256-row copy blocks
+        B = rng.standard_normal((p + 5, p))
+        A = B.T @ B + np.eye(p)
+        inv = spd_inverse(A)
+        np.testing.assert_allclose(inv, np.linalg.inv(A), atol=1e-10)
+        assert np.array_equal(inv, inv.T)
+    with pytest.raises(np.linalg.LinAlgError):
+        spd_inverse(2.0 * _ar1(30, 0.8) - np.eye(30) * 1.5)
+
+
+def test_block_solves_do_not_depend_on_threads_and_min_eig_is_exact():
+    C = np.kron(np.eye(4), np.full((80, 80), 0.6)) + 0.4 * np.eye(320)
+    s1, info = compute_s(_dense(C), "mvr", max_block=100, n_jobs=1)
+    s2, _ = compute_s(_dense(C), "mvr", max_block=100, n_jobs=2)
+    assert info["approximation"] == "blockdiag" and np.array_equal(s1, s2)
+    # p > 200 takes the Lanczos path on the dense inverse
+    exact = np.linalg.eigvalsh(2.0 * C - np.diag(s1))[0]
+    assert min_eig_2c_minus_s(_dense(C), s1) == pytest.approx(exact, rel=1e-6, abs=1e-9)

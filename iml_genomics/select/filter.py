@@ -231,7 +231,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         s_used = "group_equicorrelated"
         min_eig = min_eig_2c_minus_s(model_, s_diag, S_full=S)
     else:
-        s_diag, s_info = compute_s(model_, s_method, random_state=random_state)
+        s_diag, s_info = compute_s(model_, s_method, random_state=random_state, n_jobs=n_jobs)
         S_for_sampler, s_used = s_diag, s_method
         min_eig = min_eig_2c_minus_s(model_, s_diag)
     check_psd(min_eig)

@@ -242,7 +242,7 @@ def _scale_to_feasible(C: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int | None = None,
-              max_block: int = MAX_BLOCK) -> tuple[np.ndarray, dict]:
+              max_block: int = MAX_BLOCK, n_jobs: int | None = 1) -> tuple[np.ndarray, dict]:
     """Diagonal S for a covariance model.
 
     Parameters
@@ -256,6 +256,9 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
         whose barrier weight mu falls geometrically from 0.1 to 1e-4).
     max_block : int
         Dense models above this size use the block-diagonal approximation.
+    n_jobs : int
+        Threads over the blocks of the block-diagonal approximation; each block
+        has its own seed, so the result does not depend on it.
 
     Returns
     -------
@@ -279,10 +282,23 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     C = model.corr
     if C.shape[0] <= max_block:
         return _dense_solve(C, method, rng, n_iter), {"approximation": "none", "n_blocks": 1}
+    from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
+
+    from iml_genomics.parallel import effective_n_jobs, spawn_seeds
+
     blocks = cluster_blocks(C, max_block)
+    seeds = spawn_seeds(random_state, len(blocks))
+    # threads: the numba sweeps are nogil and LAPACK releases the GIL, so single-threaded block solves fill the
+    # cores without copying C to worker processes. The BLAS limit is process-wide, so it is set once here
+    # rather than entered and left by each thread (their save/restore would interleave).
+    with threadpool_limits(limits=1 if max_block <= 600 else None):
+        solved = Parallel(n_jobs=min(effective_n_jobs(n_jobs), len(blocks)), prefer="threads")(
+            delayed(_dense_solve)(C[np.ix_(idx, idx)], method, np.random.default_rng(seed), n_iter)
+            for idx, seed in zip(blocks, seeds))
     s = np.empty(C.shape[0])
-    for idx in blocks:
-        s[idx] = _dense_solve(C[np.ix_(idx, idx)], method, rng, n_iter)
+    for idx, s_block in zip(blocks, solved):
+        s[idx] = s_block
     return _scale_to_feasible(C, s), {"approximation": "blockdiag", "n_blocks": len(blocks)}
 
 
