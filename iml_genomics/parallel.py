@@ -99,6 +99,27 @@ def _backend() -> Iterator[None]:
         yield
 
 
+_BLAS_CONTROLLER: Any = None
+
+
+def blas_threads(limit: int | None):
+    """Context manager limiting the BLAS thread pools (``None``: leave them as they are).
+
+    threadpoolctl's ``threadpool_limits`` rescans the process's shared libraries
+    on every call (~8 ms); the knockoff path enters such limits a dozen times
+    per run, so one controller is made once and reused. The limit is
+    process-wide, not per thread.
+    """
+    global _BLAS_CONTROLLER
+    if limit is None:
+        return contextlib.nullcontext()
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=limit, user_api="blas")
+
+
 def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: int | None) -> list[Any]:
     """Run ``func(*task)`` for each task, in order, on the configured backend.
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics.errors import ConfigError, InputDataError
-from iml_genomics.parallel import parallel_map, spawn_seeds
+from iml_genomics.parallel import blas_threads, parallel_map, spawn_seeds
 from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
 from iml_genomics.select.sampler import prepare_sampler, sample_knockoffs
@@ -86,9 +86,7 @@ def _one_draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, cov
     different thread count changes floating-point summation order, and
     --jobs must not change a single bit of the output.
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
+    with blas_threads(1):
         return _draw(seed, model, prep, X, fitted, y, task, statistic, stat_kwargs, covariates, n_jobs)
 
 

@@ -24,9 +24,14 @@ SDP maximises ``sum s_j`` with a log-det barrier ``mu log det M`` (mu -> 0):
 from __future__ import annotations
 
 import numpy as np
+from joblib import Parallel, delayed
 from scipy import linalg
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.spatial.distance import squareform
 
 from iml_genomics.errors import NumericalError
+from iml_genomics.parallel import blas_threads, effective_n_jobs, spawn_seeds
 from iml_genomics.select.covariance import spd_inverse, two_c_minus_s
 
 #: Smallest s_j and the margin kept from the PSD boundary.
@@ -135,10 +140,8 @@ def _coordinate_descent(C, d, U, s: np.ndarray, *, method: str, n_iter: int, rng
     The inverse (or the Woodbury k x k state) is recomputed from scratch at
     every sweep, so rank-one updates never accumulate rounding drift.
     """
-    from threadpoolctl import threadpool_limits
-
     # small LAPACK calls are ~20x slower with a multi-threaded BLAS on a busy machine; one thread is plenty
-    with threadpool_limits(limits=1 if C is None or C.shape[0] <= 600 else None):
+    with blas_threads(1 if C is None or C.shape[0] <= 600 else None):
         return _cd_loop(C, d, U, s, method=method, n_iter=n_iter, rng=rng, tol=tol, s_max=s_max)
 
 
@@ -184,9 +187,7 @@ def equicorrelated(model) -> np.ndarray:
 
 
 def _dense_solve(C: np.ndarray, method: str, rng: np.random.Generator, n_iter: int) -> np.ndarray:
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1 if C.shape[0] <= 600 else None):  # see _coordinate_descent
+    with blas_threads(1 if C.shape[0] <= 600 else None):  # see _coordinate_descent
         lam = linalg.eigh(C, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0]
     s = np.full(C.shape[0], max(min(lam, 1.0) * (1.0 - 1e-6), S_TOL))
     return _coordinate_descent(C, None, None, s, method=method, n_iter=n_iter, rng=rng)
@@ -194,9 +195,6 @@ def _dense_solve(C: np.ndarray, method: str, rng: np.random.Generator, n_iter: i
 
 def cluster_blocks(C: np.ndarray, max_block: int) -> list[np.ndarray]:
     """Partition genes into blocks of at most ``max_block`` by average-linkage clustering on 1 - |corr|."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
     p = C.shape[0]
     dist = np.clip(1.0 - np.abs(C), 0.0, None)
     np.fill_diagonal(dist, 0.0)
@@ -282,17 +280,13 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     C = model.corr
     if C.shape[0] <= max_block:
         return _dense_solve(C, method, rng, n_iter), {"approximation": "none", "n_blocks": 1}
-    from joblib import Parallel, delayed
-    from threadpoolctl import threadpool_limits
-
-    from iml_genomics.parallel import effective_n_jobs, spawn_seeds
 
     blocks = cluster_blocks(C, max_block)
     seeds = spawn_seeds(random_state, len(blocks))
     # threads: the numba sweeps are nogil and LAPACK releases the GIL, so single-threaded block solves fill the
     # cores without copying C to worker processes. The BLAS limit is process-wide, so it is set once here
     # rather than entered and left by each thread (their save/restore would interleave).
-    with threadpool_limits(limits=1 if max_block <= 600 else None):
+    with blas_threads(1 if max_block <= 600 else None):
         solved = Parallel(n_jobs=min(effective_n_jobs(n_jobs), len(blocks)), prefer="threads")(
             delayed(_dense_solve)(C[np.ix_(idx, idx)], method, np.random.default_rng(seed), n_iter)
             for idx, seed in zip(blocks, seeds))
@@ -315,8 +309,6 @@ def min_eig_2c_minus_s(model, s: np.ndarray, S_full: np.ndarray | None = None) -
     If some 2d_j - s_j <= 0 the Woodbury form does not apply and the bound is
     reported from the Lanczos smallest eigenvalue of M itself.
     """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
     if model.corr is not None:
         M = 2.0 * model.corr - S_full if S_full is not None else two_c_minus_s(model.corr, s)
         p = M.shape[0]
