@@ -37,8 +37,9 @@ def test_outputs_and_contract(runs):
     out = runs[1]
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"knockoff_selection.tsv", "select_summary.json", "provenance.json"}
     table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False)
-    assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group"]
-    assert len(table) == 400 and list(table["rank"]) == list(range(1, 401))
+    assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group",
+                                   "tested"]
+    assert len(table) == 400 and list(table["rank"]) == list(range(1, 401)) and table["tested"].all()
     summary = json.loads((out / "select_summary.json").read_text())
     assert {"target_fdr", "offset", "threshold", "n_selected", "covariance_model", "factor_rank", "s_method",
             "statistic", "n_draws", "aggregation", "diagnostics", "notes"} <= set(summary)
@@ -69,6 +70,26 @@ def test_missing_group_file_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert "select.group_file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_genes_removed_by_preprocessing_are_listed_as_not_tested(tmp_path):
+    cfg = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    cfg["preprocess"]["top_k_variable"] = 300
+    cfg_path = tmp_path / "top300.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    args = [a if a != str(ROOT / "configs/demo.yaml") else str(cfg_path) for a in DEMO]
+    proc = subprocess.run([sys.executable, "-m", "iml_genomics", "select", *args, "--out", str(out), "--jobs", "1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t")
+    assert len(table) == 400 and table["gene_id"].is_unique and list(table["rank"]) == list(range(1, 401))
+    tested, untested = table[table["tested"]], table[~table["tested"]]
+    assert len(tested) == 300 and list(tested.index) == list(range(300))  # tested genes come first
+    assert untested["w"].isna().all() and untested["e_value"].isna().all() and not untested["selected"].any()
+    assert list(untested["gene_id"]) == sorted(untested["gene_id"])
+    summary = json.loads((out / "select_summary.json").read_text())
+    assert summary["n_genes_tested"] == 300 and summary["n_genes_not_tested"] == 100
 
 
 def test_sparse_h5ad_input(tmp_path):

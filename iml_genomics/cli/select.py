@@ -21,7 +21,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
 
     \b
     Writes to OUT: knockoff_selection.tsv (every gene: w, selected,
-    selection_frequency, e_value, rank, group), select_summary.json,
+    selection_frequency, e_value, rank, group, tested), select_summary.json,
     provenance.json.
     \b
     Example:
@@ -36,7 +36,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     from iml_genomics.io.cohort import infer_task, prepare_target
     from iml_genomics.parallel import effective_n_jobs
     from iml_genomics.preprocess import check_counts, make_preprocessing_steps, used_gene_mask
-    from iml_genomics.select import knockoff_select
+    from iml_genomics.select import knockoff_select, with_untested_genes
     from iml_genomics.training import design_matrix
 
     cfg = resolve_config(config_path, overrides={
@@ -65,6 +65,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     if hasattr(X, "toarray"):
         X = X.toarray()  # the knockoff model is dense; centring needs dense input
     steps = make_preprocessing_steps(cfg.preprocess)
+    input_gene_ids = gene_ids
     if steps:
         pipe = Pipeline(steps)
         X = pipe.fit_transform(X)
@@ -92,8 +93,9 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     prov.mark("knockoffs")
     prov.extra["cohort"] = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "n_genes_tested": len(gene_ids),
                             "task": task}
+    result.summary["n_genes_not_tested"] = len(input_gene_ids) - len(gene_ids)
     with staged_output(out) as stage:
-        write_tsv(result.table, stage / "knockoff_selection.tsv")
+        write_tsv(with_untested_genes(result.table, input_gene_ids), stage / "knockoff_selection.tsv")
         write_json(result.summary, stage / "select_summary.json")
         prov.mark("write")
         prov.write(stage)

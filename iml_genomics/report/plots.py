@@ -142,6 +142,8 @@ def shap_bar(ranking: pd.DataFrame | None, labels: dict[str, str] | None = None,
 def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: dict[str, str] | None = None
                ) -> str | None:
     """Knockoff W of every gene, sorted, with the selection threshold."""
+    if knockoffs is not None and "tested" in knockoffs.columns:  # genes the preprocessing removed have no W
+        knockoffs = knockoffs[knockoffs["tested"].astype(str).str.lower().isin(["true", "1"])]
     if knockoffs is None or not len(knockoffs):
         return None
     plt = _plt()

@@ -199,9 +199,11 @@ def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None,
     chose the candidates would make the filter's favourite pathways look enriched.
     """
     if inputs.knockoffs is not None:
-        sel = inputs.knockoffs[_truthy(inputs.knockoffs["selected"])]["gene_id"].astype(str).tolist()
+        ko = inputs.knockoffs
+        sel = ko[_truthy(ko["selected"])]["gene_id"].astype(str).tolist()
         if sel:
-            return sel, f"knockoff selection ({len(sel)} genes)", inputs.knockoffs["gene_id"].astype(str).tolist()
+            tested = ko[_truthy(ko["tested"])] if "tested" in ko.columns else ko
+            return sel, f"knockoff selection ({len(sel)} genes)", tested["gene_id"].astype(str).tolist()
     if inputs.gene_ranking is not None:
         gr = inputs.gene_ranking.sort_values(["rank", "gene_id"], kind="mergesort")
         pool = gr[_truthy(gr["used"])] if "used" in gr.columns else gr

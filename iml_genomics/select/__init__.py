@@ -6,6 +6,6 @@ Modules: ``covariance`` (Ledoit-Wolf, factor model), ``smatrix``
 knockoffs) and ``filter`` (:func:`knockoff_select`, the public entry point).
 """
 
-from iml_genomics.select.filter import KnockoffResult, knockoff_select
+from iml_genomics.select.filter import KnockoffResult, knockoff_select, with_untested_genes
 
-__all__ = ["KnockoffResult", "knockoff_select"]
+__all__ = ["KnockoffResult", "knockoff_select", "with_untested_genes"]

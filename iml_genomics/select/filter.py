@@ -21,7 +21,7 @@ from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
 from iml_genomics.select.statistics import STATISTICS
 from iml_genomics.select.threshold import ebh, knockoff_evalues, knockoff_threshold
 
-TABLE_COLUMNS = ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group"]
+TABLE_COLUMNS = ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group", "tested"]
 #: Group knockoffs need the dense correlation matrix; above this many genes they are refused.
 GROUP_MAX_GENES = 5000
 
@@ -144,6 +144,25 @@ def swap_check(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_met
     return {"n_genes": int(m), "n_train": int(train.size), "n_heldout": int(n_hold), "n_pairs": int(n_pairs),
             "covariance_model": kind, "rmse_corr_xx_vs_x_xk": rmse_c, "rmse_corr_xx_vs_xk_xk": rmse_b,
             "noise_rmse": float(noise), "passed": bool(rmse_c <= 1.5 * noise and rmse_b <= 1.5 * noise)}
+
+
+def with_untested_genes(table: pd.DataFrame, gene_ids) -> pd.DataFrame:
+    """The selection table with a row for every input gene.
+
+    Genes the preprocessing filter removed were never tested: they get
+    ``tested = False``, no W or e-value, ``selected = False``, and ranks after
+    every tested gene (by gene id), the same convention as ``used = False``
+    in ``gene_ranking.tsv``. A filtered gene is "not tested", which is not the
+    same as "tested and not selected".
+    """
+    tested = set(table["gene_id"].astype(str))
+    missing = sorted(str(g) for g in gene_ids if str(g) not in tested)
+    if not missing:
+        return table
+    extra = pd.DataFrame({"gene_id": missing, "w": np.nan, "selected": False, "selection_frequency": np.nan,
+                          "e_value": np.nan, "rank": np.arange(len(table) + 1, len(table) + len(missing) + 1),
+                          "group": "", "tested": False})
+    return pd.concat([table, extra[TABLE_COLUMNS]], ignore_index=True)
 
 
 def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso", s_method="mvr",
@@ -274,6 +293,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     })
     table = table.sort_values(["e_value", "w", "gene_id"], ascending=[False, False, True], kind="mergesort")
     table.insert(5, "rank", np.arange(1, p + 1))
+    table["tested"] = True
     table = table[TABLE_COLUMNS].reset_index(drop=True)
 
     swap = (swap_check(R, covariance=model_.kind, factor_rank=model_.rank,
