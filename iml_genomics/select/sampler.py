@@ -20,15 +20,23 @@ from scipy import linalg
 from iml_genomics.select.covariance import spd_inverse
 
 
-def _psd_sqrt_factor(V: np.ndarray) -> np.ndarray:
-    """A factor L with L L^T = V for a PSD (possibly singular) V."""
-    try:
-        jittered = V.copy()
-        jittered[np.diag_indices_from(jittered)] += 1e-10
-        return linalg.cholesky(jittered, lower=True, check_finite=False, overwrite_a=True)
-    except linalg.LinAlgError:
-        w, Q = linalg.eigh(V, check_finite=False)
-        return Q * np.sqrt(np.clip(w, 0.0, None))
+def _psd_sqrt_factor(make_v) -> np.ndarray:
+    """A factor L with L L^T = V for the symmetric PSD (possibly singular) V that ``make_v()`` returns.
+
+    At p = 2,000 a copy of V costs as much as the factorisation, so LAPACK
+    works in place on V's Fortran view (V is symmetric, so V.T is V); if V is
+    not positive definite the failed factorisation has spoilt it, and V is made
+    again for the eigendecomposition.
+    """
+    from scipy.linalg import lapack
+
+    V = make_v()
+    V[np.diag_indices_from(V)] += 1e-10
+    L, info = lapack.dpotrf(V.T, lower=1, clean=1, overwrite_a=1)
+    if info == 0:
+        return L
+    w, Q = linalg.eigh(make_v(), check_finite=False)
+    return Q * np.sqrt(np.clip(w, 0.0, None))
 
 
 def sample_knockoffs(model, S: np.ndarray, X: np.ndarray, *, random_state: int | np.random.Generator = 0,
@@ -83,13 +91,18 @@ def prepare_sampler(model, S: np.ndarray) -> dict:
         CinvS = spd_inverse(model.corr)
         if S.ndim == 1:  # diagonal S: scale columns and rows instead of multiplying p x p matrices
             CinvS *= S[None, :]
-            V = CinvS * -S[:, None]  # exactly symmetric: spd_inverse's result is
-            V[np.diag_indices_from(V)] += 2.0 * S
+
+            def conditional_cov():  # 2S - S C^-1 S, exactly symmetric because spd_inverse's result is
+                V = CinvS * -S[:, None]
+                V[np.diag_indices_from(V)] += 2.0 * S
+                return V
         else:
             CinvS = CinvS @ S
-            V = 2.0 * S - S @ CinvS
-            V = (V + V.T) / 2.0
-        return {"kind": "dense", "CinvS": CinvS, "L": _psd_sqrt_factor(V)}
+
+            def conditional_cov():
+                V = 2.0 * S - S @ CinvS
+                return (V + V.T) / 2.0
+        return {"kind": "dense", "CinvS": CinvS, "L": _psd_sqrt_factor(conditional_cov)}
     if S.ndim != 1:
         raise ValueError("the factor-model sampler needs a diagonal S")
     d, U, s = model.d, model.U, S

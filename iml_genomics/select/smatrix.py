@@ -196,7 +196,9 @@ def _dense_solve(C: np.ndarray, method: str, rng: np.random.Generator, n_iter: i
 def cluster_blocks(C: np.ndarray, max_block: int) -> list[np.ndarray]:
     """Partition genes into blocks of at most ``max_block`` by average-linkage clustering on 1 - |corr|."""
     p = C.shape[0]
-    dist = np.clip(1.0 - np.abs(C), 0.0, None)
+    dist = np.abs(C)  # 1 - |corr|, built in one p x p array (each temporary costs page faults at p = 2,000)
+    np.subtract(1.0, dist, out=dist)
+    np.maximum(dist, 0.0, out=dist)
     np.fill_diagonal(dist, 0.0)
     Z = linkage(squareform(dist, checks=False), method="average")
     lo, hi = 1, p
@@ -310,13 +312,18 @@ def min_eig_2c_minus_s(model, s: np.ndarray, S_full: np.ndarray | None = None) -
     reported from the Lanczos smallest eigenvalue of M itself.
     """
     if model.corr is not None:
-        M = 2.0 * model.corr - S_full if S_full is not None else two_c_minus_s(model.corr, s)
+        def two_c_minus_s_full():
+            return 2.0 * model.corr - S_full if S_full is not None else two_c_minus_s(model.corr, s)
+
+        M = two_c_minus_s_full()
         p = M.shape[0]
-        try:
-            Minv = spd_inverse(M) if p > 200 else None
-        except np.linalg.LinAlgError:  # not PD: report the (negative) smallest eigenvalue itself
-            Minv = None
-        if Minv is None:
+        Minv = None
+        if p > 200:
+            try:
+                Minv = spd_inverse(M, overwrite=True)
+            except np.linalg.LinAlgError:  # not PD; the failed factorisation overwrote M
+                M = two_c_minus_s_full()
+        if Minv is None:  # small, or not PD: the (possibly negative) smallest eigenvalue itself
             return float(linalg.eigh(M, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0])
         return float(1.0 / eigsh(Minv, k=1, which="LA", return_eigenvectors=False, tol=1e-8, v0=np.ones(p))[0])
 
