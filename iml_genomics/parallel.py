@@ -158,7 +158,7 @@ def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: in
     return results
 
 
-# The read-only context of the running shared_context_map call. Forked workers inherit it (copy-on-write)
+# The read-only context of the open shared_context_pool. Forked workers inherit it (copy-on-write)
 # instead of unpickling it, so it is set before the pool forks and cleared after.
 _SHARED_CONTEXT: Any = None
 
@@ -181,10 +181,10 @@ def shared_context_pool(context: Any, *, n_jobs: int | None) -> Iterator[Callabl
     With several workers on Linux and no Dask scheduler the workers are
     forked once, after ``context`` is in place, so they share its memory
     copy-on-write and nothing is pickled but each task's small arguments and
-    its result. This is what lets one explain run beat a single
-    ``shap.TreeExplainer`` call on 2 cores: loky's fresh workers each pay the
-    ``shap`` import and the unpickling of the fitted explainer (seconds per
-    worker), a fork pays neither. Elsewhere the context travels with every
+    its result. This is what brings one explain run on 2 cores close to half
+    the time of a single ``shap.TreeExplainer`` call: loky's fresh workers each
+    pay the ``shap`` import and the unpickling of the fitted explainer (seconds
+    per worker), a fork pays neither. Elsewhere the context travels with every
     task through :func:`parallel_map`.
 
     ``func`` must only run code that is safe after ``fork`` (no OpenMP

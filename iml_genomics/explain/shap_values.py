@@ -14,7 +14,7 @@ gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
   background masker, written in numpy) with an evaluation budget that grows
   with the number of genes; approximate, and said so.
 
-Samples are explained in fixed chunks (``chunk_size``) dispatched with
+Samples are explained in equal chunks of at most ``chunk_size`` dispatched with
 :func:`iml_genomics.parallel.shared_context_pool`; chunk boundaries and the per-chunk
 seeds do not depend on ``n_jobs``, so neither do the values. Additivity
 (``base + sum(phi) == f(x)``) is checked on every chunk.
