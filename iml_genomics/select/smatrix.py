@@ -287,9 +287,11 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     seeds = spawn_seeds(random_state, len(blocks))
     # threads: the numba sweeps are nogil and LAPACK releases the GIL, so single-threaded block solves fill the
     # cores without copying C to worker processes. The BLAS limit is process-wide, so it is set once here
-    # rather than entered and left by each thread (their save/restore would interleave).
-    with blas_threads(1 if max_block <= 600 else None):
-        solved = Parallel(n_jobs=min(effective_n_jobs(n_jobs), len(blocks)), prefer="threads")(
+    # rather than entered and left by each thread (their save/restore would interleave). Blocks above 600
+    # genes want a threaded BLAS of their own (see _coordinate_descent), so they are solved one at a time.
+    threads = min(effective_n_jobs(n_jobs), len(blocks)) if max_block <= 600 else 1
+    with blas_threads(1 if threads > 1 else None):
+        solved = Parallel(n_jobs=threads, prefer="threads")(
             delayed(_dense_solve)(C[np.ix_(idx, idx)], method, np.random.default_rng(seed), n_iter)
             for idx, seed in zip(blocks, seeds))
     s = np.empty(C.shape[0])
