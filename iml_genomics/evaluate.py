@@ -46,6 +46,8 @@ def ranking_from_table(frame: pd.DataFrame, source: str = "ranking") -> dict[str
     if "gene_id" not in frame.columns:
         raise InputDataError(f"{source}: no 'gene_id' column (columns: {', '.join(map(str, frame.columns))}). "
                              f"Pass a gene_ranking.tsv or knockoff_selection.tsv.")
+    if "tested" in frame.columns:  # knockoff_selection.tsv: genes the preprocessing removed were never ranked
+        frame = frame[frame["tested"].astype(str).str.lower().isin(["true", "1"])]
     groups = [(source, frame)]
     if "method" in frame.columns and frame["method"].nunique() > 1:
         groups = [(f"{source}:{m}", part) for m, part in frame.groupby("method", sort=True)]

@@ -103,12 +103,14 @@ _BLAS_CONTROLLER: Any = None
 
 
 def blas_threads(limit: int | None):
-    """Context manager limiting the BLAS thread pools (``None``: leave them as they are).
+    """Context manager limiting the BLAS and OpenMP thread pools (``None``: leave them as they are).
 
     threadpoolctl's ``threadpool_limits`` rescans the process's shared libraries
     on every call (~8 ms); the knockoff path enters such limits a dozen times
-    per run, so one controller is made once and reused. The limit is
-    process-wide, not per thread.
+    per run, so one controller is made at the first call and reused (libraries
+    loaded after that call are not limited; numpy's and scipy's BLAS and
+    scikit-learn's OpenMP are loaded by then). The limit is process-wide, not
+    per thread.
     """
     global _BLAS_CONTROLLER
     if limit is None:
@@ -117,7 +119,7 @@ def blas_threads(limit: int | None):
         from threadpoolctl import ThreadpoolController
 
         _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=limit, user_api="blas")
+    return _BLAS_CONTROLLER.limit(limits=limit)
 
 
 def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: int | None) -> list[Any]:
@@ -158,14 +160,23 @@ def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: in
     return results
 
 
-# The read-only context of the open shared_context_pool. Forked workers inherit it (copy-on-write)
-# instead of unpickling it, so it is set before the pool forks and cleared after.
-_SHARED_CONTEXT: Any = None
+# Read-only contexts of the open shared_context_pools, by token. Forked workers inherit them (copy-on-write)
+# instead of unpickling them, so a context is registered before its pool forks and removed after.
+_SHARED_CONTEXTS: dict[int, Any] = {}
+_NEXT_TOKEN = iter(range(1, sys.maxsize))
 
 
 def _run_with_shared_context(item: tuple) -> Any:
-    func, task = item
-    return func(_SHARED_CONTEXT, *task)
+    token, func, task = item
+    return func(_SHARED_CONTEXTS[token], *task)
+
+
+def _single_threaded_worker() -> None:
+    # as loky does for its workers: two processes each running a multi-threaded BLAS or OpenMP pool on two
+    # cores would oversubscribe them
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def _can_fork() -> bool:
@@ -175,58 +186,75 @@ def _can_fork() -> bool:
 
 
 @contextlib.contextmanager
-def shared_context_pool(context: Any, *, n_jobs: int | None) -> Iterator[Callable[..., list[Any]]]:
+def shared_context_pool(context: Any, *, n_jobs: int | None, fork: bool = True
+                        ) -> Iterator[Callable[..., list[Any]]]:
     """A mapper whose tasks all read one large, read-only ``context``.
 
-    With several workers on Linux and no Dask scheduler the workers are
-    forked once, after ``context`` is in place, so they share its memory
-    copy-on-write and nothing is pickled but each task's small arguments and
-    its result. This is what brings one explain run on 2 cores close to half
-    the time of a single ``shap.TreeExplainer`` call: loky's fresh workers each
-    pay the ``shap`` import and the unpickling of the fitted explainer (seconds
-    per worker), a fork pays neither. Elsewhere the context travels with every
-    task through :func:`parallel_map`.
+    With several workers on Linux, no Dask scheduler and ``fork`` true, the
+    workers are forked once, after ``context`` is in place, so they share its
+    memory copy-on-write and nothing is pickled but each task's small
+    arguments and its result. This is what brings one explain run on 2 cores
+    close to half the time of a single ``shap.TreeExplainer`` call: loky's
+    fresh workers each pay the ``shap`` import and the unpickling of the
+    fitted explainer (seconds per worker), a fork pays neither. Otherwise the
+    context travels with every task through :func:`parallel_map`.
 
-    ``func`` must only run code that is safe after ``fork`` (no OpenMP
-    parallel region, no Dask client); tree SHAP in ``shap``'s C extension is.
+    Only pass ``fork=True`` for work that is safe after ``fork``: no OpenMP
+    parallel region (scikit-learn's HistGradientBoosting and nearest
+    neighbours predict with OpenMP, and a forked child of a process that
+    used OpenMP can hang), no Dask client. Tree SHAP in ``shap``'s C
+    extension and numpy arithmetic are.
 
     Yields
     ------
     map : callable
         ``map(func, tasks)`` returns ``[func(context, *task) for task in tasks]``
         in task order.
+
+    Raises
+    ------
+    ResourceError
+        A forked worker died (killed by the system, usually for memory).
     """
-    global _SHARED_CONTEXT
     workers = effective_n_jobs(n_jobs)
 
     def through_parallel_map(func, tasks):
         return parallel_map(func, [(context, *t) for t in tasks], n_jobs=n_jobs)
 
-    if _SCHEDULER is not None or workers == 1 or not _can_fork():
+    if not fork or _SCHEDULER is not None or workers == 1 or not _can_fork():
         yield through_parallel_map
         return
-    if _SHARED_CONTEXT is not None:
-        raise RuntimeError("shared_context_pool is not re-entrant")
-    _SHARED_CONTEXT = context
-    pool = None
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    token = next(_NEXT_TOKEN)
+    _SHARED_CONTEXTS[token] = context
+    executor = None
     try:
         def forked(func, tasks):
-            nonlocal pool
+            nonlocal executor
             tasks = list(tasks)
             if len(tasks) <= 1:
                 return [func(context, *t) for t in tasks]
-            if pool is None:  # fork lazily: a call that never needs a second task never forks
-                pool = multiprocessing.get_context("fork").Pool(workers)
+            if executor is None:  # fork lazily: a call that never needs a second task never forks
+                # unlike multiprocessing.Pool, the executor notices a worker that died and raises
+                executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                               initializer=_single_threaded_worker)
             progress = _Progress(getattr(func, "__name__", "tasks").strip("_").replace("_", " "), len(tasks))
             results = []
-            for result in pool.imap(_run_with_shared_context, [(func, t) for t in tasks]):
-                results.append(result)
-                progress.update(len(results))
+            try:
+                for result in executor.map(_run_with_shared_context, [(token, func, t) for t in tasks]):
+                    results.append(result)
+                    progress.update(len(results))
+            except BrokenProcessPool:
+                from iml_genomics.errors import ResourceError
+
+                raise ResourceError("a worker process died (killed by the system, usually for lack of memory); "
+                                    "lower --jobs or the chunk size, or give the job more memory.") from None
             return results
 
         yield forked
     finally:
-        _SHARED_CONTEXT = None
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        del _SHARED_CONTEXTS[token]
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

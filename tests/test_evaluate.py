@@ -243,3 +243,10 @@ def test_cli_evaluate_errors(tmp_path):
     assert res.exit_code == 0, res.output
     pk = pd.read_csv(tmp_path / "o" / "precision_at_k.tsv", sep="\t")
     assert pk["precision_at_k"].tolist() == [1.0]
+
+
+def test_untested_genes_of_a_knockoff_table_are_not_ranked():
+    from iml_genomics.evaluate import ranking_from_table
+
+    table = pd.DataFrame({"gene_id": ["g2", "g1", "g9"], "rank": [1, 2, 3], "tested": [True, True, False]})
+    assert ranking_from_table(table, "knockoff_selection.tsv") == {"knockoff_selection.tsv": ["g2", "g1"]}

@@ -376,8 +376,10 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     seeds = spawn_seeds(random_state, len(bounds))
     wave = max(1, 2 * effective_n_jobs(n_jobs))
     # the model and explainer are shared by every chunk: forked workers inherit them instead of each importing
-    # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows
-    with shared_context_pool((pre, estimator, classes, plan.kind, payload), n_jobs=n_jobs) as run:
+    # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows. Only tree
+    # and linear SHAP are forked: the model-agnostic route calls the model's predict, which may use OpenMP.
+    with shared_context_pool((pre, estimator, classes, plan.kind, payload), n_jobs=n_jobs,
+                             fork=plan.kind in ("tree", "linear")) as run:
         for w in range(0, len(bounds), wave):
             tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
             for chunk in run(_explain_chunk, tasks):

@@ -323,6 +323,8 @@ def build_biomarkers(inputs: ReportInputs, *, gene_ids: list[str], keys: pd.Seri
                 frame[dst] = gr[src].reindex(frame.index)
     if inputs.knockoffs is not None:
         ko = inputs.knockoffs.copy()
+        if "tested" in ko.columns:  # untested genes keep empty knockoff columns: not tested is not "not selected"
+            ko = ko[_truthy(ko["tested"])]
         ko["gene_id"] = ko["gene_id"].astype(str)
         ko = ko.drop_duplicates("gene_id").set_index("gene_id")
         frame["knockoff_w"] = ko["w"].reindex(frame.index)

@@ -90,7 +90,8 @@ def spd_inverse(A: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     """
     from scipy.linalg import lapack
 
-    L, info = lapack.dpotrf(A, lower=1, clean=0, overwrite_a=int(overwrite))
+    # A is symmetric, so its transpose is A itself; LAPACK works in place only on Fortran-ordered memory
+    L, info = lapack.dpotrf(A.T if A.flags.c_contiguous else A, lower=1, clean=0, overwrite_a=int(overwrite))
     if info != 0:
         raise np.linalg.LinAlgError(f"matrix is not positive definite (potrf info {info})")
     inv, info = lapack.dpotri(L, lower=1, overwrite_c=1)
@@ -104,7 +105,7 @@ def spd_inverse(A: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
         block = inv[start:stop, start:stop]
         block[:] = np.tril(block) + np.tril(block, -1).T
         inv[start:stop, stop:] = inv[stop:, start:stop].T
-    return inv
+    return inv.T if not inv.flags.c_contiguous else inv  # symmetric: the C-ordered view of the same matrix
 
 
 def two_c_minus_s(C: np.ndarray, s: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ def _psd_sqrt_factor(make_v) -> np.ndarray:
     """A factor L with L L^T = V for the symmetric PSD (possibly singular) V that ``make_v()`` returns.
 
     At p = 2,000 a copy of V costs as much as the factorisation, so LAPACK
-    works in place on V's Fortran view (V is symmetric, so V.T is V); if V is
+    works in place on V's Fortran-ordered view (V is symmetric); if V is
     not positive definite the failed factorisation has spoilt it, and V is made
     again for the eigendecomposition.
     """
@@ -32,7 +32,7 @@ def _psd_sqrt_factor(make_v) -> np.ndarray:
 
     V = make_v()
     V[np.diag_indices_from(V)] += 1e-10
-    L, info = lapack.dpotrf(V.T, lower=1, clean=1, overwrite_a=1)
+    L, info = lapack.dpotrf(V.T if V.flags.c_contiguous else V, lower=1, clean=1, overwrite_a=1)
     if info == 0:
         return L
     w, Q = linalg.eigh(make_v(), check_finite=False)

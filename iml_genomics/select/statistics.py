@@ -147,7 +147,7 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
         best = int(np.argmin(cv))
         if best >= len(coefs):
             rest = _path_until(Df, yt, alphas[len(coefs):best + 1], max_active=2 * m,
-                               coef_init=np.ascontiguousarray(coefs[-1]))
+                               coef_init=coefs[-1].copy())  # enet_path updates coef_init in place
             coefs = np.concatenate([coefs, rest])
         coefs = coefs[:best + 1]
         imp = np.maximum(imp, np.abs(coefs[-1]))
