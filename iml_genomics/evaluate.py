@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics.errors import InputDataError
+from iml_genomics.io.readers import tested_rows, truthy
 
-_TRUE_STRINGS = {"true", "1", "yes", "y", "t", "1.0"}
 
 
 # ---------------------------------------------------------------------------
@@ -46,8 +46,7 @@ def ranking_from_table(frame: pd.DataFrame, source: str = "ranking") -> dict[str
     if "gene_id" not in frame.columns:
         raise InputDataError(f"{source}: no 'gene_id' column (columns: {', '.join(map(str, frame.columns))}). "
                              f"Pass a gene_ranking.tsv or knockoff_selection.tsv.")
-    if "tested" in frame.columns:  # knockoff_selection.tsv: genes the preprocessing removed were never ranked
-        frame = frame[frame["tested"].astype(str).str.lower().isin(["true", "1"])]
+    frame = tested_rows(frame)  # knockoff_selection.tsv: genes the preprocessing removed were never ranked
     groups = [(source, frame)]
     if "method" in frame.columns and frame["method"].nunique() > 1:
         groups = [(f"{source}:{m}", part) for m, part in frame.groupby("method", sort=True)]
@@ -81,10 +80,7 @@ def selection_from_table(frame: pd.DataFrame, source: str = "selection") -> list
     genes = frame["gene_id"].astype(str).str.strip()
     if "selected" not in frame.columns:
         return genes.tolist()
-    flags = frame["selected"]
-    if flags.dtype != bool:
-        flags = flags.astype(str).str.strip().str.lower().isin(_TRUE_STRINGS)
-    return genes[flags.to_numpy()].tolist()
+    return genes[truthy(frame["selected"]).to_numpy()].tolist()
 
 
 def truth_from_table(frame: pd.DataFrame, source: str = "truth") -> list[str]:

@@ -25,6 +25,21 @@ from iml_genomics.errors import InputDataError
 MATRIX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq", ".h5ad")
 
 
+_TRUE_STRINGS = {"true", "1", "yes", "y", "t", "1.0"}
+
+
+def truthy(column: pd.Series) -> pd.Series:
+    """Boolean view of a flag column read back from a TSV (``True``/``1``/``yes``..., any case)."""
+    if column.dtype == bool:
+        return column
+    return column.astype(str).str.strip().str.lower().isin(_TRUE_STRINGS)
+
+
+def tested_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a ``knockoff_selection.tsv`` for genes that were tested (all rows of older tables)."""
+    return table[truthy(table["tested"]).to_numpy()] if "tested" in table.columns else table
+
+
 def detect_format(path: Path) -> str:
     """Return 'csv', 'tsv', 'parquet' or 'h5ad' from the file name."""
     name = path.name.lower()

@@ -12,6 +12,8 @@ import io
 import numpy as np
 import pandas as pd
 
+from iml_genomics.io.readers import tested_rows, truthy
+
 PALETTE = {"blue": "#1f6fb4", "red": "#c0392b", "grey": "#8c8c8c", "green": "#2e8b57"}
 
 
@@ -142,13 +144,13 @@ def shap_bar(ranking: pd.DataFrame | None, labels: dict[str, str] | None = None,
 def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: dict[str, str] | None = None
                ) -> str | None:
     """Knockoff W of every gene, sorted, with the selection threshold."""
-    if knockoffs is not None and "tested" in knockoffs.columns:  # genes the preprocessing removed have no W
-        knockoffs = knockoffs[knockoffs["tested"].astype(str).str.lower().isin(["true", "1"])]
+    if knockoffs is not None:
+        knockoffs = tested_rows(knockoffs)  # genes the preprocessing removed have no W
     if knockoffs is None or not len(knockoffs):
         return None
     plt = _plt()
     w = pd.to_numeric(knockoffs["w"], errors="coerce").fillna(0.0).to_numpy()
-    sel = knockoffs["selected"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+    sel = truthy(knockoffs["selected"]).to_numpy()
     order = np.lexsort((knockoffs["gene_id"].astype(str).to_numpy(), -w))
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     x = np.arange(len(w))

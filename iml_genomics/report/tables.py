@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics import genesets as gs
+from iml_genomics.io.readers import tested_rows, truthy
 from iml_genomics.report.inputs import ReportInputs, measured_genes
 
 UNIVARIATE_COLUMNS = ["effect", "effect_type", "higher_in", "statistic", "statistic_type", "p_value",
@@ -200,13 +201,12 @@ def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None,
     """
     if inputs.knockoffs is not None:
         ko = inputs.knockoffs
-        sel = ko[_truthy(ko["selected"])]["gene_id"].astype(str).tolist()
+        sel = ko[truthy(ko["selected"])]["gene_id"].astype(str).tolist()
         if sel:
-            tested = ko[_truthy(ko["tested"])] if "tested" in ko.columns else ko
-            return sel, f"knockoff selection ({len(sel)} genes)", tested["gene_id"].astype(str).tolist()
+            return sel, f"knockoff selection ({len(sel)} genes)", tested_rows(ko)["gene_id"].astype(str).tolist()
     if inputs.gene_ranking is not None:
         gr = inputs.gene_ranking.sort_values(["rank", "gene_id"], kind="mergesort")
-        pool = gr[_truthy(gr["used"])] if "used" in gr.columns else gr
+        pool = gr[truthy(gr["used"])] if "used" in gr.columns else gr
         gr = gr[pd.to_numeric(gr["mean_abs_shap"], errors="coerce") > 0]
         genes = gr["gene_id"].astype(str).head(top_k).tolist()
         return (genes, f"top {len(genes)} genes of the explain ranking with mean |SHAP| > 0",
@@ -216,10 +216,6 @@ def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None,
         genes = u.index.astype(str)[:top_k].tolist()
         return genes, f"top {len(genes)} genes by univariate p-value", None
     return [], "none", None
-
-
-def _truthy(col: pd.Series) -> pd.Series:
-    return col.astype(str).str.strip().str.lower().isin(["true", "1", "yes"])
 
 
 def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *, gene_map: pd.Series | None,
@@ -323,12 +319,11 @@ def build_biomarkers(inputs: ReportInputs, *, gene_ids: list[str], keys: pd.Seri
                 frame[dst] = gr[src].reindex(frame.index)
     if inputs.knockoffs is not None:
         ko = inputs.knockoffs.copy()
-        if "tested" in ko.columns:  # untested genes keep empty knockoff columns: not tested is not "not selected"
-            ko = ko[_truthy(ko["tested"])]
+        ko = tested_rows(ko)  # untested genes keep empty knockoff columns: not tested is not "not selected"
         ko["gene_id"] = ko["gene_id"].astype(str)
         ko = ko.drop_duplicates("gene_id").set_index("gene_id")
         frame["knockoff_w"] = ko["w"].reindex(frame.index)
-        frame["knockoff_selected"] = _truthy(ko["selected"]).reindex(frame.index)
+        frame["knockoff_selected"] = truthy(ko["selected"]).reindex(frame.index)
         for src, dst in (("rank", "knockoff_rank"), ("selection_frequency", "selection_frequency"),
                          ("e_value", "e_value")):
             if src in ko.columns:
