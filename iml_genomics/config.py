@@ -93,7 +93,7 @@ class SelectConfig:
     fdr: float = _opt(0.1, min=0.0, max=1.0, min_exclusive=True, help="Target false discovery rate q.")
     offset: Literal[0, 1] = _opt(1, help="1 = knockoff+ (controls FDR), 0 = knockoff (modified FDR).")
     statistic: Literal["lasso", "random_forest", "model"] = _opt("lasso", help="Feature statistic W.")
-    covariance: Literal["auto", "ledoit_wolf", "factor"] = _opt("auto", help="Covariance model of the genes.")
+    covariance: Literal["auto", "ledoit_wolf", "factor", "factor_blocks"] = _opt("auto", help="Covariance model of the genes.")
     factor_rank: int | None = _opt(None, min=1, help="Rank k of the factor model; chosen from the data when unset.")
     s_method: Literal["mvr", "sdp", "equicorrelated"] = _opt("mvr", help="S-matrix solver.")
     n_draws: int = _opt(1, min=1, help="Knockoff draws aggregated with e-values (derandomised knockoffs).")

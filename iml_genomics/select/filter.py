@@ -185,7 +185,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         1 = knockoff+ (FDR control), 0 = knockoff (modified FDR).
     statistic : {'lasso', 'random_forest', 'model'}
     s_method : {'mvr', 'sdp', 'equicorrelated'}
-    covariance : {'auto', 'ledoit_wolf', 'factor'}
+    covariance : {'auto', 'ledoit_wolf', 'factor', 'factor_blocks'}
     factor_rank : int, optional
     n_draws : int
         Knockoff draws; more than one aggregates e-values with e-BH
@@ -309,6 +309,10 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if s_info.get("approximation") == "blockdiag":
         notes.append(f"S solved on a block-diagonal approximation ({s_info['n_blocks']} blocks) and scaled to "
                      f"feasibility.")
+    if model_.is_blocks:
+        notes.append(f"covariance: {model_.rank} factor(s) plus a block-diagonal residual ({model_.n_blocks} blocks "
+                     f"of 2-{model_.max_block_size} genes linked at |residual corr| > {model_.edge_threshold:.3f}); "
+                     f"local correlation beyond a block is not modelled.")
     if group_labels is not None:
         notes.append(f"group knockoffs over {int(group_labels.max()) + 1} groups: FDR is controlled over groups; "
                      f"every gene of a selected group is marked selected.")
@@ -328,6 +332,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         "task": task,
         "covariance_model": model_.kind,
         "factor_rank": model_.rank,
+        "n_blocks": model_.n_blocks,
+        "max_block_size": model_.max_block_size,
         "ledoit_wolf_shrinkage": model_.shrinkage,
         "s_method": s_used,
         "s_approximation": s_info.get("approximation"),
