@@ -287,7 +287,8 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
         Seed of the randomized SVD.
     dense_max : int
     max_block : int, optional
-        Largest block of ``factor_blocks`` (``blockfactor.MAX_BLOCK_SIZE`` when None).
+        Largest block of ``factor_blocks`` (``blockfactor.default_block_size(n)`` when None:
+        min(400, max(10, n // 3))).
 
     Returns
     -------
@@ -332,6 +333,6 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
     # residuals after the k leading sample principal directions: what the factors leave for B to describe
     Xs -= (Xs @ Vt[:k].T) @ Vt[:k]
     blocks, threshold = blockfactor.residual_blocks(
-        Xs, n_eff=n - k - 1, max_block=max_block or blockfactor.MAX_BLOCK_SIZE)
+        Xs, n_eff=n - k - 1, max_block=max_block or blockfactor.default_block_size(n))
     block = blockfactor.fit_blocks(Xs, d, blocks)
     return CovarianceModel("factor_blocks", mean, scale, d=d, U=U, block=block, edge_threshold=threshold)
