@@ -185,7 +185,7 @@ def test_auto_picks_factor_blocks_above_dense_max_and_default_block_size():
     assert fit_covariance(X, method="auto", dense_max=100).kind == "factor_blocks"
     assert fit_covariance(X, method="auto", dense_max=200).kind == "ledoit_wolf"
     m = fit_covariance(X, method="factor_blocks")
-    assert m.max_block_size <= default_block_size(90) == 30
+    assert m.max_block_size <= default_block_size(90) == 15
     assert default_block_size(5000) == 400 and default_block_size(12) == 10
 
 

@@ -9,7 +9,7 @@ directions are projected out):
 
 1. a sparse graph of the gene pairs whose |residual correlation| exceeds a
    noise-aware threshold (the level a pure-noise correlation exceeds for
-   about one gene in twenty), computed in column chunks, each gene keeping at
+   about one gene in a hundred), computed in column chunks, each gene keeping at
    most ``MAX_NEIGHBOURS`` forward edges, so no p x p matrix is formed;
 2. its connected components; a component larger than ``max_block`` is
    split by average linkage on 1 - |residual corr| (``smatrix.cluster_blocks``);
@@ -35,21 +35,25 @@ MAX_BLOCK_SIZE = 400
 #: Default blocks hold at most n / BLOCK_SAMPLES_RATIO genes: Ledoit-Wolf shrinks a block's correlations by a
 #: factor that grows with size / n, and shrunk correlations make knockoffs too independent of their
 #: neighbours (AR(1) rho = 0.8, n = 300: model corr of neighbours 0.74 at 50 genes, 0.72 at 100,
-#: 0.70 at 150, 0.66 at 250, 0.61 at 400).
-BLOCK_SAMPLES_RATIO = 3
+#: 0.70 at 150, 0.66 at 250, 0.61 at 400). On benchmarks/blockfactor_ar1.py (12 replicates, same data)
+#: n / 3 gave mean FDP 0.122 +- 0.038 (power 0.64), n / 6 0.074 +- 0.024 (power 0.59); the unshrunk
+#: sample correlation (n / 3) 0.097 +- 0.037 but power 0.54 (its small eigenvalues force small s).
+BLOCK_SAMPLES_RATIO = 6
 #: Smallest default block size (few samples).
 MIN_BLOCK_SIZE = 10
 
 
 def default_block_size(n: int) -> int:
-    """Largest block for n samples: min(MAX_BLOCK_SIZE, max(MIN_BLOCK_SIZE, n // BLOCK_SAMPLES_RATIO))."""
+    """Largest block for n samples: min(MAX_BLOCK_SIZE, max(MIN_BLOCK_SIZE, n // BLOCK_SAMPLES_RATIO)) (n // 6)."""
     return int(min(MAX_BLOCK_SIZE, max(MIN_BLOCK_SIZE, n // BLOCK_SAMPLES_RATIO)))
 #: Largest connected component clustered as one dense matrix (400 MB of float64 at 5,000 genes with the linkage).
 COMPONENT_DENSE_MAX = 4000
 #: Forward edges kept per gene in the residual-correlation graph (bounds its memory at ~p x 50).
 MAX_NEIGHBOURS = 50
-#: Expected number of pure-noise edges per gene the threshold allows (one gene in twenty gets one).
-FALSE_EDGES_PER_GENE = 0.05
+#: Expected number of pure-noise edges per gene the threshold allows (one gene in a hundred gets one). Each
+#: chance edge joins two unrelated modules; with modules of m genes the joined modules percolate into one
+#: giant component once 2 * rate * m > 1, so 0.01 keeps modules of up to 50 genes apart.
+FALSE_EDGES_PER_GENE = 0.01
 #: Genes per column chunk of the graph products (a chunk x p float32 block: 40 MB at p = 20,000).
 CHUNK = 512
 
@@ -129,7 +133,7 @@ def edge_threshold(n_eff: int, p: int) -> float:
     """|correlation| above which a residual gene pair is treated as correlated.
 
     Under independence a sample correlation is about N(0, 1 / n_eff); the
-    two-sided level is set so that about ``FALSE_EDGES_PER_GENE * p`` of the
+    two-sided level is set so that about ``FALSE_EDGES_PER_GENE * p`` (p / 100) of the
     p(p-1)/2 pairs pass by chance. Few false edges keep unrelated genes apart;
     the level is far below the correlations that break knockoffs (a missed
     pair at |corr| = threshold costs little, one at 0.8 costs the FDR).

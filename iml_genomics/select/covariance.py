@@ -288,7 +288,7 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
     dense_max : int
     max_block : int, optional
         Largest block of ``factor_blocks`` (``blockfactor.default_block_size(n)`` when None:
-        min(400, max(10, n // 3))).
+        min(400, max(10, n // 6))).
 
     Returns
     -------
