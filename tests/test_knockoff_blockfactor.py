@@ -124,9 +124,9 @@ def test_sampler_joint_covariance_matches_theory():
 
 
 def _modules(seed):
-    # 60 modules of 10 genes at rho = 0.5, n = 150: the module eigenvalue (5.5) is below the noise edge
+    # 60 modules of 10 genes at rho = 0.6, n = 150: the module eigenvalue (6.4) is below the noise edge
     # (1 + sqrt(p / n))^2 = 9, so the modules are left to B, not taken by factors
-    return block_correlated_normal(150, 600, block_size=10, rho=0.5, rng=np.random.default_rng(seed))
+    return block_correlated_normal(150, 600, block_size=10, rho=0.6, rng=np.random.default_rng(seed))
 
 
 def test_blocks_recover_simulated_modules():
