@@ -134,7 +134,7 @@ def allowed_types() -> dict[str, dict[str, type]]:
         "ListNode": {list},
         "TupleNode": {tuple},
         # a JsonNode is json.loads of its content: its name is never looked up
-        "JsonNode": {str, int, float, bool, type(None), list, dict},
+        "JsonNode": {str, int, float, bool, list, dict},
         # dict keys are rebuilt by calling their type on the key: plain scalars only
         "TypeNode": {str, int, float, bool},
     }
