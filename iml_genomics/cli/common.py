@@ -42,7 +42,7 @@ _OPTION_OF_KEY = {
     "data.label_column": "--label-column", "data.sample_id_column": "--sample-id-column",
     "data.orientation": "--genes-as-rows", "data.layer": "--layer", "data.drop_unmatched": "--drop-unmatched",
     "seed": "--seed", "n_jobs": "--jobs", "model.name": "--model", "cv.n_splits": "--cv-folds",
-    "cv.n_repeats": "--cv-repeats",
+    "cv.n_repeats": "--cv-repeats", "select.fdr": "--fdr", "select.n_draws": "--draws",
 }
 
 
