@@ -198,6 +198,8 @@ def _check_value(value: Any, tp: Any, fld: dataclasses.Field, key: str, source: 
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if len(args) == 1:  # Optional[X]: X's own message (range, NaN) is the useful one
+            return _check_value(value, args[0], fld, key, source)
         for arg in args:
             try:
                 return _check_value(value, arg, fld, key, source)
@@ -348,6 +350,9 @@ def _parse_yaml(text: str, source: str) -> Any:
         def construct_mapping(self, node, deep=False):
             seen: dict = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise ConfigError(f"{source}: YAML merge key '<<' at line {key_node.start_mark.line + 1}; "
+                                      f"configs may not merge mappings. Write the keys out.")
                 key = self.construct_object(key_node, deep=True)
                 try:
                     first = seen.get(key)
