@@ -461,3 +461,18 @@ def test_allow_list_holds_only_classes_that_resolve_to_themselves():
             assert isinstance(cls, type), (loader, name)
             module, _, attr = name.rpartition(".")
             assert getattr(importlib.import_module(module), attr) is cls
+
+
+@pytest.mark.parametrize("content, needle", [("[1, 2]", "must be a JSON object, got a list"),
+                                             ('{"gene_ids": 5}', "'gene_ids' must be a list of strings")])
+def test_report_reads_a_malformed_model_json_as_one_error(tmp_path, content, needle):
+    """``report --inputs train/`` reads model.json too (without loading the model)."""
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.report.inputs import load_inputs
+
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "model.json").write_text(content)
+    with pytest.raises(InputDataError, match=needle) as err:
+        load_inputs([train])
+    assert "model.json" in str(err.value)
