@@ -395,7 +395,16 @@ def test_zip_bomb_member_refused(case):
     from iml_genomics.models import load_bundle
 
     rewrite(case["bundle"], extra_members=[("bomb.npy", b"\0" * (40 * 2**20))])
-    with pytest.raises(BundleError, match="zip bomb"):
+    with pytest.raises(BundleError, match="bomb.npy would decompress"):
+        load_bundle(case["bundle"])
+
+
+def test_zip_bomb_spread_over_many_members_refused(case):
+    from iml_genomics.errors import BundleError
+    from iml_genomics.models import load_bundle
+
+    rewrite(case["bundle"], extra_members=[(f"part{i}.npy", b"\0" * (15 * 2**20)) for i in range(5)])
+    with pytest.raises(BundleError, match="members would decompress"):
         load_bundle(case["bundle"])
 
 
