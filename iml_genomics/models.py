@@ -125,16 +125,18 @@ def build_estimator(name: str, task: str, *, seed: int, params: dict | None = No
     builder = MODEL_REGISTRY[name][1 if task == "regression" else 0]
     if builder is _l1_logistic and n_classes == 2 and "solver" not in params:
         params = {"solver": "liblinear", **params}
+    from iml_genomics.errors import shorten
+
     accepted = builder(seed, {}).get_params()
     for key in params:
         if key not in accepted:
-            near = difflib.get_close_matches(key, list(accepted), n=1)
-            raise ConfigError(f"config: model.params key '{key}' is not a parameter of {type(builder(seed, {})).__name__}"
-                              + (f"; did you mean '{near[0]}'?" if near else "") + ".")
+            near = difflib.get_close_matches(key, list(accepted), n=1) if len(str(key)) <= 200 else []
+            raise ConfigError(f"config: model.params key {shorten(key)} is not a parameter of "
+                              f"{type(builder(seed, {})).__name__}" + (f"; did you mean '{near[0]}'?" if near else "") + ".")
     try:
         return builder(seed, params)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config: invalid model.params for '{name}': {exc}.") from None
+        raise ConfigError(f"config: invalid model.params for '{name}': {shorten(str(exc))[1:-1]}.") from None
 
 
 def build_pipeline(cfg, task: str, *, sparse_input: bool = False, n_classes: int | None = None) -> Pipeline:

@@ -284,3 +284,18 @@ def test_derandomize_fdr_above_fdr_selects_nothing_in_simulation():
     q = 0.1
     assert _selection_rate(q / 2, q, mu=8.0, reps=40, seed=3) >= 0.95
     assert _selection_rate(1.5 * q, q, mu=8.0, reps=40, seed=3) == 0.0
+
+
+@pytest.mark.parametrize("params, needle", [({"C": "x" * 10_000}, "model.params value rejected"),
+                                            ({"k" * 10_000: 1}, "is not a parameter of")])
+def test_model_params_messages_are_cut(tmp_path, params, needle):
+    """scikit-learn's own messages quote the value; the line still stays short."""
+    import yaml
+
+    from iml_genomics.cli.common import resolve_config
+
+    path = write(tmp_path, yaml.safe_dump({"model": {"name": "l1_logistic", "params": params}}))
+    with pytest.raises(ConfigError) as err:
+        resolve_config(path, overrides={})
+    message = str(err.value)
+    assert needle in message and str(path) in message and len(message) < 700 and "\n" not in message, message
