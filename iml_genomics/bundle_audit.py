@@ -203,7 +203,8 @@ def audit_schema(schema: object, source: str) -> list[str]:
             what = _CALLING_LOADERS.get(loader, f"loader {_clip(loader, 40)}")
             offending.append(f"{_clip(name, 120)} ({what})")
         elif name not in allowed[loader]:
-            offending.append(f"{_clip(name, 120)} ({loader})")
+            what = "a type or builtin function" if loader == "TypeNode" else loader
+            offending.append(f"{_clip(name, 120)} ({what})")
         else:
             used.add((loader, name))
         if len(offending) >= 3:
