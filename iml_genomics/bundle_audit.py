@@ -81,6 +81,18 @@ def _registry_classes() -> set[type]:
     return classes
 
 
+def pipeline_step_classes() -> tuple[set[type], set[type]]:
+    """(preprocessing step classes, final estimator classes) a saved pipeline may have."""
+    from iml_genomics.config import PreprocessConfig
+    from iml_genomics.models import MODEL_REGISTRY
+    from iml_genomics.preprocess import make_preprocessing_steps
+
+    every_step = PreprocessConfig(min_expression=0.0, top_k_variable=1, standardize=True)
+    steps = {type(step) for _, step in make_preprocessing_steps(every_step)}
+    finals = {type(build(0, {})) for builders in MODEL_REGISTRY.values() for build in builders}
+    return steps, finals
+
+
 def _gb_losses() -> list:
     """One instance of every loss gradient boosting can hold.
 

@@ -400,7 +400,22 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
 
 
 def _check_loaded(pipeline, manifest: dict, source: str) -> None:
-    """The loaded object is a fitted pipeline of our steps that fits the manifest."""
+    """The loaded object is a fitted pipeline of our steps that fits the manifest.
+
+    Objects of allowed classes can still carry any attributes (or lack some):
+    whatever goes wrong while inspecting them is a malformed bundle, in one line.
+    """
+    try:
+        _check_loaded_parts(pipeline, manifest, source)
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile object may fail in any way when inspected
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{source}: malformed model ({type(exc).__name__}: {first[:200]}); "
+                          f"re-train with 'iml-genomics train'.") from None
+
+
+def _check_loaded_parts(pipeline, manifest: dict, source: str) -> None:
     from iml_genomics.bundle_audit import check_trees
 
     if not isinstance(pipeline, Pipeline) or not isinstance(pipeline.steps, list) or not pipeline.steps:
@@ -410,6 +425,13 @@ def _check_loaded(pipeline, manifest: dict, source: str) -> None:
         # a cache directory would make every refit write files wherever the bundle says
         raise BundleError(f"{source}: the pipeline has a cache directory set (memory); iml-genomics never "
                           f"writes one. Re-train with 'iml-genomics train'.")
+    from iml_genomics.bundle_audit import pipeline_step_classes
+
+    step_classes, final_classes = pipeline_step_classes()
+    kinds = [type(step) for step in (s[1] if isinstance(s, tuple) and len(s) == 2 else s for s in pipeline.steps)]
+    if kinds[-1] not in final_classes or any(k not in step_classes for k in kinds[:-1]):
+        raise BundleError(f"{source}: the pipeline's steps ({', '.join(k.__name__ for k in kinds)[:200]}) are not "
+                          f"preprocessing followed by a registry model; re-train with 'iml-genomics train'.")
     n_genes = len(manifest["gene_ids"])
     n_in = getattr(pipeline.steps[0][1], "n_features_in_", None)
     if n_in != n_genes:

@@ -485,3 +485,19 @@ def test_report_reads_a_malformed_model_json_as_one_error(tmp_path, content, nee
     with pytest.raises(InputDataError, match=needle) as err:
         load_inputs([train])
     assert "model.json" in str(err.value)
+
+
+def test_pipeline_of_allowed_classes_in_the_wrong_shape_refused(case):
+    """Only allowed classes, but the final step is a scaler: not a pipeline iml-genomics writes."""
+    def mutate(schema):
+        steps = schema["content"]["content"]["steps"]["content"]
+        steps[:] = steps[:-1]  # drop the model: the scaler becomes the final step
+
+    rewrite(case["bundle"], mutate)
+    assert_load_refused(case["bundle"], "model.skops", "not preprocessing followed by a registry model")
+
+
+def test_pipeline_missing_its_attributes_is_one_line(case):
+    """A Pipeline object with no attributes at all (allowed class, empty state)."""
+    rewrite(case["bundle"], lambda s: s.pop("content"))
+    assert_load_refused(case["bundle"], "model.skops", "malformed model")
