@@ -501,3 +501,60 @@ def test_pipeline_missing_its_attributes_is_one_line(case):
     """A Pipeline object with no attributes at all (allowed class, empty state)."""
     rewrite(case["bundle"], lambda s: s.pop("content"))
     assert_load_refused(case["bundle"], "model.skops", "malformed model")
+
+
+def test_random_schema_mutations_load_or_refuse_in_one_line(tmp_path):
+    """Seeded fuzzing of a tree bundle's schema: never any exception but a one-line BundleError."""
+    import copy
+    import random
+    import shutil
+    import warnings
+
+    from iml_genomics.errors import BundleError
+    from iml_genomics.models import load_bundle
+
+    base, _, _ = make_bundle(tmp_path / "base", name="decision_tree")
+    rng = random.Random(0)
+    values = [None, 0, -1, 10**9, 1.5, "x", [], {}, "builtins", "str", "ObjectNode", "numpy", True]
+
+    def all_dicts(x, out):
+        if isinstance(x, dict):
+            out.append(x)
+            for v in x.values():
+                all_dicts(v, out)
+        elif isinstance(x, list):
+            for v in x:
+                all_dicts(v, out)
+        return out
+
+    def mutate(schema):
+        found = all_dicts(schema, [])
+        for _ in range(rng.randint(1, 3)):
+            node = rng.choice(found)
+            if not node:
+                continue
+            key = rng.choice(list(node))
+            roll = rng.random()
+            if roll < 0.3:
+                del node[key]
+            elif roll < 0.8:
+                node[key] = rng.choice(values)
+            else:
+                other = rng.choice(found)
+                node[key] = 1 if other is schema else copy.deepcopy(other)
+
+    outcomes = {"loaded": 0, "refused": 0}
+    for k in range(80):
+        d = tmp_path / f"m{k}"
+        shutil.copytree(base, d)
+        rewrite(d, mutate)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a dropped _sklearn_version only warns
+                load_bundle(d)
+            outcomes["loaded"] += 1
+        except BundleError as exc:
+            assert "\n" not in str(exc)
+            outcomes["refused"] += 1
+        shutil.rmtree(d)
+    assert outcomes["refused"] > 40, outcomes  # most mutations break something, and are caught
