@@ -347,7 +347,20 @@ def _parse_yaml(text: str, source: str) -> Any:
                                   f"Write the values out.")
             return super().compose_node(parent, index)
 
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ConfigError, yaml.YAMLError, RecursionError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                # PyYAML's own constructors fail with ValueError, IndexError, AttributeError, ... on
+                # values such as 2001-13-45, !!int "" or !!int "abc"
+                raise ConfigError(f"{source}: YAML value at line {node.start_mark.line + 1} cannot be read "
+                                  f"({shorten(str(exc))[1:-1]}). Fix the value.") from None
+
         def construct_mapping(self, node, deep=False):
+            if not isinstance(node, yaml.MappingNode):  # e.g. `!!set 0.5`: the base class says what is wrong
+                return super().construct_mapping(node, deep=deep)
             seen: dict = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -364,7 +377,12 @@ def _parse_yaml(text: str, source: str) -> Any:
                 seen[key] = key_node.start_mark.line + 1
             return super().construct_mapping(node, deep=deep)
 
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except (ConfigError, yaml.YAMLError, RecursionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise plain errors on odd tagged values
+        raise ConfigError(f"{source}: YAML cannot be read ({shorten(str(exc))[1:-1]}). Fix the YAML.") from None
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -299,3 +299,39 @@ def test_model_params_messages_are_cut(tmp_path, params, needle):
         resolve_config(path, overrides={})
     message = str(err.value)
     assert needle in message and str(path) in message and len(message) < 700 and "\n" not in message, message
+
+
+@pytest.mark.parametrize("text, line", [
+    ("seed: 2001-13-45\n", 1),
+    ("seed: 1\nselect:\n  fdr: !!float 'x'\n", 3),
+    ("seed: !!int 'abc'\n", 1),
+    ("seed: !!timestamp 'nope'\n", 1),
+    ("seed: !!int ''\n", 1),
+])
+def test_yaml_values_pyyaml_cannot_build_are_one_line(tmp_path, text, line):
+    """PyYAML's constructors raise ValueError / AttributeError (not YAMLError) on these."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert f"YAML value at line {line} cannot be read" in str(err.value)
+
+
+def test_tagged_scalar_where_a_mapping_is_expected_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="malformed YAML|cannot be read"):
+        load_config(write(tmp_path, "seed: !!set 0.5\n"))
+
+
+def test_random_yaml_is_config_or_one_line_error(tmp_path):
+    """Seeded fuzzing of config text: only ConfigError ever escapes load_config."""
+    import random
+
+    rng = random.Random(0)
+    pieces = ["seed", "select", "fdr", ":", " ", "\n", "  ", "- ", "[", "]", "{", "}", ",", "&a", "*a", "!!int", "!!float",
+              "!!str", "!!binary", "!!timestamp", "'", '"', "2001-13-45", ".nan", "-.inf", "1e400", "0x1F", "~", "?",
+              "<<", "#", "|", ">", "n_draws", "derandomize_fdr", "model", "params", "é", "\t", "%YAML 1.1", "---"]
+    for k in range(400):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        path = write(tmp_path, text, f"f{k}.yaml")
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            assert "\n" not in str(exc)
