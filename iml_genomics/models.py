@@ -396,7 +396,32 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
         raise BundleError(f"{model_path}: not a readable skops file ({first[:200]}). "
                           f"Re-train with 'iml-genomics train'.") from None
     _check_loaded(pipeline, manifest, str(model_path))
+    _check_manifest_config(pipeline, manifest, manifest_path)
     return pipeline, manifest
+
+
+def _check_manifest_config(pipeline, manifest: dict, manifest_path: Path) -> None:
+    """The manifest's config is valid and builds the same kind of model the bundle holds.
+
+    explain and evaluate refit that config (folds, prediction gaps), so a bad
+    value in it would otherwise surface as a traceback from inside a fit.
+    """
+    from iml_genomics.config import config_from_dict
+
+    cfg = config_from_dict(manifest["config"], source=str(manifest_path))
+    classes = manifest.get("classes")
+    expected = build_estimator(cfg.model.name, manifest["task"], seed=cfg.seed, params=cfg.model.params,
+                               n_classes=len(classes) if classes else None)
+    try:
+        getattr(expected, "_validate_params", lambda: None)()
+    except (TypeError, ValueError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise BundleError(f"{manifest_path}: config.model.params rejected ({first[:200]}); "
+                          f"re-train with 'iml-genomics train'.") from None
+    final = pipeline.steps[-1][1]
+    if type(final) is not type(expected):
+        raise BundleError(f"{manifest_path}: config says model '{cfg.model.name}' ({type(expected).__name__}) but "
+                          f"{BUNDLE_MODEL} holds a {type(final).__name__}; re-train with 'iml-genomics train'.")
 
 
 def _check_loaded(pipeline, manifest: dict, source: str) -> None:

@@ -558,3 +558,23 @@ def test_random_schema_mutations_load_or_refuse_in_one_line(tmp_path):
             outcomes["refused"] += 1
         shutil.rmtree(d)
     assert outcomes["refused"] > 40, outcomes  # most mutations break something, and are caught
+
+
+@pytest.mark.parametrize("edit, error, needle", [
+    (lambda c: c["model"].update(name="random_forest"), "BundleError", "holds a LogisticRegression"),
+    (lambda c: c["model"].update(params={"C": "x" * 5000}), "BundleError", "config.model.params rejected"),
+    (lambda c: c["select"].update(fdr=float("nan")), "ConfigError", "select.fdr"),
+])
+def test_manifest_config_must_be_valid_and_match_the_model(case, edit, error, needle):
+    """explain and evaluate refit the manifest's config: it is checked when the bundle is loaded."""
+    from iml_genomics import errors
+    from iml_genomics.models import load_bundle
+
+    path = case["bundle"] / "model.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest["config"])
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(getattr(errors, error)) as err:
+        load_bundle(case["bundle"])
+    message = str(err.value)
+    assert "model.json" in message and needle in message and len(message) < 700 and "\n" not in message
