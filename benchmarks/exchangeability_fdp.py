@@ -2,6 +2,7 @@
 
 Usage (20 replicates at q = 0.1, 20 planted genes with effects +-0.5, continuous outcome):
   python benchmarks/exchangeability_fdp.py --covariance ledoit_wolf --n 300 --p 1000 --rho 0.8 --reps 20
+  python benchmarks/exchangeability_fdp.py --design blocks --block-size 20 --rho 0.5 --n 500 --p 2000 --reps 10
 """
 
 from __future__ import annotations
@@ -23,18 +24,28 @@ def ar1(n: int, p: int, rho: float, seed: int) -> np.ndarray:
     return X
 
 
+def blocks(n: int, p: int, size: int, rho: float, seed: int) -> np.ndarray:
+    """Equicorrelated blocks of ``size`` genes at correlation rho (bench_select's design with size 20, rho 0.5)."""
+    rng = np.random.default_rng(seed)
+    f = np.repeat(rng.standard_normal((n, -(-p // size))), size, axis=1)[:, :p]
+    return np.sqrt(rho) * f + np.sqrt(1 - rho) * rng.standard_normal((n, p))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--covariance", default="ledoit_wolf")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--p", type=int, default=1000)
     ap.add_argument("--rho", type=float, default=0.8)
+    ap.add_argument("--design", choices=["ar1", "blocks"], default="ar1")
+    ap.add_argument("--block-size", type=int, default=20)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--fdr", type=float, default=0.1)
     a = ap.parse_args()
     fdps, powers, passed = [], [], []
     for seed in range(a.reps):
-        X = ar1(a.n, a.p, a.rho, 100 + seed)
+        X = (ar1(a.n, a.p, a.rho, 100 + seed) if a.design == "ar1"
+             else blocks(a.n, a.p, a.block_size, a.rho, 100 + seed))
         rng = np.random.default_rng(seed)
         true = np.sort(rng.choice(a.p, 20, replace=False))
         beta = np.zeros(a.p)
