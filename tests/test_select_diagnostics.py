@@ -194,7 +194,7 @@ def _select(tmp_path: Path, expr: Path, labels: Path, out: Path, config: dict, *
 
 def test_cli_warns_and_strict_refuses(tmp_path):
     """A rank-2 factor model on AR(1) rho = 0.8 genes: a warning line without --strict; exit 3, nothing written,
-    one line with it (flag and config key)."""
+    one line with it, whether asked for by the flag or by the config key select.strict."""
     expr, labels = _write_cohort(tmp_path, ar1(150, 120, 0.8, 0))
     config = {"seed": 0, "task": "regression", "select": {"covariance": "factor", "factor_rank": 2}}
     out = tmp_path / "lenient"
@@ -214,14 +214,15 @@ def test_cli_warns_and_strict_refuses(tmp_path):
         assert not out.exists()
 
 
-def test_cli_strict_passes_a_correct_model_and_keeps_group_file_names(tmp_path):
+def test_cli_strict_config_key_passes_a_correct_model_and_keeps_group_file_names(tmp_path):
     expr, labels = _write_cohort(tmp_path, blocks(200, 12, 5, 0.5, 1))
     group_file = tmp_path / "groups.tsv"
     pd.DataFrame({"gene_id": [f"G{j:04d}" for j in range(50)],
                   "group": [f"pathway {j // 10}" for j in range(50)]}).to_csv(group_file, sep="\t", index=False)
-    config = {"seed": 0, "task": "regression", "select": {"groups": "file", "group_file": str(group_file)}}
+    config = {"seed": 0, "task": "regression",
+              "select": {"groups": "file", "group_file": str(group_file), "strict": True}}
     out = tmp_path / "out"
-    proc = _select(tmp_path, expr, labels, out, config, "--strict")
+    proc = _select(tmp_path, expr, labels, out, config)
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr
     t = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False).set_index("gene_id")
