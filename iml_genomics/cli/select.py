@@ -139,8 +139,9 @@ def _exchangeability_verdict(check: dict, *, strict: bool) -> None:
         worst = check["worst_pairs"][0] if check["worst_pairs"] else None
         what = (f"knockoffs failed the exchangeability check: {check['fraction_exceeding']:.1%} of "
                 f"{check['n_pairs']} neighbour pairs exceed the limit (at most {check['max_fraction']:.0%})"
-                + (f"; worst: corr({worst['gene_j']}, {worst['gene_k']}) = {worst['corr_x_x']:.2f} but "
-                   f"{worst['corr_xk_x']:.2f} with the knockoff of {worst['gene_j']}" if worst else "")
+                + (f"; worst pair {worst['gene_j']}, {worst['gene_k']}: corr {worst['corr_x_x']:.2f} between the "
+                   f"genes, {worst['corr_xk_x']:.2f} between the knockoff of {worst['gene_j']} and "
+                   f"{worst['gene_k']}, {worst['corr_xk_xk']:.2f} between their knockoffs" if worst else "")
                 + f"; the {check['covariance_model']} covariance model misses correlation between neighbouring genes")
     if strict:
         raise ExchangeabilityError(f"{what}; select --strict refuses to report this selection. Try another "
