@@ -209,14 +209,16 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         Knockoff draws; more than one aggregates e-values with e-BH
         (derandomised knockoffs, Ren and Barber 2023).
     groups : None, 'clusters' or array-like of length p
-        Group knockoffs over correlation clusters or the given labels.
+        Group knockoffs over clusters of the sample correlation, or over the
+        given group names (kept in the ``group`` column; None, NaN or "" =
+        a gene on its own, with an empty ``group``).
     covariates : DataFrame or ndarray, optional
         Fixed covariates, in every fit, never tested.
     random_state : int
     n_jobs : int
         Workers (draws in parallel, else CV folds); results do not depend on it.
     cluster_correlation : float
-        Correlation threshold of ``groups='clusters'``.
+        Sample-correlation threshold of ``groups='clusters'`` (average linkage on 1 - |corr|).
     derandomize_fdr : float, optional
         Knockoff level inside each draw when ``n_draws > 1`` (default fdr / 2).
     model, model_params
@@ -224,7 +226,9 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     max_pairs : int, optional
         Gene/knockoff pairs kept by screening before the lasso (default max(1000, 2n)).
     check_swap : bool
-        Run the held-out swap check (adds one smaller knockoff construction).
+        Run the held-out swap check (random pairs) and the neighbour
+        exchangeability check (:func:`~iml_genomics.select.diagnostics.exchangeability_check`,
+        one more covariance fit and S on 75% of the samples); False reports both as skipped.
 
     Returns
     -------
