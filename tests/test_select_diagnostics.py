@@ -220,7 +220,7 @@ def test_cli_strict_config_key_passes_a_correct_model_and_keeps_group_file_names
     pd.DataFrame({"gene_id": [f"G{j:04d}" for j in range(50)],
                   "group": [f"pathway {j // 10}" for j in range(50)]}).to_csv(group_file, sep="\t", index=False)
     config = {"seed": 0, "task": "regression",
-              "select": {"groups": "file", "group_file": str(group_file), "strict": True}}
+              "select": {"groups": "file", "group_file": str(group_file), "strict": True, "fdr": 0.5}}
     out = tmp_path / "out"
     proc = _select(tmp_path, expr, labels, out, config)
     assert proc.returncode == 0, proc.stderr
@@ -230,6 +230,24 @@ def test_cli_strict_config_key_passes_a_correct_model_and_keeps_group_file_names
     assert (t.loc[[f"G{j:04d}" for j in range(50, 60)], "group"] == "").all()  # not in the file: alone
     summary = json.loads((out / "select_summary.json").read_text())
     assert summary["n_groups"] == 5 + 10 and summary["diagnostics"]["exchangeability"]["passed"]
+    selected_groups = sorted(set(t.loc[t["selected"].astype(str) == "True", "group"]))
+    assert selected_groups == ["pathway 0", "pathway 2", "pathway 4"]  # 30 genes, 3 discoveries
+
+    # the report over this selection counts the 3 selected groups, not 30 genes
+    gmt = tmp_path / "sets.gmt"
+    gmt.write_text("P0_AND_MORE\tx\t" + "\t".join([f"G{j:04d}" for j in range(10)] + ["G0050", "G0051"]) + "\n"
+                   "SINGLES\tx\t" + "\t".join(f"G{j:04d}" for j in range(50, 60)) + "\n")
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "iml_genomics", "report", "--inputs", str(out), "--gene-sets",
+                           str(gmt), "--min-set-size", "5", "--permutations", "20", "--out", str(report)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    gsum = json.loads((report / "report_summary.json").read_text())["gene_sets"]
+    assert gsum["ora_unit"] == "group" and gsum["n_query_units"] == 3 and gsum["n_background_units"] == 15
+    sets = pd.read_csv(report / "gene_sets.tsv", sep="\t").set_index("gene_set")
+    assert sets.loc["P0_AND_MORE", "n_query"] == 3 and sets.loc["P0_AND_MORE", "n_overlap"] == 1
+    assert sets.loc["SINGLES", "n_overlap"] == 0
+    assert "counted in groups: 3 selected of 15" in (report / "report.html").read_text()
 
 
 # -- the report counts a selected group once -----------------------------------------------------------------------
