@@ -113,6 +113,7 @@ class SelectConfig:
         help="Knockoff level inside each draw when n_draws > 1 (e-values, Ren and Barber 2023); fdr / 2 when unset.")
     max_pairs: int | None = _opt(
         None, min=1, help="Gene/knockoff pairs kept by swap-symmetric screening before the lasso; max(1000, 2n) when unset.")
+    strict: bool = _opt(False, help="Refuse (exit 3, nothing written) when the exchangeability check fails or cannot run.")
 
 
 @dataclass

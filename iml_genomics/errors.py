@@ -29,6 +29,10 @@ class NumericalError(IMLGenomicsError):
     exit_code = 3
 
 
+class ExchangeabilityError(NumericalError):
+    """The knockoffs failed the exchangeability diagnostic and ``select --strict`` refuses to report them."""
+
+
 class ResourceError(IMLGenomicsError):
     """A step would exceed a user-given resource limit."""
 
