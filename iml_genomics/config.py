@@ -105,6 +105,10 @@ class SelectConfig:
         help="Knockoff level inside each draw when n_draws > 1 (e-values, Ren and Barber 2023); fdr / 2 when unset.")
     max_pairs: int | None = _opt(
         None, min=1, help="Gene/knockoff pairs kept by swap-symmetric screening before the lasso; max(1000, 2n) when unset.")
+    method: Literal["knockoffs", "dcrt"] = _opt(
+        "knockoffs", help="knockoffs (knockoff+ / e-BH) or dcrt (distilled conditional randomization test, one p-value per gene).")
+    fdr_procedure: Literal["bh", "by"] = _opt(
+        "bh", help="method dcrt: Benjamini-Hochberg (bh) or Benjamini-Yekutieli (by, any dependence) on the p-values.")
 
 
 @dataclass
