@@ -66,8 +66,8 @@ def _null_pvalues(designs, **kwargs) -> np.ndarray:
 def test_null_pvalues_uniform_on_correlated_genes():
     # every gene tested (no screening), so the null p-values must be Uniform(0, 1): KS over the pooled nulls,
     # AR(1) rho 0.5 and 0.8, 10 true genes each
-    nulls = _null_pvalues([(1, 400, 200, 0.5), (2, 400, 200, 0.8), (3, 500, 300, 0.8)])
-    assert nulls.size == 190 + 190 + 290
+    nulls = _null_pvalues([(1, 400, 200, 0.5), (2, 400, 200, 0.8), (3, 400, 200, 0.8)])
+    assert nulls.size == 3 * 190
     assert stats.kstest(nulls, "uniform").pvalue > 0.01
     assert np.mean(nulls <= 0.05) < 0.05 + 2 * np.sqrt(0.05 * 0.95 / nulls.size)
 
@@ -108,7 +108,7 @@ def _fdp_power(seeds, *, n, p, rho, amp):
 
 
 def test_fdr_controlled_on_average_fast():
-    fdp, power = _fdp_power(range(20, 26), n=300, p=200, rho=0.5, amp=0.4)
+    fdp, power = _fdp_power(range(20, 25), n=300, p=150, rho=0.5, amp=0.4)
     assert fdp.mean() <= Q + 2 * fdp.std(ddof=1) / np.sqrt(fdp.size) + 1e-12
     assert power.mean() > 0.7
 
@@ -131,7 +131,10 @@ def test_power_where_knockoffs_select_nothing():
     y = X[:, true] @ np.array([1.0, -1.0, 1.0]) + rng.standard_normal(n)
     genes = [str(j) for j in range(p)]
     dc = dcrt_select(X, y, genes, task="regression", fdr=Q)
-    ko = knockoff_select(X, y, genes, task="regression", fdr=Q, s_method="equicorrelated", check_swap=False)
+    # the factor model keeps the knockoff side fast (dense p = 1,000 linear algebra is most of a minute on a
+    # busy 2-core machine); the point is knockoff+'s threshold, which does not depend on the covariance model
+    ko = knockoff_select(X, y, genes, task="regression", fdr=Q, covariance="factor", s_method="equicorrelated",
+                         check_swap=False)
     assert set(true) <= set(_selected(dc)) and _selected(dc).size <= 4
     assert int(ko.table["selected"].sum()) == 0
     # the knockoff W ranks them first all the same: the difference is the threshold, not the signal
@@ -250,14 +253,10 @@ def test_cli_method_dcrt_on_the_demo_data(tmp_path):
 
 def test_cli_refuses_dcrt_with_groups(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text((CONFIGS / "demo.yaml").read_text() + "")
-    text = cfg.read_text().replace("select:\n", "select:\n  method: dcrt\n  groups: clusters\n")
+    text = (CONFIGS / "demo.yaml").read_text().replace("select:\n", "select:\n  method: dcrt\n  groups: clusters\n")
     cfg.write_text(text)
     out = tmp_path / "sel"
     proc = run_cli("select", *DEMO[2:], "--config", cfg, "--out", out, check=False)
     assert proc.returncode == 2 and not out.exists()
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "select.groups" in lines[0] and "dcrt" in lines[0]
-    proc = run_cli("select", *DEMO, "--out", out, "--method", "bonferroni", check=False)
-    assert proc.returncode == 2 and not out.exists() and len(proc.stderr.strip().splitlines()) == 1
-    assert "select.method" in proc.stderr
