@@ -183,7 +183,27 @@ def _cv_screen(Z: np.ndarray, yt: np.ndarray, folds, n_jobs: int, n_alphas: int 
     return float(alphas[best]), _lasso_working_set(Z, yt, float(alphas[best]), start)
 
 
-def _test_chunk(genes, Z, Y, alphas, full_coefs, E, theta_diag, screening):
+def _variance_factor(Z: np.ndarray, b: np.ndarray, e: np.ndarray, m: int) -> float:
+    """Null variance of the t statistic relative to its reference, from the genes in the outcome fit.
+
+    With A the lasso's support and f the share of ||e||^2 inside span(Z_A): if
+    the model were exact, e would be a random direction and f about |A| / m
+    (the t reference is then exact); a covariance fitted on the same samples
+    leaves e nearly orthogonal to the other genes in sample (f about 0), and
+    then <r, e> only sees the outcome's noise, whose share of ||r||^2 is
+    (m - |A|) / m, so |T| is too large by the factor m (1 - f) / (m - |A|).
+    Floored at 1: the correction only ever makes the test more conservative.
+    """
+    support = np.flatnonzero(b)
+    k = support.size
+    if k == 0 or k >= m:
+        return 1.0
+    Q, _ = np.linalg.qr(Z[:, support])
+    f = float(np.sum((Q.T @ e) ** 2) / (e @ e)) if e @ e > 0 else 0.0
+    return max(1.0, m * (1.0 - f) / (m - k))
+
+
+def _test_chunk(genes, Z, Y, alphas, full_coefs, E, theta_diag, screening, m):
     """dCRT statistics of a chunk of genes (top-level so joblib can ship it).
 
     Returns, per gene and target, ``<r, e>``, ``||r||`` and ``||e||``; the
@@ -206,7 +226,7 @@ def _test_chunk(genes, Z, Y, alphas, full_coefs, E, theta_diag, screening):
                 r = Y[:, t] - Z @ b
                 out[row, t, 0] = float(r @ e)
                 out[row, t, 1] = float(np.linalg.norm(r))
-                out[row, t, 3] = np.count_nonzero(b)  # degrees of freedom of the lasso fit (Zou et al. 2007)
+                out[row, t, 3] = _variance_factor(Z, b, e, m)
         return out
 
 
@@ -322,12 +342,12 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
             n_chunks = min(block.size, 1 if workers == 1 else 4 * workers)
             pieces = np.array_split(np.arange(block.size), n_chunks)
             tasks = [([(int(block[c]), i) for i, c in enumerate(piece)], Z, Y, alphas, full_coefs,
-                      E[:, piece], theta_diag[piece], screening) for piece in pieces]
+                      E[:, piece], theta_diag[piece], screening, dof) for piece in pieces]
             results = parallel_map(_test_chunk, tasks, n_jobs=n_jobs)
             stats_all[block] = np.concatenate(results)
             if scale == "model":
                 stats_all[block, :, 2] = 1.0 / np.sqrt(theta_diag)[:, None]  # sigma_j instead of ||e_j||
-    dot, norm_r, norm_e, df_fit = (stats_all[..., i] for i in range(4))
+    dot, norm_r, norm_e, vfactor = (stats_all[..., i] for i in range(4))
     ok = (norm_r > 0) & (norm_e > 0)
     T_all = np.zeros((p, K))
     if scale == "model":
@@ -335,16 +355,15 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         T_all[ok] = dot[ok] / (norm_e[ok] * norm_r[ok])
         p_class = 2.0 * stats.norm.sf(np.abs(T_all))
     else:
-        # the cosine of r and e as a t statistic, whatever the conditional variance. With the exact model it is
-        # t(dof - 1); the lasso's df (active genes) are taken off because the model is fitted on the same
-        # samples: its in-sample residual e is nearly orthogonal to the other genes, so <r, e> sees the noise
-        # of y only, whose share of ||r||^2 is (dof - df) / dof. Without it null |T| were ~7% too large in
-        # variance (AR(1) rho 0.8, n = 400, p = 200); with the true covariance the correction is conservative
+        # the cosine of r and e as a t statistic, whatever the conditional variance: t(dof - 1) when the model
+        # is exact; divided by the square root of the variance factor of _variance_factor, because a covariance
+        # fitted on these samples leaves e nearly orthogonal to the other genes in sample (without it null T had
+        # ~7% too much variance with AR(1) rho 0.8, n = 400, p = 200)
         c = np.zeros((p, K))
         c[ok] = np.clip(dot[ok] / (norm_e[ok] * norm_r[ok]), -1.0, 1.0)
-        df = np.maximum(dof - 1 - df_fit, 1)
         with np.errstate(divide="ignore"):
-            T_all = np.sqrt(df) * c / np.sqrt(np.maximum(1.0 - c**2, 0.0))
+            T_all = np.sqrt(dof - 1) * c / np.sqrt(np.maximum(1.0 - c**2, 0.0)) / np.sqrt(np.maximum(vfactor, 1.0))
+        df = dof - 1
         p_class = 2.0 * stats.t.sf(np.abs(T_all), df)
     p_class = np.minimum(p_class, 1.0)
     p_class[~ok] = 1.0
@@ -378,7 +397,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
              f"the outcome on all genes" + ("; only they were tested, the others have p = 1 and w = 0."
                                              if screening else "; every gene was tested."),
              ("p-values: t test of the correlation between the distilled outcome and the gene's conditional "
-              f"residual, {dof - 1} degrees of freedom minus the genes in each outcome fit" if scale == "empirical" else
+              f"residual ({dof - 1} degrees of freedom), corrected for the genes in each outcome fit" if scale == "empirical" else
               "p-values: N(0, 1) tail areas of <r, e> / (sigma_j ||r||)")
              + ", exact under the Gaussian model of the genes (no resampling)."]
     if task == "classification":
