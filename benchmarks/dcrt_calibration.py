@@ -8,6 +8,7 @@ null p-values and their share <= 0.05 and <= 0.005.
 
     python benchmarks/dcrt_calibration.py cell --n 400 --p 200 --rho 0.8 --reps 40 [--oracle] [--scale model]
     python benchmarks/dcrt_calibration.py genome     # p = 20,000, n = 1,000, binary outcome, 20 true genes
+    python benchmarks/dcrt_calibration.py issue11 --reps 10   # issue 11's knockoff cell: rho 0.8, n 300, p 3,000
 
 ``--oracle`` replaces the fitted covariance by the true AR(1) correlation.
 """
@@ -82,6 +83,26 @@ def genome(n_jobs: int) -> None:
           f" k = {res.summary['factor_rank']}")
 
 
+def issue11(reps: int) -> None:
+    """AR(1) rho 0.8, n = 300, p = 3,000 (covariance auto: the factor model), 20 true genes +-0.5, q = 0.1."""
+    fdp, power = [], []
+    for r in range(reps):
+        rng = np.random.default_rng(1000 + r)
+        n, p = 300, 3000
+        X = ar1(n, p, 0.8, rng)
+        true = np.sort(rng.choice(p, 20, replace=False))
+        beta = np.zeros(p)
+        beta[true] = 0.5 * rng.choice([-1, 1], 20)
+        y = X @ beta + rng.standard_normal(n)
+        res = dcrt.dcrt_select(X, y, [str(j) for j in range(p)], task="regression", fdr=0.1)
+        sel = res.table["gene_id"][res.table["selected"]].astype(int).to_numpy()
+        fdp.append(np.setdiff1d(sel, true).size / max(1, sel.size))
+        power.append(np.isin(true, sel).mean())
+    fdp = np.array(fdp)
+    print(f"issue 11 cell, {reps} replicates: FDP {fdp.mean():.3f} +- {fdp.std(ddof=1) / np.sqrt(reps):.3f}, "
+          f"power {np.mean(power):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -95,9 +116,13 @@ def main() -> None:
     c.add_argument("--scale", default="empirical", choices=["empirical", "model"])
     g = sub.add_parser("genome")
     g.add_argument("--jobs", type=int, default=2)
+    i = sub.add_parser("issue11")
+    i.add_argument("--reps", type=int, default=10)
     a = ap.parse_args()
     if a.what == "cell":
         cell(a.n, a.p, a.rho, a.amp, a.reps, a.oracle, a.scale)
+    elif a.what == "issue11":
+        issue11(a.reps)
     else:
         genome(a.jobs)
 
