@@ -397,8 +397,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
              f"the outcome on all genes" + ("; only they were tested, the others have p = 1 and w = 0."
                                              if screening else "; every gene was tested."),
              ("p-values: t test of the correlation between the distilled outcome and the gene's conditional "
-              f"residual ({dof - 1} degrees of freedom), corrected for the genes in each outcome fit" if scale == "empirical" else
-              "p-values: N(0, 1) tail areas of <r, e> / (sigma_j ||r||)")
+              f"residual ({dof - 1} degrees of freedom), corrected for the genes in each outcome fit"
+              if scale == "empirical" else "p-values: N(0, 1) tail areas of <r, e> / (sigma_j ||r||)")
              + ", exact under the Gaussian model of the genes (no resampling)."]
     if task == "classification":
         notes.append("outcome tested as centred class indicator(s) (linear-probability distillation).")
