@@ -203,11 +203,12 @@ def _variance_factor(Z: np.ndarray, b: np.ndarray, e: np.ndarray, m: int) -> flo
     return max(1.0, m * (1.0 - f) / (m - k))
 
 
-def _test_chunk(genes, Z, Y, alphas, full_coefs, E, theta_diag, screening, m):
+def _test_chunk(genes, Z, Y, alphas, full_coefs, E, screening, m):
     """dCRT statistics of a chunk of genes (top-level so joblib can ship it).
 
-    Returns, per gene and target, ``<r, e>``, ``||r||`` and ``||e||``; the
-    caller turns them into statistics. BLAS runs single-threaded whatever
+    Returns, per gene and target, ``<r, e>``, ``||r||``, ``||e||`` and the
+    variance factor of :func:`_variance_factor` (``m`` = residual dimension);
+    the caller turns them into statistics. BLAS runs single-threaded whatever
     the worker count: a different thread count changes summation order, and
     --jobs must not change a bit.
     """
@@ -342,7 +343,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
             n_chunks = min(block.size, 1 if workers == 1 else 4 * workers)
             pieces = np.array_split(np.arange(block.size), n_chunks)
             tasks = [([(int(block[c]), i) for i, c in enumerate(piece)], Z, Y, alphas, full_coefs,
-                      E[:, piece], theta_diag[piece], screening, dof) for piece in pieces]
+                      E[:, piece], screening, dof) for piece in pieces]
             results = parallel_map(_test_chunk, tasks, n_jobs=n_jobs)
             stats_all[block] = np.concatenate(results)
             if scale == "model":
