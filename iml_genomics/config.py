@@ -114,6 +114,10 @@ class SelectConfig:
     max_pairs: int | None = _opt(
         None, min=1, help="Gene/knockoff pairs kept by swap-symmetric screening before the lasso; max(1000, 2n) when unset.")
     strict: bool = _opt(False, help="Refuse (exit 3, nothing written) when the exchangeability check fails or cannot run.")
+    method: Literal["knockoffs", "dcrt"] = _opt(
+        "knockoffs", help="knockoffs (knockoff+ / e-BH) or dcrt (distilled conditional randomization test, one p-value per gene).")
+    fdr_procedure: Literal["bh", "by"] = _opt(
+        "bh", help="method dcrt: Benjamini-Hochberg (bh) or Benjamini-Yekutieli (by, any dependence) on the p-values.")
 
 
 @dataclass

@@ -38,7 +38,8 @@ def test_outputs_and_contract(runs):
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"knockoff_selection.tsv", "select_summary.json", "provenance.json"}
     table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False)
     assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group",
-                                   "tested"]
+                                   "tested", "p_value", "q_value"]
+    assert (table["p_value"] == "").all() and (table["q_value"] == "").all()  # dCRT columns, empty for knockoffs
     assert len(table) == 400 and list(table["rank"]) == list(range(1, 401)) and table["tested"].all()
     summary = json.loads((out / "select_summary.json").read_text())
     assert {"target_fdr", "offset", "threshold", "n_selected", "covariance_model", "factor_rank", "s_method",
@@ -46,6 +47,7 @@ def test_outputs_and_contract(runs):
     assert set(summary["diagnostics"]) == {"mean_abs_corr_x_xk", "min_eig_2sigma_minus_s", "swap_check",
                                            "exchangeability", "fraction_negative_w"}
     assert summary["diagnostics"]["exchangeability"]["passed"] is True
+    assert summary["method"] == "knockoffs"
     assert summary["target_fdr"] == 0.3 and summary["n_draws"] == 2 and summary["aggregation"] == "ebh"
     assert summary["n_selected"] == int(table["selected"].sum())
     truth = set(pd.read_csv(ROOT / "test_data/demo_truth.tsv", sep="\t")["gene_id"])

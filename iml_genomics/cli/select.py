@@ -15,16 +15,20 @@ from iml_genomics.cli.common import cohort_options, common_overrides, load_cohor
               help="Knockoff draws aggregated with e-values [config select.n_draws].")
 @click.option("--statistic", default=None, help="lasso, random_forest or model [config select.statistic].")
 @click.option("--s-method", default=None, help="mvr, sdp or equicorrelated [config select.s_method].")
-@click.option("--covariance", default=None, help="auto, ledoit_wolf or factor [config select.covariance].")
+@click.option("--covariance", default=None, help="auto, ledoit_wolf, factor or factor_blocks [config select.covariance].")
 @click.option("--strict/--no-strict", default=None,
               help="Refuse (exit 3, nothing written) when the exchangeability check fails [config select.strict].")
-def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_method, covariance, strict, **opts):
-    """Select genes with model-X knockoffs at a target FDR.
+@click.option("--method", default=None,
+              help="knockoffs, or dcrt (distilled conditional randomization test: a p-value per gene, "
+                   "Benjamini-Hochberg) [config select.method].")
+def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_method, covariance, strict, method,
+           **opts):
+    """Select genes at a target FDR with model-X knockoffs or the dCRT.
 
     \b
     Writes to OUT: knockoff_selection.tsv (every gene: w, selected,
-    selection_frequency, e_value, rank, group, tested), select_summary.json,
-    provenance.json.
+    selection_frequency, e_value, rank, group, tested, p_value, q_value),
+    select_summary.json, provenance.json.
     \b
     Example:
       iml-genomics select --config configs/demo.yaml \\
@@ -43,8 +47,14 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
 
     cfg = resolve_config(config_path, overrides={
         **common_overrides(opts), "select.fdr": fdr, "select.n_draws": n_draws, "select.statistic": statistic,
-        "select.s_method": s_method, "select.covariance": covariance, "select.strict": strict})
+        "select.s_method": s_method, "select.covariance": covariance, "select.strict": strict,
+        "select.method": method})
     sc = cfg.select
+    if sc.method == "dcrt" and sc.groups != "none":  # fail before reading a large matrix
+        from iml_genomics.errors import ConfigError
+
+        raise ConfigError(f"{config_path or 'config'}: select.groups is {sc.groups!r} but select.method dcrt tests "
+                          f"single genes; set select.groups: none or select.method: knockoffs.")
     if sc.groups == "file" and not sc.group_file:  # fail before reading a large matrix
         from iml_genomics.errors import ConfigError
 
@@ -84,12 +94,21 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
         groups = _read_groups(sc.group_file, gene_ids)
     prov.mark("preprocess")
     n_jobs = effective_n_jobs(cfg.n_jobs)
-    result = knockoff_select(
-        X, y, gene_ids, task=task, fdr=sc.fdr, offset=sc.offset, statistic=sc.statistic, s_method=sc.s_method,
-        covariance=sc.covariance, factor_rank=sc.factor_rank, n_draws=sc.n_draws, groups=groups,
-        covariates=covariates, random_state=cfg.seed, n_jobs=n_jobs, cluster_correlation=sc.cluster_correlation,
-        derandomize_fdr=sc.derandomize_fdr, model=cfg.model.name, model_params=cfg.model.params,
-        max_pairs=sc.max_pairs)
+    if not gene_ids:
+        raise InputDataError(f"{expression}: no genes left after preprocessing; relax the preprocess filters.")
+    if sc.method == "dcrt":
+        from iml_genomics.select.dcrt import dcrt_select
+
+        result = dcrt_select(X, y, gene_ids, task=task, fdr=sc.fdr, covariance=sc.covariance,
+                             factor_rank=sc.factor_rank, covariates=covariates, random_state=cfg.seed,
+                             n_jobs=n_jobs, fdr_procedure=sc.fdr_procedure)
+    else:
+        result = knockoff_select(
+            X, y, gene_ids, task=task, fdr=sc.fdr, offset=sc.offset, statistic=sc.statistic, s_method=sc.s_method,
+            covariance=sc.covariance, factor_rank=sc.factor_rank, n_draws=sc.n_draws, groups=groups,
+            covariates=covariates, random_state=cfg.seed, n_jobs=n_jobs, cluster_correlation=sc.cluster_correlation,
+            derandomize_fdr=sc.derandomize_fdr, model=cfg.model.name, model_params=cfg.model.params,
+            max_pairs=sc.max_pairs)
     if result.table.empty:
         raise InputDataError(f"{expression}: no genes left after preprocessing; relax the preprocess filters.")
     prov.mark("knockoffs")
@@ -103,6 +122,12 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
         prov.mark("write")
         prov.write(stage)
     s = result.summary
+    if s["method"] == "dcrt":
+        click.echo(f"select: {len(gene_ids)} genes, {s['covariance_model']} covariance"
+                   f"{' (k = ' + str(s['factor_rank']) + ')' if s['factor_rank'] else ''}, dCRT on "
+                   f"{s['n_screened']} screened gene(s), {s['fdr_procedure'].upper()}: {s['n_selected']} selected at "
+                   f"FDR {s['target_fdr']:g}; wrote {out}", err=True)
+        return
     click.echo(f"select: {len(gene_ids)} genes, {s['covariance_model']} covariance"
                f"{' (k = ' + str(s['factor_rank']) + ')' if s['factor_rank'] else ''}, {s['s_method']} S, "
                f"{s['statistic']} W, {s['n_draws']} draw(s): {s['n_selected']} selected at FDR {s['target_fdr']:g}; "
@@ -137,7 +162,7 @@ def _exchangeability_verdict(check: dict, *, strict: bool) -> None:
         what = f"the exchangeability check could not run ({check['skipped']})"
     else:
         worst = check["worst_pairs"][0] if check["worst_pairs"] else None
-        what = (f"knockoffs failed the exchangeability check: {check['fraction_exceeding']:.1%} of "
+        what = (f"the covariance model failed the knockoff exchangeability check: {check['fraction_exceeding']:.1%} of "
                 f"{check['n_pairs']} neighbour pairs exceed the limit (at most {check['max_fraction']:.0%})"
                 + (f"; worst pair {worst['gene_j']}, {worst['gene_k']}: corr {worst['corr_x_x']:.2f} between the "
                    f"genes, {worst['corr_xk_x']:.2f} between the knockoff of {worst['gene_j']} and "

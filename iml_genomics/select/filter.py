@@ -22,7 +22,8 @@ from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
 from iml_genomics.select.statistics import STATISTICS
 from iml_genomics.select.threshold import ebh, knockoff_evalues, knockoff_threshold
 
-TABLE_COLUMNS = ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group", "tested"]
+TABLE_COLUMNS = ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group", "tested", "p_value",
+                 "q_value"]
 #: Group knockoffs need the dense correlation matrix; above this many genes they are refused.
 GROUP_MAX_GENES = 5000
 
@@ -71,7 +72,7 @@ def covariate_matrix(covariates) -> np.ndarray | None:
     return arr[:, None] if arr.ndim == 1 else arr
 
 
-def _linear_part(X: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
+def linear_part(X: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
     """Least-squares fit of X on [1, covariates] (the part of X the knockoffs keep)."""
     if covariates is None:
         return None  # no covariates: nothing to keep (saves an n x p array at genome scale)
@@ -179,7 +180,7 @@ def with_untested_genes(table: pd.DataFrame, gene_ids) -> pd.DataFrame:
         return table
     extra = pd.DataFrame({"gene_id": missing, "w": np.nan, "selected": False, "selection_frequency": np.nan,
                           "e_value": np.nan, "rank": np.arange(len(table) + 1, len(table) + len(missing) + 1),
-                          "group": "", "tested": False})
+                          "group": "", "tested": False, "p_value": np.nan, "q_value": np.nan})
     return pd.concat([table, extra[TABLE_COLUMNS]], ignore_index=True)
 
 
@@ -245,7 +246,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if statistic not in STATISTICS:
         raise ConfigError(f"config: select.statistic must be one of {', '.join(STATISTICS)}; got {statistic!r}.")
     cov = covariate_matrix(covariates)
-    fitted = _linear_part(X, cov)
+    fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
     model_ = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
 
@@ -316,6 +317,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     table = table.sort_values(["e_value", "w", "gene_id"], ascending=[False, False, True], kind="mergesort")
     table.insert(5, "rank", np.arange(1, p + 1))
     table["tested"] = True
+    table["p_value"] = table["q_value"] = np.nan  # dCRT columns; knockoffs give no per-gene p-value
     table = table[TABLE_COLUMNS].reset_index(drop=True)
 
     swap = (swap_check(R, covariance=model_.kind, factor_rank=model_.rank,
@@ -350,6 +352,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if not int(selected.sum()):
         notes.append("nothing selected at this FDR; this is a result, not an error.")
     summary = {
+        "method": "knockoffs",
         "target_fdr": float(fdr),
         "offset": int(offset),
         "threshold": float(threshold) if np.isfinite(threshold) else None,

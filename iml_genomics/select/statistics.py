@@ -29,7 +29,7 @@ import numpy as np
 from iml_genomics.parallel import effective_n_jobs
 
 
-def _targets(y, task: str) -> np.ndarray:
+def class_targets(y, task: str) -> np.ndarray:
     if task == "regression":
         return np.asarray(y, dtype=float)[:, None]
     classes = np.unique(np.asarray(y).astype(str))
@@ -39,7 +39,7 @@ def _targets(y, task: str) -> np.ndarray:
     return (ys[:, None] == classes[None, :]).astype(float)
 
 
-def _residualize(A: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
+def residualize(A: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
     """Centre A, and remove its least-squares fit on the covariates when given."""
     A = A - A.mean(axis=0)
     if covariates is None or covariates.shape[1] == 0:
@@ -49,7 +49,7 @@ def _residualize(A: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
     return A - Q @ (Q.T @ A)
 
 
-def _path_until(Z: np.ndarray, y: np.ndarray, alphas: np.ndarray, max_active: int,
+def path_until(Z: np.ndarray, y: np.ndarray, alphas: np.ndarray, max_active: int,
                 coef_init: np.ndarray | None = None) -> np.ndarray:
     """Lasso coefficients along ``alphas`` (descending), stopping early once > max_active are nonzero.
 
@@ -71,12 +71,12 @@ def _path_until(Z: np.ndarray, y: np.ndarray, alphas: np.ndarray, max_active: in
     return np.array(coefs)
 
 
-def _fold_errors(Z: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, alphas: np.ndarray,
+def fold_errors(Z: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, alphas: np.ndarray,
                  max_active: int) -> np.ndarray:
     Ztr = np.asfortranarray(Z[train])
     ytr = y[train]
     offset = ytr.mean()
-    coefs = _path_until(Ztr, ytr - offset, alphas, max_active)
+    coefs = path_until(Ztr, ytr - offset, alphas, max_active)
     pred = Z[test] @ coefs.T + offset
     return np.mean((y[test, None] - pred) ** 2, axis=0)
 
@@ -95,8 +95,8 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
     from sklearn.model_selection import KFold
 
     n, p = X.shape
-    Y = _residualize(_targets(y, task), covariates)
-    D = _residualize(np.hstack([X, Xk]), covariates)
+    Y = residualize(class_targets(y, task), covariates)
+    D = residualize(np.hstack([X, Xk]), covariates)
     sd = D.std(axis=0)
     sd[sd == 0] = 1.0
     D /= sd
@@ -130,8 +130,8 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
         Df = np.asfortranarray(D)
         # the full-data path runs next to the folds (6 tasks fill 2 cores better than 5 + 1 after them); it
         # stops like the folds do and is resumed below if the chosen penalty lies further down
-        calls = [(_fold_errors, (D, yt, tr, te, alphas, max_active)) for tr, te in folds]
-        calls.append((_path_until, (Df, yt, alphas, max_active)))
+        calls = [(fold_errors, (D, yt, tr, te, alphas, max_active)) for tr, te in folds]
+        calls.append((path_until, (Df, yt, alphas, max_active)))
         if effective_n_jobs(n_jobs) > 1:
             # threads, not processes: the coordinate descent releases the GIL, the folds share D without
             # copies, and there is no worker start-up (seconds on a busy machine vs ~1 s of work)
@@ -146,7 +146,7 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
         cv = np.mean([e[:depth] for e in errs], axis=0)
         best = int(np.argmin(cv))
         if best >= len(coefs):
-            rest = _path_until(Df, yt, alphas[len(coefs):best + 1], max_active=2 * m,
+            rest = path_until(Df, yt, alphas[len(coefs):best + 1], max_active=2 * m,
                                coef_init=coefs[-1].copy())  # enet_path updates coef_init in place
             coefs = np.concatenate([coefs, rest])
         coefs = coefs[:best + 1]
