@@ -77,6 +77,9 @@ def _check_model_params(cfg, source: str) -> None:
     from iml_genomics.errors import ConfigError
     from iml_genomics.models import build_estimator
 
+    if not isinstance(cfg.model.params, dict):
+        raise ConfigError(f"{source}: key 'model.params' must be a mapping of estimator arguments (for example "
+                          f"'C: 0.5'), got a {type(cfg.model.params).__name__}. Fix model.params.")
     tasks = ["classification", "regression"] if cfg.task == "auto" else [cfg.task]
     first = None
     for task in tasks:
@@ -147,6 +150,16 @@ def _check_out_dir(ctx, param, value):
         raise click.BadParameter(f"'{probe}' is a file, so '{value}' cannot be a directory. Choose another path.")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise click.BadParameter(f"no permission to write in '{probe}'. Choose another path.")
+    if probe.exists() and probe != Path(value):
+        # os.access says yes to root everywhere and knows nothing of read-only mounts or
+        # /proc: create (and remove) an empty directory where --out will be created
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".iml-probe-", dir=probe))
+        except OSError as exc:
+            raise click.BadParameter(f"cannot create directories in '{probe}' ({exc.strerror}). "
+                                     f"Choose another path.") from None
     return value
 
 
