@@ -464,6 +464,10 @@ EXPRESSION_CASES = [
               "duplicate gene id"),
     _bad_expr("huge_text.csv", lambda ws: ws.csv(with_cell(ws.expr, "S01", "G01", "x" * 10_000), "huge_text.csv"),
               "non-numeric"),
+    # nothing to learn
+    _bad_expr("constant.csv", lambda ws: ws.csv(ws.expr * 0 + 1.5, "constant.csv"), "all 20 genes are constant"),
+    _bad_expr("constant_sparse.h5ad", lambda ws: ws.h5ad(np.zeros((N_SAMPLES, N_GENES)), "constant_sparse.h5ad",
+                                                          sparse_x=True), "constant"),
     # orientation confusion
     _bad_expr("genes_by_samples.csv", lambda ws: ws.csv(ws.expr.T, "genes_by_samples.csv"), "--genes-as-rows"),
     _bad_expr("h5ad_rows.h5ad", lambda ws: ws.h5ad(name="h5ad_rows.h5ad"), "--genes-as-rows",
@@ -824,3 +828,119 @@ OUT_CASES = [
 @pytest.mark.parametrize("case", [c.param() for c in OUT_CASES])
 def test_out_states(case, make_ws):
     _run_case(case, make_ws)
+
+
+def _listing_names_user_file(ws):
+    ws.write("out/notes.txt", "my notes\n")
+    ws.write("out/.iml-outputs.json", json.dumps(["notes.txt"]))
+    return ws.train()
+
+
+@XFAIL_OTHER
+def test_listing_never_deletes_a_user_file(make_ws):
+    """A .iml-outputs.json naming a file the tool did not write (no matching sha256) must not delete it."""
+    ws = make_ws()
+    outcome = run_inprocess(_listing_names_user_file(ws))
+    assert outcome.code == 0, outcome.stderr
+    assert (ws.out / "notes.txt").read_text() == "my notes\n"
+
+
+# ================================================================================= real subprocesses
+SUBPROCESS_IDS = ["crc.csv.gz", "strlayer.h5ad", "timestamp_column.parquet", "tab_gene.csv",
+                  "list_document", "no_overlap_with_genes"]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in EXPRESSION_CASES + LABEL_CASES + CONFIG_CASES + GMT_CASES
+                                  if c.id in SUBPROCESS_IDS])
+def test_real_subprocess(case, make_ws):
+    """The same contract through ``python -m iml_genomics`` (real stderr, warnings, exit code)."""
+    _run_case(case, make_ws, runner=run_subprocess)
+
+
+def test_subprocess_ids_exist():
+    ids = {c.id for c in EXPRESSION_CASES + LABEL_CASES + CONFIG_CASES + GMT_CASES}
+    assert set(SUBPROCESS_IDS) <= ids
+
+
+def test_corpus_size():
+    """Issue 14 asks for at least 100 cases of our own."""
+    n = sum(len(c) for c in (EXPRESSION_CASES, LABEL_CASES, CONFIG_CASES, GMT_CASES, MAP_CASES, GROUP_CASES,
+                             BUNDLE_CASES, OUT_CASES))
+    assert n >= 100, n
+
+
+# ======================================================================= what must still be accepted
+def test_bom_and_covariates_are_accepted(make_ws):
+    """A UTF-8 byte-order mark (Excel) is not part of the first id; complete covariates pass the blank check."""
+    ws = make_ws()
+    expr = ws.path("bom.csv")
+    expr.write_bytes(b"\xef\xbb\xbf" + ws.expr_path.read_bytes())
+    labels = ws.path("bom_labels.tsv")
+    labels.write_bytes(b"\xef\xbb\xbf" + ws.labels_path.read_bytes())
+    cfg = ws.write("cov.yaml", "data:\n  covariates: [batch]\n")
+    outcome = run_inprocess(ws.train(expression=expr, labels=labels, extra=(
+        "--sample-id-column", "sample_id", "--config", cfg)))
+    assert outcome.code == 0, outcome.stderr
+    oof = pd.read_csv(ws.out / "oof_predictions.tsv", sep="\t")
+    assert sorted(oof["sample_id"]) == sorted(ws.labels["sample_id"])
+
+
+def test_gene_sets_all_below_min_size_write_a_report(make_ws):
+    """Sets that overlap the genes but are all too small: the report is written and says why nothing was tested.
+
+    A small panel is a legitimate input (unlike a file sharing no gene with the matrix, which is refused):
+    the biomarker table and the rest of the report are still wanted.
+    """
+    ws = make_ws(needs_model=True)
+    gmt = ws.write("small.gmt", "SET_A\tna\tG00\tG01\nSET_B\tna\tG02\tG03\tG04\tNOT_MEASURED\n")
+    outcome = run_inprocess(ws.report(gene_sets=gmt, extra=("--min-set-size", "5", "--permutations", "10")))
+    assert outcome.code == 0, outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    summary = json.loads((ws.out / "report_summary.json").read_text())["gene_sets"]
+    assert summary["n_sets_tested"] == 0 and summary["n_sets_in_file"] == 2
+    assert "largest: 3 measured genes" in summary["note"] and "--min-set-size" in summary["note"]
+    table = pd.read_csv(ws.out / "gene_sets.tsv", sep="\t")
+    assert len(table) == 0 and "gene_set" in table.columns
+    assert "No gene set could be tested" in (ws.out / "report.html").read_text()
+    assert len(pd.read_csv(ws.out / "biomarkers.tsv", sep="\t")) == N_GENES
+
+
+def test_group_file_matching_some_genes_is_accepted(make_ws):
+    """The no-match refusal does not fire when part of the file matches (the others are their own group)."""
+    ws = make_ws()
+    groups = ws.write("groups.tsv", "gene_id\tgroup\nG00\tg1\nG01\tg1\nTP53\tg2\n")
+    cfg = ws.write("groups.yaml", f"select:\n  groups: file\n  group_file: {groups}\n")
+    outcome = run_inprocess(ws.select(extra=("--config", cfg)))
+    assert outcome.code == 0, outcome.stderr
+    table = pd.read_csv(ws.out / "knockoff_selection.tsv", sep="\t")
+    assert table.loc[table["gene_id"] == "G00", "group"].iloc[0] == table.loc[table["gene_id"] == "G01", "group"].iloc[0]
+
+
+# ====================================================================================== the helpers
+def test_shorten_escapes_and_elides():
+    from iml_genomics.errors import shorten
+
+    assert shorten("TP53") == "TP53"
+    assert shorten("G\t1\n\x07") == "G\\t1\\n\\x07"
+    long = "A" * 5000 + "MIDDLE" + "Z" * 5000
+    out = shorten(long)
+    assert len(out) <= 220 and out.startswith("AAA") and out.endswith("ZZZ") and "MIDDLE" not in out
+    assert f"[{len(long) - 160} more characters]" in out
+    assert shorten("x" * 200) == "x" * 200  # at the limit: unchanged
+
+
+@pytest.mark.parametrize("ident, word", [("G\t1", "a tab"), ("G\n1", "a newline"), ("G\x001", "a control"),
+                                          ("G\u20281", "a control"), ("", "empty")])
+def test_check_ids_refuses(ident, word):
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.io.readers import check_ids
+
+    with pytest.raises(InputDataError, match=word) as err:
+        check_ids(["G0", ident], "m.csv", "gene")
+    assert "position 2" in str(err.value) and "\n" not in str(err.value).replace("\\n", "")
+
+
+def test_check_ids_accepts_unicode_and_spaces():
+    from iml_genomics.io.readers import check_ids
+
+    check_ids(["\u03b1-actin", "HLA-DRB1*15:01", "gene with spaces", "Säm"], "m.csv", "gene")

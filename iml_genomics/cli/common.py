@@ -130,6 +130,10 @@ def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, che
                         genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
                         drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
                         require_labels=require_labels)
+    if require_labels:
+        from iml_genomics.io.cohort import check_variation
+
+        check_variation(adata, str(expression))
     if check_cv and cfg.data.label_column is not None:
         y = adata.obs[cfg.data.label_column]
         prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits, source=str(labels or expression),

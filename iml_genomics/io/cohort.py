@@ -123,6 +123,32 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
     return adata
 
 
+def check_variation(adata, source: str) -> None:
+    """Refuse a cohort in which every gene is constant across the samples.
+
+    A model fitted on it predicts one value for everyone (cross-validated
+    AUROC 0.5 with exit code 0 before this check); such a matrix is a
+    placeholder or a mis-export, not data.
+
+    Raises
+    ------
+    InputDataError
+        Naming the file, the counts and one gene's constant value.
+    """
+    X = adata.X
+    if adata.n_obs < 2 or adata.n_vars == 0:
+        return
+    if sparse.issparse(X):
+        X = X.tocsc()
+        hi, lo = X.max(axis=0).toarray().ravel(), X.min(axis=0).toarray().ravel()
+    else:
+        hi, lo = np.max(X, axis=0), np.min(X, axis=0)
+    if np.all(hi == lo):
+        raise InputDataError(f"{source}: all {adata.n_vars} genes are constant across the {adata.n_obs} samples "
+                             f"(every value of '{shorten(adata.var_names[0], 60)}' is {lo[0]:g}); there is nothing "
+                             f"to learn. Check that the file holds the expression values.")
+
+
 def _orientation_hint(label_ids, matrix_ids, gene_ids, genes_as_rows: bool) -> str | None:
     """Advice when the label ids are the matrix's other axis (genes and samples swapped)."""
     label_ids = set(map(str, label_ids))

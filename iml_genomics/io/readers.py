@@ -232,7 +232,7 @@ def check_ids(ids: list[str], path, kind: str) -> None:
                                  f"needs a non-empty identifier: fill it in or remove that {kind}.")
         bad = next((c for c in ident if _is_breaking(c)), None)
         if bad is not None:
-            name = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}.get(repr(bad)[1:-1],
+            name = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}.get(bad,
                                                                                        "a control character")
             raise InputDataError(f"{path}: {kind} id '{shorten(ident)}' (position {i + 1}) contains {name} "
                                  f"({repr(bad)[1:-1]}), which breaks every tab-separated output. Rename it "
