@@ -865,7 +865,7 @@ def test_subprocess_ids_exist():
 def test_corpus_size():
     """Issue 14 asks for at least 100 cases of our own."""
     n = sum(len(c) for c in (EXPRESSION_CASES, LABEL_CASES, CONFIG_CASES, GMT_CASES, MAP_CASES, GROUP_CASES,
-                             BUNDLE_CASES, OUT_CASES))
+                             BUNDLE_CASES, OUT_CASES, OTHER_CASES))
     assert n >= 100, n
 
 
@@ -944,3 +944,65 @@ def test_check_ids_accepts_unicode_and_spaces():
     from iml_genomics.io.readers import check_ids
 
     check_ids(["\u03b1-actin", "HLA-DRB1*15:01", "gene with spaces", "Säm"], "m.csv", "gene")
+
+
+# ============================================================== evaluate, report inputs, simulate, run
+def _evaluate(ws, *, truth="gene_id\nG00\nG01\n", ranking=None, selection=None, extra=()):
+    args = ["evaluate", "--truth", truth if isinstance(truth, Path) else ws.write("truth.tsv", truth)]
+    if ranking is not None:
+        args += ["--ranking", ranking if isinstance(ranking, Path) else ws.write("ranking.tsv", ranking)]
+    if selection is not None:
+        args += ["--selection", selection if isinstance(selection, Path) else ws.write("selection.tsv", selection)]
+    return [*args, "--out", ws.out, *extra]
+
+
+RANKING = "gene_id\trank\n" + "".join(f"G{j:02d}\t{j + 1}\n" for j in range(N_GENES))
+
+OTHER_CASES = [
+    Case("evaluate_truth_empty", lambda ws: _evaluate(ws, truth="", ranking=RANKING), needles=("truth.tsv",)),
+    Case("evaluate_truth_header_only", lambda ws: _evaluate(ws, truth="gene_id\n", ranking=RANKING),
+         needles=("truth.tsv", "no genes")),
+    Case("evaluate_truth_corrupt_gz", lambda ws: _evaluate(ws, truth=ws.write("truth.tsv.gz", flip_middle(
+        _gz("gene_id\n" + "".join(f"G{j:02d}\n" for j in range(2000))))), ranking=RANKING),
+        needles=("truth.tsv.gz",)),
+    Case("evaluate_ranking_without_gene_id", lambda ws: _evaluate(ws, ranking="gene\trank\nG00\t1\n"),
+         needles=("ranking.tsv", "'gene_id'")),
+    Case("evaluate_ranking_duplicate_gene", lambda ws: _evaluate(ws, ranking="gene_id\trank\nG00\t1\nG00\t2\n"),
+         needles=("G00",)),
+    Case("evaluate_ranking_garbage", lambda ws: _evaluate(ws, ranking=ws.write("rank.tsv", garbage(seed=12))),
+         needles=("rank.tsv",)),
+    Case("evaluate_selection_without_gene_id", lambda ws: _evaluate(ws, selection="gene\tselected\nG00\tTrue\n"),
+         needles=("selection.tsv", "'gene_id'")),
+    Case("evaluate_nothing_to_score", lambda ws: _evaluate(ws), needles=("nothing to score",)),
+    Case("report_inputs_not_a_step_dir", lambda ws: ["report", "--inputs", ws.path("empty_dir").mkdir() or
+                                                      ws.path("empty_dir"), "--out", ws.out],
+         needles=("empty_dir", "not an output directory")),
+    Case("report_cv_metrics_missing_column", lambda ws: (ws.train_dir.joinpath("cv_metrics.tsv").write_text(
+        "fold\tauroc\n0\t0.5\n"), ws.report())[1], needles=("cv_metrics.tsv", "'split'"), model=True),
+    Case("report_provenance_bad_json", lambda ws: (ws.train_dir.joinpath("provenance.json").write_text(
+        "{not json"), ws.report())[1], needles=("provenance.json",), model=True),
+    Case("report_provenance_is_a_list", lambda ws: (ws.train_dir.joinpath("provenance.json").write_text(
+        "[1, 2]"), ws.report())[1], needles=("provenance.json",), model=True),
+    Case("simulate_semi_synthetic_garbage", lambda ws: [
+        "simulate", "--family", "semi-synthetic", "--expression", ws.write("real.csv", garbage(seed=13)),
+        "--out", ws.out], needles=("real.csv",)),
+    Case("simulate_semi_synthetic_tab_id", lambda ws: [
+        "simulate", "--family", "semi-synthetic", "--expression", ws.csv(renamed(ws.expr, genes={"G01": "G\t1"}),
+                                                                         "tabid.csv"), "--out", ws.out],
+        needles=("tabid.csv", "tab")),
+    Case("run_without_expression", lambda ws: ["run", ws.write("run.yaml", "seed: 1\n"), "--out", ws.out],
+         needles=("run.yaml", "data.expression")),
+    Case("run_expression_garbage", lambda ws: ["run", ws.write("run.yaml", (
+        f"data:\n  expression: {ws.write('g.csv.gz', garbage(seed=14))}\n  labels: {ws.labels_path}\n"
+        f"  label_column: condition\n")), "--out", ws.out], needles=("g.csv.gz",),
+        marks=(pytest.mark.xfail(strict=True, reason="issue 14: pipeline.peek_shape reads gzip unguarded "
+                                                     "(pipeline.py, outside this branch)"),)),
+    Case("run_unknown_step", lambda ws: ["run", ws.write("run.yaml", (
+        f"data:\n  expression: {ws.expr_path}\n  labels: {ws.labels_path}\n  label_column: condition\n")),
+        "--out", ws.out, "--steps", "train,trian"], needles=("trian",)),
+]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in OTHER_CASES])
+def test_other_commands(case, make_ws):
+    _run_case(case, make_ws)
