@@ -162,8 +162,9 @@ def _check_out_dir(ctx, param, value):
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".iml-probe-", dir=probe))
         except OSError as exc:
-            raise click.BadParameter(f"cannot create directories in '{probe}' ({exc.strerror}). "
-                                     f"Choose another path.") from None
+            raise click.BadParameter(f"cannot create '{value}': creating a directory in '{probe}' fails "
+                                     f"({exc.strerror}). Check the path and its permissions, or choose another "
+                                     f"path.") from None
     return value
 
 

@@ -7,6 +7,7 @@ currency of every subcommand.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,14 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
             raise InputDataError(f"{label_source}: {int(missing.sum())} sample(s) have no value in label column "
                                  f"'{shorten(label_column)}' ({_few(values.index[missing])}). Fill them in or remove "
                                  f"those samples.")
+        text = values.astype(str)
+        broken = text.map(lambda v: any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in v))
+        if broken.any():
+            # class names are written to oof_predictions.tsv and the report: a tab or newline splits the rows
+            first = broken.to_numpy().nonzero()[0][0]
+            raise InputDataError(f"{label_source}: label '{shorten(text.iloc[first])}' of sample "
+                                 f"'{shorten(text.index[first])}' in column '{shorten(label_column)}' contains a "
+                                 f"tab, newline or control character. Rename the class.")
         for column in covariates or []:
             # a blank covariate would be one-hot encoded as a level of its own (one column per
             # distinct blank-ish value), silently adjusting for "missing" as if it were a batch
