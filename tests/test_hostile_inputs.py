@@ -357,6 +357,18 @@ def _h5ad_string_x(ws):
     return p
 
 
+def _h5ad_without_x(ws):
+    import anndata as ad
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = ad.AnnData(obs=pd.DataFrame(index=list(ws.expr.index)), var=pd.DataFrame(index=list(ws.expr.columns)))
+        adata.layers["counts"] = ws.expr.to_numpy()
+        p = ws.path("no_x.h5ad")
+        adata.write_h5ad(p)
+    return p
+
+
 EXPRESSION_CASES = [
     # empty / header only
     _bad_expr("empty.tsv", lambda ws: ws.write("empty.tsv", ""), "empty matrix"),
@@ -406,6 +418,8 @@ EXPRESSION_CASES = [
         {"G02": str}), "mixed_text.parquet"), "'bad'"),
     _bad_expr("strlayer.h5ad", lambda ws: _h5ad_string_layer(ws), "layer 'counts'", extra_args=("--layer", "counts")),
     _bad_expr("strx.h5ad", lambda ws: _h5ad_string_x(ws), "layer 'labels'", extra_args=("--layer", "labels")),
+    _bad_expr("no_x.h5ad", lambda ws: _h5ad_without_x(ws), "no X matrix", "--layer"),
+    _bad_expr("bool_x.h5ad", lambda ws: ws.h5ad(ws.expr.to_numpy() > 4, "bool_x.h5ad"), "booleans"),
     # NaN / inf
     _bad_expr("nan.parquet", lambda ws: ws.parquet(with_cell(ws.expr, "S05", "G02", np.nan).astype(float),
                                                    "nan.parquet"), "sample 'S05'", "gene 'G02'"),

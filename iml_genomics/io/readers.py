@@ -330,11 +330,15 @@ def _read_h5ad(path: Path, layer: str | None):
 
 def _check_numeric_matrix(X, path: Path, where: str, sample_ids: list, gene_ids: list) -> None:
     """Refuse an AnnData matrix of strings, booleans or objects, naming its first non-numeric cell."""
+    if X is None:
+        raise InputDataError(f"{path}: the AnnData file has no {where} matrix. Use --layer to read one of its "
+                             f"layers.")
     dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
     if dtype.kind in "iuf":
         return
-    if dtype.kind == "b":
-        raise InputDataError(f"{path}: {where} holds booleans, not expression values. Use --layer to pick "
+    if dtype.kind in "bcmM":
+        kind = {"b": "booleans", "c": "complex numbers", "m": "time spans", "M": "dates"}[dtype.kind]
+        raise InputDataError(f"{path}: {where} holds {kind}, not expression values. Use --layer to pick "
                              f"a numeric layer, or convert it.")
     values = X.toarray() if sparse.issparse(X) else np.asarray(X)
     flat = pd.Series(values.ravel())
