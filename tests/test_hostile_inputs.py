@@ -1025,3 +1025,14 @@ OTHER_CASES = [
 @pytest.mark.parametrize("case", [c.param() for c in OTHER_CASES])
 def test_other_commands(case, make_ws):
     _run_case(case, make_ws)
+
+
+def test_cli_caps_any_error_line():
+    """The net under the core's shortening: over-long words and over-long lines from any message are cut."""
+    from iml_genomics.cli import _one_line
+
+    word = _one_line("f.csv: bad id '" + "Q" * 5000 + "'. Rename it.")
+    assert len(word) < 400 and word.endswith("Rename it.") and "more characters" in word
+    spaced = _one_line("f.yaml: key 'x' got [" + "1, " * 5000 + "]. Fix the value.")
+    assert len(spaced) <= 2100 and spaced.startswith("f.yaml: key 'x'") and spaced.endswith("Fix the value.")
+    assert _one_line("a\tb\n  c") == "a b c"

@@ -82,7 +82,10 @@ def _one_line(text: str) -> str:
     """
     from iml_genomics.errors import shorten
 
-    return " ".join(word if len(word) <= 300 else shorten(word) for word in text.split())
+    line = " ".join(word if len(word) <= 300 else shorten(word) for word in text.split())
+    # a long value with spaces in it (a list, a sentence) escapes the per-word cut: cap the line,
+    # keeping its start (file, key) and its end (what to do)
+    return line if len(line) <= 2000 else shorten(line, 2000)
 
 
 def _module_exists(target: str) -> bool:
