@@ -80,12 +80,12 @@ def _one_line(text: str) -> str:
     id or value of thousands of characters reaching a message some other way
     (a click usage error, a library's text) still cannot flood a log line.
     """
-    from iml_genomics.errors import shorten
+    from iml_genomics.io.ids import show_id
 
-    line = " ".join(word if len(word) <= 300 else shorten(word) for word in text.split())
+    line = " ".join(word if len(word) <= 300 else show_id(word) for word in text.split())
     # a long value with spaces in it (a list, a sentence) escapes the per-word cut: cap the line,
     # keeping its start (file, key) and its end (what to do)
-    return line if len(line) <= 2000 else shorten(line, 2000)
+    return line if len(line) <= 2000 else show_id(line, 2000)
 
 
 def _module_exists(target: str) -> bool:

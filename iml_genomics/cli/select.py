@@ -121,10 +121,10 @@ def _read_groups(path, gene_ids):
     mapping = dict(zip(table["gene_id"].astype(str).str.strip(), table["group"].astype(str)))
     if not set(mapping) & set(gene_ids):
         # every gene would be its own group: plain knockoffs run under the name of group knockoffs
-        from iml_genomics.errors import shorten
+        from iml_genomics.io.ids import show_id
 
         example = next(iter(mapping), "")
         raise InputDataError(f"{path}: no gene of the group file is a gene of the analysis (file: "
-                             f"'{shorten(example, 60)}', ...; matrix: '{shorten(gene_ids[0], 60)}', ...). Use the "
+                             f"'{show_id(example, 60)}', ...; matrix: '{show_id(gene_ids[0], 60)}', ...). Use the "
                              f"matrix's gene ids in column gene_id.")
     return [mapping.get(g, f"__single__{g}") for g in gene_ids]

@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from iml_genomics.errors import InputDataError, shorten
+from iml_genomics.errors import InputDataError
+from iml_genomics.io.ids import show_id
 from iml_genomics.io.readers import read_expression, read_labels
 
 
 def _few(ids, n: int = 5) -> str:
     ids = list(ids)
-    shown = ", ".join(f"'{shorten(i, 100)}'" for i in ids[:n])
+    shown = ", ".join(f"'{show_id(i, 100)}'" for i in ids[:n])
     return shown + (", ..." if len(ids) > n else "")
 
 
@@ -72,8 +73,8 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
             if missing:
                 what, fix = (("label column", "Pass one with --label-column") if missing[0] == label_column
                              else ("covariate column", "Fix data.covariates in the config"))
-                shown = ", ".join(shorten(c, 60) for c in list(table.columns)[:20]) or "none"
-                raise InputDataError(f"{expression}: {what} '{shorten(missing[0])}' not found in obs; available "
+                shown = ", ".join(show_id(c, 60) for c in list(table.columns)[:20]) or "none"
+                raise InputDataError(f"{expression}: {what} '{show_id(missing[0])}' not found in obs; available "
                                      f"columns: {shown}. {fix}.")
         else:
             label_source = Path(labels)
@@ -105,15 +106,15 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         missing = values.isna() | (values.astype(str).str.strip() == "")
         if missing.any():
             raise InputDataError(f"{label_source}: {int(missing.sum())} sample(s) have no value in label column "
-                                 f"'{shorten(label_column)}' ({_few(values.index[missing])}). Fill them in or remove "
+                                 f"'{show_id(label_column)}' ({_few(values.index[missing])}). Fill them in or remove "
                                  f"those samples.")
         text = values.astype(str)
         broken = text.map(lambda v: any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in v))
         if broken.any():
             # class names are written to oof_predictions.tsv and the report: a tab or newline splits the rows
             first = broken.to_numpy().nonzero()[0][0]
-            raise InputDataError(f"{label_source}: label '{shorten(text.iloc[first])}' of sample "
-                                 f"'{shorten(text.index[first])}' in column '{shorten(label_column)}' contains a "
+            raise InputDataError(f"{label_source}: label '{show_id(text.iloc[first])}' of sample "
+                                 f"'{show_id(text.index[first])}' in column '{show_id(label_column)}' contains a "
                                  f"tab, newline or control character. Rename the class.")
         for column in covariates or []:
             # a blank covariate would be one-hot encoded as a level of its own (one column per
@@ -121,7 +122,7 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
             cov = obs_frame[column]
             blank = cov.isna() | (cov.astype(str).str.strip() == "")
             if blank.any():
-                raise InputDataError(f"{label_source}: covariate column '{shorten(column)}' (data.covariates) is "
+                raise InputDataError(f"{label_source}: covariate column '{show_id(column)}' (data.covariates) is "
                                      f"empty for {int(blank.sum())} sample(s) ({_few(cov.index[blank])}). Fill "
                                      f"the values in, remove those samples, or drop the covariate.")
     import anndata as ad  # imported late: a bad input fails fast, before this heavy import
@@ -154,7 +155,7 @@ def check_variation(adata, source: str) -> None:
         hi, lo = np.max(X, axis=0), np.min(X, axis=0)
     if np.all(hi == lo):
         raise InputDataError(f"{source}: all {adata.n_vars} genes are constant across the {adata.n_obs} samples "
-                             f"(every value of '{shorten(adata.var_names[0], 60)}' is {lo[0]:g}); there is nothing "
+                             f"(every value of '{show_id(adata.var_names[0], 60)}' is {lo[0]:g}); there is nothing "
                              f"to learn. Check that the file holds the expression values.")
 
 
@@ -199,7 +200,7 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
         if numeric.isna().any():
             bad = y[numeric.isna()]
             raise InputDataError(f"{source}: label column '{column}' must be numeric for regression; sample "
-                                 f"'{shorten(bad.index[0])}' has '{shorten(bad.iloc[0])}'. Set task: classification or fix the value.")
+                                 f"'{show_id(bad.index[0])}' has '{show_id(bad.iloc[0])}'. Set task: classification or fix the value.")
         if numeric.nunique() < 2:
             raise InputDataError(f"{source}: label column '{column}' is constant; there is nothing to predict. "
                                  f"Check that --label-column names the outcome.")
@@ -210,12 +211,12 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
     labels = y.astype(str).str.strip()
     counts = labels.value_counts()
     if len(counts) < 2:
-        raise InputDataError(f"{source}: label column '{column}' has a single class ('{shorten(counts.index[0])}'); "
+        raise InputDataError(f"{source}: label column '{column}' has a single class ('{show_id(counts.index[0])}'); "
                              f"classification needs at least two. Check that --label-column names the outcome "
                              f"and that the file holds samples of every group.")
     small = counts[counts < n_splits]
     if len(small):
-        raise InputDataError(f"{source}: class '{shorten(small.index[0])}' of column '{column}' has {int(small.iloc[0])} "
+        raise InputDataError(f"{source}: class '{show_id(small.index[0])}' of column '{column}' has {int(small.iloc[0])} "
                              f"sample(s), fewer than the {n_splits} CV folds; lower cv.n_splits (--cv-folds) "
                              f"or merge/remove that class.")
     return labels.to_numpy(dtype=object), sorted(counts.index)

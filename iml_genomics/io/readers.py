@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from iml_genomics.errors import InputDataError, shorten
+from iml_genomics.errors import InputDataError
+from iml_genomics.io.ids import show_id
 
 MATRIX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq", ".h5ad")
 
@@ -102,7 +103,7 @@ def _read_text_matrix(path: Path, sep: str) -> pd.DataFrame:
             header = next(csv.reader(fh, delimiter=sep), None)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
         # gzip.BadGzipFile is an OSError; a corrupt deflate stream raises zlib.error
-        raise InputDataError(f"{path}: cannot read matrix ({shorten(exc)}). Is the file complete and in the "
+        raise InputDataError(f"{path}: cannot read matrix ({show_id(exc)}). Is the file complete and in the "
                              f"format its name says?") from None
     if not header or len(header) < 2:
         raise InputDataError(f"{path}: empty matrix (no header with identifiers). Check the file and its delimiter "
@@ -114,7 +115,7 @@ def _read_text_matrix(path: Path, sep: str) -> pd.DataFrame:
         raise InputDataError(f"{path}: the compressed file ends early (truncated download or copy?). "
                              f"Re-create or re-download it.") from None
     except (pd.errors.ParserError, ValueError, OSError, UnicodeDecodeError, zlib.error) as exc:
-        msg = shorten((str(exc).strip().splitlines() or ["unreadable"])[-1])
+        msg = show_id((str(exc).strip().splitlines() or ["unreadable"])[-1])
         raise InputDataError(f"{path}: cannot parse matrix ({msg}). Check the delimiter and that every row has the same number of fields.") from None
     # R's write.table omits the corner cell, so the header may be one field short.
     col_ids = [c.strip() for c in (header[1:] if len(header) - 1 == frame.shape[1] else header)]
@@ -138,8 +139,8 @@ def _to_numeric(frame: pd.DataFrame, path: Path, row_kind: str, col_kind: str) -
         bad = np.flatnonzero(np.isnan(parsed) & ~pd.Series(flat).isin(na_tokens).to_numpy())
         r, c = np.unravel_index(bad[0], values.shape)
         raise InputDataError(
-            f"{path}: non-numeric value '{shorten(values[r, c])}' at {row_kind} '{shorten(frame.index[r])}', "
-            f"{col_kind} '{shorten(frame.columns[c])}' ({bad.size} such cells). Expression values must be numbers.") from None
+            f"{path}: non-numeric value '{show_id(values[r, c])}' at {row_kind} '{show_id(frame.index[r])}', "
+            f"{col_kind} '{show_id(frame.columns[c])}' ({bad.size} such cells). Expression values must be numbers.") from None
     return out.reshape(values.shape)
 
 
@@ -200,7 +201,7 @@ def _check_unique(ids: list, path: Path, kind: str) -> None:
     dup = _first_duplicate(ids)
     if dup is not None:
         n = len(ids) - len(set(ids))
-        raise InputDataError(f"{path}: duplicate {kind} id '{shorten(dup)}' ({n} duplicated {kind} ids). "
+        raise InputDataError(f"{path}: duplicate {kind} id '{show_id(dup)}' ({n} duplicated {kind} ids). "
                              f"{kind.capitalize()} ids must be unique: aggregate or rename them.")
 
 
@@ -234,7 +235,7 @@ def check_ids(ids: list[str], path, kind: str) -> None:
         if bad is not None:
             name = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}.get(bad,
                                                                                        "a control character")
-            raise InputDataError(f"{path}: {kind} id '{shorten(ident)}' (position {i + 1}) contains {name} "
+            raise InputDataError(f"{path}: {kind} id '{show_id(ident)}' (position {i + 1}) contains {name} "
                                  f"({repr(bad)[1:-1]}), which breaks every tab-separated output. Rename it "
                                  f"without tabs, newlines or control characters.")
 
@@ -247,7 +248,7 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
         # duplicate gene ids reach the check below instead of a pyarrow error.
         table = pq.ParquetFile(path).read()
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise InputDataError(f"{path}: cannot read Parquet file ({shorten((str(exc).splitlines() or [type(exc).__name__])[0])}). "
+        raise InputDataError(f"{path}: cannot read Parquet file ({show_id((str(exc).splitlines() or [type(exc).__name__])[0])}). "
                              f"Is the file complete and written as Parquet?") from None
     names = list(table.column_names)
     meta = table.schema.pandas_metadata or {}
@@ -276,7 +277,7 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
         elif not (pat.is_string(col.type) or pat.is_large_string(col.type) or pat.is_dictionary(col.type)):
             # booleans, timestamps, dates, binary, nested: pandas would turn True into 1 and a
             # date into nanoseconds since 1970 and train on it; a sample sheet column is not a gene
-            raise InputDataError(f"{path}: column '{shorten(name)}' has type {shorten(col.type)}, not numbers "
+            raise InputDataError(f"{path}: column '{show_id(name)}' has type {show_id(col.type)}, not numbers "
                                  f"(is it a sample annotation rather than a {col_kind}?). Expression values must "
                                  f"be numbers: drop or convert that column.")
         else:
@@ -284,8 +285,8 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
             raw = col.to_pylist()
             bad = [i for i, (p, r) in enumerate(zip(parsed, raw)) if np.isnan(p) and r not in (None, "")]
             if bad:
-                raise InputDataError(f"{path}: non-numeric value '{shorten(raw[bad[0]])}' at {row_kind} "
-                                     f"'{shorten(row_ids[bad[0]])}', {col_kind} '{shorten(name)}' (column type "
+                raise InputDataError(f"{path}: non-numeric value '{show_id(raw[bad[0]])}' at {row_kind} "
+                                     f"'{show_id(row_ids[bad[0]])}', {col_kind} '{show_id(name)}' (column type "
                                      f"{col.type}). Expression values must be numbers.")
             X[:, j] = parsed
     return X, row_ids, value_cols
@@ -314,12 +315,12 @@ def _read_h5ad(path: Path, layer: str | None):
     _check_unique(list(adata.obs_names), path, "sample")
     if layer is not None:
         if layer not in adata.layers:
-            raise InputDataError(f"{path}: layer '{shorten(layer)}' not found; available layers: "
+            raise InputDataError(f"{path}: layer '{show_id(layer)}' not found; available layers: "
                                  f"{_columns(adata.layers.keys())}. Use --layer with one of them or omit it for X.")
         X = adata.layers[layer]
     else:
         X = adata.X
-    _check_numeric_matrix(X, path, "X" if layer is None else f"layer '{shorten(layer)}'",
+    _check_numeric_matrix(X, path, "X" if layer is None else f"layer '{show_id(layer)}'",
                           list(adata.obs_names), list(adata.var_names))
     if sparse.issparse(X):
         X = sparse.csr_matrix(X, dtype=np.float64)
@@ -347,8 +348,8 @@ def _check_numeric_matrix(X, path: Path, where: str, sample_ids: list, gene_ids:
     where_bad = ""
     if bad.size:
         r, c = np.unravel_index(int(bad[0]), values.shape)
-        where_bad = (f"; first non-numeric value '{shorten(values[r, c])}' at sample '{shorten(sample_ids[r])}', "
-                     f"gene '{shorten(gene_ids[c])}'")
+        where_bad = (f"; first non-numeric value '{show_id(values[r, c])}' at sample '{show_id(sample_ids[r])}', "
+                     f"gene '{show_id(gene_ids[c])}'")
     raise InputDataError(f"{path}: {where} holds text (dtype {dtype}), not numbers{where_bad}. Expression values "
                          f"must be numbers: use --layer to pick a numeric layer, or convert it.")
 
@@ -366,7 +367,7 @@ def check_values(X, path: Path, sample_ids: list[str], gene_ids: list[str]) -> N
         else:
             r, c = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), X.shape)
         raise InputDataError(f"{path}: {n_bad} missing (NaN) or infinite values; first at sample "
-                             f"'{shorten(sample_ids[r])}', gene '{shorten(gene_ids[c])}'. Impute or remove them "
+                             f"'{show_id(sample_ids[r])}', gene '{show_id(gene_ids[c])}'. Impute or remove them "
                              f"before running.")
 
 
@@ -384,7 +385,7 @@ def read_table(path: str | Path, what: str = "labels") -> pd.DataFrame:
         raise InputDataError(f"{path}: the compressed file ends early (truncated download or copy?). "
                              f"Re-create or re-download it.") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, zlib.error) as exc:
-        msg = shorten(str(exc).strip().splitlines()[-1]) if str(exc).strip() else "no data"
+        msg = show_id(str(exc).strip().splitlines()[-1]) if str(exc).strip() else "no data"
         raise InputDataError(f"{path}: cannot parse {what} table ({msg}). It needs a header row and one row per "
                              f"sample, {'comma' if fmt == 'csv' else 'tab'}-separated.") from None
     if frame.shape[1] == 0:
@@ -396,7 +397,7 @@ def read_table(path: str | Path, what: str = "labels") -> pd.DataFrame:
 def _first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type when it has none), shortened."""
     lines = str(exc).strip().splitlines()
-    return shorten(lines[0] if lines else type(exc).__name__)
+    return show_id(lines[0] if lines else type(exc).__name__)
 
 
 def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | None = None,
@@ -432,7 +433,7 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
                                  f"Is the file complete and written by anndata?") from None
         dup = _first_duplicate(list(frame.index.astype(str)))
         if dup is not None:
-            raise InputDataError(f"{path}: duplicate sample id '{shorten(dup)}' in obs names. "
+            raise InputDataError(f"{path}: duplicate sample id '{show_id(dup)}' in obs names. "
                                  f"Each sample must appear once in the labels.")
         frame.index = frame.index.astype(str)
         check_ids(list(frame.index), path, "sample")
@@ -441,12 +442,12 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
     if sample_id_column is None:
         sample_id_column = frame.columns[0]
     elif sample_id_column not in frame.columns:
-        raise InputDataError(f"{path}: sample id column '{shorten(sample_id_column)}' not found; available "
+        raise InputDataError(f"{path}: sample id column '{show_id(sample_id_column)}' not found; available "
                              f"columns: {_columns(frame.columns)}. Pass one of them with --sample-id-column.")
     ids = frame[sample_id_column].str.strip()
     dup = _first_duplicate(list(ids))
     if dup is not None:
-        raise InputDataError(f"{path}: duplicate sample id '{shorten(dup)}' in column '{shorten(sample_id_column)}'. "
+        raise InputDataError(f"{path}: duplicate sample id '{show_id(dup)}' in column '{show_id(sample_id_column)}'. "
                              f"Each sample must appear once in the labels table.")
     check_ids(list(ids), path, "sample")
     frame = frame.drop(columns=[sample_id_column]).set_index(ids)
@@ -458,17 +459,17 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
 def _check_label_frame(frame: pd.DataFrame, path: Path, label_column: str,
                        extra_columns: list[str] | None, id_desc: str) -> pd.DataFrame:
     if label_column not in frame.columns:
-        raise InputDataError(f"{path}: label column '{shorten(label_column)}' not found; available columns: "
+        raise InputDataError(f"{path}: label column '{show_id(label_column)}' not found; available columns: "
                              f"{_columns(frame.columns)} (sample ids from {id_desc}). "
                              f"Pass one of them with --label-column.")
     for col in extra_columns or []:
         if col not in frame.columns:
-            raise InputDataError(f"{path}: covariate column '{shorten(col)}' (data.covariates) not found; available "
+            raise InputDataError(f"{path}: covariate column '{show_id(col)}' (data.covariates) not found; available "
                                  f"columns: {_columns(frame.columns)}. Fix data.covariates in the config.")
     return frame
 
 
 def _columns(columns, n: int = 20) -> str:
     """Column names for a message: at most ``n`` of them, each shortened."""
-    names = [shorten(c, 60) for c in list(columns)[:n]]
+    names = [show_id(c, 60) for c in list(columns)[:n]]
     return (", ".join(names) or "none") + (f", ... ({len(columns)} in all)" if len(columns) > n else "")

@@ -70,17 +70,10 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 
 def _read_json(path: Path) -> dict:
-    from iml_genomics.errors import shorten
-
     try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputDataError(f"{path}: cannot read JSON ({shorten(exc)}). Re-run the step that wrote it.") from None
-    if not isinstance(value, dict):
-        # every file the steps write holds one JSON object; anything else was not written by them
-        raise InputDataError(f"{path}: expected a JSON object, found a {type(value).__name__}. Re-run the step "
-                             f"that wrote it.")
-    return value
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputDataError(f"{path}: cannot read JSON ({exc}). Re-run the step that wrote it.") from None
 
 
 def detect_step(directory: Path) -> str:

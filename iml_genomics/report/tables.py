@@ -245,12 +245,13 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     if summary["n_keys_in_gene_set_file"] == 0:
         # not one measured gene in the file: the identifiers differ (probes or Ensembl ids against
         # symbols, mouse against human), a mistake to fix rather than a result to report
-        from iml_genomics.errors import InputDataError, shorten
+        from iml_genomics.errors import InputDataError
+        from iml_genomics.io.ids import show_id
 
         file_gene = next((g for members in collection.sets.values() for g in members), "")
         raise InputDataError(
             f"{collection.path or collection.source}: none of the genes in the gene-set file is a measured gene "
-            f"(file: '{shorten(file_gene, 60)}', ...; measured: '{shorten(genes[0] if genes else '', 60)}', ..."
+            f"(file: '{show_id(file_gene, 60)}', ...; measured: '{show_id(genes[0] if genes else '', 60)}', ..."
             f"{'; after the gene map' if gene_map is not None else ''}). Pass --gene-map to map the measured ids "
             f"to the file's symbols, or use a gene-set file with the same identifiers.")
     if not sets:
