@@ -86,7 +86,7 @@ def read_gmt(path: str | Path) -> GeneSetCollection:
     first_line: dict[str, int] = {}
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # -sig: a BOM is not part of a name
             for lineno, line in enumerate(fh, start=1):
                 line = line.rstrip("\r\n")
                 if not line.strip() or line.startswith("#"):

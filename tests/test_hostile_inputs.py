@@ -573,6 +573,12 @@ LABEL_CASES = [
     _bad_labels("tab_in_class_name", lambda ws: _labels_with(ws, "tabclass.csv", condition=(
         list(ws.labels["sample_id"][ws.labels["condition"] == "b"]), "b\tx")), "tabclass.csv", "'b\\tx'",
         "Rename the class"),
+    _bad_labels("csv_named_tsv", lambda ws: ws.write("commas.tsv", "sample_id,condition\nS00,a\nS01,b\n"),
+                "commas.tsv", "'condition' not found", "','-separated"),
+    _bad_labels("excel_na_labels", lambda ws: _labels_with(ws, "excel.tsv", condition=(["S10", "S11"], "#N/A")),
+                "excel.tsv", "2 sample(s) have no value"),
+    _bad_labels("covariate_is_the_label", lambda ws: ws.labels_path, "'condition' is also listed in data.covariates",
+                extra_args=("--config", "@data:\n  covariates: [batch, condition]\n")),
     _bad_labels("huge_unknown_ids", lambda ws: _labels_ids(ws, "huge.tsv", {"S01": "S" * 10_000}), "huge.tsv",
                 "more characters"),
     _bad_labels("regression_text_labels", lambda ws: ws.labels_path, "must be numeric for regression",
@@ -703,6 +709,8 @@ GMT_CASES = [
     _report_gmt("not_gzip_gmt_gz", lambda ws: ws.write("plain.gmt.gz", GOOD_GMT), "plain.gmt.gz"),
     _report_gmt("truncated_gmt_gz", lambda ws: ws.write("cut.gmt.gz", _gz(GOOD_GMT * 50)[:300]), "cut.gmt.gz"),
     _report_gmt("corrupt_gmt_gz", lambda ws: ws.write("crc.gmt.gz", flip_middle(_gz(GOOD_GMT * 50))), "crc.gmt.gz"),
+    _report_gmt("bom_gmt_duplicate", lambda ws: ws.write("bom.gmt", "\ufeff" + GOOD_GMT + GOOD_GMT.splitlines()[0]
+                                                          + "\n"), "bom.gmt", "'SET_0' already defined at line 1"),
     _report_gmt("missing_gmt", lambda ws: ws.path("absent.gmt"), "absent.gmt", "not found"),
     _report_gmt("no_overlap_with_genes", lambda ws: ws.write("human.gmt", "P53_PATHWAY\tna\tTP53\tMDM2\tCDKN1A\n"
                                                              "DNA_REPAIR\tna\tBRCA1\tBRCA2\tATM\n"),
@@ -1039,3 +1047,13 @@ def test_cli_caps_any_error_line():
     spaced = _one_line("f.yaml: key 'x' got [" + "1, " * 5000 + "]. Fix the value.")
     assert len(spaced) <= 2100 and spaced.startswith("f.yaml: key 'x'") and spaced.endswith("Fix the value.")
     assert _one_line("a\tb\n  c") == "a b c"
+
+
+def test_out_probe_leaves_nothing(make_ws):
+    """The --out writability probe creates and removes its directory: a refused run leaves no trace in --out."""
+    ws = make_ws()
+    ws.out.mkdir()
+    ws.write("out/mine.txt", "mine\n")
+    before = snapshot(ws.root)
+    outcome = run_inprocess(ws.train(expression=ws.write("empty.csv", "")))
+    assert_refused(outcome, before, ws.root, ["empty.csv", "empty matrix"])

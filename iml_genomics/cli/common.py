@@ -154,9 +154,9 @@ def _check_out_dir(ctx, param, value):
         raise click.BadParameter(f"'{probe}' is a file, so '{value}' cannot be a directory. Choose another path.")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise click.BadParameter(f"no permission to write in '{probe}'. Choose another path.")
-    if probe.exists() and probe != Path(value):
+    if probe.exists():
         # os.access says yes to root everywhere and knows nothing of read-only mounts or
-        # /proc: create (and remove) an empty directory where --out will be created
+        # /proc: create (and remove) an empty directory where --out's files will go
         import tempfile
 
         try:

@@ -55,6 +55,10 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         X float64 (dense or CSR), obs aligned to the matrix order, with the
         source paths in ``uns['sources']``.
     """
+    if label_column is not None and label_column in (covariates or []):
+        # adjusting for the outcome itself removes all signal: every statistic is zero, nothing is selected
+        raise InputDataError(f"{labels or expression}: the label column '{show_id(label_column)}' is also listed in "
+                             f"data.covariates. Remove it from data.covariates.")
     X, sample_ids, gene_ids, obs = read_expression(expression, genes_as_rows=genes_as_rows, layer=layer)
     obs_frame = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
     if label_column is None:

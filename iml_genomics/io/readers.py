@@ -27,6 +27,8 @@ from iml_genomics.io.ids import show_id
 MATRIX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq", ".h5ad")
 
 
+LABEL_NA_TOKENS = ("", "NA", "NaN", "nan", "N/A", "n/a", "#N/A", "NULL", "null")
+
 _TRUE_STRINGS = {"true", "1", "yes", "y", "t", "1.0"}
 
 
@@ -452,16 +454,24 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
     check_ids(list(ids), path, "sample")
     frame = frame.drop(columns=[sample_id_column]).set_index(ids)
     frame.index.name = "sample_id"
-    frame = frame.replace({"": np.nan, "NA": np.nan, "NaN": np.nan, "nan": np.nan})
+    # the usual spellings of "missing" (R, pandas, Excel, SQL exports) are missing, not a class of their own
+    frame = frame.replace({token: np.nan for token in LABEL_NA_TOKENS})
     return _check_label_frame(frame, path, label_column, extra_columns, id_desc=f"column '{sample_id_column}'")
 
 
 def _check_label_frame(frame: pd.DataFrame, path: Path, label_column: str,
                        extra_columns: list[str] | None, id_desc: str) -> pd.DataFrame:
     if label_column not in frame.columns:
+        hint = ""
+        if len(frame.columns) <= 1:  # one field per line: the delimiter is not the one the name says
+            seen = " ".join(map(str, frame.columns)) + id_desc
+            sep = next((s for s in (",", ";", "\t") if s in seen), None)
+            if sep is not None:
+                hint = (f" The file has a single column: is it {'tab' if sep == chr(9) else repr(sep)}-separated "
+                        f"under a name that says otherwise? Use .csv for commas, .tsv for tabs.")
         raise InputDataError(f"{path}: label column '{show_id(label_column)}' not found; available columns: "
                              f"{_columns(frame.columns)} (sample ids from {id_desc}). "
-                             f"Pass one of them with --label-column.")
+                             f"Pass one of them with --label-column.{hint}")
     for col in extra_columns or []:
         if col not in frame.columns:
             raise InputDataError(f"{path}: covariate column '{show_id(col)}' (data.covariates) not found; available "
