@@ -1054,6 +1054,7 @@ def test_out_probe_leaves_nothing(make_ws):
     ws = make_ws()
     ws.out.mkdir()
     ws.write("out/mine.txt", "mine\n")
+    args = ws.train(expression=ws.write("empty.csv", ""))
     before = snapshot(ws.root)
-    outcome = run_inprocess(ws.train(expression=ws.write("empty.csv", "")))
+    outcome = run_inprocess(args)
     assert_refused(outcome, before, ws.root, ["empty.csv", "empty matrix"])
