@@ -579,6 +579,8 @@ LABEL_CASES = [
                 "excel.tsv", "2 sample(s) have no value"),
     _bad_labels("covariate_is_the_label", lambda ws: ws.labels_path, "'condition' is also listed in data.covariates",
                 extra_args=("--config", "@data:\n  covariates: [batch, condition]\n")),
+    _bad_labels("labelled_row_without_id", lambda ws: ws.write("noid.tsv", ws.labels_path.read_text() + "\tb\tx\n"),
+                "noid.tsv", "empty sample id"),
     _bad_labels("huge_unknown_ids", lambda ws: _labels_ids(ws, "huge.tsv", {"S01": "S" * 10_000}), "huge.tsv",
                 "more characters"),
     _bad_labels("regression_text_labels", lambda ws: ws.labels_path, "must be numeric for regression",
@@ -901,12 +903,12 @@ def test_corpus_size():
 
 # ======================================================================= what must still be accepted
 def test_bom_and_covariates_are_accepted(make_ws):
-    """A UTF-8 byte-order mark (Excel) is not part of the first id; complete covariates pass the blank check."""
+    """A UTF-8 byte-order mark and trailing empty rows (Excel) are not ids; complete covariates pass."""
     ws = make_ws()
     expr = ws.path("bom.csv")
     expr.write_bytes(b"\xef\xbb\xbf" + ws.expr_path.read_bytes())
     labels = ws.path("bom_labels.tsv")
-    labels.write_bytes(b"\xef\xbb\xbf" + ws.labels_path.read_bytes())
+    labels.write_bytes(b"\xef\xbb\xbf" + ws.labels_path.read_bytes() + b"\t\t\n \t\t\n")  # + Excel's empty rows
     cfg = ws.write("cov.yaml", "data:\n  covariates: [batch]\n")
     outcome = run_inprocess(ws.train(expression=expr, labels=labels, extra=(
         "--sample-id-column", "sample_id", "--config", cfg)))

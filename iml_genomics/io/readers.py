@@ -446,6 +446,9 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
     elif sample_id_column not in frame.columns:
         raise InputDataError(f"{path}: sample id column '{show_id(sample_id_column)}' not found; available "
                              f"columns: {_columns(frame.columns)}. Pass one of them with --sample-id-column.")
+    # rows with every cell empty (spreadsheets export trailing ones as ",,,") are not samples
+    empty_row = frame.apply(lambda col: col.fillna("").str.strip() == "").all(axis=1)
+    frame = frame[~empty_row.to_numpy()]
     ids = frame[sample_id_column].str.strip()
     dup = _first_duplicate(list(ids))
     if dup is not None:
