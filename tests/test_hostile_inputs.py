@@ -1060,3 +1060,14 @@ def test_out_probe_leaves_nothing(make_ws):
     before = snapshot(ws.root)
     outcome = run_inprocess(args)
     assert_refused(outcome, before, ws.root, ["empty.csv", "empty matrix"])
+
+
+def test_h5ad_layer_of_numbers_as_text_still_reads(make_ws):
+    """Only non-numeric text is refused: a layer of numbers stored as strings reads as before."""
+    from iml_genomics.io import read_expression
+
+    ws = make_ws()
+    p = ws.h5ad(name="numtext.h5ad", layers={"counts": ws.expr.to_numpy().astype(str)})
+    X, samples, genes, _ = read_expression(p, layer="counts")
+    np.testing.assert_array_equal(X, ws.expr.to_numpy())
+    assert samples == list(ws.expr.index) and genes == list(ws.expr.columns)

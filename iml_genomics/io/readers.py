@@ -347,13 +347,13 @@ def _check_numeric_matrix(X, path: Path, where: str, sample_ids: list, gene_ids:
     flat = pd.Series(values.ravel())
     parsed = pd.to_numeric(flat, errors="coerce")
     bad = np.flatnonzero(parsed.isna().to_numpy() & flat.notna().to_numpy())
-    where_bad = ""
-    if bad.size:
-        r, c = np.unravel_index(int(bad[0]), values.shape)
-        where_bad = (f"; first non-numeric value '{show_id(values[r, c])}' at sample '{show_id(sample_ids[r])}', "
-                     f"gene '{show_id(gene_ids[c])}'")
-    raise InputDataError(f"{path}: {where} holds text (dtype {dtype}), not numbers{where_bad}. Expression values "
-                         f"must be numbers: use --layer to pick a numeric layer, or convert it.")
+    if not bad.size:
+        return  # numbers stored as text (or objects): converted like any other matrix
+    r, c = np.unravel_index(int(bad[0]), values.shape)
+    raise InputDataError(f"{path}: {where} holds text (dtype {dtype}), not numbers; first non-numeric value "
+                         f"'{show_id(values[r, c])}' at sample '{show_id(sample_ids[r])}', gene "
+                         f"'{show_id(gene_ids[c])}' ({bad.size} such cells). Expression values must be numbers: "
+                         f"use --layer to pick a numeric layer, or convert it.")
 
 
 def check_values(X, path: Path, sample_ids: list[str], gene_ids: list[str]) -> None:
