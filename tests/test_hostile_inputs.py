@@ -878,8 +878,7 @@ def test_listing_never_deletes_a_user_file(make_ws):
 
 
 # ================================================================================= real subprocesses
-SUBPROCESS_IDS = ["crc.csv.gz", "strlayer.h5ad", "timestamp_column.parquet", "tab_gene.csv",
-                  "list_document", "no_overlap_with_genes"]
+SUBPROCESS_IDS = ["crc.csv.gz", "strlayer.h5ad", "tab_gene.csv", "no_overlap_with_genes"]
 
 
 @pytest.mark.parametrize("case", [c.param() for c in EXPRESSION_CASES + LABEL_CASES + CONFIG_CASES + GMT_CASES
