@@ -666,7 +666,7 @@ def _config_dir(ws):
 
 
 CONFIG_CASES += [
-    Case("empty_config_file_is_not_a_config_dir", _config_dir, needles=("conf.yaml", "directory")),
+    Case("config_is_a_directory", _config_dir, needles=("conf.yaml", "directory")),
 ]
 
 
