@@ -20,6 +20,8 @@ they are collapsed depends on the question:
 from __future__ import annotations
 
 import gzip
+import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics.errors import InputDataError
+from iml_genomics.io.ids import show_id
 
 __all__ = [
     "GeneSetCollection", "read_gmt", "normalise_ids", "read_gene_map", "map_gene_ids", "restrict_gene_sets",
@@ -47,11 +50,14 @@ class GeneSetCollection:
         Set name -> the GMT's second column (often a URL or an id).
     source : str
         File name the sets came from (for the ``source`` output column).
+    path : str
+        The file's path as given (for error messages).
     """
 
     sets: dict[str, list[str]]
     descriptions: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    path: str = ""
 
     def __len__(self) -> int:
         return len(self.sets)
@@ -80,7 +86,7 @@ def read_gmt(path: str | Path) -> GeneSetCollection:
     first_line: dict[str, int] = {}
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # -sig: a BOM is not part of a name
             for lineno, line in enumerate(fh, start=1):
                 line = line.rstrip("\r\n")
                 if not line.strip() or line.startswith("#"):
@@ -93,18 +99,24 @@ def read_gmt(path: str | Path) -> GeneSetCollection:
                         f"{path}: line {lineno}: not a GMT record (need name<TAB>description<TAB>genes..., "
                         f"got {len(fields)} tab-separated field(s)). Fix the line or use a GMT file.")
                 if name in sets:
-                    raise InputDataError(f"{path}: line {lineno}: gene set '{name}' already defined at line "
-                                         f"{first_line[name]}. Set names must be unique.")
+                    raise InputDataError(f"{path}: line {lineno}: gene set '{show_id(name)}' already defined at "
+                                         f"line {first_line[name]}. Set names must be unique.")
+                bad = next((t for t in (name, *genes) if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in t)), None)
+                if bad is not None:
+                    # a carriage return or escape code in a name would split or garble gene_sets.tsv
+                    raise InputDataError(f"{path}: line {lineno}: '{show_id(bad)}' contains a control character. "
+                                         f"Remove it from the set name or gene.")
                 sets[name] = list(dict.fromkeys(genes))
                 descriptions[name] = fields[1].strip()
                 first_line[name] = lineno
     except UnicodeDecodeError:
         raise InputDataError(f"{path}: line {lineno + 1}: not UTF-8 text; is this a GMT file?") from None
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise InputDataError(f"{path}: cannot read gene-set file near line {lineno + 1} ({exc}).") from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; bad deflate data zlib.error
+        raise InputDataError(f"{path}: cannot read gene-set file near line {lineno + 1} ({show_id(exc)}). Is it "
+                             f"complete and in the format its name says?") from None
     if not sets:
         raise InputDataError(f"{path}: no gene sets found (empty GMT file).")
-    return GeneSetCollection(sets=sets, descriptions=descriptions, source=path.name)
+    return GeneSetCollection(sets=sets, descriptions=descriptions, source=path.name, path=str(path))
 
 
 def normalise_ids(ids) -> np.ndarray:
@@ -153,21 +165,24 @@ def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
         id_column = max(overlap, key=lambda c: (overlap[c], -list(table.columns).index(c)))
         if overlap[id_column] == 0:
             raise InputDataError(f"{path}: no column of the gene map holds the measured gene ids (e.g. "
-                                 f"'{next(iter(measured))}'). Check the file or set report.gene_map_id_column.")
+                                 f"'{show_id(sorted(measured)[0], 60)}'). Check the file or set "
+                                 f"report.gene_map_id_column.")
     elif id_column not in table.columns:
-        raise InputDataError(f"{path}: gene map id column '{id_column}' not found; available columns: "
-                             f"{', '.join(table.columns)}.")
+        raise InputDataError(f"{path}: gene map id column '{show_id(id_column)}' not found; available columns: "
+                             f"{', '.join(show_id(c, 60) for c in table.columns[:20])}. Fix "
+                             f"report.gene_map_id_column.")
     if symbol_column is None:
         lower = {c.lower(): c for c in table.columns}
         candidates = [lower[c] for c in _SYMBOL_COLUMNS if c in lower and lower[c] != id_column]
         others = [c for c in table.columns if c != id_column]
         if not candidates and not others:
             raise InputDataError(f"{path}: gene map needs an id column and a symbol column; found only "
-                                 f"'{id_column}'.")
+                                 f"'{show_id(id_column)}'. Add a symbol column.")
         symbol_column = candidates[0] if candidates else others[-1]
     elif symbol_column not in table.columns:
-        raise InputDataError(f"{path}: gene map symbol column '{symbol_column}' not found; available columns: "
-                             f"{', '.join(table.columns)}.")
+        raise InputDataError(f"{path}: gene map symbol column '{show_id(symbol_column)}' not found; available "
+                             f"columns: {', '.join(show_id(c, 60) for c in table.columns[:20])}. Fix "
+                             f"report.gene_map_symbol_column.")
     ids = table[id_column].str.strip()
     symbols = table[symbol_column].fillna("").str.strip().str.split(n=1).str[0].fillna("")
     keep = (ids != "") & (symbols != "")

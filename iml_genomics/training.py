@@ -95,10 +95,11 @@ def design_matrix(adata) -> np.ndarray | sparse.csr_matrix:
 def align_genes(adata, gene_ids: list[str], source: str):
     """Reorder a cohort's genes to a model's gene list; fail naming missing genes."""
     from iml_genomics.errors import InputDataError
+    from iml_genomics.io.ids import show_id
 
     present = set(adata.var_names)
     missing = [g for g in gene_ids if g not in present]
     if missing:
         raise InputDataError(f"{source}: {len(missing)} gene(s) the model was trained on are missing "
-                             f"(first: {', '.join(missing[:5])}). Use the same genes as in training.")
+                             f"(first: {', '.join(show_id(g, 100) for g in missing[:5])}). Use the same genes as in training.")
     return adata[:, pd.Index(gene_ids)].copy()

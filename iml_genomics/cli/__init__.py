@@ -49,13 +49,13 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except IMLGenomicsError as exc:
-            message = " ".join(str(exc).split())  # always one line
+            message = _one_line(str(exc))
             click.echo(f"{prog()}: error: {message}", err=True)
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:
             # A bad option is reported like a bad input: one line (click's default is a
             # usage block), so logs of pipelines stay one line per failure; exit code 2.
-            message = " ".join(exc.format_message().split())
+            message = _one_line(exc.format_message())
             click.echo(f"{prog()}: error: {message} See '{prog()} --help'.", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
@@ -71,6 +71,21 @@ class LazyGroup(click.Group):
             click.echo("iml-genomics: error: out of memory; run on a larger machine, lower --jobs, "
                        "or reduce the genes (preprocess.top_k_variable).", err=True)
             ctx.exit(3)
+
+
+def _one_line(text: str) -> str:
+    """The message on one line, any over-long word shortened.
+
+    The core shortens the user values it echoes; this is the net under it: an
+    id or value of thousands of characters reaching a message some other way
+    (a click usage error, a library's text) still cannot flood a log line.
+    """
+    from iml_genomics.io.ids import show_id
+
+    line = " ".join(word if len(word) <= 300 else show_id(word) for word in text.split())
+    # a long value with spaces in it (a list, a sentence) escapes the per-word cut: cap the line,
+    # keeping its start (file, key) and its end (what to do)
+    return line if len(line) <= 2000 else show_id(line, 2000)
 
 
 def _module_exists(target: str) -> bool:

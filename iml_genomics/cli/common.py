@@ -77,6 +77,9 @@ def _check_model_params(cfg, source: str) -> None:
     from iml_genomics.errors import ConfigError
     from iml_genomics.models import build_estimator
 
+    if not isinstance(cfg.model.params, dict):
+        raise ConfigError(f"{source}: key 'model.params' must be a mapping of estimator arguments (for example "
+                          f"'C: 0.5'), got a {type(cfg.model.params).__name__}. Fix model.params.")
     tasks = ["classification", "regression"] if cfg.task == "auto" else [cfg.task]
     first = None
     for task in tasks:
@@ -130,6 +133,10 @@ def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, che
                         genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
                         drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
                         require_labels=require_labels)
+    if require_labels:
+        from iml_genomics.io.cohort import check_variation
+
+        check_variation(adata, str(expression))
     if check_cv and cfg.data.label_column is not None:
         y = adata.obs[cfg.data.label_column]
         prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits, source=str(labels or expression),
@@ -150,6 +157,17 @@ def _check_out_dir(ctx, param, value):
         raise click.BadParameter(f"'{probe}' is a file, so '{value}' cannot be a directory. Choose another path.")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise click.BadParameter(f"no permission to write in '{probe}'. Choose another path.")
+    if probe.exists():
+        # os.access says yes to root everywhere and knows nothing of read-only mounts or
+        # /proc: create (and remove) an empty directory where --out's files will go
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".iml-probe-", dir=probe))
+        except OSError as exc:
+            raise click.BadParameter(f"cannot create '{value}': creating a directory in '{probe}' fails "
+                                     f"({exc.strerror}). Check the path and its permissions, or choose another "
+                                     f"path.") from None
     return value
 
 

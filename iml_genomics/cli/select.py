@@ -148,7 +148,16 @@ def _read_groups(path, gene_ids):
     if "gene_id" not in table.columns or "group" not in table.columns:
         raise InputDataError(f"{path}: group file needs columns 'gene_id' and 'group'; found "
                              f"{', '.join(map(str, table.columns))}.")
-    mapping = {g: str(v).strip() for g, v in zip(table["gene_id"].astype(str), table["group"]) if not pd.isna(v)}
+    mapping = {g: str(v).strip() for g, v in zip(table["gene_id"].astype(str).str.strip(), table["group"])
+               if not pd.isna(v)}
+    if not set(mapping) & set(gene_ids):
+        # every gene would be its own group: plain knockoffs run under the name of group knockoffs
+        from iml_genomics.io.ids import show_id
+
+        example = next(iter(mapping), "")
+        raise InputDataError(f"{path}: no gene of the group file is a gene of the analysis (file: "
+                             f"'{show_id(example, 60)}', ...; matrix: '{show_id(gene_ids[0], 60)}', ...). Use the "
+                             f"matrix's gene ids in column gene_id.")
     return [mapping.get(g) or None for g in gene_ids]  # None: not in the file, a group of its own
 
 

@@ -7,6 +7,7 @@ currency of every subcommand.
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,13 @@ import pandas as pd
 from scipy import sparse
 
 from iml_genomics.errors import InputDataError
+from iml_genomics.io.ids import show_id
 from iml_genomics.io.readers import read_expression, read_labels
 
 
 def _few(ids, n: int = 5) -> str:
     ids = list(ids)
-    shown = ", ".join(f"'{i}'" for i in ids[:n])
+    shown = ", ".join(f"'{show_id(i, 100)}'" for i in ids[:n])
     return shown + (", ..." if len(ids) > n else "")
 
 
@@ -53,6 +55,10 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         X float64 (dense or CSR), obs aligned to the matrix order, with the
         source paths in ``uns['sources']``.
     """
+    if label_column is not None and label_column in (covariates or []):
+        # adjusting for the outcome itself removes all signal: every statistic is zero, nothing is selected
+        raise InputDataError(f"{labels or expression}: the label column '{show_id(label_column)}' is also listed in "
+                             f"data.covariates. Remove it from data.covariates.")
     X, sample_ids, gene_ids, obs = read_expression(expression, genes_as_rows=genes_as_rows, layer=layer)
     obs_frame = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
     if label_column is None:
@@ -69,8 +75,11 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
             table = obs
             missing = [c for c in [label_column, *(covariates or [])] if c not in table.columns]
             if missing:
-                raise InputDataError(f"{expression}: label column '{missing[0]}' not found in obs; available columns: "
-                                     f"{', '.join(map(str, table.columns)) or 'none'}. Pass one with --label-column.")
+                what, fix = (("label column", "Pass one with --label-column") if missing[0] == label_column
+                             else ("covariate column", "Fix data.covariates in the config"))
+                shown = ", ".join(show_id(c, 60) for c in list(table.columns)[:20]) or "none"
+                raise InputDataError(f"{expression}: {what} '{show_id(missing[0])}' not found in obs; available "
+                                     f"columns: {shown}. {fix}.")
         else:
             label_source = Path(labels)
             table = read_labels(labels, label_column=label_column, sample_id_column=sample_id_column,
@@ -84,12 +93,14 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
                 parts.append(f"{len(only_labels)} sample(s) in labels not in the matrix ({_few(only_labels)})")
             if only_matrix:
                 parts.append(f"{len(only_matrix)} sample(s) in the matrix not in labels ({_few(only_matrix)})")
+            hint = _orientation_hint(only_labels, only_matrix, gene_ids, genes_as_rows)
             raise InputDataError(f"{label_source}: sample ids do not match {expression}: {'; '.join(parts)}. "
-                                 f"Fix the ids, or pass --drop-unmatched to keep only the shared samples.")
+                                 f"{hint or 'Fix the ids, or pass --drop-unmatched to keep only the shared samples.'}")
         keep = [i for i, s in enumerate(sample_ids) if s in label_set]
         if not keep:
+            hint = _orientation_hint(list(table.index), sample_ids, gene_ids, genes_as_rows)
             raise InputDataError(f"{label_source}: no sample id is shared with {expression}; "
-                                 f"check --genes-as-rows and the sample id column.")
+                                 f"{hint or 'check --genes-as-rows and the sample id column.'}")
         if len(keep) < len(sample_ids):
             X = X[keep]
             sample_ids = [sample_ids[i] for i in keep]
@@ -99,13 +110,67 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         missing = values.isna() | (values.astype(str).str.strip() == "")
         if missing.any():
             raise InputDataError(f"{label_source}: {int(missing.sum())} sample(s) have no value in label column "
-                                 f"'{label_column}' ({_few(values.index[missing])}). Fill them in or remove those samples.")
+                                 f"'{show_id(label_column)}' ({_few(values.index[missing])}). Fill them in or remove "
+                                 f"those samples.")
+        text = values.astype(str)
+        broken = text.map(lambda v: any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in v))
+        if broken.any():
+            # class names are written to oof_predictions.tsv and the report: a tab or newline splits the rows
+            first = broken.to_numpy().nonzero()[0][0]
+            raise InputDataError(f"{label_source}: label '{show_id(text.iloc[first])}' of sample "
+                                 f"'{show_id(text.index[first])}' in column '{show_id(label_column)}' contains a "
+                                 f"tab, newline or control character. Rename the class.")
+        for column in covariates or []:
+            # a blank covariate would be one-hot encoded as a level of its own (one column per
+            # distinct blank-ish value), silently adjusting for "missing" as if it were a batch
+            cov = obs_frame[column]
+            blank = cov.isna() | (cov.astype(str).str.strip() == "")
+            if blank.any():
+                raise InputDataError(f"{label_source}: covariate column '{show_id(column)}' (data.covariates) is "
+                                     f"empty for {int(blank.sum())} sample(s) ({_few(cov.index[blank])}). Fill "
+                                     f"the values in, remove those samples, or drop the covariate.")
     import anndata as ad  # imported late: a bad input fails fast, before this heavy import
 
     adata = ad.AnnData(X=X if sparse.issparse(X) else np.ascontiguousarray(X), obs=obs_frame,
                        var=pd.DataFrame(index=pd.Index(gene_ids, name="gene_id")))
     adata.uns["sources"] = {"expression": str(expression), "labels": str(labels) if labels else None}
     return adata
+
+
+def check_variation(adata, source: str) -> None:
+    """Refuse a cohort in which every gene is constant across the samples.
+
+    A model fitted on it predicts one value for everyone (cross-validated
+    AUROC 0.5 with exit code 0 before this check); such a matrix is a
+    placeholder or a mis-export, not data.
+
+    Raises
+    ------
+    InputDataError
+        Naming the file, the counts and one gene's constant value.
+    """
+    X = adata.X
+    if adata.n_obs < 2 or adata.n_vars == 0:
+        return
+    if sparse.issparse(X):
+        X = X.tocsc()
+        hi, lo = X.max(axis=0).toarray().ravel(), X.min(axis=0).toarray().ravel()
+    else:
+        hi, lo = np.max(X, axis=0), np.min(X, axis=0)
+    if np.all(hi == lo):
+        raise InputDataError(f"{source}: all {adata.n_vars} genes are constant across the {adata.n_obs} samples "
+                             f"(every value of '{show_id(adata.var_names[0], 60)}' is {lo[0]:g}); there is nothing "
+                             f"to learn. Check that the file holds the expression values.")
+
+
+def _orientation_hint(label_ids, matrix_ids, gene_ids, genes_as_rows: bool) -> str | None:
+    """Advice when the label ids are the matrix's other axis (genes and samples swapped)."""
+    label_ids = set(map(str, label_ids))
+    if label_ids and len(label_ids & set(gene_ids)) >= max(1, len(label_ids) // 2):
+        flag = "drop --genes-as-rows" if genes_as_rows else "pass --genes-as-rows"
+        return (f"The labels' sample ids are the matrix's {'row' if genes_as_rows else 'column'} ids: the matrix "
+                f"seems to have {'samples' if genes_as_rows else 'genes'} as rows; {flag}.")
+    return None
 
 
 def infer_task(y: pd.Series, requested: str = "auto") -> str:
@@ -139,7 +204,7 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
         if numeric.isna().any():
             bad = y[numeric.isna()]
             raise InputDataError(f"{source}: label column '{column}' must be numeric for regression; sample "
-                                 f"'{bad.index[0]}' has {bad.iloc[0]!r}. Set task: classification or fix the value.")
+                                 f"'{show_id(bad.index[0])}' has '{show_id(bad.iloc[0])}'. Set task: classification or fix the value.")
         if numeric.nunique() < 2:
             raise InputDataError(f"{source}: label column '{column}' is constant; there is nothing to predict. "
                                  f"Check that --label-column names the outcome.")
@@ -150,12 +215,12 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
     labels = y.astype(str).str.strip()
     counts = labels.value_counts()
     if len(counts) < 2:
-        raise InputDataError(f"{source}: label column '{column}' has a single class ('{counts.index[0]}'); "
+        raise InputDataError(f"{source}: label column '{column}' has a single class ('{show_id(counts.index[0])}'); "
                              f"classification needs at least two. Check that --label-column names the outcome "
                              f"and that the file holds samples of every group.")
     small = counts[counts < n_splits]
     if len(small):
-        raise InputDataError(f"{source}: class '{small.index[0]}' of column '{column}' has {int(small.iloc[0])} "
+        raise InputDataError(f"{source}: class '{show_id(small.index[0])}' of column '{column}' has {int(small.iloc[0])} "
                              f"sample(s), fewer than the {n_splits} CV folds; lower cv.n_splits (--cv-folds) "
                              f"or merge/remove that class.")
     return labels.to_numpy(dtype=object), sorted(counts.index)

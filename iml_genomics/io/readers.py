@@ -12,6 +12,7 @@ import contextlib
 import csv
 import gzip
 import io
+import unicodedata
 import warnings
 import zlib
 from pathlib import Path
@@ -21,9 +22,12 @@ import pandas as pd
 from scipy import sparse
 
 from iml_genomics.errors import InputDataError
+from iml_genomics.io.ids import show_id
 
 MATRIX_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".parquet", ".pq", ".h5ad")
 
+
+LABEL_NA_TOKENS = ("", "NA", "NaN", "nan", "N/A", "n/a", "#N/A", "NULL", "null")
 
 _TRUE_STRINGS = {"true", "1", "yes", "y", "t", "1.0"}
 
@@ -78,9 +82,10 @@ def check_readable(path: str | Path, what: str) -> Path:
 
 
 def _open_text(path: Path):
+    # utf-8-sig: a byte-order mark (Excel, some Windows tools) is not part of the first id
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def _first_duplicate(ids) -> str | None:
@@ -98,19 +103,21 @@ def _read_text_matrix(path: Path, sep: str) -> pd.DataFrame:
     try:
         with _open_text(path) as fh:
             header = next(csv.reader(fh, delimiter=sep), None)
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
-        raise InputDataError(f"{path}: cannot read matrix ({exc}). Is the file complete and in the format its name says?") from None
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
+        # gzip.BadGzipFile is an OSError; a corrupt deflate stream raises zlib.error
+        raise InputDataError(f"{path}: cannot read matrix ({show_id(exc)}). Is the file complete and in the "
+                             f"format its name says?") from None
     if not header or len(header) < 2:
         raise InputDataError(f"{path}: empty matrix (no header with identifiers). Check the file and its delimiter "
                              f"({'comma' if sep == ',' else 'tab'} expected for this extension).")
     try:
         frame = pd.read_csv(path, sep=sep, index_col=0, header=0, dtype=str, keep_default_na=False,
-                            na_filter=False, engine="c")
+                            na_filter=False, engine="c", encoding="utf-8-sig")
     except EOFError:  # a truncated .gz (click would otherwise print a bare 'Aborted!')
         raise InputDataError(f"{path}: the compressed file ends early (truncated download or copy?). "
                              f"Re-create or re-download it.") from None
     except (pd.errors.ParserError, ValueError, OSError, UnicodeDecodeError, zlib.error) as exc:
-        msg = str(exc).strip().splitlines()[-1]
+        msg = show_id((str(exc).strip().splitlines() or ["unreadable"])[-1])
         raise InputDataError(f"{path}: cannot parse matrix ({msg}). Check the delimiter and that every row has the same number of fields.") from None
     # R's write.table omits the corner cell, so the header may be one field short.
     col_ids = [c.strip() for c in (header[1:] if len(header) - 1 == frame.shape[1] else header)]
@@ -134,8 +141,8 @@ def _to_numeric(frame: pd.DataFrame, path: Path, row_kind: str, col_kind: str) -
         bad = np.flatnonzero(np.isnan(parsed) & ~pd.Series(flat).isin(na_tokens).to_numpy())
         r, c = np.unravel_index(bad[0], values.shape)
         raise InputDataError(
-            f"{path}: non-numeric value {str(values[r, c])!r} at {row_kind} '{frame.index[r]}', "
-            f"{col_kind} '{frame.columns[c]}' ({bad.size} such cells). Expression values must be numbers.") from None
+            f"{path}: non-numeric value '{show_id(values[r, c])}' at {row_kind} '{show_id(frame.index[r])}', "
+            f"{col_kind} '{show_id(frame.columns[c])}' ({bad.size} such cells). Expression values must be numbers.") from None
     return out.reshape(values.shape)
 
 
@@ -186,6 +193,8 @@ def read_expression(path: str | Path, *, genes_as_rows: bool = False, layer: str
         X = X.T.copy()
         row_ids, col_ids = col_ids, row_ids
     sample_ids, gene_ids = [str(s) for s in row_ids], [str(g) for g in col_ids]
+    check_ids(sample_ids, path, "sample")
+    check_ids(gene_ids, path, "gene")
     check_values(X, path, sample_ids, gene_ids)
     return X, sample_ids, gene_ids, obs
 
@@ -194,8 +203,43 @@ def _check_unique(ids: list, path: Path, kind: str) -> None:
     dup = _first_duplicate(ids)
     if dup is not None:
         n = len(ids) - len(set(ids))
-        raise InputDataError(f"{path}: duplicate {kind} id '{dup}' ({n} duplicated {kind} ids). "
+        raise InputDataError(f"{path}: duplicate {kind} id '{show_id(dup)}' ({n} duplicated {kind} ids). "
                              f"{kind.capitalize()} ids must be unique: aggregate or rename them.")
+
+
+def _is_breaking(ch: str) -> bool:
+    # control characters (tab, newline, NUL, ESC, ...) and the Unicode line/paragraph
+    # separators: any of them inside an id splits or shifts the rows of every TSV we write
+    return unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
+def check_ids(ids: list[str], path, kind: str) -> None:
+    """Refuse empty identifiers and identifiers holding a tab, newline or other control character.
+
+    Such an id cannot be written to a TSV (``cut``/``awk``/pandas would see
+    extra columns or rows), so it is refused where it is read, naming the
+    first offender (escaped and shortened) and its position.
+
+    Parameters
+    ----------
+    ids : list of str
+        Identifiers as read (after stripping surrounding whitespace).
+    path : str or Path
+        File they came from, for the message.
+    kind : str
+        'gene' or 'sample'.
+    """
+    for i, ident in enumerate(ids):
+        if not ident.strip():
+            raise InputDataError(f"{path}: empty {kind} id at {kind} position {i + 1} (1-based). Every {kind} "
+                                 f"needs a non-empty identifier: fill it in or remove that {kind}.")
+        bad = next((c for c in ident if _is_breaking(c)), None)
+        if bad is not None:
+            name = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}.get(bad,
+                                                                                       "a control character")
+            raise InputDataError(f"{path}: {kind} id '{show_id(ident)}' (position {i + 1}) contains {name} "
+                                 f"({repr(bad)[1:-1]}), which breaks every tab-separated output. Rename it "
+                                 f"without tabs, newlines or control characters.")
 
 
 def _read_parquet(path: Path, row_kind: str, col_kind: str):
@@ -206,7 +250,7 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
         # duplicate gene ids reach the check below instead of a pyarrow error.
         table = pq.ParquetFile(path).read()
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise InputDataError(f"{path}: cannot read Parquet file ({str(exc).splitlines()[0]}). "
+        raise InputDataError(f"{path}: cannot read Parquet file ({show_id((str(exc).splitlines() or [type(exc).__name__])[0])}). "
                              f"Is the file complete and written as Parquet?") from None
     names = list(table.column_names)
     meta = table.schema.pandas_metadata or {}
@@ -230,13 +274,22 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
         col = table.column(name)
         if pat.is_integer(col.type) or pat.is_floating(col.type) or pat.is_null(col.type):
             X[:, j] = col.to_numpy(zero_copy_only=False)
+        elif pat.is_decimal(col.type):
+            X[:, j] = np.array([np.nan if v is None else float(v) for v in col.to_pylist()], dtype=np.float64)
+        elif not (pat.is_string(col.type) or pat.is_large_string(col.type) or pat.is_dictionary(col.type)):
+            # booleans, timestamps, dates, binary, nested: pandas would turn True into 1 and a
+            # date into nanoseconds since 1970 and train on it; a sample sheet column is not a gene
+            raise InputDataError(f"{path}: column '{show_id(name)}' has type {show_id(col.type)}, not numbers "
+                                 f"(is it a sample annotation rather than a {col_kind}?). Expression values must "
+                                 f"be numbers: drop or convert that column.")
         else:
             parsed = pd.to_numeric(pd.Series(col.to_pylist()), errors="coerce").to_numpy(dtype=float)
             raw = col.to_pylist()
             bad = [i for i, (p, r) in enumerate(zip(parsed, raw)) if np.isnan(p) and r not in (None, "")]
             if bad:
-                raise InputDataError(f"{path}: non-numeric value {raw[bad[0]]!r} at {row_kind} '{row_ids[bad[0]]}', "
-                                     f"{col_kind} '{name}' (column type {col.type}). Expression values must be numbers.")
+                raise InputDataError(f"{path}: non-numeric value '{show_id(raw[bad[0]])}' at {row_kind} "
+                                     f"'{show_id(row_ids[bad[0]])}', {col_kind} '{show_id(name)}' (column type "
+                                     f"{col.type}). Expression values must be numbers.")
             X[:, j] = parsed
     return X, row_ids, value_cols
 
@@ -256,7 +309,7 @@ def _read_h5ad(path: Path, layer: str | None):
         with _quiet_duplicate_names():
             adata = ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for corrupt files
-        raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}). "
+        raise InputDataError(f"{path}: cannot read AnnData file ({_first_line(exc)}). "
                              f"Is the file complete and written by anndata?") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputDataError(f"{path}: empty matrix ({adata.n_obs} observations x {adata.n_vars} variables).")
@@ -264,16 +317,43 @@ def _read_h5ad(path: Path, layer: str | None):
     _check_unique(list(adata.obs_names), path, "sample")
     if layer is not None:
         if layer not in adata.layers:
-            raise InputDataError(f"{path}: layer '{layer}' not found; available layers: "
-                                 f"{', '.join(adata.layers.keys()) or 'none'}. Use --layer with one of them or omit it for X.")
+            raise InputDataError(f"{path}: layer '{show_id(layer)}' not found; available layers: "
+                                 f"{_columns(adata.layers.keys())}. Use --layer with one of them or omit it for X.")
         X = adata.layers[layer]
     else:
         X = adata.X
+    _check_numeric_matrix(X, path, "X" if layer is None else f"layer '{show_id(layer)}'",
+                          list(adata.obs_names), list(adata.var_names))
     if sparse.issparse(X):
         X = sparse.csr_matrix(X, dtype=np.float64)
     else:
         X = np.asarray(X, dtype=np.float64)
     return X, list(adata.obs_names), list(adata.var_names), adata.obs.copy()
+
+
+def _check_numeric_matrix(X, path: Path, where: str, sample_ids: list, gene_ids: list) -> None:
+    """Refuse an AnnData matrix of strings, booleans or objects, naming its first non-numeric cell."""
+    if X is None:
+        raise InputDataError(f"{path}: the AnnData file has no {where} matrix. Use --layer to read one of its "
+                             f"layers.")
+    dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
+    if dtype.kind in "iuf":
+        return
+    if dtype.kind in "bcmM":
+        kind = {"b": "booleans", "c": "complex numbers", "m": "time spans", "M": "dates"}[dtype.kind]
+        raise InputDataError(f"{path}: {where} holds {kind}, not expression values. Use --layer to pick "
+                             f"a numeric layer, or convert it.")
+    values = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    flat = pd.Series(values.ravel())
+    parsed = pd.to_numeric(flat, errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy() & flat.notna().to_numpy())
+    if not bad.size:
+        return  # numbers stored as text (or objects): converted like any other matrix
+    r, c = np.unravel_index(int(bad[0]), values.shape)
+    raise InputDataError(f"{path}: {where} holds text (dtype {dtype}), not numbers; first non-numeric value "
+                         f"'{show_id(values[r, c])}' at sample '{show_id(sample_ids[r])}', gene "
+                         f"'{show_id(gene_ids[c])}' ({bad.size} such cells). Expression values must be numbers: "
+                         f"use --layer to pick a numeric layer, or convert it.")
 
 
 def check_values(X, path: Path, sample_ids: list[str], gene_ids: list[str]) -> None:
@@ -288,8 +368,9 @@ def check_values(X, path: Path, sample_ids: list[str], gene_ids: list[str]) -> N
             r, c = coo.row[k], coo.col[k]
         else:
             r, c = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), X.shape)
-        raise InputDataError(f"{path}: {n_bad} missing (NaN) or infinite values; first at sample '{sample_ids[r]}', "
-                             f"gene '{gene_ids[c]}'. Impute or remove them before running.")
+        raise InputDataError(f"{path}: {n_bad} missing (NaN) or infinite values; first at sample "
+                             f"'{show_id(sample_ids[r])}', gene '{show_id(gene_ids[c])}'. Impute or remove them "
+                             f"before running.")
 
 
 def read_table(path: str | Path, what: str = "labels") -> pd.DataFrame:
@@ -300,18 +381,25 @@ def read_table(path: str | Path, what: str = "labels") -> pd.DataFrame:
         raise InputDataError(f"{path}: {what} must be a CSV or TSV table (or give an .h5ad expression file "
                              f"and take labels from its obs).")
     try:
-        frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
+                            encoding="utf-8-sig")
     except EOFError:
         raise InputDataError(f"{path}: the compressed file ends early (truncated download or copy?). "
                              f"Re-create or re-download it.") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, zlib.error) as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no data"
+        msg = show_id(str(exc).strip().splitlines()[-1]) if str(exc).strip() else "no data"
         raise InputDataError(f"{path}: cannot parse {what} table ({msg}). It needs a header row and one row per "
                              f"sample, {'comma' if fmt == 'csv' else 'tab'}-separated.") from None
     if frame.shape[1] == 0:
         raise InputDataError(f"{path}: {what} table is empty.")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), shortened."""
+    lines = str(exc).strip().splitlines()
+    return show_id(lines[0] if lines else type(exc).__name__)
 
 
 def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | None = None,
@@ -343,37 +431,58 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
             with _quiet_duplicate_names():
                 frame = ad.read_h5ad(path, backed="r").obs.copy()
         except Exception as exc:
-            raise InputDataError(f"{path}: cannot read AnnData file ({str(exc).splitlines()[0]}). "
+            raise InputDataError(f"{path}: cannot read AnnData file ({_first_line(exc)}). "
                                  f"Is the file complete and written by anndata?") from None
         dup = _first_duplicate(list(frame.index.astype(str)))
         if dup is not None:
-            raise InputDataError(f"{path}: duplicate sample id '{dup}' in obs names. "
+            raise InputDataError(f"{path}: duplicate sample id '{show_id(dup)}' in obs names. "
                                  f"Each sample must appear once in the labels.")
         frame.index = frame.index.astype(str)
+        check_ids(list(frame.index), path, "sample")
         return _check_label_frame(frame, path, label_column, extra_columns, id_desc="obs names")
     frame = read_table(path, "labels")
     if sample_id_column is None:
         sample_id_column = frame.columns[0]
     elif sample_id_column not in frame.columns:
-        raise InputDataError(f"{path}: sample id column '{sample_id_column}' not found; available columns: "
-                             f"{', '.join(frame.columns)}. Pass one of them with --sample-id-column.")
+        raise InputDataError(f"{path}: sample id column '{show_id(sample_id_column)}' not found; available "
+                             f"columns: {_columns(frame.columns)}. Pass one of them with --sample-id-column.")
+    # rows with every cell empty (spreadsheets export trailing ones as ",,,") are not samples
+    empty_row = frame.apply(lambda col: col.fillna("").str.strip() == "").all(axis=1)
+    frame = frame[~empty_row.to_numpy()]
     ids = frame[sample_id_column].str.strip()
     dup = _first_duplicate(list(ids))
     if dup is not None:
-        raise InputDataError(f"{path}: duplicate sample id '{dup}' in column '{sample_id_column}'. "
+        raise InputDataError(f"{path}: duplicate sample id '{show_id(dup)}' in column '{show_id(sample_id_column)}'. "
                              f"Each sample must appear once in the labels table.")
+    check_ids(list(ids), path, "sample")
     frame = frame.drop(columns=[sample_id_column]).set_index(ids)
     frame.index.name = "sample_id"
-    frame = frame.replace({"": np.nan, "NA": np.nan, "NaN": np.nan, "nan": np.nan})
+    # the usual spellings of "missing" (R, pandas, Excel, SQL exports) are missing, not a class of their own
+    frame = frame.replace({token: np.nan for token in LABEL_NA_TOKENS})
     return _check_label_frame(frame, path, label_column, extra_columns, id_desc=f"column '{sample_id_column}'")
 
 
 def _check_label_frame(frame: pd.DataFrame, path: Path, label_column: str,
                        extra_columns: list[str] | None, id_desc: str) -> pd.DataFrame:
-    for col in [label_column, *(extra_columns or [])]:
+    if label_column not in frame.columns:
+        hint = ""
+        if len(frame.columns) <= 1:  # one field per line: the delimiter is not the one the name says
+            seen = " ".join(map(str, frame.columns)) + id_desc
+            sep = next((s for s in (",", ";", "\t") if s in seen), None)
+            if sep is not None:
+                hint = (f" The file has a single column: is it {'tab' if sep == chr(9) else repr(sep)}-separated "
+                        f"under a name that says otherwise? Use .csv for commas, .tsv for tabs.")
+        raise InputDataError(f"{path}: label column '{show_id(label_column)}' not found; available columns: "
+                             f"{_columns(frame.columns)} (sample ids from {id_desc}). "
+                             f"Pass one of them with --label-column.{hint}")
+    for col in extra_columns or []:
         if col not in frame.columns:
-            near = [c for c in frame.columns]
-            raise InputDataError(f"{path}: label column '{col}' not found; available columns: "
-                                 f"{', '.join(map(str, near)) or 'none'} (sample ids from {id_desc}). "
-                                 f"Pass one of them with --label-column.")
+            raise InputDataError(f"{path}: covariate column '{show_id(col)}' (data.covariates) not found; available "
+                                 f"columns: {_columns(frame.columns)}. Fix data.covariates in the config.")
     return frame
+
+
+def _columns(columns, n: int = 20) -> str:
+    """Column names for a message: at most ``n`` of them, each shortened."""
+    names = [show_id(c, 60) for c in list(columns)[:n]]
+    return (", ".join(names) or "none") + (f", ... ({len(columns)} in all)" if len(columns) > n else "")

@@ -292,6 +292,24 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         "n_keys_in_gene_set_file": int(len(set(universe) & all_set_genes)),
         "n_keys_in_tested_sets": len(in_any),
     }
+    if summary["n_keys_in_gene_set_file"] == 0:
+        # not one measured gene in the file: the identifiers differ (probes or Ensembl ids against
+        # symbols, mouse against human), a mistake to fix rather than a result to report
+        from iml_genomics.errors import InputDataError
+        from iml_genomics.io.ids import show_id
+
+        file_gene = next((g for members in collection.sets.values() for g in members), "")
+        raise InputDataError(
+            f"{collection.path or collection.source}: none of the genes in the gene-set file is a measured gene "
+            f"(file: '{show_id(file_gene, 60)}', ...; measured: '{show_id(genes[0] if genes else '', 60)}', ..."
+            f"{'; after the gene map' if gene_map is not None else ''}). Pass --gene-map to map the measured ids "
+            f"to the file's symbols, or use a gene-set file with the same identifiers.")
+    if not sets:
+        sizes = set_table["n_measured"]
+        summary["note"] = (
+            f"No gene set could be tested: none of the {len(set_table)} sets has between {min_size} and "
+            f"{max_size} measured genes (largest: {int(sizes.max())} measured genes). Lower --min-set-size "
+            f"(report.min_set_size) or raise --max-set-size to test them.")
     query, query_source, pool = query_genes(inputs, univariate, top_k)
     query_keys = sorted(set(keys.reindex(query).dropna()))
     background = set(universe) if pool is None else set(keys.reindex(pool).dropna())
@@ -310,6 +328,8 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     scores, metric = ranking_scores(inputs, univariate, ranking_metric)
     signed = metric in ("univariate", "knockoff_w")
     summary.update(ranking_metric=metric, ranking_signed=signed, n_permutations=n_permutations)
+    # with no set tested the empty frames carry float 'gene_set' columns, which merge refuses
+    ora["gene_set"] = ora["gene_set"].astype(object)
     table = set_table[set_table["tested"]].drop(columns="tested").merge(
         ora.drop(columns="n_measured").rename(columns={"n_selected": "n_query"}), on="gene_set", how="left")
     if len(scores):
@@ -317,11 +337,13 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         sub = {k: [g for g in v if g in collapsed.index] for k, v in sets.items()}
         pre = gs.prerank(collapsed, sub, n_permutations=n_permutations, random_state=random_state)
         pre = pre.drop(columns="n_measured").rename(columns={"p_value": "gsea_p_value", "q_value": "gsea_q_value"})
+        pre["gene_set"] = pre["gene_set"].astype(object)
         table = table.merge(pre, on="gene_set", how="left")
     attr = _attribution_matrix(inputs, None)
     per_sample = None
     if attr is not None:
         overall, per_sample = gs.group_attributions(attr, keys, sets)
+        overall["gene_set"] = overall["gene_set"].astype(object)
         table = table.merge(overall.rename(columns={"sum_abs_shap": "group_attribution",
                                                     "mean_abs_shap": "group_attribution_mean",
                                                     "rank": "group_attribution_rank"})
