@@ -647,15 +647,13 @@ CONFIG_CASES = [
     _bad_config("tab_indented", "cv:\n\tn_splits: 3\n", "malformed YAML"),
     _bad_config("huge_model_name", "model:\n  name: " + "m" * 10_000 + "\n", "'model.name'"),
     _bad_config("huge_unknown_key", "? " + "k" * 10_000 + "\n: 1\n", "unknown config key"),
-    # parsing and bounds fixed on branch bundle
-    _bad_config("alias_bomb", _bomb(), "alias", marks=(XFAIL_OTHER,)),
-    _bad_config("alias_plain", "seed: &s 3\ncv:\n  n_splits: *s\n", "alias", marks=(XFAIL_OTHER,)),
-    _bad_config("duplicate_key", "seed: 1\nseed: 2\n", "seed", marks=(XFAIL_OTHER,)),
-    _bad_config("fdr_nan", "select:\n  fdr: .nan\n", "select.fdr", marks=(XFAIL_OTHER,)),
-    _bad_config("tolerance_inf", "explain:\n  additivity_tolerance: .inf\n", "additivity_tolerance",
-                marks=(XFAIL_OTHER,)),
-    _bad_config("seed_2_40_train", f"seed: {2 ** 40}\n", "seed", marks=(XFAIL_OTHER,)),
-    _bad_config("seed_2_70_select", f"seed: {2 ** 70}\n", "seed", command="select", marks=(XFAIL_OTHER,)),
+    _bad_config("alias_bomb", _bomb(), "alias"),
+    _bad_config("alias_plain", "seed: &s 3\ncv:\n  n_splits: *s\n", "alias"),
+    _bad_config("duplicate_key", "seed: 1\nseed: 2\n", "seed"),
+    _bad_config("fdr_nan", "select:\n  fdr: .nan\n", "select.fdr"),
+    _bad_config("tolerance_inf", "explain:\n  additivity_tolerance: .inf\n", "additivity_tolerance"),
+    _bad_config("seed_2_40_train", f"seed: {2 ** 40}\n", "seed"),
+    _bad_config("seed_2_70_select", f"seed: {2 ** 70}\n", "seed", command="select"),
 ]
 
 
@@ -794,11 +792,9 @@ BUNDLE_CASES = [
     _bad_bundle("model_dir_missing", lambda ws: shutil.rmtree(ws.train_dir), "not a model bundle"),
     _bad_bundle("evaluate_manifest_bad_json", lambda ws: (ws.train_dir / "model.json").write_text("[1, "),
                 "model.json", command="evaluate"),
-    # fixed on branch bundle
-    _bad_bundle("manifest_is_a_list", lambda ws: _edit_manifest(ws, lambda m: [m]), "model.json",
-                marks=(XFAIL_OTHER,)),
+    _bad_bundle("manifest_is_a_list", lambda ws: _edit_manifest(ws, lambda m: [m]), "model.json"),
     _bad_bundle("manifest_without_gene_ids", lambda ws: _edit_manifest(
-        ws, lambda m: {k: v for k, v in m.items() if k != "gene_ids"}), "gene_ids", marks=(XFAIL_OTHER,)),
+        ws, lambda m: {k: v for k, v in m.items() if k != "gene_ids"}), "gene_ids"),
 ]
 # the genes case reads a matrix whose genes were renamed
 _genes_case = next(c for c in BUNDLE_CASES if c.id == "genes_differ_from_expression")
@@ -1013,7 +1009,7 @@ OTHER_CASES = [
     Case("report_provenance_bad_json", lambda ws: (ws.train_dir.joinpath("provenance.json").write_text(
         "{not json"), ws.report())[1], needles=("provenance.json",), model=True),
     Case("report_provenance_is_a_list", lambda ws: (ws.train_dir.joinpath("provenance.json").write_text(
-        "[1, 2]"), ws.report())[1], needles=("provenance.json",), model=True, marks=(XFAIL_OTHER,)),
+        "[1, 2]"), ws.report())[1], needles=("provenance.json",), model=True),
     Case("simulate_semi_synthetic_garbage", lambda ws: [
         "simulate", "--family", "semi-synthetic", "--expression", ws.write("real.csv", garbage(seed=13)),
         "--out", ws.out], needles=("real.csv",)),
