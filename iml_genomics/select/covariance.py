@@ -26,6 +26,9 @@ from iml_genomics.errors import InputDataError
 
 #: Above this many genes ``covariance="auto"`` chooses the factor model.
 DENSE_MAX_GENES = 2500
+#: ``covariance="auto"`` keeps dense Ledoit-Wolf (at most ``DENSE_MAX_GENES`` genes) only while its
+#: shrinkage intensity is at most this; a more heavily shrunk estimate goes to ``factor_blocks``.
+MAX_AUTO_SHRINKAGE = 0.3
 #: Largest rank considered when the factor rank is chosen from the data.
 MAX_FACTOR_RANK = 50
 #: Covariance kinds ``fit_covariance`` accepts (besides ``auto``).
@@ -279,7 +282,8 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
     X : ndarray of shape (n, p)
         Expression, samples x genes (already preprocessed).
     method : {'auto', 'ledoit_wolf', 'factor', 'factor_blocks'}
-        ``auto`` takes Ledoit-Wolf up to ``dense_max`` genes, ``factor_blocks`` above.
+        ``auto`` takes Ledoit-Wolf up to ``dense_max`` genes when its shrinkage
+        intensity is at most ``MAX_AUTO_SHRINKAGE`` (0.3), ``factor_blocks`` otherwise.
     rank : int, optional
         Factor rank k; chosen by the eigenvalue-ratio rule among eigenvalues
         above the Marchenko-Pastur noise edge (at most 50) when None.
@@ -296,11 +300,19 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
     """
     n, p = X.shape
     Xs, mean, scale = _standardize(np.asarray(X, dtype=np.float64))
-    if method == "auto":
-        method = "ledoit_wolf" if p <= dense_max else "factor_blocks"
-    if method == "ledoit_wolf":
+    if method == "auto" and p > dense_max:
+        method = "factor_blocks"
+    if method in ("auto", "ledoit_wolf"):
         corr, shrink = ledoit_wolf_correlation(Xs)
-        return CovarianceModel("ledoit_wolf", mean, scale, corr=corr, shrinkage=shrink)
+        # A heavily shrunk estimate pulls strong local correlations towards 0 (AR(1) rho = 0.8, n = 300,
+        # p = 1,000: shrinkage 0.48, neighbours modelled at ~0.4, knockoff+ mean FDP 0.138 +- 0.028 at
+        # q = 0.1 over 12 replicates), while factor_blocks keeps them (0.028 +- 0.013, power 0.83 vs
+        # 0.91); on equicorrelated blocks (rho 0.5, n = 500, p = 2,000) both were calibrated with equal
+        # power. So auto keeps the dense estimate only while it is close to the sample correlation.
+        if method == "ledoit_wolf" or shrink <= MAX_AUTO_SHRINKAGE:
+            return CovarianceModel("ledoit_wolf", mean, scale, corr=corr, shrinkage=shrink)
+        del corr
+        method = "factor_blocks"
     if method not in COVARIANCE_KINDS:
         raise ValueError(f"covariance must be auto, {', '.join(COVARIANCE_KINDS)}; got {method!r}")
     k_max = int(min(rank or MAX_FACTOR_RANK, n - 2, p - 1))

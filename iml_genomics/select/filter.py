@@ -125,8 +125,9 @@ def swap_check(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_met
     genes = np.sort(rng.choice(p, size=min(p, max_genes), replace=False))
     order = rng.permutation(n)
     hold, train = np.sort(order[:n_hold]), np.sort(order[n_hold:])
-    kind = ("ledoit_wolf" if covariance == "ledoit_wolf" or (covariance == "auto" and genes.size <= DENSE_MAX_GENES)
-            else "factor")
+    # the kind of the model actually used (never "auto": the caller passes model.kind)
+    kind = covariance if covariance != "auto" else ("ledoit_wolf" if genes.size <= DENSE_MAX_GENES
+                                                    else "factor_blocks")
     rank = factor_rank
     try:
         model = fit_covariance(X[np.ix_(train, genes)], method=kind, rank=rank, random_state=random_state)
