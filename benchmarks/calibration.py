@@ -264,8 +264,9 @@ def m_knockoff(statistic: str, groups=None):
     def run(X, y, gene_ids, task, q, k, seed):
         from iml_genomics.select import knockoff_select
 
+        # the diagnostics do not change the selection; they are checked in tests/test_select_diagnostics.py
         res = knockoff_select(X, y, gene_ids, task=task, fdr=q, statistic=statistic, random_state=seed, n_jobs=1,
-                              groups=groups)
+                              groups=groups, check_swap=False)
         table = res.table
         flags = table["selected"]
         if flags.dtype != bool:
@@ -273,6 +274,13 @@ def m_knockoff(statistic: str, groups=None):
         return table.loc[flags.to_numpy(), "gene_id"].astype(str).tolist()
 
     return run
+
+
+def m_dcrt(X, y, gene_ids, task, q, k, seed):
+    from iml_genomics.select.dcrt import dcrt_select
+
+    res = dcrt_select(X, y, gene_ids, task=task, fdr=q, random_state=seed, n_jobs=1, check_model=False)
+    return res.table.loc[res.table["selected"].astype(bool).to_numpy(), "gene_id"].astype(str).tolist()
 
 
 def m_knockpy_lasso(X, y, gene_ids, task, q, k, seed):
@@ -387,6 +395,7 @@ METHODS = {
     "knockoff_lasso": m_knockoff("lasso"),
     "knockoff_random_forest": m_knockoff("random_forest"),
     "knockoff_lasso_clusters": m_knockoff("lasso", groups="clusters"),
+    "dcrt": m_dcrt,
     "knockpy_lasso": m_knockpy_lasso,
     "hidimstat_dcrt": m_hidimstat_dcrt,
     "marginal_bh": m_marginal_bh,
@@ -400,8 +409,8 @@ METHODS = {
 SKIP = {("pathway", "knockpy_lasso")}
 # Peers that do not scale: knockpy's MVR above the dense range takes many minutes a replicate,
 # hidimstat's dCRT refits one LassoCV per screened gene.
-MAX_GENES = {"knockpy_lasso": 2500, "hidimstat_dcrt": 3500}
-REQUIRES = {"knockoff_lasso": "iml_genomics.select", "knockoff_random_forest": "iml_genomics.select",
+MAX_GENES = {"knockpy_lasso": 2500, "hidimstat_dcrt": 600}
+REQUIRES = {"knockoff_lasso": "iml_genomics.select", "dcrt": "iml_genomics.select", "knockoff_random_forest": "iml_genomics.select",
             "knockoff_lasso_clusters": "iml_genomics.select",
             "knockpy_lasso": "knockpy", "hidimstat_dcrt": "hidimstat", "shap_top_k": "iml_genomics.explain",
             "permutation_top_k": "iml_genomics.explain"}
