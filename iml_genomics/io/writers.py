@@ -238,7 +238,8 @@ def _lock(directory: Path, *, shared: bool = False) -> int | None:
     if key in _HELD:
         _HELD[key][1] += 1
         return _HELD[key][0]
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(directory / LOCK_FILE, flags, 0o666 & ~_UMASK)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -298,6 +299,9 @@ class OutputGuard:
         self.committed = False
         self.created: list[Path] = []
         self._locked: list[Path] = []
+        self._made_lock = False
+        self._warned = False
+        self._listing_problem: str | None = None
         self.add_inputs(inputs)
 
     # -- inputs -----------------------------------------------------------
@@ -316,57 +320,82 @@ class OutputGuard:
 
     # -- entry / exit -----------------------------------------------------
     def __enter__(self) -> "OutputGuard":
-        from iml_genomics.errors import OutputBusyError, OutputConflictError
+        from iml_genomics.errors import OutputConflictError
 
         out = self.out
         if out.is_symlink() and not out.exists():
             raise OutputConflictError(f"{out}: is a broken symbolic link; remove it or choose another --out.")
-        missing = []
-        probe = out
-        while not probe.exists() and not probe.is_symlink():
-            missing.append(probe)
-            probe = probe.parent
         try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            if exc.errno in _WRITE_ERRNOS:
-                raise write_error(exc, out) from None
-            raise
-        self.created = missing  # deepest first
-        try:
-            # a `run` into the parent holds the parent's lock: a step writing one of its
-            # step directories from outside that run must wait, and vice versa
-            parent = out.parent
-            if (parent / LOCK_FILE).is_file() and not (parent / LOCK_FILE).is_symlink():
-                if _lock(parent, shared=True) is None:
-                    raise OutputBusyError(f"{out}: another iml-genomics process (a `run` into {parent}) is writing "
-                                          f"here; wait for it to finish or choose another --out.")
-                self._locked.append(parent)
-            if _lock(out) is None:
-                raise OutputBusyError(f"{out}: another iml-genomics process is writing to this directory (lock "
-                                      f"{out / LOCK_FILE} held); wait for it to finish or choose another --out.")
-            self._locked.append(out)
+            self._take_parent_lock()
+            if (out / LOCK_FILE).is_file():
+                self._take_lock()  # a live writer is reported as busy, not as a collision
+            if out.is_dir():
+                # refusals first, before anything (even the lock file) is written
+                self._check_directory()
+            if out not in self._locked:
+                missing, probe = [], out
+                while not probe.exists() and not probe.is_symlink():
+                    missing.append(probe)
+                    probe = probe.parent
+                out.mkdir(parents=True, exist_ok=True)
+                self.created = missing  # deepest first
+                self._take_lock()
             self._remove_leftovers()
-            listing, problem = read_listing(out)
-            if problem:
-                log.warning("%s: ignoring %s (%s); nothing it names will be replaced or removed.",
-                            out, LISTING, problem)
-            if (listing is not None and self.step is not None and listing["step"] != self.step):
-                raise OutputConflictError(
-                    f"{out}: holds the outputs of 'iml-genomics {listing['step']}' (see {LISTING}); give "
-                    f"'{self.step}' its own --out directory.")
-            for p in self.inputs:
-                if p.is_dir() and os.path.realpath(p) == os.path.realpath(out):
-                    raise OutputConflictError(f"{out}: is also an input directory of this command; write to "
-                                              f"another --out.")
-            owned = _owned_hashes(listing)
-            for name in self.names:
-                self._check_name(name, owned)
-        except BaseException:
+            self._check_directory()  # again, now that no other process can change it
+        except BaseException as exc:
             self._release(failed=True)
+            if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+                raise write_error(exc, out) from None
             raise
         _ACTIVE.append(self)
         return self
+
+    def _take_parent_lock(self) -> None:
+        """A `run` into the parent holds the parent's lock: a step writing one of its step
+        directories from outside that run fails (before creating anything), and vice versa."""
+        from iml_genomics.errors import OutputBusyError
+
+        out, parent = self.out, self.out.parent
+        if (parent / LOCK_FILE).is_file() and not (parent / LOCK_FILE).is_symlink():
+            if _lock(parent, shared=True) is None:
+                raise OutputBusyError(f"{out}: another iml-genomics process (a `run` into {parent}) is writing "
+                                      f"here; wait for it to finish or choose another --out.")
+            self._locked.append(parent)
+
+    def _take_lock(self) -> None:
+        from iml_genomics.errors import OutputBusyError
+
+        out = self.out
+        self._made_lock = not (out / LOCK_FILE).exists()
+        if _lock(out) is None:
+            raise OutputBusyError(f"{out}: another iml-genomics process is writing to this directory (lock "
+                                  f"{out / LOCK_FILE} held); wait for it to finish or choose another --out.")
+        self._locked.append(out)
+
+    def _check_directory(self) -> None:
+        """Refuse a directory another step wrote, an input directory, and colliding output names."""
+        from iml_genomics.errors import OutputConflictError
+
+        out = self.out
+        if (out / LISTING).is_dir() and not (out / LISTING).is_symlink():
+            raise OutputConflictError(f"{out / LISTING}: is a directory; iml-genomics keeps its file listing under "
+                                      f"this name. Move it away or choose another --out.")
+        listing, problem = read_listing(out)
+        self._listing_problem = problem
+        if listing is not None and self.step is not None and listing["step"] != self.step:
+            raise OutputConflictError(
+                f"{out}: holds the outputs of 'iml-genomics {listing['step']}' (see {LISTING}); give "
+                f"'{self.step}' its own --out directory.")
+        for p in self.inputs:
+            if p.is_dir() and os.path.realpath(p) == os.path.realpath(out):
+                raise OutputConflictError(f"{out}: is also an input directory of this command; write to "
+                                          f"another --out.")
+        owned = _owned_hashes(listing)
+        for name in self.names:
+            self._check_name(name, owned)
+        if problem and not self._warned:
+            self._warned = True
+            log.warning("%s: ignoring %s (%s); nothing it names will be replaced or removed.", out, LISTING, problem)
 
     def __exit__(self, exc_type, exc, tb):
         from iml_genomics.errors import Interrupted
@@ -381,18 +410,21 @@ class OutputGuard:
         return False
 
     def _release(self, *, failed: bool) -> None:
+        if failed and self._locked and self.out in self._locked:
+            # leave no trace of a failed command: our leftovers, and the lock file if we made it
+            # (unlinked while still held, so no other process can be holding it)
+            with contextlib.suppress(OSError):
+                self._remove_leftovers()
+            if self._made_lock:
+                with contextlib.suppress(OSError):
+                    (self.out / LOCK_FILE).unlink()
         for d in reversed(self._locked):
             _unlock(d)
         self._locked = []
         if failed and self.created:
-            # this call made the directory: leave no trace of it (lock file, leftovers, the dir)
             with contextlib.suppress(OSError):
-                self._remove_leftovers()
-            with contextlib.suppress(OSError):
-                if {p.name for p in self.out.iterdir()} <= {LOCK_FILE, LISTING}:
-                    for name in (LOCK_FILE, LISTING):
-                        with contextlib.suppress(FileNotFoundError):
-                            (self.out / name).unlink()
+                if not any(p.name != LISTING for p in self.out.iterdir()):
+                    (self.out / LISTING).unlink(missing_ok=True)
             for d in self.created:
                 with contextlib.suppress(OSError):
                     d.rmdir()  # only if empty
@@ -432,8 +464,10 @@ class OutputGuard:
         if not dest.is_file():
             raise OutputConflictError(f"{dest}: is not a regular file; move it away or choose another --out.")
         if rel not in owned or file_sha256(dest) not in owned[rel]:
-            raise OutputConflictError(f"{dest}: exists and was not written by {step} (or was changed since); move "
-                                      f"it away or choose another --out.")
+            why = (f" (its listing {LISTING} is unusable: {self._listing_problem})"
+                   if self._listing_problem else " (or was changed since)")
+            raise OutputConflictError(f"{dest}: exists and was not written by {step}{why}; move it away or choose "
+                                      f"another --out.")
 
     # -- commit -----------------------------------------------------------
     def commit(self, stage: Path) -> None:
