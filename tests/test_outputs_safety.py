@@ -8,6 +8,7 @@ input) is byte-identical afterwards.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import resource
@@ -239,9 +240,13 @@ def test_stale_output_with_matching_checksum_is_removed(trained, cohort, tmp_pat
     assert set(_listing(out)["files"]) == TRAIN_FILES
 
 
-@pytest.mark.parametrize("content", [b"\x00\xff garbage", b"[\"notes.txt\", \"../outside.txt\"]",
-                                     b'{"format": 2, "step": "train", "complete": true, "files": {"../x": 1}}',
-                                     b'{"format": 2, "step": 7}'])
+# a file outside --out named with its true checksum through '..': the whole listing is distrusted
+_TRAVERSAL = json.dumps({"format": 2, "step": "train", "complete": True, "files": {
+    "../outside.txt": {"sha256": hashlib.sha256(b"outside").hexdigest(), "size": 7}}}).encode()
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff garbage", b"[\"notes.txt\", \"../outside.txt\"]", _TRAVERSAL],
+                         ids=["garbage", "old_format", "traversal"])
 def test_corrupt_listing_is_ignored_and_deletes_nothing(cohort, tmp_path, content):
     root = tmp_path / "root"
     out = root / "out"
@@ -343,16 +348,16 @@ def test_file_size_limit_is_one_line_and_leaves_the_old_outputs(trained, cohort,
     out = copy_of(trained, tmp_path, "train")
     before = snapshot(out)
     # model.json is several KiB: EFBIG (SIGXFSZ is ignored) while the staging files are written
-    proc = cli("train", "--expression", cohort["expr"], "--labels", cohort["labels"], "--label-column",
-               "condition", "--cv-folds", "3", "--seed", "3", "-q", "--out", out, preexec_fn=_fsize_limit(2048))
+    proc = cli("-q", "train", "--expression", cohort["expr"], "--labels", cohort["labels"], "--label-column",
+               "condition", "--cv-folds", "3", "--seed", "3", "--out", out, preexec_fn=_fsize_limit(2048))
     one_line(proc, 3, str(out), "file size limit")
     assert snapshot(out) == before
 
 
 def test_file_size_limit_into_a_new_directory_leaves_nothing(cohort, tmp_path):
     out = tmp_path / "new" / "out"
-    proc = cli("train", "--expression", cohort["expr"], "--labels", cohort["labels"], "--label-column",
-               "condition", "--cv-folds", "3", "-q", "--out", out, preexec_fn=_fsize_limit(2048))
+    proc = cli("-q", "train", "--expression", cohort["expr"], "--labels", cohort["labels"], "--label-column",
+               "condition", "--cv-folds", "3", "--out", out, preexec_fn=_fsize_limit(2048))
     one_line(proc, 3, "file size limit")
     assert not (tmp_path / "new").exists()
 
@@ -379,8 +384,8 @@ def test_disk_full_is_one_line_exit_3_and_nothing_partial(trained, cohort, small
     free = os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize
     with open(small_tmpfs / "filler", "wb") as fh:
         fh.write(b"\0" * max(free - 8192, 0))
-    proc = cli("train", "--expression", cohort["expr"], "--labels", cohort["labels"], "--label-column",
-               "condition", "--cv-folds", "3", "--seed", "4", "-q", "--out", out)
+    proc = cli("-q", "train", "--expression", cohort["expr"], "--labels", cohort["labels"], "--label-column",
+               "condition", "--cv-folds", "3", "--seed", "4", "--out", out)
     one_line(proc, 3, str(out), "No space left on device")
     assert snapshot(out) == before
     assert not [p for p in out.iterdir() if p.name.startswith((".iml-staging-", ".iml-tmp-"))]
@@ -391,7 +396,7 @@ def test_disk_full_is_one_line_exit_3_and_nothing_partial(trained, cohort, small
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n garbage", b"[1, 2]", b'{"train": "x", "explain": {"fingerprint": 5}}'])
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n garbage", b'{"train": "x", "explain": {"fingerprint": 5}}'])
 def test_corrupt_run_state_is_ignored_with_a_warning(tmp_path, content):
     from test_interrupts import fast_config
 
@@ -420,4 +425,4 @@ def test_run_state_that_is_a_directory_is_refused(tmp_path):
     out = tmp_path / "run"
     (out / "run_state.json").mkdir(parents=True)
     one_line(cli("run", config, "--out", out, "--steps", "train"), 2, "run_state.json", "is a directory")
-    assert sorted(p.name for p in out.rglob("*")) == [".iml-lock", "run_state.json"]
+    assert sorted(p.name for p in out.rglob("*")) == ["run_state.json"]  # refused before the lock file
