@@ -107,7 +107,8 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     out = Path(out)
     gene_map = Path(cfg.report.gene_map) if cfg.report.gene_map else None
     with output_guard(out, "run", names=OUTPUT_NAMES["run"],
-                      inputs=[config_path, expression, labels, gene_sets, gene_map]):
+                      inputs=[config_path, expression, labels, gene_sets, gene_map],
+                      on_interrupt=f"steps finished before it are kept in {out} (the next run skips them)"):
         for step in wanted:
             step_dir = out / step
             if step_dir.is_symlink():

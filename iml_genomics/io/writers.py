@@ -291,8 +291,9 @@ class OutputGuard:
         Files and directories the command reads; never replaced or removed.
     """
 
-    def __init__(self, out_dir, step: str | None, *, names=(), inputs=()):
+    def __init__(self, out_dir, step: str | None, *, names=(), inputs=(), on_interrupt: str | None = None):
         self.out = Path(out_dir)
+        self.on_interrupt = on_interrupt
         self.step = step
         self.names = list(names)
         self.inputs: list[Path] = []
@@ -405,7 +406,7 @@ class OutputGuard:
         if isinstance(exc, Interrupted | KeyboardInterrupt) and getattr(exc, "detail", None) is None:
             done = "its outputs were written completely" if self.committed else "no outputs were written"
             with contextlib.suppress(AttributeError):
-                exc.detail = f"{done} to {self.out}"
+                exc.detail = self.on_interrupt or f"{done} to {self.out}"
         self._release(failed=exc_type is not None and not self.committed)
         return False
 
@@ -558,10 +559,11 @@ def register_inputs(paths) -> None:
 
 
 @contextlib.contextmanager
-def output_guard(out_dir, step: str | None, *, names=(), inputs=()) -> Iterator[OutputGuard]:
+def output_guard(out_dir, step: str | None, *, names=(), inputs=(), on_interrupt: str | None = None
+                 ) -> Iterator[OutputGuard]:
     """Context manager form of :class:`OutputGuard`; OSErrors of a full disk become one line."""
     try:
-        guard = OutputGuard(out_dir, step, names=names, inputs=inputs)
+        guard = OutputGuard(out_dir, step, names=names, inputs=inputs, on_interrupt=on_interrupt)
         with guard:
             yield guard
     except OSError as exc:
