@@ -267,3 +267,42 @@ def test_second_concurrent_run_fails_at_once(reference, tmp_path):
     assert first.returncode == 0, err
     assert_no_step_mixes_runs(out)
     assert_same_outputs(reference["out"] / "train", out / "train")
+
+
+_SIGNAL_DURING_SWITCH = r"""
+import os, signal, sys
+from pathlib import Path
+from iml_genomics.cli import install_signal_handlers
+from iml_genomics.errors import Interrupted
+from iml_genomics.io import writers
+
+install_signal_handlers()
+out = Path(sys.argv[1])
+real_replace, sent = os.replace, []
+
+def replace_then_signal(src, dst):
+    # SIGTERM arrives in the middle of the switch, after the first file is in place
+    real_replace(src, dst)
+    if not sent and Path(src).parent.name.startswith(writers.STAGING_PREFIX):
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+os.replace = replace_then_signal
+try:
+    with writers.staged_output(out) as stage:
+        for name in ("a.tsv", "b.tsv", "c.tsv"):
+            (stage / name).write_text(name)
+except Interrupted as exc:
+    print(exc.signum, exc.detail)
+"""
+
+
+def test_signal_during_the_switch_is_held_until_it_is_complete(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_SWITCH, str(out)], capture_output=True, text=True,
+                          env={**ENV, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{int(signal.SIGTERM)} its outputs were written completely to {out}"
+    listing = json.loads((out / ".iml-outputs.json").read_text())
+    assert listing["complete"] is True and set(listing["files"]) == {"a.tsv", "b.tsv", "c.tsv"}
+    assert not list(out.glob(".iml-staging-*"))
