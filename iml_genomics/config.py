@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from iml_genomics.errors import ConfigError
+from iml_genomics.errors import ConfigError, shorten
+
+# Seeds reach numpy's RandomState / SeedSequence, which take 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Every other integer must fit numpy's int64 (a larger one is an OverflowError deep in a step).
+_MAX_INT = 2**63 - 1
+# A config is a few hundred bytes; anything this large is not one.
+MAX_CONFIG_BYTES = 1 * 2**20
 
 
 def _opt(default: Any, *, min: float | None = None, max: float | None = None,
@@ -93,7 +101,7 @@ class SelectConfig:
     fdr: float = _opt(0.1, min=0.0, max=1.0, min_exclusive=True, help="Target false discovery rate q.")
     offset: Literal[0, 1] = _opt(1, help="1 = knockoff+ (controls FDR), 0 = knockoff (modified FDR).")
     statistic: Literal["lasso", "random_forest", "model"] = _opt("lasso", help="Feature statistic W.")
-    covariance: Literal["auto", "ledoit_wolf", "factor"] = _opt("auto", help="Covariance model of the genes.")
+    covariance: Literal["auto", "ledoit_wolf", "factor", "factor_blocks"] = _opt("auto", help="Covariance model of the genes.")
     factor_rank: int | None = _opt(None, min=1, help="Rank k of the factor model; chosen from the data when unset.")
     s_method: Literal["mvr", "sdp", "equicorrelated"] = _opt("mvr", help="S-matrix solver.")
     n_draws: int = _opt(1, min=1, help="Knockoff draws aggregated with e-values (derandomised knockoffs).")
@@ -105,6 +113,7 @@ class SelectConfig:
         help="Knockoff level inside each draw when n_draws > 1 (e-values, Ren and Barber 2023); fdr / 2 when unset.")
     max_pairs: int | None = _opt(
         None, min=1, help="Gene/knockoff pairs kept by swap-symmetric screening before the lasso; max(1000, 2n) when unset.")
+    strict: bool = _opt(False, help="Refuse (exit 3, nothing written) when the exchangeability check fails or cannot run.")
 
 
 @dataclass
@@ -134,7 +143,7 @@ class ParallelConfig:
 
 @dataclass
 class Config:
-    seed: int = _opt(0, min=0, help="Seed of every random step.")
+    seed: int = _opt(0, min=0, max=MAX_SEED, help="Seed of every random step.")
     n_jobs: int = _opt(-1, help="Parallel workers; -1 = all cores. Results do not depend on it.")
     task: Literal["auto", "classification", "regression"] = _opt("auto", help="Inferred from the labels when auto.")
     data: DataConfig = field(default_factory=DataConfig)
@@ -161,6 +170,7 @@ class Config:
         hints = typing.get_type_hints(type(target))
         fld = {f.name: f for f in dataclasses.fields(target)}[key]
         setattr(target, key, _check_value(value, hints[key], fld, dotted_key, source))
+        check_relations(self, source)
 
 
 def _type_name(tp: Any) -> str:
@@ -180,7 +190,8 @@ def _type_name(tp: Any) -> str:
 def _check_value(value: Any, tp: Any, fld: dataclasses.Field, key: str, source: str) -> Any:
     """Return ``value`` coerced to ``tp`` or raise a ConfigError naming ``key``."""
     def fail(reason: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: key '{key}' {reason}; got {value!r}. "
+        # shorten: a 10,000-character value (or a huge list) is quoted, never echoed whole
+        raise ConfigError(f"{source}: key '{key}' {reason}; got {shorten(value)}. "
                           f"Fix the value (see docs/config.md).")
 
     origin = typing.get_origin(tp)
@@ -188,6 +199,8 @@ def _check_value(value: Any, tp: Any, fld: dataclasses.Field, key: str, source: 
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if len(args) == 1:  # Optional[X]: X's own message (range, NaN) is the useful one
+            return _check_value(value, args[0], fld, key, source)
         for arg in args:
             try:
                 return _check_value(value, arg, fld, key, source)
@@ -196,8 +209,10 @@ def _check_value(value: Any, tp: Any, fld: dataclasses.Field, key: str, source: 
         fail(f"must be {_type_name(tp)}")
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
-            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        if (not isinstance(value, (str, int, float, type(None))) or value not in choices
+                or isinstance(value, bool) != any(isinstance(c, bool) for c in choices)):
+            near = (difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+                    if isinstance(value, str) and len(value) <= 200 else [])
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             fail(f"must be {_type_name(tp)}{hint}")
         return value
@@ -205,9 +220,14 @@ def _check_value(value: Any, tp: Any, fld: dataclasses.Field, key: str, source: 
         if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
             fail("must be a list of names")
         return [str(v) for v in value]
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             fail("must be a mapping")
+        for name, item in value.items():
+            if isinstance(item, float) and math.isnan(item):
+                # passed to scikit-learn, where NaN slips through most range checks
+                raise ConfigError(f"{source}: key '{key}.{shorten(name, 60)[1:-1] if isinstance(name, str) else name}' "
+                                  f"is NaN. Give a number (see the estimator's parameters).")
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -219,10 +239,18 @@ def _check_value(value: Any, tp: Any, fld: dataclasses.Field, key: str, source: 
                 value = int(value)
             else:
                 fail("must be an integer")
+        if abs(value) > _MAX_INT and fld.metadata.get("max") is None:
+            fail(f"must be between {-_MAX_INT} and {_MAX_INT}")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("must be a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            fail("must be a finite number")
+        if not math.isfinite(value):
+            # NaN fails every comparison, so without this it slips past the range check below
+            fail("must be a finite number (not NaN or infinity)")
     elif tp is str:
         if not isinstance(value, str):
             fail("must be a string")
@@ -246,9 +274,9 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5) if len(str(key)) <= 200 else []
             hint = f" Did you mean '{prefix}{near[0]}'?" if near else f" Valid keys: {', '.join(fields)}."
-            raise ConfigError(f"{source}: unknown config key '{dotted}'.{hint}")
+            raise ConfigError(f"{source}: unknown config key {shorten(dotted)}.{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value if value is not None else {}, f"{dotted}.", source)
@@ -267,7 +295,95 @@ def config_from_dict(raw: dict | None, source: str = "config") -> Config:
     source : str
         Name used in error messages, usually the file path.
     """
-    return _build(Config, raw or {}, "", source)
+    cfg = _build(Config, raw or {}, "", source)
+    check_relations(cfg, source)
+    return cfg
+
+
+def check_relations(cfg: Config, source: str = "config") -> None:
+    """Rules that involve two keys; run after the file and after every override.
+
+    ``select.derandomize_fdr`` above ``select.fdr`` (with ``n_draws > 1``) is
+    refused. e-BH at q selects k genes only if the mean over draws of
+    ``min(k, R_m) / (1 + N_m)`` reaches ``1 / q`` (``R_m`` genes with W >= T
+    in draw m, ``N_m`` with W <= -T), so at least one draw needs a realised
+    ratio ``(1 + N_m) / R_m <= q``. The knockoff+ threshold at level a is the
+    smallest t with that ratio <= a; with a > q it stops where the ratio is
+    up to a, so such draws all but vanish (docs/config.md gives the numbers).
+    At a = q every non-empty draw meets the bound, so e-BH can select there.
+
+    Raises
+    ------
+    ConfigError
+        One line naming both keys, the reason and what to do.
+    """
+    sel = cfg.select
+    if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:
+        raise ConfigError(
+            f"{source}: select.derandomize_fdr ({sel.derandomize_fdr:g}) is above select.fdr ({sel.fdr:g}) with "
+            f"n_draws = {sel.n_draws}: e-BH at fdr selects only genes of draws whose (1 + #{{W <= -T}}) / "
+            f"#{{W >= T}} is <= fdr, and a per-draw level above fdr lets every draw stop where that ratio is "
+            f"larger, so almost nothing can be selected. Set derandomize_fdr <= fdr or leave it unset (fdr / 2).")
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` without aliases and without duplicate keys.
+
+    Aliases are refused, not expanded: a "billion laughs" file is a few
+    hundred bytes that expand to gigabytes once anything walks the result
+    (``repr`` in a message, ``dataclasses.asdict``), and no config needs one.
+    A key given twice in one mapping is refused too (YAML keeps the last one
+    silently, so the first value a user reads is not the one used).
+    """
+    import yaml
+
+    class _ConfigLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+                mark = event.start_mark
+                raise ConfigError(f"{source}: YAML {kind} '{shorten(event.anchor, 60)[1:-1]}' at line "
+                                  f"{mark.line + 1}; configs may not use anchors or aliases (&name / *name). "
+                                  f"Write the values out.")
+            return super().compose_node(parent, index)
+
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except (ConfigError, yaml.YAMLError, RecursionError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                # PyYAML's own constructors fail with ValueError, IndexError, AttributeError, ... on
+                # values such as 2001-13-45, !!int "" or !!int "abc"
+                raise ConfigError(f"{source}: YAML value at line {node.start_mark.line + 1} cannot be read "
+                                  f"({shorten(str(exc))[1:-1]}). Fix the value.") from None
+
+        def construct_mapping(self, node, deep=False):
+            if not isinstance(node, yaml.MappingNode):  # e.g. `!!set 0.5`: the base class says what is wrong
+                return super().construct_mapping(node, deep=deep)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise ConfigError(f"{source}: YAML merge key '<<' at line {key_node.start_mark.line + 1}; "
+                                      f"configs may not merge mappings. Write the keys out.")
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise ConfigError(f"{source}: duplicate key {shorten(key, 120)} at line "
+                                      f"{key_node.start_mark.line + 1} (first at line {first}). Keep one of them.")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except (ConfigError, yaml.YAMLError, RecursionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise plain errors on odd tagged values
+        raise ConfigError(f"{source}: YAML cannot be read ({shorten(str(exc))[1:-1]}). Fix the YAML.") from None
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -289,7 +405,13 @@ def load_config(path: str | Path | None) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found. Check the path given to --config.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file is {size} bytes, more than the {MAX_CONFIG_BYTES} a config can "
+                              f"be. Give the YAML config to --config.")
+        raw = _parse_yaml(path.read_text(), str(path))
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a config. Fix the YAML.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -299,7 +421,7 @@ def load_config(path: str | Path | None) -> Config:
         context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         if context and cmark is not None and (mark is None or cmark.line != mark.line):
             problem += f" ({context} at line {cmark.line + 1})"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}. Fix the YAML syntax.") from None
+        raise ConfigError(f"{path}: malformed YAML{where}: {shorten(problem)[1:-1]}. Fix the YAML syntax.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc}).") from None
     return config_from_dict(raw, source=str(path))

@@ -29,6 +29,10 @@ class NumericalError(IMLGenomicsError):
     exit_code = 3
 
 
+class ExchangeabilityError(NumericalError):
+    """The knockoffs failed the exchangeability diagnostic and ``select --strict`` refuses to report them."""
+
+
 class ResourceError(IMLGenomicsError):
     """A step would exceed a user-given resource limit."""
 
@@ -72,3 +76,43 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def shorten(value: object, limit: int = 200) -> str:
+    """``repr``-like text of a user value, cut to about ``limit`` characters.
+
+    Error messages quote what the user wrote so they can find it, but a
+    10,000-character id or a huge nested YAML value must not flood the one
+    error line (nor take minutes to format): containers are rendered with
+    :mod:`reprlib` (bounded work whatever their size) and long strings keep
+    their head and tail.
+
+    Parameters
+    ----------
+    value : object
+        The offending value.
+    limit : int
+        Rough maximum length of the returned text.
+
+    Returns
+    -------
+    str
+        One line of at most about ``limit`` characters.
+    """
+    import reprlib
+
+    if isinstance(value, str):
+        if len(value) > limit:
+            # slice before repr: formatting never touches more than ~limit characters
+            return f"{repr(value[: limit - 60])[:-1]}...[{len(value)} characters]...{repr(value[-20:])[1:]}"
+        text = repr(value)
+    else:
+        r = reprlib.Repr()
+        r.maxstring, r.maxother, r.maxlevel = limit, limit, 3
+        r.maxdict = r.maxlist = r.maxtuple = r.maxset = 8
+        text = r.repr(value)
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 40, 20)
+    return f"{text[: keep - 20]}...[{len(text)} characters]...{text[-20:]}"

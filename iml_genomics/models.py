@@ -125,16 +125,18 @@ def build_estimator(name: str, task: str, *, seed: int, params: dict | None = No
     builder = MODEL_REGISTRY[name][1 if task == "regression" else 0]
     if builder is _l1_logistic and n_classes == 2 and "solver" not in params:
         params = {"solver": "liblinear", **params}
+    from iml_genomics.errors import shorten
+
     accepted = builder(seed, {}).get_params()
     for key in params:
         if key not in accepted:
-            near = difflib.get_close_matches(key, list(accepted), n=1)
-            raise ConfigError(f"config: model.params key '{key}' is not a parameter of {type(builder(seed, {})).__name__}"
-                              + (f"; did you mean '{near[0]}'?" if near else "") + ".")
+            near = difflib.get_close_matches(key, list(accepted), n=1) if len(str(key)) <= 200 else []
+            raise ConfigError(f"config: model.params key {shorten(key)} is not a parameter of "
+                              f"{type(builder(seed, {})).__name__}" + (f"; did you mean '{near[0]}'?" if near else "") + ".")
     try:
         return builder(seed, params)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config: invalid model.params for '{name}': {exc}.") from None
+        raise ConfigError(f"config: invalid model.params for '{name}': {shorten(str(exc))[1:-1]}.") from None
 
 
 def build_pipeline(cfg, task: str, *, sparse_input: bool = False, n_classes: int | None = None) -> Pipeline:
@@ -298,18 +300,6 @@ BUNDLE_MODEL = "model.skops"
 BUNDLE_MANIFEST = "model.json"
 
 
-# Type names a bundle may hold: our own transformers, scikit-learn's estimators
-# and their internals (which skops itself trusts), and plain numpy/builtin
-# containers. Anything else (os.system, a user class) is refused.
-_TRUSTED_PREFIXES = ("sklearn.", "iml_genomics.preprocess.")
-_TRUSTED_EXACT = {"numpy.ndarray", "numpy.dtype", "builtins.slice", "collections.OrderedDict",
-                  "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937"}
-
-
-def _is_trusted(type_name: str) -> bool:
-    return type_name in _TRUSTED_EXACT or type_name.startswith(_TRUSTED_PREFIXES)
-
-
 def _deterministic_skops(data: bytes) -> bytes:
     """Make a skops file byte-stable: equal models give equal bytes.
 
@@ -360,19 +350,29 @@ def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> No
 
 
 def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
-    """Load a bundle written by :func:`save_bundle`, refusing anything untrusted.
+    """Load a bundle written by :func:`save_bundle`, refusing anything it does not write.
 
-    The model file must match the sha256 in its manifest and may contain only
-    the types this package writes (our transformers and registry models).
+    Nothing from the bundle is imported or called before it passed every
+    check: the manifest is parsed as plain JSON and its fields typed; the
+    model bytes are read once (so what is checked is what is loaded) and must
+    match the manifest's sha256 (this catches accidental corruption, not
+    tampering: whoever edits the model can edit the manifest); the skops
+    schema may hold only the loaders and classes this package writes
+    (:mod:`iml_genomics.bundle_audit`, names resolved to the very classes);
+    after loading, tree arrays are bounds-checked and the model must accept
+    the manifest's genes.
 
     Raises
     ------
     BundleError
-        Missing files, a hash mismatch (tampering), or untrusted types.
+        Missing files, a malformed manifest, a hash mismatch, a type or
+        loader iml-genomics never writes, or a malformed model; one line.
     """
+    import hashlib
+
     import skops.io as sio
 
-    from iml_genomics.io.writers import file_sha256
+    from iml_genomics.bundle_audit import check_manifest, read_checked_zip
 
     directory = Path(directory)
     manifest_path, model_path = directory / BUNDLE_MANIFEST, directory / BUNDLE_MODEL
@@ -380,19 +380,101 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
         raise BundleError(f"{directory}: not a model bundle (needs {BUNDLE_MANIFEST} and {BUNDLE_MODEL}); "
                           f"pass the --out directory of 'iml-genomics train'.")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: unreadable bundle manifest ({exc}).") from None
-    if file_sha256(model_path) != manifest.get("model_sha256"):
-        raise BundleError(f"{model_path}: sha256 does not match {BUNDLE_MANIFEST}; the bundle was modified after "
-                          f"training. Re-run 'iml-genomics train' to recreate it.")
+        manifest = json.loads(manifest_path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable bundle manifest ({str(exc).splitlines()[0][:200]}).") from None
+    manifest = check_manifest(manifest, manifest_path)
+    data = model_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest["model_sha256"]:
+        raise BundleError(f"{model_path}: sha256 does not match {BUNDLE_MANIFEST}; the file was changed or "
+                          f"damaged after training. Re-run 'iml-genomics train' to recreate it.")
+    trusted = read_checked_zip(data, str(model_path))
     try:
-        untrusted = set(sio.get_untrusted_types(file=model_path))
-    except Exception as exc:
-        raise BundleError(f"{model_path}: not a readable skops file ({str(exc).splitlines()[0]}).") from None
-    unknown = sorted(t for t in untrusted if not _is_trusted(t))
-    if unknown:
-        raise BundleError(f"{model_path}: bundle holds types iml-genomics does not write ({', '.join(unknown[:3])}); "
-                          f"refusing to load it. Re-train with 'iml-genomics train'.")
-    pipeline = sio.load(model_path, trusted=sorted(untrusted))
+        pipeline = sio.loads(data, trusted=trusted)
+    except Exception as exc:  # noqa: BLE001 - any failure of a checked file is a damaged bundle, in one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{model_path}: not a readable skops file ({first[:200]}). "
+                          f"Re-train with 'iml-genomics train'.") from None
+    _check_loaded(pipeline, manifest, str(model_path))
+    _check_manifest_config(pipeline, manifest, manifest_path)
     return pipeline, manifest
+
+
+def _check_manifest_config(pipeline, manifest: dict, manifest_path: Path) -> None:
+    """The manifest's config is valid and builds the same kind of model the bundle holds.
+
+    explain and evaluate refit that config (folds, prediction gaps), so a bad
+    value in it would otherwise surface as a traceback from inside a fit.
+    """
+    from iml_genomics.config import config_from_dict
+
+    cfg = config_from_dict(manifest["config"], source=str(manifest_path))
+    classes = manifest.get("classes")
+    expected = build_estimator(cfg.model.name, manifest["task"], seed=cfg.seed, params=cfg.model.params,
+                               n_classes=len(classes) if classes else None)
+    try:
+        getattr(expected, "_validate_params", lambda: None)()
+    except (TypeError, ValueError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise BundleError(f"{manifest_path}: config.model.params rejected ({first[:200]}); "
+                          f"re-train with 'iml-genomics train'.") from None
+    final = pipeline.steps[-1][1]
+    if type(final) is not type(expected):
+        raise BundleError(f"{manifest_path}: config says model '{cfg.model.name}' ({type(expected).__name__}) but "
+                          f"{BUNDLE_MODEL} holds a {type(final).__name__}; re-train with 'iml-genomics train'.")
+
+
+def _check_loaded(pipeline, manifest: dict, source: str) -> None:
+    """The loaded object is a fitted pipeline of our steps that fits the manifest.
+
+    Objects of allowed classes can still carry any attributes (or lack some):
+    whatever goes wrong while inspecting them is a malformed bundle, in one line.
+    """
+    try:
+        _check_loaded_parts(pipeline, manifest, source)
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile object may fail in any way when inspected
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{source}: malformed model ({type(exc).__name__}: {first[:200]}); "
+                          f"re-train with 'iml-genomics train'.") from None
+
+
+def _check_loaded_parts(pipeline, manifest: dict, source: str) -> None:
+    from iml_genomics.bundle_audit import check_trees
+
+    if not isinstance(pipeline, Pipeline) or not isinstance(pipeline.steps, list) or not pipeline.steps:
+        raise BundleError(f"{source}: the model is a {type(pipeline).__name__}, not a fitted pipeline; "
+                          f"re-train with 'iml-genomics train'.")
+    if pipeline.memory is not None:
+        # a cache directory would make every refit write files wherever the bundle says
+        raise BundleError(f"{source}: the pipeline has a cache directory set (memory); iml-genomics never "
+                          f"writes one. Re-train with 'iml-genomics train'.")
+    from iml_genomics.bundle_audit import pipeline_step_classes
+
+    step_classes, final_classes = pipeline_step_classes()
+    kinds = [type(step) for step in (s[1] if isinstance(s, tuple) and len(s) == 2 else s for s in pipeline.steps)]
+    if kinds[-1] not in final_classes or any(k not in step_classes for k in kinds[:-1]):
+        raise BundleError(f"{source}: the pipeline's steps ({', '.join(k.__name__ for k in kinds)[:200]}) are not "
+                          f"preprocessing followed by a registry model; re-train with 'iml-genomics train'.")
+    n_genes = len(manifest["gene_ids"])
+    n_in = getattr(pipeline.steps[0][1], "n_features_in_", None)
+    if n_in != n_genes:
+        raise BundleError(f"{source}: the model expects {n_in} genes but {BUNDLE_MANIFEST} lists {n_genes}; "
+                          f"re-train with 'iml-genomics train'.")
+    final = pipeline.steps[-1][1]
+    n_final = getattr(final, "n_features_in_", None)
+    if not isinstance(n_final, int) or n_final < 1:
+        raise BundleError(f"{source}: the final model is not fitted; re-train with 'iml-genomics train'.")
+    check_trees(final, n_final, source)
+    classes = manifest.get("classes")
+    if classes is not None and [str(c) for c in getattr(final, "classes_", [])] != list(classes):
+        raise BundleError(f"{source}: the model's classes differ from {BUNDLE_MANIFEST}'s; "
+                          f"re-train with 'iml-genomics train'.")
+    try:
+        # one prediction on a row of zeros: array shapes inside the model agree with each other
+        predict_scores(pipeline, np.zeros((1, n_genes)), classes)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot predict is a damaged bundle
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{source}: the model cannot predict ({first[:200]}); "
+                          f"re-train with 'iml-genomics train'.") from None

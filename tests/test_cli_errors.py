@@ -557,7 +557,7 @@ def bundle(tmp_path, cohort):
     directory = tmp_path / "bundle"
     directory.mkdir()
     save_bundle(directory, pipeline, {"task": "classification", "classes": ["a", "b"],
-                                      "gene_ids": list(expr.columns)})
+                                      "gene_ids": list(expr.columns), "config": cfg.to_dict()})
     return directory, pipeline, expr.to_numpy()
 
 

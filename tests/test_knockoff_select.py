@@ -10,7 +10,7 @@ from iml_genomics.simulate import simulate_gaussian
 
 SUMMARY_KEYS = {"target_fdr", "offset", "threshold", "n_selected", "covariance_model", "factor_rank", "s_method",
                 "statistic", "n_draws", "aggregation", "diagnostics", "notes"}
-DIAG_KEYS = {"mean_abs_corr_x_xk", "min_eig_2sigma_minus_s", "swap_check", "fraction_negative_w"}
+DIAG_KEYS = {"mean_abs_corr_x_xk", "min_eig_2sigma_minus_s", "swap_check", "exchangeability", "fraction_negative_w"}
 
 
 @pytest.fixture(scope="module")

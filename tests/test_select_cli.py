@@ -44,7 +44,8 @@ def test_outputs_and_contract(runs):
     assert {"target_fdr", "offset", "threshold", "n_selected", "covariance_model", "factor_rank", "s_method",
             "statistic", "n_draws", "aggregation", "diagnostics", "notes"} <= set(summary)
     assert set(summary["diagnostics"]) == {"mean_abs_corr_x_xk", "min_eig_2sigma_minus_s", "swap_check",
-                                           "fraction_negative_w"}
+                                           "exchangeability", "fraction_negative_w"}
+    assert summary["diagnostics"]["exchangeability"]["passed"] is True
     assert summary["target_fdr"] == 0.3 and summary["n_draws"] == 2 and summary["aggregation"] == "ebh"
     assert summary["n_selected"] == int(table["selected"].sum())
     truth = set(pd.read_csv(ROOT / "test_data/demo_truth.tsv", sep="\t")["gene_id"])

@@ -43,7 +43,7 @@ _OPTION_OF_KEY = {
     "data.label_column": "--label-column", "data.sample_id_column": "--sample-id-column",
     "data.orientation": "--genes-as-rows", "data.layer": "--layer", "data.drop_unmatched": "--drop-unmatched",
     "seed": "--seed", "n_jobs": "--jobs", "model.name": "--model", "cv.n_splits": "--cv-folds",
-    "cv.n_repeats": "--cv-repeats",
+    "cv.n_repeats": "--cv-repeats", "select.fdr": "--fdr", "select.n_draws": "--draws",
 }
 
 
@@ -88,7 +88,10 @@ def _check_model_params(cfg, source: str) -> None:
             try:
                 getattr(estimator, "_validate_params", lambda: None)()
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"config: model.params value rejected: {str(exc).splitlines()[0]}") from None
+                # scikit-learn quotes the value: cut it, a 10,000-character value must not fill the line
+                text = (str(exc).splitlines() or [""])[0]
+                text = text if len(text) <= 300 else f"{text[:260]}...[{len(text)} characters]"
+                raise ConfigError(f"config: model.params value rejected: {text}") from None
             return
         except ConfigError as exc:
             first = first or exc

@@ -16,7 +16,9 @@ from iml_genomics.cli.common import cohort_options, common_overrides, load_cohor
 @click.option("--statistic", default=None, help="lasso, random_forest or model [config select.statistic].")
 @click.option("--s-method", default=None, help="mvr, sdp or equicorrelated [config select.s_method].")
 @click.option("--covariance", default=None, help="auto, ledoit_wolf or factor [config select.covariance].")
-def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_method, covariance, **opts):
+@click.option("--strict/--no-strict", default=None,
+              help="Refuse (exit 3, nothing written) when the exchangeability check fails [config select.strict].")
+def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_method, covariance, strict, **opts):
     """Select genes with model-X knockoffs at a target FDR.
 
     \b
@@ -41,7 +43,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
 
     cfg = resolve_config(config_path, overrides={
         **common_overrides(opts), "select.fdr": fdr, "select.n_draws": n_draws, "select.statistic": statistic,
-        "select.s_method": s_method, "select.covariance": covariance})
+        "select.s_method": s_method, "select.covariance": covariance, "select.strict": strict})
     sc = cfg.select
     if sc.groups == "file" and not sc.group_file:  # fail before reading a large matrix
         from iml_genomics.errors import ConfigError
@@ -91,6 +93,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     if result.table.empty:
         raise InputDataError(f"{expression}: no genes left after preprocessing; relax the preprocess filters.")
     prov.mark("knockoffs")
+    _exchangeability_verdict(result.summary["diagnostics"]["exchangeability"], strict=sc.strict)
     prov.extra["cohort"] = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "n_genes_tested": len(gene_ids),
                             "task": task}
     result.summary["n_genes_not_tested"] = len(input_gene_ids) - len(gene_ids)
@@ -108,6 +111,8 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
 
 def _read_groups(path, gene_ids):
     """gene_id -> group labels for ``select.groups: file``; genes missing from the file are their own group."""
+    import pandas as pd
+
     from iml_genomics.errors import ConfigError, InputDataError
     from iml_genomics.io import read_table
 
@@ -118,5 +123,28 @@ def _read_groups(path, gene_ids):
     if "gene_id" not in table.columns or "group" not in table.columns:
         raise InputDataError(f"{path}: group file needs columns 'gene_id' and 'group'; found "
                              f"{', '.join(map(str, table.columns))}.")
-    mapping = dict(zip(table["gene_id"].astype(str), table["group"].astype(str)))
-    return [mapping.get(g, f"__single__{g}") for g in gene_ids]
+    mapping = {g: str(v).strip() for g, v in zip(table["gene_id"].astype(str), table["group"]) if not pd.isna(v)}
+    return [mapping.get(g) or None for g in gene_ids]  # None: not in the file, a group of its own
+
+
+def _exchangeability_verdict(check: dict, *, strict: bool) -> None:
+    """One warning line on stderr when the exchangeability check fails; with ``strict``, refuse (exit 3)."""
+    from iml_genomics.errors import ExchangeabilityError
+
+    if check.get("passed", False):
+        return
+    if "skipped" in check:
+        what = f"the exchangeability check could not run ({check['skipped']})"
+    else:
+        worst = check["worst_pairs"][0] if check["worst_pairs"] else None
+        what = (f"knockoffs failed the exchangeability check: {check['fraction_exceeding']:.1%} of "
+                f"{check['n_pairs']} neighbour pairs exceed the limit (at most {check['max_fraction']:.0%})"
+                + (f"; worst pair {worst['gene_j']}, {worst['gene_k']}: corr {worst['corr_x_x']:.2f} between the "
+                   f"genes, {worst['corr_xk_x']:.2f} between the knockoff of {worst['gene_j']} and "
+                   f"{worst['gene_k']}, {worst['corr_xk_xk']:.2f} between their knockoffs" if worst else "")
+                + f"; the {check['covariance_model']} covariance model misses correlation between neighbouring genes")
+    if strict:
+        raise ExchangeabilityError(f"{what}; select --strict refuses to report this selection. Try another "
+                                   f"select.covariance or fewer genes (preprocess.top_k_variable), or drop --strict.")
+    click.echo(f"select: warning: {what}; the FDR guarantee may not hold (see select_summary.json "
+               f"diagnostics.exchangeability).", err=True)

@@ -212,7 +212,9 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             "ids whose symbol is in the gene-set file": gsum["n_ids_in_gene_set_file"],
             "distinct symbols (background)": gsum["n_keys"],
             "background symbols in a tested set": gsum["n_keys_in_tested_sets"],
-            "over-representation query": gsum["query_source"],
+            "over-representation query": gsum["query_source"]
+            + (f"; counted in groups: {gsum['n_query_units']} selected of {gsum['n_background_units']} "
+               f"(a selected group is one discovery)" if gsum.get("ora_unit") == "group" else ""),
             "rank-based test on": gsum["ranking_metric"], "permutations": gsum["n_permutations"],
             f"significant sets (q <= {gsum['q_threshold']})": gsum["n_significant_sets"],
         }

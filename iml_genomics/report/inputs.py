@@ -71,9 +71,14 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputDataError(f"{path}: cannot read JSON ({exc}). Re-run the step that wrote it.") from None
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputDataError(f"{path}: cannot read JSON ({str(exc)[:200]}). Re-run the step that wrote it.") from None
+    if not isinstance(data, dict):
+        # every file read here (model.json, provenance.json, summaries) is a JSON object; callers use .get
+        raise InputDataError(f"{path}: must be a JSON object, got a {type(data).__name__}. "
+                             f"Re-run the step that wrote it.")
+    return data
 
 
 def detect_step(directory: Path) -> str:
@@ -123,6 +128,10 @@ def load_inputs(directories) -> ReportInputs:
                 inputs.oof = _read_tsv(d / "oof_predictions.tsv")
             if (d / "model.json").is_file():
                 inputs.model = _read_json(d / "model.json")
+                genes = inputs.model.get("gene_ids")
+                if genes is not None and (not isinstance(genes, list) or not all(isinstance(g, str) for g in genes)):
+                    raise InputDataError(f"{d / 'model.json'}: key 'gene_ids' must be a list of strings. "
+                                         f"Re-run 'iml-genomics train'.")
         elif step == "explain":
             if (d / "gene_ranking.tsv").is_file():
                 inputs.gene_ranking = _read_tsv(d / "gene_ranking.tsv")

@@ -218,6 +218,56 @@ def query_genes(inputs: ReportInputs, univariate: pd.DataFrame | None,
     return [], "none", None
 
 
+def selection_units(inputs: ReportInputs) -> pd.Series | None:
+    """Tested gene id -> selection unit when ``select`` ran group knockoffs, else None.
+
+    Group knockoffs control the FDR over groups and mark every member of a
+    selected group as selected; counting those members as separate
+    discoveries in over-representation would turn one (possibly false)
+    discovery into many. A unit is the gene's group (the ``group`` column of
+    knockoff_selection.tsv), or the gene itself when its group is empty.
+    None when no unit has more than one gene (gene-level counting is then the same).
+    """
+    ko = inputs.knockoffs
+    if ko is None or "group" not in ko.columns:
+        return None
+    rows = tested_rows(ko)
+    group = rows["group"].fillna("").astype(str).str.strip()
+    genes = rows["gene_id"].astype(str)
+    units = pd.Series(np.where(group != "", "group:" + group, "gene:" + genes), index=genes.to_numpy())
+    return units if units.nunique() < len(units) else None
+
+
+def _unit_over_representation(query: list[str], pool: list[str], units: pd.Series, keys: pd.Series,
+                              sets: dict[str, list[str]]) -> pd.DataFrame:
+    """Over-representation with a selected group counted once.
+
+    Units replace genes in the hypergeometric test: N = units among the
+    tested genes, n = selected units, K = units with at least one member in
+    the set, x = selected units with at least one member in the set (a set is
+    hit by a selected group if any of its members is in the set).
+    ``overlap_genes`` lists the member symbols of those selected units that are in the set.
+    """
+    pool_units = units.reindex(pool).dropna()
+    unit_keys: dict[str, set[str]] = {}
+    for gene, unit in pool_units.items():
+        key = keys.get(gene)
+        if isinstance(key, str):
+            unit_keys.setdefault(unit, set()).add(key)
+    key_units: dict[str, set[str]] = {}
+    for unit, ks in unit_keys.items():
+        for key in ks:
+            key_units.setdefault(key, set()).add(unit)
+    chosen = set(units.reindex(query).dropna())
+    unit_sets = {name: sorted(set().union(*(key_units.get(k, set()) for k in members)))
+                 for name, members in sets.items()}
+    ora = gs.over_representation(sorted(chosen), set(unit_keys), unit_sets)
+    ora["overlap_genes"] = [";".join(sorted(set(members) & set().union(*(unit_keys[u] for u in unit_sets[name]
+                                                                          if u in chosen))))
+                            for name, members in sets.items()]
+    return ora
+
+
 def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *, gene_map: pd.Series | None,
                       univariate: pd.DataFrame | None, min_size: int, max_size: int, top_k: int,
                       n_permutations: int, ranking_metric: str, q_threshold: float, random_state,
@@ -247,8 +297,16 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     background = set(universe) if pool is None else set(keys.reindex(pool).dropna())
     summary.update(query_source=query_source, n_query_ids=len(query), n_query_keys=len(query_keys),
                    n_background_keys=len(background))
-    ora = gs.over_representation(query_keys, background,
-                                 {name: [g for g in members if g in background] for name, members in sets.items()})
+    units = selection_units(inputs) if query_source.startswith("knockoff selection") else None
+    if units is None:
+        ora = gs.over_representation(query_keys, background, {name: [g for g in members if g in background]
+                                                               for name, members in sets.items()})
+        summary.update(ora_unit="gene")
+    else:
+        # group knockoffs: a selected group is one discovery, whatever its size
+        ora = _unit_over_representation(query, pool, units, keys, sets)
+        summary.update(ora_unit="group", n_query_units=int(units.reindex(query).nunique()),
+                       n_background_units=int(units.reindex(pool).nunique()))
     scores, metric = ranking_scores(inputs, univariate, ranking_metric)
     signed = metric in ("univariate", "knockoff_w")
     summary.update(ranking_metric=metric, ranking_signed=signed, n_permutations=n_permutations)

@@ -15,6 +15,7 @@ import pandas as pd
 from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, parallel_map, spawn_seeds
 from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
+from iml_genomics.select.diagnostics import exchangeability_check
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
 from iml_genomics.select.sampler import prepare_sampler, sample_knockoffs
 from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
@@ -146,6 +147,23 @@ def swap_check(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_met
             "noise_rmse": float(noise), "passed": bool(rmse_c <= 1.5 * noise and rmse_b <= 1.5 * noise)}
 
 
+def _user_groups(groups, p: int) -> tuple[np.ndarray, list[str]]:
+    """Group ids 0..G-1 and the user's group names; a gene with no group (None, NaN or "") is a group alone.
+
+    Genes alone get the name "" in the ``group`` column: they are not part of any group the user gave.
+    """
+    labels = list(groups)
+    if len(labels) != p:
+        raise InputDataError(f"groups: {len(labels)} group labels for {p} genes.")
+    missing = [g is None or (isinstance(g, float) and np.isnan(g)) or str(g) == "" for g in labels]
+    keys = [("", i) if miss else (str(g), -1) for i, (g, miss) in enumerate(zip(labels, missing))]
+    ids = canonical_groups(np.array([f"{name}\x00{i}" for name, i in keys], dtype=object))
+    names = [""] * (int(ids.max()) + 1)
+    for gid, (name, _) in zip(ids, keys):
+        names[gid] = name
+    return ids, names
+
+
 def with_untested_genes(table: pd.DataFrame, gene_ids) -> pd.DataFrame:
     """The selection table with a row for every input gene.
 
@@ -185,20 +203,22 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         1 = knockoff+ (FDR control), 0 = knockoff (modified FDR).
     statistic : {'lasso', 'random_forest', 'model'}
     s_method : {'mvr', 'sdp', 'equicorrelated'}
-    covariance : {'auto', 'ledoit_wolf', 'factor'}
+    covariance : {'auto', 'ledoit_wolf', 'factor', 'factor_blocks'}
     factor_rank : int, optional
     n_draws : int
         Knockoff draws; more than one aggregates e-values with e-BH
         (derandomised knockoffs, Ren and Barber 2023).
     groups : None, 'clusters' or array-like of length p
-        Group knockoffs over correlation clusters or the given labels.
+        Group knockoffs over clusters of the sample correlation, or over the
+        given group names (kept in the ``group`` column; None, NaN or "" =
+        a gene on its own, with an empty ``group``).
     covariates : DataFrame or ndarray, optional
         Fixed covariates, in every fit, never tested.
     random_state : int
     n_jobs : int
         Workers (draws in parallel, else CV folds); results do not depend on it.
     cluster_correlation : float
-        Correlation threshold of ``groups='clusters'``.
+        Sample-correlation threshold of ``groups='clusters'`` (average linkage on 1 - |corr|).
     derandomize_fdr : float, optional
         Knockoff level inside each draw when ``n_draws > 1`` (default fdr / 2).
     model, model_params
@@ -206,7 +226,9 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     max_pairs : int, optional
         Gene/knockoff pairs kept by screening before the lasso (default max(1000, 2n)).
     check_swap : bool
-        Run the held-out swap check (adds one smaller knockoff construction).
+        Run the held-out swap check (random pairs) and the neighbour
+        exchangeability check (:func:`~iml_genomics.select.diagnostics.exchangeability_check`,
+        one more covariance fit and S on 75% of the samples); False reports both as skipped.
 
     Returns
     -------
@@ -235,12 +257,12 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
                               f"or set select.groups: none.")
         C = model_.dense()
         if isinstance(groups, str) and groups == "clusters":
-            group_labels = cluster_genes(C, cluster_correlation)
+            # clusters of the *sample* correlation, as select.cluster_correlation is documented: the model's
+            # correlation is shrunk (Ledoit-Wolf) or low rank, which splits real modules into many clusters
+            group_labels = cluster_genes(np.corrcoef(R, rowvar=False), cluster_correlation)
+            group_names = [f"group_{g + 1:05d}" for g in range(int(group_labels.max()) + 1)]
         else:
-            labels = np.asarray(groups)
-            if labels.shape[0] != p:
-                raise InputDataError(f"groups: {labels.shape[0]} group labels for {p} genes.")
-            group_labels = canonical_groups(labels)
+            group_labels, group_names = _user_groups(groups, p)
         if model_.corr is None:  # group S is block-diagonal, so sample from the dense model
             model_ = CovarianceModel("factor", model_.mean, model_.scale, corr=C, d=model_.d, U=model_.U)
         S, gamma = group_equicorrelated(C, group_labels)
@@ -289,7 +311,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         "selected": selected[unit],
         "selection_frequency": frequency[unit],
         "e_value": e_values[unit],
-        "group": [f"group_{g + 1:05d}" for g in group_labels] if group_labels is not None else [""] * p,
+        "group": [group_names[g] for g in group_labels] if group_labels is not None else [""] * p,
     })
     table = table.sort_values(["e_value", "w", "gene_id"], ascending=[False, False, True], kind="mergesort")
     table.insert(5, "rank", np.arange(1, p + 1))
@@ -299,6 +321,12 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     swap = (swap_check(R, covariance=model_.kind, factor_rank=model_.rank,
                        s_method=s_method if group_labels is None else "equicorrelated", random_state=random_state)
             if check_swap else {"skipped": "disabled"})
+    # the swap check above samples random pairs, which are almost never correlated neighbours; this one checks
+    # each gene's nearest neighbours, where a model that misses local correlation breaks exchangeability
+    exchangeability = (exchangeability_check(R, covariance=model_.kind, factor_rank=model_.rank,
+                                             s_method=s_method if group_labels is None else "equicorrelated",
+                                             gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs)
+                       if check_swap else {"skipped": "disabled"})
     notes = []
     if statistic == "lasso" and task == "classification":
         notes.append("lasso statistic on class indicators (linear-probability lasso, swap-symmetric).")
@@ -309,6 +337,10 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if s_info.get("approximation") == "blockdiag":
         notes.append(f"S solved on a block-diagonal approximation ({s_info['n_blocks']} blocks) and scaled to "
                      f"feasibility.")
+    if model_.is_blocks:
+        notes.append(f"covariance: {model_.rank} factor(s) plus a block-diagonal residual ({model_.n_blocks} blocks "
+                     f"of 2-{model_.max_block_size} genes linked at |residual corr| > {model_.edge_threshold:.3f}); "
+                     f"local correlation beyond a block is not modelled.")
     if group_labels is not None:
         notes.append(f"group knockoffs over {int(group_labels.max()) + 1} groups: FDR is controlled over groups; "
                      f"every gene of a selected group is marked selected.")
@@ -328,6 +360,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         "task": task,
         "covariance_model": model_.kind,
         "factor_rank": model_.rank,
+        "n_blocks": model_.n_blocks,
+        "max_block_size": model_.max_block_size,
         "ledoit_wolf_shrinkage": model_.shrinkage,
         "s_method": s_used,
         "s_approximation": s_info.get("approximation"),
@@ -343,6 +377,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
             "mean_abs_corr_x_xk": float(np.mean([d["mean_abs_corr"] for d in draws])),
             "min_eig_2sigma_minus_s": float(min_eig),
             "swap_check": swap,
+            "exchangeability": exchangeability,
             "fraction_negative_w": float(np.mean(W < 0)),
         },
         "notes": notes,

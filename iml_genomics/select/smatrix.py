@@ -1,4 +1,4 @@
-"""S-matrix solvers: equicorrelated, SDP and MVR, dense or on a factor model.
+"""S-matrix solvers: equicorrelated, SDP and MVR, dense, on a factor model, or per block of factor_blocks.
 
 All solvers work on the correlation scale (unit diagonal) and return the
 diagonal ``s`` of S. Feasibility means ``S >= 0`` and ``2 C - S`` positive
@@ -12,7 +12,9 @@ SDP and MVR are solved by coordinate descent over s_j (Spector and Janson
   above ``max_block`` genes a block-diagonal approximation over clusters of
   correlated genes is solved block by block, then scaled to feasibility;
 - factor model ``C = diag(d) + U U^T``: ``M = diag(2d - s) + 2 U U^T`` and
-  Woodbury keeps two k x k matrices, so a step is O(k^2) and a sweep O(p k^2).
+  Woodbury keeps two k x k matrices, so a step is O(k^2) and a sweep O(p k^2);
+- factor plus blocks ``C = B + U U^T``: solved per block of B so that
+  ``2B - S`` is PSD (then ``2C - S`` is), see :func:`_blocks_s`.
 
 MVR minimises ``tr((2C - S)^{-1}) + sum 1/s_j``; the one-dimensional problem
 in s_j is convex with the closed-form minimiser
@@ -264,14 +266,17 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     -------
     s : ndarray of shape (p,)
     info : dict
-        ``approximation`` ('none', 'blockdiag' or 'factor') and ``n_blocks``.
+        ``approximation`` ('none', 'blockdiag', 'factor' or 'factor_blocks') and ``n_blocks``.
     """
     rng = np.random.default_rng(random_state)
+    if method not in ("mvr", "sdp", "equicorrelated"):
+        raise ValueError(f"s_method must be mvr, sdp or equicorrelated, got {method!r}")
+    if model.is_blocks:
+        return _blocks_s(model, method, random_state=random_state, n_iter=n_iter, n_jobs=n_jobs), {
+            "approximation": "factor_blocks", "n_blocks": len(model.block.blocks)}
     if method == "equicorrelated":
         return equicorrelated(model), {"approximation": "none" if model.corr is not None else "factor",
                                        "n_blocks": 1}
-    if method not in ("mvr", "sdp"):
-        raise ValueError(f"s_method must be mvr, sdp or equicorrelated, got {method!r}")
     n_iter = n_iter or (10 if method == "mvr" else 80)
     if model.corr is None:
         lam_lb = float(np.min(model.d))
@@ -300,6 +305,53 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     return _scale_to_feasible(C, s), {"approximation": "blockdiag", "n_blocks": len(blocks)}
 
 
+def _blocks_s(model, method: str, *, random_state: int, n_iter: int | None, n_jobs: int | None) -> np.ndarray:
+    """Diagonal S for ``C = B + U U^T``, solved block by block on B.
+
+    Each block's S_b makes ``2 B_b - S_b`` positive definite, so
+    ``2C - S = (2B - S) + 2 U U^T`` is PSD by construction, whatever the
+    factors. The block problem is MVR (or SDP) on ``B_b`` itself, with the
+    usual ``1/s_j`` terms and cap ``s_j <= 1`` on the correlation scale.
+    Two alternatives were compared (n = 300, p = 600, blocks <= 150; AR(1)
+    rho = 0.8 and 3 factors + modules of 20 at rho = 0.6): (a) MVR on the block correlation ``D^-1/2 B_b D^-1/2`` rescaled
+    by d, (b) MVR on ``C_bb`` scaled by one gamma to feasibility w.r.t.
+    ``B_b``. Mean s: (a) 0.198 / 0.211, (b) 0.202 / 0.216, this 0.198 / 0.209;
+    the full-model MVR objective ``tr((2C - S)^{-1}) + sum 1/s`` (the power
+    criterion MVR stands for) is lowest here (5231 / 5448 against 5232 / 5453
+    and 5234 / 5474), and (b)'s slightly larger mean hides a block-wide gamma
+    (one gene with small d_j shrinks its whole block) and needs a bisection.
+    The differences are small; this one optimises the feasible set exactly
+    with no rescaling step. Genes in no block have the closed forms: MVR minimises
+    ``1/(2d - s) + 1/s`` at ``s = d``; SDP takes ``min(2d, 1)`` less a margin.
+    Blocks run in threads with their own seeds (numba and LAPACK release the
+    GIL), BLAS single-threaded, so the result does not depend on ``n_jobs``.
+    """
+    blk = model.block
+    d = blk.diag
+    single = blk.singletons()
+    s = np.empty(model.p)
+    if method == "equicorrelated":
+        lam = float(np.min(d[single])) if single.size else np.inf
+        for m in blk.mats:
+            lam = min(lam, float(linalg.eigh(m, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0]))
+        s[:] = max(min(2.0 * lam, 1.0) * (1.0 - 1e-6), 0.0)
+        return s
+    n_iter = n_iter or (10 if method == "mvr" else 80)
+    if method == "mvr":
+        s[single] = np.minimum(d[single], 1.0)
+    else:
+        s[single] = np.minimum(2.0 * d[single] - 1e-4 * np.maximum(d[single], 1e-3), 1.0)
+    seeds = spawn_seeds(random_state, len(blk.blocks))
+    threads = min(effective_n_jobs(n_jobs), max(len(blk.blocks), 1))
+    with blas_threads(1):
+        solved = Parallel(n_jobs=threads, prefer="threads")(
+            delayed(_dense_solve)(m, method, np.random.default_rng(seed), n_iter)
+            for m, seed in zip(blk.mats, seeds))
+    for idx, s_block in zip(blk.blocks, solved):
+        s[idx] = s_block
+    return s
+
+
 def min_eig_2c_minus_s(model, s: np.ndarray, S_full: np.ndarray | None = None) -> float:
     """Smallest eigenvalue of 2C - S.
 
@@ -312,7 +364,21 @@ def min_eig_2c_minus_s(model, s: np.ndarray, S_full: np.ndarray | None = None) -
     Woodbury operator M^{-1} (O(p k) per product), and lambda_min(M) = 1 / that.
     If some 2d_j - s_j <= 0 the Woodbury form does not apply and the bound is
     reported from the Lanczos smallest eigenvalue of M itself.
+    Factor plus blocks (``C = B + U U^T``): ``2C - S = (2B - S) + 2 U U^T``
+    and ``2 U U^T`` is PSD, so the smallest eigenvalue of the block-diagonal
+    ``2B - S`` (per block, and ``2 d_j - s_j`` for genes in no block) is a
+    lower bound; it is what is reported. Negative means the construction is
+    not certified (S was not solved for this B) and the filter refuses.
     """
+    if model.is_blocks:
+        blk = model.block
+        single = blk.singletons()
+        lam = float(np.min(2.0 * blk.diag[single] - s[single])) if single.size else np.inf
+        for idx, m in zip(blk.blocks, blk.mats):
+            M = 2.0 * m
+            M[np.diag_indices_from(M)] -= s[idx]
+            lam = min(lam, float(linalg.eigh(M, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0]))
+        return lam
     if model.corr is not None:
         def two_c_minus_s_full():
             return 2.0 * model.corr - S_full if S_full is not None else two_c_minus_s(model.corr, s)
