@@ -426,3 +426,20 @@ def test_run_state_that_is_a_directory_is_refused(tmp_path):
     (out / "run_state.json").mkdir(parents=True)
     one_line(cli("run", config, "--out", out, "--steps", "train"), 2, "run_state.json", "is a directory")
     assert sorted(p.name for p in out.rglob("*")) == ["run_state.json"]  # refused before the lock file
+
+
+@pytest.mark.parametrize("state", ["listing_is_link", "lock_is_link", "lock_is_dir", "listing_is_dir"])
+def test_hostile_bookkeeping_files_are_refused_in_one_line(tmp_path, state):
+    """Our own bookkeeping names, planted as links or directories, are never followed or replaced."""
+    (tmp_path / "user.txt").write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    name = ".iml-outputs.json" if state.startswith("listing") else ".iml-lock"
+    if state.endswith("link"):
+        (out / name).symlink_to(tmp_path / "user.txt")
+    else:
+        (out / name).mkdir()
+    before = snapshot(tmp_path)
+    proc = cli("simulate", "--family", "gaussian", "--n-samples", "20", "--n-genes", "10", "--out", out)
+    one_line(proc, 2, str(out / name))
+    assert snapshot(tmp_path) == before

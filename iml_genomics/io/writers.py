@@ -378,8 +378,9 @@ class OutputGuard:
         from iml_genomics.errors import OutputConflictError
 
         out = self.out
-        if (out / LISTING).is_dir() and not (out / LISTING).is_symlink():
-            raise OutputConflictError(f"{out / LISTING}: is a directory; iml-genomics keeps its file listing under "
+        if (out / LISTING).is_symlink() or (out / LISTING).is_dir():
+            kind = "a symbolic link" if (out / LISTING).is_symlink() else "a directory"
+            raise OutputConflictError(f"{out / LISTING}: is {kind}; iml-genomics keeps its file listing under "
                                       f"this name. Move it away or choose another --out.")
         listing, problem = read_listing(out)
         self._listing_problem = problem
