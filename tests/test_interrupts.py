@@ -306,3 +306,57 @@ def test_signal_during_the_switch_is_held_until_it_is_complete(tmp_path):
     listing = json.loads((out / ".iml-outputs.json").read_text())
     assert listing["complete"] is True and set(listing["files"]) == {"a.tsv", "b.tsv", "c.tsv"}
     assert not list(out.glob(".iml-staging-*"))
+
+
+_KILL_BETWEEN_MOVES = r"""
+import os, signal, sys
+from pathlib import Path
+from iml_genomics.io import writers
+
+real_replace, moved = os.replace, []
+
+def replace_then_die(src, dst):
+    real_replace(src, dst)
+    # a move out of staging into the step directory (not a write inside staging)
+    if Path(src).parent.name.startswith(writers.STAGING_PREFIX) \
+            and not Path(dst).parent.name.startswith(writers.STAGING_PREFIX):
+        moved.append(dst)
+        if len(moved) == 2:  # two of the step's files are new, the others still the old run's
+            os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_die
+from iml_genomics.cli import main
+main(sys.argv[1:], prog_name="iml-genomics")
+"""
+
+
+def test_sigkill_between_the_moves_is_marked_refused_and_repaired(reference, tmp_path):
+    """The red team's case: a kill between per-file moves. The directory is marked, readers refuse it,
+    `run` redoes it, and the repaired directory equals a clean one."""
+    cwd = tmp_path / "w"
+    config0, config1 = reference["config"], fast_config(tmp_path, "seed1.yaml", seed=1)
+    common = ["--expression", str(TEST_DATA / "demo_expression.csv.gz"), "--labels", str(TEST_DATA / "demo_labels.tsv")]
+    first = start_run(config0, cwd, steps="train", quiet=True)
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    out = cwd / "results"
+    killed = subprocess.run([sys.executable, "-c", _KILL_BETWEEN_MOVES, "-q", "train", "--config", str(config1),
+                             *common, "--out", "results/train"], cwd=cwd, capture_output=True, text=True,
+                            env={**ENV, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    from iml_genomics.io.writers import read_listing, verify_step_dir
+
+    listing, _ = read_listing(out / "train")
+    assert listing["complete"] is False and not verify_step_dir(out / "train", "train")
+    for path in visible_files(out).values():
+        assert_parses(path)
+    explain = subprocess.run([sys.executable, "-m", "iml_genomics", "explain", "--model", "results/train", *common,
+                              "--out", "results/explain_by_hand"], cwd=cwd, capture_output=True, text=True, env=ENV,
+                             timeout=300)
+    assert explain.returncode == 2 and "interrupted 'iml-genomics train'" in one_line(explain.stderr)
+    assert not (out / "explain_by_hand").exists()
+    # run's up-to-date check sees the mixed directory and redoes train
+    rerun = start_run(config0, cwd, steps="train")
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0 and "train: up to date" not in err, err
+    assert_no_step_mixes_runs(out)
+    assert_same_outputs(reference["out"] / "train", out / "train")
