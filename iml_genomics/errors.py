@@ -37,6 +37,47 @@ class ResourceError(IMLGenomicsError):
     """A step would exceed a user-given resource limit."""
 
 
+class OutputConflictError(IMLGenomicsError):
+    """Writing ``--out`` would replace or follow something iml-genomics did not write
+    (a user's directory or file, an input, another step's directory, a symbolic link)."""
+
+
+class OutputBusyError(IMLGenomicsError):
+    """Another live iml-genomics process holds the lock on the output directory.
+
+    Exit code 75 (EX_TEMPFAIL): nothing is wrong with the input, try again later.
+    """
+
+    exit_code = 75
+
+
+class OutputWriteError(IMLGenomicsError):
+    """The system refused a write (disk full, file size limit, quota, read-only, I/O error).
+
+    Exit code 3, like other failures of the environment rather than of the input.
+    """
+
+    exit_code = 3
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; raised in the main thread so staging is removed on the way out.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that ``except Exception``
+    blocks in libraries do not swallow it. ``detail`` is filled in by the output
+    guard that was active, to say what was and was not written.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.detail: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 def shorten(value: object, limit: int = 200) -> str:
     """``repr``-like text of a user value, cut to about ``limit`` characters.
 

@@ -69,17 +69,41 @@ def step_fingerprint(step: str, config: dict, input_files: list[str | Path], ups
 
 
 def outputs_complete(step: str, directory: str | Path) -> bool:
-    """Whether every file ``step`` always writes exists in ``directory``."""
+    """Whether ``directory`` holds every file ``step`` always writes, as that step's last complete commit.
+
+    Besides the names, the directory's listing must say the commit finished,
+    name ``step`` as its writer and match every file's sha256, so a directory
+    that a kill left mixing two runs, or a file edited since, is redone.
+    """
+    from iml_genomics.io.writers import verify_step_dir
+
     directory = Path(directory)
-    return all((directory / name).is_file() for name in STEP_OUTPUTS[step])
+    return all((directory / name).is_file() for name in STEP_OUTPUTS[step]) and verify_step_dir(directory, step)
 
 
 def read_run_state(path: str | Path) -> dict:
-    """The step fingerprints recorded by earlier runs ({} when none)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    """The step fingerprints recorded by earlier runs ({} when none).
+
+    An unreadable or malformed file is ignored with a warning (every step is
+    then judged out of date and redone); it is never trusted and never a crash.
+    """
+    import logging
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
         return {}
+    try:
+        data = json.loads(path.read_bytes()) if path.is_file() and path.stat().st_size < (16 << 20) else None
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict):
+        state = {step: entry for step, entry in data.items() if step in STEPS and isinstance(entry, dict)
+                 and isinstance(entry.get("fingerprint"), str)}
+        if len(state) == len(data):
+            return state
+    logging.getLogger("iml_genomics.run").warning(
+        "%s: unreadable or malformed; ignored, so every step is checked and redone as needed.", path)
+    return state if isinstance(data, dict) else {}
 
 
 # ---------------------------------------------------------------------------

@@ -198,5 +198,5 @@ def test_rerun_into_same_directory_leaves_no_stale_outputs(tmp_path):
         (stage / "b.tsv").write_text("2")
     with staged_output(out) as stage:
         (stage / "a.tsv").write_text("3")
-    assert sorted(p.name for p in out.iterdir()) == [".iml-outputs.json", "a.tsv", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".iml-lock", ".iml-outputs.json", "a.tsv", "notes.txt"]
     assert (out / "a.tsv").read_text() == "3"

@@ -8,7 +8,9 @@ stderr and their exit code, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import signal
 import sys
 
 import click
@@ -41,7 +43,7 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx):
-        from iml_genomics.errors import IMLGenomicsError
+        from iml_genomics.errors import IMLGenomicsError, Interrupted
 
         def prog() -> str:
             return f"iml-genomics {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "iml-genomics"
@@ -58,10 +60,22 @@ class LazyGroup(click.Group):
             message = _one_line(exc.format_message())
             click.echo(f"{prog()}: error: {message} See '{prog()} --help'.", err=True)
             ctx.exit(exc.exit_code)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            # SIGTERM (a scheduler's time limit) or SIGINT: staging is already removed by
+            # the output guard on the way up; say what was kept, exit 128 + signal number.
+            signum = getattr(exc, "signum", signal.SIGINT)
+            detail = getattr(exc, "detail", None) or "nothing was written"
+            click.echo(f"{prog()}: interrupted ({signal.Signals(signum).name}); {detail}.", err=True)
+            ctx.exit(128 + signum)
         except OSError as exc:
             # A path the system refuses (output under a file, no permission, disk full):
             # an environment problem, reported in one line. OSErrors without a file name
-            # are not about the user's paths and keep their traceback.
+            # are not about the user's paths and keep their traceback, except a full
+            # disk or a file size limit, which are always the environment's.
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                click.echo(f"{prog()}: error: {exc.strerror or exc}. Free disk space (or raise the file size "
+                           f"limit) and run again.", err=True)
+                ctx.exit(3)
             if exc.filename is None:
                 raise
             click.echo(f"{prog()}: error: {exc.filename}: {exc.strerror or exc}. Check the path, its "
@@ -122,6 +136,32 @@ def main(quiet, verbose):
     few timestamped lines otherwise (cluster logs); -q silences it.
     """
     configure_logging(quiet, verbose)
+    install_signal_handlers()
+
+
+def _on_signal(signum, frame):
+    from iml_genomics.errors import Interrupted
+
+    # later signals are ignored, so the cleanup the first one starts is not cut short
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGINT raise :class:`~iml_genomics.errors.Interrupted`; SIGXFSZ is ignored.
+
+    With SIGXFSZ ignored, a write past ``ulimit -f`` fails with EFBIG (reported in
+    one line) instead of killing the process and leaving staging behind.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread (e.g. tests' CliRunner threads)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

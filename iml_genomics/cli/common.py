@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -171,6 +172,56 @@ def _check_out_dir(ctx, param, value):
     return value
 
 
+# Files each subcommand may write into --out, checked before any work is done (the
+# commit checks the names actually written again). simulate's names depend on --prefix.
+OUTPUT_NAMES = {
+    "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
+    "explain": ("attributions.parquet", "gene_ranking.tsv", "local_explanations.tsv", "interactions.tsv",
+                "explain_summary.json", "provenance.json"),
+    "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
+    "report": ("biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "report.html",
+               "report_summary.json", "provenance.json"),
+    "evaluate": ("selection_metrics.tsv", "ranking_metrics.tsv", "precision_at_k.tsv", "stability.tsv",
+                 "stability_pairs.tsv", "prediction_gaps.tsv", "provenance.json"),
+    "simulate": ("provenance.json",),
+    "run": ("run_state.json", "provenance.json"),
+}
+# Parameters that name files or directories a command reads.
+_INPUT_PARAMS = ("expression", "labels", "config_path", "gene_sets", "gene_map", "truth", "signal_genes")
+_INPUT_MULTI_PARAMS = ("rankings", "selections")
+_INPUT_DIR_PARAMS = ("model_dir", "input_dirs")
+
+
+def command_inputs(params: dict) -> tuple[list, list]:
+    """(files, directories) named by a command's parameters."""
+    files = [params.get(k) for k in _INPUT_PARAMS if params.get(k)]
+    files += [p for k in _INPUT_MULTI_PARAMS for p in (params.get(k) or ())]
+    dirs = [params.get("model_dir")] if params.get("model_dir") else []
+    dirs += list(params.get("input_dirs") or ())
+    return files, dirs
+
+
+def guarded(step: str | None = None):
+    """Run a command inside an output guard on its --out (lock, checks, cleanup; see io.writers)."""
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            from iml_genomics.io.writers import check_step_dir, output_guard
+
+            name = step or click.get_current_context().info_name
+            files, dirs = command_inputs(kwargs)
+            for d in dirs:
+                # a step directory whose commit was interrupted may mix two runs: refuse it as input
+                check_step_dir(d)
+            with output_guard(kwargs["out"], name, names=OUTPUT_NAMES.get(name, ("provenance.json",)),
+                              inputs=[*files, *dirs]):
+                return func(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
 def out_option(func):
+    """--out, with the command run inside an output guard (see :func:`guarded`)."""
     return click.option("--out", required=True, type=click.Path(file_okay=False), callback=_check_out_dir,
-                        help="Output directory (created; files are written atomically).")(func)
+                        help="Output directory (created; files are written atomically; locked while "
+                             "writing).")(guarded()(func))

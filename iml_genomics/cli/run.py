@@ -67,10 +67,9 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     """
     from iml_genomics import pipeline as pl
     from iml_genomics.cli import configure_logging
-    from iml_genomics.cli import main as cli_main
-    from iml_genomics.cli.common import resolve_config
-    from iml_genomics.errors import ConfigError, ResourceError
-    from iml_genomics.io.writers import Provenance, write_json
+    from iml_genomics.cli.common import OUTPUT_NAMES, resolve_config
+    from iml_genomics.errors import ConfigError, OutputConflictError, ResourceError
+    from iml_genomics.io.writers import output_guard
 
     if quiet or verbose:
         configure_logging(quiet, verbose)
@@ -106,12 +105,45 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
             return
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    gene_map = Path(cfg.report.gene_map) if cfg.report.gene_map else None
+    with output_guard(out, "run", names=OUTPUT_NAMES["run"],
+                      inputs=[config_path, expression, labels, gene_sets, gene_map],
+                      on_interrupt=f"steps finished before it are kept in {out} (the next run skips them)"):
+        for step in wanted:
+            step_dir = out / step
+            if step_dir.is_symlink():
+                # never follow it: the step's outputs would land outside OUT
+                raise OutputConflictError(f"{step_dir}: is a symbolic link; `run` writes each step into a real "
+                                          f"directory under --out. Remove the link or choose another --out.")
+            if step_dir.exists() and not step_dir.is_dir():
+                raise OutputConflictError(f"{step_dir}: is a file where `run` writes the '{step}' directory; move "
+                                          f"it away or choose another --out.")
+        _run_steps(cfg, config_path, out, wanted, force, n_jobs, scheduler, quiet, estimates, resolved_inputs={
+            "expression": expression, "labels": labels, "gene_sets": gene_sets, "gene_map": gene_map})
+
+
+def _write_state(out: Path, state: dict, prov=None) -> None:
+    """run_state.json (and provenance.json at the end) through the same guarded commit as every output."""
+    from iml_genomics.io.writers import staged_output, write_json
+
+    with staged_output(out) as stage:
+        write_json(state, stage / "run_state.json")
+        if prov is not None:
+            prov.write(stage)
+
+
+def _run_steps(cfg, config_path, out, wanted, force, n_jobs, scheduler, quiet, estimates, *, resolved_inputs):
+    from iml_genomics import pipeline as pl
+    from iml_genomics.cli import main as cli_main
+    from iml_genomics.io.writers import Provenance
+
+    expression, labels = resolved_inputs["expression"], resolved_inputs["labels"]
+    gene_sets, gene_map = resolved_inputs["gene_sets"], resolved_inputs["gene_map"]
     state_path = out / "run_state.json"
     state = pl.read_run_state(state_path)
     resolved = cfg.to_dict()
     step_inputs = {"train": [expression, labels], "explain": [expression, labels], "select": [expression, labels],
-                   "report": [gene_sets, cfg.report.gene_map and Path(cfg.report.gene_map)]}
+                   "report": [gene_sets, gene_map]}
     prov = Provenance("run", resolved, {"expression": expression, "labels": labels, "config": config_path})
     fingerprints: dict[str, str] = {}
     show_bar = sys.stderr.isatty() and not quiet
@@ -143,13 +175,13 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
         # killed run redoes exactly the step it was in
         state[step] = {"fingerprint": fp, "seconds": seconds,
                        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json(state, state_path)
+        _write_state(out, state)
         log.info("[%d/%d] %s: done in %.1f s", index, len(wanted), step, seconds)
     if show_bar:
         click.echo("", err=True)
     prov.extra["steps"] = {s: state.get(s) for s in wanted}
     prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work} for e in estimates}
-    prov.write(out)
+    _write_state(out, state, prov)
     report = out / "report" / "report.html"
     click.echo(f"run: {', '.join(wanted)} complete in {out}" + (f"; open {report}" if report.is_file() else ""),
                err=True)
