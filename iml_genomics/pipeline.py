@@ -131,28 +131,37 @@ def format_bytes(n: float) -> str:
 
 def peek_shape(path: str | Path, *, genes_as_rows: bool = False) -> tuple[int, int]:
     """(n_samples, n_genes) of a matrix file without loading its values."""
-    from iml_genomics.io.readers import _open_text, check_readable, detect_format
+    import zlib
+
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.io.readers import check_readable, detect_format, open_text
 
     path = check_readable(path, "expression")
     fmt = detect_format(path)
-    if fmt in ("csv", "tsv"):
-        with _open_text(path) as fh:
-            header = fh.readline()
-            rows = sum(1 for line in fh if line.strip())
-        cols = len(header.rstrip("\r\n").split("," if fmt == "csv" else "\t")) - 1
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        if fmt in ("csv", "tsv"):
+            with open_text(path) as fh:
+                header = fh.readline()
+                rows = sum(1 for line in fh if line.strip())
+            cols = len(header.rstrip("\r\n").split("," if fmt == "csv" else "\t")) - 1
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        meta = pq.ParquetFile(path).metadata
-        rows, cols = meta.num_rows, meta.num_columns - 1
-    else:
-        import h5py
+            meta = pq.ParquetFile(path).metadata
+            rows, cols = meta.num_rows, meta.num_columns - 1
+        else:
+            import h5py
 
-        with h5py.File(path, "r") as f:
-            x = f["X"]
-            shape = x.attrs["shape"] if "shape" in x.attrs else x.shape
-            rows, cols = int(shape[0]), int(shape[1])
-        genes_as_rows = False
+            with h5py.File(path, "r") as f:
+                x = f["X"]
+                shape = x.attrs["shape"] if "shape" in x.attrs else x.shape
+                rows, cols = int(shape[0]), int(shape[1])
+            genes_as_rows = False
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error, ValueError, KeyError) as exc:
+        # gzip.BadGzipFile is an OSError, a corrupt deflate stream raises zlib.error; the full reader gives the
+        # detailed message, this one only has to refuse in one line before the estimate
+        raise InputDataError(f"{path}: cannot read the matrix's shape ({type(exc).__name__}). Is the file complete "
+                             f"and in the format its name says?") from None
     return (cols, rows) if genes_as_rows else (rows, cols)
 
 

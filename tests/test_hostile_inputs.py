@@ -13,11 +13,6 @@ Most cases run in-process with click's CliRunner (standalone mode, as the
 turned into its traceback text so it fails the "no traceback" check, and
 Python warnings that a real run would print are counted as stderr lines.
 A handful of cases run the real ``python -m iml_genomics`` subprocess.
-
-Cases that other branches fix (bundle loading and config parsing on branch
-``bundle``; --out safety on branch ``outputs``) are marked
-``xfail(strict=True)`` so they flip to failures once merged, reminding
-whoever merges to drop the mark.
 """
 
 from __future__ import annotations
@@ -42,7 +37,6 @@ import pytest
 N_SAMPLES, N_GENES = 30, 20
 FAST = ("--jobs", "1", "--cv-folds", "3")
 MAX_LINE = 1500  # a 10,000-character id must not be echoed whole
-XFAIL_OTHER = pytest.mark.xfail(strict=True, reason="issue 14: fixed on branch bundle/outputs")
 SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
 
@@ -846,10 +840,10 @@ def _select_into_train_dir(ws):
 OUT_CASES = [
     Case("out_is_a_file", _out_file, needles=("result", "is a file")),
     Case("out_parent_refuses_mkdir", _out_in_proc, needles=("/proc", "iml_corpus_", "Check the path")),
-    Case("out_user_dir_named_like_output", _out_user_dir_named_like_output, marks=(XFAIL_OTHER,)),
-    Case("out_input_named_like_output", _out_input_named_like_output, marks=(XFAIL_OTHER,)),
-    Case("output_name_is_symlink_to_dir", _output_name_is_symlink, marks=(XFAIL_OTHER,)),
-    Case("select_out_is_train_dir", _select_into_train_dir, model=True, marks=(XFAIL_OTHER,)),
+    Case("out_user_dir_named_like_output", _out_user_dir_named_like_output),
+    Case("out_input_named_like_output", _out_input_named_like_output),
+    Case("output_name_is_symlink_to_dir", _output_name_is_symlink),
+    Case("select_out_is_train_dir", _select_into_train_dir, model=True),
 ]
 
 
@@ -864,7 +858,6 @@ def _listing_names_user_file(ws):
     return ws.train()
 
 
-@XFAIL_OTHER
 def test_listing_never_deletes_a_user_file(make_ws):
     """A .iml-outputs.json naming a file the tool did not write (no matching sha256) must not delete it."""
     ws = make_ws()
@@ -1021,9 +1014,7 @@ OTHER_CASES = [
          needles=("run.yaml", "data.expression")),
     Case("run_expression_garbage", lambda ws: ["run", ws.write("run.yaml", (
         f"data:\n  expression: {ws.write('g.csv.gz', garbage(seed=14))}\n  labels: {ws.labels_path}\n"
-        f"  label_column: condition\n")), "--out", ws.out], needles=("g.csv.gz",),
-        marks=(pytest.mark.xfail(strict=True, reason="issue 14: pipeline.peek_shape reads gzip unguarded "
-                                                     "(pipeline.py, outside this branch)"),)),
+        f"  label_column: condition\n")), "--out", ws.out], needles=("g.csv.gz",)),
     Case("run_unknown_step", lambda ws: ["run", ws.write("run.yaml", (
         f"data:\n  expression: {ws.expr_path}\n  labels: {ws.labels_path}\n  label_column: condition\n")),
         "--out", ws.out, "--steps", "train,trian"], needles=("trian",)),

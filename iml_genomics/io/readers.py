@@ -81,7 +81,7 @@ def check_readable(path: str | Path, what: str) -> Path:
     return path
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
     # utf-8-sig: a byte-order mark (Excel, some Windows tools) is not part of the first id
     if path.name.lower().endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
@@ -101,7 +101,7 @@ def _read_text_matrix(path: Path, sep: str) -> pd.DataFrame:
     # pandas silently renames duplicate header names ('g1' -> 'g1.1'), so the
     # header is read with the csv module first to see the ids as written.
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             header = next(csv.reader(fh, delimiter=sep), None)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
         # gzip.BadGzipFile is an OSError; a corrupt deflate stream raises zlib.error
