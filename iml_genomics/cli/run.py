@@ -69,7 +69,7 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     from iml_genomics.cli import configure_logging
     from iml_genomics.cli.common import OUTPUT_NAMES, resolve_config
     from iml_genomics.errors import ConfigError, OutputConflictError, ResourceError
-    from iml_genomics.io.writers import output_guard
+    from iml_genomics.io.writers import output_guard, remove_leftovers
 
     if quiet or verbose:
         configure_logging(quiet, verbose)
@@ -153,6 +153,9 @@ def _run_steps(cfg, config_path, out, wanted, force, n_jobs, scheduler, quiet, e
         fingerprints[step] = fp
         done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(step, out / step)
         if done and not force:
+            # a run killed while it re-did this step (another seed, say) left its staging here; we hold
+            # OUT's lock, so no other writer is inside the step directory
+            remove_leftovers(out / step)
             log.info("[%d/%d] %s: up to date, skipped", index, len(wanted), step)
             prov.timings[step] = 0.0
             continue

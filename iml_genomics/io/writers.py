@@ -432,14 +432,7 @@ class OutputGuard:
                     d.rmdir()  # only if empty
 
     def _remove_leftovers(self) -> None:
-        """Staging directories and temporary files of killed runs (ours by prefix; never links)."""
-        with os.scandir(self.out) as entries:
-            for entry in entries:
-                if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                elif entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+        remove_leftovers(self.out)
 
     # -- checks -----------------------------------------------------------
     def _check_name(self, rel: str, owned: dict[str, set[str]]) -> None:
@@ -517,6 +510,24 @@ class OutputGuard:
             self.committed = True
         finally:
             _unblock_signals(blocked)
+
+
+def remove_leftovers(directory: str | Path) -> None:
+    """Remove the staging directories and temporary files that killed runs left in ``directory``.
+
+    Only names with our prefixes, never links. Call it only while holding the
+    directory's lock, or the lock of a `run` into its parent (which keeps
+    every other iml-genomics writer out of the step directories).
+    """
+    if not Path(directory).is_dir() or Path(directory).is_symlink():
+        return
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 def _write_listing(out: Path, listing: dict) -> None:
