@@ -111,6 +111,8 @@ def test_select_and_report_name_the_chosen_class(cc):
     assert set(gsets["higher_in"].dropna()) <= {"case", "control"}
     summary = json.loads((root / "report_case" / "report_summary.json").read_text())
     assert summary["positive_class"] == "case" and summary["gene_sets"]["positive_class"] == "case"
+    # explain explained 'control': the report states mean_shap for 'case' and says so
+    assert "'control'" in summary["mean_shap_negated"]
     html = (root / "report_case" / "report.html").read_text()
     assert "Higher in case (positive class)" in html and "Higher in control:" in html
     assert "positive NES" not in html
@@ -279,3 +281,16 @@ def test_planted_pathways_land_in_the_list_of_their_class(tmp_path):
     assert got.loc["PW_NULL_0", "higher_in"] == "" and "univariate" in basis
     none, basis = set_directions(table, sets, keys, uni, "mean_abs_shap", None)
     assert (none["higher_in"] == "").all() and basis == "none"
+
+
+def test_report_attributions_of_the_other_class_are_negated_for_the_plot():
+    from iml_genomics.report.build import _attr_rows
+    from iml_genomics.report.inputs import ReportInputs
+
+    attr = pd.DataFrame({"sample_id": ["s1", "s2"], "class": ["control", "control"], "base_value": [0.1, 0.1],
+                         "model_output": [1.0, -1.0], "g1": [0.5, -0.25], "g2": [0.0, 2.0]})
+    inputs = ReportInputs(attributions=attr)
+    same = _attr_rows(inputs, "control", ("control", "case"))
+    flipped = _attr_rows(inputs, "case", ("case", "control"))
+    np.testing.assert_array_equal(same.to_numpy(), attr[["g1", "g2"]].to_numpy())
+    np.testing.assert_array_equal(flipped.to_numpy(), -attr[["g1", "g2"]].to_numpy())

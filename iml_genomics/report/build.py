@@ -49,6 +49,17 @@ def _attr_rows(inputs: ReportInputs, positive_class: str | None,
     return out
 
 
+def _explained_class(inputs: ReportInputs) -> str | None:
+    """The one class explain explained (two classes), from its summary or its attributions."""
+    es = inputs.explain_summary or {}
+    if isinstance(es.get("positive_class"), str):
+        return es["positive_class"]
+    explained = es.get("classes_explained")
+    if isinstance(explained, list) and len(explained) == 1 and isinstance(explained[0], str):
+        return explained[0]
+    return None
+
+
 def two_classes(positive_class: str | None, *candidates) -> tuple[str, str] | None:
     """(positive, other) from the first list of exactly two class names among ``candidates``."""
     for classes in candidates:
@@ -124,6 +135,11 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
     biomarkers = build_biomarkers(inputs, gene_ids=gene_ids, keys=keys, univariate=univariate,
                                   gene_set_table=analysis.table if analysis else None,
                                   sets=analysis.sets if analysis else None)
+    explained = _explained_class(inputs)
+    if classes is not None and explained == classes[1] and "mean_shap" in biomarkers:
+        # explain explained the other class: its signed SHAP is exactly the negative of the positive class's
+        biomarkers["mean_shap"] = -pd.to_numeric(biomarkers["mean_shap"], errors="coerce")
+        summary["mean_shap_negated"] = f"explain explained '{explained}'; mean_shap is stated for '{classes[0]}'"
     summary["n_biomarker_rows"] = len(biomarkers)
     if inputs.knockoffs is not None:
         summary["n_knockoff_selected"] = int((biomarkers["knockoff_selected"] == True).sum())  # noqa: E712
