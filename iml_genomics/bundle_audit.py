@@ -385,6 +385,10 @@ def check_manifest(manifest: object, path: Path) -> dict:
     for key in ("label_column", "model_name", "positive_class"):
         if manifest.get(key) is not None and not isinstance(manifest[key], str):
             fail(f"key '{key}' must be a string, got {shorten(manifest[key])}")
+    positive = manifest.get("positive_class")
+    if positive is not None and (task != "classification" or len(classes) != 2 or positive not in classes):
+        # explain reads it to choose the class SHAP explains: it must be one of exactly two classes
+        fail(f"key 'positive_class' must be null or one of the two 'classes', got {shorten(positive)}")
     used = manifest.get("used_genes")
     if used is not None and (not isinstance(used, list) or not set(used) <= set(genes)):
         fail(f"key 'used_genes' must be a list of genes from 'gene_ids', got {shorten(used)}")

@@ -184,9 +184,16 @@ def predict_scores(model, X, classes: list[str] | None) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def score_predictions(y_true, scores: np.ndarray, classes: list[str] | None, *, calibrated: bool = True) -> dict:
-    """Metrics for one fold: AUROC, AP, balanced accuracy, log loss; or R2, RMSE, MAE."""
+def score_predictions(y_true, scores: np.ndarray, classes: list[str] | None, *, calibrated: bool = True,
+                      positive_class: str | None = None) -> dict:
+    """Metrics for one fold: AUROC, AP, balanced accuracy, log loss; or R2, RMSE, MAE.
+
+    Two classes: AUROC and average precision treat ``positive_class`` (default: the last of the sorted
+    ``classes``) as the positive label. AUROC does not depend on that choice; average precision does.
+    """
     from sklearn import metrics
+
+    from iml_genomics.io.cohort import positive_index
 
     if classes is None:
         return {
@@ -199,8 +206,9 @@ def score_predictions(y_true, scores: np.ndarray, classes: list[str] | None, *, 
     pred = scores.argmax(axis=1)
     out = {"balanced_accuracy": metrics.balanced_accuracy_score(y_idx, pred)}
     if len(classes) == 2:
-        out["auroc"] = metrics.roc_auc_score(y_idx, scores[:, 1])
-        out["average_precision"] = metrics.average_precision_score(y_idx, scores[:, 1])
+        k = positive_index(classes, positive_class)
+        out["auroc"] = metrics.roc_auc_score(y_idx == k, scores[:, k])
+        out["average_precision"] = metrics.average_precision_score(y_idx == k, scores[:, k])
     else:
         onehot = np.eye(len(classes))[y_idx]
         cols = [c for c in range(len(classes)) if c in present]
@@ -245,7 +253,8 @@ class CVResult:
 
 
 def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, n_splits: int,
-                   n_repeats: int = 1, seed: int = 0, n_jobs: int | None = 1) -> CVResult:
+                   n_repeats: int = 1, seed: int = 0, n_jobs: int | None = 1,
+                   positive_class: str | None = None) -> CVResult:
     """Repeated (stratified) k-fold CV with preprocessing refit inside each fold.
 
     Parameters
@@ -259,6 +268,8 @@ def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, 
         Sorted class names (classification) or None (regression).
     n_jobs : int
         Folds run in parallel; results are the same for any value.
+    positive_class : str, optional
+        Two classes: the positive label of AUROC / average precision (the last class when None).
     """
     splits = cv_splits(y, task, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
     results = parallel_map(_fit_fold, [(pipeline, X, y, tr, te, classes) for _, _, tr, te in splits], n_jobs=n_jobs)
@@ -266,7 +277,8 @@ def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, 
     rows, oof_parts = [], []
     for (rep, fold, tr, te), (_, scores) in zip(splits, results):
         rows.append({"split": f"r{rep}_f{fold}", "repeat": rep, "fold": fold, "n_train": len(tr), "n_test": len(te),
-                     **score_predictions(y[te], scores, classes, calibrated=calibrated)})
+                     **score_predictions(y[te], scores, classes, calibrated=calibrated,
+                                        positive_class=positive_class)})
         part = pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=object)[te], "repeat": rep, "fold": fold,
                              "y_true": y[te]})
         if classes is None:

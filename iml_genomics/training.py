@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from iml_genomics.io.cohort import infer_task, prepare_target
+from iml_genomics.io.cohort import infer_task, prepare_target, resolve_positive_class
 from iml_genomics.models import CVResult, build_pipeline, cross_validate
 from iml_genomics.preprocess import check_counts, used_gene_mask
 
@@ -29,6 +29,9 @@ class TrainResult:
         Input genes, in matrix order.
     used_genes : list of str
         Genes that reach the model after the final fit's filters.
+    positive_class : str or None
+        Two classes: the class AUROC / average precision (and, downstream, SHAP signs) refer to
+        (``data.positive_class``, else the last label in sorted order); None otherwise.
     """
 
     cv: CVResult
@@ -37,13 +40,14 @@ class TrainResult:
     classes: list | None
     gene_ids: list
     used_genes: list
+    positive_class: str | None = None
 
     def manifest(self, cfg) -> dict:
         """Bundle metadata (everything explain/select need besides the model)."""
         return {
             "task": self.task,
             "classes": self.classes,
-            "positive_class": self.classes[-1] if self.classes and len(self.classes) == 2 else None,
+            "positive_class": self.positive_class,
             "gene_ids": self.gene_ids,
             "used_genes": self.used_genes,
             "label_column": cfg.data.label_column,
@@ -73,6 +77,7 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     y_raw = adata.obs[label_column]
     task = infer_task(y_raw, cfg.task)
     y, classes = prepare_target(y_raw, task, n_splits=cfg.cv.n_splits, source=source, column=label_column)
+    positive, _ = resolve_positive_class(classes, cfg.data.positive_class, source=source, column=label_column)
     X = adata.X
     sample_ids, gene_ids = list(adata.obs_names), list(adata.var_names)
     check_counts(X, cfg.preprocess.transform, adata.uns.get("sources", {}).get("expression", "expression"),
@@ -80,10 +85,10 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
     n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
     cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
-                        n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed, n_jobs=n_jobs)
+                        positive_class=positive, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed, n_jobs=n_jobs)
     final = pipeline.fit(X, y)
     used = used_gene_mask(final, len(gene_ids))
-    return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u])
+    return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u], positive)
 
 
 def design_matrix(adata) -> np.ndarray | sparse.csr_matrix:

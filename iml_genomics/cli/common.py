@@ -20,6 +20,9 @@ def cohort_options(func):
         click.option("--labels", type=click.Path(), default=None,
                      help="Labels table (CSV/TSV); omit to read --label-column from the .h5ad obs."),
         click.option("--label-column", default=None, help="Outcome column [config data.label_column]."),
+        click.option("--positive-class", default=None,
+                     help="Two classes: the class of interest (AUROC, SHAP signs, higher_in, gene-set directions "
+                          "refer to it) [config data.positive_class; else the last label in sorted order]."),
         click.option("--sample-id-column", default=None, help="Sample id column of --labels [first column]."),
         click.option("--genes-as-rows", is_flag=True, default=None,
                      help="Matrix has genes as rows, samples as columns (GEO/TCGA layout)."),
@@ -40,7 +43,8 @@ def cohort_options(func):
 
 # Config key -> the option that sets it, so an out-of-range value names what the user typed.
 _OPTION_OF_KEY = {
-    "data.label_column": "--label-column", "data.sample_id_column": "--sample-id-column",
+    "data.label_column": "--label-column", "data.positive_class": "--positive-class",
+    "data.sample_id_column": "--sample-id-column",
     "data.orientation": "--genes-as-rows", "data.layer": "--layer", "data.drop_unmatched": "--drop-unmatched",
     "seed": "--seed", "n_jobs": "--jobs", "model.name": "--model", "cv.n_splits": "--cv-folds",
     "cv.n_repeats": "--cv-repeats", "select.fdr": "--fdr", "select.n_draws": "--draws",
@@ -110,6 +114,7 @@ def common_overrides(opts: dict) -> dict:
     """Map the shared CLI options onto config keys."""
     return {
         "data.label_column": opts.get("label_column"),
+        "data.positive_class": opts.get("positive_class"),
         "data.sample_id_column": opts.get("sample_id_column"),
         "data.orientation": opts.get("genes_as_rows"),
         "data.layer": opts.get("layer"),
@@ -138,11 +143,32 @@ def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, che
         from iml_genomics.io.cohort import check_variation
 
         check_variation(adata, str(expression))
-    if check_cv and cfg.data.label_column is not None:
+    if cfg.data.label_column is not None and cfg.data.label_column in adata.obs.columns:
         y = adata.obs[cfg.data.label_column]
-        prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits, source=str(labels or expression),
-                       column=cfg.data.label_column)
+        # select needs only two samples per class; train's CV needs cv.n_splits
+        _, classes = prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits if check_cv else 2,
+                                    source=str(labels or expression), column=cfg.data.label_column)
+        check_positive_class(cfg, classes, source=str(labels or expression))
     return adata
+
+
+_WARNED: set[str] = set()
+
+
+def check_positive_class(cfg, classes, *, source: str) -> str | None:
+    """Validate data.positive_class against the labels (before anything is written) and warn once.
+
+    Returns the positive class (None unless there are two classes); the warning about a reference-like
+    default (e.g. 'control' over 'case') goes to stderr once per process, whichever step asks first.
+    """
+    from iml_genomics.io.cohort import resolve_positive_class
+
+    positive, warning = resolve_positive_class(classes, cfg.data.positive_class, source=source,
+                                               column=cfg.data.label_column)
+    if warning and warning not in _WARNED:
+        _WARNED.add(warning)
+        click.echo(warning, err=True)
+    return positive
 
 
 def _check_out_dir(ctx, param, value):

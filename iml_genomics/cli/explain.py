@@ -121,6 +121,8 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         if classes is not None and cohort_classes != list(classes):
             raise InputDataError(f"{src}: classes of '{label_column}' ({', '.join(cohort_classes)}) differ from the "
                                  f"model's ({', '.join(classes)}); use the labels the model was trained on.")
+    positive = _positive_class(cfg, manifest, classes, source=str(labels or expression),
+                               column=label_column or manifest.get("label_column"))
     prov.mark("read")
     from scipy import sparse
 
@@ -132,7 +134,7 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
             result = explain_cohort(pipeline, X, gene_ids=list(adata.var_names), sample_ids=sample_ids,
                                     classes=classes, task=task, explain_cfg=cfg.explain, refit_pipeline=refit, y=y,
                                     n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, random_state=cfg.seed,
-                                    n_jobs=cfg.n_jobs, on_chunk=writer)
+                                    n_jobs=cfg.n_jobs, on_chunk=writer, positive_class=positive)
         finally:
             writer.close()
         prov.mark("explain")
@@ -149,10 +151,29 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         write_tsv(result.interactions, stage / "interactions.tsv")
         write_json(result.summary, stage / "explain_summary.json")
         prov.extra["cohort"] = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": task,
-                                "classes": classes, "labels_used": y is not None}
+                                "classes": classes, "labels_used": y is not None,
+                                "positive_class": positive}
         prov.mark("write")
         prov.write(stage)
     s = result.summary
     top = ", ".join(result.ranking["gene_id"].head(5))
     click.echo(f"explain: {adata.n_obs} samples x {adata.n_vars} genes ({s['n_genes_used']} used), "
                f"{s.get('shap_method') or 'permutation'}; top genes: {top}; wrote {out}", err=True)
+
+
+def _positive_class(cfg, manifest, classes, *, source, column):
+    """The class SHAP explains: --positive-class / the config's data.positive_class, else the bundle's.
+
+    Checked against the model's classes before anything is written. The default warning (case/control
+    and the like) is repeated here when the bundle itself used the default.
+    """
+    from iml_genomics.cli.common import check_positive_class
+    from iml_genomics.io.cohort import resolve_positive_class
+
+    if cfg.data.positive_class is not None or classes is None or len(classes) != 2:
+        return check_positive_class(cfg, classes, source=source)
+    recorded = manifest.get("positive_class")
+    default, _ = resolve_positive_class(classes, None, source=source, column=column)
+    if recorded is None or recorded == default:
+        return check_positive_class(cfg, classes, source=source)
+    return recorded

@@ -53,6 +53,9 @@ def _is_option(arg: str, parser) -> bool:
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="Labels table [path recorded by train].")
 @click.option("--label-column", default=None, help="Outcome column [config data.label_column].")
+@click.option("--positive-class", default=None,
+              help="Two classes: the class higher_in, effects, SHAP signs and gene-set directions refer to "
+                   "[config data.positive_class, else explain's / train's, else the last label in sorted order].")
 @click.option("--sample-id-column", default=None, help="Sample id column of --labels [first column].")
 @click.option("--genes-as-rows", is_flag=True, default=None, help="Matrix has genes as rows.")
 @click.option("--samples", default=None,
@@ -69,8 +72,8 @@ def _is_option(arg: str, parser) -> bool:
 @click.option("--title", default=None, help="Report title [config report.title].")
 @click.option("--seed", type=int, default=None, help="Seed of the permutation test [config seed].")
 @click.option("--jobs", "n_jobs", type=int, default=None, help="Accepted for symmetry; the report is single-process.")
-def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels, label_column, sample_id_column,
-           genes_as_rows, samples, top_k, min_set_size, max_set_size, permutations, ranking_metric, title, seed,
+def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels, label_column, positive_class,
+           sample_id_column, genes_as_rows, samples, top_k, min_set_size, max_set_size, permutations, ranking_metric, title, seed,
            n_jobs):
     """Biomarker table, gene-set results and a self-contained HTML report.
 
@@ -95,7 +98,8 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
 
     inputs = load_inputs(input_dirs)
     overrides = {
-        "data.label_column": label_column, "data.sample_id_column": sample_id_column,
+        "data.label_column": label_column, "data.positive_class": positive_class,
+        "data.sample_id_column": sample_id_column,
         "data.orientation": genes_as_rows, "report.gene_sets": gene_sets, "report.gene_map": gene_map,
         "report.top_k": top_k, "report.min_set_size": min_set_size, "report.max_set_size": max_set_size,
         "report.n_permutations": permutations, "report.ranking_metric": ranking_metric, "report.title": title,
@@ -147,6 +151,9 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
                                    symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
     prov.mark("read_cohort_and_gene_sets")
     task = (inputs.model or {}).get("task") or (None if cfg.task == "auto" else cfg.task)
+    positive = _positive_class(cfg, inputs, adata, label_col, task, explicit=positive_class is not None
+                               or (config_path is not None and cfg.data.positive_class is not None),
+                               source=str(labels or expression or inputs.dirs.get("train", "model.json")))
     result = build_report(
         inputs, collection=collection, report_cfg=rc, gene_map=gene_table, adata=adata, label_column=label_col,
         task=task, count_data=cfg.preprocess.transform in ("log1p", "log1p_cpm"),
@@ -154,7 +161,7 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
         random_state=cfg.seed, title=rc.title,
         own_provenance={"command line": " ".join(sys.argv), "seed": cfg.seed,
                         "gene sets": rc.gene_sets, "gene map": rc.gene_map, "expression": expression,
-                        "labels": labels})
+                        "labels": labels}, positive_class=positive)
     prov.mark("analyse")
     prov.extra["report"] = result.summary
     with staged_output(out) as stage:
@@ -172,3 +179,33 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     click.echo(f"report: {len(result.biomarkers)} genes, {gsum.get('n_sets_tested', 0)} gene sets tested "
                f"({gsum.get('n_significant_sets', 0)} significant), inputs: {', '.join(inputs.steps)}; wrote {out}",
                err=True)
+
+
+def _positive_class(cfg, inputs, adata, label_column, task, *, explicit: bool, source: str):
+    """The report's class of interest, checked against the labels before anything is written.
+
+    --positive-class (or data.positive_class of a --config) wins; else what explain explained (so SHAP signs
+    read as computed), else train's model.json, else select's summary, else the recorded config's value,
+    else the last label in sorted order (with the case/control-style warning).
+    """
+    from iml_genomics.cli.common import check_positive_class
+
+    if task == "regression":
+        classes = None
+    elif adata is not None and label_column and label_column in adata.obs.columns:
+        classes = sorted(set(adata.obs[label_column].astype(str).str.strip()))
+    else:
+        classes = (inputs.model or {}).get("classes")
+        classes = [str(c) for c in classes] if isinstance(classes, list) else None
+    if classes is None and task != "regression":
+        return cfg.data.positive_class if explicit else None  # no labels to check it against (nor to warn about)
+    if not explicit:
+        recorded = [(inputs.explain_summary or {}).get("positive_class"), (inputs.model or {}).get("positive_class"),
+                    (inputs.select_summary or {}).get("positive_class")]
+        chosen = next((r for r in recorded if isinstance(r, str)), None)
+        # a recorded default stays a default: the case/control warning is repeated for it
+        cfg.data.positive_class = chosen if classes is not None and len(classes) == 2 and chosen != classes[-1] \
+            else None
+    if cfg.data.label_column is None:
+        cfg.data.label_column = label_column
+    return check_positive_class(cfg, classes, source=source)

@@ -67,7 +67,10 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     source = str(labels or expression)
     y_raw = adata.obs[cfg.data.label_column]
     task = infer_task(y_raw, cfg.task)
-    y, _ = prepare_target(y_raw, task, n_splits=2, source=source, column=cfg.data.label_column)
+    y, classes = prepare_target(y_raw, task, n_splits=2, source=source, column=cfg.data.label_column)
+    from iml_genomics.cli.common import check_positive_class
+
+    positive = check_positive_class(cfg, classes, source=source)
     X = design_matrix(adata)
     gene_ids = list(adata.var_names)
     check_counts(X, cfg.preprocess.transform, str(expression), list(adata.obs_names), gene_ids)
@@ -101,14 +104,14 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
 
         result = dcrt_select(X, y, gene_ids, task=task, fdr=sc.fdr, covariance=sc.covariance,
                              factor_rank=sc.factor_rank, covariates=covariates, random_state=cfg.seed,
-                             n_jobs=n_jobs, fdr_procedure=sc.fdr_procedure)
+                             n_jobs=n_jobs, fdr_procedure=sc.fdr_procedure, positive_class=positive)
     else:
         result = knockoff_select(
             X, y, gene_ids, task=task, fdr=sc.fdr, offset=sc.offset, statistic=sc.statistic, s_method=sc.s_method,
             covariance=sc.covariance, factor_rank=sc.factor_rank, n_draws=sc.n_draws, groups=groups,
             covariates=covariates, random_state=cfg.seed, n_jobs=n_jobs, cluster_correlation=sc.cluster_correlation,
             derandomize_fdr=sc.derandomize_fdr, model=cfg.model.name, model_params=cfg.model.params,
-            max_pairs=sc.max_pairs)
+            max_pairs=sc.max_pairs, positive_class=positive)
     if result.table.empty:
         raise InputDataError(f"{expression}: no genes left after preprocessing; relax the preprocess filters.")
     prov.mark("knockoffs")

@@ -42,7 +42,9 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     result = train_model(adata, cfg, source=str(labels or expression))
     prov.mark("cross_validate_and_fit")
     prov.extra["cohort"] = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": result.task,
-                            "classes": result.classes, "n_genes_used": len(result.used_genes)}
+                            "classes": result.classes, "n_genes_used": len(result.used_genes),
+                            # what cv_metrics.tsv's auroc / average_precision treat as the positive label
+                            "positive_class": result.positive_class}
     with staged_output(out) as stage:
         write_tsv(result.cv.metrics, stage / "cv_metrics.tsv")
         write_tsv(result.cv.oof, stage / "oof_predictions.tsv")
@@ -51,6 +53,7 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
         prov.write(stage)
     summary = result.cv.metrics.set_index("split")
     key = "auroc" if result.classes else "r2"
+    named = f" (positive class '{result.positive_class}')" if result.positive_class is not None else ""
     click.echo(f"train: {adata.n_obs} samples x {adata.n_vars} genes, {cfg.model.name}, "
-               f"{key} = {summary.loc['mean', key]:.3f} +/- {summary.loc['sd', key]:.3f} "
+               f"{key}{named} = {summary.loc['mean', key]:.3f} +/- {summary.loc['sd', key]:.3f} "
                f"({cfg.cv.n_splits}-fold x {cfg.cv.n_repeats}); wrote {out}", err=True)

@@ -32,7 +32,8 @@ class ExplainResult:
 
 def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, explain_cfg, refit_pipeline=None,
                    y=None, n_splits: int = 5, n_repeats: int = 1, random_state: int = 0, n_jobs: int | None = 1,
-                   on_chunk: Callable | None = None, method: str | None = None) -> ExplainResult:
+                   on_chunk: Callable | None = None, method: str | None = None,
+                   positive_class: str | None = None) -> ExplainResult:
     """Explain a fitted model on a cohort.
 
     Parameters
@@ -57,6 +58,9 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         Called with (ShapChunk, ShapPlan) for every chunk, in sample order.
     method : {'shap', 'permutation', 'all'}, optional
         Defaults to ``explain_cfg.method``.
+    positive_class : str, optional
+        Two classes: the class SHAP explains (positive attributions push towards it); the last class when None.
+        mean |SHAP|, permutation importance and the stability of the ranking do not depend on it.
     """
     from iml_genomics.explain.interactions import INTERACTION_COLUMNS, tree_interactions
     from iml_genomics.explain.local import LOCAL_COLUMNS, local_explanations
@@ -85,10 +89,12 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     local_rows = sorted({pos[s] for s in ecfg.samples})
 
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=ecfg.shap_mode,
-                              background_size=ecfg.background_size, random_state=random_state)
+                              background_size=ecfg.background_size, random_state=random_state,
+                              positive_class=positive_class)
     mask = plan.used_mask
     q, k = len(plan.gene_ids), len(plan.outputs)
     summary: dict = {"method": method, "task": task, "classes_explained": plan.outputs, "labels_used": has_labels,
+                     "positive_class": plan.outputs[0] if classes is not None and len(classes) == 2 else None,
                      "top_k": ecfg.top_k, "n_genes_input": len(gene_ids), "n_genes_used": q,
                      "n_samples": len(sample_ids), "additivity_tolerance": ecfg.additivity_tolerance,
                      "approximations": [], "notes": notes, "model_type": type(split_pipeline(pipeline)[1]).__name__}

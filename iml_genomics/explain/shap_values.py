@@ -69,13 +69,33 @@ def preprocess(pre, X) -> np.ndarray:
     return np.ascontiguousarray(Z, dtype=np.float64)
 
 
-def explained_outputs(estimator, classes: list | None) -> list[str]:
-    """Labels of the outputs explained: positive class (binary), every class, or '' (regression)."""
+def explained_outputs(estimator, classes: list | None, positive_class: str | None = None) -> list[str]:
+    """Labels of the outputs explained: positive class (binary), every class, or '' (regression).
+
+    The positive class is ``positive_class`` when it is one of two classes, else the last class.
+    """
     if classes is None:
         return [""]
     if len(classes) == 2:
-        return [str(classes[-1])]
+        return [str(classes[_positive_index(classes, positive_class)])]
     return [str(c) for c in classes]
+
+
+def _positive_index(classes, positive_class) -> int:
+    from iml_genomics.io.cohort import positive_index
+
+    return positive_index([str(c) for c in classes], None if positive_class is None else str(positive_class))
+
+
+def _binary_sign(classes, positive_class) -> float:
+    """+1 when a binary model's single margin (log-odds of classes[1]) is the positive class's, else -1.
+
+    Binary scikit-learn models have one margin, the log-odds (or SVM score) of the second sorted class;
+    the other class's margin is its negative, so explaining it negates every attribution and the base value.
+    """
+    if classes is None or len(classes) != 2:
+        return 1.0
+    return 1.0 if _positive_index(classes, positive_class) == 1 else -1.0
 
 
 def output_scale(estimator, classes: list | None) -> str:
@@ -91,16 +111,16 @@ def output_scale(estimator, classes: list | None) -> str:
     return "probability" if hasattr(estimator, "predict_proba") else "raw"
 
 
-def model_output(estimator, Z: np.ndarray, classes: list | None) -> np.ndarray:
-    """The model's output on the explained scale, shape (n, n_outputs)."""
+def model_output(estimator, Z: np.ndarray, classes: list | None, positive_class: str | None = None) -> np.ndarray:
+    """The model's output on the explained scale, shape (n, n_outputs); binary: the positive class's."""
     scale = output_scale(estimator, classes)
     if classes is None:
         return np.asarray(estimator.predict(Z), dtype=np.float64).reshape(-1, 1)
     if scale == "probability":
         proba = np.asarray(estimator.predict_proba(Z), dtype=np.float64)
-        return proba[:, [-1]] if len(classes) == 2 else proba
+        return proba[:, [_positive_index(classes, positive_class)]] if len(classes) == 2 else proba
     dec = np.asarray(estimator.decision_function(Z), dtype=np.float64)
-    return dec.reshape(-1, 1) if dec.ndim == 1 else dec
+    return _binary_sign(classes, positive_class) * dec.reshape(-1, 1) if dec.ndim == 1 else dec
 
 
 def method_name(kind: str, mode: str) -> str:
@@ -199,24 +219,28 @@ def _linear_terms(estimator, classes):
     return coef, intercept
 
 
-def _chunk_linear(estimator, Z, classes, mean):
+def _chunk_linear(estimator, Z, classes, mean, positive_class=None):
     # Closed form of exact linear SHAP under feature independence (Lundberg & Lee 2017):
     # phi_j = b_j (z_j - E[z_j]) on the margin scale. The model sees scaled genes z = (x - m) / s; since
     # b_j (z_j - E z_j) = (b_j / s_j)(x_j - E x_j), the attribution of a gene in scaled space equals its
     # attribution in original space (linear SHAP is invariant to affine per-feature transforms).
     coef, intercept = _linear_terms(estimator, classes)
+    sign = _binary_sign(classes, positive_class)
+    coef, intercept = sign * coef, sign * intercept
     values = (Z - mean)[:, :, None] * coef.T[None, :, :]
     base = np.broadcast_to(intercept + coef @ mean, (Z.shape[0], coef.shape[0])).copy()
     return values, base
 
 
-def _chunk_tree(explainer, Z, n_outputs):
+def _chunk_tree(explainer, Z, n_outputs, positive_index=-1, sign=1.0):
     raw = np.asarray(explainer.shap_values(Z, check_additivity=False), dtype=np.float64)
     expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
     if raw.ndim == 2:
         raw = raw[:, :, None]
     if raw.shape[2] != n_outputs:  # binary classifiers with two probability outputs: keep the positive class
-        raw, expected = raw[:, :, -n_outputs:], expected[-n_outputs:]
+        raw, expected = raw[:, :, [positive_index]], expected[[positive_index]]
+    elif sign != 1.0:  # one log-odds output (gradient boosting): the other class's is its negative
+        raw, expected = sign * raw, sign * expected
     base = np.broadcast_to(expected, (Z.shape[0], n_outputs)).copy()
     return raw, base
 
@@ -254,11 +278,11 @@ def _permutation_shap_row(f, x, background, n_pairs, rng, max_cells):
     return phi / (2 * n_pairs), base
 
 
-def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed):
+def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed, positive_class=None):
     rng = np.random.default_rng(seed)
 
     def f(rows):
-        return model_output(estimator, rows, classes)
+        return model_output(estimator, rows, classes, positive_class)
 
     vals, bases = [], []
     for i in range(Z.shape[0]):
@@ -269,16 +293,18 @@ def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed):
 
 
 def _explain_chunk(context, X_chunk, start, stop, seed):
-    pre, estimator, classes, kind, payload = context
+    pre, estimator, classes, kind, payload, positive = context
     Z = preprocess(pre, X_chunk)
     if kind == "linear":
-        values, base = _chunk_linear(estimator, Z, classes, payload)
+        values, base = _chunk_linear(estimator, Z, classes, payload, positive)
     elif kind == "tree":
-        values, base = _chunk_tree(payload, Z, len(explained_outputs(estimator, classes)))
+        values, base = _chunk_tree(payload, Z, len(explained_outputs(estimator, classes)),
+                                   _positive_index(classes, positive) if classes else -1,
+                                   _binary_sign(classes, positive))
     else:
         background, n_pairs = payload
-        values, base = _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed)
-    out = model_output(estimator, Z, classes)
+        values, base = _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed, positive)
+    out = model_output(estimator, Z, classes, positive)
     err = float(np.max(np.abs(base + values.sum(axis=1) - out))) if out.size else 0.0
     return ShapChunk(start, stop, values, base, out, err)
 
@@ -297,8 +323,10 @@ def _background_rows(n: int, size: int, random_state: int) -> np.ndarray:
 
 
 def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent", background_size: int = 100,
-              random_state: int = 0, background=None, agnostic_pairs: int = 5):
+              random_state: int = 0, background=None, agnostic_pairs: int = 5, positive_class: str | None = None):
     """Decide the explainer and prepare what every chunk needs.
+
+    ``positive_class`` (two classes) is the class explained (``plan.outputs``); the last class when None.
 
     Returns
     -------
@@ -316,7 +344,7 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
     mask = used_gene_mask(pipeline, X.shape[1]) if pre is not None else np.ones(X.shape[1], dtype=bool)
     used = [g for g, u in zip(gene_ids, mask) if u]
     kind = model_kind(estimator)
-    outputs = explained_outputs(estimator, classes)
+    outputs = explained_outputs(estimator, classes, positive_class)
     approximations: list[str] = []
 
     def background_matrix():
@@ -378,7 +406,9 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     # the model and explainer are shared by every chunk: forked workers inherit them instead of each importing
     # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows. Only tree
     # and linear SHAP are forked: the model-agnostic route calls the model's predict, which may use OpenMP.
-    with shared_context_pool((pre, estimator, classes, plan.kind, payload), n_jobs=n_jobs,
+    # binary: plan.outputs holds the one class explained (plan_shap's positive_class)
+    positive = plan.outputs[0] if classes is not None and len(classes) == 2 else None
+    with shared_context_pool((pre, estimator, classes, plan.kind, payload, positive), n_jobs=n_jobs,
                              fork=plan.kind in ("tree", "linear")) as run:
         for w in range(0, len(bounds), wave):
             tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
@@ -405,7 +435,7 @@ def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) 
 def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent",
                       background_size: int = 100, chunk_size: int = 256, n_jobs: int | None = 1,
                       random_state: int = 0, additivity_tolerance: float = 1e-4, background=None,
-                      sample_ids=None, agnostic_pairs: int = 5) -> ShapResult:
+                      sample_ids=None, agnostic_pairs: int = 5, positive_class: str | None = None) -> ShapResult:
     """SHAP values of a fitted pipeline for every row of ``X``, on the genes that enter the model.
 
     Parameters
@@ -437,6 +467,9 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
     agnostic_pairs : int
         Antithetic permutation pairs per sample for the model-agnostic route
         (2 * agnostic_pairs * (n_genes_used + 1) model evaluations per sample and background row).
+    positive_class : str, optional
+        Two classes: the class whose output is explained (its attributions are the negatives of the other
+        class's on the log-odds / margin scale, and 1 - p on the probability scale); the last class when None.
 
     Returns
     -------
@@ -449,7 +482,7 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
     """
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=mode,
                               background_size=background_size, random_state=random_state, background=background,
-                              agnostic_pairs=agnostic_pairs)
+                              agnostic_pairs=agnostic_pairs, positive_class=positive_class)
     n, q, k = X.shape[0], len(plan.gene_ids), len(plan.outputs)
     values = np.empty((n, q, k))
     base = np.empty((n, k))

@@ -224,3 +224,69 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
                              f"sample(s), fewer than the {n_splits} CV folds; lower cv.n_splits (--cv-folds) "
                              f"or merge/remove that class.")
     return labels.to_numpy(dtype=object), sorted(counts.index)
+
+
+# (class of interest, reference) pairs whose default order (the last label in sorted order is positive) picks
+# the reference: 'control' sorts after 'case', 'normal' after 'tumour'. Compared lower-cased.
+REFERENCE_PAIRS = (
+    ("case", "control"), ("patient", "control"), ("disease", "control"), ("treated", "control"),
+    ("treatment", "control"), ("disease", "healthy"), ("patient", "healthy"), ("tumour", "normal"),
+    ("tumor", "normal"), ("cancer", "normal"), ("treated", "untreated"),
+)
+
+
+def resolve_positive_class(classes: list[str] | None, requested: str | None, *, source: str,
+                           column: str | None) -> tuple[str | None, str | None]:
+    """The class of interest of a two-class outcome, validated, and a warning when the default looks wrong.
+
+    Parameters
+    ----------
+    classes : list of str or None
+        Sorted class names (:func:`prepare_target`); None for regression.
+    requested : str or None
+        ``data.positive_class`` / ``--positive-class``; None = the last label in sorted order.
+    source, column : str
+        Labels file and column, for messages.
+
+    Returns
+    -------
+    positive_class : str or None
+        None for regression and for more than two classes (every class is explained).
+    warning : str or None
+        One line for stderr when the default chose the reference-like label of a pair such as
+        case/control or tumour/normal (see :data:`REFERENCE_PAIRS`).
+
+    Raises
+    ------
+    InputDataError
+        A requested class that is not a label, or a positive class given for an outcome that does not have
+        exactly two classes (multiclass models explain every class; there is no single class of interest).
+    """
+    from iml_genomics.errors import shorten
+
+    if requested is not None:
+        if classes is None or len(classes) != 2:
+            what = "a continuous outcome" if classes is None else \
+                f"{len(classes)} classes ({shorten(', '.join(classes))[1:-1]})"
+            raise InputDataError(f"{source}: data.positive_class (--positive-class) {shorten(requested)} is only "
+                                 f"meaningful for two classes, but column '{column}' has {what}. Remove it.")
+        if requested not in classes:
+            raise InputDataError(f"{source}: positive class {shorten(requested)} (data.positive_class / "
+                                 f"--positive-class) is not a label of column '{column}'; its labels are "
+                                 f"{shorten(', '.join(classes))[1:-1]}. Give one of them.")
+        return requested, None
+    if classes is None or len(classes) != 2:
+        return None, None
+    positive, other = classes[-1], classes[0]
+    warning = None
+    if (other.strip().lower(), positive.strip().lower()) in REFERENCE_PAIRS:
+        warning = (f"iml-genomics: warning: positive class is {shorten(positive)} (the last label in sorted order); "
+                   f"set data.positive_class (--positive-class {shorten(other, 60)[1:-1]}) if you meant the other")
+    return positive, warning
+
+
+def positive_index(classes: list[str] | None, positive_class: str | None) -> int:
+    """Column of the positive class in ``classes``-ordered scores (the last one by default)."""
+    if not classes:
+        return -1
+    return list(classes).index(positive_class) if positive_class in list(classes) else len(classes) - 1

@@ -27,8 +27,14 @@ class ReportResult:
     html: str = ""
 
 
-def _attr_rows(inputs: ReportInputs, positive_class: str | None) -> pd.DataFrame | None:
-    """Samples x genes SHAP values of one class (the positive one when several)."""
+def _attr_rows(inputs: ReportInputs, positive_class: str | None,
+               classes: tuple[str, str] | None = None) -> pd.DataFrame | None:
+    """Samples x genes SHAP values of one class (the positive one when several).
+
+    Two classes whose attributions explain the other class (explain run with another --positive-class):
+    the values are negated, which is exactly the positive class's attributions on the log-odds / margin
+    scale and on the probability scale (p and 1 - p), so the plot's signs always refer to the positive class.
+    """
     attr = inputs.attributions
     if attr is None:
         return None
@@ -36,14 +42,39 @@ def _attr_rows(inputs: ReportInputs, positive_class: str | None) -> pd.DataFrame
         cls = positive_class if positive_class in set(attr["class"].astype(str)) else str(attr["class"].iloc[0])
         attr = attr[attr["class"].astype(str) == cls]
     genes = [c for c in attr.columns if c not in ("sample_id", "class", "base_value", "model_output")]
-    return attr.set_index(attr["sample_id"].astype(str))[genes]
+    out = attr.set_index(attr["sample_id"].astype(str))[genes]
+    if (classes is not None and "class" in attr.columns and len(attr)
+            and set(attr["class"].astype(str)) == {classes[1]}):
+        out = -out
+    return out
+
+
+def _explained_class(inputs: ReportInputs) -> str | None:
+    """The one class explain explained (two classes), from its summary or its attributions."""
+    es = inputs.explain_summary or {}
+    if isinstance(es.get("positive_class"), str):
+        return es["positive_class"]
+    explained = es.get("classes_explained")
+    if isinstance(explained, list) and len(explained) == 1 and isinstance(explained[0], str):
+        return explained[0]
+    return None
+
+
+def two_classes(positive_class: str | None, *candidates) -> tuple[str, str] | None:
+    """(positive, other) from the first list of exactly two class names among ``candidates``."""
+    for classes in candidates:
+        if classes is not None and len(classes) == 2:
+            classes = [str(c) for c in classes]
+            pos = positive_class if positive_class in classes else classes[-1]
+            return pos, [c for c in classes if c != pos][0]
+    return None
 
 
 def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | None, report_cfg,
                  gene_map: pd.Series | None = None, adata=None, label_column: str | None = None,
                  task: str | None = None, count_data: bool = False, cpm: bool = False,
                  samples: list[str] | None = None, random_state=0, title: str = "iml-genomics report",
-                 own_provenance: dict | None = None) -> ReportResult:
+                 own_provenance: dict | None = None, positive_class: str | None = None) -> ReportResult:
     """Build biomarkers.tsv, gene_sets.tsv and report.html contents.
 
     Parameters
@@ -67,20 +98,28 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
         local_explanations.tsv when empty.
     random_state : int
         Seed of the permutation test.
+    positive_class : str, optional
+        Two classes: the class effects, ``higher_in``, SHAP signs and gene-set directions refer to;
+        model.json's ``positive_class`` when None, else the last label in sorted order.
     """
     model = inputs.model or {}
     task = task or model.get("task")
-    positive_class = model.get("positive_class")
+    positive_class = positive_class or model.get("positive_class")
     gene_ids = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
     univariate = None
+    label_classes = None
     if adata is not None and label_column and label_column in adata.obs.columns:
         if task is None:
             from iml_genomics.io import infer_task
 
             task = infer_task(adata.obs[label_column])
+        if task == "classification":
+            label_classes = sorted(set(adata.obs[label_column].astype(str).str.strip()))
         univariate = univariate_effects(adata, label_column=label_column, task=task,
                                         positive_class=positive_class, count_data=count_data, cpm=cpm)
+    classes = two_classes(positive_class, label_classes, model.get("classes")) if task != "regression" else None
     summary: dict = {"steps": inputs.steps, "task": task, "n_genes": len(gene_ids),
+                     "positive_class": classes[0] if classes else None,
                      "univariate_effect": None if univariate is None else str(univariate["effect_type"].iloc[0])}
     analysis = None
     if collection is not None:
@@ -88,7 +127,7 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
             inputs, collection, gene_map=gene_map, univariate=univariate, min_size=report_cfg.min_set_size,
             max_size=report_cfg.max_set_size, top_k=report_cfg.top_k, n_permutations=report_cfg.n_permutations,
             ranking_metric=report_cfg.ranking_metric, q_threshold=report_cfg.gene_set_fdr,
-            random_state=random_state, gene_ids=gene_ids)
+            random_state=random_state, gene_ids=gene_ids, classes=classes)
         summary["gene_sets"] = analysis.summary
         keys = analysis.keys
     else:
@@ -96,6 +135,11 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
     biomarkers = build_biomarkers(inputs, gene_ids=gene_ids, keys=keys, univariate=univariate,
                                   gene_set_table=analysis.table if analysis else None,
                                   sets=analysis.sets if analysis else None)
+    explained = _explained_class(inputs)
+    if classes is not None and explained == classes[1] and "mean_shap" in biomarkers:
+        # explain explained the other class: its signed SHAP is exactly the negative of the positive class's
+        biomarkers["mean_shap"] = -pd.to_numeric(biomarkers["mean_shap"], errors="coerce")
+        summary["mean_shap_negated"] = f"explain explained '{explained}'; mean_shap is stated for '{classes[0]}'"
     summary["n_biomarker_rows"] = len(biomarkers)
     if inputs.knockoffs is not None:
         summary["n_knockoff_selected"] = int((biomarkers["knockoff_selected"] == True).sum())  # noqa: E712
@@ -103,12 +147,12 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
                           group_attributions_per_sample=analysis.group_per_sample if analysis else None,
                           summary=summary)
     result.html = _page(inputs, result, adata=adata, label_column=label_column, keys=keys, samples=samples or [],
-                        title=title, own_provenance=own_provenance, seed=random_state)
+                        title=title, own_provenance=own_provenance, seed=random_state, classes=classes)
     return result
 
 
 def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, keys: pd.Series, samples, title,
-          own_provenance, seed) -> str:
+          own_provenance, seed, classes: tuple[str, str] | None = None) -> str:
     model = inputs.model or {}
     labels = {g: k for g, k in keys.items() if str(k).upper() != str(g).upper()}
     sections = []
@@ -121,6 +165,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         if label_column and label_column in adata.obs.columns and result.summary.get("task") != "regression":
             counts = adata.obs[label_column].astype(str).value_counts().sort_index()
             info[f"classes ({label_column})"] = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    if classes is not None:
+        info["positive class (AUROC, SHAP signs, higher_in, gene-set directions)"] = classes[0]
     elif inputs.oof is not None:
         info["samples (out-of-fold)"] = inputs.oof["sample_id"].nunique()
     if model:
@@ -140,6 +186,9 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         metric_cols = [c for c in cv.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
         inner = H.table_html(agg[["split", *metric_cols]])
         inner += '<div class="plots">' + H.img(plots.roc_curves(inputs.oof, model), "ROC curves") + "</div>"
+        if model.get("positive_class"):
+            inner += (f'<p class="note">auroc and average_precision treat {H.esc(model["positive_class"])} as the '
+                      f'positive class.</p>')
         inner += ('<p class="note">Out-of-fold predictions: every sample is predicted by a model that did not see '
                   'it. Preprocessing was fit inside the folds.</p>')
     else:
@@ -158,7 +207,7 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
 
     # SHAP
     if inputs.gene_ranking is not None or inputs.attributions is not None:
-        attr = _attr_rows(inputs, model.get("positive_class"))
+        attr = _attr_rows(inputs, classes[0] if classes else model.get("positive_class"), classes)
         if inputs.gene_ranking is not None:
             top = inputs.gene_ranking.sort_values(["rank", "gene_id"])["gene_id"].astype(str).head(20).tolist()
         else:
@@ -169,7 +218,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             sub = adata[:, cols]
             X = sub.X.toarray() if hasattr(sub.X, "toarray") else np.asarray(sub.X)
             expr = pd.DataFrame(X, index=adata.obs_names.astype(str), columns=cols)
-        inner = '<div class="plots">' + H.img(plots.shap_beeswarm(attr, expr, top, labels, seed=seed),
+        inner = '<div class="plots">' + H.img(plots.shap_beeswarm(attr, expr, top, labels, seed=seed,
+                                                                  positive_class=classes[0] if classes else None),
                                               "SHAP beeswarm summary")
         inner += H.img(plots.shap_bar(inputs.gene_ranking, labels), "mean |SHAP| bar chart") + "</div>"
         if inputs.interactions is not None and len(inputs.interactions):
@@ -218,6 +268,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             "rank-based test on": gsum["ranking_metric"], "permutations": gsum["n_permutations"],
             f"significant sets (q <= {gsum['q_threshold']})": gsum["n_significant_sets"],
         }
+        if classes is not None:
+            mapping["direction (higher_in)"] = gsum.get("direction_basis", "")
         inner = H.kv_table(mapping)
         if gsum.get("note"):
             inner += H.missing(H.esc(gsum["note"]))
@@ -225,7 +277,18 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner += H.img(plots.group_attribution_bars(result.gene_sets), "group attributions") + "</div>"
         cols = ["rank", "gene_set", "n_measured", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value",
                 "nes", "gsea_q_value", "leading_edge", "group_attribution", "significant"]
-        inner += H.table_html(result.gene_sets[cols], max_rows=25, max_chars=60)
+        table = result.gene_sets
+        if classes is not None and (table["higher_in"].astype(str) != "").any():
+            # both directions, each ranked and named by its class (never "positive NES")
+            for cls in classes:
+                sub = table[table["higher_in"].astype(str) == cls]
+                inner += (f"<h3>Higher in {H.esc(cls)}{' (positive class)' if cls == classes[0] else ''}: "
+                          f"{len(sub)} sets</h3>")
+                inner += H.table_html(sub[["direction_rank", "higher_in", *cols]], max_rows=15, max_chars=60)
+            inner += (f'<p class="note">higher_in: {H.esc(gsum.get("direction_basis", ""))}; direction_rank ranks '
+                      f'the sets of one direction in the order of the full table.</p>')
+        else:
+            inner += H.table_html(table[cols], max_rows=25, max_chars=60)
         inner += '<p class="note">Full table: gene_sets.tsv.</p>'
     else:
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")

@@ -78,9 +78,11 @@ def roc_curves(oof: pd.DataFrame | None, model: dict | None) -> str | None:
 
 
 def shap_beeswarm(attr: pd.DataFrame | None, expression: pd.DataFrame | None, genes: list[str],
-                  labels: dict[str, str] | None = None, *, seed: int = 0) -> str | None:
+                  labels: dict[str, str] | None = None, *, seed: int = 0,
+                  positive_class: str | None = None) -> str | None:
     """Beeswarm-style summary: one row per gene, one dot per sample at its SHAP
-    value, coloured by the gene's expression (standardised) when available."""
+    value, coloured by the gene's expression (standardised) when available.
+    With ``positive_class`` (two classes) the axis says which class positive values push towards."""
     if attr is None or not genes:
         return None
     plt = _plt()
@@ -111,7 +113,8 @@ def shap_beeswarm(attr: pd.DataFrame | None, expression: pd.DataFrame | None, ge
     ax.axvline(0, color=PALETTE["grey"], lw=0.8)
     ax.set_yticks(range(len(genes)))
     ax.set_yticklabels([_label(g, labels) for g in reversed(genes)], fontsize=8)
-    ax.set_xlabel("SHAP value (contribution to the model output)")
+    ax.set_xlabel("SHAP value (contribution to the model output)" if positive_class is None else
+                  f"SHAP value (> 0: towards {_short(positive_class, 40)})")
     ax.set_title("SHAP summary: top genes by mean |SHAP|")
     if expression is not None and scatter is not None:
         cb = fig.colorbar(scatter, ax=ax, fraction=0.04, pad=0.02)
@@ -186,7 +189,12 @@ def gene_set_bars(table: pd.DataFrame | None, n: int = 15) -> str | None:
     ax.barh(y + 0.2, q1, height=0.4, color=PALETTE["blue"], label="over-representation")
     ax.barh(y - 0.2, q2, height=0.4, color=PALETTE["green"], label="rank-based (GSEA-style)")
     ax.set_yticks(y)
-    ax.set_yticklabels([_short(s) for s in top["gene_set"]], fontsize=7)
+    names = [_short(s) for s in top["gene_set"]]
+    if "higher_in" in top.columns:
+        # the class each set is higher in, by name (two classes; empty otherwise)
+        names = [f"{n} [higher in {_short(c, 25)}]" if isinstance(c, str) and c else n
+                 for n, c in zip(names, top["higher_in"])]
+    ax.set_yticklabels(names, fontsize=7)
     ax.axvline(1, color=PALETTE["grey"], lw=0.8, ls="--")
     ax.set_xlabel("-log10 q (dashed: q = 0.1)")
     ax.legend(fontsize=7, frameon=False, loc="lower right")

@@ -140,6 +140,68 @@ def univariate_effects(adata, *, label_column: str, task: str, positive_class: s
     return out
 
 
+# Both directions, named (two classes): which class a set is higher in, on what evidence, and its rank among the
+# sets of that direction (the table's order). Added after the other columns so existing positions stay.
+DIRECTION_COLUMNS = ["higher_in", "direction_score", "direction_rank"]
+GENE_SET_COLUMNS = GENE_SET_COLUMNS + DIRECTION_COLUMNS
+
+
+def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Series,
+                   univariate: pd.DataFrame | None, metric: str,
+                   classes: tuple[str, str] | None) -> tuple[pd.DataFrame, str]:
+    """Name the class each gene set is higher in, and rank the sets within each direction.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Gene-set rows in their final order, with ``gene_set`` and ``nes``.
+    sets : dict
+        Set name -> member keys (symbols) tested.
+    keys : pandas.Series
+        Measured id -> key.
+    univariate : pandas.DataFrame or None
+        :func:`univariate_effects` (its ``statistic`` is positive when a gene is higher in the positive class).
+    metric : str
+        The rank-based test's gene score (:func:`ranking_scores`).
+    classes : (positive, other) or None
+        The two class names; None (regression, multiclass, unknown labels) leaves the direction empty.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        With ``higher_in`` (a class name, or '' when there is no direction), ``direction_score`` and
+        ``direction_rank`` (1-based within each ``higher_in``, following the table's order).
+    basis : str
+        What ``direction_score`` is: the NES when the rank-based test ran on the signed univariate
+        statistic (positive NES = the set's genes sit at the positive class's end), else the mean of the
+        members' univariate statistics (an unsigned score such as mean |SHAP| or knockoff W has no
+        direction), else 'none'.
+    """
+    table = table.copy()
+    score = pd.Series(np.nan, index=table.index)
+    basis = "none"
+    if classes is not None and metric == "univariate" and "nes" in table:
+        score = pd.to_numeric(table["nes"], errors="coerce")
+        basis = "nes of the rank-based test on the univariate statistic"
+    elif classes is not None and univariate is not None:
+        stat = pd.to_numeric(univariate["statistic"], errors="coerce").dropna()
+        stat.index = stat.index.astype(str)
+        per_key = gs.collapse_scores(stat, keys)
+        score = table["gene_set"].map(lambda name: float(per_key.reindex(sets.get(name, [])).mean())
+                                      if len(per_key.reindex(sets.get(name, [])).dropna()) else np.nan)
+        basis = "mean univariate statistic (welch_t) of the set's measured genes"
+    table["direction_score"] = score.to_numpy(dtype=float)
+    if classes is None:
+        table["higher_in"] = ""
+    else:
+        s = table["direction_score"].to_numpy()
+        table["higher_in"] = np.where(s > 0, classes[0], np.where(s < 0, classes[1], ""))
+    rank = table.groupby("higher_in", sort=False).cumcount() + 1
+    table["direction_rank"] = pd.array(np.where(table["higher_in"] != "", rank, -1), dtype="Int64")
+    table.loc[table["higher_in"] == "", "direction_rank"] = pd.NA
+    return table, basis
+
+
 @dataclass
 class GeneSetAnalysis:
     """Result of :func:`analyse_gene_sets`."""
@@ -271,10 +333,12 @@ def _unit_over_representation(query: list[str], pool: list[str], units: pd.Serie
 def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *, gene_map: pd.Series | None,
                       univariate: pd.DataFrame | None, min_size: int, max_size: int, top_k: int,
                       n_permutations: int, ranking_metric: str, q_threshold: float, random_state,
-                      gene_ids: list[str] | None = None) -> GeneSetAnalysis:
+                      gene_ids: list[str] | None = None,
+                      classes: tuple[str, str] | None = None) -> GeneSetAnalysis:
     """Over-representation, prerank test and group attributions for every set.
 
-    Returns a :class:`GeneSetAnalysis` whose table has the columns
+    ``classes`` = (positive class, other class) for a two-class outcome: every set is named by the class it
+    is higher in (:func:`set_directions`). Returns a :class:`GeneSetAnalysis` whose table has the columns
     :data:`GENE_SET_COLUMNS`, sorted by the rule in docs/report.md.
     """
     genes = gene_ids or measured_genes(inputs)
@@ -368,6 +432,9 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
     table = table.sort_values(["_best_q", "_p", "_attr", "gene_set"], kind="mergesort")
     table["rank"] = np.arange(1, len(table) + 1)
+    table, basis = set_directions(table, sets, keys, univariate, metric, classes)
+    summary.update(positive_class=classes[0] if classes else None, other_class=classes[1] if classes else None,
+                   direction_basis=basis)
     table = table[GENE_SET_COLUMNS].reset_index(drop=True)
     summary["n_significant_sets"] = int(table["significant"].sum())
     summary["q_threshold"] = q_threshold

@@ -40,7 +40,7 @@ from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
 from iml_genomics.select.covariance import CovarianceModel, fit_covariance
 from iml_genomics.select.diagnostics import exchangeability_check
 from iml_genomics.select.filter import TABLE_COLUMNS, linear_part, covariate_matrix
-from iml_genomics.select.statistics import fold_errors, path_until, residualize, class_targets
+from iml_genomics.select.statistics import class_targets, fold_errors, path_until, residualize
 
 FDR_PROCEDURES = ("bh", "by")
 #: KKT slack of the working-set lasso: a gene outside the working set enters when |z_k'r| / n > alpha (1 + this)
@@ -234,7 +234,7 @@ def _test_chunk(genes, Z, Y, alphas, full_coefs, E, screening, m):
 
 def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank=None, covariates=None,
                 random_state=0, n_jobs=1, fdr_procedure="bh", screening=True, scale="empirical",
-                n_folds=5, check_model=True) -> DCRTResult:
+                n_folds=5, check_model=True, positive_class=None) -> DCRTResult:
     """Distilled conditional randomization test with Benjamini-Hochberg selection.
 
     Parameters
@@ -259,6 +259,10 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         Seed of the cross-validation folds (and of the randomized SVD).
     n_jobs : int
         Workers; results do not depend on it.
+    positive_class : str, optional
+        Two classes: the class whose centred indicator is distilled and tested
+        (the last class when None). The two-sided p-values do not depend on
+        it; the sign of ``w`` does. Recorded in the summary.
     check_model : bool
         Run the held-out neighbour exchangeability check of the covariance
         model (:func:`~iml_genomics.select.diagnostics.exchangeability_check`):
@@ -315,7 +319,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     # R is already centred and orthogonal to the covariates; standardising keeps that, so the lasso
     # below is the lasso with unpenalised intercept and covariates (Frisch-Waugh)
     Z = np.ascontiguousarray(model.standardize(R))
-    Y = residualize(class_targets(y, task), cov)
+    Y = residualize(class_targets(y, task, positive_class), cov)
     K = Y.shape[1]
     folds = list(KFold(n_splits=min(n_folds, n), shuffle=True, random_state=random_state).split(Z))
 
@@ -431,6 +435,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         "t_degrees_of_freedom": int(dof - 1) if scale == "empirical" else None,
         "n_samples": int(n),
         "task": task,
+        "positive_class": None if positive_class is None else str(positive_class),
         "n_classes_tested": int(K),
         "covariance_model": model.kind,
         "factor_rank": model.rank,

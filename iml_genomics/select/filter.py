@@ -188,7 +188,8 @@ def with_untested_genes(table: pd.DataFrame, gene_ids) -> pd.DataFrame:
 def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso", s_method="mvr",
                     covariance="auto", factor_rank=None, n_draws=1, groups=None, covariates=None,
                     random_state=0, n_jobs=1, cluster_correlation=0.5, derandomize_fdr=None,
-                    model="l1_logistic", model_params=None, max_pairs=None, check_swap=True) -> KnockoffResult:
+                    model="l1_logistic", model_params=None, max_pairs=None, check_swap=True,
+                    positive_class=None) -> KnockoffResult:
     """Model-X knockoff selection with FDR control.
 
     Parameters
@@ -231,6 +232,9 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         Run the held-out swap check (random pairs) and the neighbour
         exchangeability check (:func:`~iml_genomics.select.diagnostics.exchangeability_check`,
         one more covariance fit and S on 75% of the samples); False reports both as skipped.
+    positive_class : str, optional
+        Two classes: the class whose indicator the lasso statistic regresses on (the last class when None);
+        W does not depend on it. Recorded in the summary.
 
     Returns
     -------
@@ -281,6 +285,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     stat_kwargs = {}
     if statistic == "lasso" and max_pairs is not None:
         stat_kwargs["max_pairs"] = max_pairs
+    if statistic == "lasso" and positive_class is not None:
+        stat_kwargs["positive_class"] = positive_class
     if statistic == "model":
         stat_kwargs = {"model": model, "model_params": model_params}
     seeds = spawn_seeds(random_state, n_draws)
@@ -355,6 +361,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     summary = {
         "method": "knockoffs",
         "target_fdr": float(fdr),
+        "positive_class": None if positive_class is None else str(positive_class),
         "offset": int(offset),
         "threshold": float(threshold) if np.isfinite(threshold) else None,
         "n_selected": int(table["selected"].sum()),

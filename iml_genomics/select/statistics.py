@@ -29,13 +29,16 @@ import numpy as np
 from iml_genomics.parallel import effective_n_jobs
 
 
-def class_targets(y, task: str) -> np.ndarray:
+def class_targets(y, task: str, positive_class: str | None = None) -> np.ndarray:
     if task == "regression":
         return np.asarray(y, dtype=float)[:, None]
     classes = np.unique(np.asarray(y).astype(str))
     ys = np.asarray(y).astype(str)
     if len(classes) == 2:
-        return (ys == classes[-1]).astype(float)[:, None]
+        # the indicator of the positive class; the other class's is 1 minus it, so after centring the lasso
+        # path only changes sign and |coef| (hence W) does not depend on the choice
+        pos = positive_class if positive_class in set(classes.tolist()) else classes[-1]
+        return (ys == pos).astype(float)[:, None]
     return (ys[:, None] == classes[None, :]).astype(float)
 
 
@@ -83,7 +86,8 @@ def fold_errors(Z: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
 
 def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates: np.ndarray | None = None,
                      random_state: int = 0, n_jobs: int = 1, n_folds: int = 5, n_alphas: int = 30,
-                     eps: float = 1e-2, max_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                     eps: float = 1e-2, max_pairs: int | None = None,
+                     positive_class: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """|lasso coefficients| of genes and knockoffs at the cross-validated penalty.
 
     Returns
@@ -95,7 +99,7 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
     from sklearn.model_selection import KFold
 
     n, p = X.shape
-    Y = residualize(class_targets(y, task), covariates)
+    Y = residualize(class_targets(y, task, positive_class), covariates)
     D = residualize(np.hstack([X, Xk]), covariates)
     sd = D.std(axis=0)
     sd[sd == 0] = 1.0
