@@ -219,12 +219,12 @@ def test_shap_of_the_other_class_is_the_negative(name):
 
 
 def test_knockoff_w_does_not_depend_on_the_positive_class():
-    from iml_genomics.select.statistics import _targets, lasso_importance
+    from iml_genomics.select.statistics import class_targets, lasso_importance
 
     rng = np.random.default_rng(3)
     X, Xk = rng.normal(size=(120, 15)), rng.normal(size=(120, 15))
     y = np.where(X[:, :3].sum(axis=1) + rng.normal(size=120) > 0, "case", "control")
-    assert _targets(y, "classification", "case").ravel().tolist() == (y == "case").astype(float).tolist()
+    assert class_targets(y, "classification", "case").ravel().tolist() == (y == "case").astype(float).tolist()
     a = lasso_importance(X, Xk, y, task="classification")
     b = lasso_importance(X, Xk, y, task="classification", positive_class="case")
     assert a[0].max() > 0
