@@ -142,17 +142,6 @@ def make_replicate(family: str, params: dict, seed: int):
 # ---------------------------------------------------------------------------
 
 
-def _ar1(n: int, p: int, rho: float, rng: np.random.Generator) -> np.ndarray:
-    """n x p rows of a stationary AR(1) chain along the genes: corr(X_j, X_k) = rho^|j - k|."""
-    X = np.empty((n, p))
-    X[:, 0] = rng.standard_normal(n)
-    innovation = np.sqrt(1.0 - rho**2)
-    noise = rng.standard_normal((n, p))
-    for j in range(1, p):
-        X[:, j] = rho * X[:, j - 1] + innovation * noise[:, j]
-    return X
-
-
 def _modules(n: int, p: int, rng: np.random.Generator, *, module_size: int = 30, rho: float = 0.6,
              n_factors: int = 3, factor_share: float = 0.15) -> np.ndarray:
     """Unit-variance genes: a few weak global factors plus equicorrelated modules of random size.
@@ -183,11 +172,13 @@ def make_design_replicate(design: str, params: dict, seed: int):
     and plants the outcome on it; only the outcome noise changes between
     replicates of the Golub design.
     """
+    from iml_genomics.simulate import ar1_correlated_normal
+
     rng = np.random.default_rng(seed)
     n, p = params.get("n_samples", 300), params["n_genes"]
     k, effect, outcome = params.get("n_signal", 20), params.get("effect_size", 0.5), params.get("outcome", "continuous")
     if design == "ar1":
-        X = _ar1(n, p, params["rho"], rng)
+        X = ar1_correlated_normal(n, p, rho=params["rho"], rng=rng)
     elif design == "modules":
         X = _modules(n, p, rng, module_size=params.get("module_size", 30), rho=params.get("rho", 0.6))
     elif design == "golub":

@@ -12,23 +12,17 @@ import argparse
 import numpy as np
 
 from iml_genomics.select import knockoff_select
+from iml_genomics.simulate import ar1_correlated_normal, block_correlated_normal
 
 
 def ar1(n: int, p: int, rho: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    e = rng.standard_normal((n, p))
-    X = np.empty((n, p))
-    X[:, 0] = e[:, 0]
-    for j in range(1, p):
-        X[:, j] = rho * X[:, j - 1] + np.sqrt(1 - rho**2) * e[:, j]
-    return X
+    """AR(1) genes: corr(X_j, X_k) = rho^|j - k| (each gene's neighbours correlate at rho)."""
+    return ar1_correlated_normal(n, p, rho=rho, rng=np.random.default_rng(seed))
 
 
 def blocks(n: int, p: int, size: int, rho: float, seed: int) -> np.ndarray:
     """Equicorrelated blocks of ``size`` genes at correlation rho (bench_select's design with size 20, rho 0.5)."""
-    rng = np.random.default_rng(seed)
-    f = np.repeat(rng.standard_normal((n, -(-p // size))), size, axis=1)[:, :p]
-    return np.sqrt(rho) * f + np.sqrt(1 - rho) * rng.standard_normal((n, p))
+    return block_correlated_normal(n, p, block_size=size, rho=rho, rng=np.random.default_rng(seed))
 
 
 def main() -> None:

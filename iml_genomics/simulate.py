@@ -53,6 +53,22 @@ def block_correlated_normal(n: int, p: int, *, block_size: int, rho: float, rng:
     return np.sqrt(rho) * factors[:, block_of] + np.sqrt(1.0 - rho) * noise
 
 
+def ar1_correlated_normal(n: int, p: int, *, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """n x p standard normal rows of a stationary AR(1) chain along the genes.
+
+    corr(X_j, X_k) = rho^|j - k|: every gene's neighbours correlate at rho,
+    the local correlation a low-rank factor model misses (issue 11). O(n p),
+    never a p x p matrix.
+    """
+    innovations = rng.standard_normal((n, p))
+    X = np.empty((n, p))
+    X[:, 0] = innovations[:, 0]
+    scale = np.sqrt(1.0 - rho**2)
+    for j in range(1, p):
+        X[:, j] = rho * X[:, j - 1] + scale * innovations[:, j]
+    return X
+
+
 def factor_correlated_normal(n: int, p: int, *, n_factors: int, rho: float,
                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n x p unit-variance normal rows with a rank-``n_factors`` correlation.

@@ -16,26 +16,19 @@ from iml_genomics.select import knockoff_select
 from iml_genomics.select.covariance import fit_covariance
 from iml_genomics.select.diagnostics import exchangeability_check, nearest_neighbours
 from iml_genomics.select.groups import cluster_genes
+from iml_genomics.simulate import ar1_correlated_normal, block_correlated_normal
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ar1(n: int, p: int, rho: float, seed: int) -> np.ndarray:
     """AR(1) genes: corr(X_j, X_k) = rho^|j - k| (each gene's neighbours correlate at rho)."""
-    rng = np.random.default_rng(seed)
-    e = rng.standard_normal((n, p))
-    X = np.empty((n, p))
-    X[:, 0] = e[:, 0]
-    for j in range(1, p):
-        X[:, j] = rho * X[:, j - 1] + np.sqrt(1 - rho**2) * e[:, j]
-    return X
+    return ar1_correlated_normal(n, p, rho=rho, rng=np.random.default_rng(seed))
 
 
 def blocks(n: int, n_blocks: int, size: int, rho: float, seed: int) -> np.ndarray:
     """Equicorrelated blocks (within-block correlation rho, independent blocks)."""
-    rng = np.random.default_rng(seed)
-    f = np.repeat(rng.standard_normal((n, n_blocks)), size, axis=1)
-    return np.sqrt(rho) * f + np.sqrt(1 - rho) * rng.standard_normal((n, n_blocks * size))
+    return block_correlated_normal(n, n_blocks * size, block_size=size, rho=rho, rng=np.random.default_rng(seed))
 
 
 def factor_data(n: int, p: int, k: int, seed: int) -> np.ndarray:
