@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,8 @@ from sklearn.pipeline import Pipeline
 from iml_genomics.errors import BundleError, ConfigError
 from iml_genomics.parallel import parallel_map
 from iml_genomics.preprocess import make_preprocessing_steps
+
+log = logging.getLogger("iml_genomics.models")
 
 # ---------------------------------------------------------------------------
 # Registry: one entry per config name, each a (classifier, regressor) builder.
@@ -401,12 +404,24 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
         raise BundleError(f"{model_path}: sha256 does not match {BUNDLE_MANIFEST}; the file was changed or "
                           f"damaged after training. Re-run 'iml-genomics train' to recreate it.")
     trusted = read_checked_zip(data, str(model_path))
+    import warnings
+
+    from sklearn.exceptions import InconsistentVersionWarning
+
     try:
-        pipeline = sio.loads(data, trusted=trusted)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InconsistentVersionWarning)
+            pipeline = sio.loads(data, trusted=trusted)
     except Exception as exc:  # noqa: BLE001 - any failure of a checked file is a damaged bundle, in one line
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"{model_path}: not a readable skops file ({first[:200]}). "
                           f"Re-train with 'iml-genomics train'.") from None
+    versions = sorted({(w.message.original_sklearn_version, w.message.current_sklearn_version) for w in caught
+                       if isinstance(w.message, InconsistentVersionWarning)})
+    if versions:
+        # scikit-learn's own warning is a paragraph per estimator; one line says the same
+        log.warning("%s: trained with scikit-learn %s, loaded with %s; predictions may differ slightly. Re-train "
+                    "with this version to be sure.", model_path, versions[0][0], versions[0][1])
     _check_loaded(pipeline, manifest, str(model_path))
     _check_manifest_config(pipeline, manifest, manifest_path)
     return pipeline, manifest

@@ -578,3 +578,22 @@ def test_manifest_config_must_be_valid_and_match_the_model(case, edit, error, ne
         load_bundle(case["bundle"])
     message = str(err.value)
     assert "model.json" in message and needle in message and len(message) < 700 and "\n" not in message
+
+
+def test_other_sklearn_version_is_one_warning_line_not_a_paragraph(case, caplog):
+    """A bundle that says it was pickled by another scikit-learn loads, with one warning line naming both."""
+    import logging
+
+    from iml_genomics.models import load_bundle
+
+    rewrite(case["bundle"], lambda schema: add_attribute(final_estimator_attrs(schema) | {"content": None} and
+                                                         schema["content"]["content"]["steps"]["content"][-1]
+                                                         ["content"][1], "_sklearn_version", js("0.24.2")))
+    with caplog.at_level(logging.WARNING, logger="iml_genomics.models"):
+        load_bundle(case["bundle"])
+    lines = [r.getMessage() for r in caplog.records if "scikit-learn" in r.getMessage()]
+    assert len(lines) == 1 and "0.24.2" in lines[0] and "\n" not in lines[0], lines
+    proc = case["explain"]()
+    assert proc.returncode == 0, proc.stderr
+    assert "InconsistentVersionWarning" not in proc.stderr and "Traceback" not in proc.stderr
+    assert sum("0.24.2" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
