@@ -90,11 +90,12 @@ class CovarianceModel:
 
     @property
     def n_blocks(self) -> int | None:
-        return None if not self.is_blocks else len(self.block.blocks)
+        # block, not is_blocks: a factor_blocks model made dense for group knockoffs still has its blocks
+        return None if self.block is None else len(self.block.blocks)
 
     @property
     def max_block_size(self) -> int | None:
-        if not self.is_blocks:
+        if self.block is None:
             return None
         sizes = self.block.sizes
         return int(sizes.max()) if sizes.size else 1

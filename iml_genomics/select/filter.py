@@ -270,7 +270,10 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         else:
             group_labels, group_names = _user_groups(groups, p)
         if model_.corr is None:  # group S is block-diagonal, so sample from the dense model
-            model_ = CovarianceModel("factor", model_.mean, model_.scale, corr=C, d=model_.d, U=model_.U)
+            # keep the kind and blocks: the diagnostics refit model_.kind, and a plain factor model there would
+            # check (and fail on) a model that misses the local correlation this one keeps
+            model_ = CovarianceModel(model_.kind, model_.mean, model_.scale, corr=C, d=model_.d, U=model_.U,
+                                     block=model_.block, edge_threshold=model_.edge_threshold)
         S, gamma = group_equicorrelated(C, group_labels)
         s_diag, S_for_sampler, s_info = np.diag(S), S, {"approximation": "none", "n_blocks": 1, "gamma": gamma}
         s_used = "group_equicorrelated"
@@ -346,7 +349,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if s_info.get("approximation") == "blockdiag":
         notes.append(f"S solved on a block-diagonal approximation ({s_info['n_blocks']} blocks) and scaled to "
                      f"feasibility.")
-    if model_.is_blocks:
+    if model_.n_blocks is not None:
         notes.append(f"covariance: {model_.rank} factor(s) plus a block-diagonal residual ({model_.n_blocks} blocks "
                      f"of 2-{model_.max_block_size} genes linked at |residual corr| > {model_.edge_threshold:.3f}); "
                      f"local correlation beyond a block is not modelled.")
