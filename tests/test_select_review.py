@@ -32,3 +32,27 @@ def test_group_knockoffs_on_factor_blocks_check_the_model_they_used():
     assert res.summary["n_blocks"] is not None and res.summary["n_blocks"] >= 1
     assert diag["exchangeability"]["covariance_model"] == "factor_blocks"
     assert diag["exchangeability"]["passed"], diag["exchangeability"]["fraction_exceeding"]
+
+
+def test_dcrt_with_no_residual_degrees_of_freedom_is_one_line_input_error():
+    # 8 samples, intercept + 6 covariates: one residual dimension, a t reference with 0 degrees of freedom and
+    # NaN p-values (scipy raised a bare ValueError from the BH step); refuse with a message naming the cause
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.select.dcrt import dcrt_select
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 4))
+    y = 3 * X[:, 0] + rng.standard_normal(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dcrt_select(X, y, list("abcd"), task="regression", covariates=rng.standard_normal((8, 6)))
+        except InputDataError as exc:
+            msg = str(exc)
+        else:
+            raise AssertionError("no error")
+    assert "\n" not in msg and "covariates" in msg and "8 samples" in msg
+    # one covariate fewer leaves 2 residual dimensions: runs, p-values in [0, 1]
+    res = dcrt_select(X, y, list("abcd"), task="regression", covariates=rng.standard_normal((8, 5)),
+                      check_model=False)
+    assert np.all((res.p_values >= 0) & (res.p_values <= 1))

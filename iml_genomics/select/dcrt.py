@@ -313,6 +313,15 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     if y.shape[0] != n:
         raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
     cov = covariate_matrix(covariates)
+    # residual degrees of freedom: r and e live in the complement of [1, covariates]
+    dof = n - 1 - (0 if cov is None else int(np.linalg.matrix_rank(cov - cov.mean(axis=0))))
+    if dof < 2:
+        # one residual dimension (or none): every correlation is +-1 and the t reference has no degrees of
+        # freedom, so the p-values would be NaN
+        n_cov = 0 if cov is None else int(cov.shape[1])
+        raise InputDataError(f"expression: {n} samples leave {max(dof, 0)} residual degree(s) of freedom after the "
+                             f"intercept and {n_cov} covariates; the dCRT needs at least 2. Use fewer covariates "
+                             f"(data.covariates) or more samples.")
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
     model = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
@@ -330,8 +339,6 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         full_coefs.append(c)
     screened = np.flatnonzero(np.any(np.array(full_coefs) != 0, axis=0))
     tested = screened if screening else np.arange(p)
-    # residual degrees of freedom: r and e live in the complement of [1, covariates]
-    dof = n - 1 - (0 if cov is None else int(np.linalg.matrix_rank(cov - cov.mean(axis=0))))
 
     stats_all = np.zeros((p, K, 4))
     if tested.size and any(a is not None for a in alphas):
