@@ -56,3 +56,22 @@ def test_dcrt_with_no_residual_degrees_of_freedom_is_one_line_input_error():
     res = dcrt_select(X, y, list("abcd"), task="regression", covariates=rng.standard_normal((8, 5)),
                       check_model=False)
     assert np.all((res.p_values >= 0) & (res.p_values <= 1))
+
+
+def test_dcrt_summary_has_the_block_keys_and_the_documented_diagnostics():
+    # the common summary keys (n_blocks, max_block_size) are in the dCRT summary too, and docs/select.md says
+    # the dCRT has an exchangeability diagnostic (the CLI's --strict reads it), not "no diagnostics block"
+    from pathlib import Path
+
+    from iml_genomics.select.dcrt import dcrt_select
+
+    X, rng = _ar1(120, 30, 0.8, seed=3)
+    y = X[:, 5] + rng.standard_normal(120)
+    res = dcrt_select(X, y, [f"g{i}" for i in range(30)], task="regression", covariance="factor_blocks")
+    assert res.summary["n_blocks"] is not None and res.summary["max_block_size"] >= 2
+    assert "passed" in res.summary["diagnostics"]["exchangeability"]
+    res_lw = dcrt_select(X, y, [f"g{i}" for i in range(30)], task="regression", covariance="ledoit_wolf",
+                         check_model=False)
+    assert res_lw.summary["n_blocks"] is None and res_lw.summary["max_block_size"] is None
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "select.md").read_text()
+    assert "there is no `diagnostics` block" not in doc

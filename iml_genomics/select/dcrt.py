@@ -446,6 +446,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         "n_classes_tested": int(K),
         "covariance_model": model.kind,
         "factor_rank": model.rank,
+        "n_blocks": model.n_blocks,
+        "max_block_size": model.max_block_size,
         "ledoit_wolf_shrinkage": model.shrinkage,
         "s_method": None,
         "statistic": "dcrt_lasso",
