@@ -75,3 +75,26 @@ def test_dcrt_summary_has_the_block_keys_and_the_documented_diagnostics():
     assert res_lw.summary["n_blocks"] is None and res_lw.summary["max_block_size"] is None
     doc = (Path(__file__).resolve().parents[1] / "docs" / "select.md").read_text()
     assert "there is no `diagnostics` block" not in doc
+
+
+def test_constant_gene_is_named_by_id_for_both_methods():
+    # the refusal named "first column index 3" of the *filtered* matrix (not a column of the user's file once
+    # preprocessing drops genes) and said "knockoffs" for the dCRT; it must name the gene id and the method
+    import pytest
+
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.select.dcrt import dcrt_select
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6)) + 5.0
+    X[:, 3] = 5.0
+    genes = ["A", "B", "C", "KONST", "E", "F"]
+    y = np.array(["a", "b"] * 20)
+    with pytest.raises(InputDataError, match="'KONST'.*dCRT"):
+        dcrt_select(X, y, genes, task="classification")
+    with pytest.raises(InputDataError, match="'KONST'.*knockoffs"):
+        knockoff_select(X, y, genes, task="classification")
+    # a gene the covariates explain exactly is constant once they are regressed out: named the same way
+    X[:, 3] = rng.standard_normal(40)
+    with pytest.raises(InputDataError, match="'KONST'.*after the covariates"):
+        dcrt_select(X, y, genes, task="classification", covariates=2.0 * X[:, 3] + 1.0)

@@ -39,7 +39,7 @@ from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
 from iml_genomics.select.covariance import CovarianceModel, fit_covariance
 from iml_genomics.select.diagnostics import exchangeability_check
-from iml_genomics.select.filter import TABLE_COLUMNS, linear_part, covariate_matrix
+from iml_genomics.select.filter import TABLE_COLUMNS, check_variation, covariate_matrix, linear_part
 from iml_genomics.select.statistics import class_targets, fold_errors, path_until, residualize
 
 FDR_PROCEDURES = ("bh", "by")
@@ -324,6 +324,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
                              f"(data.covariates) or more samples.")
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
+    check_variation(R, gene_ids, method="the dCRT", covariates=cov is not None)
     model = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
     # R is already centred and orthogonal to the covariates; standardising keeps that, so the lasso
     # below is the lasso with unpenalised intercept and covariates (Frisch-Waugh)

@@ -50,6 +50,22 @@ class KnockoffResult:
     s: np.ndarray = field(repr=False)
 
 
+def check_variation(R: np.ndarray, gene_ids, *, method: str, covariates: bool) -> None:
+    """Refuse genes without variation (after the covariates), naming the first by its id.
+
+    The covariance model standardises every gene; a constant one has no conditional law to sample or test.
+    Checked here, where the gene ids are known, with the same rule as the covariance fit, so the message
+    names a gene of the user's file and not a column index of the filtered matrix.
+    """
+    scale = R.std(axis=0)
+    const = np.flatnonzero(scale <= 1e-12 * np.maximum(1.0, np.abs(R.mean(axis=0))))
+    if const.size:
+        where = " after the covariates are regressed out" if covariates else ""
+        raise InputDataError(f"expression: gene '{gene_ids[const[0]]}' is constant across samples{where} "
+                             f"({const.size} such gene(s)); {method} needs variation in every gene. Remove them "
+                             f"or filter genes (preprocess.min_expression, preprocess.top_k_variable).")
+
+
 def covariate_matrix(covariates) -> np.ndarray | None:
     """Numeric covariate matrix: numeric columns as they are, others one-hot (first level dropped)."""
     if covariates is None:
@@ -253,6 +269,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     cov = covariate_matrix(covariates)
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
+    check_variation(R, gene_ids, method="knockoffs", covariates=cov is not None)
     model_ = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
 
     group_labels = None
