@@ -98,3 +98,17 @@ def test_constant_gene_is_named_by_id_for_both_methods():
     X[:, 3] = rng.standard_normal(40)
     with pytest.raises(InputDataError, match="'KONST'.*after the covariates"):
         dcrt_select(X, y, genes, task="classification", covariates=2.0 * X[:, 3] + 1.0)
+
+
+def test_factor_model_on_one_gene_names_the_gene_count_not_the_samples():
+    # k_max = min(rank, n - 2, p - 1) is 0 for p = 1 whatever n; the message blamed the 40 samples
+    import pytest
+
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.select.covariance import fit_covariance
+
+    X = np.random.default_rng(0).standard_normal((40, 1))
+    with pytest.raises(InputDataError, match="1 gene"):
+        fit_covariance(X, method="factor_blocks")
+    with pytest.raises(InputDataError, match="2 samples"):
+        fit_covariance(np.random.default_rng(0).standard_normal((2, 5)), method="factor")
