@@ -112,3 +112,26 @@ def test_factor_model_on_one_gene_names_the_gene_count_not_the_samples():
         fit_covariance(X, method="factor_blocks")
     with pytest.raises(InputDataError, match="2 samples"):
         fit_covariance(np.random.default_rng(0).standard_normal((2, 5)), method="factor")
+
+
+def test_dcrt_refuses_a_positive_class_that_is_not_a_class():
+    # class_targets fell back to the last class when positive_class was not a label ('Case' for 'case'), while
+    # the summary recorded 'Case': the sign of w then meant the opposite of what the summary said
+    import pytest
+
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.select.dcrt import dcrt_select
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((60, 8))
+    y = np.where(X[:, 0] + 0.5 * rng.standard_normal(60) > 0, "case", "control")
+    genes = [f"g{i}" for i in range(8)]
+    with pytest.raises(ConfigError, match="'Case'.*case, control"):
+        dcrt_select(X, y, genes, task="classification", positive_class="Case", check_model=False)
+    with pytest.raises(ConfigError, match="'Case'"):
+        knockoff_select(X, y, genes, task="classification", positive_class="Case", check_swap=False)
+    # a real class works and decides the sign of w (gene 0 is higher in 'case')
+    case = dcrt_select(X, y, genes, task="classification", positive_class="case", check_model=False)
+    control = dcrt_select(X, y, genes, task="classification", positive_class="control", check_model=False)
+    w_case = case.table.set_index("gene_id").loc["g0", "w"]
+    assert w_case > 0 and control.table.set_index("gene_id").loc["g0", "w"] == pytest.approx(-w_case)

@@ -40,7 +40,8 @@ from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
 from iml_genomics.select.covariance import CovarianceModel, fit_covariance
 from iml_genomics.select.diagnostics import exchangeability_check
 from iml_genomics.select.filter import TABLE_COLUMNS, check_variation, covariate_matrix, linear_part
-from iml_genomics.select.statistics import class_targets, fold_errors, path_until, residualize
+from iml_genomics.select.statistics import (check_positive_class, class_targets, fold_errors, path_until,
+                                            residualize)
 
 FDR_PROCEDURES = ("bh", "by")
 #: KKT slack of the working-set lasso: a gene outside the working set enters when |z_k'r| / n > alpha (1 + this)
@@ -312,6 +313,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     y = np.asarray(y)
     if y.shape[0] != n:
         raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
+    check_positive_class(y, task, positive_class)
     cov = covariate_matrix(covariates)
     # residual degrees of freedom: r and e live in the complement of [1, covariates]
     dof = n - 1 - (0 if cov is None else int(np.linalg.matrix_rank(cov - cov.mean(axis=0))))

@@ -19,7 +19,7 @@ from iml_genomics.select.diagnostics import exchangeability_check
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
 from iml_genomics.select.sampler import prepare_sampler, sample_knockoffs
 from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
-from iml_genomics.select.statistics import STATISTICS
+from iml_genomics.select.statistics import STATISTICS, check_positive_class
 from iml_genomics.select.threshold import ebh, knockoff_evalues, knockoff_threshold
 
 TABLE_COLUMNS = ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group", "tested", "p_value",
@@ -266,6 +266,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
     if statistic not in STATISTICS:
         raise ConfigError(f"config: select.statistic must be one of {', '.join(STATISTICS)}; got {statistic!r}.")
+    check_positive_class(y, task, positive_class)
     cov = covariate_matrix(covariates)
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
