@@ -135,3 +135,18 @@ def test_dcrt_refuses_a_positive_class_that_is_not_a_class():
     control = dcrt_select(X, y, genes, task="classification", positive_class="control", check_model=False)
     w_case = case.table.set_index("gene_id").loc["g0", "w"]
     assert w_case > 0 and control.table.set_index("gene_id").loc["g0", "w"] == pytest.approx(-w_case)
+
+
+def test_auto_replaces_a_ledoit_wolf_fit_that_fails_its_own_exchangeability_check():
+    # AR(1) rho 0.8, n = p = 1,000: Ledoit-Wolf shrinkage 0.22 <= 0.3, so `auto` kept it, and its neighbour check
+    # failed (27% of pairs discrepant): the default warned "FDR may not hold" and --strict refused the default
+    # configuration, although factor_blocks passes on the same data (1.4%)
+    from iml_genomics.select.diagnostics import fit_checked_covariance
+
+    X, _ = _ar1(1000, 1000, 0.8, seed=0)
+    lw, lw_check, lw_note = fit_checked_covariance(X, covariance="ledoit_wolf", factor_rank=None, s_method="mvr")
+    assert lw.kind == "ledoit_wolf" and lw.shrinkage <= 0.3
+    assert lw_check["passed"] is False and lw_note is None  # a forced kind is reported as it is, never replaced
+    model, check, note = fit_checked_covariance(X, covariance="auto", factor_rank=None, s_method="mvr")
+    assert model.kind == "factor_blocks" and check["covariance_model"] == "factor_blocks" and check["passed"]
+    assert "Ledoit-Wolf" in note and "factor_blocks" in note

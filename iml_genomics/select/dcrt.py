@@ -37,8 +37,8 @@ from scipy import stats
 
 from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
-from iml_genomics.select.covariance import CovarianceModel, fit_covariance
-from iml_genomics.select.diagnostics import exchangeability_check
+from iml_genomics.select.covariance import CovarianceModel
+from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.filter import TABLE_COLUMNS, check_variation, covariate_matrix, linear_part
 from iml_genomics.select.statistics import (check_positive_class, class_targets, fold_errors, path_until,
                                             residualize)
@@ -327,7 +327,11 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
     check_variation(R, gene_ids, method="the dCRT", covariates=cov is not None)
-    model = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
+    # checked before the tests run; under ``auto`` a failing Ledoit-Wolf fit is replaced by factor_blocks when that
+    # passes (fit_checked_covariance): the dCRT's conditional law of each gene comes from this model
+    model, exchangeability, auto_note = fit_checked_covariance(
+        R, covariance=covariance, factor_rank=factor_rank, s_method="mvr", gene_ids=gene_ids,
+        random_state=random_state, n_jobs=n_jobs, check=check_model)
     # R is already centred and orthogonal to the covariates; standardising keeps that, so the lasso
     # below is the lasso with unpenalised intercept and covariates (Frisch-Waugh)
     Z = np.ascontiguousarray(model.standardize(R))
@@ -422,6 +426,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
               f"residual ({dof - 1} degrees of freedom), corrected for the genes in each outcome fit"
               if scale == "empirical" else "p-values: N(0, 1) tail areas of <r, e> / (sigma_j ||r||)")
              + ", exact under the Gaussian model of the genes (no resampling)."]
+    if auto_note:
+        notes.append(auto_note)
     if task == "classification":
         notes.append("outcome tested as centred class indicator(s) (linear-probability distillation).")
     if K > 1:
@@ -460,10 +466,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         "n_groups": None,
         "n_covariates": 0 if cov is None else int(cov.shape[1]),
         "explanation_kind": "system-level (conditional independence under the model-X assumption)",
-        "diagnostics": {"exchangeability": (
-            exchangeability_check(R, covariance=model.kind, factor_rank=model.rank, s_method="mvr",
-                                  gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs)
-            if check_model else {"skipped": "disabled"})},
+        "diagnostics": {"exchangeability": exchangeability},
         "notes": notes,
     }
     return DCRTResult(table=table, summary=summary, T=T, p_values=p_values)

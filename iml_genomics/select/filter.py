@@ -15,7 +15,7 @@ import pandas as pd
 from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, parallel_map, spawn_seeds
 from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
-from iml_genomics.select.diagnostics import exchangeability_check
+from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
 from iml_genomics.select.sampler import prepare_sampler, sample_knockoffs
 from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
@@ -271,14 +271,19 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
     check_variation(R, gene_ids, method="knockoffs", covariates=cov is not None)
-    model_ = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
+    use_groups = groups is not None and not (isinstance(groups, str) and groups == "none")
+    if use_groups and p > GROUP_MAX_GENES:
+        raise ConfigError(f"config: group knockoffs need the dense correlation matrix and are limited to "
+                          f"{GROUP_MAX_GENES} genes (got {p}); filter genes (preprocess.top_k_variable) "
+                          f"or set select.groups: none.")
+    # the neighbour exchangeability check runs on the model before anything is drawn: under ``auto`` a failing
+    # Ledoit-Wolf fit is replaced by factor_blocks when that passes (fit_checked_covariance)
+    model_, exchangeability, auto_note = fit_checked_covariance(
+        R, covariance=covariance, factor_rank=factor_rank, s_method="equicorrelated" if use_groups else s_method,
+        gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs, check=check_swap)
 
     group_labels = None
-    if groups is not None and not (isinstance(groups, str) and groups == "none"):
-        if p > GROUP_MAX_GENES:
-            raise ConfigError(f"config: group knockoffs need the dense correlation matrix and are limited to "
-                              f"{GROUP_MAX_GENES} genes (got {p}); filter genes (preprocess.top_k_variable) "
-                              f"or set select.groups: none.")
+    if use_groups:
         C = model_.dense()
         if isinstance(groups, str) and groups == "clusters":
             # clusters of the *sample* correlation, as select.cluster_correlation is documented: the model's
@@ -351,13 +356,10 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     swap = (swap_check(R, covariance=model_.kind, factor_rank=model_.rank,
                        s_method=s_method if group_labels is None else "equicorrelated", random_state=random_state)
             if check_swap else {"skipped": "disabled"})
-    # the swap check above samples random pairs, which are almost never correlated neighbours; this one checks
-    # each gene's nearest neighbours, where a model that misses local correlation breaks exchangeability
-    exchangeability = (exchangeability_check(R, covariance=model_.kind, factor_rank=model_.rank,
-                                             s_method=s_method if group_labels is None else "equicorrelated",
-                                             gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs)
-                       if check_swap else {"skipped": "disabled"})
-    notes = []
+    # the swap check above samples random pairs, which are almost never correlated neighbours; the exchangeability
+    # check (run with the model fit) checks each gene's nearest neighbours, where a model that misses local
+    # correlation breaks exchangeability
+    notes = [auto_note] if auto_note else []
     if statistic == "lasso" and task == "classification":
         notes.append("lasso statistic on class indicators (linear-probability lasso, swap-symmetric).")
     screened = draws[0]["info"].get("n_screened")
