@@ -269,7 +269,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         model (:func:`~iml_genomics.select.diagnostics.exchangeability_check`):
         the dCRT's conditional law of each gene comes from the same Gaussian
         model as the knockoffs, so a model that misses local correlation
-        fails it here too.
+        fails it here too. Under ``covariance='auto'`` a Ledoit-Wolf fit that fails it is replaced by
+        ``factor_blocks`` when that passes.
     fdr_procedure : {'bh', 'by'}
         Benjamini-Hochberg (independent or positively dependent p-values) or
         Benjamini-Yekutieli (any dependence).

@@ -247,7 +247,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     check_swap : bool
         Run the held-out swap check (random pairs) and the neighbour
         exchangeability check (:func:`~iml_genomics.select.diagnostics.exchangeability_check`,
-        one more covariance fit and S on 75% of the samples); False reports both as skipped.
+        one more covariance fit and S on 75% of the samples; under ``covariance='auto'`` a Ledoit-Wolf fit that
+        fails it is replaced by ``factor_blocks`` when that passes); False reports both as skipped.
     positive_class : str, optional
         Two classes: the class whose indicator the lasso statistic regresses on (the last class when None);
         W does not depend on it. Recorded in the summary.
