@@ -90,11 +90,12 @@ class CovarianceModel:
 
     @property
     def n_blocks(self) -> int | None:
-        return None if not self.is_blocks else len(self.block.blocks)
+        # block, not is_blocks: a factor_blocks model made dense for group knockoffs still has its blocks
+        return None if self.block is None else len(self.block.blocks)
 
     @property
     def max_block_size(self) -> int | None:
-        if not self.is_blocks:
+        if self.block is None:
             return None
         sizes = self.block.sizes
         return int(sizes.max()) if sizes.size else 1
@@ -317,7 +318,9 @@ def fit_covariance(X: np.ndarray, *, method: str = "auto", rank: int | None = No
         raise ValueError(f"covariance must be auto, {', '.join(COVARIANCE_KINDS)}; got {method!r}")
     k_max = int(min(rank or MAX_FACTOR_RANK, n - 2, p - 1))
     if k_max < 1:
-        raise InputDataError(f"expression: {n} samples are too few for a factor model; use covariance: ledoit_wolf.")
+        # k_max = min(rank, n - 2, p - 1): name whichever of genes and samples is short
+        short = f"{p} gene is" if p < 2 else f"{n} samples are"
+        raise InputDataError(f"expression: {short} too few for a factor model; use covariance: ledoit_wolf.")
     if min(n, p) <= 3 * k_max + 10:
         _, sv, Vt = linalg.svd(Xs, full_matrices=False, check_finite=False)
         sv, Vt = sv[:k_max], Vt[:k_max]

@@ -37,10 +37,11 @@ from scipy import stats
 
 from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
-from iml_genomics.select.covariance import CovarianceModel, fit_covariance
-from iml_genomics.select.diagnostics import exchangeability_check
-from iml_genomics.select.filter import TABLE_COLUMNS, linear_part, covariate_matrix
-from iml_genomics.select.statistics import class_targets, fold_errors, path_until, residualize
+from iml_genomics.select.covariance import CovarianceModel
+from iml_genomics.select.diagnostics import fit_checked_covariance
+from iml_genomics.select.filter import TABLE_COLUMNS, check_variation, covariate_matrix, linear_part
+from iml_genomics.select.statistics import (check_positive_class, class_targets, fold_errors, path_until,
+                                            residualize)
 
 FDR_PROCEDURES = ("bh", "by")
 #: KKT slack of the working-set lasso: a gene outside the working set enters when |z_k'r| / n > alpha (1 + this)
@@ -268,7 +269,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         model (:func:`~iml_genomics.select.diagnostics.exchangeability_check`):
         the dCRT's conditional law of each gene comes from the same Gaussian
         model as the knockoffs, so a model that misses local correlation
-        fails it here too.
+        fails it here too. Under ``covariance='auto'`` a Ledoit-Wolf fit that fails it is replaced by
+        ``factor_blocks`` when that passes.
     fdr_procedure : {'bh', 'by'}
         Benjamini-Hochberg (independent or positively dependent p-values) or
         Benjamini-Yekutieli (any dependence).
@@ -312,10 +314,25 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     y = np.asarray(y)
     if y.shape[0] != n:
         raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
+    check_positive_class(y, task, positive_class)
     cov = covariate_matrix(covariates)
+    # residual degrees of freedom: r and e live in the complement of [1, covariates]
+    dof = n - 1 - (0 if cov is None else int(np.linalg.matrix_rank(cov - cov.mean(axis=0))))
+    if dof < 2:
+        # one residual dimension (or none): every correlation is +-1 and the t reference has no degrees of
+        # freedom, so the p-values would be NaN
+        n_cov = 0 if cov is None else int(cov.shape[1])
+        raise InputDataError(f"expression: {n} samples leave {max(dof, 0)} residual degree(s) of freedom after the "
+                             f"intercept and {n_cov} covariates; the dCRT needs at least 2. Use fewer covariates "
+                             f"(data.covariates) or more samples.")
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
-    model = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
+    check_variation(R, gene_ids, method="the dCRT", covariates=cov is not None)
+    # checked before the tests run; under ``auto`` a failing Ledoit-Wolf fit is replaced by factor_blocks when that
+    # passes (fit_checked_covariance): the dCRT's conditional law of each gene comes from this model
+    model, exchangeability, auto_note = fit_checked_covariance(
+        R, covariance=covariance, factor_rank=factor_rank, s_method="mvr", gene_ids=gene_ids,
+        random_state=random_state, n_jobs=n_jobs, check=check_model)
     # R is already centred and orthogonal to the covariates; standardising keeps that, so the lasso
     # below is the lasso with unpenalised intercept and covariates (Frisch-Waugh)
     Z = np.ascontiguousarray(model.standardize(R))
@@ -330,8 +347,6 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         full_coefs.append(c)
     screened = np.flatnonzero(np.any(np.array(full_coefs) != 0, axis=0))
     tested = screened if screening else np.arange(p)
-    # residual degrees of freedom: r and e live in the complement of [1, covariates]
-    dof = n - 1 - (0 if cov is None else int(np.linalg.matrix_rank(cov - cov.mean(axis=0))))
 
     stats_all = np.zeros((p, K, 4))
     if tested.size and any(a is not None for a in alphas):
@@ -412,6 +427,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
               f"residual ({dof - 1} degrees of freedom), corrected for the genes in each outcome fit"
               if scale == "empirical" else "p-values: N(0, 1) tail areas of <r, e> / (sigma_j ||r||)")
              + ", exact under the Gaussian model of the genes (no resampling)."]
+    if auto_note:
+        notes.append(auto_note)
     if task == "classification":
         notes.append("outcome tested as centred class indicator(s) (linear-probability distillation).")
     if K > 1:
@@ -439,6 +456,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         "n_classes_tested": int(K),
         "covariance_model": model.kind,
         "factor_rank": model.rank,
+        "n_blocks": model.n_blocks,
+        "max_block_size": model.max_block_size,
         "ledoit_wolf_shrinkage": model.shrinkage,
         "s_method": None,
         "statistic": "dcrt_lasso",
@@ -448,10 +467,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
         "n_groups": None,
         "n_covariates": 0 if cov is None else int(cov.shape[1]),
         "explanation_kind": "system-level (conditional independence under the model-X assumption)",
-        "diagnostics": {"exchangeability": (
-            exchangeability_check(R, covariance=model.kind, factor_rank=model.rank, s_method="mvr",
-                                  gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs)
-            if check_model else {"skipped": "disabled"})},
+        "diagnostics": {"exchangeability": exchangeability},
         "notes": notes,
     }
     return DCRTResult(table=table, summary=summary, T=T, p_values=p_values)

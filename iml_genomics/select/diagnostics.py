@@ -223,3 +223,63 @@ def exchangeability_check(X: np.ndarray, *, covariance: str, factor_rank: int | 
                          "corr_xk_x": float(c[i]), "corr_xk_xk": float(b[i]), "z": float(z[i])} for i in worst],
         "passed": bool(frac <= max_fraction),
     }
+
+
+def fit_checked_covariance(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_method: str, gene_ids=None,
+                           random_state: int = 0, n_jobs: int = 1, check: bool = True):
+    """Fit the covariance model and run :func:`exchangeability_check` on it; ``auto`` falls back on failure.
+
+    ``covariance="auto"`` keeps dense Ledoit-Wolf while its shrinkage is at most
+    ``MAX_AUTO_SHRINKAGE``, a rule measured at n = 300. At larger n the check's
+    limit tightens, and a shrinkage below that bound can still pull strongly
+    correlated neighbours far enough apart to fail it (AR(1) rho 0.8,
+    n = p = 1,000: shrinkage 0.22, 27% of neighbour pairs discrepant, while
+    ``factor_blocks`` has 1.4%). So when ``auto`` chose Ledoit-Wolf and the check
+    fails, ``factor_blocks`` is fitted and checked too, and used when it passes.
+    Neither fit nor check sees the outcome, so this choice does not touch the
+    FDR argument.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+        Expression on the scale the model is built for (residuals after covariates).
+    covariance : str
+        As for :func:`~iml_genomics.select.covariance.fit_covariance`.
+    factor_rank : int, optional
+    s_method : str
+        S solver of the check's knockoffs.
+    gene_ids : sequence of str, optional
+    random_state : int
+    n_jobs : int
+    check : bool
+        False: no check (and no fallback); the check is reported as skipped.
+
+    Returns
+    -------
+    model : CovarianceModel
+    exchangeability : dict
+        The check of the returned model (see :func:`exchangeability_check`).
+    note : str or None
+        What the fallback did, when it was used.
+    """
+    model = fit_covariance(X, method=covariance, rank=factor_rank, random_state=random_state)
+    if not check:
+        return model, {"skipped": "disabled"}, None
+
+    def run(m):
+        return exchangeability_check(X, covariance=m.kind, factor_rank=m.rank, s_method=s_method, gene_ids=gene_ids,
+                                     random_state=random_state, n_jobs=n_jobs)
+
+    result = run(model)
+    if covariance == "auto" and model.kind == "ledoit_wolf" and result.get("passed") is False:
+        try:
+            alt = fit_covariance(X, method="factor_blocks", rank=factor_rank, random_state=random_state)
+        except InputDataError:
+            return model, result, None
+        alt_result = run(alt)
+        if alt_result.get("passed"):
+            note = (f"covariance auto: Ledoit-Wolf (shrinkage {model.shrinkage:.2f}) failed the exchangeability check "
+                    f"({result['fraction_exceeding']:.1%} of neighbour pairs discrepant); factor_blocks passed "
+                    f"({alt_result['fraction_exceeding']:.1%}) and was used.")
+            return alt, alt_result, note
+    return model, result, None

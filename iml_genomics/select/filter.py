@@ -15,11 +15,11 @@ import pandas as pd
 from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, parallel_map, spawn_seeds
 from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
-from iml_genomics.select.diagnostics import exchangeability_check
+from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
 from iml_genomics.select.sampler import prepare_sampler, sample_knockoffs
 from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
-from iml_genomics.select.statistics import STATISTICS
+from iml_genomics.select.statistics import STATISTICS, check_positive_class
 from iml_genomics.select.threshold import ebh, knockoff_evalues, knockoff_threshold
 
 TABLE_COLUMNS = ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group", "tested", "p_value",
@@ -48,6 +48,22 @@ class KnockoffResult:
     summary: dict
     W: np.ndarray
     s: np.ndarray = field(repr=False)
+
+
+def check_variation(R: np.ndarray, gene_ids, *, method: str, covariates: bool) -> None:
+    """Refuse genes without variation (after the covariates), naming the first by its id.
+
+    The covariance model standardises every gene; a constant one has no conditional law to sample or test.
+    Checked here, where the gene ids are known, with the same rule as the covariance fit, so the message
+    names a gene of the user's file and not a column index of the filtered matrix.
+    """
+    scale = R.std(axis=0)
+    const = np.flatnonzero(scale <= 1e-12 * np.maximum(1.0, np.abs(R.mean(axis=0))))
+    if const.size:
+        where = " after the covariates are regressed out" if covariates else ""
+        raise InputDataError(f"expression: gene '{gene_ids[const[0]]}' is constant across samples{where} "
+                             f"({const.size} such gene(s)); {method} needs variation in every gene. Remove them "
+                             f"or filter genes (preprocess.min_expression, preprocess.top_k_variable).")
 
 
 def covariate_matrix(covariates) -> np.ndarray | None:
@@ -231,7 +247,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     check_swap : bool
         Run the held-out swap check (random pairs) and the neighbour
         exchangeability check (:func:`~iml_genomics.select.diagnostics.exchangeability_check`,
-        one more covariance fit and S on 75% of the samples); False reports both as skipped.
+        one more covariance fit and S on 75% of the samples; under ``covariance='auto'`` a Ledoit-Wolf fit that
+        fails it is replaced by ``factor_blocks`` when that passes); False reports both as skipped.
     positive_class : str, optional
         Two classes: the class whose indicator the lasso statistic regresses on (the last class when None);
         W does not depend on it. Recorded in the summary.
@@ -250,17 +267,24 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
     if statistic not in STATISTICS:
         raise ConfigError(f"config: select.statistic must be one of {', '.join(STATISTICS)}; got {statistic!r}.")
+    check_positive_class(y, task, positive_class)
     cov = covariate_matrix(covariates)
     fitted = linear_part(X, cov)
     R = X if fitted is None else X - fitted
-    model_ = fit_covariance(R, method=covariance, rank=factor_rank, random_state=random_state)
+    check_variation(R, gene_ids, method="knockoffs", covariates=cov is not None)
+    use_groups = groups is not None and not (isinstance(groups, str) and groups == "none")
+    if use_groups and p > GROUP_MAX_GENES:
+        raise ConfigError(f"config: group knockoffs need the dense correlation matrix and are limited to "
+                          f"{GROUP_MAX_GENES} genes (got {p}); filter genes (preprocess.top_k_variable) "
+                          f"or set select.groups: none.")
+    # the neighbour exchangeability check runs on the model before anything is drawn: under ``auto`` a failing
+    # Ledoit-Wolf fit is replaced by factor_blocks when that passes (fit_checked_covariance)
+    model_, exchangeability, auto_note = fit_checked_covariance(
+        R, covariance=covariance, factor_rank=factor_rank, s_method="equicorrelated" if use_groups else s_method,
+        gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs, check=check_swap)
 
     group_labels = None
-    if groups is not None and not (isinstance(groups, str) and groups == "none"):
-        if p > GROUP_MAX_GENES:
-            raise ConfigError(f"config: group knockoffs need the dense correlation matrix and are limited to "
-                              f"{GROUP_MAX_GENES} genes (got {p}); filter genes (preprocess.top_k_variable) "
-                              f"or set select.groups: none.")
+    if use_groups:
         C = model_.dense()
         if isinstance(groups, str) and groups == "clusters":
             # clusters of the *sample* correlation, as select.cluster_correlation is documented: the model's
@@ -270,7 +294,10 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         else:
             group_labels, group_names = _user_groups(groups, p)
         if model_.corr is None:  # group S is block-diagonal, so sample from the dense model
-            model_ = CovarianceModel("factor", model_.mean, model_.scale, corr=C, d=model_.d, U=model_.U)
+            # keep the kind and blocks: the diagnostics refit model_.kind, and a plain factor model there would
+            # check (and fail on) a model that misses the local correlation this one keeps
+            model_ = CovarianceModel(model_.kind, model_.mean, model_.scale, corr=C, d=model_.d, U=model_.U,
+                                     block=model_.block, edge_threshold=model_.edge_threshold)
         S, gamma = group_equicorrelated(C, group_labels)
         s_diag, S_for_sampler, s_info = np.diag(S), S, {"approximation": "none", "n_blocks": 1, "gamma": gamma}
         s_used = "group_equicorrelated"
@@ -330,13 +357,10 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     swap = (swap_check(R, covariance=model_.kind, factor_rank=model_.rank,
                        s_method=s_method if group_labels is None else "equicorrelated", random_state=random_state)
             if check_swap else {"skipped": "disabled"})
-    # the swap check above samples random pairs, which are almost never correlated neighbours; this one checks
-    # each gene's nearest neighbours, where a model that misses local correlation breaks exchangeability
-    exchangeability = (exchangeability_check(R, covariance=model_.kind, factor_rank=model_.rank,
-                                             s_method=s_method if group_labels is None else "equicorrelated",
-                                             gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs)
-                       if check_swap else {"skipped": "disabled"})
-    notes = []
+    # the swap check above samples random pairs, which are almost never correlated neighbours; the exchangeability
+    # check (run with the model fit) checks each gene's nearest neighbours, where a model that misses local
+    # correlation breaks exchangeability
+    notes = [auto_note] if auto_note else []
     if statistic == "lasso" and task == "classification":
         notes.append("lasso statistic on class indicators (linear-probability lasso, swap-symmetric).")
     screened = draws[0]["info"].get("n_screened")
@@ -346,7 +370,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if s_info.get("approximation") == "blockdiag":
         notes.append(f"S solved on a block-diagonal approximation ({s_info['n_blocks']} blocks) and scaled to "
                      f"feasibility.")
-    if model_.is_blocks:
+    if model_.n_blocks is not None:
         notes.append(f"covariance: {model_.rank} factor(s) plus a block-diagonal residual ({model_.n_blocks} blocks "
                      f"of 2-{model_.max_block_size} genes linked at |residual corr| > {model_.edge_threshold:.3f}); "
                      f"local correlation beyond a block is not modelled.")

@@ -29,6 +29,25 @@ import numpy as np
 from iml_genomics.parallel import effective_n_jobs
 
 
+def check_positive_class(y, task: str, positive_class: str | None) -> None:
+    """Refuse a ``positive_class`` that is not one of two classes of ``y`` (it is recorded in the summary
+    and decides the sign of the dCRT's w, so a silent fallback would state results for the wrong class).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the given value and the classes.
+    """
+    if positive_class is None or task == "regression":
+        return
+    from iml_genomics.errors import ConfigError
+
+    classes = np.unique(np.asarray(y).astype(str)).tolist()
+    if len(classes) != 2 or str(positive_class) not in classes:
+        raise ConfigError(f"config: data.positive_class {str(positive_class)!r} is not one of the two classes "
+                          f"({', '.join(classes[:10])}); give one of them or leave it unset.")
+
+
 def class_targets(y, task: str, positive_class: str | None = None) -> np.ndarray:
     if task == "regression":
         return np.asarray(y, dtype=float)[:, None]
@@ -37,7 +56,8 @@ def class_targets(y, task: str, positive_class: str | None = None) -> np.ndarray
     if len(classes) == 2:
         # the indicator of the positive class; the other class's is 1 minus it, so after centring the lasso
         # path only changes sign and |coef| (hence W) does not depend on the choice
-        pos = positive_class if positive_class in set(classes.tolist()) else classes[-1]
+        check_positive_class(y, task, positive_class)
+        pos = classes[-1] if positive_class is None else str(positive_class)
         return (ys == pos).astype(float)[:, None]
     return (ys[:, None] == classes[None, :]).astype(float)
 
