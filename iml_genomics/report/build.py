@@ -88,7 +88,8 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
             inputs, collection, gene_map=gene_map, univariate=univariate, min_size=report_cfg.min_set_size,
             max_size=report_cfg.max_set_size, top_k=report_cfg.top_k, n_permutations=report_cfg.n_permutations,
             ranking_metric=report_cfg.ranking_metric, q_threshold=report_cfg.gene_set_fdr,
-            random_state=random_state, gene_ids=gene_ids)
+            random_state=random_state, gene_ids=gene_ids, adata=adata, label_column=label_column, task=task,
+            positive_class=positive_class, count_data=count_data, cpm=cpm)
         summary["gene_sets"] = analysis.summary
         keys = analysis.keys
     else:
