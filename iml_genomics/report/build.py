@@ -13,7 +13,7 @@ from iml_genomics import genesets as gs
 from iml_genomics.report import html as H
 from iml_genomics.report import plots
 from iml_genomics.report.inputs import ReportInputs, measured_genes
-from iml_genomics.report.tables import analyse_gene_sets, build_biomarkers, univariate_effects
+from iml_genomics.report.tables import NULL_WORDS, analyse_gene_sets, build_biomarkers, univariate_effects
 
 
 @dataclass
@@ -215,6 +215,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             "background symbols in a tested set": gsum["n_keys_in_tested_sets"],
             "over-representation query": gsum["query_source"],
             "rank-based test on": gsum["ranking_metric"], "permutations": gsum["n_permutations"],
+            "null of the over-representation test": NULL_WORDS.get(gsum.get("null_method"), ""),
+            "null of the rank-based test": NULL_WORDS.get(gsum.get("gsea_null_method"), ""),
             f"significant sets (q <= {gsum['q_threshold']})": gsum["n_significant_sets"],
         }
         inner = H.kv_table(mapping)
@@ -223,7 +225,10 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         cols = ["rank", "gene_set", "n_measured", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value",
                 "nes", "gsea_q_value", "leading_edge", "group_attribution", "significant"]
         inner += H.table_html(result.gene_sets[cols], max_rows=25, max_chars=60)
-        inner += '<p class="note">Full table: gene_sets.tsv.</p>'
+        inner += ('<p class="note">Only p-values whose null accounts for the correlation between the genes of a '
+                  'set (sample-label permutation or the correlation-adjusted test) can mark a set significant; '
+                  'q-values are Benjamini-Hochberg over the nominal p-values of the tested sets, not GSEA\'s '
+                  'NES-based FDR. Full table: gene_sets.tsv (null_method, gsea_null_method).</p>')
     else:
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))
