@@ -690,8 +690,11 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
                 e_null = _running_sum_extremes(P, W, n_genes)[0].reshape(len(S), len(idx))
                 null_es[idx, b0:b0 + len(S)] = e_null.T
         p_value[testable] = tail_p_values(es_all[testable], null_es[testable], min_exceedances=min_exceedances)
-        pos_mean = np.nanmean(np.where(null_es >= 0, null_es, np.nan), axis=1) if B else np.nan
-        neg_mean = -np.nanmean(np.where(null_es < 0, null_es, np.nan), axis=1) if B else np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # mean of the same-sign null ES per set (NaN when the null has no ES of that sign)
+            pos_mask, neg_mask = null_es >= 0, null_es < 0
+            pos_mean = np.where(pos_mask, null_es, 0).sum(axis=1) / pos_mask.sum(axis=1)
+            neg_mean = -np.where(neg_mask, null_es, 0).sum(axis=1) / neg_mask.sum(axis=1)
         norm = np.where(es_all >= 0, pos_mean, neg_mean)
         with np.errstate(divide="ignore", invalid="ignore"):
             nes = np.where(norm > 0, es_all / norm, np.nan)

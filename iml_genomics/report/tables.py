@@ -441,10 +441,11 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         rho = np.clip(np.nan_to_num(rho), 0.0, None)  # as limma's allow.neg.cor = FALSE: never liberalise
     perm = None
     if "phenotype_permutation" in (ora_null, rank_null):
-        rng = np.random.default_rng([int(random_state), 12])
+        rng = np.random.default_rng([int(random_state or 0), 12])  # its own stream: gene permutations unchanged
         perm = np.stack([rng.permutation(len(y)) for _ in range(n_permutations)])
 
     null_overlaps = null_stat = None
+    collapsed_index = gs.collapse_scores(scores, keys).index if len(scores) else pd.Index([])
     if perm is not None:
         # one pass over the permutations: the statistics feed the rank test, their p-values the query lists
         scored = set(scores.index) if rank_null == "phenotype_permutation" else set()
@@ -457,7 +458,10 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
             if ora_null == "phenotype_permutation":
                 chunks_o.append(_query_overlaps(pval, id_names, keys, top_k, ora_sets))
             if rank_null == "phenotype_permutation":
-                chunks_s.append(stat[:, stat_cols])
+                # collapsed per block: the padded (B, keys, probes per key) array stays small
+                mat, key_index = gs.collapse_matrix(np.nan_to_num(stat[:, stat_cols]), stat_ids, keys)
+                where = key_index.get_indexer(collapsed_index)
+                chunks_s.append(np.where(where >= 0, mat[:, np.maximum(where, 0)], 0.0))
         null_overlaps = np.concatenate(chunks_o, axis=1) if chunks_o else None
         null_stat = np.concatenate(chunks_s, axis=0) if chunks_s else None
     ora = gs.over_representation(query_keys, background, ora_sets,
@@ -472,9 +476,7 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         sub = {k: [g for g in v if g in collapsed.index] for k, v in sets.items()}
         extra = {}
         if rank_null == "phenotype_permutation":
-            mat, key_index = gs.collapse_matrix(np.nan_to_num(null_stat), stat_ids, keys)
-            where = key_index.get_indexer(collapsed.index)
-            extra["null_scores"] = np.where(where >= 0, mat[:, np.maximum(where, 0)], 0.0)
+            extra["null_scores"] = null_stat
         elif rank_null == "correlation_adjusted":
             k_sub = np.array([len(v) for v in sub.values()], dtype=float)
             extra["vif"] = 1 + (k_sub - 1) * rho
