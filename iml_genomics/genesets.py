@@ -674,21 +674,23 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
         tie_order = np.argsort(key_str, kind="stable")
         B = null_s.shape[0]
         null_es = np.full((len(names), B), np.nan)
-        rows_per = max(1, batch_rows // max(1, int(sizes[testable].sum()) if testable.any() else 1))
-        for b0 in range(0, B, rows_per):
-            S = null_s[b0:b0 + rows_per]
-            R = _ranks(S, tie_order)
-            Wt = np.abs(S) ** weight
-            for k in np.unique(sizes[testable]):
-                idx = np.flatnonzero(sizes == k)
-                M = np.stack([member_idx[i] for i in idx])  # (m_k, k) gene indices
-                P = R[:, M]
-                W = Wt[:, M]
+        # every permutation's ranking first (B x genes positions), then sets of one size at a time over as
+        # many permutations as fit in batch_rows: few, large vectorised steps
+        R = np.empty((B, n_genes), dtype=np.int32)
+        for b0 in range(0, B, 100):
+            R[b0:b0 + 100] = _ranks(null_s[b0:b0 + 100], tie_order)
+        for k in np.unique(sizes[testable]):
+            idx = np.flatnonzero(sizes == k)
+            M = np.stack([member_idx[i] for i in idx])  # (m_k, k) gene indices
+            rows_per = max(1, batch_rows // (len(idx) * int(k)))
+            for b0 in range(0, B, rows_per):
+                P = R[b0:b0 + rows_per][:, M]
+                W = np.abs(null_s[b0:b0 + rows_per][:, M]) ** weight
                 o = np.argsort(P, axis=2)
                 P = np.take_along_axis(P, o, axis=2).reshape(-1, k)
                 W = np.take_along_axis(W, o, axis=2).reshape(-1, k)
-                e_null = _running_sum_extremes(P, W, n_genes)[0].reshape(len(S), len(idx))
-                null_es[idx, b0:b0 + len(S)] = e_null.T
+                e_null = _running_sum_extremes(P, W, n_genes)[0].reshape(-1, len(idx))
+                null_es[idx, b0:b0 + len(e_null)] = e_null.T
         p_value[testable] = tail_p_values(es_all[testable], null_es[testable], min_exceedances=min_exceedances)
         with np.errstate(divide="ignore", invalid="ignore"):
             # mean of the same-sign null ES per set (NaN when the null has no ES of that sign)

@@ -190,7 +190,7 @@ def outcome_residuals(Xt: np.ndarray, y, task: str) -> np.ndarray:
 
 
 def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, positive_class: str | None = None,
-                        with_p: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                        with_p: bool = False, centered: tuple | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The univariate statistic of every gene (as :func:`univariate_effects`) for each row of label permutations.
 
     Parameters
@@ -206,6 +206,9 @@ def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, posit
         Two classes: the statistic is Welch t of this class minus the other (default: last in sorted order).
     with_p : bool
         Also return the p-values (Welch-Satterthwaite t, F, or t with n - 2 df).
+    centered : tuple of two arrays, optional
+        ``(Xt - column means, its square)``, when the caller loops over blocks of permutations
+        (saves two copies of the matrix per block).
 
     Returns
     -------
@@ -213,7 +216,7 @@ def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, posit
     """
     from scipy import special  # the distributions' ufuncs: t.sf / f.sf without the per-call overhead
 
-    Xc = Xt - Xt.mean(axis=0)
+    Xc, Xc2 = centered if centered is not None else (Xt - Xt.mean(axis=0), None)
     n = Xc.shape[0]
     pval = None
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -234,8 +237,10 @@ def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, posit
             I1 = (L == pos).astype(float)
             n1 = I1.sum(axis=1, keepdims=True)
             n0 = n - n1
-            S1, Q1 = I1 @ Xc, I1 @ (Xc ** 2)
-            S0, Q0 = Xc.sum(axis=0) - S1, (Xc ** 2).sum(axis=0) - Q1
+            if Xc2 is None:
+                Xc2 = Xc ** 2
+            S1, Q1 = I1 @ Xc, I1 @ Xc2
+            S0, Q0 = Xc.sum(axis=0) - S1, Xc2.sum(axis=0) - Q1
             m1, m0 = S1 / n1, S0 / n0
             v1, v0 = (Q1 - n1 * m1 ** 2) / (n1 - 1), (Q0 - n0 * m0 ** 2) / (n0 - 1)
             a, b = v1 / n1, v0 / n0
@@ -244,7 +249,7 @@ def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, posit
                 df = (a + b) ** 2 / (a ** 2 / (n1 - 1) + b ** 2 / (n0 - 1))
                 pval = 2 * special.stdtr(df, -np.abs(stat))
             return stat, pval
-        total = (Xc ** 2).sum(axis=0)
+        total = (Xc2 if Xc2 is not None else Xc ** 2).sum(axis=0)
         between = np.zeros((len(perm), Xc.shape[1]))
         for c in classes:
             Ic = (L == c).astype(float)
@@ -452,9 +457,11 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         stat_cols = np.array([j for j, g in enumerate(id_names) if g in scored], dtype=np.int64)
         stat_ids = [id_names[j] for j in stat_cols]
         chunks_o, chunks_s = [], []
+        Xc = Xt - Xt.mean(axis=0)
+        centered = (Xc, Xc ** 2 if task != "regression" else None)
         for b0 in range(0, len(perm), 200):
             stat, pval = permuted_statistics(Xt, y, task, perm[b0:b0 + 200], positive_class=positive_class,
-                                             with_p=ora_null == "phenotype_permutation")
+                                             with_p=ora_null == "phenotype_permutation", centered=centered)
             if ora_null == "phenotype_permutation":
                 chunks_o.append(_query_overlaps(pval, id_names, keys, top_k, ora_sets))
             if rank_null == "phenotype_permutation":
