@@ -31,7 +31,7 @@ from iml_genomics.errors import InputDataError
 __all__ = [
     "GeneSetCollection", "read_gmt", "normalise_ids", "read_gene_map", "map_gene_ids", "restrict_gene_sets",
     "benjamini_hochberg", "over_representation", "prerank", "group_attributions", "collapse_scores", "set_membership",
-    "inter_gene_correlation", "tail_p_values", "distinct_permutations", "collapse_matrix",
+    "inter_gene_correlation", "tail_p_values", "distinct_permutations", "collapse_matrix", "camera_rank_test",
 ]
 
 
@@ -410,8 +410,10 @@ def tail_p_values(observed, null, *, min_exceedances: int = 10) -> np.ndarray:
     that the permutation p-value is mostly resolution (its floor is
     1 / (1 + B)), so the tail of a gamma distribution fitted to the
     same-sign |null| (method of moments) is used instead, as blitzgsea
-    does for every set. This is what gives BH over thousands of sets
-    usable p-values without 10^5 permutations.
+    does for every set, capped at the empirical value (a valid p-value by
+    itself; ES is bounded by 1, so the gamma tail overstates its far tail).
+    This is what gives BH over thousands of sets usable p-values without
+    10^5 permutations.
 
     Parameters
     ----------
@@ -448,7 +450,9 @@ def tail_p_values(observed, null, *, min_exceedances: int = 10) -> np.ndarray:
             shape, scale = mean ** 2 / var, var / mean
             fitted = gamma.sf(target, shape, scale=scale)
         ok_fit = np.isfinite(fitted) & (var > 0) & (mean > 0) & (n_same >= 20)
-        p = np.where((exceed >= min_exceedances) | ~ok_fit, empirical, fitted)
+        # below the resolution the fitted tail, but never above the permutation p-value, which is valid by
+        # itself: a bounded ES (it cannot pass 1) has a lighter tail than the gamma, which is conservative there
+        p = np.where((exceed >= min_exceedances) | ~ok_fit, empirical, np.minimum(fitted, empirical))
         p = np.where(n_same > 0, p, np.nan)
         out[rows] = np.clip(p, 0, 1)
     return out
@@ -547,6 +551,49 @@ def _ranks(scores: np.ndarray, tie_order: np.ndarray) -> np.ndarray:
     return out
 
 
+def camera_rank_test(scores, members: list[np.ndarray], vif) -> np.ndarray:
+    """Competitive test of each set's mean normal score, its variance inflated by the VIF (CAMERA).
+
+    The scores are turned into normal scores of their ranks (van der Waerden:
+    ``Phi^-1(rank / (N + 1))``, ties averaged), which makes the test rank-based
+    and robust to heavy-tailed scores such as mean |SHAP|. For a set of k
+    genes, ``T = (mean_set - mean_rest) / (s sqrt(VIF / k + 1 / (N - k)))``
+    with s the standard deviation of all N normal scores, VIF = 1 + (k - 1) rho,
+    and the two-sided p-value from t with N - 2 degrees of freedom
+    (camera in limma, Wu and Smyth 2012).
+
+    Parameters
+    ----------
+    scores : (N,) array
+    members : list of int arrays
+        Indices of each set's genes in ``scores``.
+    vif : (n_sets,) array
+        Variance inflation factor per set (values below 1 are taken as 1).
+
+    Returns
+    -------
+    (n_sets,) array of two-sided p-values (NaN for empty sets or sets of all genes).
+    """
+    from scipy import special
+    from scipy.stats import norm, rankdata
+
+    x = np.asarray(scores, dtype=float)
+    N = len(x)
+    z = norm.ppf(rankdata(x) / (N + 1))
+    s = z.std(ddof=1) if N > 1 else np.nan
+    total = z.sum()
+    vif = np.maximum(np.nan_to_num(np.asarray(vif, dtype=float), nan=1.0), 1.0)
+    out = np.full(len(members), np.nan)
+    for i, idx in enumerate(members):
+        k = len(idx)
+        if k == 0 or k >= N:
+            continue
+        diff = z[idx].mean() - (total - z[idx].sum()) / (N - k)
+        t = diff / (s * np.sqrt(vif[i] / k + 1 / (N - k)))
+        out[i] = 2 * special.stdtr(N - 2, -abs(t))
+    return out
+
+
 def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: int = 1000, weight: float = 1.0,
             random_state=0, batch_rows: int = 2_000_000, vif=None, null_scores: np.ndarray | None = None,
             min_exceedances: int = 10) -> pd.DataFrame:
@@ -561,20 +608,19 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
     * gene permutation (default): ``n_permutations`` random k-subsets of the
       ranking; sets of the same size share one null sample (as in fgsea).
       Valid only when the genes of a set are independent.
-    * correlation-adjusted (``vif``): the same gene-permutation null, but the
-      observed ES is deflated by sqrt(VIF), VIF = 1 + (k - 1) rho the variance
-      inflation factor of CAMERA (Wu and Smyth 2012). Under exchangeable
-      correlation the variance of the set's empirical distribution at every
-      threshold is inflated by at most VIF, so the running sum's scale by at
-      most sqrt(VIF).
+    * correlation-adjusted (``vif``): ``p_value`` is CAMERA's competitive test
+      (Wu and Smyth 2012) on the normal scores of the ranking, see
+      :func:`camera_rank_test`; ES and NES stay those of the gene-permutation
+      null (descriptive). Deflating ES itself cannot work: ES is bounded by 1,
+      so under strong correlation no deflated ES would ever be significant.
     * sample-label permutation (``null_scores``): the gene scores recomputed
       on ``B`` permutations of the sample labels (GSEA's phenotype
       permutation); each set gets its own null ES from the rankings of those
       scores, which keeps the correlation between genes.
 
-    NES = (deflated) ES / mean of the null ES of the same sign; ``p_value``
-    comes from :func:`tail_p_values` (sign-conditional, empirical where the
-    null resolves it, a fitted gamma tail beyond); ``q_value`` is
+    NES = ES / mean of the null ES of the same sign; for the permutation nulls
+    ``p_value`` comes from :func:`tail_p_values` (sign-conditional, empirical
+    where the null resolves it, a fitted gamma tail beyond); ``q_value`` is
     Benjamini-Hochberg over the tested sets of ``p_value`` (not GSEA's FDR,
     which compares NES with the NES of all sets under permutation).
 
@@ -624,11 +670,6 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
     es_all = np.full(len(names), np.nan)
     gp_p = np.full(len(names), np.nan)
     gp_nes = np.full(len(names), np.nan)
-    adj_p = np.full(len(names), np.nan)
-    adj_nes = np.full(len(names), np.nan)
-    deflate = np.ones(len(names))
-    if vif is not None:
-        deflate = np.sqrt(np.maximum(np.nan_to_num(np.asarray(vif, dtype=float), nan=1.0), 1.0))
     leading = [""] * len(names)
     n_lead = np.zeros(len(names), dtype=int)
     testable = (sizes > 0) & (sizes < n_genes)
@@ -654,10 +695,7 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
         norm = np.where(es >= 0, mean_pos, mean_neg)
         with np.errstate(divide="ignore", invalid="ignore"):
             gp_nes[idx] = np.where(norm > 0, es / norm, np.nan)
-            adj_nes[idx] = np.where(norm > 0, es / deflate[idx] / norm, np.nan)
         gp_p[idx] = tail_p_values(es, null, min_exceedances=min_exceedances)
-        if vif is not None:
-            adj_p[idx] = tail_p_values(es / deflate[idx], null, min_exceedances=min_exceedances)
         for j, i in enumerate(idx):
             e = es[j]
             hits = obs_pos[j, :imax[j] + 1] if e >= 0 else obs_pos[j, imin[j]:]
@@ -701,7 +739,7 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
         with np.errstate(divide="ignore", invalid="ignore"):
             nes = np.where(norm > 0, es_all / norm, np.nan)
     elif vif is not None:
-        p_value, nes = adj_p, adj_nes
+        p_value, nes = camera_rank_test(score_values, member_idx, vif), gp_nes
     else:
         p_value, nes = gp_p, gp_nes
     return pd.DataFrame({"gene_set": names, "n_measured": sizes, "es": es_all, "nes": nes,

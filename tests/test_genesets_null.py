@@ -139,6 +139,29 @@ def test_beta_binomial_ora_is_hypergeometric_at_zero_correlation_and_never_small
     assert perm["inter_gene_correlation"].max() < 0.02
 
 
+def test_camera_rank_test_by_hand_and_calibrated_under_exchangeable_correlation():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(300)
+    idx = np.arange(0, 300, 15)
+    z = stats.norm.ppf(stats.rankdata(x) / 301)
+    t = (z[idx].mean() - np.delete(z, idx).mean()) / (z.std(ddof=1) * np.sqrt(3.0 / 20 + 1 / 280))
+    assert gs.camera_rank_test(x, [idx], [3.0])[0] == pytest.approx(2 * stats.t.sf(abs(t), 298), rel=1e-10)
+    # scores with a shared factor per set (rho = 0.5): with the true VIF the p-values are uniform,
+    # with VIF = 1 (genes independent) they are not
+    rho, k, n_sets = 0.5, 20, 50
+    members = [np.arange(s * k, (s + 1) * k) for s in range(n_sets)]
+    with_vif, without = [], []
+    for _ in range(40):
+        scores = np.sqrt(rho) * np.repeat(rng.standard_normal(n_sets), k) + np.sqrt(1 - rho) * rng.standard_normal(
+            n_sets * k)
+        with_vif.append(gs.camera_rank_test(scores, members, np.full(n_sets, 1 + (k - 1) * rho)))
+        without.append(gs.camera_rank_test(scores, members, np.ones(n_sets)))
+    with_vif, without = np.concatenate(with_vif), np.concatenate(without)
+    assert 0.02 < (with_vif <= 0.05).mean() < 0.08
+    assert stats.kstest(with_vif, "uniform").pvalue > 1e-3
+    assert (without <= 0.05).mean() > 0.4
+
+
 def test_distinct_permutations():
     assert gs.distinct_permutations(["a"] * 5 + ["b"] * 5) == 252
     assert gs.distinct_permutations(["a", "b", "c"]) == 6
