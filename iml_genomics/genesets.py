@@ -34,6 +34,7 @@ from iml_genomics.io.ids import show_id
 __all__ = [
     "GeneSetCollection", "read_gmt", "normalise_ids", "read_gene_map", "map_gene_ids", "restrict_gene_sets",
     "benjamini_hochberg", "over_representation", "prerank", "group_attributions", "collapse_scores", "set_membership",
+    "inter_gene_correlation", "tail_p_values", "distinct_permutations", "collapse_matrix", "camera_rank_test",
 ]
 
 
@@ -267,8 +268,9 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     return q
 
 
-def over_representation(selected, universe, sets: dict[str, list[str]]) -> pd.DataFrame:
-    """Hypergeometric over-representation of selected keys in each set.
+def over_representation(selected, universe, sets: dict[str, list[str]], *, correlation=None,
+                        null_overlaps=None, min_exceedances: int = 10) -> pd.DataFrame:
+    """Over-representation of selected keys in each set, with an optional correlation-aware null.
 
     Parameters
     ----------
@@ -278,18 +280,41 @@ def over_representation(selected, universe, sets: dict[str, list[str]]) -> pd.Da
         Background keys: the measured genes.
     sets : dict of str -> list of str
         Sets restricted to the universe (see :func:`restrict_gene_sets`).
+    correlation : array-like of float, optional
+        Per set (in the order of ``sets``), the mean correlation between the
+        selection indicators of its genes. The overlap is then tested against
+        a beta-binomial with that intra-set correlation (the binomial whose
+        draws are exchangeably correlated: variance
+        ``K pi (1 - pi) (1 + (K - 1) rho)``, the variance inflation factor of
+        CAMERA, Wu and Smyth 2012). The mean inter-gene correlation of the
+        expression is an upper bound on the correlation of the indicators of
+        a dichotomised statistic, so using it is conservative.
+    null_overlaps : (n_sets, B) array, optional
+        Overlaps of each set with the query list of ``B`` sample-label
+        permutations (the query rebuilt on permuted labels). ``p_value`` is
+        the permutation p-value ``(1 + #null >= x) / (1 + B)`` when at least
+        ``min_exceedances`` null overlaps reach the observed one; beyond that
+        resolution it is the tail of the beta-binomial whose correlation is
+        fitted to the permutation null's variance (moments).
+    min_exceedances : int
+        Null draws needed at or above the observed value to trust the
+        empirical p-value.
 
     Returns
     -------
     pandas.DataFrame
         gene_set, n_measured, n_selected, n_overlap, expected_overlap,
-        odds_ratio, p_value, q_value, overlap_genes (';'-joined, sorted), in
-        the order of ``sets``. ``p_value = P(X >= n_overlap)`` with X
-        hypergeometric (universe N, set size K, n selected). The odds ratio is
-        the sample odds ratio of the 2x2 table, with 0.5 added to each cell
-        when a cell is zero (Haldane-Anscombe).
+        odds_ratio, p_value, q_value, overlap_genes (';'-joined, sorted),
+        hypergeometric_p_value, inter_gene_correlation (the rho used; 0 for
+        the plain hypergeometric), in the order of ``sets``.
+        ``hypergeometric_p_value = P(X >= n_overlap)`` with X hypergeometric
+        (universe N, set size K, n selected): genes independent. ``p_value``
+        equals it without ``correlation``/``null_overlaps`` and is never
+        smaller than it otherwise. The odds ratio is the sample odds ratio of
+        the 2x2 table, with 0.5 added to each cell when a cell is zero
+        (Haldane-Anscombe).
     """
-    from scipy.stats import hypergeom
+    from scipy.stats import betabinom, hypergeom
 
     universe = set(universe)
     chosen = set(selected) & universe
@@ -298,17 +323,42 @@ def over_representation(selected, universe, sets: dict[str, list[str]]) -> pd.Da
     K = np.array([len(sets[s]) for s in names], dtype=float)
     overlaps = [sorted(set(sets[s]) & chosen) for s in names]
     x = np.array([len(o) for o in overlaps], dtype=float)
-    p = hypergeom.sf(x - 1, N, K, n) if names else np.array([])
-    a, b, c = x, n - x, K - x
-    d = N - K - n + x
-    zero = (a == 0) | (b == 0) | (c == 0) | (d == 0)
+    hyper = np.clip(hypergeom.sf(x - 1, N, K, n), 0, 1) if names else np.array([])
+    p = hyper.copy()
+    rho = np.zeros(len(names))
+    pi = n / N if N else 0.0
+    if null_overlaps is not None and len(names):
+        null = np.asarray(null_overlaps, dtype=float)
+        # moment estimate of the intra-set correlation of the indicators under the permutation null
+        binom_var = K * pi * (1 - pi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = ((null.var(axis=1) / binom_var) - 1) / np.maximum(K - 1, 1)
+        rho = np.nan_to_num(np.clip(rho, 0.0, 0.999))
+    elif correlation is not None and len(names):
+        rho = np.nan_to_num(np.clip(np.asarray(correlation, dtype=float), 0.0, 0.999))
+    if (null_overlaps is not None or correlation is not None) and len(names) and 0 < pi < 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = pi * (1 - rho) / np.where(rho > 0, rho, 1)
+            b = (1 - pi) * (1 - rho) / np.where(rho > 0, rho, 1)
+            bb = betabinom.sf(x - 1, K.astype(int), a, b)
+        # rho = 0 is the hypergeometric itself; never more liberal than genes-independent
+        p = np.where(rho > 0, np.maximum(np.nan_to_num(bb, nan=1.0), hyper), hyper)
+        if null_overlaps is not None:
+            exceed = (null >= x[:, None]).sum(axis=1)
+            empirical = (1 + exceed) / (1 + null.shape[1])
+            p = np.where(exceed >= min_exceedances, empirical, p)
+    a_, b_, c_ = x, n - x, K - x
+    d_ = N - K - n + x
+    zero = (a_ == 0) | (b_ == 0) | (c_ == 0) | (d_ == 0)
     adj = np.where(zero, 0.5, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        odds = ((a + adj) * (d + adj)) / ((b + adj) * (c + adj))
+        odds = ((a_ + adj) * (d_ + adj)) / ((b_ + adj) * (c_ + adj))
+    p = np.clip(p, 0, 1)
     return pd.DataFrame({
         "gene_set": names, "n_measured": K.astype(int), "n_selected": n, "n_overlap": x.astype(int),
-        "expected_overlap": K * n / N if N else np.nan, "odds_ratio": odds, "p_value": np.clip(p, 0, 1),
+        "expected_overlap": K * n / N if N else np.nan, "odds_ratio": odds, "p_value": p,
         "q_value": benjamini_hochberg(p), "overlap_genes": [";".join(o) for o in overlaps],
+        "hypergeometric_p_value": hyper, "inter_gene_correlation": rho,
     })
 
 
@@ -365,20 +415,229 @@ def _running_sum_extremes(pos: np.ndarray, weights: np.ndarray, n_genes: int):
     return es, imax, imin
 
 
+def tail_p_values(observed, null, *, min_exceedances: int = 10) -> np.ndarray:
+    """Permutation p-values of signed enrichment scores, with a fitted tail beyond their resolution.
+
+    The p-value of a score e >= 0 is taken among the null scores >= 0, that
+    of e < 0 among the null scores < 0 (GSEA's sign-conditional p-value).
+    When at least ``min_exceedances`` null scores are as extreme as e the
+    empirical value ``(1 + #as extreme) / (1 + #same sign)`` is used; beyond
+    that the permutation p-value is mostly resolution (its floor is
+    1 / (1 + B)), so the tail of a gamma distribution fitted to the
+    same-sign |null| (method of moments) is used instead, as blitzgsea
+    does for every set, capped at the empirical value (a valid p-value by
+    itself; ES is bounded by 1, so the gamma tail overstates its far tail).
+    This is what gives BH over thousands of sets usable p-values without
+    10^5 permutations.
+
+    Parameters
+    ----------
+    observed : (m,) array
+    null : (m, B) or (B,) array
+        Null scores per row (or one null shared by every row).
+    min_exceedances : int
+
+    Returns
+    -------
+    (m,) array of p-values; NaN where ``observed`` is NaN or the null has no
+    score of that sign.
+    """
+    from scipy.stats import gamma
+
+    e = np.asarray(observed, dtype=float)
+    null = np.asarray(null, dtype=float)
+    if null.ndim == 1:
+        null = np.broadcast_to(null, (len(e), len(null)))
+    out = np.full(len(e), np.nan)
+    for sign in (1.0, -1.0):
+        rows = (e >= 0) if sign > 0 else (e < 0)
+        if not rows.any():
+            continue
+        x = sign * null[rows]
+        mask = (x >= 0) if sign > 0 else (x > 0)
+        target = sign * e[rows]
+        n_same = mask.sum(axis=1)
+        exceed = (mask & (x >= target[:, None])).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            empirical = (1 + exceed) / (1 + n_same)
+            mean = np.where(mask, x, 0).sum(axis=1) / n_same
+            var = np.where(mask, (x - mean[:, None]) ** 2, 0).sum(axis=1) / np.maximum(n_same - 1, 1)
+            shape, scale = mean ** 2 / var, var / mean
+            fitted = gamma.sf(target, shape, scale=scale)
+        ok_fit = np.isfinite(fitted) & (var > 0) & (mean > 0) & (n_same >= 20)
+        # below the resolution the fitted tail, but never above the permutation p-value, which is valid by
+        # itself: a bounded ES (it cannot pass 1) has a lighter tail than the gamma, which is conservative there
+        p = np.where((exceed >= min_exceedances) | ~ok_fit, empirical, np.minimum(fitted, empirical))
+        p = np.where(n_same > 0, p, np.nan)
+        out[rows] = np.clip(p, 0, 1)
+    return out
+
+
+def inter_gene_correlation(residuals: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
+    """Mean pairwise correlation of the genes of each set (CAMERA's estimate).
+
+    With each column of the residual matrix scaled to unit mean square,
+    the variance inflation factor of a set of m genes is
+    ``VIF = m * mean over samples of (mean over the set's genes)^2``
+    and the mean correlation ``(VIF - 1) / (m - 1)`` (limma's
+    ``interGeneCorrelation``, Wu and Smyth 2012), in O(n m) per set.
+
+    Parameters
+    ----------
+    residuals : (n_samples, n_genes) array
+        Expression with the outcome's effect removed (class means for
+        classes, the regression on the outcome for a continuous one), so
+        a true effect does not pass for correlation.
+    members : list of int arrays
+        Column indices of each set.
+
+    Returns
+    -------
+    (n_sets,) array of mean correlations (NaN for sets with fewer than two
+    genes). Constant genes count as uncorrelated.
+    """
+    R = np.asarray(residuals, dtype=float)
+    scale = np.sqrt((R ** 2).mean(axis=0))
+    Z = np.divide(R, scale, out=np.zeros_like(R), where=scale > 0)
+    out = np.full(len(members), np.nan)
+    for i, idx in enumerate(members):
+        m = len(idx)
+        if m < 2:
+            continue
+        mean = Z[:, idx].mean(axis=1)
+        vif = m * float(np.mean(mean ** 2))
+        out[i] = (vif - 1) / (m - 1)
+    return out
+
+
+def distinct_permutations(labels) -> float:
+    """Number of distinct outcome vectors that permuting the samples can give.
+
+    ``n! / prod(count of each distinct value)!``: the multinomial coefficient
+    for classes, n! (divided for ties) for a continuous outcome. Returned as
+    a float (``inf`` beyond 1e300).
+    """
+    from math import exp, lgamma
+
+    values = pd.Series(np.asarray(labels)).astype(str)
+    counts = values.value_counts().to_numpy()
+    log_n = lgamma(len(values) + 1) - sum(lgamma(c + 1) for c in counts)
+    return float("inf") if log_n > 690 else float(round(exp(log_n)))
+
+
+def collapse_matrix(values: np.ndarray, ids, keys: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """:func:`collapse_scores` applied to every row of a (B, n_ids) matrix at once.
+
+    Returns the (B, n_keys) matrix and the keys in sorted order (the index
+    :func:`collapse_scores` returns); ties in |value| go to the id that sorts first.
+    """
+    values = np.asarray(values, dtype=float)
+    frame = pd.DataFrame({"key": keys.reindex([str(i) for i in ids]).to_numpy(), "id": [str(i) for i in ids],
+                          "col": np.arange(len(ids))}).dropna(subset=["key"])
+    frame = frame.sort_values(["key", "id"], kind="mergesort")
+    uniq, start, counts = np.unique(frame["key"].to_numpy().astype(str), return_index=True, return_counts=True)
+    cols = frame["col"].to_numpy()
+    if counts.max(initial=1) == 1:
+        return values[:, cols], pd.Index(uniq, name="key")
+    width = int(counts.max())
+    # pad every key's ids to the same width with a column of -inf |value|
+    grid = np.full((len(uniq), width), -1, dtype=np.int64)
+    for j in range(width):
+        has = counts > j
+        grid[has, j] = cols[start[has] + j]
+    padded = np.concatenate([values, np.full((values.shape[0], 1), np.nan)], axis=1)
+    cand = padded[:, grid]  # (B, n_keys, width); -1 picks the NaN pad column
+    absval = np.where(np.isnan(cand), -np.inf, np.abs(cand))
+    pick = absval.argmax(axis=2)  # first maximum: the id that sorts first
+    out = np.take_along_axis(cand, pick[..., None], axis=2)[..., 0]
+    return out, pd.Index(uniq, name="key")
+
+
+def _ranks(scores: np.ndarray, tie_order: np.ndarray) -> np.ndarray:
+    """0-based position of every gene in each row's ranking (descending score,
+    ties in ``tie_order``), shape like ``scores``."""
+    B, n = scores.shape
+    base = scores[:, tie_order]
+    order = np.argsort(-base, axis=1, kind="stable")
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.broadcast_to(np.arange(n), (B, n)), axis=1)
+    out = np.empty_like(pos)
+    out[:, tie_order] = pos
+    return out
+
+
+def camera_rank_test(scores, members: list[np.ndarray], vif) -> np.ndarray:
+    """Competitive test of each set's mean normal score, its variance inflated by the VIF (CAMERA).
+
+    The scores are turned into normal scores of their ranks (van der Waerden:
+    ``Phi^-1(rank / (N + 1))``, ties averaged), which makes the test rank-based
+    and robust to heavy-tailed scores such as mean |SHAP|. For a set of k
+    genes, ``T = (mean_set - mean_rest) / (s sqrt(VIF / k + 1 / (N - k)))``
+    with s the standard deviation of all N normal scores, VIF = 1 + (k - 1) rho,
+    and the two-sided p-value from t with N - 2 degrees of freedom
+    (camera in limma, Wu and Smyth 2012).
+
+    Parameters
+    ----------
+    scores : (N,) array
+    members : list of int arrays
+        Indices of each set's genes in ``scores``.
+    vif : (n_sets,) array
+        Variance inflation factor per set (values below 1 are taken as 1).
+
+    Returns
+    -------
+    (n_sets,) array of two-sided p-values (NaN for empty sets or sets of all genes).
+    """
+    from scipy import special
+    from scipy.stats import norm, rankdata
+
+    x = np.asarray(scores, dtype=float)
+    N = len(x)
+    z = norm.ppf(rankdata(x) / (N + 1))
+    s = z.std(ddof=1) if N > 1 else np.nan
+    total = z.sum()
+    vif = np.maximum(np.nan_to_num(np.asarray(vif, dtype=float), nan=1.0), 1.0)
+    out = np.full(len(members), np.nan)
+    for i, idx in enumerate(members):
+        k = len(idx)
+        if k == 0 or k >= N:
+            continue
+        diff = z[idx].mean() - (total - z[idx].sum()) / (N - k)
+        t = diff / (s * np.sqrt(vif[i] / k + 1 / (N - k)))
+        out[i] = 2 * special.stdtr(N - 2, -abs(t))
+    return out
+
+
 def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: int = 1000, weight: float = 1.0,
-            random_state=0, batch_rows: int = 2_000_000) -> pd.DataFrame:
-    """Pre-ranked gene-set enrichment (GSEA-style) with gene-permutation p-values.
+            random_state=0, batch_rows: int = 2_000_000, vif=None, null_scores: np.ndarray | None = None,
+            min_exceedances: int = 10) -> pd.DataFrame:
+    """Pre-ranked gene-set enrichment (GSEA-style) with a choice of null.
 
     The enrichment score (ES) of a set is the maximum deviation from zero of
     the weighted Kolmogorov-Smirnov running sum down the ranking (Subramanian
-    et al. 2005, weight p = ``weight``). The null distribution of a set of k
-    genes is the ES of ``n_permutations`` random k-subsets of the ranking
-    (gene permutation, as in GSEA prerank); sets of the same size share one
-    null sample (as in fgsea), which is what makes this fast.
+    et al. 2005, weight p = ``weight``).
 
-    NES = ES / mean(null ES of the same sign) (absolute value), the p-value is
-    (1 + #null ES at least as extreme, same sign) / (1 + #null ES of that sign),
-    and q_value is Benjamini-Hochberg over the tested sets.
+    Three nulls:
+
+    * gene permutation (default): ``n_permutations`` random k-subsets of the
+      ranking; sets of the same size share one null sample (as in fgsea).
+      Valid only when the genes of a set are independent.
+    * correlation-adjusted (``vif``): ``p_value`` is CAMERA's competitive test
+      (Wu and Smyth 2012) on the normal scores of the ranking, see
+      :func:`camera_rank_test`; ES and NES stay those of the gene-permutation
+      null (descriptive). Deflating ES itself cannot work: ES is bounded by 1,
+      so under strong correlation no deflated ES would ever be significant.
+    * sample-label permutation (``null_scores``): the gene scores recomputed
+      on ``B`` permutations of the sample labels (GSEA's phenotype
+      permutation); each set gets its own null ES from the rankings of those
+      scores, which keeps the correlation between genes.
+
+    NES = ES / mean of the null ES of the same sign; for the permutation nulls
+    ``p_value`` comes from :func:`tail_p_values` (sign-conditional, empirical
+    where the null resolves it, a fitted gamma tail beyond); ``q_value`` is
+    Benjamini-Hochberg over the tested sets of ``p_value`` (not GSEA's FDR,
+    which compares NES with the NES of all sets under permutation).
 
     Parameters
     ----------
@@ -388,29 +647,44 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
     sets : dict of str -> list of str
         Sets restricted to the keys of ``scores``.
     n_permutations : int
+        Gene permutations (always run: ``gene_permutation_p_value``).
     weight : float
         Exponent p of |score| in the running sum (1 = classic GSEA).
     random_state : int or numpy.random.Generator or SeedSequence
     batch_rows : int
         Upper bound on positions handled per vectorised step (memory knob).
+    vif : array-like, optional
+        Variance inflation factor per set (order of ``sets``); values below 1
+        are taken as 1.
+    null_scores : (B, n_genes) array, optional
+        Scores of the genes of ``scores`` (same order) under B label permutations.
+    min_exceedances : int
+        See :func:`tail_p_values`.
 
     Returns
     -------
     pandas.DataFrame
         gene_set, n_measured, es, nes, p_value, q_value, leading_edge
-        (';'-joined keys in ranking order), n_leading_edge; in the order of ``sets``.
+        (';'-joined keys in ranking order), n_leading_edge,
+        gene_permutation_p_value (genes-independent null, for comparison);
+        in the order of ``sets``.
     """
     rng = np.random.default_rng(random_state)
-    order = np.lexsort((scores.index.astype(str).to_numpy(), -scores.to_numpy(dtype=float)))
+    score_values = scores.to_numpy(dtype=float)
+    key_str = scores.index.astype(str).to_numpy()
+    order = np.lexsort((key_str, -score_values))
     ranked_keys = scores.index.to_numpy()[order]
-    w_all = np.abs(scores.to_numpy(dtype=float)[order]) ** weight
+    w_all = np.abs(score_values[order]) ** weight
     n_genes = len(ranked_keys)
     position = pd.Series(np.arange(n_genes), index=ranked_keys)
+    gene_index = pd.Series(np.arange(n_genes), index=scores.index)
     names = list(sets)
     member_pos = [np.sort(position.reindex(sets[s]).dropna().to_numpy(dtype=np.int64)) for s in names]
+    member_idx = [gene_index.reindex(sets[s]).dropna().to_numpy(dtype=np.int64) for s in names]
     sizes = np.array([len(p) for p in member_pos])
-    out = {"es": np.full(len(names), np.nan), "nes": np.full(len(names), np.nan),
-           "p_value": np.full(len(names), np.nan)}
+    es_all = np.full(len(names), np.nan)
+    gp_p = np.full(len(names), np.nan)
+    gp_nes = np.full(len(names), np.nan)
     leading = [""] * len(names)
     n_lead = np.zeros(len(names), dtype=int)
     testable = (sizes > 0) & (sizes < n_genes)
@@ -433,24 +707,59 @@ def prerank(scores: pd.Series, sets: dict[str, list[str]], *, n_permutations: in
         pos_null, neg_null = null[null >= 0], null[null < 0]
         mean_pos = pos_null.mean() if pos_null.size else np.nan
         mean_neg = -neg_null.mean() if neg_null.size else np.nan
+        norm = np.where(es >= 0, mean_pos, mean_neg)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gp_nes[idx] = np.where(norm > 0, es / norm, np.nan)
+        gp_p[idx] = tail_p_values(es, null, min_exceedances=min_exceedances)
         for j, i in enumerate(idx):
             e = es[j]
-            if e >= 0:
-                out["nes"][i] = e / mean_pos if mean_pos > 0 else np.nan
-                out["p_value"][i] = (1 + np.sum(pos_null >= e)) / (1 + pos_null.size)
-                hits = obs_pos[j, :imax[j] + 1]
-            else:
-                out["nes"][i] = e / mean_neg if mean_neg > 0 else np.nan
-                out["p_value"][i] = (1 + np.sum(neg_null <= e)) / (1 + neg_null.size)
-                hits = obs_pos[j, imin[j]:]
-            out["es"][i] = e
+            hits = obs_pos[j, :imax[j] + 1] if e >= 0 else obs_pos[j, imin[j]:]
+            es_all[i] = e
             if e == 0:
                 hits = hits[:0]
             leading[i] = ";".join(ranked_keys[hits])
             n_lead[i] = len(hits)
-    return pd.DataFrame({"gene_set": names, "n_measured": sizes, "es": out["es"], "nes": out["nes"],
-                         "p_value": out["p_value"], "q_value": benjamini_hochberg(out["p_value"]),
-                         "leading_edge": leading, "n_leading_edge": n_lead})
+    if null_scores is not None:
+        p_value, nes = np.full(len(names), np.nan), np.full(len(names), np.nan)
+        null_s = np.asarray(null_scores, dtype=float)
+        if null_s.ndim != 2 or null_s.shape[1] != n_genes:
+            raise ValueError(f"null_scores must have shape (B, {n_genes}), got {null_s.shape}")
+        tie_order = np.argsort(key_str, kind="stable")
+        B = null_s.shape[0]
+        null_es = np.full((len(names), B), np.nan)
+        # every permutation's ranking first (B x genes positions), then sets of one size at a time over as
+        # many permutations as fit in batch_rows: few, large vectorised steps
+        R = np.empty((B, n_genes), dtype=np.int32)
+        for b0 in range(0, B, 100):
+            R[b0:b0 + 100] = _ranks(null_s[b0:b0 + 100], tie_order)
+        for k in np.unique(sizes[testable]):
+            idx = np.flatnonzero(sizes == k)
+            M = np.stack([member_idx[i] for i in idx])  # (m_k, k) gene indices
+            rows_per = max(1, batch_rows // (len(idx) * int(k)))
+            for b0 in range(0, B, rows_per):
+                P = R[b0:b0 + rows_per][:, M]
+                W = np.abs(null_s[b0:b0 + rows_per][:, M]) ** weight
+                o = np.argsort(P, axis=2)
+                P = np.take_along_axis(P, o, axis=2).reshape(-1, k)
+                W = np.take_along_axis(W, o, axis=2).reshape(-1, k)
+                e_null = _running_sum_extremes(P, W, n_genes)[0].reshape(-1, len(idx))
+                null_es[idx, b0:b0 + len(e_null)] = e_null.T
+        p_value[testable] = tail_p_values(es_all[testable], null_es[testable], min_exceedances=min_exceedances)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # mean of the same-sign null ES per set (NaN when the null has no ES of that sign)
+            pos_mask, neg_mask = null_es >= 0, null_es < 0
+            pos_mean = np.where(pos_mask, null_es, 0).sum(axis=1) / pos_mask.sum(axis=1)
+            neg_mean = -np.where(neg_mask, null_es, 0).sum(axis=1) / neg_mask.sum(axis=1)
+        norm = np.where(es_all >= 0, pos_mean, neg_mean)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nes = np.where(norm > 0, es_all / norm, np.nan)
+    elif vif is not None:
+        p_value, nes = camera_rank_test(score_values, member_idx, vif), gp_nes
+    else:
+        p_value, nes = gp_p, gp_nes
+    return pd.DataFrame({"gene_set": names, "n_measured": sizes, "es": es_all, "nes": nes,
+                         "p_value": p_value, "q_value": benjamini_hochberg(p_value),
+                         "leading_edge": leading, "n_leading_edge": n_lead, "gene_permutation_p_value": gp_p})
 
 
 def group_attributions(attributions: pd.DataFrame, keys: pd.Series, sets: dict[str, list[str]],

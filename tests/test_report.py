@@ -290,7 +290,11 @@ def test_planted_enriched_set_ranks_first(tmp_path):
                        task="classification", random_state=0)
     top = res.gene_sets.iloc[0]
     assert top["gene_set"] == "PATHWAY_007" and top["significant"]
-    assert top["q_value"] < 1e-6 and top["nes"] > 2
+    # the calibrated null (sample-label permutation, fitted beta-binomial tail beyond its resolution) keeps a
+    # strong pathway far below any threshold; the genes-independent hypergeometric is smaller still
+    assert top["null_method"] == "phenotype_permutation" and top["gsea_null_method"] == "phenotype_permutation"
+    assert top["q_value"] < 1e-4 and top["nes"] > 2
+    assert top["hypergeometric_p_value"] <= top["p_value"]
     others = res.gene_sets.iloc[1:]
     assert (others["q_value"] > 0.05).mean() > 0.8
     assert len(set(res.biomarkers.head(20)["gene_id"]) & set(planted)) >= 15
@@ -420,7 +424,10 @@ def test_golub_readme_command(tmp_path, request):
                    cwd=ROOT, check=True)
     gsets = pd.read_csv(tmp_path / "report" / "gene_sets.tsv", sep="\t")
     assert len(gsets) > 500 and gsets["gene_set"].str.contains(r"\(GO:\d{7}\)").all()
-    assert gsets["significant"].any()
+    # 72 samples: the labels are permuted (calibrated null). The genes-independent null used to flag GO sets
+    # here (BH of gene_permutation_p_value reaches 0.028); the permutation null flags none (smallest
+    # gsea_q_value about 0.17), so only the null is asserted, not a significant set
+    assert set(gsets["gsea_null_method"]) == {"phenotype_permutation"} == set(gsets["null_method"])
     page = (tmp_path / "report" / "report.html").read_text()
     assert "go_bp_2022-07.gmt.gz" in page and gsets["gene_set"].iloc[0].split(" (GO")[0] in page
     bm = pd.read_csv(tmp_path / "report" / "biomarkers.tsv", sep="\t")

@@ -13,7 +13,7 @@ from iml_genomics import genesets as gs
 from iml_genomics.report import html as H
 from iml_genomics.report import plots
 from iml_genomics.report.inputs import ReportInputs, measured_genes
-from iml_genomics.report.tables import analyse_gene_sets, build_biomarkers, univariate_effects
+from iml_genomics.report.tables import NULL_WORDS, analyse_gene_sets, build_biomarkers, univariate_effects
 
 
 @dataclass
@@ -127,7 +127,9 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
             inputs, collection, gene_map=gene_map, univariate=univariate, min_size=report_cfg.min_set_size,
             max_size=report_cfg.max_set_size, top_k=report_cfg.top_k, n_permutations=report_cfg.n_permutations,
             ranking_metric=report_cfg.ranking_metric, q_threshold=report_cfg.gene_set_fdr,
-            random_state=random_state, gene_ids=gene_ids, classes=classes)
+            random_state=random_state, gene_ids=gene_ids, classes=classes, adata=adata,
+            label_column=label_column, task=task, positive_class=classes[0] if classes else positive_class,
+            count_data=count_data, cpm=cpm)
         summary["gene_sets"] = analysis.summary
         keys = analysis.keys
     else:
@@ -266,6 +268,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             + (f"; counted in groups: {gsum['n_query_units']} selected of {gsum['n_background_units']} "
                f"(a selected group is one discovery)" if gsum.get("ora_unit") == "group" else ""),
             "rank-based test on": gsum["ranking_metric"], "permutations": gsum["n_permutations"],
+            "null of the over-representation test": NULL_WORDS.get(gsum.get("null_method"), ""),
+            "null of the rank-based test": NULL_WORDS.get(gsum.get("gsea_null_method"), ""),
             f"significant sets (q <= {gsum['q_threshold']})": gsum["n_significant_sets"],
         }
         if classes is not None:
@@ -289,7 +293,10 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
                       f'the sets of one direction in the order of the full table.</p>')
         else:
             inner += H.table_html(table[cols], max_rows=25, max_chars=60)
-        inner += '<p class="note">Full table: gene_sets.tsv.</p>'
+        inner += ('<p class="note">Only p-values whose null accounts for the correlation between the genes of a '
+                  'set (sample-label permutation or the correlation-adjusted test) can mark a set significant; '
+                  'q-values are Benjamini-Hochberg over the nominal p-values of the tested sets, not GSEA\'s '
+                  'NES-based FDR. Full table: gene_sets.tsv (null_method, gsea_null_method).</p>')
     else:
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))

@@ -106,13 +106,20 @@ gene by gene (Welch t / Mann-Whitney, or Pearson / Spearman). q-values are Benja
 Marginal association is not what the model uses, and it ignores every other gene.</dd>
 <dt>Gene-set over-representation (p_value, q_value, odds_ratio)</dt>
 <dd>Whether the query genes (knockoff selection, or the top of the ranking) fall into a set more often than
-expected when drawing from the <em>measured</em> genes (hypergeometric test). It depends on the size of the query
-list and on how the sets were curated; overlapping sets are not independent tests.</dd>
+expected when drawing from the <em>measured</em> genes. Genes of a pathway are co-expressed, so the p-value
+comes from a null that keeps their correlation (null_method: the query list rebuilt on permuted sample labels,
+or the hypergeometric widened by the set's measured inter-gene correlation); the plain hypergeometric
+(hypergeometric_p_value) treats genes as independent and calls co-expressed sets significant by chance. It
+depends on the size of the query list and on how the sets were curated; overlapping sets are not independent
+tests.</dd>
 <dt>Rank-based set test (es, nes, gsea_p_value, gsea_q_value, leading edge)</dt>
 <dd>Whether a set's genes sit near the top of the whole ranking rather than anywhere in it (GSEA-style running
-sum, gene permutations). NES is the enrichment score scaled by its null mean, so sets of different sizes compare.
-Gene permutation treats genes as independent; co-expressed sets can look more significant than they are. The
-leading edge is the subset of genes driving the score.</dd>
+sum). NES is the enrichment score scaled by its null mean, so sets of different sizes compare. gsea_p_value comes
+from a null that keeps the correlation between genes (gsea_null_method: the ranking recomputed on permuted sample
+labels, or CAMERA's correlation-adjusted test); gene permutation (gene_permutation_p_value) treats genes as
+independent and makes co-expressed sets look more significant than they are, so it never sets the flag.
+gsea_q_value is Benjamini-Hochberg over these p-values, not the FDR of the GSEA software. The leading edge is the
+subset of genes driving the score.</dd>
 <dt>Group attribution</dt>
 <dd>The sum (and mean per gene) of |SHAP| over a set's genes: how much of this model's output moves with that
 set. Large sets collect more attribution by size alone; compare the mean column for that.</dd>

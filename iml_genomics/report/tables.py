@@ -29,8 +29,29 @@ GENE_SET_COLUMNS = [
     "rank", "gene_set", "description", "source", "set_size", "n_measured", "n_query", "n_overlap", "overlap_genes",
     "expected_overlap", "odds_ratio", "p_value", "q_value", "es", "nes", "gsea_p_value", "gsea_q_value",
     "leading_edge", "n_leading_edge", "group_attribution", "group_attribution_mean", "group_attribution_rank",
-    "significant",
+    "significant", "null_method", "gsea_null_method", "inter_gene_correlation", "hypergeometric_p_value",
+    "gene_permutation_p_value",
 ]
+
+# sample-label permutation is used when the labels admit at least this many distinct rearrangements
+# (below it the permutation p-value cannot go under 1e-3 and permutations repeat)
+MIN_DISTINCT_PERMUTATIONS = 1000
+
+# null_method / gsea_null_method values whose p-values account for the correlation between genes; only
+# these can set the `significant` flag
+CALIBRATED_NULLS = ("phenotype_permutation", "correlation_adjusted")
+
+NULL_WORDS = {
+    "phenotype_permutation": "sample-label permutation (the gene statistics recomputed on permuted labels, so "
+                             "co-expressed genes move together as in the data)",
+    "correlation_adjusted": "competitive test adjusted for the correlation between the set's genes (CAMERA's "
+                            "variance inflation factor 1 + (m - 1) x mean inter-gene correlation, estimated from "
+                            "the expression after removing the outcome's effect)",
+    "hypergeometric": "hypergeometric, genes independent (no expression to estimate their correlation: not used "
+                      "for the significant flag)",
+    "gene_permutation": "gene permutation, genes independent (no expression to estimate their correlation: not "
+                        "used for the significant flag)",
+}
 
 
 def univariate_effects(adata, *, label_column: str, task: str, positive_class: str | None = None,
@@ -202,6 +223,107 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
     return table, basis
 
 
+def analysis_values(adata, *, count_data: bool = False, cpm: bool = False) -> np.ndarray:
+    """The samples x genes values the univariate tests use (log1p of counts / CPM when asked)."""
+    from scipy import sparse
+
+    X = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X, dtype=float)
+    if count_data and cpm:
+        lib = X.sum(axis=1, keepdims=True)
+        X = X / np.where(lib > 0, lib, 1.0) * 1e6
+    return np.log1p(np.clip(X, 0, None)) if count_data else np.asarray(X, dtype=float)
+
+
+def outcome_residuals(Xt: np.ndarray, y, task: str) -> np.ndarray:
+    """Values with the outcome's effect removed: minus the class means (classes) or minus the
+    least-squares fit on the outcome (regression). What is left is the co-expression that a
+    gene-set null must respect."""
+    if task == "regression":
+        yv = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").to_numpy(dtype=float)
+        D = np.column_stack([np.ones_like(yv), yv])
+        beta, *_ = np.linalg.lstsq(D, Xt, rcond=None)
+        return Xt - D @ beta
+    labels = pd.Series(np.asarray(y)).astype(str).to_numpy()
+    R = np.array(Xt, dtype=float, copy=True)
+    for c in np.unique(labels):
+        rows = labels == c
+        R[rows] -= R[rows].mean(axis=0)
+    return R
+
+
+def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, positive_class: str | None = None,
+                        with_p: bool = False, centered: tuple | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The univariate statistic of every gene (as :func:`univariate_effects`) for each row of label permutations.
+
+    Parameters
+    ----------
+    Xt : (n, p) array
+        Values as the univariate test uses them (:func:`analysis_values`).
+    y : sequence
+        Outcome per sample.
+    task : {'classification', 'regression'}
+    perm : (B, n) int array
+        Each row a permutation of the samples; the outcome of sample i is ``y[perm[b, i]]``.
+    positive_class : str, optional
+        Two classes: the statistic is Welch t of this class minus the other (default: last in sorted order).
+    with_p : bool
+        Also return the p-values (Welch-Satterthwaite t, F, or t with n - 2 df).
+    centered : tuple of two arrays, optional
+        ``(Xt - column means, its square)``, when the caller loops over blocks of permutations
+        (saves two copies of the matrix per block).
+
+    Returns
+    -------
+    stat : (B, p) array (NaN where a gene is constant), p : (B, p) array or None
+    """
+    from scipy import special  # the distributions' ufuncs: t.sf / f.sf without the per-call overhead
+
+    Xc, Xc2 = centered if centered is not None else (Xt - Xt.mean(axis=0), None)
+    n = Xc.shape[0]
+    pval = None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if task == "regression":
+            yv = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").to_numpy(dtype=float)
+            Y = yv[perm]
+            Y = Y - Y.mean(axis=1, keepdims=True)
+            r = (Y @ Xc) / np.sqrt((Y ** 2).sum(axis=1, keepdims=True) * (Xc ** 2).sum(axis=0))
+            stat = r * np.sqrt((n - 2) / np.clip(1 - r ** 2, 1e-300, None))
+            if with_p:
+                pval = 2 * special.stdtr(n - 2, -np.abs(stat))
+            return stat, pval
+        labels = pd.Series(np.asarray(y)).astype(str).to_numpy()
+        classes = sorted(set(labels))
+        L = labels[perm]
+        if len(classes) == 2:
+            pos = positive_class if positive_class in classes else classes[-1]
+            I1 = (L == pos).astype(float)
+            n1 = I1.sum(axis=1, keepdims=True)
+            n0 = n - n1
+            if Xc2 is None:
+                Xc2 = Xc ** 2
+            S1, Q1 = I1 @ Xc, I1 @ Xc2
+            S0, Q0 = Xc.sum(axis=0) - S1, Xc2.sum(axis=0) - Q1
+            m1, m0 = S1 / n1, S0 / n0
+            v1, v0 = (Q1 - n1 * m1 ** 2) / (n1 - 1), (Q0 - n0 * m0 ** 2) / (n0 - 1)
+            a, b = v1 / n1, v0 / n0
+            stat = (m1 - m0) / np.sqrt(a + b)
+            if with_p:
+                df = (a + b) ** 2 / (a ** 2 / (n1 - 1) + b ** 2 / (n0 - 1))
+                pval = 2 * special.stdtr(df, -np.abs(stat))
+            return stat, pval
+        total = (Xc2 if Xc2 is not None else Xc ** 2).sum(axis=0)
+        between = np.zeros((len(perm), Xc.shape[1]))
+        for c in classes:
+            Ic = (L == c).astype(float)
+            nc = Ic.sum(axis=1, keepdims=True)
+            between += (Ic @ Xc) ** 2 / nc
+        g = len(classes)
+        stat = (between / (g - 1)) / ((total - between) / (n - g))
+        if with_p:
+            pval = special.fdtrc(g - 1, n - g, stat)
+        return stat, pval
+
+
 @dataclass
 class GeneSetAnalysis:
     """Result of :func:`analyse_gene_sets`."""
@@ -301,7 +423,7 @@ def selection_units(inputs: ReportInputs) -> pd.Series | None:
 
 
 def _unit_over_representation(query: list[str], pool: list[str], units: pd.Series, keys: pd.Series,
-                              sets: dict[str, list[str]]) -> pd.DataFrame:
+                              sets: dict[str, list[str]], correlation=None) -> pd.DataFrame:
     """Over-representation with a selected group counted once.
 
     Units replace genes in the hypergeometric test: N = units among the
@@ -323,24 +445,64 @@ def _unit_over_representation(query: list[str], pool: list[str], units: pd.Serie
     chosen = set(units.reindex(query).dropna())
     unit_sets = {name: sorted(set().union(*(key_units.get(k, set()) for k in members)))
                  for name, members in sets.items()}
-    ora = gs.over_representation(sorted(chosen), set(unit_keys), unit_sets)
+    ora = gs.over_representation(sorted(chosen), set(unit_keys), unit_sets, correlation=correlation)
     ora["overlap_genes"] = [";".join(sorted(set(members) & set().union(*(unit_keys[u] for u in unit_sets[name]
                                                                           if u in chosen))))
                             for name, members in sets.items()]
     return ora
 
 
+def _query_overlaps(pval: np.ndarray, id_names, keys: pd.Series, top_k: int, ora_sets) -> np.ndarray:
+    """Overlap of every set with the univariate query list (the top ``top_k`` ids by p-value, as
+    :func:`query_genes` builds it) of each row of permuted p-values: (n_sets, B)."""
+    from scipy import sparse
+
+    names = list(ora_sets)
+    key_list = sorted({g for members in ora_sets.values() for g in members})
+    key_pos = {k: i for i, k in enumerate(key_list)}
+    rows, cols = [], []
+    for j, name in enumerate(names):
+        for g in ora_sets[name]:
+            rows.append(key_pos[g])
+            cols.append(j)
+    membership = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(key_list), len(names)))
+    id_key = np.array([key_pos.get(k, -1) if isinstance(k, str) else -1
+                       for k in keys.reindex(id_names).to_numpy()])
+    pval = np.where(np.isnan(pval), np.inf, pval)
+    top = np.argsort(pval, axis=1, kind="stable")[:, :top_k]
+    hit = np.zeros((len(top), len(key_list) + 1))
+    np.put_along_axis(hit, np.where(id_key[top] >= 0, id_key[top], len(key_list)), 1.0, axis=1)
+    return np.asarray(membership.T @ hit[:, :-1].T)
+
+
 def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *, gene_map: pd.Series | None,
                       univariate: pd.DataFrame | None, min_size: int, max_size: int, top_k: int,
                       n_permutations: int, ranking_metric: str, q_threshold: float, random_state,
-                      gene_ids: list[str] | None = None,
-                      classes: tuple[str, str] | None = None) -> GeneSetAnalysis:
+                      gene_ids: list[str] | None = None, classes: tuple[str, str] | None = None,
+                      adata=None, label_column: str | None = None, task: str | None = None,
+                      positive_class: str | None = None, count_data: bool = False, cpm: bool = False,
+                      null: str = "auto") -> GeneSetAnalysis:
     """Over-representation, prerank test and group attributions for every set.
 
     ``classes`` = (positive class, other class) for a two-class outcome: every set is named by the class it
-    is higher in (:func:`set_directions`). Returns a :class:`GeneSetAnalysis` whose table has the columns
+    is higher in (:func:`set_directions`).
+
+    The nulls are chosen per cohort (``null='auto'``): with the expression and
+    labels (``adata``, ``label_column``) a test whose gene list or ranking is
+    the univariate statistic uses sample-label permutation when the labels
+    admit at least :data:`MIN_DISTINCT_PERMUTATIONS` distinct rearrangements,
+    and otherwise (or for a SHAP / knockoff ranking or query, which cannot be
+    recomputed per permutation here) the correlation-adjusted competitive test.
+    ``null='correlation_adjusted'`` forces the latter. Without the cohort the
+    genes-independent nulls are reported and no set is flagged. The
+    ``null_method`` (over-representation) and ``gsea_null_method`` (rank test)
+    columns say which null each row used.
+
+    Returns a :class:`GeneSetAnalysis` whose table has the columns
     :data:`GENE_SET_COLUMNS`, sorted by the rule in docs/report.md.
     """
+    if null not in ("auto", "correlation_adjusted"):
+        raise ValueError(f"null must be 'auto' or 'correlation_adjusted', got {null!r}")
     genes = gene_ids or measured_genes(inputs)
     keys = gs.map_gene_ids(genes, gene_map)
     universe = pd.unique(keys.to_numpy())
@@ -379,19 +541,85 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     background = set(universe) if pool is None else set(keys.reindex(pool).dropna())
     summary.update(query_source=query_source, n_query_ids=len(query), n_query_keys=len(query_keys),
                    n_background_keys=len(background))
-    units = selection_units(inputs) if query_source.startswith("knockoff selection") else None
-    if units is None:
-        ora = gs.over_representation(query_keys, background, {name: [g for g in members if g in background]
-                                                               for name, members in sets.items()})
-        summary.update(ora_unit="gene")
-    else:
-        # group knockoffs: a selected group is one discovery, whatever its size
-        ora = _unit_over_representation(query, pool, units, keys, sets)
-        summary.update(ora_unit="group", n_query_units=int(units.reindex(query).nunique()),
-                       n_background_units=int(units.reindex(pool).nunique()))
+    ora_sets = {name: [g for g in members if g in background] for name, members in sets.items()}
     scores, metric = ranking_scores(inputs, univariate, ranking_metric)
     signed = metric in ("univariate", "knockoff_w")
     summary.update(ranking_metric=metric, ranking_signed=signed, n_permutations=n_permutations)
+
+    # ---- which null: decided per cohort (docs/report.md, "Nulls")
+    have_cohort = (adata is not None and label_column is not None and label_column in adata.obs.columns
+                   and univariate is not None)
+    Xt = y = None
+    n_distinct = 0.0
+    if have_cohort:
+        # every sample, exactly as univariate_effects uses them, so permuted statistics match the observed ones
+        Xt = analysis_values(adata, count_data=count_data, cpm=cpm)
+        y = adata.obs[label_column].to_numpy()
+        n_distinct = gs.distinct_permutations(y)
+    can_permute = have_cohort and null == "auto" and n_distinct >= MIN_DISTINCT_PERMUTATIONS
+    ora_null = ("phenotype_permutation" if can_permute and query_source.startswith("top ")
+                and "univariate" in query_source else "correlation_adjusted" if have_cohort else "hypergeometric")
+    rank_null = ("phenotype_permutation" if can_permute and metric == "univariate"
+                 else "correlation_adjusted" if have_cohort else "gene_permutation")
+    summary.update(null_method=ora_null, gsea_null_method=rank_null, n_distinct_label_permutations=n_distinct,
+                   min_distinct_label_permutations=MIN_DISTINCT_PERMUTATIONS)
+
+    id_names = [str(g) for g in adata.var_names] if have_cohort else []
+    rho = None
+    if have_cohort:
+        # CAMERA's inter-gene correlation of each set, from the residuals of the measured ids of its keys
+        # (several probes of one symbol all count: their correlation only makes the adjustment conservative)
+        col_of_key: dict[str, list[int]] = {}
+        id_keys = keys.reindex(id_names).to_numpy()
+        for j, k in enumerate(id_keys):
+            if isinstance(k, str):
+                col_of_key.setdefault(k, []).append(j)
+        members = [np.array([c for g in sets[name] for c in col_of_key.get(g, ())], dtype=np.int64)
+                   for name in sets]
+        rho = gs.inter_gene_correlation(outcome_residuals(Xt, y, task), members)
+        rho = np.clip(np.nan_to_num(rho), 0.0, None)  # as limma's allow.neg.cor = FALSE: never liberalise
+    perm = None
+    if "phenotype_permutation" in (ora_null, rank_null):
+        rng = np.random.default_rng([int(random_state or 0), 12])  # its own stream: gene permutations unchanged
+        perm = np.stack([rng.permutation(len(y)) for _ in range(n_permutations)])
+
+    null_overlaps = null_stat = None
+    collapsed_index = gs.collapse_scores(scores, keys).index if len(scores) else pd.Index([])
+    if perm is not None:
+        # one pass over the permutations: the statistics feed the rank test, their p-values the query lists
+        scored = set(scores.index) if rank_null == "phenotype_permutation" else set()
+        stat_cols = np.array([j for j, g in enumerate(id_names) if g in scored], dtype=np.int64)
+        stat_ids = [id_names[j] for j in stat_cols]
+        chunks_o, chunks_s = [], []
+        Xc = Xt - Xt.mean(axis=0)
+        centered = (Xc, Xc ** 2 if task != "regression" else None)
+        for b0 in range(0, len(perm), 200):
+            stat, pval = permuted_statistics(Xt, y, task, perm[b0:b0 + 200], positive_class=positive_class,
+                                             with_p=ora_null == "phenotype_permutation", centered=centered)
+            if ora_null == "phenotype_permutation":
+                chunks_o.append(_query_overlaps(pval, id_names, keys, top_k, ora_sets))
+            if rank_null == "phenotype_permutation":
+                # collapsed per block: the padded (B, keys, probes per key) array stays small
+                mat, key_index = gs.collapse_matrix(np.nan_to_num(stat[:, stat_cols]), stat_ids, keys)
+                where = key_index.get_indexer(collapsed_index)
+                chunks_s.append(np.where(where >= 0, mat[:, np.maximum(where, 0)], 0.0))
+        null_overlaps = np.concatenate(chunks_o, axis=1) if chunks_o else None
+        null_stat = np.concatenate(chunks_s, axis=0) if chunks_s else None
+    ora = gs.over_representation(query_keys, background, ora_sets,
+                                 correlation=rho if ora_null == "correlation_adjusted" else None,
+                                 null_overlaps=null_overlaps)
+    units = selection_units(inputs) if query_source.startswith("knockoff selection") else None
+    if units is None:
+        summary.update(ora_unit="gene")
+    else:
+        # group knockoffs: a selected group is one discovery, whatever its size (the gene-level correlation
+        # adjustment stays: the correlation between units is at most that between their genes)
+        ora = _unit_over_representation(query, pool, units, keys, sets,
+                                        correlation=rho if ora_null == "correlation_adjusted" else None)
+        summary.update(ora_unit="group", n_query_units=int(units.reindex(query).nunique()),
+                       n_background_units=int(units.reindex(pool).nunique()))
+    if ora_null != "correlation_adjusted" or "inter_gene_correlation" not in ora:
+        ora["inter_gene_correlation"] = rho if rho is not None else np.nan
     # with no set tested the empty frames carry float 'gene_set' columns, which merge refuses
     ora["gene_set"] = ora["gene_set"].astype(object)
     table = set_table[set_table["tested"]].drop(columns="tested").merge(
@@ -399,7 +627,13 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     if len(scores):
         collapsed = gs.collapse_scores(scores, keys)
         sub = {k: [g for g in v if g in collapsed.index] for k, v in sets.items()}
-        pre = gs.prerank(collapsed, sub, n_permutations=n_permutations, random_state=random_state)
+        extra = {}
+        if rank_null == "phenotype_permutation":
+            extra["null_scores"] = null_stat
+        elif rank_null == "correlation_adjusted":
+            k_sub = np.array([len(v) for v in sub.values()], dtype=float)
+            extra["vif"] = 1 + (k_sub - 1) * rho
+        pre = gs.prerank(collapsed, sub, n_permutations=n_permutations, random_state=random_state, **extra)
         pre = pre.drop(columns="n_measured").rename(columns={"p_value": "gsea_p_value", "q_value": "gsea_q_value"})
         pre["gene_set"] = pre["gene_set"].astype(object)
         table = table.merge(pre, on="gene_set", how="left")
@@ -413,6 +647,8 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
                                                     "rank": "group_attribution_rank"})
                             .drop(columns="n_attributed_genes"), on="gene_set", how="left")
     table["source"] = collection.source
+    table["null_method"] = ora_null
+    table["gsea_null_method"] = rank_null if len(scores) else ""
     for col in GENE_SET_COLUMNS:
         if col not in table.columns:
             table[col] = np.nan if col not in ("leading_edge", "overlap_genes") else ""
@@ -422,11 +658,14 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         gsea_q = gsea_q.where(pd.to_numeric(table["nes"], errors="coerce") > 0)
     ora_q = pd.to_numeric(table["q_value"], errors="coerce")
     best_q = pd.concat([ora_q, gsea_q], axis=1).min(axis=1)
+    # only p-values whose null respects the correlation between genes can flag a set
+    flag_ora = ora_q if ora_null in CALIBRATED_NULLS else ora_q * np.nan
+    flag_gsea = gsea_q if rank_null in CALIBRATED_NULLS else gsea_q * np.nan
     # a set is flagged when either test rejects; the union of two BH families at
     # q/2 each has FDR <= q (FDP of a union <= sum of the two FDPs), at q each it would not
-    n_families = int(ora_q.notna().any()) + int(gsea_q.notna().any())
+    n_families = int(flag_ora.notna().any()) + int(flag_gsea.notna().any())
     flag_q = q_threshold / max(1, n_families)
-    table["significant"] = (best_q <= flag_q).to_numpy()
+    table["significant"] = (pd.concat([flag_ora, flag_gsea], axis=1).min(axis=1) <= flag_q).to_numpy()
     table["_best_q"] = best_q.fillna(np.inf)
     table["_p"] = pd.to_numeric(table["p_value"], errors="coerce").fillna(np.inf)
     table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
