@@ -502,7 +502,9 @@ class OutputGuard:
                 os.replace(stage / rel, dest)
             for rel in sorted(set(owned) - set(written)):
                 stale = out / rel
-                if stale.is_symlink() or not stale.is_file() or self._input_match(stale) is not None:
+                # a listed name under a linked directory ("sub/x" with sub -> elsewhere) would
+                # delete a file outside --out: never go through a link, at any level
+                if _through_link(out, rel) or not stale.is_file() or self._input_match(stale) is not None:
                     continue
                 if file_sha256(stale) in owned[rel]:
                     stale.unlink()
@@ -510,6 +512,16 @@ class OutputGuard:
             self.committed = True
         finally:
             _unblock_signals(blocked)
+
+
+def _through_link(out: Path, rel: str) -> bool:
+    """Whether ``out/rel`` or any directory between ``out`` and it is a symbolic link."""
+    path = out
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
 
 
 def remove_leftovers(directory: str | Path) -> None:
