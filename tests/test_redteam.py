@@ -47,3 +47,43 @@ def test_stale_listing_entry_under_a_linked_directory_is_not_followed(tmp_path):
     (out / ".iml-outputs.json").write_text(json.dumps(listing))
     one_line(cli(*SIMULATE, out), 0)
     assert (victim / "data.txt").read_bytes() == b"precious\n"
+
+
+def test_explain_refuses_a_model_dir_that_train_is_rewriting(tmp_path, demo_train_dir, demo_paths):
+    """explain read a train directory while a `train` switched in a new model: it used the old model
+    and recorded the new model's sha256 in provenance.json (exit 0). Now it waits for nobody and
+    refuses at once (exit 75, one line, nothing written) while the directory's lock is held."""
+    import fcntl
+    import shutil
+
+    model = tmp_path / "train"
+    shutil.copytree(demo_train_dir, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    fd = os.open(model / ".iml-lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live `train --out model` holds
+        out = tmp_path / "explain"
+        proc = cli("explain", "--model", model, "--expression", demo_paths["csv.gz"], "--labels",
+                   demo_paths["labels"], "--out", out, "--method", "shap", "--jobs", "1")
+        one_line(proc, 75, str(model), "wait for it to finish")
+        assert not out.exists()
+    finally:
+        os.close(fd)
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+
+
+def test_rerun_of_an_up_to_date_step_removes_leftover_staging(tmp_path, demo_paths):
+    """`run` again over an up-to-date train step crashed with a NameError traceback (remove_leftovers
+    not imported). It must skip the step, remove a killed run's staging, and leave train/ as it was."""
+    out = tmp_path / "run"
+    args = ("run", demo_paths["config"], "--out", out, "--steps", "train", "--jobs", "1", "--quiet")
+    assert cli(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in (out / "train").iterdir() if p.is_file()}
+    leftover = out / "train" / ".iml-staging-killed"
+    leftover.mkdir()
+    (leftover / "cv_metrics.tsv").write_text("truncated")
+    proc = cli(*args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert not leftover.exists()
+    after = {p.name: p.read_bytes() for p in (out / "train").iterdir() if p.is_file()}
+    assert after == before

@@ -135,7 +135,7 @@ def _write_state(out: Path, state: dict, prov=None) -> None:
 def _run_steps(cfg, config_path, out, wanted, force, n_jobs, scheduler, quiet, estimates, *, resolved_inputs):
     from iml_genomics import pipeline as pl
     from iml_genomics.cli import main as cli_main
-    from iml_genomics.io.writers import Provenance
+    from iml_genomics.io.writers import Provenance, remove_leftovers
 
     expression, labels = resolved_inputs["expression"], resolved_inputs["labels"]
     gene_sets, gene_map = resolved_inputs["gene_sets"], resolved_inputs["gene_map"]
