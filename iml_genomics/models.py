@@ -361,6 +361,11 @@ def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> No
                directory / BUNDLE_MANIFEST)
 
 
+# A 500-tree forest on n = 10,000 samples is ~1 GB (tree nodes grow with n, not p); far above that
+# is not a bundle this package wrote.
+_MAX_BUNDLE_BYTES = 8 * 2**30
+
+
 def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
     """Load a bundle written by :func:`save_bundle`, refusing anything it does not write.
 
@@ -396,7 +401,17 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{manifest_path}: unreadable bundle manifest ({str(exc).splitlines()[0][:200]}).") from None
     manifest = check_manifest(manifest, manifest_path)
-    data = model_path.read_bytes()
+    size = model_path.stat().st_size
+    if size > _MAX_BUNDLE_BYTES:
+        # read whole (what is checked is what is loaded), so a file claiming tens of GiB (a sparse
+        # file costs nothing to make) would exhaust memory before the sha256 could refuse it
+        raise BundleError(f"{model_path}: {size} bytes, larger than any bundle iml-genomics writes "
+                          f"({_MAX_BUNDLE_BYTES} bytes at most); refusing to read it. Re-train with 'iml-genomics train'.")
+    try:
+        data = model_path.read_bytes()
+    except MemoryError:
+        raise BundleError(f"{model_path}: {size} bytes do not fit in memory; refusing to load this bundle. "
+                          f"Re-train with 'iml-genomics train' or load it on a larger machine.") from None
     if hashlib.sha256(data).hexdigest() != manifest["model_sha256"]:
         raise BundleError(f"{model_path}: sha256 does not match {BUNDLE_MANIFEST}; the file was changed or "
                           f"damaged after training. Re-run 'iml-genomics train' to recreate it.")

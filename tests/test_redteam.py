@@ -87,3 +87,19 @@ def test_rerun_of_an_up_to_date_step_removes_leftover_staging(tmp_path, demo_pat
     assert not leftover.exists()
     after = {p.name: p.read_bytes() for p in (out / "train").iterdir() if p.is_file()}
     assert after == before
+
+
+def test_a_model_file_claiming_100_gib_is_refused_by_name(tmp_path, demo_train_dir, demo_paths):
+    """A sparse 100 GiB model.skops (free to make) was read whole: 'out of memory; reduce the genes',
+    exit 3, not naming the file. It is refused by size, in one line naming it, before any read."""
+    import shutil
+
+    model = tmp_path / "train"
+    shutil.copytree(demo_train_dir, model)
+    with open(model / "model.skops", "r+b") as fh:
+        fh.truncate(100 * 2**30)
+    out = tmp_path / "explain"
+    proc = cli("explain", "--model", model, "--expression", demo_paths["csv.gz"], "--labels", demo_paths["labels"],
+               "--out", out, "--method", "shap", "--jobs", "1")
+    one_line(proc, 2, str(model / "model.skops"), "larger than any bundle")
+    assert not out.exists()
