@@ -103,3 +103,16 @@ def test_a_model_file_claiming_100_gib_is_refused_by_name(tmp_path, demo_train_d
                "--out", out, "--method", "shap", "--jobs", "1")
     one_line(proc, 2, str(model / "model.skops"), "larger than any bundle")
     assert not out.exists()
+
+
+def test_run_refuses_a_colliding_name_in_a_later_step_before_running_anything(tmp_path, demo_paths):
+    """A user directory named like explain's output under OUT/explain was refused only after train had
+    run and logged: several stderr lines, train/ written. Now `run` checks every step directory first."""
+    out = tmp_path / "run"
+    mine = out / "explain" / "gene_ranking.tsv"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    proc = cli("run", demo_paths["config"], "--out", out, "--steps", "train,explain", "--jobs", "1")
+    one_line(proc, 2, str(mine), "did not write")
+    assert sorted(p.name for p in out.iterdir()) == ["explain"]
+    assert (mine / "notes.txt").read_text() == "mine"
