@@ -116,3 +116,62 @@ def test_run_refuses_a_colliding_name_in_a_later_step_before_running_anything(tm
     one_line(proc, 2, str(mine), "did not write")
     assert sorted(p.name for p in out.iterdir()) == ["explain"]
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def _h5ad(path: Path, edit) -> Path:
+    """A 20 x 10 sparse .h5ad with ``edit(h5py_file)`` applied to its stored arrays."""
+    import anndata as ad
+    import h5py
+    import numpy as np
+    import pandas as pd
+    from scipy import sparse
+
+    obs = pd.DataFrame(index=[f"S{i:04d}" for i in range(1, 21)])
+    var = pd.DataFrame(index=[f"G{j:05d}" for j in range(10)])
+    ad.AnnData(X=sparse.csr_matrix(np.eye(20, 10, dtype=np.float32) + 1), obs=obs, var=var).write_h5ad(path)
+    with h5py.File(path, "r+") as fh:
+        edit(fh)
+    return path
+
+
+def _replace(fh, name, values=None, **create):
+    del fh[name]
+    if values is not None:
+        fh[name] = values
+    else:
+        return fh.create_dataset(name, **create)
+
+
+H5AD_CASES = {
+    # an index past the gene count: scipy indexed with it unchecked and the process died (SIGSEGV)
+    "index_out_of_range": (lambda fh: _replace(fh, "X/indices", np.r_[10**9, fh["X/indices"][1:]].astype(np.int64)),
+                           "malformed"),
+    # indptr claims 2**40 values: a traceback from scipy
+    "indptr_past_data": (lambda fh: _replace(fh, "X/indptr", np.r_[np.arange(20), 2**40].astype(np.int64)),
+                         "indptr runs"),
+    # data declared 2**28 values (unwritten chunks cost nothing): 2 GiB read, then a traceback
+    "data_longer_than_indices": (lambda fh: _replace(fh, "X/data", shape=(2**28,), dtype="f8", chunks=(2**20,)),
+                                 "inconsistent lengths"),
+    # a dense X declared 20 x 2**27 (20 GiB): anndata read it all (51 s, 21 GB) before comparing with var
+    "dense_declared_huge": (lambda fh: _dense(fh, (20, 2**27)), "declared 20 x 134217728"),
+}
+
+
+def _dense(fh, shape):
+    d = _replace(fh, "X", shape=shape, dtype="f8", chunks=(20, 2**16))
+    d.attrs["encoding-type"], d.attrs["encoding-version"] = "array", "0.2.0"
+
+
+import numpy as np  # noqa: E402 - used by the case table above
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("case", sorted(H5AD_CASES))
+def test_h5ad_with_inconsistent_stored_arrays_is_one_line(tmp_path, demo_paths, case):
+    edit, needle = H5AD_CASES[case]
+    expr = _h5ad(tmp_path / f"{case}.h5ad", edit)
+    out = tmp_path / "out"
+    proc = cli("train", "--config", demo_paths["config"], "--expression", expr, "--labels", demo_paths["labels"],
+               "--drop-unmatched", "--out", out, "--jobs", "1")
+    one_line(proc, 2, str(expr), needle)
+    assert not out.exists()
