@@ -175,3 +175,14 @@ def test_h5ad_with_inconsistent_stored_arrays_is_one_line(tmp_path, demo_paths, 
                "--drop-unmatched", "--out", out, "--jobs", "1")
     one_line(proc, 2, str(expr), needle)
     assert not out.exists()
+
+
+def test_a_gmt_of_one_endless_line_is_refused_without_reading_it(tmp_path, demo_train_dir):
+    """A sparse 30 GiB GMT (NUL bytes, no newline) was read as one line: 12 GB of memory after 60 s."""
+    gmt = tmp_path / "sets.gmt"
+    with open(gmt, "wb") as fh:
+        fh.truncate(30 * 2**30)
+    out = tmp_path / "report"
+    proc = cli("report", "--inputs", demo_train_dir, "--gene-sets", gmt, "--out", out, timeout=60)
+    one_line(proc, 2, str(gmt), "line 1 is longer than")
+    assert not out.exists()
