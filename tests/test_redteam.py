@@ -186,3 +186,18 @@ def test_a_gmt_of_one_endless_line_is_refused_without_reading_it(tmp_path, demo_
     proc = cli("report", "--inputs", demo_train_dir, "--gene-sets", gmt, "--out", out, timeout=60)
     one_line(proc, 2, str(gmt), "line 1 is longer than")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("role", ["expression", "labels"])
+def test_a_table_of_one_endless_line_is_refused_without_reading_it(tmp_path, demo_paths, role):
+    """A sparse 30 GiB labels or expression file (NULs, no newline) was parsed as one line: 8.7 GB of
+    memory after 60 s and still reading."""
+    endless = tmp_path / ("expr.csv" if role == "expression" else "labels.tsv")
+    with open(endless, "wb") as fh:
+        fh.truncate(30 * 2**30)
+    files = {"expression": demo_paths["csv.gz"], "labels": demo_paths["labels"], role: endless}
+    out = tmp_path / "out"
+    proc = cli("train", "--config", demo_paths["config"], "--expression", files["expression"], "--labels",
+               files["labels"], "--out", out, "--jobs", "1", timeout=60)
+    one_line(proc, 2, str(endless), "first line")
+    assert not out.exists()

@@ -78,7 +78,31 @@ def check_readable(path: str | Path, what: str) -> Path:
     except OSError as exc:
         raise InputDataError(f"{path}: cannot read {what} file ({exc.strerror}). Check the file's permissions "
                              f"(for example chmod u+r).") from None
+    if not path.name.lower().endswith((".parquet", ".pq", ".h5ad", ".h5", ".json")):
+        _check_first_line(path, what)
     return path
+
+
+# A header line of 10^5 sample ids is ~2 MB; a first "line" longer than this is not a table
+# (a sparse file of NUL bytes, say), and the CSV parser would hold all of it in memory.
+_MAX_FIRST_LINE = 64 * 2**20
+
+
+def _check_first_line(path: Path, what: str) -> None:
+    """Refuse a text table whose first line does not end within :data:`_MAX_FIRST_LINE` bytes."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            seen = 0
+            while seen <= _MAX_FIRST_LINE:
+                block = fh.read(1 << 20)
+                if not block or b"\n" in block or b"\r" in block:
+                    return
+                seen += len(block)
+    except (OSError, EOFError, zlib.error):
+        return  # the reader itself reports an unreadable or corrupt file in its own words
+    raise InputDataError(f"{path}: the first line of this {what} file is longer than {_MAX_FIRST_LINE} bytes; "
+                         f"it is not a table. Check the path.")
 
 
 def open_text(path: Path):
