@@ -364,6 +364,8 @@ def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> No
 # A 500-tree forest on n = 10,000 samples is ~1 GB (tree nodes grow with n, not p); far above that
 # is not a bundle this package wrote.
 _MAX_BUNDLE_BYTES = 8 * 2**30
+# model.json lists the genes and the config: ~0.5 MB at p = 20,000
+_MAX_MANIFEST_BYTES = 256 * 2**20
 
 
 def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
@@ -396,6 +398,10 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
     if not manifest_path.is_file() or not model_path.is_file():
         raise BundleError(f"{directory}: not a model bundle (needs {BUNDLE_MANIFEST} and {BUNDLE_MODEL}); "
                           f"pass the --out directory of 'iml-genomics train'.")
+    if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path}: {manifest_path.stat().st_size} bytes, larger than any manifest "
+                          f"iml-genomics writes ({_MAX_MANIFEST_BYTES} bytes at most); refusing to read it. "
+                          f"Pass the --out directory of 'iml-genomics train'.")
     try:
         manifest = json.loads(manifest_path.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

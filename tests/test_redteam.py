@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from conftest import ROOT
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -89,19 +92,20 @@ def test_rerun_of_an_up_to_date_step_removes_leftover_staging(tmp_path, demo_pat
     assert after == before
 
 
-def test_a_model_file_claiming_100_gib_is_refused_by_name(tmp_path, demo_train_dir, demo_paths):
-    """A sparse 100 GiB model.skops (free to make) was read whole: 'out of memory; reduce the genes',
-    exit 3, not naming the file. It is refused by size, in one line naming it, before any read."""
+@pytest.mark.parametrize("name", ["model.skops", "model.json"])
+def test_a_model_file_claiming_100_gib_is_refused_by_name(tmp_path, demo_train_dir, demo_paths, name):
+    """A sparse 100 GiB model.skops or model.json (free to make) was read whole: 'out of memory; reduce
+    the genes', exit 3, not naming the file. It is refused by size, in one line naming it, before any read."""
     import shutil
 
     model = tmp_path / "train"
     shutil.copytree(demo_train_dir, model)
-    with open(model / "model.skops", "r+b") as fh:
+    with open(model / name, "r+b") as fh:
         fh.truncate(100 * 2**30)
     out = tmp_path / "explain"
     proc = cli("explain", "--model", model, "--expression", demo_paths["csv.gz"], "--labels", demo_paths["labels"],
                "--out", out, "--method", "shap", "--jobs", "1")
-    one_line(proc, 2, str(model / "model.skops"), "larger than any bundle")
+    one_line(proc, 2, str(model / name), "larger than any")
     assert not out.exists()
 
 
@@ -162,8 +166,6 @@ def _dense(fh, shape):
     d.attrs["encoding-type"], d.attrs["encoding-version"] = "array", "0.2.0"
 
 
-import numpy as np  # noqa: E402 - used by the case table above
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("case", sorted(H5AD_CASES))
