@@ -203,3 +203,29 @@ def test_a_table_of_one_endless_line_is_refused_without_reading_it(tmp_path, dem
                files["labels"], "--out", out, "--jobs", "1", timeout=60)
     one_line(proc, 2, str(endless), "first line")
     assert not out.exists()
+
+
+PANDAS_METADATA = {
+    "index_not_in_file": json.dumps({"index_columns": ["nope"], "columns": []}).encode(),
+    "not_json": b"{not json",
+    "a_list": b"[1, 2]",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PANDAS_METADATA))
+def test_parquet_with_garbled_pandas_metadata_is_one_line(tmp_path, demo_paths, case):
+    """The 'pandas' schema metadata of a Parquet file is trusted text: an index column it names that
+    the file lacks (KeyError) or metadata that is not JSON (JSONDecodeError) gave a traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"sample_id": ["S0001", "S0002", "S0003"], "G1": [1.0, 2.0, 3.0], "G2": [1.0, 2.0, 4.0]})
+    expr = tmp_path / "expr.parquet"
+    pq.write_table(table.replace_schema_metadata({b"pandas": PANDAS_METADATA[case]}), expr)
+    out = tmp_path / "out"
+    proc = cli("train", "--config", demo_paths["config"], "--expression", expr, "--labels", demo_paths["labels"],
+               "--drop-unmatched", "--out", out, "--jobs", "1")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if case != "a_list":  # a list is ignored like absent metadata; the demo labels then fail on their own
+        one_line(proc, 2, str(expr), "'pandas' metadata")
+    assert proc.returncode == 2 and not out.exists()

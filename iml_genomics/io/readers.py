@@ -277,8 +277,17 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
         raise InputDataError(f"{path}: cannot read Parquet file ({show_id((str(exc).splitlines() or [type(exc).__name__])[0])}). "
                              f"Is the file complete and written as Parquet?") from None
     names = list(table.column_names)
-    meta = table.schema.pandas_metadata or {}
-    index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
+    try:
+        meta = table.schema.pandas_metadata or {}
+    except ValueError as exc:  # the 'pandas' schema metadata is JSON that another tool may have garbled
+        raise InputDataError(f"{path}: the Parquet file's 'pandas' metadata is not valid JSON ({show_id(exc)}). "
+                             f"Rewrite the file (for example with pandas.DataFrame.to_parquet).") from None
+    index_entries = meta.get("index_columns", []) if isinstance(meta, dict) else []
+    index_cols = [c for c in (index_entries if isinstance(index_entries, list) else []) if isinstance(c, str)]
+    if index_cols and index_cols[0] not in names:
+        raise InputDataError(f"{path}: the Parquet file's 'pandas' metadata names index column "
+                             f"'{show_id(index_cols[0])}', which the file does not hold. Rewrite the file (for "
+                             f"example with pandas.DataFrame.to_parquet).")
     if index_cols:
         id_col = index_cols[0]
     elif names:
