@@ -64,6 +64,25 @@ class GeneSetCollection:
         return len(self.sets)
 
 
+# The largest real set (a GO root term, ~18,000 genes) is a line of ~200 KB; a "line" of more
+# than this is not a GMT record (a file of NUL bytes, say) and is refused before it fills memory.
+_MAX_GMT_LINE = 16 * 2**20
+
+
+def _bounded_lines(fh, path: Path):
+    """The lines of ``fh``, refusing one longer than :data:`_MAX_GMT_LINE` characters."""
+    lineno = 0
+    while True:
+        line = fh.readline(_MAX_GMT_LINE + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > _MAX_GMT_LINE:
+            raise InputDataError(f"{path}: line {lineno} is longer than {_MAX_GMT_LINE} characters; not a GMT "
+                                 f"record. Is this a GMT file?")
+        yield line
+
+
 def read_gmt(path: str | Path) -> GeneSetCollection:
     """Read a GMT file (plain or gzipped).
 
@@ -88,7 +107,7 @@ def read_gmt(path: str | Path) -> GeneSetCollection:
     lineno = 0
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # -sig: a BOM is not part of a name
-            for lineno, line in enumerate(fh, start=1):
+            for lineno, line in enumerate(_bounded_lines(fh, path), start=1):
                 line = line.rstrip("\r\n")
                 if not line.strip() or line.startswith("#"):
                     continue

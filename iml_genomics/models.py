@@ -364,6 +364,13 @@ def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> No
                directory / BUNDLE_MANIFEST)
 
 
+# A 500-tree forest on n = 10,000 samples is ~1 GB (tree nodes grow with n, not p); far above that
+# is not a bundle this package wrote.
+_MAX_BUNDLE_BYTES = 8 * 2**30
+# model.json lists the genes and the config: ~0.5 MB at p = 20,000
+_MAX_MANIFEST_BYTES = 256 * 2**20
+
+
 def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
     """Load a bundle written by :func:`save_bundle`, refusing anything it does not write.
 
@@ -394,12 +401,26 @@ def load_bundle(directory: str | Path) -> tuple[Pipeline, dict]:
     if not manifest_path.is_file() or not model_path.is_file():
         raise BundleError(f"{directory}: not a model bundle (needs {BUNDLE_MANIFEST} and {BUNDLE_MODEL}); "
                           f"pass the --out directory of 'iml-genomics train'.")
+    if manifest_path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path}: {manifest_path.stat().st_size} bytes, larger than any manifest "
+                          f"iml-genomics writes ({_MAX_MANIFEST_BYTES} bytes at most); refusing to read it. "
+                          f"Pass the --out directory of 'iml-genomics train'.")
     try:
         manifest = json.loads(manifest_path.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{manifest_path}: unreadable bundle manifest ({str(exc).splitlines()[0][:200]}).") from None
     manifest = check_manifest(manifest, manifest_path)
-    data = model_path.read_bytes()
+    size = model_path.stat().st_size
+    if size > _MAX_BUNDLE_BYTES:
+        # read whole (what is checked is what is loaded), so a file claiming tens of GiB (a sparse
+        # file costs nothing to make) would exhaust memory before the sha256 could refuse it
+        raise BundleError(f"{model_path}: {size} bytes, larger than any bundle iml-genomics writes "
+                          f"({_MAX_BUNDLE_BYTES} bytes at most); refusing to read it. Re-train with 'iml-genomics train'.")
+    try:
+        data = model_path.read_bytes()
+    except MemoryError:
+        raise BundleError(f"{model_path}: {size} bytes do not fit in memory; refusing to load this bundle. "
+                          f"Re-train with 'iml-genomics train' or load it on a larger machine.") from None
     if hashlib.sha256(data).hexdigest() != manifest["model_sha256"]:
         raise BundleError(f"{model_path}: sha256 does not match {BUNDLE_MANIFEST}; the file was changed or "
                           f"damaged after training. Re-run 'iml-genomics train' to recreate it.")

@@ -232,16 +232,19 @@ def guarded(step: str | None = None):
     def decorate(func):
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            from iml_genomics.io.writers import check_step_dir, output_guard
+            from iml_genomics.io.writers import check_step_dir, output_guard, reading_step_dirs
 
             name = step or click.get_current_context().info_name
             files, dirs = command_inputs(kwargs)
-            for d in dirs:
-                # a step directory whose commit was interrupted may mix two runs: refuse it as input
-                check_step_dir(d)
-            with output_guard(kwargs["out"], name, names=OUTPUT_NAMES.get(name, ("provenance.json",)),
-                              inputs=[*files, *dirs]):
-                return func(*args, **kwargs)
+            # a shared lock on each input step directory for the whole command: a `train` into the
+            # --model directory cannot switch in a new model while this one reads (and records) it
+            with reading_step_dirs(dirs):
+                for d in dirs:
+                    # a step directory whose commit was interrupted may mix two runs: refuse it as input
+                    check_step_dir(d)
+                with output_guard(kwargs["out"], name, names=OUTPUT_NAMES.get(name, ("provenance.json",)),
+                                  inputs=[*files, *dirs]):
+                    return func(*args, **kwargs)
         return wrapper
     return decorate
 

@@ -118,8 +118,35 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
             if step_dir.exists() and not step_dir.is_dir():
                 raise OutputConflictError(f"{step_dir}: is a file where `run` writes the '{step}' directory; move "
                                           f"it away or choose another --out.")
+            if step_dir.is_dir():
+                # the step's own guard checks these again; checking now refuses a colliding name
+                # before any step has run (one line, not progress lines and then the refusal)
+                _precheck_step_dir(step_dir, step, OUTPUT_NAMES[step],
+                                   [config_path, expression, labels, gene_sets, gene_map])
         _run_steps(cfg, config_path, out, wanted, force, n_jobs, scheduler, quiet, estimates, resolved_inputs={
             "expression": expression, "labels": labels, "gene_sets": gene_sets, "gene_map": gene_map})
+
+
+def _precheck_step_dir(step_dir: Path, step: str, names, inputs) -> None:
+    """Refuse, before any work, a step directory another step wrote or one whose output names collide.
+
+    Raises
+    ------
+    OutputConflictError
+        The same one-line refusal the step's own output guard would give later.
+    """
+    from iml_genomics.errors import OutputConflictError
+    from iml_genomics.io.writers import LISTING, OutputGuard, _owned_hashes, read_listing
+
+    listing, problem = read_listing(step_dir)
+    if listing is not None and listing["step"] != step:
+        raise OutputConflictError(f"{step_dir}: holds the outputs of 'iml-genomics {listing['step']}' (see "
+                                  f"{LISTING}); `run` writes '{step}' there. Move it away or choose another --out.")
+    guard = OutputGuard(step_dir, step, inputs=[p for p in inputs if p is not None])
+    guard._listing_problem = problem
+    owned = _owned_hashes(listing)
+    for name in names:
+        guard._check_name(name, owned)
 
 
 def _write_state(out: Path, state: dict, prov=None) -> None:
@@ -135,7 +162,7 @@ def _write_state(out: Path, state: dict, prov=None) -> None:
 def _run_steps(cfg, config_path, out, wanted, force, n_jobs, scheduler, quiet, estimates, *, resolved_inputs):
     from iml_genomics import pipeline as pl
     from iml_genomics.cli import main as cli_main
-    from iml_genomics.io.writers import Provenance
+    from iml_genomics.io.writers import Provenance, remove_leftovers
 
     expression, labels = resolved_inputs["expression"], resolved_inputs["labels"]
     gene_sets, gene_map = resolved_inputs["gene_sets"], resolved_inputs["gene_map"]

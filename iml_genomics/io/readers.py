@@ -78,7 +78,31 @@ def check_readable(path: str | Path, what: str) -> Path:
     except OSError as exc:
         raise InputDataError(f"{path}: cannot read {what} file ({exc.strerror}). Check the file's permissions "
                              f"(for example chmod u+r).") from None
+    if not path.name.lower().endswith((".parquet", ".pq", ".h5ad", ".h5", ".json")):
+        _check_first_line(path, what)
     return path
+
+
+# A header line of 10^5 sample ids is ~2 MB; a first "line" longer than this is not a table
+# (a sparse file of NUL bytes, say), and the CSV parser would hold all of it in memory.
+_MAX_FIRST_LINE = 64 * 2**20
+
+
+def _check_first_line(path: Path, what: str) -> None:
+    """Refuse a text table whose first line does not end within :data:`_MAX_FIRST_LINE` bytes."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            seen = 0
+            while seen <= _MAX_FIRST_LINE:
+                block = fh.read(1 << 20)
+                if not block or b"\n" in block or b"\r" in block:
+                    return
+                seen += len(block)
+    except (OSError, EOFError, zlib.error):
+        return  # the reader itself reports an unreadable or corrupt file in its own words
+    raise InputDataError(f"{path}: the first line of this {what} file is longer than {_MAX_FIRST_LINE} bytes; "
+                         f"it is not a table. Check the path.")
 
 
 def open_text(path: Path):
@@ -253,8 +277,17 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
         raise InputDataError(f"{path}: cannot read Parquet file ({show_id((str(exc).splitlines() or [type(exc).__name__])[0])}). "
                              f"Is the file complete and written as Parquet?") from None
     names = list(table.column_names)
-    meta = table.schema.pandas_metadata or {}
-    index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
+    try:
+        meta = table.schema.pandas_metadata or {}
+    except ValueError as exc:  # the 'pandas' schema metadata is JSON that another tool may have garbled
+        raise InputDataError(f"{path}: the Parquet file's 'pandas' metadata is not valid JSON ({show_id(exc)}). "
+                             f"Rewrite the file (for example with pandas.DataFrame.to_parquet).") from None
+    index_entries = meta.get("index_columns", []) if isinstance(meta, dict) else []
+    index_cols = [c for c in (index_entries if isinstance(index_entries, list) else []) if isinstance(c, str)]
+    if index_cols and index_cols[0] not in names:
+        raise InputDataError(f"{path}: the Parquet file's 'pandas' metadata names index column "
+                             f"'{show_id(index_cols[0])}', which the file does not hold. Rewrite the file (for "
+                             f"example with pandas.DataFrame.to_parquet).")
     if index_cols:
         id_col = index_cols[0]
     elif names:
@@ -302,9 +335,73 @@ def _quiet_duplicate_names():
         yield
 
 
+def _h5ad_index_length(group) -> int | None:
+    """Rows of an AnnData ``obs``/``var`` as stored (the index dataset's length), or None if unknown."""
+    import h5py
+
+    if isinstance(group, h5py.Dataset):  # the old layout: one compound dataset
+        return len(group)
+    if isinstance(group, h5py.Group):
+        name = group.attrs.get("_index")
+        if isinstance(name, bytes):
+            name = name.decode(errors="replace")
+        if isinstance(name, str) and isinstance(group.get(name), h5py.Dataset):
+            return len(group[name])
+    return None
+
+
+def _h5ad_matrix_problem(path: Path, layer: str | None) -> str | None:
+    """What is inconsistent in the stored shape of X (or ``layer``), read from metadata only.
+
+    anndata reads the whole matrix before it compares its shape with obs and
+    var, and scipy trusts a sparse matrix's index arrays: a file of a few KiB
+    can declare a 20 GiB dense X (HDF5 does not store unwritten chunks), an
+    ``indptr`` past the end of ``data``, or a ``data`` array far longer than
+    ``indices``. These are refused from the HDF5 metadata before anything
+    large is read. None when consistent or not judged here (anndata then speaks).
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            n_obs, n_var = _h5ad_index_length(fh.get("obs")), _h5ad_index_length(fh.get("var"))
+            where = "X" if layer is None else f"layer '{show_id(layer)}'"
+            node = fh.get("X") if layer is None else (fh.get("layers") or {}).get(layer)
+            if node is None or n_obs is None or n_var is None:
+                return None
+            if isinstance(node, h5py.Dataset):
+                shape = tuple(int(v) for v in node.shape)
+            elif isinstance(node, h5py.Group) and "shape" in node.attrs:
+                shape = tuple(int(v) for v in np.asarray(node.attrs["shape"]).ravel())
+            else:
+                return None
+            if shape != (n_obs, n_var):
+                return (f"{where} is declared {' x '.join(map(str, shape))} but the file has {n_obs} observations "
+                        f"and {n_var} variables")
+            if isinstance(node, h5py.Group):
+                data, indices, indptr = node.get("data"), node.get("indices"), node.get("indptr")
+                if not all(isinstance(d, h5py.Dataset) for d in (data, indices, indptr)):
+                    return None
+                encoding = node.attrs.get("encoding-type", b"")
+                encoding = encoding.decode(errors="replace") if isinstance(encoding, bytes) else str(encoding)
+                n_ptr = (n_var if encoding.startswith("csc") else n_obs) + 1
+                if indptr.shape != (n_ptr,) or data.ndim != 1 or indices.shape != data.shape:
+                    return (f"sparse {where} has index arrays of inconsistent lengths (data {data.shape}, "
+                            f"indices {indices.shape}, indptr {indptr.shape}; expected indptr ({n_ptr},))")
+                if int(indptr[0]) != 0 or int(indptr[n_ptr - 1]) != data.shape[0]:
+                    return (f"sparse {where}: indptr runs from {int(indptr[0])} to {int(indptr[n_ptr - 1])} where "
+                            f"data holds {data.shape[0]} values")
+    except Exception:  # noqa: BLE001 - not readable as HDF5 here: anndata's own error names the problem
+        return None
+    return None
+
+
 def _read_h5ad(path: Path, layer: str | None):
     import anndata as ad
 
+    problem = _h5ad_matrix_problem(path, layer)
+    if problem:
+        raise InputDataError(f"{path}: {problem}; refusing to read it. Is the file complete and written by anndata?")
     try:
         with _quiet_duplicate_names():
             adata = ad.read_h5ad(path)
@@ -325,6 +422,13 @@ def _read_h5ad(path: Path, layer: str | None):
     _check_numeric_matrix(X, path, "X" if layer is None else f"layer '{show_id(layer)}'",
                           list(adata.obs_names), list(adata.var_names))
     if sparse.issparse(X):
+        try:
+            # scipy indexes with these arrays unchecked: an index out of range is a crash, not an error
+            X.check_format(full_check=True)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise InputDataError(f"{path}: sparse {'X' if layer is None else f'layer {show_id(layer)!r}'} is "
+                                 f"malformed ({_first_line(exc)}). Is the file complete and written by "
+                                 f"anndata?") from None
         X = sparse.csr_matrix(X, dtype=np.float64)
     else:
         X = np.asarray(X, dtype=np.float64)

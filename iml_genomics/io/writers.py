@@ -250,6 +250,43 @@ def _lock(directory: Path, *, shared: bool = False) -> int | None:
     return fd
 
 
+@contextlib.contextmanager
+def reading_step_dirs(directories) -> Iterator[None]:
+    """Hold a shared lock on each input step directory that has a lock file, for the ``with`` body.
+
+    A writer takes the exclusive lock of its ``--out`` without waiting, so while
+    a command reads a step directory (a model bundle, explain/select outputs) no
+    other iml-genomics process can switch new files into it, and a directory
+    being written now is refused at once instead of read half old, half new.
+
+    Raises
+    ------
+    OutputBusyError
+        Another iml-genomics process is writing one of ``directories``.
+    """
+    from iml_genomics.errors import OutputBusyError
+
+    held: list[Path] = []
+    try:
+        for d in directories:
+            d = Path(d)
+            lock = d / LOCK_FILE
+            if d.is_symlink() or not d.is_dir() or lock.is_symlink() or not lock.is_file():
+                continue  # made by hand or by other tools: nothing to coordinate with
+            try:
+                fd = _lock(d, shared=True)
+            except OSError:
+                continue  # an unreadable lock file: the directory's own checks speak for it
+            if fd is None:
+                raise OutputBusyError(f"{d}: another iml-genomics process is writing this input directory "
+                                      f"(lock {lock} held); wait for it to finish, then run this again.")
+            held.append(d)
+        yield
+    finally:
+        for d in reversed(held):
+            _unlock(d)
+
+
 def _unlock(directory: Path) -> None:
     key = os.path.realpath(directory)
     held = _HELD.get(key)
@@ -369,7 +406,7 @@ class OutputGuard:
         out = self.out
         self._made_lock = not (out / LOCK_FILE).exists()
         if _lock(out) is None:
-            raise OutputBusyError(f"{out}: another iml-genomics process is writing to this directory (lock "
+            raise OutputBusyError(f"{out}: another iml-genomics process is writing or reading this directory (lock "
                                   f"{out / LOCK_FILE} held); wait for it to finish or choose another --out.")
         self._locked.append(out)
 
@@ -502,7 +539,9 @@ class OutputGuard:
                 os.replace(stage / rel, dest)
             for rel in sorted(set(owned) - set(written)):
                 stale = out / rel
-                if stale.is_symlink() or not stale.is_file() or self._input_match(stale) is not None:
+                # a listed name under a linked directory ("sub/x" with sub -> elsewhere) would
+                # delete a file outside --out: never go through a link, at any level
+                if _through_link(out, rel) or not stale.is_file() or self._input_match(stale) is not None:
                     continue
                 if file_sha256(stale) in owned[rel]:
                     stale.unlink()
@@ -510,6 +549,16 @@ class OutputGuard:
             self.committed = True
         finally:
             _unblock_signals(blocked)
+
+
+def _through_link(out: Path, rel: str) -> bool:
+    """Whether ``out/rel`` or any directory between ``out`` and it is a symbolic link."""
+    path = out
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
 
 
 def remove_leftovers(directory: str | Path) -> None:
