@@ -69,7 +69,7 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     from iml_genomics.cli import configure_logging
     from iml_genomics.cli.common import OUTPUT_NAMES, resolve_config
     from iml_genomics.errors import ConfigError, OutputConflictError, ResourceError
-    from iml_genomics.io.writers import output_guard, remove_leftovers
+    from iml_genomics.io.writers import output_guard
 
     if quiet or verbose:
         configure_logging(quiet, verbose)

@@ -39,8 +39,8 @@ from iml_genomics.errors import ConfigError, InputDataError
 from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
 from iml_genomics.select.covariance import CovarianceModel
 from iml_genomics.select.diagnostics import fit_checked_covariance
-from iml_genomics.select.filter import TABLE_COLUMNS, check_variation, covariate_matrix, linear_part
-from iml_genomics.select.statistics import (check_positive_class, class_targets, fold_errors, path_until,
+from iml_genomics.select.filter import TABLE_COLUMNS, aligned_inputs, check_variation, covariate_matrix, linear_part
+from iml_genomics.select.statistics import (check_positive_class, class_targets, cv_lasso_path,
                                             residualize)
 
 FDR_PROCEDURES = ("bh", "by")
@@ -161,26 +161,10 @@ def _cv_screen(Z: np.ndarray, yt: np.ndarray, folds, n_jobs: int, n_alphas: int 
     stop once min(250, half the training samples) genes are active), then the
     fit at the chosen penalty is polished by :func:`_lasso_working_set`.
     """
-    n, p = Z.shape
-    alpha_max = float(np.max(np.abs(Z.T @ yt)) / n)
-    if not np.isfinite(alpha_max) or alpha_max <= 0:
-        return None, np.zeros(p)
-    alphas = alpha_max * np.geomspace(1.0, eps, n_alphas)
-    max_active = max(10, min(250, int(0.5 * n * (1 - 1 / len(folds)))))
-    Zf = np.asfortranarray(Z)
-    calls = [(fold_errors, (Z, yt, tr, te, alphas, max_active)) for tr, te in folds]
-    calls.append((path_until, (Zf, yt, alphas, max_active)))
-    if effective_n_jobs(n_jobs) > 1:
-        from joblib import Parallel, delayed
-
-        # threads: coordinate descent releases the GIL and the folds share Z without copies
-        results = Parallel(n_jobs=effective_n_jobs(n_jobs), prefer="threads")(delayed(f)(*a) for f, a in calls)
-    else:
-        results = [f(*a) for f, a in calls]
-    errs, coefs = results[:-1], results[-1]
-    depth = min(len(e) for e in errs)
-    cv = np.mean([e[:depth] for e in errs], axis=0)
-    best = int(np.argmin(cv))
+    path = cv_lasso_path(Z, yt, folds, n_alphas=n_alphas, eps=eps, n_jobs=n_jobs)
+    if path is None:
+        return None, np.zeros(Z.shape[1])
+    alphas, best, coefs, _ = path
     start = coefs[min(best, len(coefs) - 1)].copy()
     return float(alphas[best]), _lasso_working_set(Z, yt, float(alphas[best]), start)
 
@@ -306,14 +290,8 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
                           f"got {fdr_procedure!r}.")
     from sklearn.model_selection import KFold
 
-    X = np.asarray(X, dtype=np.float64)
+    X, y, gene_ids = aligned_inputs(X, y, gene_ids)
     n, p = X.shape
-    gene_ids = [str(g) for g in gene_ids]
-    if len(gene_ids) != p:
-        raise InputDataError(f"expression: {len(gene_ids)} gene ids for {p} columns.")
-    y = np.asarray(y)
-    if y.shape[0] != n:
-        raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
     check_positive_class(y, task, positive_class)
     cov = covariate_matrix(covariates)
     # residual degrees of freedom: r and e live in the complement of [1, covariates]

@@ -66,6 +66,19 @@ def check_variation(R: np.ndarray, gene_ids, *, method: str, covariates: bool) -
                              f"or filter genes (preprocess.min_expression, preprocess.top_k_variable).")
 
 
+def aligned_inputs(X, y, gene_ids) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """X as float64, y as an array and gene ids as strings, refusing a count that does not match X."""
+    X = np.asarray(X, dtype=np.float64)
+    n, p = X.shape
+    gene_ids = [str(g) for g in gene_ids]
+    if len(gene_ids) != p:
+        raise InputDataError(f"expression: {len(gene_ids)} gene ids for {p} columns.")
+    y = np.asarray(y)
+    if y.shape[0] != n:
+        raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
+    return X, y, gene_ids
+
+
 def covariate_matrix(covariates) -> np.ndarray | None:
     """Numeric covariate matrix: numeric columns as they are, others one-hot (first level dropped)."""
     if covariates is None:
@@ -257,14 +270,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     -------
     KnockoffResult
     """
-    X = np.asarray(X, dtype=np.float64)
+    X, y, gene_ids = aligned_inputs(X, y, gene_ids)
     n, p = X.shape
-    gene_ids = [str(g) for g in gene_ids]
-    if len(gene_ids) != p:
-        raise InputDataError(f"expression: {len(gene_ids)} gene ids for {p} columns.")
-    y = np.asarray(y)
-    if y.shape[0] != n:
-        raise InputDataError(f"labels: {y.shape[0]} labels for {n} samples.")
     if statistic not in STATISTICS:
         raise ConfigError(f"config: select.statistic must be one of {', '.join(STATISTICS)}; got {statistic!r}.")
     check_positive_class(y, task, positive_class)

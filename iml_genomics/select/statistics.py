@@ -104,6 +104,44 @@ def fold_errors(Z: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
     return np.mean((y[test, None] - pred) ** 2, axis=0)
 
 
+def cv_lasso_path(Z: np.ndarray, yt: np.ndarray, folds, *, n_alphas: int, eps: float, n_jobs: int):
+    """Cross-validated penalty of a lasso of ``yt`` on ``Z`` (the knockoff statistic's and the dCRT's screen).
+
+    Penalties descend geometrically from alpha_max to ``eps`` alpha_max; every
+    path stops once min(250, half the training samples) variables are active
+    (a CV optimum with more is not a sparse signal; the cap bounds the cost).
+    The full-data path runs next to the folds (6 tasks fill 2 cores better
+    than 5 + 1 after them), in threads: coordinate descent releases the GIL,
+    the folds share Z without copies, and there is no worker start-up.
+
+    Returns
+    -------
+    None when alpha_max is 0 (nothing to fit), else (alphas, best, coefs, Zf):
+    the penalties, the index of the one with the smallest mean CV error, the
+    full-data path's coefficients so far (it may have stopped before ``best``;
+    resume it from ``coefs[-1]``) and the Fortran-ordered Z it ran on.
+    """
+    n = Z.shape[0]
+    alpha_max = float(np.max(np.abs(Z.T @ yt)) / n)
+    if not np.isfinite(alpha_max) or alpha_max <= 0:
+        return None
+    alphas = alpha_max * np.geomspace(1.0, eps, n_alphas)
+    max_active = max(10, min(250, int(0.5 * n * (1 - 1 / len(folds)))))
+    Zf = np.asfortranarray(Z)
+    calls = [(fold_errors, (Z, yt, tr, te, alphas, max_active)) for tr, te in folds]
+    calls.append((path_until, (Zf, yt, alphas, max_active)))
+    if effective_n_jobs(n_jobs) > 1:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=effective_n_jobs(n_jobs), prefer="threads")(delayed(f)(*a) for f, a in calls)
+    else:
+        results = [f(*a) for f, a in calls]
+    errs, coefs = results[:-1], results[-1]
+    depth = min(len(e) for e in errs)
+    best = int(np.argmin(np.mean([e[:depth] for e in errs], axis=0)))
+    return alphas, best, coefs, Zf
+
+
 def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates: np.ndarray | None = None,
                      random_state: int = 0, n_jobs: int = 1, n_folds: int = 5, n_alphas: int = 30,
                      eps: float = 1e-2, max_pairs: int | None = None,
@@ -144,31 +182,11 @@ def lasso_importance(X: np.ndarray, Xk: np.ndarray, y, *, task: str, covariates:
     alphas_chosen = []
     for t in range(Y.shape[1]):
         yt = np.ascontiguousarray(Y[:, t])
-        alpha_max = np.max(np.abs(D.T @ yt)) / n
-        if alpha_max <= 0:
+        path = cv_lasso_path(D, yt, folds, n_alphas=n_alphas, eps=eps, n_jobs=n_jobs)
+        if path is None:
             alphas_chosen.append(None)
             continue
-        alphas = alpha_max * np.geomspace(1.0, eps, n_alphas)
-        # a CV optimum with more active variables than this is not a sparse signal; the cap bounds the cost
-        max_active = max(10, min(250, int(0.5 * n * (1 - 1 / len(folds)))))
-        Df = np.asfortranarray(D)
-        # the full-data path runs next to the folds (6 tasks fill 2 cores better than 5 + 1 after them); it
-        # stops like the folds do and is resumed below if the chosen penalty lies further down
-        calls = [(fold_errors, (D, yt, tr, te, alphas, max_active)) for tr, te in folds]
-        calls.append((path_until, (Df, yt, alphas, max_active)))
-        if effective_n_jobs(n_jobs) > 1:
-            # threads, not processes: the coordinate descent releases the GIL, the folds share D without
-            # copies, and there is no worker start-up (seconds on a busy machine vs ~1 s of work)
-            from joblib import Parallel, delayed
-
-            results = Parallel(n_jobs=effective_n_jobs(n_jobs), prefer="threads")(
-                delayed(f)(*a) for f, a in calls)
-        else:
-            results = [f(*a) for f, a in calls]
-        errs, coefs = results[:-1], results[-1]
-        depth = min(len(e) for e in errs)
-        cv = np.mean([e[:depth] for e in errs], axis=0)
-        best = int(np.argmin(cv))
+        alphas, best, coefs, Df = path
         if best >= len(coefs):
             rest = path_until(Df, yt, alphas[len(coefs):best + 1], max_active=2 * m,
                                coef_init=coefs[-1].copy())  # enet_path updates coef_init in place
