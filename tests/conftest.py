@@ -22,6 +22,17 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
     return proc
 
 
+def one_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """``code``, exactly one stderr line holding every needle, no traceback; returns the line."""
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
+    assert proc.returncode == code, (proc.returncode, lines[0])
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def demo_paths() -> dict[str, Path]:
     return {

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, one_line
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 TRAIN_FILES = {"cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"}
@@ -32,16 +32,6 @@ def cli(*args, cwd: Path = ROOT, preexec_fn=None, timeout: int = 300) -> subproc
     return subprocess.run([sys.executable, "-m", "iml_genomics", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=ENV, preexec_fn=preexec_fn)
 
-
-def one_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    """``code``, exactly one stderr line holding every needle, no traceback."""
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
-    assert proc.returncode == code, (proc.returncode, lines[0])
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, one_line
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 SIMULATE = ("simulate", "--family", "gaussian", "--n-samples", "20", "--n-genes", "10", "--out")
@@ -26,15 +26,6 @@ def cli(*args, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "iml_genomics", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=ENV)
 
-
-def one_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
-    assert proc.returncode == code, (proc.returncode, lines[0])
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
-    return lines[0]
 
 
 def test_stale_listing_entry_under_a_linked_directory_is_not_followed(tmp_path):
