@@ -96,8 +96,9 @@ def _check_model_params(cfg, source: str) -> None:
                 getattr(estimator, "_validate_params", lambda: None)()
             except (TypeError, ValueError) as exc:
                 # scikit-learn quotes the value: cut it, a 10,000-character value must not fill the line
-                text = (str(exc).splitlines() or [""])[0]
-                text = text if len(text) <= 300 else f"{text[:260]}...[{len(text)} characters]"
+                from iml_genomics.io.ids import show_id
+
+                text = show_id((str(exc).splitlines() or [""])[0], 300)
                 raise ConfigError(f"config: model.params value rejected: {text}") from None
             return
         except ConfigError as exc:
