@@ -94,26 +94,34 @@ def pipeline_step_classes() -> tuple[set[type], set[type]]:
 
 
 def _gb_losses() -> list:
-    """One instance of every loss gradient boosting can hold.
+    """One instance of every loss gradient boosting (classic and histogram) can hold.
 
-    Taken from scikit-learn's own table for the loss names the estimators
+    Taken from scikit-learn's own tables for the loss names the estimators
     accept, so a ``model.params: {loss: huber}`` bundle loads too.
     """
-    from sklearn.ensemble import GradientBoostingRegressor, _gb
+    from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor, _gb
+    from sklearn.ensemble._hist_gradient_boosting import gradient_boosting as _hgb
 
     losses = [_gb.HalfBinomialLoss(), _gb.HalfMultinomialLoss(n_classes=3), _gb.ExponentialLoss()]
     for name in GradientBoostingRegressor._parameter_constraints["loss"][0].options:
         cls = _gb._LOSSES[name]
         losses.append(cls(quantile=0.9) if name in ("huber", "quantile") else cls())
+    for name in HistGradientBoostingRegressor._parameter_constraints["loss"][0].options:
+        cls = _hgb._LOSSES[name]
+        losses.append(cls(quantile=0.9) if name == "quantile" else cls())
     return losses
 
 
 def _gradient_boosting_internals() -> set[type]:
-    """Stage trees, initial estimators, losses and their links."""
+    """Stage trees, initial estimators, losses and their links; histogram boosting's predictors and binner."""
     from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.ensemble._hist_gradient_boosting.binning import _BinMapper
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.preprocessing import LabelEncoder
     from sklearn.tree import DecisionTreeRegressor
 
-    out = {DummyClassifier, DummyRegressor, DecisionTreeRegressor}
+    # HistGradientBoostingClassifier keeps the LabelEncoder of its fit (classes_ only)
+    out = {DummyClassifier, DummyRegressor, DecisionTreeRegressor, TreePredictor, _BinMapper, LabelEncoder}
     for loss in _gb_losses():
         out |= {type(loss), type(loss.link), type(loss.interval_y_true), type(loss.interval_y_pred)}
     return out
@@ -285,6 +293,8 @@ def read_checked_zip(data: bytes, source: str) -> list[str]:
 def check_trees(estimator: object, n_features: int, source: str) -> None:
     """Bounds of every fitted tree, so prediction and Tree SHAP cannot read outside an array.
 
+    Histogram gradient boosting's node arrays are checked by :func:`check_hist_predictors`, called here.
+
     scikit-learn's ``Tree.__setstate__`` copies the node array without
     checking the child and feature indices, and SHAP sizes its buffers from
     ``max_depth``. A node array written by scikit-learn has children with a
@@ -295,6 +305,7 @@ def check_trees(estimator: object, n_features: int, source: str) -> None:
     import numpy as np
     from sklearn.tree._tree import Tree
 
+    check_hist_predictors(estimator, n_features, source)
     trees = []
     if hasattr(estimator, "tree_"):
         trees.append(estimator.tree_)
@@ -342,6 +353,69 @@ def check_trees(estimator: object, n_features: int, source: str) -> None:
         if reason:
             raise BundleError(f"{source}: tree {k} of {type(estimator).__name__} is malformed ({reason}); "
                               f"refusing to load it. Re-train with 'iml-genomics train'.")
+
+def _node_structure_problem(left, right, feature, inner, n_features: int) -> str | None:
+    """Why a node array is not one scikit-learn writes (children after parents, each node reached once
+    from the root, split features in range), or None."""
+    import numpy as np
+
+    count = len(left)
+    idx = np.arange(count)
+    if np.any(inner & ((left <= idx) | (right <= idx) | (left >= count) | (right >= count))):
+        return "a child index out of range or not after its parent"
+    if np.any(inner & ((feature < 0) | (feature >= n_features))):
+        return "a split on a feature out of range"
+    parents = np.bincount(np.concatenate([left[inner], right[inner]]), minlength=count)
+    if parents[0] != 0 or np.any(parents[1:] != 1):
+        return "a node reached from more than one parent (or never)"
+    return None
+
+
+def check_hist_predictors(estimator: object, n_features: int, source: str) -> None:
+    """Bounds of a histogram gradient boosting model's node arrays (``_predictors``).
+
+    scikit-learn's predictor and shap's reader follow ``left`` / ``right`` and read ``feature_idx`` without
+    checking them; categorical splits index bitsets by stored values. Models this package trains have no
+    categorical features, so any categorical node or binner is refused, and every node array must be one
+    scikit-learn writes (the checks of :func:`check_trees`).
+    """
+    import numpy as np
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+    stages = getattr(estimator, "_predictors", None)
+    if stages is None:
+        return
+    name = type(estimator).__name__
+
+    def fail(reason: str) -> None:
+        raise BundleError(f"{source}: {name} is malformed ({reason}); refusing to load it. "
+                          f"Re-train with 'iml-genomics train'.")
+
+    if not isinstance(stages, list) or not stages:
+        fail("no list of predictors")
+    width = getattr(estimator, "n_trees_per_iteration_", None)
+    binner = getattr(estimator, "_bin_mapper", None)
+    for flags in (getattr(estimator, "is_categorical_", None), getattr(binner, "is_categorical_", None)):
+        if flags is not None and np.any(np.asarray(flags)):
+            fail("categorical features, which iml-genomics never trains")
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, list) or len(stage) != width:
+            fail(f"iteration {i} does not hold {width} predictors")
+        for k, predictor in enumerate(stage):
+            if type(predictor) is not TreePredictor:
+                fail(f"iteration {i} holds a {type(predictor).__name__}, not a TreePredictor")
+            nodes = predictor.nodes
+            if not isinstance(nodes, np.ndarray) or nodes.dtype != PREDICTOR_RECORD_DTYPE or nodes.ndim != 1 \
+                    or not len(nodes):
+                fail(f"tree {i}/{k}: not a node array scikit-learn writes")
+            if np.any(nodes["is_categorical"]):
+                fail(f"tree {i}/{k}: a categorical split, which iml-genomics never trains")
+            inner = nodes["is_leaf"] == 0
+            reason = _node_structure_problem(nodes["left"].astype(np.int64), nodes["right"].astype(np.int64),
+                                             nodes["feature_idx"].astype(np.int64), inner, n_features)
+            if reason:
+                fail(f"tree {i}/{k}: {reason}")
 
 
 def check_manifest(manifest: object, path: Path) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from iml_genomics.preprocess import make_preprocessing_steps
 log = logging.getLogger("iml_genomics.models")
 
 # ---------------------------------------------------------------------------
-# Registry: one entry per config name, each a (classifier, regressor) builder.
-# Builders take (seed, params) and return an unfitted estimator.
+# Registry: one entry per config name, each a ModelSpec: (classifier, regressor) builders and the
+# model's declared kind. Builders take (seed, params) and return an unfitted estimator.
 # ---------------------------------------------------------------------------
 
 
@@ -93,19 +94,133 @@ def _tree():
     return (lambda s, p: build(s, p, regression=False), lambda s, p: build(s, p, regression=True))
 
 
-MODEL_REGISTRY: dict[str, tuple[Callable, Callable]] = {
+def _hist_gboost():
+    def build(seed, params, *, regression):
+        import sklearn.ensemble as ens
+
+        cls = ens.HistGradientBoostingRegressor if regression else ens.HistGradientBoostingClassifier
+        # early_stopping='auto' would hold out 10% of the rows once n > 10,000: off, so a bundle is fitted
+        # on every training row whatever the cohort size (set it in model.params to have it)
+        return cls(**{"max_iter": 100, "learning_rate": 0.1, "early_stopping": False, "random_state": seed,
+                      **params})
+
+    return (lambda s, p: build(s, p, regression=False), lambda s, p: build(s, p, regression=True))
+
+
+MODEL_KINDS = ("tree", "linear", "other")
+SHAP_ALGORITHMS = ("tree", "linear", "agnostic")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: how to build the model and what the explainers may assume about it.
+
+    Iterating (or indexing) a spec gives ``(classifier_builder, regressor_builder)``, the pair
+    ``MODEL_REGISTRY`` held before kinds were declared, so ``MODEL_REGISTRY[name][1]`` and
+    ``for build in MODEL_REGISTRY[name]`` keep working.
+
+    Attributes
+    ----------
+    classifier, regressor : callable
+        ``(seed, params) -> unfitted estimator``.
+    kind : {'tree', 'linear', 'other'}
+        What the fitted model is made of.
+    shap : {'tree', 'linear', 'agnostic'}
+        The SHAP algorithm that applies: exact Tree SHAP (``shap.TreeExplainer``), the exact linear closed
+        form, or the approximate model-agnostic permutation estimator.
+    exact_multiclass : bool
+        The exact algorithm handles more than two classes (shap's TreeExplainer refuses multiclass
+        ``GradientBoostingClassifier``); False means multiclass SHAP is refused, not approximated.
+    log_odds_output : bool
+        Classifiers: the explained output is the decision function (log-odds / logits), not a probability.
+    forest : bool
+        The prediction is the plain average of ``estimators_``' trees: permutation importance re-evaluates
+        only the trees that split on the permuted gene.
+    openmp_predict : bool
+        ``predict`` runs an OpenMP parallel region, so workers must not be forked after it (a forked child
+        of a process that used OpenMP can hang).
+    fit_only_attributes : tuple of str
+        Fitted attributes only ``fit`` reads, left out of a saved bundle (:func:`save_bundle`): histogram
+        boosting's feature-subsampling ``numpy.random.Generator``, which skops can only rebuild by calling a
+        class named in the file, a loader the bundle allow-list refuses.
+    """
+
+    classifier: Callable
+    regressor: Callable
+    kind: str
+    shap: str
+    exact_multiclass: bool = True
+    log_odds_output: bool = False
+    forest: bool = False
+    openmp_predict: bool = False
+    fit_only_attributes: tuple = ()
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS or self.shap not in SHAP_ALGORITHMS:
+            raise ValueError(f"ModelSpec kind must be one of {MODEL_KINDS} and shap one of {SHAP_ALGORITHMS}; "
+                             f"got {self.kind!r}, {self.shap!r}")
+
+    def __iter__(self):
+        return iter((self.classifier, self.regressor))
+
+    def __getitem__(self, index):
+        return (self.classifier, self.regressor)[index]
+
+    def __len__(self):
+        return 2
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {
     # The linear names are task-generic: for a continuous outcome an L1
     # logistic model is the lasso, and for classes the lasso is L1 logistic.
-    "l1_logistic": (_l1_logistic, _lasso),
-    "lasso": (_l1_logistic, _lasso),
-    "elasticnet_logistic": (_enet_logistic, _enet),
-    "elasticnet": (_enet_logistic, _enet),
-    "random_forest": _forest("RandomForest"),
-    "extra_trees": _forest("ExtraTrees"),
-    "gradient_boosting": _gboost(),
-    "linear_svm": _linear_svm(),
-    "decision_tree": _tree(),
+    "l1_logistic": ModelSpec(_l1_logistic, _lasso, kind="linear", shap="linear", log_odds_output=True),
+    "lasso": ModelSpec(_l1_logistic, _lasso, kind="linear", shap="linear", log_odds_output=True),
+    "elasticnet_logistic": ModelSpec(_enet_logistic, _enet, kind="linear", shap="linear", log_odds_output=True),
+    "elasticnet": ModelSpec(_enet_logistic, _enet, kind="linear", shap="linear", log_odds_output=True),
+    "random_forest": ModelSpec(*_forest("RandomForest"), kind="tree", shap="tree", forest=True),
+    "extra_trees": ModelSpec(*_forest("ExtraTrees"), kind="tree", shap="tree", forest=True),
+    # shap 0.51's TreeExplainer: "GradientBoostingClassifier is only supported for binary classification"
+    "gradient_boosting": ModelSpec(*_gboost(), kind="tree", shap="tree", exact_multiclass=False,
+                                   log_odds_output=True),
+    # shap reads the HistGradientBoosting predictors itself (raw margins, one stack of trees per class)
+    "hist_gradient_boosting": ModelSpec(*_hist_gboost(), kind="tree", shap="tree", log_odds_output=True,
+                                        openmp_predict=True, fit_only_attributes=("_feature_subsample_rng",)),
+    # a linear SVM's margin is not a log-odds: the explained scale is 'raw'
+    "linear_svm": ModelSpec(*_linear_svm(), kind="linear", shap="linear"),
+    "decision_tree": ModelSpec(*_tree(), kind="tree", shap="tree"),
 }
+
+
+@functools.lru_cache(maxsize=1)
+def _specs_by_class() -> dict[type, tuple[str, ModelSpec]]:
+    out: dict[type, tuple[str, ModelSpec]] = {}
+    for name, spec in MODEL_REGISTRY.items():
+        for build in spec:
+            out.setdefault(type(build(0, {})), (name, spec))
+    return out
+
+
+def spec_for_estimator(estimator) -> ModelSpec | None:
+    """The registry entry whose builders make ``estimator``'s exact class, or None (not a registry model).
+
+    Parameters
+    ----------
+    estimator : object
+        A (fitted or not) final estimator, e.g. the last step of a loaded bundle's pipeline.
+
+    Returns
+    -------
+    ModelSpec or None
+        Several names share one class (``lasso`` and ``l1_logistic``); they share the declared kind too.
+    """
+    found = _specs_by_class().get(type(estimator))
+    return None if found is None else found[1]
+
+
+def registry_name_for_estimator(estimator) -> str | None:
+    """The first registry name whose builders make ``estimator``'s class (for messages), or None."""
+    found = _specs_by_class().get(type(estimator))
+    return None if found is None else found[0]
 
 
 def build_estimator(name: str, task: str, *, seed: int, params: dict | None = None, n_classes: int | None = None):
@@ -352,6 +467,23 @@ def _deterministic_skops(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _without_fit_state(pipeline: Pipeline) -> Pipeline:
+    """``pipeline`` with its final model's ``fit_only_attributes`` dropped (a shallow copy; the input is untouched)."""
+    import copy
+
+    final = pipeline.steps[-1][1]
+    spec = spec_for_estimator(final)
+    drop = [a for a in (spec.fit_only_attributes if spec is not None else ()) if hasattr(final, a)]
+    if not drop:
+        return pipeline
+    final = copy.copy(final)
+    for attr in drop:
+        delattr(final, attr)
+    out = copy.copy(pipeline)
+    out.steps = [*pipeline.steps[:-1], (pipeline.steps[-1][0], final)]
+    return out
+
+
 def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> None:
     """Write ``model.skops`` and ``model.json`` (with the model's sha256) into ``directory``."""
     import skops.io as sio
@@ -359,7 +491,7 @@ def save_bundle(directory: str | Path, pipeline: Pipeline, manifest: dict) -> No
     from iml_genomics.io.writers import atomic_write_bytes, file_sha256, write_json
 
     directory = Path(directory)
-    atomic_write_bytes(_deterministic_skops(sio.dumps(pipeline)), directory / BUNDLE_MODEL)
+    atomic_write_bytes(_deterministic_skops(sio.dumps(_without_fit_state(pipeline))), directory / BUNDLE_MODEL)
     write_json({**manifest, "model_file": BUNDLE_MODEL, "model_sha256": file_sha256(directory / BUNDLE_MODEL)},
                directory / BUNDLE_MANIFEST)
 

@@ -90,7 +90,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
 
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=ecfg.shap_mode,
                               background_size=ecfg.background_size, random_state=random_state,
-                              positive_class=positive_class)
+                              positive_class=positive_class, values=do_shap)
     mask = plan.used_mask
     q, k = len(plan.gene_ids), len(plan.outputs)
     summary: dict = {"method": method, "task": task, "classes_explained": plan.outputs, "labels_used": has_labels,

@@ -11,9 +11,12 @@ fixed per-call cost (for a forest: one Python-level call per tree). Here:
   coefficient, never split on) have an importance of exactly 0 and are not
   evaluated;
 - the R repeats of a gene are stacked into one matrix and scored in one call;
-- for forests, only the trees that split on the permuted gene are re-evaluated
-  (the other trees' predictions cannot change), which is where most of the
-  speed-up comes from.
+- for forests (registry entries declared ``forest=True``), only the trees
+  that split on the permuted gene are re-evaluated (the other trees'
+  predictions cannot change), which is where most of the speed-up comes from.
+
+Which shortcut applies is looked up in :data:`iml_genomics.models.MODEL_REGISTRY`
+from the estimator's class, never from its name.
 
 Every gene's permutations come from its own seed (``[random_state, gene]``),
 so the result does not depend on how genes are batched or on ``n_jobs``.
@@ -84,12 +87,15 @@ def _predict(estimator, Z, classes):
 
 
 def _forest_kind(estimator) -> str | None:
-    name = type(estimator).__name__
-    if name in ("RandomForestClassifier", "ExtraTreesClassifier"):
-        return "classifier"
-    if name in ("RandomForestRegressor", "ExtraTreesRegressor"):
-        return "regressor"
-    return None
+    """'classifier' / 'regressor' when the registry declares the model a plain average of its trees, else None."""
+    from sklearn.base import is_classifier
+
+    from iml_genomics.models import spec_for_estimator
+
+    spec = spec_for_estimator(estimator)
+    if spec is None or not spec.forest:
+        return None
+    return "classifier" if is_classifier(estimator) else "regressor"
 
 
 def _tree_output(tree, Z32, kind):
@@ -98,27 +104,40 @@ def _tree_output(tree, Z32, kind):
     return tree.predict(Z32, check_input=False)
 
 
-def relevant_features(estimator, n_features: int) -> np.ndarray:
-    """Mask of the model's input features its predictions can depend on."""
-    if hasattr(estimator, "estimators_") and _forest_kind(estimator) is not None:
-        used = np.zeros(n_features, dtype=bool)
-        for t in estimator.estimators_:
-            f = t.tree_.feature
-            used[f[f >= 0]] = True
-        return used
-    if hasattr(estimator, "tree_"):
-        used = np.zeros(n_features, dtype=bool)
-        f = estimator.tree_.feature
+def _tree_split_features(estimator, n_features: int) -> np.ndarray:
+    """Mask of the features any tree of a tree model splits on.
+
+    Covers the three layouts of the registry's tree models: one ``tree_`` (CART), ``estimators_`` holding
+    trees (forests; an array of stage trees for gradient boosting), and ``_predictors`` (histogram gradient
+    boosting: per iteration, one predictor per class, each a node array with ``feature_idx`` and ``is_leaf``).
+    """
+    used = np.zeros(n_features, dtype=bool)
+    trees = [estimator.tree_] if hasattr(estimator, "tree_") else []
+    trees += [t.tree_ for t in np.ravel(np.asarray(getattr(estimator, "estimators_", []), dtype=object))]
+    for t in trees:
+        f = t.feature
         used[f[f >= 0]] = True
-        return used
-    if type(estimator).__name__ in ("GradientBoostingClassifier", "GradientBoostingRegressor"):
-        used = np.zeros(n_features, dtype=bool)
-        for t in np.ravel(estimator.estimators_):
-            f = t.tree_.feature
-            used[f[f >= 0]] = True
-        return used
+    for stage in getattr(estimator, "_predictors", []):
+        for predictor in stage:
+            nodes = predictor.nodes
+            used[nodes["feature_idx"][nodes["is_leaf"] == 0]] = True
+    return used
+
+
+def relevant_features(estimator, n_features: int) -> np.ndarray:
+    """Mask of the model's input features its predictions can depend on.
+
+    Tree models (as the registry declares them): the features some tree splits on; linear models: nonzero
+    coefficients; anything else: every feature (an estimator outside the registry with a ``coef_`` is read
+    as linear).
+    """
+    from iml_genomics.models import spec_for_estimator
+
+    spec = spec_for_estimator(estimator)
+    if spec is not None and spec.kind == "tree":
+        return _tree_split_features(estimator, n_features)
     coef = getattr(estimator, "coef_", None)
-    if coef is not None:
+    if coef is not None and (spec is None or spec.kind == "linear"):
         return np.any(np.atleast_2d(np.asarray(coef)) != 0, axis=0)
     return np.ones(n_features, dtype=bool)
 

@@ -5,18 +5,22 @@ The explained function is the pipeline's final estimator applied to the
 attributions live on the genes that reach the model; they are mapped back to
 gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
 
-- tree ensembles (random forest, extra trees, gradient boosting, CART): Tree
-  SHAP from the ``shap`` library, path-dependent or interventional; exact;
+- tree ensembles (random forest, extra trees, gradient boosting, histogram
+  gradient boosting, CART): Tree SHAP from the ``shap`` library,
+  path-dependent or interventional; exact;
 - linear models (logistic / lasso / elastic net / linear SVM): the closed form
   ``phi_j = b_j (z_j - E[z_j])`` on the margin scale; exact;
-- anything else: permutation-sampling Shapley values (the estimator of
+- anything else (models the registry declares ``shap="agnostic"``, and
+  estimators outside the registry): permutation-sampling Shapley values (the estimator of
   ``shap.PermutationExplainer``: antithetic permutations over an independent
   background masker, written in numpy) with an evaluation budget that grows
   with the number of genes; approximate, and said so.
 
 Samples are explained in equal chunks of at most ``chunk_size`` dispatched with
 :func:`iml_genomics.parallel.shared_context_pool`; chunk boundaries and the per-chunk
-seeds do not depend on ``n_jobs``, so neither do the values. Additivity
+seeds do not depend on ``n_jobs``, so neither do the values. Which route a
+model takes is declared in :data:`iml_genomics.models.MODEL_REGISTRY`
+(:class:`iml_genomics.models.ModelSpec`), looked up from the estimator's class. Additivity
 (``base + sum(phi) == f(x)``) is checked on every chunk.
 """
 
@@ -34,22 +38,47 @@ from iml_genomics.preprocess import used_gene_mask
 
 SHAP_MODES = ("tree_path_dependent", "interventional")
 
-_TREE_TYPES = (
-    "RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier", "ExtraTreesRegressor",
-    "GradientBoostingClassifier", "GradientBoostingRegressor", "DecisionTreeClassifier", "DecisionTreeRegressor",
-)
-_LINEAR_TYPES = ("LogisticRegression", "Lasso", "ElasticNet", "LinearRegression", "Ridge", "LinearSVC", "LinearSVR",
-                 "RidgeClassifier", "SGDClassifier", "SGDRegressor")
+
+
+def _spec(estimator):
+    from iml_genomics.models import spec_for_estimator
+
+    return spec_for_estimator(estimator)
 
 
 def model_kind(estimator) -> str:
-    """'tree', 'linear' or 'agnostic' for a fitted final estimator."""
-    name = type(estimator).__name__
-    if name in _TREE_TYPES:
-        return "tree"
-    if name in _LINEAR_TYPES and hasattr(estimator, "coef_"):
-        return "linear"
-    return "agnostic"
+    """'tree', 'linear' or 'agnostic': the SHAP algorithm the registry declares for ``estimator``'s class.
+
+    Estimators outside the registry (a hand-built pipeline from Python) take the model-agnostic route.
+    """
+    spec = _spec(estimator)
+    return "agnostic" if spec is None else spec.shap
+
+
+def check_shap_supported(estimator, classes, *, model_name: str | None = None) -> None:
+    """Refuse, in one line, a model whose exact SHAP algorithm cannot explain this many classes.
+
+    Raises
+    ------
+    ConfigError
+        Multiclass model the registry marks ``exact_multiclass=False`` (multiclass gradient boosting:
+        shap's TreeExplainer handles binary ``GradientBoostingClassifier`` only).
+    """
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.models import MODEL_REGISTRY, registry_name_for_estimator
+
+    spec = _spec(estimator)
+    if spec is None or classes is None or len(classes) <= 2 or spec.exact_multiclass:
+        return
+    name = model_name or registry_name_for_estimator(estimator)
+    # same algorithm and output scale first: gradient boosting -> hist_gradient_boosting
+    alternatives = sorted((n for n, s in MODEL_REGISTRY.items() if s.shap == spec.shap and s.exact_multiclass),
+                          key=lambda n: MODEL_REGISTRY[n].log_odds_output != spec.log_odds_output)
+    instead = " or ".join(f"'{n}'" for n in alternatives[:2])
+    raise ConfigError(f"explain: model '{name}' ({type(estimator).__name__}) with {len(classes)} classes has no exact "
+                      f"SHAP (shap's {spec.shap} explainer supports it for two classes only); re-train with "
+                      f"model.name {instead} (exact multiclass {spec.shap} SHAP), or run explain --method "
+                      f"permutation.")
 
 
 def split_pipeline(pipeline):
@@ -99,15 +128,18 @@ def _binary_sign(classes, positive_class) -> float:
 
 
 def output_scale(estimator, classes: list | None) -> str:
-    """Scale of the explained output: 'log_odds', 'probability' or 'raw'."""
+    """Scale of the explained output: 'log_odds', 'probability' or 'raw'.
+
+    Registry models declare it (``ModelSpec.log_odds_output``): boosting and logistic margins are log-odds /
+    softmax logits, a linear SVM's margin is 'raw', forests and trees average probabilities.
+    """
     if classes is None:
         return "raw"
-    kind, name = model_kind(estimator), type(estimator).__name__
-    if kind == "tree":
-        return "log_odds" if name.startswith("GradientBoosting") else "probability"
-    if kind == "linear":
-        # logistic margins are log-odds (binary) / softmax logits (multiclass); SVM margins are not
-        return "log_odds" if name == "LogisticRegression" else "raw"
+    spec = _spec(estimator)
+    if spec is not None and spec.log_odds_output:
+        return "log_odds"
+    if spec is not None and spec.shap == "linear":
+        return "raw"  # a margin that is not a log-odds (linear SVM)
     return "probability" if hasattr(estimator, "predict_proba") else "raw"
 
 
@@ -203,6 +235,9 @@ class ShapPlan:
     exact: bool
     approximations: list
     background_note: str
+    # False when the model's predict runs OpenMP (ModelSpec.openmp_predict): chunks then go to fresh
+    # workers instead of forked ones
+    fork: bool = True
 
 
 # ---------------------------------------------------------------------------
@@ -323,10 +358,19 @@ def _background_rows(n: int, size: int, random_state: int) -> np.ndarray:
 
 
 def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent", background_size: int = 100,
-              random_state: int = 0, background=None, agnostic_pairs: int = 5, positive_class: str | None = None):
+              random_state: int = 0, background=None, agnostic_pairs: int = 5, positive_class: str | None = None,
+              values: bool = True):
     """Decide the explainer and prepare what every chunk needs.
 
     ``positive_class`` (two classes) is the class explained (``plan.outputs``); the last class when None.
+    ``values=False`` plans without building an explainer (payload None): the genes used and the outputs
+    only, for runs that compute no SHAP values (``explain --method permutation``).
+
+    Raises
+    ------
+    ConfigError
+        ``values`` is True and the registry declares the model's exact algorithm cannot explain this many
+        classes (:func:`check_shap_supported`), before any work is done.
 
     Returns
     -------
@@ -346,6 +390,12 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
     kind = model_kind(estimator)
     outputs = explained_outputs(estimator, classes, positive_class)
     approximations: list[str] = []
+    spec = _spec(estimator)
+    fork = kind in ("tree", "linear") and not (spec is not None and spec.openmp_predict)
+    if not values:
+        return ShapPlan(used, mask, outputs, output_scale(estimator, classes), method_name(kind, mode), kind,
+                        kind != "agnostic", approximations, "", fork), None
+    check_shap_supported(estimator, classes)
 
     def background_matrix():
         if background is not None:
@@ -383,7 +433,7 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
                               f"{bg.shape[0]} background samples; additive exactly, not exact per gene")
         note = f"independent masker over {bg.shape[0]} background samples drawn from the explained cohort"
     plan = ShapPlan(used, mask, outputs, output_scale(estimator, classes), method_name(kind, mode), kind,
-                    kind != "agnostic", approximations, note)
+                    kind != "agnostic", approximations, note, fork)
     return plan, payload
 
 
@@ -405,11 +455,12 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     wave = max(1, 2 * effective_n_jobs(n_jobs))
     # the model and explainer are shared by every chunk: forked workers inherit them instead of each importing
     # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows. Only tree
-    # and linear SHAP are forked: the model-agnostic route calls the model's predict, which may use OpenMP.
+    # and linear SHAP of models whose predict uses no OpenMP are forked (plan.fork): each chunk calls the model's
+    # predict for the additivity check, and the model-agnostic route calls it for every coalition.
     # binary: plan.outputs holds the one class explained (plan_shap's positive_class)
     positive = plan.outputs[0] if classes is not None and len(classes) == 2 else None
     with shared_context_pool((pre, estimator, classes, plan.kind, payload, positive), n_jobs=n_jobs,
-                             fork=plan.kind in ("tree", "linear")) as run:
+                             fork=plan.fork) as run:
         for w in range(0, len(bounds), wave):
             tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
             for chunk in run(_explain_chunk, tasks):
