@@ -200,8 +200,18 @@ def _specs_by_class() -> dict[type, tuple[str, ModelSpec]]:
     return out
 
 
+def _lookup(estimator) -> tuple[str, ModelSpec] | None:
+    # through the MRO: a subclass of a registry class (a wrapper built in Python) is still that model; bundles
+    # cannot hold one (their allow-list names exact classes)
+    table = _specs_by_class()
+    for cls in type(estimator).__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
 def spec_for_estimator(estimator) -> ModelSpec | None:
-    """The registry entry whose builders make ``estimator``'s exact class, or None (not a registry model).
+    """The registry entry whose builders make ``estimator``'s class (or a base class of it), or None.
 
     Parameters
     ----------
@@ -211,15 +221,16 @@ def spec_for_estimator(estimator) -> ModelSpec | None:
     Returns
     -------
     ModelSpec or None
-        Several names share one class (``lasso`` and ``l1_logistic``); they share the declared kind too.
+        None for an estimator outside the registry. Several names share one class (``lasso`` and
+        ``l1_logistic``); they share the declared kind too.
     """
-    found = _specs_by_class().get(type(estimator))
+    found = _lookup(estimator)
     return None if found is None else found[1]
 
 
 def registry_name_for_estimator(estimator) -> str | None:
     """The first registry name whose builders make ``estimator``'s class (for messages), or None."""
-    found = _specs_by_class().get(type(estimator))
+    found = _lookup(estimator)
     return None if found is None else found[0]
 
 

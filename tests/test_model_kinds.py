@@ -81,6 +81,11 @@ def test_a_spec_without_a_valid_kind_is_refused_and_unknown_classes_have_none():
         ModelSpec(*builders, kind="linear", shap="exact")
     assert spec_for_estimator(BayesianRidge()) is None
 
+    class Wrapped(type(build_estimator("l1_logistic", "classification", seed=0))):
+        """A subclass built in Python keeps its base class's declared kind."""
+
+    assert spec_for_estimator(Wrapped()) is MODEL_REGISTRY["l1_logistic"]
+
 
 def test_registry_keeps_its_tuple_interface_and_the_config_lists_every_name():
     from iml_genomics.config import ModelConfig
