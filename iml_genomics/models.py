@@ -139,6 +139,9 @@ class ModelSpec:
     openmp_predict : bool
         ``predict`` runs an OpenMP parallel region, so workers must not be forked after it (a forked child
         of a process that used OpenMP can hang).
+    log_link_losses : tuple of str
+        Regression ``loss`` values whose prediction is exp(sum of the trees): Tree SHAP explains the sum,
+        so these are refused by SHAP (:func:`iml_genomics.explain.shap_values.check_shap_supported`).
     fit_only_attributes : tuple of str
         Fitted attributes only ``fit`` reads, left out of a saved bundle (:func:`save_bundle`): histogram
         boosting's feature-subsampling ``numpy.random.Generator``, which skops can only rebuild by calling a
@@ -153,6 +156,7 @@ class ModelSpec:
     log_odds_output: bool = False
     forest: bool = False
     openmp_predict: bool = False
+    log_link_losses: tuple = ()
     fit_only_attributes: tuple = ()
 
     def __post_init__(self):
@@ -184,7 +188,8 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
                                    log_odds_output=True),
     # shap reads the HistGradientBoosting predictors itself (raw margins, one stack of trees per class)
     "hist_gradient_boosting": ModelSpec(*_hist_gboost(), kind="tree", shap="tree", log_odds_output=True,
-                                        openmp_predict=True, fit_only_attributes=("_feature_subsample_rng",)),
+                                        openmp_predict=True, log_link_losses=("poisson", "gamma"),
+                                        fit_only_attributes=("_feature_subsample_rng",)),
     # a linear SVM's margin is not a log-odds: the explained scale is 'raw'
     "linear_svm": ModelSpec(*_linear_svm(), kind="linear", shap="linear"),
     "decision_tree": ModelSpec(*_tree(), kind="tree", shap="tree"),

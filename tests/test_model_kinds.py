@@ -200,6 +200,32 @@ def test_hist_gradient_boosting_positive_class_flips_the_margin():
                                atol=1e-12)
 
 
+def test_models_without_exact_shap_are_refused_before_any_work():
+    import shap
+
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.explain.shap_values import plan_shap
+
+    pipe, X, _, classes = _fit("gradient_boosting", "classification", 3)
+    genes = [f"G{j}" for j in range(X.shape[1])]
+    with pytest.raises(ConfigError, match="'gradient_boosting' .*3 classes.*'hist_gradient_boosting'"):
+        plan_shap(pipe, X, gene_ids=genes, classes=classes)
+    plan, payload = plan_shap(pipe, X, gene_ids=genes, classes=classes, values=False)  # permutation-only runs
+    assert payload is None and plan.outputs == classes
+    # a log-link regressor: shap's values add up to the log of the prediction, not to the prediction
+    X, y = _data("regression")
+    y = np.exp(y / 2)
+    est = build_estimator("hist_gradient_boosting", "regression", seed=0, params={"loss": "poisson", "max_iter": 15})
+    pipe = Pipeline([("scale", StandardScaler()), ("model", est)]).fit(X, y)
+    Z = pipe[:-1].transform(X)
+    explainer = shap.TreeExplainer(est)
+    total = explainer.shap_values(Z, check_additivity=False).sum(axis=1) + explainer.expected_value
+    assert np.max(np.abs(total - est.predict(Z))) > 0.1
+    np.testing.assert_allclose(np.exp(total), est.predict(Z), rtol=1e-9)
+    with pytest.raises(ConfigError, match="loss 'poisson'.*--method permutation"):
+        plan_shap(pipe, X, gene_ids=genes, classes=None)
+
+
 # ---------------------------------------------------------------------------
 # HistGradientBoosting bundles
 # ---------------------------------------------------------------------------

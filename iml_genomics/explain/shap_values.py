@@ -56,21 +56,30 @@ def model_kind(estimator) -> str:
 
 
 def check_shap_supported(estimator, classes, *, model_name: str | None = None) -> None:
-    """Refuse, in one line, a model whose exact SHAP algorithm cannot explain this many classes.
+    """Refuse, in one line, a model the registry declares its exact SHAP algorithm cannot explain.
 
     Raises
     ------
     ConfigError
-        Multiclass model the registry marks ``exact_multiclass=False`` (multiclass gradient boosting:
-        shap's TreeExplainer handles binary ``GradientBoostingClassifier`` only).
+        A multiclass model whose entry has ``exact_multiclass=False`` (multiclass gradient boosting: shap's
+        TreeExplainer handles binary ``GradientBoostingClassifier`` only), or a regressor fitted with one of
+        its entry's ``log_link_losses`` (the prediction is exp of what Tree SHAP explains).
     """
     from iml_genomics.errors import ConfigError
     from iml_genomics.models import MODEL_REGISTRY, registry_name_for_estimator
 
     spec = _spec(estimator)
-    if spec is None or classes is None or len(classes) <= 2 or spec.exact_multiclass:
+    if spec is None:
         return
     name = model_name or registry_name_for_estimator(estimator)
+    loss = estimator.get_params().get("loss") if classes is None else None
+    if isinstance(loss, str) and loss in spec.log_link_losses:
+        raise ConfigError(f"explain: model '{name}' ({type(estimator).__name__}) with loss '{loss}' predicts "
+                          f"exp(sum of its trees) and Tree SHAP explains the sum, so SHAP values would not add up "
+                          f"to the prediction; re-train with model.params loss 'squared_error', or run explain "
+                          f"--method permutation.")
+    if classes is None or len(classes) <= 2 or spec.exact_multiclass:
+        return
     # same algorithm and output scale first: gradient boosting -> hist_gradient_boosting
     alternatives = sorted((n for n, s in MODEL_REGISTRY.items() if s.shap == spec.shap and s.exact_multiclass),
                           key=lambda n: MODEL_REGISTRY[n].log_odds_output != spec.log_odds_output)
