@@ -328,19 +328,12 @@ def check_trees(estimator: object, n_features: int, source: str) -> None:
             left, right, feature = (nodes["left_child"].astype(np.int64), nodes["right_child"].astype(np.int64),
                                     nodes["feature"].astype(np.int64))
             leaf = (left == -1) & (right == -1)
-            idx = np.arange(count)
             inner = ~leaf
             if tree.n_features != n_features:
                 reason = f"{tree.n_features} features where the model has {n_features}"
-            elif np.any(inner & ((left <= idx) | (right <= idx) | (left >= count) | (right >= count))):
-                reason = "a child index out of range or not after its parent"
-            elif np.any(inner & ((feature < 0) | (feature >= n_features))):
-                reason = "a split on a feature out of range"
             else:
-                parents = np.bincount(np.concatenate([left[inner], right[inner]]), minlength=count)
-                if parents[0] != 0 or np.any(parents[1:] != 1):
-                    reason = "a node reached from more than one parent (or never)"
-                else:
+                reason = _node_structure_problem(left, right, feature, inner, n_features)
+                if reason is None:
                     depth = np.zeros(count, dtype=np.int64)
                     frontier, d = np.array([0]), 0
                     while frontier.size:
@@ -353,6 +346,7 @@ def check_trees(estimator: object, n_features: int, source: str) -> None:
         if reason:
             raise BundleError(f"{source}: tree {k} of {type(estimator).__name__} is malformed ({reason}); "
                               f"refusing to load it. Re-train with 'iml-genomics train'.")
+
 
 def _node_structure_problem(left, right, feature, inner, n_features: int) -> str | None:
     """Why a node array is not one scikit-learn writes (children after parents, each node reached once
