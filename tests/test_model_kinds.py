@@ -97,6 +97,26 @@ def test_registry_keeps_its_tuple_interface_and_the_config_lists_every_name():
     assert set(names) == set(MODEL_REGISTRY)
 
 
+def test_explainers_name_no_model_class():
+    """Kinds come from the registry: no string in the explain code spells (part of) a registry class name."""
+    import ast
+
+    names = {type(build(0, {})).__name__ for spec in MODEL_REGISTRY.values() for build in spec}
+    root = Path(__file__).resolve().parents[1] / "iml_genomics" / "explain"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                text = node.value.strip()
+                if len(text) >= 6 and any(text in name for name in names):
+                    found.append(f"{path.name}:{node.lineno}: {text!r}")
+    assert not found, found
+
+
 def test_exact_multiclass_declarations_agree_with_the_installed_shap():
     import shap
 
