@@ -45,6 +45,12 @@ def _strip(value, drop: set):
 
 def normalise(path: Path, data: bytes, root: Path, *, ignore_command_line: bool = False) -> bytes:
     """The bytes of ``path`` with run-to-run noise (timings, the output root) masked."""
+    if path.suffix == ".html":
+        # masks first: the cells are matched up to the next '<', which the '<OUT>' mask would bring forward
+        data = _ISO.sub(b"<TIME>", data)
+        data = _WALL.sub(rb"\1<SECONDS>\2", data)
+        if ignore_command_line:
+            data = _CMD.sub(rb"\1<COMMAND>\2", data)
     data = data.replace(str(root.resolve()).encode(), b"<OUT>").replace(str(root).encode(), b"<OUT>")
     if path.name == ".iml-outputs.json" or path.suffix == ".json":
         try:
@@ -56,11 +62,6 @@ def normalise(path: Path, data: bytes, root: Path, *, ignore_command_line: bool 
         if path.name == ".iml-outputs.json" and isinstance(doc.get("files"), dict):
             doc["files"] = {k: ("<timed>" if k in TIMED_FILES else v) for k, v in doc["files"].items()}
         return json.dumps(doc, sort_keys=True, indent=1).encode()
-    if path.suffix == ".html":
-        data = _ISO.sub(b"<TIME>", data)
-        data = _WALL.sub(rb"\1<SECONDS>\2", data)
-        if ignore_command_line:
-            data = _CMD.sub(rb"\1<COMMAND>\2", data)
     return data
 
 
@@ -91,12 +92,15 @@ def main(argv=None) -> int:
     parser.add_argument("new")
     parser.add_argument("--ignore-command-line", action="store_true",
                         help="also mask the recorded command line (run vs separate subcommands)")
+    parser.add_argument("--roots", nargs=2, metavar=("OLD_ROOT", "NEW_ROOT"), default=None,
+                        help="the directory paths recorded inside the files, masked before comparing "
+                             "[OLD and NEW]; give the original paths when comparing copies")
     args = parser.parse_args(argv)
     for d in (args.old, args.new):
         if not Path(d).is_dir():
             print(f"{d}: not a directory", file=sys.stderr)
             return 2
-    problems = compare_trees(args.old, args.new, ignore_command_line=args.ignore_command_line)
+    problems = compare_trees(args.old, args.new, ignore_command_line=args.ignore_command_line, roots=args.roots)
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:
