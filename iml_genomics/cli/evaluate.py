@@ -52,6 +52,7 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
     from iml_genomics.errors import ConfigError
     from iml_genomics.evaluate import ranking_from_table, selection_from_table, truth_from_table
     from iml_genomics.io import Provenance, read_table, staged_output, write_tsv
+    from iml_genomics.io.readers import read_gene_list
     from iml_genomics.steps.evaluate import evaluate as evaluate_step
 
     if not rankings and not selections:
@@ -63,7 +64,7 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
     if wants_gaps and not rankings:
         raise ConfigError("evaluate: prediction gaps need a --ranking (genes are removed in ranking order).")
 
-    truth_genes = truth_from_table(_read_gene_table(truth, "truth"), str(truth))
+    truth_genes = truth_from_table(read_gene_list(truth, "truth"), str(truth))
     ranking_lists = {}
     for path in rankings:
         for name, genes in ranking_from_table(read_table(path, "ranking"), _label(path, rankings)).items():
@@ -117,22 +118,6 @@ def _label(path, paths) -> str:
     names = [f"{Path(q).parent.name}/{Path(q).name}" for q in paths]
     short = f"{p.parent.name}/{p.name}"
     return short if names.count(short) == 1 else str(p)
-
-
-def _read_gene_table(path, what: str):
-    """A table with a header, or a bare list of genes (one per line)."""
-    import pandas as pd
-
-    from iml_genomics.io import read_table
-    from iml_genomics.io.readers import check_readable
-
-    path = check_readable(path, what)
-    frame = read_table(path, what)
-    if "gene_id" in frame.columns:
-        return frame
-    text = path.read_text() if not str(path).endswith(".gz") else __import__("gzip").open(path, "rt").read()
-    genes = [line.split("\t")[0].strip() for line in text.splitlines() if line.strip()]
-    return pd.DataFrame({"gene_id": genes})
 
 
 def _gap_config(model_dir, config_path):

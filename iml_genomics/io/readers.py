@@ -608,3 +608,20 @@ def read_gene_groups(path: str | Path) -> dict[str, str]:
                              f"{', '.join(map(str, table.columns))}.")
     return {g: str(v).strip() for g, v in zip(table["gene_id"].astype(str).str.strip(), table["group"])
             if not pd.isna(v)}
+
+
+def read_gene_list(path: str | Path, what: str = "truth") -> pd.DataFrame:
+    """A gene table with a ``gene_id`` column, or a bare list of genes (one per line) as such a table.
+
+    Raises
+    ------
+    InputDataError
+        A file that is missing or unreadable.
+    """
+    path = check_readable(path, what)
+    frame = read_table(path, what)
+    if "gene_id" in frame.columns:
+        return frame
+    text = path.read_text() if not str(path).endswith(".gz") else gzip.open(path, "rt").read()
+    genes = [line.split("\t")[0].strip() for line in text.splitlines() if line.strip()]
+    return pd.DataFrame({"gene_id": genes})
