@@ -39,7 +39,7 @@ class ExplainResult:
     attribution_genes : list of str
         Genes with attributions (the genes that reach the model).
     attribution_classes : list of str
-        The explained outputs (class names; ``['output']`` style names for regression).
+        The explained outputs: the class names (two classes: the positive class only); ``['']`` for regression.
     cohort : dict
         Provenance's ``cohort`` block.
     warnings : list of str
