@@ -163,6 +163,32 @@ def test_explain_step_keeps_the_attributions_without_on_chunk(runs, in_memory):
     np.testing.assert_allclose(ex.base_values + ex.attributions.sum(axis=1), ex.model_output, atol=1e-6)
 
 
+def test_report_page_in_memory_equals_the_cli_page(runs, in_memory, tmp_path):
+    """What `run` needs to go in memory: the page from in-memory results equals the CLI's when told where
+    the results were written and what their provenance says (timings and command line masked)."""
+    import sys as _sys
+
+    from iml_genomics import steps
+
+    by_run, _ = runs
+    m = in_memory
+    recorded = {s: (by_run / s, json.loads((by_run / s / "provenance.json").read_text()))
+                for s in ("train", "explain", "select")}
+    cli_prov = json.loads((by_run / "report" / "provenance.json").read_text())
+    own = {"command line": " ".join(_sys.argv), "seed": m["cfg"].seed, "gene sets": "test_data/demo_pathways.gmt",
+           "gene map": None, "expression": cli_prov["inputs"]["expression"]["path"],
+           "labels": cli_prov["inputs"]["labels"]["path"]}
+    rep = steps.report(m["adata"], m["cfg"], train=m["train"], explain=m["explain"], select=m["select"],
+                       collection=m["collection"], recorded=recorded, own_provenance=own)
+    compare = _compare_module()
+    page = tmp_path / "report.html"
+    page.write_text(rep.html, encoding="utf-8")
+    assert compare.normalise(page, page.read_bytes(), by_run, ignore_command_line=True) == compare.normalise(
+        page, (by_run / "report" / "report.html").read_bytes(), by_run, ignore_command_line=True)
+    # without `recorded` the page says the results came from memory: the comparison sees it
+    assert b"(in memory: train)" in m["report"].html.encode()
+
+
 def test_report_from_loaded_directories_equals_report_in_memory(runs, in_memory, tmp_path):
     from iml_genomics import steps
     from iml_genomics.report import load_inputs

@@ -74,7 +74,7 @@ class ReportResult:
     warnings: list = field(default_factory=list)
 
 
-def report_inputs(inputs=None, *, train=None, explain=None, select=None):
+def report_inputs(inputs=None, *, train=None, explain=None, select=None, input_dirs=None, input_provenance=None):
     """One :class:`~iml_genomics.report.ReportInputs` from loaded directories and/or in-memory step results.
 
     Parameters
@@ -83,6 +83,11 @@ def report_inputs(inputs=None, *, train=None, explain=None, select=None):
         What :func:`iml_genomics.report.load_inputs` read (or the directories to read; the CLI reads them).
     train, explain, select : TrainResult, ExplainResult, SelectResult, optional
         Results of the steps in this process; each replaces the same step's loaded directory.
+    input_dirs : mapping of str to path, optional
+        Step -> the directory its in-memory result was (or will be) written to, as the page names it; by
+        default ``(in memory: STEP)``.
+    input_provenance : mapping of str to dict, optional
+        Step -> its provenance record, shown on the page (as read from ``provenance.json``).
 
     Returns
     -------
@@ -100,16 +105,37 @@ def report_inputs(inputs=None, *, train=None, explain=None, select=None):
     for step, result in (("train", train), ("explain", explain), ("select", select)):
         if result is None:
             continue
-        inputs.dirs[step] = Path(f"(in memory: {step})")
+        inputs.dirs[step] = Path((input_dirs or {}).get(step) or f"(in memory: {step})")
         inputs.provenance.pop(step, None)
+        if (input_provenance or {}).get(step) is not None:
+            inputs.provenance[step] = input_provenance[step]
+        # tables and documents as a reader of the written files sees them (floats to 10 digits, key order,
+        # dtypes), so the report from memory is byte for byte the report from the directories
         if step == "train":
-            inputs.cv_metrics, inputs.oof, inputs.model = result.cv_metrics, result.oof_predictions, result.manifest
+            inputs.cv_metrics, inputs.oof = _as_tsv(result.cv_metrics), _as_tsv(result.oof_predictions)
+            inputs.model = _as_json(result.manifest)
         elif step == "explain":
-            inputs.gene_ranking, inputs.local, inputs.interactions = result.ranking, result.local, result.interactions
-            inputs.explain_summary, inputs.attributions = result.summary, result.attribution_table()
+            inputs.gene_ranking, inputs.local = _as_tsv(result.ranking), _as_tsv(result.local)
+            inputs.interactions = _as_tsv(result.interactions)
+            inputs.explain_summary, inputs.attributions = _as_json(result.summary), result.attribution_table()
         else:
-            inputs.knockoffs, inputs.select_summary = result.selection, result.summary
+            inputs.knockoffs, inputs.select_summary = _as_tsv(result.selection), _as_json(result.summary)
     return inputs
+
+
+def _as_tsv(frame: pd.DataFrame) -> pd.DataFrame:
+    import io
+
+    from iml_genomics.io.writers import tsv_text
+    from iml_genomics.report.inputs import TSV_DTYPES
+
+    return pd.read_csv(io.StringIO(tsv_text(frame)), sep="\t", keep_default_na=True, dtype=TSV_DTYPES)
+
+
+def _as_json(document: dict) -> dict:
+    from iml_genomics.io.writers import json_document
+
+    return json_document(document)
 
 
 def _classes_and_task(inputs, adata, label_column, cfg):
@@ -155,9 +181,12 @@ def report_positive_class(inputs, adata, cfg, *, positive_class=None, source: st
     return resolve_positive_class(classes, requested, source=source, column=label_column)
 
 
-def _setup(adata, cfg, inputs, train, explain, select, positive_class, n_jobs, random_state):
+def _setup(adata, cfg, inputs, train, explain, select, positive_class, n_jobs, random_state, recorded=None):
     cfg = resolved(cfg, n_jobs, random_state)
-    inputs = report_inputs(inputs, train=train, explain=explain, select=select)
+    recorded = recorded or {}
+    inputs = report_inputs(inputs, train=train, explain=explain, select=select,
+                           input_dirs={k: v[0] for k, v in recorded.items()},
+                           input_provenance={k: v[1] for k, v in recorded.items()})
     sources = (adata.uns.get("sources") or {}) if adata is not None else {}
     source = str(sources.get("labels") or sources.get("expression") or inputs.dirs.get("train", "model.json"))
     positive, warning = report_positive_class(inputs, adata, cfg, positive_class=positive_class, source=source)
@@ -221,7 +250,7 @@ def _per_sample(frame):
 
 def report(adata, cfg, *, inputs=None, train=None, explain=None, select=None, collection=None, gene_map=None,
            positive_class: str | None = None, n_jobs: int | None = None, random_state: int | None = None,
-           own_provenance: dict | None = None) -> ReportResult:
+           own_provenance: dict | None = None, recorded: dict | None = None) -> ReportResult:
     """Biomarker table, gene-set results and a self-contained HTML page from the other steps' results.
 
     Parameters
@@ -248,6 +277,9 @@ def report(adata, cfg, *, inputs=None, train=None, explain=None, select=None, co
         Seed of the permutation tests; None = ``cfg.seed``.
     own_provenance : dict, optional
         This report's provenance rows shown on the page (command line, inputs).
+    recorded : mapping of str to (path, dict), optional
+        Step -> (directory, provenance record) of an in-memory result that was also written out (``run``):
+        the page then names that directory and shows that provenance, as if it had been read from it.
 
     Returns
     -------
@@ -261,7 +293,7 @@ def report(adata, cfg, *, inputs=None, train=None, explain=None, select=None, co
     from iml_genomics.report import build_report
 
     cfg, inputs, positive, warnings, label_column, task = _setup(adata, cfg, inputs, train, explain, select,
-                                                                 positive_class, n_jobs, random_state)
+                                                                 positive_class, n_jobs, random_state, recorded)
     rc = cfg.report
     result = build_report(inputs, collection=collection, report_cfg=rc, gene_map=gene_map, adata=adata,
                           label_column=label_column, task=task, samples=rc.samples or cfg.explain.samples,
