@@ -172,6 +172,20 @@ def check_positive_class(cfg, classes, *, source: str) -> str | None:
     return positive
 
 
+def echo_warnings(warnings) -> None:
+    """Print a step's one-line warnings on stderr.
+
+    The positive-class warning is printed once per process (``run`` calls several steps that each
+    resolve the class); every other warning is printed each time.
+    """
+    for warning in warnings:
+        if warning.startswith("iml-genomics: warning: positive class"):
+            if warning in _WARNED:
+                continue
+            _WARNED.add(warning)
+        click.echo(warning, err=True)
+
+
 def _check_out_dir(ctx, param, value):
     """Fail at once, not after hours of work, if --out cannot be created or written."""
     if value is None:

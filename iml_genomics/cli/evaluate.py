@@ -50,13 +50,13 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
     from pathlib import Path
 
     from iml_genomics.errors import ConfigError
-    from iml_genomics.evaluate import (evaluate_against_truth, ranking_from_table, selection_from_table,
-                                       truth_from_table)
+    from iml_genomics.evaluate import ranking_from_table, selection_from_table, truth_from_table
     from iml_genomics.io import Provenance, read_table, staged_output, write_tsv
+    from iml_genomics.io.readers import read_gene_list
+    from iml_genomics.steps.evaluate import evaluate as evaluate_step
 
     if not rankings and not selections:
         raise ConfigError("evaluate: nothing to score; pass --ranking FILE and/or --selection FILE.")
-    k_values = sorted(set(k_values or (10, 20, 50)))
     wants_gaps = expression is not None or labels is not None
     if wants_gaps and (expression is None or (model_dir is None and config_path is None)):
         raise ConfigError("evaluate: prediction gaps need --expression, --labels (or an .h5ad with the label "
@@ -64,7 +64,7 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
     if wants_gaps and not rankings:
         raise ConfigError("evaluate: prediction gaps need a --ranking (genes are removed in ranking order).")
 
-    truth_genes = truth_from_table(_read_gene_table(truth, "truth"), str(truth))
+    truth_genes = truth_from_table(read_gene_list(truth, "truth"), str(truth))
     ranking_lists = {}
     for path in rankings:
         for name, genes in ranking_from_table(read_table(path, "ranking"), _label(path, rankings)).items():
@@ -86,26 +86,27 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
         **{f"ranking_{i + 1}": p for i, p in enumerate(rankings)},
         **{f"selection_{i + 1}": p for i, p in enumerate(selections)},
         **({"model": str(Path(model_dir) / "model.json")} if model_dir else {})})
-    tables = evaluate_against_truth(truth_genes, rankings=ranking_lists, selections=selection_lists, k_values=k_values)
-    prov.mark("truth_metrics")
+    adata = None
     if cfg is not None:
-        tables["prediction_gaps"] = _gaps(cfg, expression, labels, ranking_lists, k_values, n_random)
-        prov.mark("prediction_gaps")
-    prov.extra["n_true_genes"] = len(truth_genes)
+        from iml_genomics.cli.common import load_cohort_for
+
+        adata = load_cohort_for(cfg, expression, labels)
+        prov.mark("read")
+    result = evaluate_step(adata, cfg, truth=truth_genes, rankings=ranking_lists, selections=selection_lists,
+                           k_values=k_values or (10, 20, 50), n_random=n_random)
+    prov.mark("evaluate")
+    prov.extra["n_true_genes"] = result.n_true_genes
     with staged_output(out) as stage:
-        for name, frame in tables.items():
-            if name == "selection_metrics" and not selection_lists:
-                continue
-            if name in ("ranking_metrics", "precision_at_k") and not ranking_lists:
-                continue
+        for name, frame in result.tables().items():
             write_tsv(frame, stage / f"{name}.tsv")
         prov.mark("write")
         prov.write(stage)
-    for row in tables["selection_metrics"].itertuples():
-        click.echo(f"evaluate: {row.source}: {row.n_selected} selected, FDP = {row.fdp:.3f}, power = {row.power:.3f}",
-                   err=True)
-    for row in tables["ranking_metrics"].itertuples():
-        click.echo(f"evaluate: {row.source}: AUPRC = {row.auprc:.3f}, R-precision = {row.r_precision:.3f}", err=True)
+    for frame, line in ((result.selection_metrics, "{0.source}: {0.n_selected} selected, FDP = {0.fdp:.3f}, "
+                                                   "power = {0.power:.3f}"),
+                        (result.ranking_metrics, "{0.source}: AUPRC = {0.auprc:.3f}, R-precision = "
+                                                 "{0.r_precision:.3f}")):
+        for row in (frame.itertuples() if frame is not None else ()):
+            click.echo("evaluate: " + line.format(row), err=True)
     click.echo(f"evaluate: wrote {out}", err=True)
 
 
@@ -119,22 +120,6 @@ def _label(path, paths) -> str:
     return short if names.count(short) == 1 else str(p)
 
 
-def _read_gene_table(path, what: str):
-    """A table with a header, or a bare list of genes (one per line)."""
-    import pandas as pd
-
-    from iml_genomics.io import read_table
-    from iml_genomics.io.readers import check_readable
-
-    path = check_readable(path, what)
-    frame = read_table(path, what)
-    if "gene_id" in frame.columns:
-        return frame
-    text = path.read_text() if not str(path).endswith(".gz") else __import__("gzip").open(path, "rt").read()
-    genes = [line.split("\t")[0].strip() for line in text.splitlines() if line.strip()]
-    return pd.DataFrame({"gene_id": genes})
-
-
 def _gap_config(model_dir, config_path):
     from iml_genomics.config import config_from_dict
     from iml_genomics.cli.common import resolve_config
@@ -146,34 +131,3 @@ def _gap_config(model_dir, config_path):
         return config_from_dict(manifest["config"], source=f"{model_dir}/model.json")
     return resolve_config(config_path, overrides={})
 
-
-def _gaps(cfg, expression, labels, ranking_lists, k_values, n_random):
-    import pandas as pd
-    from scipy import sparse
-
-    from iml_genomics.cli.common import load_cohort_for
-    from iml_genomics.errors import ConfigError
-    from iml_genomics.evaluate import prediction_gaps
-    from iml_genomics.io.cohort import infer_task, prepare_target
-    from iml_genomics.models import build_pipeline
-    from iml_genomics.training import design_matrix
-
-    adata = load_cohort_for(cfg, expression, labels)
-    task = infer_task(adata.obs[cfg.data.label_column], cfg.task)
-    y, classes = prepare_target(adata.obs[cfg.data.label_column], task, n_splits=cfg.cv.n_splits,
-                                source=str(labels or expression), column=cfg.data.label_column)
-    X = design_matrix(adata)
-    gene_ids = list(adata.var_names)
-    ks = [k for k in k_values if k < len(gene_ids)]
-    if not ks:
-        raise ConfigError(f"evaluate: every --k is >= the {len(gene_ids)} genes of {expression}; "
-                          f"prediction gaps need k < number of genes.")
-    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
-    parts = []
-    for name, ranking in ranking_lists.items():
-        gaps = prediction_gaps(X, y, gene_ids, ranking, pipeline=pipeline, task=task, classes=classes, k_values=ks,
-                               n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, n_random=n_random,
-                               cv_seed=cfg.seed, random_state=cfg.seed, n_jobs=cfg.n_jobs)
-        parts.append(gaps.assign(source=name))
-    frame = pd.concat(parts, ignore_index=True)
-    return frame[["source", *[c for c in frame.columns if c != "source"]]]

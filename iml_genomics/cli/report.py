@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import out_option, resolve_config
+from iml_genomics.cli.common import echo_warnings, out_option, resolve_config
 
 
 class _MultiValueOption(click.Option):
@@ -94,7 +94,8 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     from iml_genomics.config import config_from_dict
     from iml_genomics.errors import InputDataError
     from iml_genomics.io import Provenance, load_cohort, staged_output, write_json, write_tsv
-    from iml_genomics.report import build_report, cohort_paths, load_inputs, measured_genes
+    from iml_genomics.report import cohort_paths, load_inputs, measured_genes
+    from iml_genomics.steps.report import report as report_step
 
     inputs = load_inputs(input_dirs)
     overrides = {
@@ -133,44 +134,36 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
         **{f"inputs_{step}": str(d) for step, d in inputs.dirs.items()}, "gene_sets": rc.gene_sets,
         "gene_map": rc.gene_map, "expression": expression, "labels": labels, "config": config_path})
     prov.mark("read_inputs")
-
     adata = None
     if expression:
         if not Path(expression).is_file():
             raise InputDataError(f"{expression}: expression file (recorded by train) not found. Pass --expression "
                                  f"and --labels to point at the cohort.")
-        label_col = cfg.data.label_column or (inputs.model or {}).get("label_column")
-        adata = load_cohort(expression, labels=labels, label_column=label_col,
+        adata = load_cohort(expression, labels=labels,
+                            label_column=cfg.data.label_column or (inputs.model or {}).get("label_column"),
                             sample_id_column=cfg.data.sample_id_column,
                             genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
                             drop_unmatched=cfg.data.drop_unmatched, require_labels=False)
-    label_col = cfg.data.label_column or (inputs.model or {}).get("label_column")
     collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
     genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
     gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
                                    symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
     prov.mark("read_cohort_and_gene_sets")
-    task = (inputs.model or {}).get("task") or (None if cfg.task == "auto" else cfg.task)
-    positive = _positive_class(cfg, inputs, adata, label_col, task, explicit=positive_class is not None
-                               or (config_path is not None and cfg.data.positive_class is not None),
-                               source=str(labels or expression or inputs.dirs.get("train", "model.json")))
-    result = build_report(
-        inputs, collection=collection, report_cfg=rc, gene_map=gene_table, adata=adata, label_column=label_col,
-        task=task, count_data=cfg.preprocess.transform in ("log1p", "log1p_cpm"),
-        cpm=cfg.preprocess.transform == "log1p_cpm", samples=rc.samples or cfg.explain.samples,
-        random_state=cfg.seed, title=rc.title,
-        own_provenance={"command line": " ".join(sys.argv), "seed": cfg.seed,
-                        "gene sets": rc.gene_sets, "gene map": rc.gene_map, "expression": expression,
-                        "labels": labels}, positive_class=positive)
+    explicit = positive_class is not None or (config_path is not None and cfg.data.positive_class is not None)
+    result = report_step(adata, cfg, inputs=inputs, collection=collection, gene_map=gene_table,
+                         positive_class=cfg.data.positive_class if explicit else None,
+                         own_provenance={"command line": " ".join(sys.argv), "seed": cfg.seed,
+                                         "gene sets": rc.gene_sets, "gene map": rc.gene_map,
+                                         "expression": expression, "labels": labels})
+    echo_warnings(result.warnings)
     prov.mark("analyse")
     prov.extra["report"] = result.summary
     with staged_output(out) as stage:
         write_tsv(result.biomarkers, stage / "biomarkers.tsv")
         if result.gene_sets is not None:
             write_tsv(result.gene_sets, stage / "gene_sets.tsv")
-        if result.group_attributions_per_sample is not None:
-            per_sample = result.group_attributions_per_sample.rename_axis("sample_id").reset_index()
-            per_sample.to_parquet(stage / "group_attributions.parquet", index=False)
+        if result.group_attributions is not None:
+            result.group_attributions.to_parquet(stage / "group_attributions.parquet", index=False)
         write_json(result.summary, stage / "report_summary.json")
         (stage / "report.html").write_text(result.html, encoding="utf-8")
         prov.mark("write")
@@ -180,32 +173,3 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
                f"({gsum.get('n_significant_sets', 0)} significant), inputs: {', '.join(inputs.steps)}; wrote {out}",
                err=True)
 
-
-def _positive_class(cfg, inputs, adata, label_column, task, *, explicit: bool, source: str):
-    """The report's class of interest, checked against the labels before anything is written.
-
-    --positive-class (or data.positive_class of a --config) wins; else what explain explained (so SHAP signs
-    read as computed), else train's model.json, else select's summary, else the recorded config's value,
-    else the last label in sorted order (with the case/control-style warning).
-    """
-    from iml_genomics.cli.common import check_positive_class
-
-    if task == "regression":
-        classes = None
-    elif adata is not None and label_column and label_column in adata.obs.columns:
-        classes = sorted(set(adata.obs[label_column].astype(str).str.strip()))
-    else:
-        classes = (inputs.model or {}).get("classes")
-        classes = [str(c) for c in classes] if isinstance(classes, list) else None
-    if classes is None and task != "regression":
-        return cfg.data.positive_class if explicit else None  # no labels to check it against (nor to warn about)
-    if not explicit:
-        recorded = [(inputs.explain_summary or {}).get("positive_class"), (inputs.model or {}).get("positive_class"),
-                    (inputs.select_summary or {}).get("positive_class")]
-        chosen = next((r for r in recorded if isinstance(r, str)), None)
-        # a recorded default stays a default: the case/control warning is repeated for it
-        cfg.data.positive_class = chosen if classes is not None and len(classes) == 2 and chosen != classes[-1] \
-            else None
-    if cfg.data.label_column is None:
-        cfg.data.label_column = label_column
-    return check_positive_class(cfg, classes, source=source)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import cohort_options, common_overrides, load_cohort_for, out_option, resolve_config
+from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, out_option,
+                                     resolve_config)
 
 
 @click.command()
@@ -37,21 +38,19 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     adata = load_cohort_for(cfg, expression, labels, check_cv=True)
     prov.mark("read")
     from iml_genomics.models import save_bundle  # scikit-learn: imported once the inputs are valid
-    from iml_genomics.training import train_model
+    from iml_genomics.steps.train import train as train_step
 
-    result = train_model(adata, cfg, source=str(labels or expression))
+    result = train_step(adata, cfg)
+    echo_warnings(result.warnings)
     prov.mark("cross_validate_and_fit")
-    prov.extra["cohort"] = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": result.task,
-                            "classes": result.classes, "n_genes_used": len(result.used_genes),
-                            # what cv_metrics.tsv's auroc / average_precision treat as the positive label
-                            "positive_class": result.positive_class}
+    prov.extra["cohort"] = result.cohort
     with staged_output(out) as stage:
-        write_tsv(result.cv.metrics, stage / "cv_metrics.tsv")
-        write_tsv(result.cv.oof, stage / "oof_predictions.tsv")
-        save_bundle(stage, result.model, result.manifest(cfg))
+        write_tsv(result.cv_metrics, stage / "cv_metrics.tsv")
+        write_tsv(result.oof_predictions, stage / "oof_predictions.tsv")
+        save_bundle(stage, result.model, result.manifest)
         prov.mark("write")
         prov.write(stage)
-    summary = result.cv.metrics.set_index("split")
+    summary = result.cv_metrics.set_index("split")
     key = "auroc" if result.classes else "r2"
     named = f" (positive class '{result.positive_class}')" if result.positive_class is not None else ""
     click.echo(f"train: {adata.n_obs} samples x {adata.n_vars} genes, {cfg.model.name}, "

@@ -590,3 +590,38 @@ def _columns(columns, n: int = 20) -> str:
     """Column names for a message: at most ``n`` of them, each shortened."""
     names = [show_id(c, 60) for c in list(columns)[:n]]
     return (", ".join(names) or "none") + (f", ... ({len(columns)} in all)" if len(columns) > n else "")
+
+
+def read_gene_groups(path: str | Path) -> dict[str, str]:
+    """Gene id -> group label from a TSV/CSV with columns ``gene_id`` and ``group`` (``select.group_file``).
+
+    Rows with an empty group are left out (those genes become groups of their own).
+
+    Raises
+    ------
+    InputDataError
+        An unreadable file or one without the two columns.
+    """
+    table = read_table(path, what="group file")
+    if "gene_id" not in table.columns or "group" not in table.columns:
+        raise InputDataError(f"{path}: group file needs columns 'gene_id' and 'group'; found "
+                             f"{', '.join(map(str, table.columns))}.")
+    return {g: str(v).strip() for g, v in zip(table["gene_id"].astype(str).str.strip(), table["group"])
+            if not pd.isna(v)}
+
+
+def read_gene_list(path: str | Path, what: str = "truth") -> pd.DataFrame:
+    """A gene table with a ``gene_id`` column, or a bare list of genes (one per line) as such a table.
+
+    Raises
+    ------
+    InputDataError
+        A file that is missing or unreadable.
+    """
+    path = check_readable(path, what)
+    frame = read_table(path, what)
+    if "gene_id" in frame.columns:
+        return frame
+    text = path.read_text() if not str(path).endswith(".gz") else gzip.open(path, "rt").read()
+    genes = [line.split("\t")[0].strip() for line in text.splitlines() if line.strip()]
+    return pd.DataFrame({"gene_id": genes})

@@ -53,6 +53,11 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def json_document(obj):
+    """``obj`` as a reader of the file :func:`write_json` writes sees it (sorted keys, plain JSON types)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
+
+
 def write_json(obj, path: str | Path) -> None:
     """Write JSON with sorted keys (byte-stable) atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
@@ -61,8 +66,12 @@ def write_json(obj, path: str | Path) -> None:
 
 def write_tsv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> None:
     """Write a tab-separated table atomically, floats in round-trip precision."""
-    text = frame.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.10g")
-    atomic_write_bytes(text.encode(), path)
+    atomic_write_bytes(tsv_text(frame, index=index).encode(), path)
+
+
+def tsv_text(frame: pd.DataFrame, *, index: bool = False) -> str:
+    """The text :func:`write_tsv` writes: tab-separated, ``\\n`` line ends, floats to 10 significant digits."""
+    return frame.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.10g")
 
 
 _UMASK = os.umask(0)

@@ -70,6 +70,56 @@ def two_classes(positive_class: str | None, *candidates) -> tuple[str, str] | No
     return None
 
 
+@dataclass
+class ReportContext:
+    """What the report's analyses share: task, (positive, other) class, measured genes, univariate effects."""
+
+    task: str | None
+    positive_class: str | None
+    classes: tuple[str, str] | None
+    gene_ids: list
+    univariate: pd.DataFrame | None
+
+
+def report_context(inputs: ReportInputs, *, adata=None, label_column: str | None = None, task: str | None = None,
+                   count_data: bool = False, cpm: bool = False, positive_class: str | None = None) -> ReportContext:
+    """Task, classes, genes and univariate effects, as :func:`build_report` and the gene-set step use them.
+
+    Parameters are those of :func:`build_report`.
+    """
+    model = inputs.model or {}
+    task = task or model.get("task")
+    positive_class = positive_class or model.get("positive_class")
+    gene_ids = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
+    univariate = None
+    label_classes = None
+    if adata is not None and label_column and label_column in adata.obs.columns:
+        if task is None:
+            from iml_genomics.io import infer_task
+
+            task = infer_task(adata.obs[label_column])
+        if task == "classification":
+            label_classes = sorted(set(adata.obs[label_column].astype(str).str.strip()))
+        univariate = univariate_effects(adata, label_column=label_column, task=task,
+                                        positive_class=positive_class, count_data=count_data, cpm=cpm)
+    classes = two_classes(positive_class, label_classes, model.get("classes")) if task != "regression" else None
+    return ReportContext(task, positive_class, classes, gene_ids, univariate)
+
+
+def gene_set_analysis(inputs: ReportInputs, ctx: ReportContext, collection: gs.GeneSetCollection, *, report_cfg,
+                      gene_map: pd.Series | None = None, adata=None, label_column: str | None = None,
+                      random_state=0, count_data: bool = False, cpm: bool = False):
+    """The gene-set analysis of the report (:func:`~iml_genomics.report.tables.analyse_gene_sets`) in context."""
+    classes = ctx.classes
+    return analyse_gene_sets(
+        inputs, collection, gene_map=gene_map, univariate=ctx.univariate, min_size=report_cfg.min_set_size,
+        max_size=report_cfg.max_set_size, top_k=report_cfg.top_k, n_permutations=report_cfg.n_permutations,
+        ranking_metric=report_cfg.ranking_metric, q_threshold=report_cfg.gene_set_fdr,
+        random_state=random_state, gene_ids=ctx.gene_ids, classes=classes, adata=adata,
+        label_column=label_column, task=ctx.task, positive_class=classes[0] if classes else ctx.positive_class,
+        count_data=count_data, cpm=cpm)
+
+
 def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | None, report_cfg,
                  gene_map: pd.Series | None = None, adata=None, label_column: str | None = None,
                  task: str | None = None, count_data: bool = False, cpm: bool = False,
@@ -102,34 +152,17 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
         Two classes: the class effects, ``higher_in``, SHAP signs and gene-set directions refer to;
         model.json's ``positive_class`` when None, else the last label in sorted order.
     """
-    model = inputs.model or {}
-    task = task or model.get("task")
-    positive_class = positive_class or model.get("positive_class")
-    gene_ids = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
-    univariate = None
-    label_classes = None
-    if adata is not None and label_column and label_column in adata.obs.columns:
-        if task is None:
-            from iml_genomics.io import infer_task
-
-            task = infer_task(adata.obs[label_column])
-        if task == "classification":
-            label_classes = sorted(set(adata.obs[label_column].astype(str).str.strip()))
-        univariate = univariate_effects(adata, label_column=label_column, task=task,
-                                        positive_class=positive_class, count_data=count_data, cpm=cpm)
-    classes = two_classes(positive_class, label_classes, model.get("classes")) if task != "regression" else None
+    ctx = report_context(inputs, adata=adata, label_column=label_column, task=task, count_data=count_data, cpm=cpm,
+                         positive_class=positive_class)
+    task, classes, gene_ids, univariate = ctx.task, ctx.classes, ctx.gene_ids, ctx.univariate
     summary: dict = {"steps": inputs.steps, "task": task, "n_genes": len(gene_ids),
                      "positive_class": classes[0] if classes else None,
                      "univariate_effect": None if univariate is None else str(univariate["effect_type"].iloc[0])}
     analysis = None
     if collection is not None:
-        analysis = analyse_gene_sets(
-            inputs, collection, gene_map=gene_map, univariate=univariate, min_size=report_cfg.min_set_size,
-            max_size=report_cfg.max_set_size, top_k=report_cfg.top_k, n_permutations=report_cfg.n_permutations,
-            ranking_metric=report_cfg.ranking_metric, q_threshold=report_cfg.gene_set_fdr,
-            random_state=random_state, gene_ids=gene_ids, classes=classes, adata=adata,
-            label_column=label_column, task=task, positive_class=classes[0] if classes else positive_class,
-            count_data=count_data, cpm=cpm)
+        analysis = gene_set_analysis(inputs, ctx, collection, report_cfg=report_cfg, gene_map=gene_map, adata=adata,
+                                     label_column=label_column, random_state=random_state, count_data=count_data,
+                                     cpm=cpm)
         summary["gene_sets"] = analysis.summary
         keys = analysis.keys
     else:

@@ -32,6 +32,10 @@ REQUIRED_COLUMNS = {
 }
 
 
+# identifier columns are read as strings (a gene called '1' or 'NA' stays that gene)
+TSV_DTYPES = {"gene_id": str, "sample_id": str, "gene_id_1": str, "gene_id_2": str}
+
+
 @dataclass
 class ReportInputs:
     """Everything the report found in its input directories (None when absent)."""
@@ -57,8 +61,7 @@ class ReportInputs:
 def _read_tsv(path: Path) -> pd.DataFrame:
     name = path.name
     try:
-        frame = pd.read_csv(path, sep="\t", keep_default_na=True, dtype={"gene_id": str, "sample_id": str,
-                                                                         "gene_id_1": str, "gene_id_2": str})
+        frame = pd.read_csv(path, sep="\t", keep_default_na=True, dtype=TSV_DTYPES)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no data"
         raise InputDataError(f"{path}: cannot parse table ({msg}).") from None
