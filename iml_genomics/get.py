@@ -1,0 +1,127 @@
+"""Tidy tables back out of an AnnData the :mod:`iml_genomics.tl` functions wrote into (scanpy's ``get``).
+
+Each ``*_df`` returns the table the command line writes under the same name, with the same columns, order
+and dtypes: ``iml_genomics.io.write_tsv(get.ranking_df(adata), path)`` writes the bytes of the
+``gene_ranking.tsv`` that ``iml-genomics explain`` writes for the same cohort, config and model. The tables
+are kept in ``adata.uns["iml_genomics"][step]["tables"]`` as Parquet bytes, so they come back exactly, also
+from an AnnData read back from h5ad.
+"""
+
+from __future__ import annotations
+
+import json
+
+from iml_genomics.tl import UNS_KEY, _prefix, recorded
+
+
+def _table(adata, step: str, name: str, key_added):
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from iml_genomics.errors import InputDataError
+
+    tables = recorded(adata, step, key_added).get("tables") or {}
+    if name not in tables:
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}{step}']['tables'] has no '{name}' "
+                             f"(the step did not produce it); re-run ig.tl.{step}(adata).")
+    return pd.read_parquet(io.BytesIO(np.asarray(tables[name], dtype=np.uint8).tobytes()))
+
+
+def cv_metrics_df(adata, *, key_added: str | None = None):
+    """``cv_metrics.tsv`` of :func:`iml_genomics.tl.train`: one row per fold, then ``mean`` and ``sd``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    key_added : str, optional
+        The prefix the step ran with.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    return _table(adata, "train", "cv_metrics", key_added)
+
+
+def oof_predictions_df(adata, *, key_added: str | None = None):
+    """``oof_predictions.tsv`` of :func:`iml_genomics.tl.train`: out-of-fold predictions per sample."""
+    return _table(adata, "train", "oof_predictions", key_added)
+
+
+def ranking_df(adata, *, key_added: str | None = None):
+    """``gene_ranking.tsv`` of :func:`iml_genomics.tl.explain`: genes best first, with uncertainty."""
+    return _table(adata, "explain", "gene_ranking", key_added)
+
+
+def local_df(adata, *, key_added: str | None = None):
+    """``local_explanations.tsv`` of :func:`iml_genomics.tl.explain`: top genes of the ``explain.samples``."""
+    return _table(adata, "explain", "local_explanations", key_added)
+
+
+def interactions_df(adata, *, key_added: str | None = None):
+    """``interactions.tsv`` of :func:`iml_genomics.tl.explain` (empty unless interactions were computed)."""
+    return _table(adata, "explain", "interactions", key_added)
+
+
+def selection_df(adata, *, key_added: str | None = None):
+    """``knockoff_selection.tsv`` of :func:`iml_genomics.tl.select`: every gene, W / p-values, selected."""
+    return _table(adata, "select", "knockoff_selection", key_added)
+
+
+def gene_sets_df(adata, *, key_added: str | None = None):
+    """``gene_sets.tsv`` of :func:`iml_genomics.tl.gene_sets`."""
+    return _table(adata, "gene_sets", "gene_sets", key_added)
+
+
+def group_attributions_df(adata, *, key_added: str | None = None):
+    """``group_attributions.parquet`` of :func:`iml_genomics.tl.gene_sets` (sum of |SHAP| per sample and set)."""
+    return _table(adata, "gene_sets", "group_attributions", key_added)
+
+
+def attributions_df(adata, *, key_added: str | None = None):
+    """``attributions.parquet`` of :func:`iml_genomics.tl.explain`, rebuilt from ``obsm["shap"]``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``sample_id``, ``class``, ``base_value``, ``model_output``, then one float32 column per gene with
+        attributions (sample-major rows, then class).
+    """
+    from iml_genomics.tl import _step_result
+
+    recorded(adata, "explain", key_added)
+    return _step_result(adata, "explain", key_added).attribution_table()
+
+
+def summary(adata, step: str, *, key_added: str | None = None) -> dict:
+    """The step's summary JSON (``explain_summary.json``, ``select_summary.json``, the gene-set block).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    step : {"explain", "select", "gene_sets"}
+    key_added : str, optional
+    """
+    from iml_genomics.errors import InputDataError
+
+    entry = recorded(adata, step, key_added)
+    if "summary" not in entry:
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}{step}'] has no summary; the "
+                             f"{step} step records none.")
+    return json.loads(entry["summary"])
+
+
+def provenance(adata, step: str, *, key_added: str | None = None) -> dict:
+    """The step's provenance (package versions, task, classes, positive class, cohort, warnings)."""
+    return json.loads(recorded(adata, step, key_added).get("provenance") or "{}")
+
+
+def config(adata, step: str = "train", *, key_added: str | None = None):
+    """The resolved :class:`~iml_genomics.config.Config` the step ran with."""
+    from iml_genomics.config import config_from_dict
+
+    entry = recorded(adata, step, key_added)
+    return config_from_dict(json.loads(entry.get("config") or "{}"),
+                            source=f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}{step}']['config']")

@@ -1,0 +1,569 @@
+"""The scanpy-style Python API: run a step on an AnnData and write its results into it.
+
+``import iml_genomics as ig`` then ``ig.tl.train(adata, label_column="cell_type")``, ``ig.tl.explain(adata)``,
+``ig.tl.select(adata)``, ``ig.tl.gene_sets(adata, gene_sets="sets.gmt")``. Each function calls the step of
+:mod:`iml_genomics.steps` (where the science lives), writes its results into ``adata`` in place and returns
+the step's result object. Where everything lands (``adata.var`` columns, ``adata.obsm``, ``adata.uns
+["iml_genomics"]``) is listed in docs/api.md; :mod:`iml_genomics.get` turns it back into the tidy tables the
+command line writes as TSV files.
+
+Everything written is h5ad-writable: ``adata.write_h5ad(path)`` works after every call, and
+:func:`explain` works on the AnnData read back, because the fitted model is kept as the bytes of its skops
+bundle and loaded only through :func:`iml_genomics.models.load_bundle` (allow-listed types, never pickle).
+
+Importing this module is cheap: the heavy libraries are imported when a function is called.
+"""
+
+from __future__ import annotations
+
+import json
+
+UNS_KEY = "iml_genomics"
+"""``adata.uns`` key under which every step records its parameters, provenance and tables."""
+
+# step result table -> (attribute of the step result, adata.uns table name); get.py reads the same names
+TABLES = {
+    "train": (("cv_metrics", "cv_metrics"), ("oof_predictions", "oof_predictions")),
+    "explain": (("ranking", "gene_ranking"), ("local", "local_explanations"), ("interactions", "interactions")),
+    "select": (("selection", "knockoff_selection"),),
+    "gene_sets": (("table", "gene_sets"), ("group_attributions", "group_attributions")),
+}
+
+# gene_ranking.tsv column -> adata.var column (before the key_added prefix) and the value of genes it lacks
+EXPLAIN_VAR = (("rank", "explain_rank", "Int64"), ("mean_abs_shap", "mean_abs_shap", "float"),
+               ("mean_shap", "mean_shap", "float"), ("sd", "shap_sd", "float"),
+               ("rank_low", "explain_rank_low", "Int64"), ("rank_high", "explain_rank_high", "Int64"),
+               ("top_k_frequency", "top_k_frequency", "float"),
+               ("permutation_importance", "permutation_importance", "float"),
+               ("permutation_importance_sd", "permutation_importance_sd", "float"),
+               ("used", "used_by_model", "bool"))
+# knockoff_selection.tsv column -> adata.var column
+SELECT_VAR = (("w", "knockoff_w", "float"), ("selected", "knockoff_selected", "bool"),
+              ("selection_frequency", "selection_frequency", "float"), ("e_value", "knockoff_e_value", "float"),
+              ("rank", "select_rank", "Int64"), ("group", "select_group", "str"),
+              ("tested", "select_tested", "bool"), ("p_value", "dcrt_p_value", "float"),
+              ("q_value", "dcrt_q_value", "float"))
+
+
+def _prefix(key_added: str | None) -> str:
+    """``key_added`` as a column / key prefix: ``"nk"`` -> ``"nk_"``; None -> ``""``."""
+    if key_added is None or key_added == "":
+        return ""
+    if not isinstance(key_added, str):
+        raise TypeError(f"key_added must be a string, not {type(key_added).__name__}.")
+    return key_added if key_added.endswith("_") else f"{key_added}_"
+
+
+def _config(config, *, what: str = "config"):
+    """A :class:`~iml_genomics.config.Config` from a YAML path, a mapping, a Config or None (the defaults)."""
+    import copy
+    from pathlib import Path
+
+    from iml_genomics.config import Config, config_from_dict, load_config
+
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return copy.deepcopy(config)
+    if isinstance(config, dict):
+        return config_from_dict(copy.deepcopy(config), source=what)
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    raise TypeError(f"{what} must be a YAML path, a dict or an iml_genomics.config.Config, "
+                    f"not {type(config).__name__}.")
+
+
+def _store(adata) -> dict:
+    """``adata.uns["iml_genomics"]``, created when missing."""
+    store = adata.uns.get(UNS_KEY)
+    if store is None:
+        adata.uns[UNS_KEY] = {}
+        store = adata.uns[UNS_KEY]
+    return store
+
+
+def recorded(adata, step: str, key_added: str | None = None) -> dict:
+    """What ``tl.<step>`` recorded in ``adata.uns["iml_genomics"]``, or a one-line error naming what to run.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    step : {"train", "explain", "select", "gene_sets"}
+    key_added : str, optional
+        The prefix the step was run with.
+
+    Raises
+    ------
+    iml_genomics.errors.InputDataError
+        The step has not been run on this AnnData (with this ``key_added``).
+    """
+    from iml_genomics.errors import InputDataError
+
+    name = _prefix(key_added) + step
+    entry = (adata.uns.get(UNS_KEY) or {}).get(name)
+    if entry is None:
+        hint = f", key_added={key_added!r}" if key_added else ""
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{name}'] not found: run ig.tl.{step}(adata{hint}) first.")
+    return entry
+
+
+def _json(obj) -> str:
+    from iml_genomics.io.writers import json_document
+
+    return json.dumps(json_document(obj), sort_keys=True)
+
+
+def _table_bytes(frame):
+    """A table as Parquet bytes (uint8): dtypes, NaN and column order survive h5ad exactly."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
+
+
+def _params(**kwargs) -> dict:
+    """Parameters as h5ad can hold them: None is left out (h5ad has no null)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _var_columns(adata, table, spec, prefix: str) -> None:
+    """Write ``table``'s per-gene columns into ``adata.var`` (order = var_names; missing genes NaN/False/<NA>)."""
+    import numpy as np
+    import pandas as pd
+
+    table = table.set_index("gene_id")
+    table = table[~table.index.duplicated()]
+    for column, var_column, kind in spec:
+        values = table[column].reindex(adata.var_names) if column in table.columns else \
+            pd.Series(np.nan, index=adata.var_names)
+        if kind == "bool":
+            values = values.astype("boolean").fillna(False).astype(bool)
+        elif kind == "Int64":
+            values = pd.to_numeric(values).astype("Int64")
+        elif kind == "str":
+            values = values.astype(object).where(values.notna(), "").astype(str)
+        else:
+            values = pd.to_numeric(values).astype(np.float64)
+        adata.var[prefix + var_column] = values.to_numpy()
+
+
+def _bundle_bytes(result):
+    """The skops bundle :func:`iml_genomics.models.save_bundle` writes for ``result``: (model bytes, manifest JSON)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from iml_genomics.models import BUNDLE_MANIFEST, BUNDLE_MODEL, save_bundle
+
+    with tempfile.TemporaryDirectory(prefix="iml_genomics_bundle_") as tmp:
+        save_bundle(tmp, result.model, result.manifest)
+        model = (Path(tmp) / BUNDLE_MODEL).read_bytes()
+        manifest = (Path(tmp) / BUNDLE_MANIFEST).read_text()
+    return np.frombuffer(model, dtype=np.uint8).copy(), manifest
+
+
+def load_model(adata, key_added: str | None = None):
+    """The model ``tl.train`` stored in ``adata``, loaded through the safe bundle loader.
+
+    The bundle bytes are written to a private temporary directory and read by
+    :func:`iml_genomics.models.load_bundle`, which checks the manifest, the sha256 and every type in the skops
+    schema against the allow-list before anything is loaded; nothing is unpickled.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    key_added : str, optional
+
+    Returns
+    -------
+    (sklearn.pipeline.Pipeline, dict)
+        The fitted pipeline and its manifest (``model.json``), as :func:`iml_genomics.steps.explain` takes them.
+
+    Raises
+    ------
+    iml_genomics.errors.BundleError
+        The stored bundle is missing, damaged or altered (one line naming the ``adata.uns`` key).
+    """
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from iml_genomics.errors import BundleError
+    from iml_genomics.models import BUNDLE_MANIFEST, BUNDLE_MODEL, load_bundle
+
+    name = _prefix(key_added) + "train"
+    where = f"adata.uns['{UNS_KEY}']['{name}']['model']"
+    stored = recorded(adata, "train", key_added).get("model")
+    if not isinstance(stored, dict) or "skops" not in stored or "manifest" not in stored:
+        raise BundleError(f"{where}: no model bundle (needs 'skops' and 'manifest'); re-run ig.tl.train(adata).")
+    data, manifest = np.asarray(stored["skops"]), stored["manifest"]
+    if data.dtype != np.uint8 or data.ndim != 1 or not isinstance(manifest, str):
+        raise BundleError(f"{where}: 'skops' must be a 1-D uint8 array and 'manifest' a JSON string; "
+                          f"re-run ig.tl.train(adata).")
+    with tempfile.TemporaryDirectory(prefix="iml_genomics_bundle_") as tmp:
+        (Path(tmp) / BUNDLE_MODEL).write_bytes(data.tobytes())
+        (Path(tmp) / BUNDLE_MANIFEST).write_text(manifest)
+        try:
+            return load_bundle(tmp)
+        except BundleError as exc:
+            # the loader names its (temporary) files; the user knows the bundle by its adata.uns key
+            message = str(exc).replace(str(Path(tmp) / BUNDLE_MODEL), f"{where}['skops']")
+            message = message.replace(str(Path(tmp) / BUNDLE_MANIFEST), f"{where}['manifest']")
+            message = message.replace(tmp, where)
+            message = message.replace("Re-run 'iml-genomics train' to recreate it.", "Re-run ig.tl.train(adata).")
+            raise BundleError(message) from None
+
+
+def _provenance(result, cfg) -> str:
+    from iml_genomics.io.writers import package_versions
+
+    return _json({"versions": package_versions(), "task": result.task, "classes": result.classes,
+                  "positive_class": result.positive_class, "cohort": getattr(result, "cohort", None),
+                  "warnings": list(getattr(result, "warnings", []) or []), "seed": cfg.seed if cfg else None})
+
+
+def attach_results(adata, *, train=None, explain=None, select=None, gene_sets=None, key_added=None, config=None,
+                   params=None) -> None:
+    """Write step results into an AnnData, as the ``tl`` functions do after calling a step.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        The cohort the results were computed on (same ``var_names`` / ``obs_names``); changed in place.
+    train : iml_genomics.steps.TrainResult, optional
+        ``var[used_by_model]``, the tables ``cv_metrics`` / ``oof_predictions`` and the model bundle (skops
+        bytes + manifest JSON) in ``uns["iml_genomics"]["train"]``.
+    explain : iml_genomics.steps.ExplainResult, optional
+        The ``gene_ranking`` columns in ``var`` (``mean_abs_shap``, ``explain_rank``, ...), the per-sample SHAP
+        values in ``obsm["shap"]`` (float32, samples x ``var_names``; 0 for genes the model does not use;
+        samples x genes x classes for multiclass), base values and model outputs in ``uns``.
+    select : iml_genomics.steps.SelectResult, optional
+        ``knockoff_w``, ``knockoff_selected``, ``dcrt_p_value``, ... in ``var``; the table and summary in uns.
+    gene_sets : iml_genomics.steps.GeneSetResult, optional
+        The ``gene_sets`` table (and per-sample group attributions) in uns (sets are not genes: no var columns).
+    key_added : str, optional
+        Prefix of every var column, obsm key and uns entry (``"nk"`` -> ``nk_mean_abs_shap``,
+        ``uns["iml_genomics"]["nk_train"]``); None = no prefix.
+    config : iml_genomics.config.Config, optional
+        The resolved config the steps ran with, recorded as JSON (train's defaults to its bundle's config).
+    params : dict, optional
+        The call's parameters, recorded under ``params`` (None values are left out).
+
+    Notes
+    -----
+    Genes absent from a step's table (filtered out, or not in the model) get NaN in float columns, <NA> in
+    integer ones, False in boolean ones and ``""`` in ``select_group``. Earlier results of the same step and
+    prefix are replaced.
+    """
+    import numpy as np
+
+    prefix = _prefix(key_added)
+    store = _store(adata)
+    base = dict(params or {})
+    cfg_json = _json(config.to_dict()) if config is not None else None
+    for step, result in (("train", train), ("explain", explain), ("select", select), ("gene_sets", gene_sets)):
+        if result is None:
+            continue
+        entry = {"params": _params(**base, key_added=key_added),
+                 "tables": {name: _table_bytes(getattr(result, attr)) for attr, name in TABLES[step]
+                            if getattr(result, attr) is not None}}
+        if cfg_json is not None:
+            entry["config"] = cfg_json
+        if step != "gene_sets":
+            entry["provenance"] = _provenance(result, config)
+        if step == "train":
+            skops, manifest = _bundle_bytes(result)
+            entry["model"] = {"skops": skops, "manifest": manifest}
+            entry.setdefault("config", _json(result.manifest.get("config") or {}))
+            used = set(result.used_genes)
+            adata.var[prefix + "used_by_model"] = np.array([g in used for g in adata.var_names], dtype=bool)
+        elif step == "explain":
+            entry["summary"] = _json(result.summary)
+            _var_columns(adata, result.ranking, EXPLAIN_VAR, prefix)
+            _attach_attributions(adata, result, entry, prefix)
+        elif step == "select":
+            entry["summary"] = _json(result.summary)
+            _var_columns(adata, result.selection, SELECT_VAR, prefix)
+        else:
+            entry["summary"] = _json(result.summary)
+            entry["provenance"] = _json({"positive_class": result.positive_class,
+                                         "warnings": list(result.warnings or [])})
+        store[prefix + step] = entry
+
+
+def _attach_attributions(adata, result, entry, prefix: str) -> None:
+    """Per-sample SHAP values into ``obsm`` on the var axis; base values, outputs and layout into ``uns``."""
+    import numpy as np
+
+    key = prefix + "shap"
+    if result.attributions is None:
+        adata.obsm.pop(key, None)
+        return
+    if list(result.sample_ids) != list(adata.obs_names):
+        raise ValueError("explain result samples differ from adata.obs_names; attach it to the AnnData it was "
+                         "computed on.")
+    values = result.attributions
+    position = {g: i for i, g in enumerate(adata.var_names)}
+    columns = np.array([position[g] for g in result.attribution_genes], dtype=np.intp)
+    shape = (adata.n_obs, adata.n_vars) + values.shape[2:]
+    # genes the model does not use contribute exactly nothing to its output
+    full = np.zeros(shape, dtype=np.float32)
+    full[:, columns] = values.astype(np.float32)
+    adata.obsm[key] = full
+    entry["attributions"] = {"obsm_key": key, "classes": np.array(result.attribution_classes, dtype=object).astype(str),
+                             "genes": np.array(result.attribution_genes, dtype=object).astype(str),
+                             "base_values": np.asarray(result.base_values, dtype=np.float64),
+                             "model_output": np.asarray(result.model_output, dtype=np.float64)}
+
+
+def _step_result(adata, step: str, key_added):
+    """A step result rebuilt from what ``tl.<step>`` stored (for gene_sets, which reads earlier steps)."""
+    from iml_genomics import get
+    from iml_genomics.steps import ExplainResult, SelectResult, TrainResult
+
+    entry = (adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + step)
+    if entry is None:
+        return None
+    prov = json.loads(entry.get("provenance") or "{}")
+    common = {"task": prov.get("task"), "classes": prov.get("classes"), "positive_class": prov.get("positive_class"),
+              "cohort": prov.get("cohort") or {}}
+    if step == "train":
+        manifest = json.loads(entry["model"]["manifest"])
+        manifest = {k: v for k, v in manifest.items() if k not in ("model_file", "model_sha256")}
+        return TrainResult(cv_metrics=get.cv_metrics_df(adata, key_added=key_added),
+                           oof_predictions=get.oof_predictions_df(adata, key_added=key_added), model=None,
+                           manifest=manifest, gene_ids=manifest.get("gene_ids", []), used_genes=[], **common)
+    if step == "select":
+        return SelectResult(selection=get.selection_df(adata, key_added=key_added),
+                            summary=json.loads(entry["summary"]), gene_ids=list(adata.var_names), tested_genes=[],
+                            **common)
+    out = ExplainResult(ranking=get.ranking_df(adata, key_added=key_added),
+                        local=get.local_df(adata, key_added=key_added),
+                        interactions=get.interactions_df(adata, key_added=key_added),
+                        summary=json.loads(entry["summary"]), sample_ids=list(adata.obs_names),
+                        gene_ids=list(adata.var_names), **common)
+    att = entry.get("attributions")
+    if att is not None:
+        import numpy as np
+
+        position = {g: i for i, g in enumerate(adata.var_names)}
+        genes = [str(g) for g in att["genes"]]
+        out.attributions = np.asarray(adata.obsm[att["obsm_key"]])[:, [position[g] for g in genes]]
+        out.base_values, out.model_output = np.asarray(att["base_values"]), np.asarray(att["model_output"])
+        out.attribution_genes, out.attribution_classes = genes, [str(c) for c in att["classes"]]
+    return out
+
+
+def _with_data(cfg, label_column, positive_class):
+    if label_column is not None:
+        cfg.data.label_column = label_column
+    if positive_class is not None:
+        cfg.data.positive_class = positive_class
+    return cfg
+
+
+def _recorded_config(adata, key_added):
+    """The config ``tl.train`` ran with (None when it has not run)."""
+    from iml_genomics.config import config_from_dict
+
+    entry = (adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + "train")
+    if entry is None or "config" not in entry:
+        return None
+    return config_from_dict(json.loads(entry["config"]), source=f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}train']")
+
+
+def train(adata, *, label_column: str | None = None, config=None, positive_class: str | None = None,
+          key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+    """Cross-validate and fit a model predicting ``obs[label_column]``; results into ``adata``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Samples (cells) x genes; dense or sparse ``X`` (sparse input is scaled without centring).
+    label_column : str, optional
+        The outcome column of ``adata.obs``; None = ``data.label_column`` of the config.
+    config : str, path, dict or iml_genomics.config.Config, optional
+        A YAML file, a mapping with the same keys (docs/config.md) or a Config; None = the defaults.
+    positive_class : str, optional
+        Two classes: the class of interest (overrides ``data.positive_class``).
+    key_added : str, optional
+        Prefix of the var columns and uns entries written (``"nk"`` -> ``nk_used_by_model``).
+    n_jobs : int, optional
+        Parallel workers; None = the config's. Results do not depend on it.
+    random_state : int, optional
+        Seed; None = the config's ``seed``.
+
+    Returns
+    -------
+    iml_genomics.steps.TrainResult
+        Also written into ``adata``: ``var["used_by_model"]``; ``uns["iml_genomics"]["train"]`` with
+        ``params``, ``config`` (resolved, JSON), ``provenance`` (versions, classes, positive class; JSON),
+        ``tables`` (``cv_metrics``, ``oof_predictions``; read them with :func:`iml_genomics.get.cv_metrics_df`)
+        and ``model`` (the skops bundle: ``skops`` uint8 bytes, ``manifest`` JSON) that :func:`explain` loads.
+    """
+    from iml_genomics import steps
+    from iml_genomics.steps._common import resolved
+
+    cfg = resolved(_with_data(_config(config), label_column, positive_class), n_jobs, random_state)
+    result = steps.train(adata, cfg)
+    attach_results(adata, train=result, key_added=key_added, config=cfg,
+                   params=_params(label_column=cfg.data.label_column, positive_class=result.positive_class,
+                                  n_jobs=n_jobs, random_state=cfg.seed,
+                                  config=str(config) if isinstance(config, (str,)) else None))
+    return result
+
+
+def explain(adata, *, config=None, positive_class: str | None = None, key_added: str | None = None,
+            n_jobs: int | None = None, random_state: int | None = None):
+    """Explain the model ``tl.train`` stored in ``adata``: SHAP, permutation importance, ranking stability.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        The AnnData :func:`train` ran on (or one read back from its h5ad, or another cohort holding the
+        model's genes and, for permutation importance, the label column).
+    config : str, path, dict or Config, optional
+        ``explain`` / ``cv`` settings; None = the config ``tl.train`` recorded. The model and preprocessing
+        are always the stored model's.
+    positive_class : str, optional
+        Two classes: the class SHAP explains; None = the model's positive class.
+    key_added : str, optional
+        The prefix :func:`train` was called with; also the prefix of what this writes.
+    n_jobs, random_state : int, optional
+        None = the config's.
+
+    Returns
+    -------
+    iml_genomics.steps.ExplainResult
+        Also written into ``adata``: ``var`` columns ``mean_abs_shap``, ``mean_shap``, ``shap_sd``,
+        ``explain_rank`` (1 = most important), ``explain_rank_low`` / ``explain_rank_high``,
+        ``top_k_frequency``, ``permutation_importance`` (+ ``_sd``), ``used_by_model``; ``obsm["shap"]``
+        (see :func:`attach_results`); ``uns["iml_genomics"]["explain"]``.
+
+    Raises
+    ------
+    iml_genomics.errors.InputDataError
+        :func:`train` has not run on ``adata``; the stored model bundle was altered (``BundleError``).
+    """
+    from iml_genomics import steps
+    from iml_genomics.steps._common import resolved
+
+    model = load_model(adata, key_added)
+    cfg = _config(config) if config is not None else _recorded_config(adata, key_added)
+    if cfg is not None and positive_class is not None:
+        cfg.data.positive_class = positive_class
+    elif cfg is None and positive_class is not None:
+        cfg = _with_data(_config(model[1].get("config") or {}, what="model manifest"), None, positive_class)
+    cfg_used = resolved(_explain_config(model[1], cfg), n_jobs, random_state)
+    where = f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}train']['model']"
+    result = steps.explain(adata, cfg_used, model=model, model_source=where)
+    attach_results(adata, explain=result, key_added=key_added, config=cfg_used,
+                   params=_params(label_column=cfg_used.data.label_column, positive_class=result.positive_class,
+                                  n_jobs=n_jobs, random_state=cfg_used.seed))
+    return result
+
+
+def _explain_config(manifest, cfg):
+    from iml_genomics.steps.explain import explain_config
+
+    return explain_config(manifest, cfg)
+
+
+def select(adata, *, label_column: str | None = None, config=None, positive_class: str | None = None,
+           groups=None, key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+    """Select genes at the target FDR (model-X knockoffs or the dCRT, ``select.method``); results into ``adata``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    label_column : str, optional
+        None = the config's, else the column ``tl.train`` used.
+    config : str, path, dict or Config, optional
+        None = the config ``tl.train`` recorded, else the defaults.
+    positive_class : str, optional
+    groups : mapping of str to str, optional
+        Gene -> group label for ``select.groups: file``.
+    key_added : str, optional
+    n_jobs, random_state : int, optional
+
+    Returns
+    -------
+    iml_genomics.steps.SelectResult
+        Also written into ``adata``: ``var`` columns ``knockoff_w``, ``knockoff_selected`` (the selection at
+        the target FDR, whichever ``select.method``), ``selection_frequency``, ``knockoff_e_value``,
+        ``select_rank``, ``select_group``, ``select_tested``, ``dcrt_p_value``, ``dcrt_q_value`` (NaN for
+        knockoffs); ``uns["iml_genomics"]["select"]``.
+    """
+    from iml_genomics import steps
+    from iml_genomics.steps._common import resolved
+
+    cfg = _config(config) if config is not None else (_recorded_config(adata, key_added) or _config(None))
+    cfg = resolved(_with_data(cfg, label_column, positive_class), n_jobs, random_state)
+    result = steps.select(adata, cfg, groups=groups)
+    attach_results(adata, select=result, key_added=key_added, config=cfg,
+                   params=_params(label_column=cfg.data.label_column, positive_class=result.positive_class,
+                                  method=cfg.select.method, fdr=cfg.select.fdr, n_jobs=n_jobs,
+                                  random_state=cfg.seed))
+    return result
+
+
+def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = None, gene_map=None,
+              key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+    """Gene-set analysis of the ``tl.train`` / ``tl.explain`` / ``tl.select`` results stored in ``adata``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    gene_sets : str, path, dict or iml_genomics.genesets.GeneSetCollection
+        A GMT file, a mapping set name -> genes, or a collection.
+    config : str, path, dict or Config, optional
+        ``report`` settings; None = the config ``tl.train`` recorded, else the defaults.
+    positive_class : str, optional
+    gene_map : pandas.Series, optional
+        Gene id -> symbol matched against the sets.
+    key_added : str, optional
+        The prefix of the earlier steps; also the prefix of what this writes.
+    n_jobs, random_state : int, optional
+
+    Returns
+    -------
+    iml_genomics.steps.GeneSetResult
+        Also written into ``adata.uns["iml_genomics"]["gene_sets"]`` (tables ``gene_sets`` and
+        ``group_attributions``; :func:`iml_genomics.get.gene_sets_df`).
+    """
+    from pathlib import Path
+
+    from iml_genomics import steps
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.genesets import GeneSetCollection, read_gmt
+    from iml_genomics.steps._common import resolved
+
+    if isinstance(gene_sets, (str, Path)):
+        collection = read_gmt(gene_sets)
+    elif isinstance(gene_sets, GeneSetCollection):
+        collection = gene_sets
+    elif isinstance(gene_sets, dict):
+        collection = GeneSetCollection(sets={str(k): [str(g) for g in v] for k, v in gene_sets.items()},
+                                       source="gene_sets", path="gene_sets")
+    else:
+        raise TypeError(f"gene_sets must be a GMT path, a dict or a GeneSetCollection, not "
+                        f"{type(gene_sets).__name__}.")
+    results = {step: _step_result(adata, step, key_added) for step in ("train", "explain", "select")}
+    if all(r is None for r in results.values()):
+        raise InputDataError(f"adata.uns['{UNS_KEY}'] holds no train, explain or select results"
+                             f"{' with key_added=' + repr(key_added) if key_added else ''}: run ig.tl.explain or "
+                             f"ig.tl.select first.")
+    cfg = _config(config) if config is not None else (_recorded_config(adata, key_added) or _config(None))
+    cfg = resolved(cfg, n_jobs, random_state)
+    result = steps.gene_sets(adata, cfg, collection=collection, gene_map=gene_map, positive_class=positive_class,
+                             **results)
+    attach_results(adata, gene_sets=result, key_added=key_added, config=cfg,
+                   params=_params(n_sets=len(collection), positive_class=result.positive_class,
+                                  random_state=cfg.seed, gene_sets=str(gene_sets) if isinstance(gene_sets, str)
+                                  else None))
+    return result
