@@ -284,8 +284,8 @@ def attach_results(adata, *, train=None, explain=None, select=None, gene_sets=No
             adata.var[prefix + "used_by_model"] = np.array([g in used for g in adata.var_names], dtype=bool)
         elif step == "explain":
             entry["summary"] = _json(result.summary)
+            _attach_attributions(adata, result, entry, prefix)  # first: it refuses a result of other samples
             _var_columns(adata, result.ranking, EXPLAIN_VAR, prefix)
-            _attach_attributions(adata, result, entry, prefix)
         elif step == "select":
             entry["summary"] = _json(result.summary)
             _var_columns(adata, result.selection, SELECT_VAR, prefix)
@@ -304,11 +304,14 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
     if result.attributions is None:
         adata.obsm.pop(key, None)
         return
-    if list(result.sample_ids) != list(adata.obs_names):
-        raise ValueError("explain result samples differ from adata.obs_names; attach it to the AnnData it was "
-                         "computed on.")
-    values = result.attributions
+    from iml_genomics.errors import InputDataError
+
     position = {g: i for i, g in enumerate(adata.var_names)}
+    missing = [g for g in result.attribution_genes if g not in position]
+    if list(result.sample_ids) != list(adata.obs_names) or missing:
+        what = f"gene '{missing[0]}' is not in adata.var_names" if missing else "its samples differ from adata.obs_names"
+        raise InputDataError(f"explain result: {what}; attach it to the AnnData it was computed on.")
+    values = result.attributions
     columns = np.array([position[g] for g in result.attribution_genes], dtype=np.intp)
     shape = (adata.n_obs, adata.n_vars) + values.shape[2:]
     # genes the model does not use contribute exactly nothing to its output

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -94,26 +96,51 @@ def _same(a: ad.AnnData, b: ad.AnnData) -> None:
         pd.testing.assert_frame_equal(ig.get.cv_metrics_df(a), ig.get.cv_metrics_df(b))
 
 
+DOC = ROOT / "docs" / "api.md"
+
+
+def _doc_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    """The CLI's run of configs/demo.yaml and the same analysis through ig.tl, written to h5ad after each call."""
-    import iml_genomics as ig
+    """The CLI's run of configs/demo.yaml, and the session of docs/api.md run block by block.
 
+    After every block the AnnData is written to h5ad and read back; ``read[step]`` is the copy read back
+    right after the block that added ``uns["iml_genomics"][step]``.
+    """
     base = tmp_path_factory.mktemp("api")
     run_cli("run", "configs/demo.yaml", "--out", base / "cli")
-    adata = _cohort()
-    round_trips = {}
-    calls = (("train", lambda: ig.tl.train(adata, label_column="condition", config="configs/demo.yaml")),
-             ("explain", lambda: ig.tl.explain(adata)),
-             ("select", lambda: ig.tl.select(adata)),
-             ("gene_sets", lambda: ig.tl.gene_sets(adata, TEST_DATA / "demo_pathways.gmt")))
-    results = {}
-    for step, call in calls:
-        results[step] = call()
-        path = base / f"after_{step}.h5ad"
-        adata.write_h5ad(path)
-        round_trips[step] = ad.read_h5ad(path)
-    return {"cli": base / "cli", "adata": adata, "read": round_trips, "results": results, "base": base}
+    namespace: dict = {}
+    read = {}
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the page runs from the repository root
+    try:
+        for i, code in enumerate(_doc_blocks()):
+            exec(compile(code, f"{DOC}:block{i + 1}", "exec"), namespace)  # noqa: S102 - our own documentation
+            adata = namespace["adata"]
+            path = base / f"block{i + 1}.h5ad"
+            adata.write_h5ad(path)
+            back = ad.read_h5ad(path)
+            for step in set(adata.uns.get("iml_genomics", {})) - set(read):
+                read[step] = back
+    finally:
+        os.chdir(cwd)
+    return {"cli": base / "cli", "adata": namespace["adata"], "read": read, "base": base}
+
+
+def test_the_doc_session_ran_every_step(session):
+    assert set(session["read"]) == {"train", "explain", "select", "gene_sets", "sparse_train", "sparse_explain"}
+    import iml_genomics.get as get
+    import iml_genomics.tl as tl
+
+    doc = DOC.read_text()
+    for _, column, _ in (*tl.EXPLAIN_VAR, *tl.SELECT_VAR):
+        assert f"`{column}`" in doc, column
+    for name in dir(get):
+        if name.endswith("_df"):
+            assert f"`{name}(" in doc, name
 
 
 TABLES = (("cv_metrics_df", "train/cv_metrics.tsv"), ("oof_predictions_df", "train/oof_predictions.tsv"),
@@ -164,7 +191,7 @@ def test_recorded_parameters_and_provenance(session):
     import iml_genomics as ig
 
     store = session["adata"].uns["iml_genomics"]
-    assert sorted(store) == ["explain", "gene_sets", "select", "train"]
+    assert {"explain", "gene_sets", "select", "train"} <= set(store)
     assert store["train"]["params"]["label_column"] == "condition"
     assert store["train"]["params"]["config"] == "configs/demo.yaml"
     assert store["select"]["params"]["fdr"] == 0.1
@@ -178,9 +205,9 @@ def test_every_call_leaves_an_h5ad_that_reads_back_equal(session):
     for step in ("train", "explain", "select", "gene_sets"):
         back = session["read"][step]
         assert step in back.uns["iml_genomics"]
-    _same(adata, session["read"]["gene_sets"])
+    _same(adata, session["read"]["sparse_explain"])
     # the check compares something: an altered column is seen
-    changed = session["read"]["gene_sets"].copy()
+    changed = session["read"]["sparse_explain"].copy()
     changed.var["mean_abs_shap"] = changed.var["mean_abs_shap"] * 2
     with pytest.raises(AssertionError):
         _same(adata, changed)
@@ -257,28 +284,25 @@ def test_genes_outside_the_model_get_nan_and_false(session):
     assert pd.isna(ad.read_h5ad(session["base"] / "wider.h5ad").var.loc["EXTRA", "explain_rank"])
 
 
-def test_key_added_keeps_two_analyses_apart_and_config_may_be_a_dict(session):
-    import yaml
-
+def test_key_added_keeps_two_analyses_apart_and_config_may_be_a_dict_or_config(session):
     import iml_genomics as ig
     from iml_genomics.config import load_config
 
-    adata = session["read"]["select"].copy()
-    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    raw["model"]["params"]["C"] = 0.05
-    raw["cv"]["n_splits"] = 3
-    raw["explain"]["method"] = "shap"
-    ig.tl.train(adata, config=raw, key_added="sparse")
-    ig.tl.explain(adata, key_added="sparse", config=load_config(ROOT / "configs" / "demo.yaml"))
-    assert {"sparse_train", "sparse_explain", "train", "explain", "select"} <= set(adata.uns["iml_genomics"])
+    adata = session["adata"]  # the doc's second analysis: a dict config, key_added="sparse"
     assert "sparse_mean_abs_shap" in adata.var and "sparse_shap" in adata.obsm
+    assert adata.uns["iml_genomics"]["sparse_train"]["params"]["key_added"] == "sparse"
     # the unprefixed analysis is untouched; the stronger penalty gives fewer genes any attribution
-    pd.testing.assert_series_equal(adata.var["mean_abs_shap"], session["adata"].var["mean_abs_shap"])
+    pd.testing.assert_series_equal(adata.var["mean_abs_shap"], session["read"]["gene_sets"].var["mean_abs_shap"])
     assert 0 < (adata.var["sparse_mean_abs_shap"] > 0).sum() < (adata.var["mean_abs_shap"] > 0).sum()
     assert len(ig.get.cv_metrics_df(adata, key_added="sparse")) == 3 + 2
-    # an explicit config replaces the recorded one for explain, but the model stays the stored one
-    assert ig.get.config(adata, "explain", key_added="sparse").model.params["C"] == 0.05
-    assert ig.get.config(adata, "explain").model.params["C"] == 0.3
+    assert ig.get.config(adata, "train", key_added="sparse").model.params["C"] == 0.05
+    assert ig.get.config(adata, "train").model.params["C"] == 0.3
+    # an explicit Config replaces the recorded one for explain, but the model stays the stored one
+    other = session["read"]["sparse_explain"].copy()
+    ig.tl.explain(other, key_added="sparse", config=load_config(ROOT / "configs" / "demo.yaml"))
+    assert ig.get.config(other, "explain", key_added="sparse").model.params["C"] == 0.05
+    assert ig.get.config(other, "explain", key_added="sparse").explain.method == "all"
+    pd.testing.assert_series_equal(other.var["sparse_mean_abs_shap"], adata.var["sparse_mean_abs_shap"])
 
 
 def test_bad_config_and_arguments_raise_specific_errors():
@@ -323,3 +347,24 @@ def test_multiclass_attributions_are_samples_by_genes_by_classes(tmp_path):
     back = ad.read_h5ad(tmp_path / "multi.h5ad")
     np.testing.assert_array_equal(back.obsm["shap"], shap)
     pd.testing.assert_frame_equal(ig.get.attributions_df(back), ig.get.attributions_df(adata))
+
+
+def test_attach_results_refuses_results_of_another_anndata(session):
+    import iml_genomics as ig
+    from iml_genomics import steps
+    from iml_genomics.errors import InputDataError
+
+    adata = session["read"]["train"]
+    result = steps.explain(adata, model=ig.tl.load_model(adata))
+    fewer_cells = adata[:50].copy()
+    with pytest.raises(InputDataError, match="samples differ from adata.obs_names"):
+        ig.tl.attach_results(fewer_cells, explain=result)
+    fewer_genes = adata[:, 1:].copy()
+    with pytest.raises(InputDataError, match=f"gene '{adata.var_names[0]}' is not in adata.var_names"):
+        ig.tl.attach_results(fewer_genes, explain=result)
+    assert "mean_abs_shap" not in fewer_cells.var and "shap" not in fewer_genes.obsm
+    # the same result on its own AnnData is what tl.explain writes
+    own = adata.copy()
+    ig.tl.attach_results(own, explain=result)
+    np.testing.assert_array_equal(own.obsm["shap"], session["adata"].obsm["shap"])
+    pd.testing.assert_frame_equal(ig.get.ranking_df(own), ig.get.ranking_df(session["adata"]))
