@@ -17,6 +17,7 @@ Importing this module is cheap: the heavy libraries are imported when a function
 from __future__ import annotations
 
 import json
+import os
 
 UNS_KEY = "iml_genomics"
 """``adata.uns`` key under which every step records its parameters, provenance and tables."""
@@ -309,7 +310,8 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
     position = {g: i for i, g in enumerate(adata.var_names)}
     missing = [g for g in result.attribution_genes if g not in position]
     if list(result.sample_ids) != list(adata.obs_names) or missing:
-        what = f"gene '{missing[0]}' is not in adata.var_names" if missing else "its samples differ from adata.obs_names"
+        what = (f"gene '{missing[0]}' is not in adata.var_names" if missing
+                else "its samples differ from adata.obs_names")
         raise InputDataError(f"explain result: {what}; attach it to the AnnData it was computed on.")
     values = result.attributions
     columns = np.array([position[g] for g in result.attribution_genes], dtype=np.intp)
@@ -417,7 +419,7 @@ def train(adata, *, label_column: str | None = None, config=None, positive_class
     attach_results(adata, train=result, key_added=key_added, config=cfg,
                    params=_params(label_column=cfg.data.label_column, positive_class=result.positive_class,
                                   n_jobs=n_jobs, random_state=cfg.seed,
-                                  config=str(config) if isinstance(config, (str,)) else None))
+                                  config=str(config) if isinstance(config, (str, os.PathLike)) else None))
     return result
 
 

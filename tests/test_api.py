@@ -162,7 +162,8 @@ def test_get_tables_are_the_cli_files_byte_for_byte(session, which, tmp_path):
     # attributions.parquet: the same rows and float32 values as the CLI's file
     cli = pd.read_parquet(session["cli"] / "explain" / "attributions.parquet")
     pd.testing.assert_frame_equal(ig.get.attributions_df(adata).reset_index(drop=True), cli)
-    assert ig.get.summary(adata, "select") == json.loads((session["cli"] / "select" / "select_summary.json").read_text())
+    assert ig.get.summary(adata, "select") == json.loads(
+        (session["cli"] / "select" / "select_summary.json").read_text())
     assert ig.get.summary(adata, "explain") == json.loads(
         (session["cli"] / "explain" / "explain_summary.json").read_text())
 
