@@ -333,7 +333,8 @@ def test_multiclass_attributions_are_samples_by_genes_by_classes(tmp_path):
     n, p = 150, 12
     X = rng.normal(size=(n, p)).astype(np.float32)
     y = np.array(["a", "b", "c"])[np.argmax(X[:, :3] * 2 + rng.normal(size=(n, 3)), axis=1)]
-    adata = ad.AnnData(X=X, obs=pd.DataFrame({"group": y}, index=[f"c{i}" for i in range(n)]),
+    # a categorical label column, as scanpy leaves them
+    adata = ad.AnnData(X=X, obs=pd.DataFrame({"group": pd.Categorical(y)}, index=[f"c{i}" for i in range(n)]),
                        var=pd.DataFrame(index=[f"g{j}" for j in range(p)]))
     config = {"seed": 1, "model": {"name": "random_forest", "params": {"n_estimators": 20, "max_depth": 3}},
               "cv": {"n_splits": 3}, "explain": {"method": "shap"}}
@@ -369,3 +370,23 @@ def test_attach_results_refuses_results_of_another_anndata(session):
     ig.tl.attach_results(own, explain=result)
     np.testing.assert_array_equal(own.obsm["shap"], session["adata"].obsm["shap"])
     pd.testing.assert_frame_equal(ig.get.ranking_df(own), ig.get.ranking_df(session["adata"]))
+
+
+def test_explained_class_and_gene_sets_as_a_dict(session):
+    import iml_genomics as ig
+    from iml_genomics.genesets import read_gmt
+
+    adata = session["read"]["gene_sets"].copy()
+    ig.tl.explain(adata, positive_class="normal", key_added=None)
+    att = adata.uns["iml_genomics"]["explain"]["attributions"]
+    assert list(att["classes"]) == ["normal"]
+    # two classes, log-odds: the other class's attributions are the negatives
+    np.testing.assert_allclose(adata.obsm["shap"], -session["adata"].obsm["shap"], atol=1e-5)
+    assert ig.get.provenance(adata, "explain")["positive_class"] == "normal"
+    sets = read_gmt(TEST_DATA / "demo_pathways.gmt").sets
+    ig.tl.gene_sets(adata, dict(sets), positive_class="tumour")
+    from_dict, from_gmt = ig.get.gene_sets_df(adata), ig.get.gene_sets_df(session["adata"])
+    assert list(from_dict["gene_set"]) == list(from_gmt["gene_set"])
+    np.testing.assert_array_equal(from_dict["p_value"], from_gmt["p_value"])
+    with pytest.raises(TypeError, match="gene_sets must be"):
+        ig.tl.gene_sets(adata, 5)
