@@ -168,12 +168,23 @@ def swap_check(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_met
     m = genes.size
     j = rng.integers(0, m, n_pairs)
     k = (j + rng.integers(1, m, n_pairs)) % m
-    both = np.corrcoef(np.hstack([Xh, Xkh]), rowvar=False)
+    stacked = np.hstack([Xh, Xkh])
+    # a gene expressed in a few cells only (single-cell data) can be constant on the held-out samples: its
+    # correlations are undefined, so only pairs whose three correlations exist are compared (a NaN would
+    # make the RMSEs NaN and the check fail without saying why)
+    varies = np.ptp(stacked, axis=0) > 0
+    defined = varies[j] & varies[k] & varies[m + j] & varies[m + k]
+    j, k = j[defined], k[defined]
+    if j.size == 0:
+        return {"skipped": "every sampled gene pair has a gene constant on the held-out samples"}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        both = np.corrcoef(stacked, rowvar=False)
     a, c, b = both[j, k], both[j, m + k], both[m + j, m + k]
     noise = np.sqrt(np.mean(2.0 * (1.0 - a**2) ** 2 / (n_hold - 1)))
     rmse_c = float(np.sqrt(np.mean((a - c) ** 2)))
     rmse_b = float(np.sqrt(np.mean((a - b) ** 2)))
-    return {"n_genes": int(m), "n_train": int(train.size), "n_heldout": int(n_hold), "n_pairs": int(n_pairs),
+    return {"n_genes": int(m), "n_train": int(train.size), "n_heldout": int(n_hold), "n_pairs": int(j.size),
+            "n_pairs_undefined": int(n_pairs - j.size),
             "covariance_model": kind, "rmse_corr_xx_vs_x_xk": rmse_c, "rmse_corr_xx_vs_xk_xk": rmse_b,
             "noise_rmse": float(noise), "passed": bool(rmse_c <= 1.5 * noise and rmse_b <= 1.5 * noise)}
 
