@@ -175,23 +175,24 @@ GENE_SET_COLUMNS = GENE_SET_COLUMNS + DIRECTION_COLUMNS + ORA_DIRECTION_COLUMNS
 
 def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Series,
                    univariate: pd.DataFrame | None, metric: str,
-                   classes: tuple[str, str] | None, *, signed: bool = True) -> tuple[pd.DataFrame, str]:
+                   classes: tuple[str, str] | None) -> tuple[pd.DataFrame, str]:
     """Name the class each gene set is higher in, and rank the sets within each direction.
 
     The class is the one with the stronger *directional* evidence: the smaller of its direction-split
-    over-representation q-value (``q_value_positive_class`` / ``q_value_other_class``) and, when the
-    rank-based test ran on the signed univariate statistic, ``gsea_q_value`` if the NES points to it.
-    Without any directional evidence (or a tie) the sign of ``direction_score`` decides. The rows are
-    then ordered by the evidence for their own direction (stable: ties keep the incoming order), so
-    ``gene_sets.tsv`` filtered by ``higher_in`` reads best first, and ``direction_rank`` counts in that
-    order. A set whose genes split between the classes (a mixed set) is named by its stronger half:
-    the NES of such a set follows its most extreme genes, which can be the minority.
+    over-representation p-value (``p_value_positive_class`` / ``p_value_other_class``) and the rank
+    test's ``gsea_p_value`` if the test points to it (on the signed univariate statistic: the sign of
+    the NES; on an unsigned score: NES > 0 and the sign of ``direction_score``). Without any directional
+    evidence (or a tie) the sign of ``direction_score`` decides. A set whose genes split between the
+    classes (a mixed set) is named by its stronger half: the NES of such a set follows its most extreme
+    genes, which can be the minority. ``direction_rank`` counts in the table's order (the sort rule
+    includes the direction-split q-values), so ``gene_sets.tsv`` filtered by ``higher_in`` is that
+    class's ranked list.
 
     Parameters
     ----------
     table : pandas.DataFrame
-        Gene-set rows in the order of the sort rule, with ``gene_set``, ``nes``, ``gsea_q_value`` and
-        (when the query was split) the direction-split q-values.
+        Gene-set rows in their final order, with ``gene_set``, ``nes``, ``gsea_p_value`` and (when the
+        query was split) the direction-split p-values.
     sets : dict
         Set name -> member keys (symbols) tested.
     keys : pandas.Series
@@ -202,14 +203,12 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         The rank-based test's gene score (:func:`ranking_scores`).
     classes : (positive, other) or None
         The two class names; None (regression, multiclass, unknown labels) leaves the direction empty.
-    signed : bool
-        The ranking is signed (its NES has a direction only for the univariate statistic).
 
     Returns
     -------
     table : pandas.DataFrame
-        Reordered as above, with ``higher_in`` (a class name, or '' when there is no direction),
-        ``direction_score`` and ``direction_rank`` (1-based within each ``higher_in``, in the new order).
+        With ``higher_in`` (a class name, or '' when there is no direction), ``direction_score`` and
+        ``direction_rank`` (1-based within each ``higher_in``, following the table's order).
     basis : str
         What ``direction_score`` is: the NES when the rank-based test ran on the signed univariate
         statistic (positive NES = the set's genes sit at the positive class's end), else the mean of the
@@ -236,8 +235,6 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         s = table["direction_score"].to_numpy()
         by_score = np.where(s > 0, classes[0], np.where(s < 0, classes[1], ""))
         nes = pd.to_numeric(table["nes"], errors="coerce").to_numpy() if "nes" in table else np.full(len(table), np.nan)
-        gq = pd.to_numeric(table["gsea_q_value"], errors="coerce").to_numpy() if "gsea_q_value" in table \
-            else np.full(len(table), np.nan)
         gp = pd.to_numeric(table["gsea_p_value"], errors="coerce").to_numpy() if "gsea_p_value" in table \
             else np.full(len(table), np.nan)
         nothing = np.full(len(table), np.nan)
@@ -245,24 +242,20 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         def column(name):
             return pd.to_numeric(table[name], errors="coerce").to_numpy() if name in table else nothing
 
-        evidence, p_evidence = [], []
+        # the rank test points to a class: by its NES on the signed univariate statistic; on an unsigned
+        # score (mean |SHAP|, knockoff W) a set enriched in the top genes (NES > 0) points where its genes
+        # are higher on average (the sign of direction_score, the mean Welch t)
+        toward = np.sign(nes) if metric == "univariate" else np.where(nes > 0, np.sign(s), 0.0)
+        p_evidence = []
         for side, sign in zip(ORA_DIRECTION_SIDES, (1.0, -1.0)):
-            directional = sign * nes > 0 if (signed and metric == "univariate") else np.zeros(len(table), bool)
-            evidence.append(np.fmin(np.nan_to_num(column(f"q_value_{side}"), nan=np.inf),
-                                    np.where(directional, np.nan_to_num(gq, nan=np.inf), np.inf)))
+            directional = np.nan_to_num(toward) == sign
             p_evidence.append(np.fmin(np.nan_to_num(column(f"p_value_{side}"), nan=np.inf),
                                       np.where(directional, np.nan_to_num(gp, nan=np.inf), np.inf)))
-        ev_pos, ev_other = evidence
-        table["higher_in"] = np.where(ev_pos < ev_other, classes[0],
-                                      np.where(ev_other < ev_pos, classes[1], by_score))
-        pos = table["higher_in"].to_numpy() == classes[0]
-        oth = table["higher_in"].to_numpy() == classes[1]
-        table["_own"] = np.where(pos, ev_pos, np.where(oth, ev_other, np.inf))
-        # BH q-values tie often (step-up, permutation floors): the own direction's p-value breaks the tie
-        table["_own_p"] = np.where(pos, p_evidence[0], np.where(oth, p_evidence[1], np.inf))
-    if "_own" not in table:
-        table["_own"] = table["_own_p"] = np.inf
-    table = table.sort_values(["_own", "_own_p"], kind="mergesort").drop(columns=["_own", "_own_p"])
+        # which class: the smaller directional p-value (q-values of two lists of different lengths are not
+        # comparable, and BH ties them in blocks); then the sign of direction_score
+        p_pos, p_other = p_evidence
+        table["higher_in"] = np.where(p_pos < p_other, classes[0],
+                                      np.where(p_other < p_pos, classes[1], by_score))
     rank = table.groupby("higher_in", sort=False).cumcount() + 1
     table["direction_rank"] = pd.array(np.where(table["higher_in"] != "", rank, -1), dtype="Int64")
     table.loc[table["higher_in"] == "", "direction_rank"] = pd.NA
@@ -772,7 +765,11 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         # an unsigned score (mean |SHAP|) has no meaningful "depleted" direction
         gsea_q = gsea_q.where(pd.to_numeric(table["nes"], errors="coerce") > 0)
     ora_q = pd.to_numeric(table["q_value"], errors="coerce")
-    best_q = pd.concat([ora_q, gsea_q], axis=1).min(axis=1)
+    split_q = [pd.to_numeric(table[f"q_value_{side}"], errors="coerce") for side in ORA_DIRECTION_SIDES]
+    split_p = [pd.to_numeric(table[f"p_value_{side}"], errors="coerce") for side in ORA_DIRECTION_SIDES]
+    # the direction-split lists count in the order (a set over-represented among the genes higher in one
+    # class leads that class's list) but not in the flag, whose families stay the two documented ones
+    best_q = pd.concat([ora_q, gsea_q, *split_q], axis=1).min(axis=1)
     # only p-values whose null respects the correlation between genes can flag a set
     flag_ora = ora_q if ora_null in CALIBRATED_NULLS else ora_q * np.nan
     flag_gsea = gsea_q if rank_null in CALIBRATED_NULLS else gsea_q * np.nan
@@ -782,11 +779,12 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     flag_q = q_threshold / max(1, n_families)
     table["significant"] = (pd.concat([flag_ora, flag_gsea], axis=1).min(axis=1) <= flag_q).to_numpy()
     table["_best_q"] = best_q.fillna(np.inf)
-    table["_p"] = pd.to_numeric(table["p_value"], errors="coerce").fillna(np.inf)
+    table["_p"] = pd.concat([pd.to_numeric(table["p_value"], errors="coerce"), *split_p], axis=1).min(
+        axis=1).fillna(np.inf)
     table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
     table = table.sort_values(["_best_q", "_p", "_attr", "gene_set"], kind="mergesort")
-    table, basis = set_directions(table, sets, keys, univariate, metric, classes, signed=signed)
     table["rank"] = np.arange(1, len(table) + 1)
+    table, basis = set_directions(table, sets, keys, univariate, metric, classes)
     summary.update(positive_class=classes[0] if classes else None, other_class=classes[1] if classes else None,
                    direction_basis=basis)
     table = table[GENE_SET_COLUMNS].reset_index(drop=True)
