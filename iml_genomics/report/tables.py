@@ -613,11 +613,16 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
             f"{'; after the gene map' if gene_map is not None else ''}). Pass --gene-map to map the measured ids "
             f"to the file's symbols, or use a gene-set file with the same identifiers.")
     if not sets:
+        # every set is outside the size limits: an empty table would read as "no pathway is involved";
+        # refused like a file with no measured gene, so the user changes the limits (issue 12, Contracts)
+        from iml_genomics.errors import InputDataError
+
         sizes = set_table["n_measured"]
-        summary["note"] = (
-            f"No gene set could be tested: none of the {len(set_table)} sets has between {min_size} and "
-            f"{max_size} measured genes (largest: {int(sizes.max())} measured genes). Lower --min-set-size "
-            f"(report.min_set_size) or raise --max-set-size to test them.")
+        raise InputDataError(
+            f"{collection.path or collection.source}: no gene set can be tested: none of the {len(set_table)} sets "
+            f"has between {min_size} and {max_size} measured genes (largest: {int(sizes.max())}, smallest: "
+            f"{int(sizes.min())} measured genes). Lower --min-set-size (report.min_set_size) or raise "
+            f"--max-set-size (report.max_set_size).")
     query, query_source, pool = query_genes(inputs, univariate, top_k)
     query_keys = sorted(set(keys.reindex(query).dropna()))
     split = _direction_queries(query, query_source, univariate, classes, top_k)
