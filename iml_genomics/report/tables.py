@@ -175,14 +175,16 @@ GENE_SET_COLUMNS = GENE_SET_COLUMNS + DIRECTION_COLUMNS + ORA_DIRECTION_COLUMNS
 
 def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Series,
                    univariate: pd.DataFrame | None, metric: str,
-                   classes: tuple[str, str] | None) -> tuple[pd.DataFrame, str]:
+                   classes: tuple[str, str] | None, q_threshold: float = 0.1) -> tuple[pd.DataFrame, str]:
     """Name the class each gene set is higher in, and rank the sets within each direction.
 
-    The class is the one with the stronger *directional* evidence: the smaller of its direction-split
+    When some directional evidence reaches ``q_threshold`` (the smaller of the direction-split
+    over-representation q-value and the rank test's q-value pointing to a class), the class is the one
+    with the stronger *directional* evidence: the smaller of its direction-split
     over-representation p-value (``p_value_positive_class`` / ``p_value_other_class``) and the rank
     test's ``gsea_p_value`` if the test points to it (on the signed univariate statistic: the sign of
-    the NES; on an unsigned score: NES > 0 and the sign of ``direction_score``). Without any directional
-    evidence (or a tie) the sign of ``direction_score`` decides. A set whose genes split between the
+    the NES; on an unsigned score: NES > 0 and the sign of ``direction_score``). Otherwise (or on a tie)
+    the sign of ``direction_score`` decides. A set whose genes split between the
     classes (a mixed set) is named by its stronger half: the NES of such a set follows its most extreme
     genes, which can be the minority. ``direction_rank`` counts in the table's order (the sort rule
     includes the direction-split q-values), so ``gene_sets.tsv`` filtered by ``higher_in`` is that
@@ -203,6 +205,8 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         The rank-based test's gene score (:func:`ranking_scores`).
     classes : (positive, other) or None
         The two class names; None (regression, multiclass, unknown labels) leaves the direction empty.
+    q_threshold : float
+        Directional evidence names the class only at q <= this (``report.gene_set_fdr``).
 
     Returns
     -------
@@ -246,16 +250,22 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         # score (mean |SHAP|, knockoff W) a set enriched in the top genes (NES > 0) points where its genes
         # are higher on average (the sign of direction_score, the mean Welch t)
         toward = np.sign(nes) if metric == "univariate" else np.where(nes > 0, np.sign(s), 0.0)
-        p_evidence = []
+        gq = column("gsea_q_value")
+        p_evidence, q_evidence = [], []
         for side, sign in zip(ORA_DIRECTION_SIDES, (1.0, -1.0)):
             directional = np.nan_to_num(toward) == sign
             p_evidence.append(np.fmin(np.nan_to_num(column(f"p_value_{side}"), nan=np.inf),
                                       np.where(directional, np.nan_to_num(gp, nan=np.inf), np.inf)))
-        # which class: the smaller directional p-value (q-values of two lists of different lengths are not
-        # comparable, and BH ties them in blocks); then the sign of direction_score
+            q_evidence.append(np.fmin(np.nan_to_num(column(f"q_value_{side}"), nan=np.inf),
+                                      np.where(directional, np.nan_to_num(gq, nan=np.inf), np.inf)))
+        # which class: with directional evidence at q <= q_threshold, the smaller directional p-value
+        # (q-values of two lists of different lengths are not comparable, and BH ties them in blocks);
+        # without it the sign of direction_score: weak evidence from the longer of two unequal lists (a
+        # SHAP top list split 40 / 10) must not outvote the set's mean direction
         p_pos, p_other = p_evidence
-        table["higher_in"] = np.where(p_pos < p_other, classes[0],
-                                      np.where(p_other < p_pos, classes[1], by_score))
+        by_evidence = np.where(p_pos < p_other, classes[0], np.where(p_other < p_pos, classes[1], by_score))
+        strong = np.fmin(*q_evidence) <= q_threshold
+        table["higher_in"] = np.where(strong, by_evidence, by_score)
     rank = table.groupby("higher_in", sort=False).cumcount() + 1
     table["direction_rank"] = pd.array(np.where(table["higher_in"] != "", rank, -1), dtype="Int64")
     table.loc[table["higher_in"] == "", "direction_rank"] = pd.NA
@@ -789,7 +799,7 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
     table = table.sort_values(["_best_q", "_p", "_attr", "gene_set"], kind="mergesort")
     table["rank"] = np.arange(1, len(table) + 1)
-    table, basis = set_directions(table, sets, keys, univariate, metric, classes)
+    table, basis = set_directions(table, sets, keys, univariate, metric, classes, q_threshold)
     summary.update(positive_class=classes[0] if classes else None, other_class=classes[1] if classes else None,
                    direction_basis=basis)
     table = table[GENE_SET_COLUMNS].reset_index(drop=True)
