@@ -178,9 +178,10 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
                    classes: tuple[str, str] | None, q_threshold: float = 0.1) -> tuple[pd.DataFrame, str]:
     """Name the class each gene set is higher in, and rank the sets within each direction.
 
-    When some directional evidence reaches ``q_threshold`` (the smaller of the direction-split
-    over-representation q-value and the rank test's q-value pointing to a class), the class is the one
-    with the stronger *directional* evidence: the smaller of its direction-split
+    A class's directional evidence is the smaller of its direction-split over-representation q-value and
+    the rank test's q-value when the test points to it. When only one class's evidence reaches
+    ``q_threshold``, the set is named by it; when both do (a mixed set), by the one
+    with the stronger *directional* p-value: the smaller of its direction-split
     over-representation p-value (``p_value_positive_class`` / ``p_value_other_class``) and the rank
     test's ``gsea_p_value`` if the test points to it (on the signed univariate statistic: the sign of
     the NES; on an unsigned score: NES > 0 and the sign of ``direction_score``). Otherwise (or on a tie)
@@ -263,9 +264,11 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         # without it the sign of direction_score: weak evidence from the longer of two unequal lists (a
         # SHAP top list split 40 / 10) must not outvote the set's mean direction
         p_pos, p_other = p_evidence
-        by_evidence = np.where(p_pos < p_other, classes[0], np.where(p_other < p_pos, classes[1], by_score))
-        strong = np.fmin(*q_evidence) <= q_threshold
-        table["higher_in"] = np.where(strong, by_evidence, by_score)
+        by_p = np.where(p_pos < p_other, classes[0], np.where(p_other < p_pos, classes[1], by_score))
+        strong_pos, strong_other = (q <= q_threshold for q in q_evidence)
+        # one side at q <= q_threshold names it; both: the smaller p-value; neither: the mean direction
+        table["higher_in"] = np.where(strong_pos & strong_other, by_p,
+                                      np.where(strong_pos, classes[0], np.where(strong_other, classes[1], by_score)))
     rank = table.groupby("higher_in", sort=False).cumcount() + 1
     table["direction_rank"] = pd.array(np.where(table["higher_in"] != "", rank, -1), dtype="Int64")
     table.loc[table["higher_in"] == "", "direction_rank"] = pd.NA
