@@ -134,3 +134,33 @@ def test_direction_split_is_calibrated_under_correlated_global_null():
     bound = q + 2 * np.sqrt(q * (1 - q) / reps)
     assert rate["positive_class"] <= bound and rate["other_class"] <= bound, rate
     assert max(rate["positive_class_hypergeometric"], rate["other_class_hypergeometric"]) > bound, rate
+
+
+def test_direction_rule_strong_evidence_names_weak_evidence_does_not():
+    """One side at q <= 0.1 names the set; both: the smaller p; neither: the sign of direction_score, however
+    small one side's p-value (the longer of two unequal lists wins such comparisons by size alone)."""
+    from iml_genomics.report.tables import set_directions
+
+    genes = [f"G{i}" for i in range(8)]
+    keys = pd.Series(genes, index=genes)
+    uni = pd.DataFrame({"statistic": [3.0, 3.0, -3.0, -3.0, 3.0, -3.0, -3.0, -3.0]}, index=genes)
+    sets = {"ONLY_OTHER_STRONG": genes[0:2], "BOTH_STRONG": genes[2:4], "WEAK": genes[5:8], "NONE": genes[4:5]}
+    table = pd.DataFrame({
+        "gene_set": list(sets), "nes": [1.0, -1.0, 1.0, 1.0], "gsea_p_value": 0.5, "gsea_q_value": 0.9,
+        # ONLY_OTHER_STRONG: the positive list has the smaller p but only the other list reaches q <= 0.1
+        "p_value_positive_class": [0.001, 0.01, 0.004, np.nan], "q_value_positive_class": [0.3, 0.05, 0.4, np.nan],
+        "p_value_other_class": [0.002, 0.001, 0.5, np.nan], "q_value_other_class": [0.05, 0.02, 0.9, np.nan]})
+    got = set_directions(table, sets, keys, uni, "mean_abs_shap", ("case", "control"), 0.1)[0].set_index("gene_set")
+    assert got.loc["ONLY_OTHER_STRONG", "higher_in"] == "control"
+    assert got.loc["BOTH_STRONG", "higher_in"] == "control"  # p 0.001 < 0.01
+    # WEAK: p 0.004 in the positive list, q 0.4: the members' mean t (-3) decides
+    assert got.loc["WEAK", "higher_in"] == "control" and got.loc["WEAK", "direction_score"] < 0
+    assert got.loc["NONE", "higher_in"] == "case"
+    # the rank test on an unsigned score points by direction_score when NES > 0, and counts when strong:
+    # ONLY_OTHER_STRONG (members' t = +3) then has strong evidence on both sides, the rank test's p is smaller
+    table2 = table.assign(gsea_q_value=[0.01, 0.9, 0.9, 0.9], gsea_p_value=[0.0001, 0.5, 0.5, 0.5])
+    got2 = set_directions(table2, sets, keys, uni, "mean_abs_shap", ("case", "control"), 0.1)[0]
+    assert got2.set_index("gene_set").loc["ONLY_OTHER_STRONG", "higher_in"] == "case"
+    table3 = table2.assign(nes=[-1.0, -1.0, 1.0, 1.0])  # NES < 0 on an unsigned score: no direction from it
+    got3 = set_directions(table3, sets, keys, uni, "mean_abs_shap", ("case", "control"), 0.1)[0]
+    assert got3.set_index("gene_set").loc["ONLY_OTHER_STRONG", "higher_in"] == "control"

@@ -178,18 +178,15 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
                    classes: tuple[str, str] | None, q_threshold: float = 0.1) -> tuple[pd.DataFrame, str]:
     """Name the class each gene set is higher in, and rank the sets within each direction.
 
-    A class's directional evidence is the smaller of its direction-split over-representation q-value and
-    the rank test's q-value when the test points to it. When only one class's evidence reaches
-    ``q_threshold``, the set is named by it; when both do (a mixed set), by the one
-    with the stronger *directional* p-value: the smaller of its direction-split
-    over-representation p-value (``p_value_positive_class`` / ``p_value_other_class``) and the rank
-    test's ``gsea_p_value`` if the test points to it (on the signed univariate statistic: the sign of
-    the NES; on an unsigned score: NES > 0 and the sign of ``direction_score``). Otherwise (or on a tie)
-    the sign of ``direction_score`` decides. A set whose genes split between the
-    classes (a mixed set) is named by its stronger half: the NES of such a set follows its most extreme
-    genes, which can be the minority. ``direction_rank`` counts in the table's order (the sort rule
-    includes the direction-split q-values), so ``gene_sets.tsv`` filtered by ``higher_in`` is that
-    class's ranked list.
+    A class's directional evidence is the smaller of its direction-split over-representation q-value
+    (``q_value_positive_class`` / ``q_value_other_class``) and ``gsea_q_value`` when the rank test points
+    to it (on the signed univariate statistic: the sign of the NES; on an unsigned score: NES > 0 and the
+    sign of ``direction_score``). When only one class's evidence reaches ``q_threshold`` the set is named
+    by it; when both do (a mixed set, genes of both classes in it) by the smaller directional p-value (the
+    same tests' p-values); otherwise, or on a tie, by the sign of ``direction_score``. The NES of a mixed
+    set follows its most extreme genes, which can be the minority, hence the over-representation lists.
+    ``direction_rank`` counts in the table's order (the sort rule includes the direction-split q-values),
+    so ``gene_sets.tsv`` filtered by ``higher_in`` is that class's ranked list.
 
     Parameters
     ----------
@@ -259,10 +256,10 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
                                       np.where(directional, np.nan_to_num(gp, nan=np.inf), np.inf)))
             q_evidence.append(np.fmin(np.nan_to_num(column(f"q_value_{side}"), nan=np.inf),
                                       np.where(directional, np.nan_to_num(gq, nan=np.inf), np.inf)))
-        # which class: with directional evidence at q <= q_threshold, the smaller directional p-value
-        # (q-values of two lists of different lengths are not comparable, and BH ties them in blocks);
-        # without it the sign of direction_score: weak evidence from the longer of two unequal lists (a
-        # SHAP top list split 40 / 10) must not outvote the set's mean direction
+        # both sides strong: the smaller p-value (q-values of two lists of different lengths are not
+        # comparable, and BH ties them in blocks); neither: the sign of direction_score, since weak evidence
+        # from the longer of two unequal lists (a SHAP top list split 40 / 10) must not outvote the set's
+        # mean direction
         p_pos, p_other = p_evidence
         by_p = np.where(p_pos < p_other, classes[0], np.where(p_other < p_pos, classes[1], by_score))
         strong_pos, strong_other = (q <= q_threshold for q in q_evidence)
