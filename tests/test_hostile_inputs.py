@@ -710,7 +710,8 @@ GMT_CASES = [
     # table would read as "no pathway involved", so it is refused like a file sharing no gene (issue 12)
     _report_gmt("all_sets_below_min_size", lambda ws: ws.write("small.gmt", "SET_A\tna\tG00\tG01\n"
                                                                "SET_B\tna\tG02\tG03\tG04\tNOT_MEASURED\n"),
-                "small.gmt", "no gene set can be tested", "largest: 3", "--min-set-size", extra=("--min-set-size", "5")),
+                "small.gmt", "no gene set can be tested", "largest: 3", "--min-set-size",
+                extra=("--min-set-size", "5")),
     _report_gmt("no_overlap_with_genes", lambda ws: ws.write("human.gmt", "P53_PATHWAY\tna\tTP53\tMDM2\tCDKN1A\n"
                                                              "DNA_REPAIR\tna\tBRCA1\tBRCA2\tATM\n"),
                 "human.gmt", "none of the", "--gene-map"),

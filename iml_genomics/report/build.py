@@ -277,7 +277,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.kv_table(mapping)
         if gsum.get("note"):
             inner += H.missing(H.esc(gsum["note"]))
-        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets, classes=classes), "gene set q-values")
+        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets, classes=classes),
+                                               "gene set q-values")
         inner += H.img(plots.group_attribution_bars(result.gene_sets), "group attributions") + "</div>"
         cols = ["rank", "gene_set", "n_measured", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value",
                 "nes", "gsea_q_value", "leading_edge", "group_attribution", "significant"]
