@@ -17,7 +17,8 @@ does without a model. Three nulls are compared:
   gene permutation), BH and the q/2 union rule applied here to the columns
   `hypergeometric_p_value` and `gene_permutation_p_value`.
 
-For each null and each test (ora, rank, and the flag = either) it prints the share of null
+For each null and each test (ora, rank, the flag = either, and the direction-split over-representation
+`ora_up` / `ora_down`: genes higher in case / in control, BH within each list, at level q) it prints the share of null
 replicates with any set flagged (must be <= q plus Monte Carlo error) and, under the planted
 alternative, the mean share of planted sets flagged (power) and the mean share of flagged sets
 that were not planted (FDP).
@@ -41,7 +42,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TESTS = ("ora", "rank", "flag")
+TESTS = ("ora", "rank", "flag", "ora_up", "ora_down")
+# ora_up / ora_down: the direction-split over-representation (genes higher in case / in control, each list
+# the top `top_k` of its direction, BH within each list) at level q; it does not set the flag
 
 
 def simulate_sets(n: int = 100, n_sets: int = 50, set_size: int = 20, rho: float = 0.3, *, n_planted: int = 0,
@@ -87,7 +90,7 @@ def flags(adata, sets, *, null: str, q: float = 0.1, n_permutations: int = 1000,
         ReportInputs(), gs.GeneSetCollection(sets, source="sim"), gene_map=None, univariate=uni,
         min_size=5, max_size=500, top_k=top_k, n_permutations=n_permutations, ranking_metric="univariate",
         q_threshold=q, random_state=seed, gene_ids=list(adata.var_names), adata=adata, label_column="condition",
-        task="classification", positive_class="case",
+        task="classification", positive_class="case", classes=("case", "control"),
         null="correlation_adjusted" if null == "correlation_adjusted" else "auto")
     t = res.table
     assert set(t["null_method"]) == {null} and set(t["gsea_null_method"]) == {null}, (
@@ -95,11 +98,14 @@ def flags(adata, sets, *, null: str, q: float = 0.1, n_permutations: int = 1000,
     level = q / 2  # the union rule of the flag: each family at q/2
     out = {null: {"ora": set(t.loc[t["q_value"] <= level, "gene_set"]),
                   "rank": set(t.loc[t["gsea_q_value"] <= level, "gene_set"]),
-                  "flag": set(t.loc[t["significant"].astype(bool), "gene_set"])}}
+                  "flag": set(t.loc[t["significant"].astype(bool), "gene_set"]),
+                  "ora_up": set(t.loc[t["q_value_positive_class"] <= q, "gene_set"]),
+                  "ora_down": set(t.loc[t["q_value_other_class"] <= q, "gene_set"])}}
     ora_q = gs.benjamini_hochberg(t["hypergeometric_p_value"].to_numpy(float))
     rank_q = gs.benjamini_hochberg(t["gene_permutation_p_value"].to_numpy(float))
     ind = {"ora": set(t.loc[ora_q <= level, "gene_set"]), "rank": set(t.loc[rank_q <= level, "gene_set"])}
     ind["flag"] = ind["ora"] | ind["rank"]
+    ind["ora_up"] = ind["ora_down"] = None  # the split lists have no genes-independent column
     out["independent"] = ind
     return out
 
@@ -123,7 +129,8 @@ def study(rhos, replicates: int, *, n: int = 100, n_sets: int = 50, set_size: in
                 f = flags(adata, sets, null=nl, q=q, n_permutations=n_permutations, top_k=top_k, seed=r)
                 for name in ([nl, "independent"] if i == 0 else [nl]):
                     for t in TESTS:
-                        any_flag[(name, t)] += bool(f[name][t])
+                        if f[name][t] is not None:
+                            any_flag[(name, t)] += bool(f[name][t])
             if power:
                 adata, sets, planted = simulate_sets(n, n_sets, set_size, rho, n_planted=n_planted, effect=effect,
                                                      seed=base + 7)
@@ -131,10 +138,14 @@ def study(rhos, replicates: int, *, n: int = 100, n_sets: int = 50, set_size: in
                     f = flags(adata, sets, null=nl, q=q, n_permutations=n_permutations, top_k=top_k, seed=r)
                     for name in ([nl, "independent"] if i == 0 else [nl]):
                         for t in TESTS:
+                            if f[name][t] is None:
+                                continue
                             pw[(name, t)].append(len(f[name][t] & set(planted)) / len(planted))
                             fdp[(name, t)].append(len(f[name][t] - set(planted)) / max(1, len(f[name][t])))
         for nl in names:
             for t in TESTS:
+                if nl == "independent" and t.startswith("ora_"):
+                    continue
                 rows.append({"rho": rho, "null": nl, "test": t,
                              "any_flag_rate_null": any_flag[(nl, t)] / replicates if null_runs else np.nan,
                              "power": np.mean(pw[(nl, t)]) if pw[(nl, t)] else np.nan,

@@ -706,6 +706,12 @@ GMT_CASES = [
     _report_gmt("bom_gmt_duplicate", lambda ws: ws.write("bom.gmt", "\ufeff" + GOOD_GMT + GOOD_GMT.splitlines()[0]
                                                           + "\n"), "bom.gmt", "'SET_0' already defined at line 1"),
     _report_gmt("missing_gmt", lambda ws: ws.path("absent.gmt"), "absent.gmt", "not found"),
+    # sets that overlap the genes but are all below --min-set-size (3 and 2 measured genes): an empty gene-set
+    # table would read as "no pathway involved", so it is refused like a file sharing no gene (issue 12)
+    _report_gmt("all_sets_below_min_size", lambda ws: ws.write("small.gmt", "SET_A\tna\tG00\tG01\n"
+                                                               "SET_B\tna\tG02\tG03\tG04\tNOT_MEASURED\n"),
+                "small.gmt", "no gene set can be tested", "largest: 3", "--min-set-size",
+                extra=("--min-set-size", "5")),
     _report_gmt("no_overlap_with_genes", lambda ws: ws.write("human.gmt", "P53_PATHWAY\tna\tTP53\tMDM2\tCDKN1A\n"
                                                              "DNA_REPAIR\tna\tBRCA1\tBRCA2\tATM\n"),
                 "human.gmt", "none of the", "--gene-map"),
@@ -903,26 +909,6 @@ def test_bom_and_covariates_are_accepted(make_ws):
     assert outcome.code == 0, outcome.stderr
     oof = pd.read_csv(ws.out / "oof_predictions.tsv", sep="\t")
     assert sorted(oof["sample_id"]) == sorted(ws.labels["sample_id"])
-
-
-def test_gene_sets_all_below_min_size_write_a_report(make_ws):
-    """Sets that overlap the genes but are all too small: the report is written and says why nothing was tested.
-
-    A small panel is a legitimate input (unlike a file sharing no gene with the matrix, which is refused):
-    the biomarker table and the rest of the report are still wanted.
-    """
-    ws = make_ws(needs_model=True)
-    gmt = ws.write("small.gmt", "SET_A\tna\tG00\tG01\nSET_B\tna\tG02\tG03\tG04\tNOT_MEASURED\n")
-    outcome = run_inprocess(ws.report(gene_sets=gmt, extra=("--min-set-size", "5", "--permutations", "10")))
-    assert outcome.code == 0, outcome.stderr
-    assert "Traceback" not in outcome.stderr
-    summary = json.loads((ws.out / "report_summary.json").read_text())["gene_sets"]
-    assert summary["n_sets_tested"] == 0 and summary["n_sets_in_file"] == 2
-    assert "largest: 3 measured genes" in summary["note"] and "--min-set-size" in summary["note"]
-    table = pd.read_csv(ws.out / "gene_sets.tsv", sep="\t")
-    assert len(table) == 0 and "gene_set" in table.columns
-    assert "No gene set could be tested" in (ws.out / "report.html").read_text()
-    assert len(pd.read_csv(ws.out / "biomarkers.tsv", sep="\t")) == N_GENES
 
 
 def test_group_file_matching_some_genes_is_accepted(make_ws):

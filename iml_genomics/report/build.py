@@ -310,20 +310,27 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.kv_table(mapping)
         if gsum.get("note"):
             inner += H.missing(H.esc(gsum["note"]))
-        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets), "gene set q-values")
+        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets, classes=classes),
+                                               "gene set q-values")
         inner += H.img(plots.group_attribution_bars(result.gene_sets), "group attributions") + "</div>"
         cols = ["rank", "gene_set", "n_measured", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value",
                 "nes", "gsea_q_value", "leading_edge", "group_attribution", "significant"]
         table = result.gene_sets
         if classes is not None and (table["higher_in"].astype(str) != "").any():
             # both directions, each ranked and named by its class (never "positive NES")
-            for cls in classes:
-                sub = table[table["higher_in"].astype(str) == cls]
+            for cls, side in zip(classes, ("positive_class", "other_class")):
+                sub = table[table["higher_in"].astype(str) == cls].sort_values("direction_rank", kind="mergesort")
                 inner += (f"<h3>Higher in {H.esc(cls)}{' (positive class)' if cls == classes[0] else ''}: "
                           f"{len(sub)} sets</h3>")
-                inner += H.table_html(sub[["direction_rank", "higher_in", *cols]], max_rows=15, max_chars=60)
-            inner += (f'<p class="note">higher_in: {H.esc(gsum.get("direction_basis", ""))}; direction_rank ranks '
-                      f'the sets of one direction in the order of the full table.</p>')
+                # the over-representation of this class's own list (genes higher in it), named by the class
+                own = {f"{f}_{side}": f"{f} (genes higher in {cls})"
+                       for f in ("n_overlap", "overlap_genes", "q_value")}
+                shown = sub[["direction_rank", "higher_in", *cols[:2], *own, *cols[2:]]].rename(columns=own)
+                inner += H.table_html(shown, max_rows=15, max_chars=60)
+            inner += (f'<p class="note">higher_in: the class with the stronger directional evidence (the '
+                      f'over-representation of the genes higher in that class, or the rank-based test pointing '
+                      f'to it; then {H.esc(gsum.get("direction_basis", ""))}); direction_rank ranks the sets of '
+                      f'one direction by that evidence, q-value first.</p>')
         else:
             inner += H.table_html(table[cols], max_rows=25, max_chars=60)
         inner += ('<p class="note">Only p-values whose null accounts for the correlation between the genes of a '

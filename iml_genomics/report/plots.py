@@ -176,18 +176,34 @@ def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: 
     return to_base64_png(fig)
 
 
-def gene_set_bars(table: pd.DataFrame | None, n: int = 15) -> str | None:
-    """-log10 q of the best gene sets (over-representation and rank-based)."""
+def gene_set_bars(table: pd.DataFrame | None, n: int = 15, classes: tuple[str, str] | None = None) -> str | None:
+    """-log10 q of the best gene sets (over-representation and rank-based).
+
+    With two ``classes`` and the direction-split over-representation columns, a third bar is the
+    q-value of the list of genes higher in the class each set is named with (``higher_in``).
+    """
     if table is None or not len(table):
         return None
     plt = _plt()
     top = table.head(n)
-    fig, ax = plt.subplots(figsize=(6.8, 0.3 * len(top) + 1.3))
+    fig, ax = plt.subplots(figsize=(6.8, 0.36 * len(top) + 1.3))
     y = np.arange(len(top))[::-1]
-    q1 = -np.log10(pd.to_numeric(top["q_value"], errors="coerce").clip(lower=1e-300).fillna(1.0))
-    q2 = -np.log10(pd.to_numeric(top["gsea_q_value"], errors="coerce").clip(lower=1e-300).fillna(1.0))
-    ax.barh(y + 0.2, q1, height=0.4, color=PALETTE["blue"], label="over-representation")
-    ax.barh(y - 0.2, q2, height=0.4, color=PALETTE["green"], label="rank-based (GSEA-style)")
+
+    def mlog(col):
+        return -np.log10(pd.to_numeric(col, errors="coerce").clip(lower=1e-300).fillna(1.0))
+
+    split = (classes is not None and {"q_value_positive_class", "q_value_other_class", "higher_in"} <= set(top)
+             and top[["q_value_positive_class", "q_value_other_class"]].notna().any().any())
+    h = 0.27 if split else 0.4
+    ax.barh(y + h / 2 + (h / 2 if split else 0), mlog(top["q_value"]), height=h, color=PALETTE["blue"],
+            label="over-representation (all query genes)")
+    ax.barh(y - h / 2 + (h / 2 if split else 0), mlog(top["gsea_q_value"]), height=h, color=PALETTE["green"],
+            label="rank-based (GSEA-style)")
+    if split:
+        own = np.where(top["higher_in"].astype(str) == classes[0], top["q_value_positive_class"],
+                       np.where(top["higher_in"].astype(str) == classes[1], top["q_value_other_class"], np.nan))
+        ax.barh(y - h, mlog(pd.Series(own)), height=h, color=PALETTE["grey"],
+                label="over-representation (genes higher in the set's class)")
     ax.set_yticks(y)
     names = [_short(s) for s in top["gene_set"]]
     if "higher_in" in top.columns:

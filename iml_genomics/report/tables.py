@@ -164,18 +164,35 @@ def univariate_effects(adata, *, label_column: str, task: str, positive_class: s
 # Both directions, named (two classes): which class a set is higher in, on what evidence, and its rank among the
 # sets of that direction (the table's order). Added after the other columns so existing positions stay.
 DIRECTION_COLUMNS = ["higher_in", "direction_score", "direction_rank"]
-GENE_SET_COLUMNS = GENE_SET_COLUMNS + DIRECTION_COLUMNS
+# Over-representation split by direction (two classes): the query genes higher in the positive class and those
+# higher in the other class, each tested against the same background under the same null (BH within each list).
+# The suffix names the side by role, not by label, so the columns are the same whatever the class names are.
+ORA_DIRECTION_FIELDS = ["n_query", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value"]
+ORA_DIRECTION_SIDES = ("positive_class", "other_class")
+ORA_DIRECTION_COLUMNS = [f"{f}_{side}" for side in ORA_DIRECTION_SIDES for f in ORA_DIRECTION_FIELDS]
+GENE_SET_COLUMNS = GENE_SET_COLUMNS + DIRECTION_COLUMNS + ORA_DIRECTION_COLUMNS
 
 
 def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Series,
                    univariate: pd.DataFrame | None, metric: str,
-                   classes: tuple[str, str] | None) -> tuple[pd.DataFrame, str]:
+                   classes: tuple[str, str] | None, q_threshold: float = 0.1) -> tuple[pd.DataFrame, str]:
     """Name the class each gene set is higher in, and rank the sets within each direction.
+
+    A class's directional evidence is the smaller of its direction-split over-representation q-value
+    (``q_value_positive_class`` / ``q_value_other_class``) and ``gsea_q_value`` when the rank test points
+    to it (on the signed univariate statistic: the sign of the NES; on an unsigned score: NES > 0 and the
+    sign of ``direction_score``). When only one class's evidence reaches ``q_threshold`` the set is named
+    by it; when both do (a mixed set, genes of both classes in it) by the smaller directional p-value (the
+    same tests' p-values); otherwise, or on a tie, by the sign of ``direction_score``. The NES of a mixed
+    set follows its most extreme genes, which can be the minority, hence the over-representation lists.
+    ``direction_rank`` counts in the table's order (the sort rule includes the direction-split q-values),
+    so ``gene_sets.tsv`` filtered by ``higher_in`` is that class's ranked list.
 
     Parameters
     ----------
     table : pandas.DataFrame
-        Gene-set rows in their final order, with ``gene_set`` and ``nes``.
+        Gene-set rows in their final order, with ``gene_set``, ``nes``, ``gsea_p_value`` and (when the
+        query was split) the direction-split p-values.
     sets : dict
         Set name -> member keys (symbols) tested.
     keys : pandas.Series
@@ -186,6 +203,8 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         The rank-based test's gene score (:func:`ranking_scores`).
     classes : (positive, other) or None
         The two class names; None (regression, multiclass, unknown labels) leaves the direction empty.
+    q_threshold : float
+        Directional evidence names the class only at q <= this (``report.gene_set_fdr``).
 
     Returns
     -------
@@ -216,7 +235,37 @@ def set_directions(table: pd.DataFrame, sets: dict[str, list[str]], keys: pd.Ser
         table["higher_in"] = ""
     else:
         s = table["direction_score"].to_numpy()
-        table["higher_in"] = np.where(s > 0, classes[0], np.where(s < 0, classes[1], ""))
+        by_score = np.where(s > 0, classes[0], np.where(s < 0, classes[1], ""))
+        nes = pd.to_numeric(table["nes"], errors="coerce").to_numpy() if "nes" in table else np.full(len(table), np.nan)
+        gp = pd.to_numeric(table["gsea_p_value"], errors="coerce").to_numpy() if "gsea_p_value" in table \
+            else np.full(len(table), np.nan)
+        nothing = np.full(len(table), np.nan)
+
+        def column(name):
+            return pd.to_numeric(table[name], errors="coerce").to_numpy() if name in table else nothing
+
+        # the rank test points to a class: by its NES on the signed univariate statistic; on an unsigned
+        # score (mean |SHAP|, knockoff W) a set enriched in the top genes (NES > 0) points where its genes
+        # are higher on average (the sign of direction_score, the mean Welch t)
+        toward = np.sign(nes) if metric == "univariate" else np.where(nes > 0, np.sign(s), 0.0)
+        gq = column("gsea_q_value")
+        p_evidence, q_evidence = [], []
+        for side, sign in zip(ORA_DIRECTION_SIDES, (1.0, -1.0)):
+            directional = np.nan_to_num(toward) == sign
+            p_evidence.append(np.fmin(np.nan_to_num(column(f"p_value_{side}"), nan=np.inf),
+                                      np.where(directional, np.nan_to_num(gp, nan=np.inf), np.inf)))
+            q_evidence.append(np.fmin(np.nan_to_num(column(f"q_value_{side}"), nan=np.inf),
+                                      np.where(directional, np.nan_to_num(gq, nan=np.inf), np.inf)))
+        # both sides strong: the smaller p-value (q-values of two lists of different lengths are not
+        # comparable, and BH ties them in blocks); neither: the sign of direction_score, since weak evidence
+        # from the longer of two unequal lists (a SHAP top list split 40 / 10) must not outvote the set's
+        # mean direction
+        p_pos, p_other = p_evidence
+        by_p = np.where(p_pos < p_other, classes[0], np.where(p_other < p_pos, classes[1], by_score))
+        strong_pos, strong_other = (q <= q_threshold for q in q_evidence)
+        # one side at q <= q_threshold names it; both: the smaller p-value; neither: the mean direction
+        table["higher_in"] = np.where(strong_pos & strong_other, by_p,
+                                      np.where(strong_pos, classes[0], np.where(strong_other, classes[1], by_score)))
     rank = table.groupby("higher_in", sort=False).cumcount() + 1
     table["direction_rank"] = pd.array(np.where(table["higher_in"] != "", rank, -1), dtype="Int64")
     table.loc[table["higher_in"] == "", "direction_rank"] = pd.NA
@@ -452,9 +501,16 @@ def _unit_over_representation(query: list[str], pool: list[str], units: pd.Serie
     return ora
 
 
-def _query_overlaps(pval: np.ndarray, id_names, keys: pd.Series, top_k: int, ora_sets) -> np.ndarray:
+def _query_overlaps(pval: np.ndarray, id_names, keys: pd.Series, top_k: int, ora_sets,
+                    stat: np.ndarray | None = None) -> list[np.ndarray]:
     """Overlap of every set with the univariate query list (the top ``top_k`` ids by p-value, as
-    :func:`query_genes` builds it) of each row of permuted p-values: (n_sets, B)."""
+    :func:`query_genes` builds it) of each row of permuted p-values: (n_sets, B).
+
+    With the permuted statistics ``stat`` (same shape as ``pval``) three arrays are returned: the whole
+    list, then the top ``top_k`` ids by p-value among those with a positive statistic and among those
+    with a negative one (the direction-split lists of :func:`_direction_queries`, rebuilt on each
+    permutation); else a list of one.
+    """
     from scipy import sparse
 
     names = list(ora_sets)
@@ -469,10 +525,46 @@ def _query_overlaps(pval: np.ndarray, id_names, keys: pd.Series, top_k: int, ora
     id_key = np.array([key_pos.get(k, -1) if isinstance(k, str) else -1
                        for k in keys.reindex(id_names).to_numpy()])
     pval = np.where(np.isnan(pval), np.inf, pval)
-    top = np.argsort(pval, axis=1, kind="stable")[:, :top_k]
-    hit = np.zeros((len(top), len(key_list) + 1))
-    np.put_along_axis(hit, np.where(id_key[top] >= 0, id_key[top], len(key_list)), 1.0, axis=1)
-    return np.asarray(membership.T @ hit[:, :-1].T)
+    lists = [(pval, None)]
+    if stat is not None:
+        lists += [(np.where(stat > 0, pval, np.inf), 1.0), (np.where(stat < 0, pval, np.inf), -1.0)]
+    out = []
+    for pv, sign in lists:
+        top = np.argsort(pv, axis=1, kind="stable")[:, :top_k]
+        col = np.where(id_key[top] >= 0, id_key[top], len(key_list))
+        if sign is not None:
+            # fewer than top_k ids in this direction: the rest of the row is padding, not a query gene
+            col = np.where(sign * np.take_along_axis(stat, top, axis=1) > 0, col, len(key_list))
+        hit = np.zeros((len(top), len(key_list) + 1))
+        np.put_along_axis(hit, col, 1.0, axis=1)  # the last column (unmapped ids, padding) is dropped
+        out.append(np.asarray(membership.T @ hit[:, :-1].T))
+    return out
+
+
+def _direction_queries(query: list[str], query_source: str, univariate: pd.DataFrame | None,
+                       classes: tuple[str, str] | None, top_k: int) -> tuple[list[str], list[str]] | None:
+    """The query lists of each direction: (higher in the positive class, higher in the other class);
+    None without two classes or without the univariate statistic.
+
+    For the univariate query each list is the top ``top_k`` genes by p-value among those with a
+    positive (negative) statistic, built as :func:`query_genes` builds the unsigned list: the unsigned
+    top ``top_k`` is dominated by whichever class differs from a heterogeneous rest in more genes (4 of
+    the top 50 were higher in NK cells in the PBMC check, docs/benchmarks.md). A knockoff selection or a
+    SHAP top list is a fixed set of genes: it is split by the sign of each gene's univariate statistic.
+    A gene with a zero or missing statistic is in neither list.
+
+    An unsigned list mixes genes up in either class, so a set hit by both halves looks enriched
+    "somewhere"; tested separately, each list names the class its sets are higher in (issue 12, item 4).
+    """
+    if classes is None or univariate is None:
+        return None
+    stat = pd.to_numeric(univariate["statistic"], errors="coerce")
+    stat.index = stat.index.astype(str)
+    if query_source.startswith("top ") and "univariate" in query_source:
+        u = univariate.assign(_s=stat.to_numpy()).sort_values(["p_value"], kind="mergesort")
+        return (u.index[u["_s"] > 0].astype(str)[:top_k].tolist(), u.index[u["_s"] < 0].astype(str)[:top_k].tolist())
+    s = stat.reindex([str(g) for g in query]).to_numpy(dtype=float)
+    return ([g for g, v in zip(query, s) if v > 0], [g for g, v in zip(query, s) if v < 0])
 
 
 def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *, gene_map: pd.Series | None,
@@ -531,13 +623,19 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
             f"{'; after the gene map' if gene_map is not None else ''}). Pass --gene-map to map the measured ids "
             f"to the file's symbols, or use a gene-set file with the same identifiers.")
     if not sets:
+        # every set is outside the size limits: an empty table would read as "no pathway is involved";
+        # refused like a file with no measured gene, so the user changes the limits (issue 12, Contracts)
+        from iml_genomics.errors import InputDataError
+
         sizes = set_table["n_measured"]
-        summary["note"] = (
-            f"No gene set could be tested: none of the {len(set_table)} sets has between {min_size} and "
-            f"{max_size} measured genes (largest: {int(sizes.max())} measured genes). Lower --min-set-size "
-            f"(report.min_set_size) or raise --max-set-size to test them.")
+        raise InputDataError(
+            f"{collection.path or collection.source}: no gene set can be tested: none of the {len(set_table)} sets "
+            f"has between {min_size} and {max_size} measured genes (largest: {int(sizes.max())}, smallest: "
+            f"{int(sizes.min())} measured genes). Lower --min-set-size (report.min_set_size) or raise "
+            f"--max-set-size (report.max_set_size).")
     query, query_source, pool = query_genes(inputs, univariate, top_k)
     query_keys = sorted(set(keys.reindex(query).dropna()))
+    split = _direction_queries(query, query_source, univariate, classes, top_k)
     background = set(universe) if pool is None else set(keys.reindex(pool).dropna())
     summary.update(query_source=query_source, n_query_ids=len(query), n_query_keys=len(query_keys),
                    n_background_keys=len(background))
@@ -584,6 +682,7 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         perm = np.stack([rng.permutation(len(y)) for _ in range(n_permutations)])
 
     null_overlaps = null_stat = None
+    null_direction: tuple = (None, None)
     collapsed_index = gs.collapse_scores(scores, keys).index if len(scores) else pd.Index([])
     if perm is not None:
         # one pass over the permutations: the statistics feed the rank test, their p-values the query lists
@@ -591,19 +690,26 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         stat_cols = np.array([j for j, g in enumerate(id_names) if g in scored], dtype=np.int64)
         stat_ids = [id_names[j] for j in stat_cols]
         chunks_o, chunks_s = [], []
+        chunks_d: tuple[list, list] = ([], [])
         Xc = Xt - Xt.mean(axis=0)
         centered = (Xc, Xc ** 2 if task != "regression" else None)
         for b0 in range(0, len(perm), 200):
             stat, pval = permuted_statistics(Xt, y, task, perm[b0:b0 + 200], positive_class=positive_class,
                                              with_p=ora_null == "phenotype_permutation", centered=centered)
             if ora_null == "phenotype_permutation":
-                chunks_o.append(_query_overlaps(pval, id_names, keys, top_k, ora_sets))
+                over = _query_overlaps(pval, id_names, keys, top_k, ora_sets,
+                                       stat=stat if split is not None else None)
+                chunks_o.append(over[0])
+                if split is not None:
+                    chunks_d[0].append(over[1])
+                    chunks_d[1].append(over[2])
             if rank_null == "phenotype_permutation":
                 # collapsed per block: the padded (B, keys, probes per key) array stays small
                 mat, key_index = gs.collapse_matrix(np.nan_to_num(stat[:, stat_cols]), stat_ids, keys)
                 where = key_index.get_indexer(collapsed_index)
                 chunks_s.append(np.where(where >= 0, mat[:, np.maximum(where, 0)], 0.0))
         null_overlaps = np.concatenate(chunks_o, axis=1) if chunks_o else None
+        null_direction = tuple(np.concatenate(c, axis=1) if c else None for c in chunks_d)
         null_stat = np.concatenate(chunks_s, axis=0) if chunks_s else None
     ora = gs.over_representation(query_keys, background, ora_sets,
                                  correlation=rho if ora_null == "correlation_adjusted" else None,
@@ -618,12 +724,28 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
                                         correlation=rho if ora_null == "correlation_adjusted" else None)
         summary.update(ora_unit="group", n_query_units=int(units.reindex(query).nunique()),
                        n_background_units=int(units.reindex(pool).nunique()))
+    direction_ora = []
+    if split is not None:
+        # the same background, null and counting unit as the unsigned list; BH within each half
+        summary.update(n_query_ids_positive_class=len(split[0]), n_query_ids_other_class=len(split[1]))
+        for side, half, null_half in zip(ORA_DIRECTION_SIDES, split, null_direction):
+            corr = rho if ora_null == "correlation_adjusted" else None
+            if units is None:
+                part = gs.over_representation(sorted(set(keys.reindex(half).dropna())), background, ora_sets,
+                                              correlation=corr, null_overlaps=null_half)
+            else:
+                part = _unit_over_representation(half, pool, units, keys, sets, correlation=corr)
+            part = part.rename(columns={"n_selected": "n_query"})[["gene_set", *ORA_DIRECTION_FIELDS]]
+            part["gene_set"] = part["gene_set"].astype(object)
+            direction_ora.append(part.rename(columns={f: f"{f}_{side}" for f in ORA_DIRECTION_FIELDS}))
     if ora_null != "correlation_adjusted" or "inter_gene_correlation" not in ora:
         ora["inter_gene_correlation"] = rho if rho is not None else np.nan
     # with no set tested the empty frames carry float 'gene_set' columns, which merge refuses
     ora["gene_set"] = ora["gene_set"].astype(object)
     table = set_table[set_table["tested"]].drop(columns="tested").merge(
         ora.drop(columns="n_measured").rename(columns={"n_selected": "n_query"}), on="gene_set", how="left")
+    for part in direction_ora:
+        table = table.merge(part, on="gene_set", how="left")
     if len(scores):
         collapsed = gs.collapse_scores(scores, keys)
         sub = {k: [g for g in v if g in collapsed.index] for k, v in sets.items()}
@@ -651,13 +773,18 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     table["gsea_null_method"] = rank_null if len(scores) else ""
     for col in GENE_SET_COLUMNS:
         if col not in table.columns:
-            table[col] = np.nan if col not in ("leading_edge", "overlap_genes") else ""
+            table[col] = np.nan if col not in ("leading_edge", "overlap_genes", *(
+                f"overlap_genes_{side}" for side in ORA_DIRECTION_SIDES)) else ""
     gsea_q = pd.to_numeric(table["gsea_q_value"], errors="coerce")
     if not signed:
         # an unsigned score (mean |SHAP|) has no meaningful "depleted" direction
         gsea_q = gsea_q.where(pd.to_numeric(table["nes"], errors="coerce") > 0)
     ora_q = pd.to_numeric(table["q_value"], errors="coerce")
-    best_q = pd.concat([ora_q, gsea_q], axis=1).min(axis=1)
+    split_q = [pd.to_numeric(table[f"q_value_{side}"], errors="coerce") for side in ORA_DIRECTION_SIDES]
+    split_p = [pd.to_numeric(table[f"p_value_{side}"], errors="coerce") for side in ORA_DIRECTION_SIDES]
+    # the direction-split lists count in the order (a set over-represented among the genes higher in one
+    # class leads that class's list) but not in the flag, whose families stay the two documented ones
+    best_q = pd.concat([ora_q, gsea_q, *split_q], axis=1).min(axis=1)
     # only p-values whose null respects the correlation between genes can flag a set
     flag_ora = ora_q if ora_null in CALIBRATED_NULLS else ora_q * np.nan
     flag_gsea = gsea_q if rank_null in CALIBRATED_NULLS else gsea_q * np.nan
@@ -667,11 +794,12 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     flag_q = q_threshold / max(1, n_families)
     table["significant"] = (pd.concat([flag_ora, flag_gsea], axis=1).min(axis=1) <= flag_q).to_numpy()
     table["_best_q"] = best_q.fillna(np.inf)
-    table["_p"] = pd.to_numeric(table["p_value"], errors="coerce").fillna(np.inf)
+    table["_p"] = pd.concat([pd.to_numeric(table["p_value"], errors="coerce"), *split_p], axis=1).min(
+        axis=1).fillna(np.inf)
     table["_attr"] = -pd.to_numeric(table["group_attribution"], errors="coerce").fillna(-np.inf)
     table = table.sort_values(["_best_q", "_p", "_attr", "gene_set"], kind="mergesort")
     table["rank"] = np.arange(1, len(table) + 1)
-    table, basis = set_directions(table, sets, keys, univariate, metric, classes)
+    table, basis = set_directions(table, sets, keys, univariate, metric, classes, q_threshold)
     summary.update(positive_class=classes[0] if classes else None, other_class=classes[1] if classes else None,
                    direction_basis=basis)
     table = table[GENE_SET_COLUMNS].reset_index(drop=True)
