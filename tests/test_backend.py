@@ -166,21 +166,36 @@ def test_explain_alone_sends_its_work_to_the_scheduler(tmp_path, cluster, cohort
     assert done["_explain_chunk"] >= 1 and done["_refit_task"] == 3, done
     assert {w for _, w in cluster.recorder.finished[before:]} <= worker_addresses
     assert _recorded(tmp_path / "dask")[0] == address
-    # same seed -> same bytes: on the cluster, and locally with 1 or 2 workers
-    for jobs in ("1", "2"):
-        run_cli("-q", "explain", *cohort, "--model", local_train, "--out", tmp_path / jobs, "--jobs", jobs)
-        _same_files(tmp_path / jobs, tmp_path / "dask")
-        assert _recorded(tmp_path / jobs) == (None, int(jobs))  # no scheduler used, none recorded
+    # same seed -> same bytes on the cluster and on 2 local (forked) workers
+    run_cli("-q", "explain", *cohort, "--model", local_train, "--out", tmp_path / "local", "--jobs", "2")
+    _same_files(tmp_path / "local", tmp_path / "dask")
+    assert _recorded(tmp_path / "local") == (None, 2)  # no scheduler used, none recorded
 
 
-def test_train_and_select_send_their_work_to_the_scheduler(tmp_path, cluster, cohort, local_train):
-    address = cluster.scheduler_address
+@pytest.mark.slow
+def test_explain_on_one_worker_gives_the_cluster_bytes(tmp_path, cluster, cohort, local_train):
+    run_cli("-q", "explain", *cohort, "--model", local_train, "--out", tmp_path / "dask",
+            "--scheduler", cluster.scheduler_address)
+    run_cli("-q", "explain", *cohort, "--model", local_train, "--out", tmp_path / "one", "--jobs", "1")
+    _same_files(tmp_path / "one", tmp_path / "dask")
+
+
+@pytest.fixture(scope="module")
+def dask_train(tmp_path_factory, cluster, cohort):
+    """The same model trained with --scheduler, and the functions of the tasks that train ran on the cluster."""
+    out = tmp_path_factory.mktemp("dask") / "train"
     before = len(cluster.recorder.finished)
-    run_cli("-q", "train", *cohort, "--out", tmp_path / "train", "--scheduler", address)
-    assert cluster.recorder.functions(before)["_fit_fold"] == 3
+    run_cli("-q", "train", *cohort, "--out", out, "--scheduler", cluster.scheduler_address)
+    return out, cluster.recorder.functions(before)
+
+
+def test_train_and_select_send_their_work_to_the_scheduler(tmp_path, cluster, cohort, local_train, dask_train):
+    address = cluster.scheduler_address
+    train_dir, done = dask_train
+    assert done["_fit_fold"] == 3, done
     # model.json too: where train ran is not part of the bundle
-    _same_files(local_train, tmp_path / "train")
-    assert _recorded(tmp_path / "train")[0] == address
+    _same_files(local_train, train_dir)
+    assert _recorded(train_dir)[0] == address
 
     before = len(cluster.recorder.finished)
     run_cli("-q", "select", *cohort, "--out", tmp_path / "select", "--scheduler", address)
@@ -189,11 +204,10 @@ def test_train_and_select_send_their_work_to_the_scheduler(tmp_path, cluster, co
     _same_files(tmp_path / "select_local", tmp_path / "select")
 
 
-def test_an_explain_run_from_the_bundle_does_not_inherit_trains_scheduler(tmp_path, cluster, cohort):
-    run_cli("-q", "train", *cohort, "--out", tmp_path / "train", "--scheduler", cluster.scheduler_address)
+def test_an_explain_run_from_the_bundle_does_not_inherit_trains_scheduler(tmp_path, cluster, dask_train):
     before = len(cluster.recorder.finished)
     # no --config: explain runs on the bundle's config, which must not name train's scheduler
-    run_cli("-q", "explain", "--model", tmp_path / "train", "--expression", TEST_DATA / "demo_expression.csv.gz",
+    run_cli("-q", "explain", "--model", dask_train[0], "--expression", TEST_DATA / "demo_expression.csv.gz",
             "--labels", TEST_DATA / "demo_labels.tsv", "--out", tmp_path / "explain", "--method", "shap")
     assert len(cluster.recorder.finished) == before
     assert _recorded(tmp_path / "explain")[0] is None
@@ -201,15 +215,15 @@ def test_an_explain_run_from_the_bundle_does_not_inherit_trains_scheduler(tmp_pa
 
 @pytest.mark.parametrize("step", ["train", "explain", "select", "evaluate", "run"])
 def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(tmp_path, cohort, small_config, step,
-                                                                        demo_train_dir):
+                                                                        local_train):
     out = tmp_path / "out"
     args = {
         "train": ["train", *cohort],
-        "explain": ["explain", *cohort, "--model", demo_train_dir],
+        "explain": ["explain", *cohort, "--model", local_train],
         "select": ["select", *cohort],
         "evaluate": ["evaluate", "--truth", TEST_DATA / "demo_truth.tsv", "--ranking",
                      TEST_DATA / "demo_truth.tsv", "--expression", TEST_DATA / "demo_expression.csv.gz",
-                     "--labels", TEST_DATA / "demo_labels.tsv", "--model", demo_train_dir],
+                     "--labels", TEST_DATA / "demo_labels.tsv", "--model", local_train],
         "run": ["run", small_config],
     }[step]
     if step == "run":
@@ -226,12 +240,12 @@ def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(tmp_pat
     assert not out.exists()
 
 
-def test_an_unreachable_scheduler_in_the_config_stops_explain_too(tmp_path, small_config, demo_train_dir):
+def test_an_unreachable_scheduler_in_the_config_stops_explain_too(tmp_path, small_config, local_train):
     cfg = yaml.safe_load(small_config.read_text())
     cfg["parallel"] = {"scheduler": UNREACHABLE}
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    proc = run_cli("explain", "--config", config, "--model", demo_train_dir, "--expression",
+    proc = run_cli("explain", "--config", config, "--model", local_train, "--expression",
                    TEST_DATA / "demo_expression.csv.gz", "--labels", TEST_DATA / "demo_labels.tsv",
                    "--out", tmp_path / "out", check=False)
     one_line(proc, 2, "cannot reach the Dask scheduler")
