@@ -177,6 +177,11 @@ def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool =
         Which importances to compute.
     random_state : int
         Child seeds are spawned per split before dispatch (``n_jobs`` does not change results).
+    n_jobs : int
+        Splits run in parallel; used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs one task per split (processes or Dask tasks); it decides over ``n_jobs``. Inside a task the
+        SHAP and permutation work runs in that task's process.
 
     Returns
     -------

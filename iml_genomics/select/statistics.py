@@ -114,6 +114,8 @@ def cv_lasso_path(Z: np.ndarray, yt: np.ndarray, folds, *, n_alphas: int, eps: f
     The full-data path runs next to the folds (6 tasks fill 2 cores better
     than 5 + 1 after them), in threads: coordinate descent releases the GIL,
     the folds share Z without copies, and there is no worker start-up.
+    The threads are ``backend``'s (:meth:`~iml_genomics.parallel.Backend.thread_map`, always in this process,
+    also when the caller's backend has a scheduler); ``n_jobs`` is used only when ``backend`` is None.
 
     Returns
     -------
