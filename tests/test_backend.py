@@ -211,6 +211,27 @@ def test_an_explain_run_from_the_bundle_does_not_inherit_trains_scheduler(tmp_pa
             "--labels", TEST_DATA / "demo_labels.tsv", "--out", tmp_path / "explain", "--method", "shap")
     assert len(cluster.recorder.finished) == before
     assert _recorded(tmp_path / "explain")[0] is None
+    # report runs in its own process: the scheduler in train's recorded config is neither used nor recorded
+    run_cli("-q", "report", "--inputs", dask_train[0], "--out", tmp_path / "report")
+    assert len(cluster.recorder.finished) == before
+    assert _recorded(tmp_path / "report")[0] is None
+
+
+@pytest.mark.slow
+def test_run_with_a_scheduler_sends_each_steps_work_and_gives_the_local_bytes(tmp_path, cluster, small_config):
+    cfg = yaml.safe_load(small_config.read_text())
+    cfg["data"].update(expression=str(TEST_DATA / "demo_expression.csv.gz"), labels=str(TEST_DATA / "demo_labels.tsv"))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    before = len(cluster.recorder.finished)
+    steps = ["--steps", "train,explain,select"]
+    run_cli("-q", "run", config, *steps, "--out", tmp_path / "dask", "--scheduler", cluster.scheduler_address)
+    done = cluster.recorder.functions(before)
+    assert done["_fit_fold"] == 3 and done["_refit_task"] == 3 and done["_explain_chunk"] >= 1 \
+        and done["_one_draw"] == 1, done
+    run_cli("-q", "run", config, *steps, "--out", tmp_path / "local", "--jobs", "2")
+    for step in ("train", "explain", "select"):
+        _same_files(tmp_path / "local" / step, tmp_path / "dask" / step)
 
 
 @pytest.mark.parametrize("step", ["train", "explain", "select", "evaluate", "run"])
