@@ -289,7 +289,7 @@ def _cv_score(pipeline, X, y, keep, classes, task, n_splits, n_repeats, seed, me
 def prediction_gaps(X, y, gene_ids: Sequence[str], ranking: Sequence[str], *, pipeline, task: str,
                     classes: list | None, k_values: Iterable[int], n_splits: int = 5, n_repeats: int = 1,
                     n_random: int = 3, cv_seed: int = 0, random_state: int = 0, n_jobs: int | None = 1,
-                    metric: str | None = None) -> pd.DataFrame:
+                    metric: str | None = None, backend=None) -> pd.DataFrame:
     """Accuracy lost when the k most (PGI), least (PGU) or k random (PGR) genes are removed.
 
     After Bontonou et al. (2023), but refitting instead of masking: the
@@ -320,7 +320,9 @@ def prediction_gaps(X, y, gene_ids: Sequence[str], ranking: Sequence[str], *, pi
     n_random : int
         Random removals per k for PGR (seeds spawned from ``random_state``).
     n_jobs : int
-        Subsets run in parallel; results do not depend on it.
+        Subsets run in parallel; results do not depend on it. Used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the subsets' cross-validations; it decides over ``n_jobs``.
     metric : str, optional
         CV metric; balanced_accuracy (classification) or r2 (regression) by default.
 
@@ -330,7 +332,7 @@ def prediction_gaps(X, y, gene_ids: Sequence[str], ranking: Sequence[str], *, pi
         k, metric, score_all, score_without_top, score_without_bottom,
         score_without_random, pgi, pgu, pgr (one row per k).
     """
-    from iml_genomics.parallel import parallel_map, spawn_seeds
+    from iml_genomics.parallel import resolve_backend, spawn_seeds
 
     metric = metric or ("r2" if task == "regression" else "balanced_accuracy")
     gene_ids = list(gene_ids)
@@ -351,8 +353,9 @@ def prediction_gaps(X, y, gene_ids: Sequence[str], ranking: Sequence[str], *, pi
         for r in range(n_random):
             drop = np.random.default_rng(seeds[i * n_random + r]).choice(p, size=k, replace=False)
             subsets.append(("random", k, np.setdiff1d(all_idx, drop)))
-    scores = parallel_map(_cv_score, [(pipeline, X, y, keep, classes, task, n_splits, n_repeats, cv_seed, metric)
-                                      for _, _, keep in subsets], n_jobs=n_jobs)
+    scores = resolve_backend(backend, n_jobs).map(
+        _cv_score, [(pipeline, X, y, keep, classes, task, n_splits, n_repeats, cv_seed, metric)
+                    for _, _, keep in subsets])
     base = scores[0]
     rows = []
     for k in ks:

@@ -16,7 +16,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from iml_genomics.errors import BundleError, ConfigError
-from iml_genomics.parallel import parallel_map
+from iml_genomics.parallel import Backend, resolve_backend
 from iml_genomics.preprocess import make_preprocessing_steps
 
 log = logging.getLogger("iml_genomics.models")
@@ -388,7 +388,7 @@ class CVResult:
 
 def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, n_splits: int,
                    n_repeats: int = 1, seed: int = 0, n_jobs: int | None = 1,
-                   positive_class: str | None = None) -> CVResult:
+                   positive_class: str | None = None, backend: Backend | None = None) -> CVResult:
     """Repeated (stratified) k-fold CV with preprocessing refit inside each fold.
 
     Parameters
@@ -401,12 +401,15 @@ def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, 
     classes : list of str or None
         Sorted class names (classification) or None (regression).
     n_jobs : int
-        Folds run in parallel; results are the same for any value.
+        Folds run in parallel; results are the same for any value. Used only when ``backend`` is None.
     positive_class : str, optional
         Two classes: the positive label of AUROC / average precision (the last class when None).
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the folds (processes or Dask tasks); it decides over ``n_jobs``.
     """
     splits = cv_splits(y, task, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
-    results = parallel_map(_fit_fold, [(pipeline, X, y, tr, te, classes) for _, _, tr, te in splits], n_jobs=n_jobs)
+    results = resolve_backend(backend, n_jobs).map(_fit_fold, [(pipeline, X, y, tr, te, classes)
+                                                              for _, _, tr, te in splits])
     calibrated = hasattr(pipeline[-1], "predict_proba")
     rows, oof_parts = [], []
     for (rep, fold, tr, te), (_, scores) in zip(splits, results):

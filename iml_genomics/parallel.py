@@ -1,8 +1,20 @@
-"""The one place that decides the joblib backend, worker count and seeds.
+"""The one place that decides processes, threads or Dask: the :class:`Backend` object.
+
+Every parallel loop of the core runs through a :class:`Backend` that its
+caller passes down explicitly (keyword ``backend=``): process maps
+(:meth:`Backend.map`), the forked shared-context pool
+(:meth:`Backend.shared_context_pool`), thread maps (:meth:`Backend.thread_map`)
+and the ``n_jobs`` handed to scikit-learn (:attr:`Backend.sklearn_n_jobs`).
+There is no module-level scheduler: two backends (say a local one and one on a
+Dask cluster) can be used side by side in one process.
+
+The rule for entry points that take both ``n_jobs`` and ``backend``: a given
+``backend`` decides (its ``n_jobs`` and scheduler); ``n_jobs`` is used only
+when ``backend`` is None, as ``Backend.local(n_jobs)`` (:func:`resolve_backend`).
 
 Seeds for parallel tasks are spawned from the run's seed *before* dispatch
 (``numpy.random.SeedSequence.spawn``), so results never depend on how many
-workers ran them or in which order they finished.
+workers ran them, where, or in which order they finished.
 """
 
 from __future__ import annotations
@@ -13,11 +25,11 @@ import multiprocessing
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-_SCHEDULER: str | None = None
 log = logging.getLogger("iml_genomics.progress")
 
 
@@ -63,42 +75,6 @@ def spawn_seeds(seed: int, n: int) -> list[int]:
     return [int(c.generate_state(1)[0]) for c in children]
 
 
-def set_scheduler(address: str | None) -> None:
-    """Route later :func:`parallel_map` calls to a dask.distributed scheduler.
-
-    The scheduler is contacted once here, so a wrong address or a missing
-    dask install fails at once with a one-line error, before any data is read.
-    """
-    global _SCHEDULER
-    if address:
-        from iml_genomics.errors import ConfigError
-
-        try:
-            from dask.distributed import Client
-        except ImportError:
-            raise ConfigError("parallel.scheduler is set but dask.distributed is not installed; "
-                              "pip install 'iml-genomics[cluster]' or drop --scheduler.") from None
-        try:
-            Client(address, timeout="20s").close()
-        except (OSError, TimeoutError) as exc:
-            raise ConfigError(f"parallel.scheduler: cannot reach the Dask scheduler at {address} "
-                              f"({type(exc).__name__}); check the address and that the scheduler is running.") from None
-    _SCHEDULER = address
-
-
-@contextlib.contextmanager
-def _backend() -> Iterator[None]:
-    if _SCHEDULER is None:
-        yield
-        return
-    from dask.distributed import Client
-    import joblib
-
-    with Client(_SCHEDULER) as client, joblib.parallel_config(backend="dask"):
-        del client
-        yield
-
-
 _BLAS_CONTROLLER: Any = None
 
 
@@ -120,44 +96,6 @@ def blas_threads(limit: int | None):
 
         _BLAS_CONTROLLER = ThreadpoolController()
     return _BLAS_CONTROLLER.limit(limits=limit)
-
-
-def parallel_map(func: Callable[..., Any], tasks: Iterable[tuple], *, n_jobs: int | None) -> list[Any]:
-    """Run ``func(*task)`` for each task, in order, on the configured backend.
-
-    Parameters
-    ----------
-    func : callable
-        A picklable function.
-    tasks : iterable of tuple
-        Positional arguments of each call; seeds must already be inside.
-    n_jobs : int
-        Workers (-1 = all cores). With 1 worker and no scheduler the calls run
-        in this process.
-
-    Returns
-    -------
-    list
-        Results in task order.
-    """
-    from joblib import Parallel, delayed
-
-    tasks = list(tasks)
-    workers = effective_n_jobs(n_jobs)
-    progress = _Progress(getattr(func, "__name__", "tasks").strip("_").replace("_", " "), len(tasks))
-    results: list[Any] = []
-    if _SCHEDULER is None and (workers == 1 or len(tasks) <= 1):
-        for t in tasks:
-            results.append(func(*t))
-            progress.update(len(results))
-        return results
-    with _backend():
-        # a generator in task order: results arrive as they finish, for progress
-        for result in Parallel(n_jobs=workers if _SCHEDULER is None else -1, return_as="generator")(
-                delayed(func)(*t) for t in tasks):
-            results.append(result)
-            progress.update(len(results))
-    return results
 
 
 # Read-only contexts of the open shared_context_pools, by token. Forked workers inherit them (copy-on-write)
@@ -185,76 +123,277 @@ def _can_fork() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-@contextlib.contextmanager
-def shared_context_pool(context: Any, *, n_jobs: int | None, fork: bool = True
-                        ) -> Iterator[Callable[..., list[Any]]]:
-    """A mapper whose tasks all read one large, read-only ``context``.
 
-    With several workers on Linux, no Dask scheduler and ``fork`` true, the
-    workers are forked once, after ``context`` is in place, so they share its
-    memory copy-on-write and nothing is pickled but each task's small
-    arguments and its result. This is what brings one explain run on 2 cores
-    close to half the time of a single ``shap.TreeExplainer`` call: loky's
-    fresh workers each pay the ``shap`` import and the unpickling of the
-    fitted explainer (seconds per worker), a fork pays neither. Otherwise the
-    context travels with every task through :func:`parallel_map`.
+def _refused_at_once(address: str) -> None:
+    """Raise ConnectionRefusedError when nothing listens at a tcp:// / tls:// ``address``.
 
-    Only pass ``fork=True`` for work that is safe after ``fork``: no OpenMP
-    parallel region (scikit-learn's HistGradientBoosting and nearest
-    neighbours predict with OpenMP, and a forked child of a process that
-    used OpenMP can hang), no Dask client. Tree SHAP in ``shap``'s C
-    extension and numpy arithmetic are.
-
-    Yields
-    ------
-    map : callable
-        ``map(func, tasks)`` returns ``[func(context, *task) for task in tasks]``
-        in task order.
-
-    Raises
-    ------
-    ResourceError
-        A forked worker died (killed by the system, usually for memory).
+    dask's Client retries a refused connection until its timeout (20 s), which
+    is right for a scheduler still starting but makes a mistyped port cost
+    20 s per command; a refused TCP connection is answered in milliseconds, so
+    it is tried first. Other errors (a host that does not answer) are left to
+    the Client and its timeout.
     """
-    workers = effective_n_jobs(n_jobs)
+    import socket
+    from urllib.parse import urlsplit
 
-    def through_parallel_map(func, tasks):
-        return parallel_map(func, [(context, *t) for t in tasks], n_jobs=n_jobs)
-
-    if not fork or _SCHEDULER is not None or workers == 1 or not _can_fork():
-        yield through_parallel_map
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    token = next(_NEXT_TOKEN)
-    _SHARED_CONTEXTS[token] = context
-    executor = None
     try:
-        def forked(func, tasks):
-            nonlocal executor
-            tasks = list(tasks)
-            if len(tasks) <= 1:
-                return [func(context, *t) for t in tasks]
-            if executor is None:  # fork lazily: a call that never needs a second task never forks
-                # unlike multiprocessing.Pool, the executor notices a worker that died and raises
-                executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                               initializer=_single_threaded_worker)
-            progress = _Progress(getattr(func, "__name__", "tasks").strip("_").replace("_", " "), len(tasks))
-            results = []
-            try:
-                for result in executor.map(_run_with_shared_context, [(token, func, t) for t in tasks]):
-                    results.append(result)
-                    progress.update(len(results))
-            except BrokenProcessPool:
-                from iml_genomics.errors import ResourceError
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise
+    except OSError:
+        return
 
-                raise ResourceError("a worker process died (killed by the system, usually for lack of memory); "
-                                    "lower --jobs or the chunk size, or give the job more memory.") from None
+
+def _task_name(func) -> str:
+    return getattr(func, "__name__", "tasks").strip("_").replace("_", " ")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where parallel work runs: local processes and threads, or a dask.distributed cluster.
+
+    Build one with :meth:`local`, :meth:`connect` or :meth:`from_config`
+    rather than directly: :meth:`connect` checks the scheduler is reachable.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+        Local workers (-1 = all cores, None = 1). With a scheduler, the
+        threads used by work that stays in this process (thread maps,
+        scikit-learn's ``n_jobs``); process maps use every cluster worker.
+    scheduler : str or None
+        dask.distributed scheduler address; None = local joblib / fork.
+    """
+
+    n_jobs: int | None = 1
+    scheduler: str | None = None
+
+    @classmethod
+    def local(cls, n_jobs: int | None = 1) -> "Backend":
+        """Local processes and threads with ``n_jobs`` workers (-1 = all cores)."""
+        return cls(n_jobs=n_jobs, scheduler=None)
+
+    @classmethod
+    def connect(cls, address: str, n_jobs: int | None = -1, *, timeout: str = "20s") -> "Backend":
+        """A backend on the Dask scheduler at ``address``, contacted now.
+
+        The scheduler is contacted here, once, so a wrong address or a missing
+        dask install fails at once with a one-line error, before any data is read.
+
+        Raises
+        ------
+        ConfigError
+            dask.distributed is not installed, or the scheduler cannot be reached.
+        """
+        from iml_genomics.errors import ConfigError
+
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise ConfigError("parallel.scheduler is set but dask.distributed is not installed; "
+                              "pip install 'iml-genomics[cluster]' or drop --scheduler.") from None
+        try:
+            _refused_at_once(address)
+            Client(address, timeout=timeout).close()
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise ConfigError(f"parallel.scheduler: cannot reach the Dask scheduler at {address} "
+                              f"({type(exc).__name__}); check the address and that the scheduler is "
+                              f"running.") from None
+        return cls(n_jobs=n_jobs, scheduler=address)
+
+    @classmethod
+    def from_config(cls, cfg, n_jobs: int | None = None) -> "Backend":
+        """The backend a resolved config asks for: ``cfg.parallel.scheduler`` (contacted now) and ``n_jobs``.
+
+        ``n_jobs`` None = ``cfg.n_jobs``.
+        """
+        n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
+        address = cfg.parallel.scheduler
+        return cls.connect(address, n_jobs) if address else cls.local(n_jobs)
+
+    @property
+    def distributed(self) -> bool:
+        """True when process maps go to a Dask cluster."""
+        return self.scheduler is not None
+
+    @property
+    def workers(self) -> int:
+        """Local worker count (``n_jobs`` resolved: -1 = all cores, None = 1)."""
+        return effective_n_jobs(self.n_jobs)
+
+    @property
+    def sklearn_n_jobs(self) -> int:
+        """What to pass as a scikit-learn estimator's ``n_jobs`` for work in this process.
+
+        scikit-learn's own joblib loops run threads or loky processes on this
+        machine; they are given the local worker count whether or not a
+        scheduler is set (the scheduler takes this library's process maps).
+        """
+        return self.workers
+
+    def local_part(self, n_jobs: int | None = None) -> "Backend":
+        """A local backend for work inside one task (a task that runs on a Dask worker must not
+        open its own client): ``n_jobs`` None = this backend's."""
+        return Backend.local(self.n_jobs if n_jobs is None else n_jobs)
+
+    @staticmethod
+    def blas_threads(limit: int | None):
+        """:func:`blas_threads`: limit the BLAS / OpenMP thread pools (process-wide)."""
+        return blas_threads(limit)
+
+    def map(self, func: Callable[..., Any], tasks: Iterable[tuple]) -> list[Any]:
+        """Run ``func(*task)`` for each task in worker processes (or Dask tasks), in task order.
+
+        Parameters
+        ----------
+        func : callable
+            A picklable function.
+        tasks : iterable of tuple
+            Positional arguments of each call; seeds must already be inside.
+
+        Returns
+        -------
+        list
+            Results in task order. With 1 local worker (or one task) and no
+            scheduler the calls run in this process.
+        """
+        from joblib import Parallel, delayed
+
+        tasks = list(tasks)
+        progress = _Progress(_task_name(func), len(tasks))
+        results: list[Any] = []
+        if self.scheduler is None and (self.workers == 1 or len(tasks) <= 1):
+            for t in tasks:
+                results.append(func(*t))
+                progress.update(len(results))
             return results
+        with self._joblib_context():
+            # a generator in task order: results arrive as they finish, for progress
+            for result in Parallel(n_jobs=self.workers if self.scheduler is None else -1,
+                                   return_as="generator")(delayed(func)(*t) for t in tasks):
+                results.append(result)
+                progress.update(len(results))
+        return results
 
-        yield forked
-    finally:
-        del _SHARED_CONTEXTS[token]
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+    @contextlib.contextmanager
+    def _joblib_context(self) -> Iterator[None]:
+        if self.scheduler is None:
+            yield
+            return
+        import joblib
+        from dask.distributed import Client
+
+        # a client of our own for the loop: it registers the joblib "dask" backend and is closed after
+        with Client(self.scheduler) as client, joblib.parallel_config(backend="dask"):
+            del client
+            yield
+
+    def thread_map(self, func: Callable[..., Any], tasks: Iterable[tuple], *,
+                   max_threads: int | None = None) -> list[Any]:
+        """Run ``func(*task)`` for each task in threads of this process, in task order.
+
+        For work that releases the GIL (numpy / scipy kernels) on data too
+        large to send to other processes. Always local, also with a scheduler.
+
+        Parameters
+        ----------
+        func : callable
+        tasks : iterable of tuple
+        max_threads : int, optional
+            Cap on the threads (e.g. the number of tasks); at most :attr:`workers`.
+        """
+        tasks = list(tasks)
+        threads = self.workers if max_threads is None else max(1, min(self.workers, max_threads))
+        if threads == 1 or len(tasks) <= 1:
+            return [func(*t) for t in tasks]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(lambda t: func(*t), tasks))
+
+    @contextlib.contextmanager
+    def shared_context_pool(self, context: Any, *, fork: bool = True) -> Iterator[Callable[..., list[Any]]]:
+        """A mapper whose tasks all read one large, read-only ``context``.
+
+        With several local workers on Linux, no scheduler and ``fork`` true,
+        the workers are forked once, after ``context`` is in place, so they
+        share its memory copy-on-write and nothing is pickled but each task's
+        small arguments and its result. This is what brings one explain run on
+        2 cores close to half the time of a single ``shap.TreeExplainer``
+        call: loky's fresh workers each pay the ``shap`` import and the
+        unpickling of the fitted explainer (seconds per worker), a fork pays
+        neither. Otherwise the context travels with every task through
+        :meth:`map` (to the Dask workers when a scheduler is set).
+
+        Only pass ``fork=True`` for work that is safe after ``fork``: no OpenMP
+        parallel region (scikit-learn's HistGradientBoosting and nearest
+        neighbours predict with OpenMP, and a forked child of a process that
+        used OpenMP can hang), no Dask client. Tree SHAP in ``shap``'s C
+        extension and numpy arithmetic are.
+
+        Yields
+        ------
+        map : callable
+            ``map(func, tasks)`` returns ``[func(context, *task) for task in tasks]``
+            in task order.
+
+        Raises
+        ------
+        ResourceError
+            A forked worker died (killed by the system, usually for memory).
+        """
+        workers = self.workers
+
+        def through_map(func, tasks):
+            return self.map(func, [(context, *t) for t in tasks])
+
+        if not fork or self.scheduler is not None or workers == 1 or not _can_fork():
+            yield through_map
+            return
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        token = next(_NEXT_TOKEN)
+        _SHARED_CONTEXTS[token] = context
+        executor = None
+        try:
+            def forked(func, tasks):
+                nonlocal executor
+                tasks = list(tasks)
+                if len(tasks) <= 1:
+                    return [func(context, *t) for t in tasks]
+                if executor is None:  # fork lazily: a call that never needs a second task never forks
+                    # unlike multiprocessing.Pool, the executor notices a worker that died and raises
+                    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                   initializer=_single_threaded_worker)
+                progress = _Progress(_task_name(func), len(tasks))
+                results = []
+                try:
+                    for result in executor.map(_run_with_shared_context, [(token, func, t) for t in tasks]):
+                        results.append(result)
+                        progress.update(len(results))
+                except BrokenProcessPool:
+                    from iml_genomics.errors import ResourceError
+
+                    raise ResourceError("a worker process died (killed by the system, usually for lack of "
+                                        "memory); lower --jobs or the chunk size, or give the job more "
+                                        "memory.") from None
+                return results
+
+            yield forked
+        finally:
+            del _SHARED_CONTEXTS[token]
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+
+def resolve_backend(backend: Backend | None, n_jobs: int | None = 1) -> Backend:
+    """The backend an entry point runs on: ``backend`` when given (it decides), else ``Backend.local(n_jobs)``."""
+    if backend is not None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend must be an iml_genomics.parallel.Backend, got {type(backend).__name__}")
+        return backend
+    return Backend.local(n_jobs)

@@ -54,13 +54,14 @@ class TrainResult:
             "model_name": cfg.model.name,
             # n_jobs is how the run was executed, not what the model is: leaving it out
             # keeps the bundle byte-identical whatever --jobs was
-            "config": {k: v for k, v in cfg.to_dict().items() if k != "n_jobs"},
+            # (nor the Dask scheduler: a later explain must not inherit an address that may be gone)
+            "config": {**{k: v for k, v in cfg.to_dict().items() if k != "n_jobs"}, "parallel": {"scheduler": None}},
             "cv_summary": self.cv.metrics.set_index("split").loc[["mean", "sd"]].drop(
                 columns=["repeat", "fold", "n_train", "n_test"]).to_dict(orient="index"),
         }
 
 
-def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels") -> TrainResult:
+def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels", backend=None) -> TrainResult:
     """Cross-validate and fit the configured pipeline on a cohort.
 
     Parameters
@@ -69,9 +70,13 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
         Cohort from :func:`iml_genomics.io.load_cohort` with the label column in obs.
     cfg : iml_genomics.config.Config
     n_jobs : int, optional
-        Parallel folds; defaults to ``cfg.n_jobs``. Results do not depend on it.
+        Parallel folds; defaults to ``cfg.n_jobs``. Results do not depend on it. Used only when ``backend``
+        is None.
     source : str
         Name of the labels file, for error messages.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the folds; None = ``Backend.local(n_jobs)`` (``cfg.parallel.scheduler`` is the steps' and the
+        CLI's business, not read here).
     """
     label_column = cfg.data.label_column
     y_raw = adata.obs[label_column]
@@ -85,7 +90,8 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
     n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
     cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
-                        positive_class=positive, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed, n_jobs=n_jobs)
+                        positive_class=positive, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed,
+                        n_jobs=n_jobs, backend=backend)
     final = pipeline.fit(X, y)
     used = used_gene_mask(final, len(gene_ids))
     return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u], positive)

@@ -65,11 +65,19 @@ def resolve_config(config_path, *, overrides: dict):
         cfg.override(key, value, source=f"option {option}" if option else "command line")
     if cfg.model.params:
         _check_model_params(cfg, str(config_path))
-    from iml_genomics.parallel import set_scheduler
-
-    # one switch for every parallel loop of this process (CV folds, SHAP chunks, knockoff draws)
-    set_scheduler(cfg.parallel.scheduler)
     return cfg
+
+
+def make_backend(cfg):
+    """The :class:`~iml_genomics.parallel.Backend` of a subcommand: ``parallel.scheduler`` and ``n_jobs``.
+
+    Called once the config is resolved and before any data is read: an unreachable scheduler (or a missing
+    dask install) is one line and exit 2 before anything is computed or written. The command hands the
+    backend to its step, so every parallel loop of the step runs where the user asked.
+    """
+    from iml_genomics.parallel import Backend
+
+    return Backend.from_config(cfg)
 
 
 def _check_model_params(cfg, source: str) -> None:

@@ -30,8 +30,10 @@ from iml_genomics.cli.common import out_option
               help="Random removals per k for the random-gene baseline (PGR).")
 @click.option("--seed", type=int, default=None, help="Seed of CV folds and random removals [config seed].")
 @click.option("--jobs", "n_jobs", type=int, default=None, help="Parallel workers [config n_jobs]; results do not depend on it.")
+@click.option("--scheduler", default=None,
+              help="dask.distributed scheduler address for the prediction-gap refits [config parallel.scheduler].")
 def evaluate(truth, rankings, selections, out, k_values, expression, labels, label_column, genes_as_rows,
-             model_dir, config_path, n_random, seed, n_jobs):
+             model_dir, config_path, n_random, seed, n_jobs, scheduler):
     """Score rankings and selections against known true genes.
 
     \b
@@ -80,6 +82,14 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
             cfg.override("data.label_column", "condition")
         if genes_as_rows:
             cfg.override("data.orientation", "genes_x_samples")
+        if model_dir is not None and config_path is None:
+            cfg.parallel.scheduler = None  # where train ran is not where evaluate runs
+        cfg.override("parallel.scheduler", scheduler)
+    backend = None
+    if cfg is not None:
+        from iml_genomics.cli.common import make_backend
+
+        backend = make_backend(cfg)  # before any data is read: an unreachable scheduler is one line, exit 2
     config_dict = cfg.to_dict() if cfg is not None else {"seed": seed if seed is not None else 0, "n_jobs": n_jobs or 1}
     prov = Provenance("evaluate", config_dict, {
         "truth": truth, "expression": expression, "labels": labels, "config": config_path,
@@ -93,7 +103,7 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
         adata = load_cohort_for(cfg, expression, labels)
         prov.mark("read")
     result = evaluate_step(adata, cfg, truth=truth_genes, rankings=ranking_lists, selections=selection_lists,
-                           k_values=k_values or (10, 20, 50), n_random=n_random)
+                           k_values=k_values or (10, 20, 50), n_random=n_random, backend=backend)
     prov.mark("evaluate")
     prov.extra["n_true_genes"] = result.n_true_genes
     with staged_output(out) as stage:

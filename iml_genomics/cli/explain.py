@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import cohort_options, common_overrides, echo_warnings, out_option
+from iml_genomics.cli.common import cohort_options, common_overrides, echo_warnings, make_backend, out_option
 
 
 @click.command()
@@ -50,6 +50,9 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         if key == "data.orientation":
             value = "genes_x_samples" if value else None
         cfg.override(key, value)
+    # --scheduler / parallel.scheduler: contacted now (one line, exit 2, nothing written when unreachable),
+    # then every SHAP chunk, refit and permutation batch of the step runs on it
+    backend = make_backend(cfg)
     label_column = cfg.data.label_column
     if labels is None and Path(expression).is_file() and detect_format(Path(expression)) != "h5ad":
         label_column = None  # an unlabelled matrix: SHAP only
@@ -74,7 +77,7 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         writer = AttributionWriter(stage / "attributions.parquet", list(adata.obs_names))
         try:
             result = explain_step(adata, cfg, model=(pipeline, manifest), on_chunk=writer,
-                                  model_source=f"{model_dir}/model.json")
+                                  model_source=f"{model_dir}/model.json", backend=backend)
         finally:
             writer.close()
         echo_warnings(result.warnings)

@@ -127,6 +127,9 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
             if value and not Path(value).exists() and (Path(config_path).parent / value).exists() \
                     and overrides.get(f"report.{key}") is None:
                 setattr(rc, key, str(Path(config_path).parent / value))
+    # the report runs in this process: a scheduler named by the config (or by the train run it was read from)
+    # is neither contacted nor recorded
+    cfg.parallel.scheduler = None
     recorded = cohort_paths(inputs)
     expression = expression or recorded["expression"]
     labels = labels or recorded["labels"]

@@ -74,6 +74,10 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     if quiet or verbose:
         configure_logging(quiet, verbose)
     cfg = resolve_config(config_path, overrides={"n_jobs": n_jobs, "parallel.scheduler": scheduler})
+    if cfg.parallel.scheduler:
+        from iml_genomics.cli.common import make_backend
+
+        make_backend(cfg)  # an unreachable scheduler: one line, exit 2, before any step runs or writes
     if cfg.data.expression is None:
         raise ConfigError(f"{config_path}: `run` needs data.expression (and data.labels unless the labels are "
                           f"in the .h5ad obs); add them to the config.")

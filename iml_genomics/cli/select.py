@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, out_option,
-                                     resolve_config)
+from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, make_backend,
+                                     out_option, resolve_config)
 
 
 @click.command()
@@ -45,6 +45,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
         "select.method": method})
     sc = cfg.select
     check_select_config(cfg, source=config_path or "config")  # fail before reading a large matrix
+    backend = make_backend(cfg)  # an unreachable scheduler fails here too
     group_file = sc.group_file if sc.groups == "file" else None
     prov = Provenance("select", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path,
                                                 "group_file": group_file})
@@ -57,7 +58,7 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     prov.mark("read")
     from iml_genomics.steps.select import select as select_step
 
-    result = select_step(adata, cfg, groups=groups, groups_source=group_file)
+    result = select_step(adata, cfg, groups=groups, groups_source=group_file, backend=backend)
     echo_warnings(result.warnings)
     prov.mark("knockoffs")
     prov.extra["cohort"] = result.cohort

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, out_option,
-                                     resolve_config)
+from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, make_backend,
+                                     out_option, resolve_config)
 
 
 @click.command()
@@ -32,6 +32,7 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
         # the config's model.params belong to the config's model, not to the one named here
         cfg.model.params = {}
         cfg.override("model.name", model_name)
+    backend = make_backend(cfg)  # an unreachable scheduler fails here, before the data are read
     from iml_genomics.io import Provenance, staged_output, write_tsv  # pandas: once the config is valid
 
     prov = Provenance("train", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path})
@@ -40,7 +41,7 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     from iml_genomics.models import save_bundle  # scikit-learn: imported once the inputs are valid
     from iml_genomics.steps.train import train as train_step
 
-    result = train_step(adata, cfg)
+    result = train_step(adata, cfg, backend=backend)
     echo_warnings(result.warnings)
     prov.mark("cross_validate_and_fit")
     prov.extra["cohort"] = result.cohort

@@ -33,7 +33,7 @@ class ExplainResult:
 def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, explain_cfg, refit_pipeline=None,
                    y=None, n_splits: int = 5, n_repeats: int = 1, random_state: int = 0, n_jobs: int | None = 1,
                    on_chunk: Callable | None = None, method: str | None = None,
-                   positive_class: str | None = None) -> ExplainResult:
+                   positive_class: str | None = None, backend=None) -> ExplainResult:
     """Explain a fitted model on a cohort.
 
     Parameters
@@ -53,7 +53,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         CV folds for refits (``explain_cfg.stability == 'folds'``).
     random_state : int
     n_jobs : int
-        Results do not depend on it.
+        Results do not depend on it. Used only when ``backend`` is None.
     on_chunk : callable, optional
         Called with (ShapChunk, ShapPlan) for every chunk, in sample order.
     method : {'shap', 'permutation', 'all'}, optional
@@ -61,7 +61,13 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     positive_class : str, optional
         Two classes: the class SHAP explains (positive attributions push towards it); the last class when None.
         mean |SHAP|, permutation importance and the stability of the ranking do not depend on it.
+    backend : iml_genomics.parallel.Backend, optional
+        Where SHAP chunks, refits and permutations run; None = ``Backend.local(n_jobs)``. A given backend
+        decides over ``n_jobs``.
     """
+    from iml_genomics.parallel import resolve_backend
+
+    backend = resolve_backend(backend, n_jobs)
     from iml_genomics.explain.interactions import INTERACTION_COLUMNS, tree_interactions
     from iml_genomics.explain.local import LOCAL_COLUMNS, local_explanations
     from iml_genomics.explain.shap_values import iter_shap_chunks, plan_shap, split_pipeline
@@ -106,7 +112,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         max_err, n_done = 0.0, 0
         keep_v, keep_b, keep_o = {}, {}, {}
         for chunk in iter_shap_chunks(pipeline, X, plan=plan, payload=payload, classes=classes,
-                                      chunk_size=ecfg.chunk_size, n_jobs=n_jobs, random_state=random_state,
+                                      chunk_size=ecfg.chunk_size, backend=backend, random_state=random_state,
                                       additivity_tolerance=ecfg.additivity_tolerance, sample_ids=sample_ids):
             if on_chunk is not None:
                 on_chunk(chunk, plan)
@@ -164,13 +170,13 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
                                    shap=do_shap, shap_mode=ecfg.shap_mode, background_size=ecfg.background_size,
                                    permutation=(do_perm and same) or not do_shap,
                                    n_repeats=ecfg.permutation_repeats, scoring=ecfg.permutation_scoring,
-                                   random_state=random_state, n_jobs=n_jobs)
+                                   random_state=random_state, backend=backend)
         perm_list = refits["permutation"]
         if do_perm and not same:
             perm_list = refit_importances(refit_pipeline, X, y, splits=perm_splits, classes=classes,
                                           gene_ids=gene_ids, shap=False, permutation=True,
                                           n_repeats=ecfg.permutation_repeats, scoring=ecfg.permutation_scoring,
-                                          random_state=random_state, n_jobs=n_jobs)["permutation"]
+                                          random_state=random_state, backend=backend)["permutation"]
         if do_perm:
             allv = np.concatenate(perm_list, axis=1)
             perm_mean = allv.mean(axis=1)
@@ -226,7 +232,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         top = ranking.loc[ranking["used"], "gene_id"].head(ecfg.interaction_top_k).tolist()
         rows = _background_rows(X.shape[0], ecfg.interaction_max_samples, random_state)
         inter, info = tree_interactions(pipeline, X[rows], used_gene_ids=plan.gene_ids, top_genes=top,
-                                        classes=classes, max_samples=len(rows), n_jobs=n_jobs)
+                                        classes=classes, max_samples=len(rows), backend=backend)
         summary["interactions"] = info
         if info["n_samples"] and info["n_samples"] < X.shape[0]:
             summary["approximations"].append(

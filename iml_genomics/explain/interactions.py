@@ -29,7 +29,7 @@ def _interaction_chunk(estimator, Z, top_idx, n_outputs):
 
 
 def tree_interactions(pipeline, X, *, used_gene_ids, top_genes, classes, max_samples: int = 200,
-                      max_bytes: int = 512 * 2**20, n_jobs: int | None = 1):
+                      max_bytes: int = 512 * 2**20, n_jobs: int | None = 1, backend=None):
     """Mean |Shapley interaction value| between pairs of ``top_genes`` (path-dependent Tree SHAP).
 
     Parameters
@@ -41,6 +41,10 @@ def tree_interactions(pipeline, X, *, used_gene_ids, top_genes, classes, max_sam
     top_genes : list of str
         The K genes (e.g. the top of the SHAP ranking).
     classes : list of str or None
+    n_jobs : int
+        Workers over sample chunks; used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the sample chunks; it decides over ``n_jobs``.
 
     Returns
     -------
@@ -52,7 +56,7 @@ def tree_interactions(pipeline, X, *, used_gene_ids, top_genes, classes, max_sam
         n_samples, k, skipped reason (or None).
     """
     from iml_genomics.explain.shap_values import explained_outputs, preprocess, split_pipeline
-    from iml_genomics.parallel import parallel_map
+    from iml_genomics.parallel import resolve_backend
 
     pre, estimator = split_pipeline(pipeline)
     pos = {g: j for j, g in enumerate(used_gene_ids)}
@@ -73,7 +77,7 @@ def tree_interactions(pipeline, X, *, used_gene_ids, top_genes, classes, max_sam
     chunk = max(1, int(max_bytes // per_sample))
     top_idx = np.array([pos[g] for g in top])
     tasks = [(estimator, preprocess(pre, X[s:min(s + chunk, n)]), top_idx, n_out) for s in range(0, n, chunk)]
-    total = sum(parallel_map(_interaction_chunk, tasks, n_jobs=n_jobs))
+    total = sum(resolve_backend(backend, n_jobs).map(_interaction_chunk, tasks))
     mean = total.mean(axis=2) / n  # average over outputs
     iu, ju = np.triu_indices(k, 1)
     table = pd.DataFrame({"gene_id_1": [top[i] for i in iu], "gene_id_2": [top[j] for j in ju],

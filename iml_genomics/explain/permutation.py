@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from iml_genomics.parallel import effective_n_jobs, parallel_map, spawn_seeds
+from iml_genomics.parallel import Backend, resolve_backend, spawn_seeds
 
 SCORINGS = ("auto", "log_loss", "auroc", "accuracy", "r2")
 
@@ -188,7 +188,8 @@ def _importance_batch(estimator, Z, y_idx, classes, genes, n_repeats, seed, scor
 
 
 def permutation_importance_fitted(pipeline, X, y, *, classes, n_repeats: int = 5, random_state: int = 0,
-                                  n_jobs: int | None = 1, scoring: str = "auto") -> np.ndarray:
+                                  n_jobs: int | None = 1, scoring: str = "auto",
+                                  backend: Backend | None = None) -> np.ndarray:
     """Permutation importance of each input gene for a fitted pipeline on rows (X, y).
 
     Parameters
@@ -201,7 +202,9 @@ def permutation_importance_fitted(pipeline, X, y, *, classes, n_repeats: int = 5
     n_repeats : int
     random_state : int
     n_jobs : int
-        Gene batches run in parallel; the result does not depend on it.
+        Gene batches run in parallel; the result does not depend on it. Used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the gene batches; it decides over ``n_jobs``.
     scoring : {'auto', 'log_loss', 'auroc', 'accuracy', 'r2'}
         Importance = score on intact rows - score with the gene permuted
         ('log_loss' means the negative log loss, so larger is better).
@@ -245,11 +248,12 @@ def permutation_importance_fitted(pipeline, X, y, *, classes, n_repeats: int = 5
         forest = (fkind, trees_of)
         if fkind == "regressor":
             classes = None
-    workers = effective_n_jobs(n_jobs)
+    backend = resolve_backend(backend, n_jobs)
+    workers = backend.workers
     batches = [b for b in np.array_split(genes, max(1, min(len(genes), 4 * workers))) if len(b)]
-    parts = parallel_map(_importance_batch,
-                         [(estimator, Z, y_idx, classes, b, n_repeats, random_state, scoring, base_score, forest)
-                          for b in batches], n_jobs=n_jobs)
+    parts = backend.map(_importance_batch,
+                        [(estimator, Z, y_idx, classes, b, n_repeats, random_state, scoring, base_score, forest)
+                         for b in batches])
     model_space = np.zeros((Z.shape[1], n_repeats))
     for b, part in zip(batches, parts):
         model_space[b] = part
@@ -289,7 +293,7 @@ def _perm_fold(pipeline, X, y, train_idx, test_idx, classes, n_repeats, seed, sc
 
 def permutation_importance_oof(pipeline, X, y, *, splits, classes, n_repeats: int = 5, random_state: int = 0,
                                n_jobs: int | None = 1, gene_ids=None, scoring: str = "auto",
-                               return_folds: bool = False):
+                               return_folds: bool = False, backend: Backend | None = None):
     """Out-of-fold permutation importance: refit on each split's training rows, permute on its test rows.
 
     Parameters
@@ -306,7 +310,9 @@ def permutation_importance_oof(pipeline, X, y, *, splits, classes, n_repeats: in
     random_state : int
         Each split gets a child seed (spawned before dispatch).
     n_jobs : int
-        Splits run in parallel; the result does not depend on it.
+        Splits run in parallel; the result does not depend on it. Used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the splits; it decides over ``n_jobs``.
     gene_ids : list of str, optional
         Names of the columns of X (default ``g0, g1, ...``).
     scoring : str
@@ -322,7 +328,7 @@ def permutation_importance_oof(pipeline, X, y, *, splits, classes, n_repeats: in
     """
     seeds = spawn_seeds(random_state, len(splits))
     tasks = [(pipeline, X, y, tr, te, classes, n_repeats, s, scoring) for (_, _, tr, te), s in zip(splits, seeds)]
-    per_split = parallel_map(_perm_fold, tasks, n_jobs=n_jobs)
+    per_split = resolve_backend(backend, n_jobs).map(_perm_fold, tasks)
     allv = np.concatenate(per_split, axis=1)
     ids = list(gene_ids) if gene_ids is not None else [f"g{j}" for j in range(X.shape[1])]
     frame = pd.DataFrame({"gene_id": ids, "permutation_importance": allv.mean(axis=1),

@@ -17,7 +17,7 @@ gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
   with the number of genes; approximate, and said so.
 
 Samples are explained in equal chunks of at most ``chunk_size`` dispatched with
-:func:`iml_genomics.parallel.shared_context_pool`; chunk boundaries and the per-chunk
+:meth:`iml_genomics.parallel.Backend.shared_context_pool`; chunk boundaries and the per-chunk
 seeds do not depend on ``n_jobs``, so neither do the values. Which route a
 model takes is declared in :data:`iml_genomics.models.MODEL_REGISTRY`
 (:class:`iml_genomics.models.ModelSpec`), looked up from the estimator's class. Additivity
@@ -33,7 +33,7 @@ import numpy as np
 from scipy import sparse
 
 from iml_genomics.errors import NumericalError
-from iml_genomics.parallel import effective_n_jobs, shared_context_pool, spawn_seeds
+from iml_genomics.parallel import Backend, resolve_backend, spawn_seeds
 from iml_genomics.preprocess import used_gene_mask
 
 SHAP_MODES = ("tree_path_dependent", "interventional")
@@ -448,12 +448,13 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
 
 def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_size: int = 256, n_jobs: int | None = 1,
                      random_state: int = 0, additivity_tolerance: float = 1e-4,
-                     sample_ids=None) -> Iterator[ShapChunk]:
+                     sample_ids=None, backend: Backend | None = None) -> Iterator[ShapChunk]:
     """Explain ``X`` chunk by chunk, yielding :class:`ShapChunk` in sample order.
 
     Chunks are computed in waves of ``2 * n_workers`` so memory stays near a
     few chunks whatever the cohort size. Raises :class:`NumericalError` when a
-    chunk breaks additivity by more than ``additivity_tolerance``.
+    chunk breaks additivity by more than ``additivity_tolerance``. The chunks run on ``backend``
+    (None = ``Backend.local(n_jobs)``; a given backend decides over ``n_jobs``).
     """
     pre, estimator = split_pipeline(pipeline)
     n = X.shape[0]
@@ -461,15 +462,16 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     edges = np.linspace(0, n, -(-n // chunk_size) + 1).round().astype(int) if n else np.zeros(1, dtype=int)
     bounds = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
     seeds = spawn_seeds(random_state, len(bounds))
-    wave = max(1, 2 * effective_n_jobs(n_jobs))
+    backend = resolve_backend(backend, n_jobs)
+    wave = max(1, 2 * backend.workers)
     # the model and explainer are shared by every chunk: forked workers inherit them instead of each importing
     # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows. Only tree
     # and linear SHAP of models whose predict uses no OpenMP are forked (plan.fork): each chunk calls the model's
     # predict for the additivity check, and the model-agnostic route calls it for every coalition.
     # binary: plan.outputs holds the one class explained (plan_shap's positive_class)
     positive = plan.outputs[0] if classes is not None and len(classes) == 2 else None
-    with shared_context_pool((pre, estimator, classes, plan.kind, payload, positive), n_jobs=n_jobs,
-                             fork=plan.fork) as run:
+    with backend.shared_context_pool((pre, estimator, classes, plan.kind, payload, positive),
+                                     fork=plan.fork) as run:
         for w in range(0, len(bounds), wave):
             tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
             for chunk in run(_explain_chunk, tasks):
@@ -495,7 +497,8 @@ def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) 
 def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent",
                       background_size: int = 100, chunk_size: int = 256, n_jobs: int | None = 1,
                       random_state: int = 0, additivity_tolerance: float = 1e-4, background=None,
-                      sample_ids=None, agnostic_pairs: int = 5, positive_class: str | None = None) -> ShapResult:
+                      sample_ids=None, agnostic_pairs: int = 5, positive_class: str | None = None,
+                      backend: Backend | None = None) -> ShapResult:
     """SHAP values of a fitted pipeline for every row of ``X``, on the genes that enter the model.
 
     Parameters
@@ -515,7 +518,9 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
     chunk_size : int
         Samples per parallel task.
     n_jobs : int
-        Workers; the values do not depend on it.
+        Workers; the values do not depend on it. Used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the chunks (forked workers, loky processes or Dask tasks); it decides over ``n_jobs``.
     random_state : int
         Seed for the background sample and the agnostic explainer's permutations.
     additivity_tolerance : float
@@ -549,7 +554,7 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
     out = np.empty((n, k))
     max_err = 0.0
     for chunk in iter_shap_chunks(pipeline, X, plan=plan, payload=payload, classes=classes, chunk_size=chunk_size,
-                                  n_jobs=n_jobs, random_state=random_state,
+                                  n_jobs=n_jobs, backend=backend, random_state=random_state,
                                   additivity_tolerance=additivity_tolerance, sample_ids=sample_ids):
         values[chunk.start:chunk.stop] = chunk.values
         base[chunk.start:chunk.stop] = chunk.base_values

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from iml_genomics.parallel import parallel_map, spawn_seeds
+from iml_genomics.parallel import Backend, resolve_backend, spawn_seeds
 
 RANK_INTERVAL = (5.0, 95.0)
 
@@ -164,7 +164,7 @@ def _refit_task(pipeline, X, y, train_idx, test_idx, classes, gene_ids, seed, do
 def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool = True,
                       shap_mode: str = "tree_path_dependent", background_size: int = 100,
                       permutation: bool = True, n_repeats: int = 5, scoring: str = "auto",
-                      random_state: int = 0, n_jobs: int | None = 1) -> dict:
+                      random_state: int = 0, n_jobs: int | None = 1, backend: Backend | None = None) -> dict:
     """Refit ``pipeline`` on each split and measure importances on its held-out rows.
 
     Parameters
@@ -177,6 +177,11 @@ def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool =
         Which importances to compute.
     random_state : int
         Child seeds are spawned per split before dispatch (``n_jobs`` does not change results).
+    n_jobs : int
+        Splits run in parallel; used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs one task per split (processes or Dask tasks); it decides over ``n_jobs``. Inside a task the
+        SHAP and permutation work runs in that task's process.
 
     Returns
     -------
@@ -187,7 +192,7 @@ def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool =
     seeds = spawn_seeds(random_state, len(splits))
     tasks = [(pipeline, X, y, tr, te, classes, list(gene_ids), s, shap, shap_mode, background_size, permutation,
               n_repeats, scoring) for (_, _, tr, te), s in zip(splits, seeds)]
-    results = parallel_map(_refit_task, tasks, n_jobs=n_jobs)
+    results = resolve_backend(backend, n_jobs).map(_refit_task, tasks)
     return {
         "mean_abs_shap": np.stack([r["mean_abs_shap"] for r in results]) if shap else None,
         "permutation": [r["permutation"] for r in results] if permutation else None,

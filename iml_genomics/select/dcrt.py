@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from iml_genomics.errors import ConfigError, InputDataError
-from iml_genomics.parallel import blas_threads, effective_n_jobs, parallel_map
+from iml_genomics.parallel import Backend, blas_threads, resolve_backend
 from iml_genomics.select.covariance import CovarianceModel
 from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.filter import TABLE_COLUMNS, aligned_inputs, check_variation, covariate_matrix, linear_part
@@ -153,7 +153,7 @@ def _lasso_working_set(Z: np.ndarray, y: np.ndarray, alpha: float, coef_init: np
     return coef
 
 
-def _cv_screen(Z: np.ndarray, yt: np.ndarray, folds, n_jobs: int, n_alphas: int = 30,
+def _cv_screen(Z: np.ndarray, yt: np.ndarray, folds, backend: Backend, n_alphas: int = 30,
                eps: float = 1e-2) -> tuple[float | None, np.ndarray]:
     """Cross-validated lasso of y on all genes: the chosen penalty and the coefficients there.
 
@@ -161,7 +161,7 @@ def _cv_screen(Z: np.ndarray, yt: np.ndarray, folds, n_jobs: int, n_alphas: int 
     stop once min(250, half the training samples) genes are active), then the
     fit at the chosen penalty is polished by :func:`_lasso_working_set`.
     """
-    path = cv_lasso_path(Z, yt, folds, n_alphas=n_alphas, eps=eps, n_jobs=n_jobs)
+    path = cv_lasso_path(Z, yt, folds, n_alphas=n_alphas, eps=eps, backend=backend)
     if path is None:
         return None, np.zeros(Z.shape[1])
     alphas, best, coefs, _ = path
@@ -219,7 +219,7 @@ def _test_chunk(genes, Z, Y, alphas, full_coefs, E, screening, m):
 
 def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank=None, covariates=None,
                 random_state=0, n_jobs=1, fdr_procedure="bh", screening=True, scale="empirical",
-                n_folds=5, check_model=True, positive_class=None) -> DCRTResult:
+                n_folds=5, check_model=True, positive_class=None, backend: Backend | None = None) -> DCRTResult:
     """Distilled conditional randomization test with Benjamini-Hochberg selection.
 
     Parameters
@@ -243,7 +243,10 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     random_state : int
         Seed of the cross-validation folds (and of the randomized SVD).
     n_jobs : int
-        Workers; results do not depend on it.
+        Workers; results do not depend on it. Used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the gene chunks (processes or Dask tasks) and the screening lasso's folds (threads); it decides
+        over ``n_jobs``.
     positive_class : str, optional
         Two classes: the class whose centred indicator is distilled and tested
         (the last class when None). The two-sided p-values do not depend on
@@ -290,6 +293,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
                           f"got {fdr_procedure!r}.")
     from sklearn.model_selection import KFold
 
+    backend = resolve_backend(backend, n_jobs)
     X, y, gene_ids = aligned_inputs(X, y, gene_ids)
     n, p = X.shape
     check_positive_class(y, task, positive_class)
@@ -310,7 +314,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
     # passes (fit_checked_covariance): the dCRT's conditional law of each gene comes from this model
     model, exchangeability, auto_note = fit_checked_covariance(
         R, covariance=covariance, factor_rank=factor_rank, s_method="mvr", gene_ids=gene_ids,
-        random_state=random_state, n_jobs=n_jobs, check=check_model)
+        random_state=random_state, check=check_model, backend=backend)
     # R is already centred and orthogonal to the covariates; standardising keeps that, so the lasso
     # below is the lasso with unpenalised intercept and covariates (Frisch-Waugh)
     Z = np.ascontiguousarray(model.standardize(R))
@@ -320,7 +324,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
 
     alphas, full_coefs = [], []
     for t in range(K):
-        a, c = _cv_screen(Z, np.ascontiguousarray(Y[:, t]), folds, n_jobs)
+        a, c = _cv_screen(Z, np.ascontiguousarray(Y[:, t]), folds, backend)
         alphas.append(a)
         full_coefs.append(c)
     screened = np.flatnonzero(np.any(np.array(full_coefs) != 0, axis=0))
@@ -328,7 +332,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
 
     stats_all = np.zeros((p, K, 4))
     if tested.size and any(a is not None for a in alphas):
-        workers = effective_n_jobs(n_jobs)
+        workers = backend.workers
         chunk_genes = 2048  # bounds the p x chunk precision block and the n x chunk residual block
         for start in range(0, tested.size, chunk_genes):
             block = tested[start:start + chunk_genes]
@@ -348,7 +352,7 @@ def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank
             pieces = np.array_split(np.arange(block.size), n_chunks)
             tasks = [([(int(block[c]), i) for i, c in enumerate(piece)], Z, Y, alphas, full_coefs,
                       E[:, piece], screening, dof) for piece in pieces]
-            results = parallel_map(_test_chunk, tasks, n_jobs=n_jobs)
+            results = backend.map(_test_chunk, tasks)
             stats_all[block] = np.concatenate(results)
             if scale == "model":
                 stats_all[block, :, 2] = 1.0 / np.sqrt(theta_diag)[:, None]  # sigma_j instead of ||e_j||

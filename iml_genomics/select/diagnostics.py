@@ -81,7 +81,7 @@ def exchangeability_check(X: np.ndarray, *, covariance: str, factor_rank: int | 
                           gene_ids=None, random_state: int = 0, holdout: float = 0.25, max_genes: int = 1000,
                           n_neighbours: int = 5, z_threshold: float | None = None, tolerance: float = TOLERANCE,
                           max_fraction: float = MAX_FRACTION,
-                          n_worst: int = 10, n_jobs: int = 1) -> dict:
+                          n_worst: int = 10, n_jobs: int = 1, backend=None) -> dict:
     """Compare corr(X_j, X_k), corr(X~_j, X_k) and corr(X~_j, X~_k) for each gene's nearest neighbours.
 
     The covariance model (same ``covariance`` kind and ``factor_rank``) and S
@@ -137,7 +137,9 @@ def exchangeability_check(X: np.ndarray, *, covariance: str, factor_rank: int | 
     n_worst : int
         Pairs listed in ``worst_pairs``.
     n_jobs : int
-        Passed to ``compute_s`` (its result does not depend on it).
+        Passed to ``compute_s`` (its result does not depend on it); used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Passed to ``compute_s``; it decides over ``n_jobs``.
 
     Returns
     -------
@@ -168,7 +170,7 @@ def exchangeability_check(X: np.ndarray, *, covariance: str, factor_rank: int | 
     Xt, Xh = X[train], X[hold]
     try:
         model = fit_covariance(Xt, method=covariance, rank=factor_rank, random_state=random_state)
-        s, _ = compute_s(model, s_method, random_state=random_state, n_jobs=n_jobs)
+        s, _ = compute_s(model, s_method, random_state=random_state, n_jobs=n_jobs, backend=backend)
     except InputDataError as exc:
         # e.g. a gene constant on the training split: the check cannot run, which is not a pass
         return {"skipped": f"{mode} refit failed: {exc}", "mode": mode}
@@ -226,7 +228,7 @@ def exchangeability_check(X: np.ndarray, *, covariance: str, factor_rank: int | 
 
 
 def fit_checked_covariance(X: np.ndarray, *, covariance: str, factor_rank: int | None, s_method: str, gene_ids=None,
-                           random_state: int = 0, n_jobs: int = 1, check: bool = True):
+                           random_state: int = 0, n_jobs: int = 1, check: bool = True, backend=None):
     """Fit the covariance model and run :func:`exchangeability_check` on it; ``auto`` falls back on failure.
 
     ``covariance="auto"`` keeps dense Ledoit-Wolf while its shrinkage is at most
@@ -251,6 +253,9 @@ def fit_checked_covariance(X: np.ndarray, *, covariance: str, factor_rank: int |
     gene_ids : sequence of str, optional
     random_state : int
     n_jobs : int
+        Used only when ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the check's S solver (:func:`exchangeability_check`).
     check : bool
         False: no check (and no fallback); the check is reported as skipped.
 
@@ -268,7 +273,7 @@ def fit_checked_covariance(X: np.ndarray, *, covariance: str, factor_rank: int |
 
     def run(m):
         return exchangeability_check(X, covariance=m.kind, factor_rank=m.rank, s_method=s_method, gene_ids=gene_ids,
-                                     random_state=random_state, n_jobs=n_jobs)
+                                     random_state=random_state, n_jobs=n_jobs, backend=backend)
 
     result = run(model)
     if covariance == "auto" and model.kind == "ledoit_wolf" and result.get("passed") is False:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics.errors import ConfigError, InputDataError
-from iml_genomics.parallel import blas_threads, parallel_map, spawn_seeds
+from iml_genomics.parallel import Backend, blas_threads, resolve_backend, spawn_seeds
 from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
 from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
@@ -229,7 +229,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
                     covariance="auto", factor_rank=None, n_draws=1, groups=None, covariates=None,
                     random_state=0, n_jobs=1, cluster_correlation=0.5, derandomize_fdr=None,
                     model="l1_logistic", model_params=None, max_pairs=None, check_swap=True,
-                    positive_class=None) -> KnockoffResult:
+                    positive_class=None, backend: Backend | None = None) -> KnockoffResult:
     """Model-X knockoff selection with FDR control.
 
     Parameters
@@ -259,7 +259,8 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         Fixed covariates, in every fit, never tested.
     random_state : int
     n_jobs : int
-        Workers (draws in parallel, else CV folds); results do not depend on it.
+        Workers (draws in parallel, else CV folds); results do not depend on it. Used only when ``backend``
+        is None.
     cluster_correlation : float
         Sample-correlation threshold of ``groups='clusters'`` (average linkage on 1 - |corr|).
     derandomize_fdr : float, optional
@@ -276,11 +277,15 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     positive_class : str, optional
         Two classes: the class whose indicator the lasso statistic regresses on (the last class when None);
         W does not depend on it. Recorded in the summary.
+    backend : iml_genomics.parallel.Backend, optional
+        Where the draws (several: one task each; one: a single task) and the threads of the S solver run;
+        it decides over ``n_jobs``.
 
     Returns
     -------
     KnockoffResult
     """
+    backend = resolve_backend(backend, n_jobs)
     X, y, gene_ids = aligned_inputs(X, y, gene_ids)
     n, p = X.shape
     if statistic not in STATISTICS:
@@ -299,7 +304,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     # Ledoit-Wolf fit is replaced by factor_blocks when that passes (fit_checked_covariance)
     model_, exchangeability, auto_note = fit_checked_covariance(
         R, covariance=covariance, factor_rank=factor_rank, s_method="equicorrelated" if use_groups else s_method,
-        gene_ids=gene_ids, random_state=random_state, n_jobs=n_jobs, check=check_swap)
+        gene_ids=gene_ids, random_state=random_state, check=check_swap, backend=backend)
 
     group_labels = None
     if use_groups:
@@ -321,7 +326,7 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
         s_used = "group_equicorrelated"
         min_eig = min_eig_2c_minus_s(model_, s_diag, S_full=S)
     else:
-        s_diag, s_info = compute_s(model_, s_method, random_state=random_state, n_jobs=n_jobs)
+        s_diag, s_info = compute_s(model_, s_method, random_state=random_state, backend=backend)
         S_for_sampler, s_used = s_diag, s_method
         min_eig = min_eig_2c_minus_s(model_, s_diag)
     check_psd(min_eig)
@@ -335,9 +340,12 @@ def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso
     if statistic == "model":
         stat_kwargs = {"model": model, "model_params": model_params}
     seeds = spawn_seeds(random_state, n_draws)
-    inner_jobs = n_jobs if n_draws == 1 else 1
-    draws = parallel_map(_one_draw, [(sd, model_, prep, X, fitted, y, task, statistic, stat_kwargs, cov, inner_jobs)
-                                     for sd in seeds], n_jobs=n_jobs if n_draws > 1 else 1)
+    # several draws: one task each, single-threaded inside; one draw: its statistic's CV folds use the workers
+    # (in this process, or inside the one task on a Dask worker)
+    inner_jobs = backend.n_jobs if n_draws == 1 else 1
+    runner = backend if n_draws > 1 or backend.distributed else backend.local_part(1)
+    draws = runner.map(_one_draw, [(sd, model_, prep, X, fitted, y, task, statistic, stat_kwargs, cov, inner_jobs)
+                                   for sd in seeds])
 
     if group_labels is not None:
         W = np.array([group_w(d["imp"], d["imp_k"], group_labels) for d in draws])

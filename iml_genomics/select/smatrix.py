@@ -26,14 +26,13 @@ SDP maximises ``sum s_j`` with a log-det barrier ``mu log det M`` (mu -> 0):
 from __future__ import annotations
 
 import numpy as np
-from joblib import Parallel, delayed
 from scipy import linalg
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.spatial.distance import squareform
 
 from iml_genomics.errors import NumericalError
-from iml_genomics.parallel import blas_threads, effective_n_jobs, spawn_seeds
+from iml_genomics.parallel import Backend, blas_threads, resolve_backend, spawn_seeds
 from iml_genomics.select.covariance import spd_inverse, two_c_minus_s
 
 #: Smallest s_j and the margin kept from the PSD boundary.
@@ -244,7 +243,8 @@ def _scale_to_feasible(C: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int | None = None,
-              max_block: int = MAX_BLOCK, n_jobs: int | None = 1) -> tuple[np.ndarray, dict]:
+              max_block: int = MAX_BLOCK, n_jobs: int | None = 1,
+              backend: Backend | None = None) -> tuple[np.ndarray, dict]:
     """Diagonal S for a covariance model.
 
     Parameters
@@ -260,7 +260,10 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
         Dense models above this size use the block-diagonal approximation.
     n_jobs : int
         Threads over the blocks of the block-diagonal approximation; each block
-        has its own seed, so the result does not depend on it.
+        has its own seed, so the result does not depend on it. Used only when
+        ``backend`` is None.
+    backend : iml_genomics.parallel.Backend, optional
+        Runs the block threads (:meth:`~iml_genomics.parallel.Backend.thread_map`); it decides over ``n_jobs``.
 
     Returns
     -------
@@ -268,11 +271,12 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     info : dict
         ``approximation`` ('none', 'blockdiag', 'factor' or 'factor_blocks') and ``n_blocks``.
     """
+    backend = resolve_backend(backend, n_jobs)
     rng = np.random.default_rng(random_state)
     if method not in ("mvr", "sdp", "equicorrelated"):
         raise ValueError(f"s_method must be mvr, sdp or equicorrelated, got {method!r}")
     if model.is_blocks:
-        return _blocks_s(model, method, random_state=random_state, n_iter=n_iter, n_jobs=n_jobs), {
+        return _blocks_s(model, method, random_state=random_state, n_iter=n_iter, backend=backend), {
             "approximation": "factor_blocks", "n_blocks": len(model.block.blocks)}
     if method == "equicorrelated":
         return equicorrelated(model), {"approximation": "none" if model.corr is not None else "factor",
@@ -294,18 +298,20 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     # cores without copying C to worker processes. The BLAS limit is process-wide, so it is set once here
     # rather than entered and left by each thread (their save/restore would interleave). Blocks above 600
     # genes want a threaded BLAS of their own (see _coordinate_descent), so they are solved one at a time.
-    threads = min(effective_n_jobs(n_jobs), len(blocks)) if max_block <= 600 else 1
+    threads = min(backend.workers, len(blocks)) if max_block <= 600 else 1
+
+    def solve_block(idx, seed):  # the submatrix is cut inside the task: one block's copy alive per thread
+        return _dense_solve(C[np.ix_(idx, idx)], method, np.random.default_rng(seed), n_iter)
+
     with blas_threads(1 if threads > 1 else None):
-        solved = Parallel(n_jobs=threads, prefer="threads")(
-            delayed(_dense_solve)(C[np.ix_(idx, idx)], method, np.random.default_rng(seed), n_iter)
-            for idx, seed in zip(blocks, seeds))
+        solved = backend.thread_map(solve_block, list(zip(blocks, seeds)), max_threads=threads)
     s = np.empty(C.shape[0])
     for idx, s_block in zip(blocks, solved):
         s[idx] = s_block
     return _scale_to_feasible(C, s), {"approximation": "blockdiag", "n_blocks": len(blocks)}
 
 
-def _blocks_s(model, method: str, *, random_state: int, n_iter: int | None, n_jobs: int | None) -> np.ndarray:
+def _blocks_s(model, method: str, *, random_state: int, n_iter: int | None, backend: Backend) -> np.ndarray:
     """Diagonal S for ``C = B + U U^T``, solved block by block on B.
 
     Each block's S_b makes ``2 B_b - S_b`` positive definite, so
@@ -342,11 +348,9 @@ def _blocks_s(model, method: str, *, random_state: int, n_iter: int | None, n_jo
     else:
         s[single] = np.minimum(2.0 * d[single] - 1e-4 * np.maximum(d[single], 1e-3), 1.0)
     seeds = spawn_seeds(random_state, len(blk.blocks))
-    threads = min(effective_n_jobs(n_jobs), max(len(blk.blocks), 1))
     with blas_threads(1):
-        solved = Parallel(n_jobs=threads, prefer="threads")(
-            delayed(_dense_solve)(m, method, np.random.default_rng(seed), n_iter)
-            for m, seed in zip(blk.mats, seeds))
+        solved = backend.thread_map(_dense_solve, [(m, method, np.random.default_rng(seed), n_iter)
+                                                   for m, seed in zip(blk.mats, seeds)])
     for idx, s_block in zip(blk.blocks, solved):
         s[idx] = s_block
     return s

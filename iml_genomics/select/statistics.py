@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iml_genomics.parallel import effective_n_jobs
+from iml_genomics.parallel import Backend, resolve_backend
 
 
 def check_positive_class(y, task: str, positive_class: str | None) -> None:
@@ -104,7 +104,8 @@ def fold_errors(Z: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarra
     return np.mean((y[test, None] - pred) ** 2, axis=0)
 
 
-def cv_lasso_path(Z: np.ndarray, yt: np.ndarray, folds, *, n_alphas: int, eps: float, n_jobs: int):
+def cv_lasso_path(Z: np.ndarray, yt: np.ndarray, folds, *, n_alphas: int, eps: float, n_jobs: int = 1,
+                  backend: Backend | None = None):
     """Cross-validated penalty of a lasso of ``yt`` on ``Z`` (the knockoff statistic's and the dCRT's screen).
 
     Penalties descend geometrically from alpha_max to ``eps`` alpha_max; every
@@ -113,6 +114,8 @@ def cv_lasso_path(Z: np.ndarray, yt: np.ndarray, folds, *, n_alphas: int, eps: f
     The full-data path runs next to the folds (6 tasks fill 2 cores better
     than 5 + 1 after them), in threads: coordinate descent releases the GIL,
     the folds share Z without copies, and there is no worker start-up.
+    The threads are ``backend``'s (:meth:`~iml_genomics.parallel.Backend.thread_map`, always in this process,
+    also when the caller's backend has a scheduler); ``n_jobs`` is used only when ``backend`` is None.
 
     Returns
     -------
@@ -130,12 +133,7 @@ def cv_lasso_path(Z: np.ndarray, yt: np.ndarray, folds, *, n_alphas: int, eps: f
     Zf = np.asfortranarray(Z)
     calls = [(fold_errors, (Z, yt, tr, te, alphas, max_active)) for tr, te in folds]
     calls.append((path_until, (Zf, yt, alphas, max_active)))
-    if effective_n_jobs(n_jobs) > 1:
-        from joblib import Parallel, delayed
-
-        results = Parallel(n_jobs=effective_n_jobs(n_jobs), prefer="threads")(delayed(f)(*a) for f, a in calls)
-    else:
-        results = [f(*a) for f, a in calls]
+    results = resolve_backend(backend, n_jobs).thread_map(lambda f, a: f(*a), calls)
     errs, coefs = results[:-1], results[-1]
     depth = min(len(e) for e in errs)
     best = int(np.argmin(np.mean([e[:depth] for e in errs], axis=0)))
@@ -215,7 +213,9 @@ def forest_importance(X, Xk, y, *, task: str, covariates=None, random_state: int
 
     p = X.shape[1]
     cls = RandomForestRegressor if task == "regression" else RandomForestClassifier
-    est = cls(n_estimators=n_estimators, max_features="sqrt", random_state=random_state, n_jobs=n_jobs)
+    # runs inside one draw (a task of its own when draws run in parallel): local threads
+    est = cls(n_estimators=n_estimators, max_features="sqrt", random_state=random_state,
+              n_jobs=Backend.local(n_jobs).sklearn_n_jobs)
     est.fit(_design(X, Xk, covariates), np.asarray(y))
     imp = est.feature_importances_
     return imp[:p], imp[p:2 * p], {}

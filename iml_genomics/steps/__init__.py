@@ -1,7 +1,8 @@
 """The steps floor: one function per pipeline step on in-memory objects.
 
 Each step takes the cohort (AnnData) and the resolved :class:`~iml_genomics.config.Config`, with keyword-only
-``n_jobs`` and ``random_state`` (None = the config's), and returns a result dataclass holding the tidy tables
+``n_jobs``, ``random_state`` (None = the config's) and ``backend`` (an :class:`iml_genomics.parallel.Backend`;
+None = built from ``cfg.parallel.scheduler`` and ``n_jobs``), and returns a result dataclass holding the tidy tables
 exactly as the CLI writes them, the summary dict exactly as its JSON, and metadata. Steps never read or
 write files, never print and never import click; the CLI (``iml_genomics.cli``) only loads inputs, calls a
 step and writes its result. See docs/steps.md.

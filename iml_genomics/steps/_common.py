@@ -18,6 +18,19 @@ def resolved(cfg, n_jobs, random_state):
     return cfg
 
 
+def step_backend(cfg, backend):
+    """The :class:`~iml_genomics.parallel.Backend` a step runs on.
+
+    ``backend`` when given (the CLI and ``run`` build it once, before reading data); else one built from the
+    resolved ``cfg``: ``parallel.scheduler`` (contacted now; ConfigError when unreachable) and ``n_jobs``.
+    """
+    from iml_genomics.parallel import Backend, resolve_backend
+
+    if backend is not None:
+        return resolve_backend(backend)
+    return Backend.from_config(cfg)
+
+
 def expression_source(adata, source: str | None) -> str:
     """The name error messages give the expression matrix: ``source``, else what the reader recorded."""
     if source:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from iml_genomics.steps._common import expression_source, label_source, resolved
+from iml_genomics.steps._common import step_backend, expression_source, label_source, resolved
 
 
 @dataclass
@@ -39,7 +39,8 @@ class EvaluateResult:
 
 
 def evaluate(adata=None, cfg=None, *, truth, rankings=None, selections=None, k_values=(10, 20, 50),
-             n_random: int = 3, n_jobs: int | None = None, random_state: int | None = None) -> EvaluateResult:
+             n_random: int = 3, n_jobs: int | None = None, random_state: int | None = None,
+             backend=None) -> EvaluateResult:
     """Score gene rankings and selections against the true genes; with a cohort, prediction gaps too.
 
     Parameters
@@ -63,6 +64,9 @@ def evaluate(adata=None, cfg=None, *, truth, rankings=None, selections=None, k_v
         Parallel refits; None = ``cfg.n_jobs``. Results do not depend on it.
     random_state : int, optional
         Seed of the CV folds and random removals; None = ``cfg.seed``.
+    backend : iml_genomics.parallel.Backend, optional
+        Where the prediction-gap refits run; None = built from ``cfg.parallel.scheduler`` and ``n_jobs``.
+        A given backend decides over ``n_jobs`` and the config's scheduler.
 
     Returns
     -------
@@ -95,12 +99,13 @@ def evaluate(adata=None, cfg=None, *, truth, rankings=None, selections=None, k_v
                               "--config FILE).")
         if not rankings:
             raise ConfigError("evaluate: prediction gaps need a --ranking (genes are removed in ranking order).")
-        result.prediction_gaps = prediction_gap_table(adata, resolved(cfg, n_jobs, random_state), rankings,
-                                                      k_values, n_random)
+        cfg = resolved(cfg, n_jobs, random_state)
+        result.prediction_gaps = prediction_gap_table(adata, cfg, rankings, k_values, n_random,
+                                                      backend=step_backend(cfg, backend))
     return result
 
 
-def prediction_gap_table(adata, cfg, rankings, k_values, n_random) -> pd.DataFrame:
+def prediction_gap_table(adata, cfg, rankings, k_values, n_random, *, backend=None) -> pd.DataFrame:
     """``prediction_gaps.tsv``: :func:`iml_genomics.evaluate.prediction_gaps` for every ranking, with ``source``."""
     from scipy import sparse
 
@@ -125,7 +130,7 @@ def prediction_gap_table(adata, cfg, rankings, k_values, n_random) -> pd.DataFra
     for name, ranking in rankings.items():
         gaps = prediction_gaps(X, y, gene_ids, ranking, pipeline=pipeline, task=task, classes=classes, k_values=ks,
                                n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, n_random=n_random,
-                               cv_seed=cfg.seed, random_state=cfg.seed, n_jobs=cfg.n_jobs)
+                               cv_seed=cfg.seed, random_state=cfg.seed, n_jobs=cfg.n_jobs, backend=backend)
         parts.append(gaps.assign(source=name))
     frame = pd.concat(parts, ignore_index=True)
     return frame[["source", *[c for c in frame.columns if c != "source"]]]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from iml_genomics.steps._common import expression_source, label_source, resolved
+from iml_genomics.steps._common import step_backend, expression_source, label_source, resolved
 
 
 @dataclass
@@ -127,15 +127,18 @@ def explain_config(manifest: dict, cfg=None, *, source: str = "model.json"):
     from iml_genomics.config import config_from_dict
 
     bundle_cfg = config_from_dict(manifest.get("config") or {}, source=source)
+    user_cfg = cfg is not None
     cfg = copy.deepcopy(cfg) if cfg is not None else config_from_dict(manifest.get("config") or {}, source=source)
     cfg.model, cfg.preprocess = bundle_cfg.model, bundle_cfg.preprocess
+    # where train ran is not how explain runs: a scheduler recorded by an older bundle is not inherited
+    cfg.parallel.scheduler = cfg.parallel.scheduler if user_cfg else None
     if cfg.data.label_column is None:
         cfg.data.label_column = manifest.get("label_column")
     return cfg
 
 
 def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: int | None = None,
-            on_chunk=None, model_source: str = "model.json") -> ExplainResult:
+            on_chunk=None, model_source: str = "model.json", backend=None) -> ExplainResult:
     """Explain a fitted model on a cohort: SHAP, permutation importance, stability of the ranking.
 
     Parameters
@@ -160,6 +163,10 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
         None = the attributions are kept in the result.
     model_source : str
         Where the manifest came from, for error messages.
+    backend : iml_genomics.parallel.Backend, optional
+        Where the parallel work runs; None = built from ``cfg.parallel.scheduler`` and ``n_jobs``
+        (:meth:`~iml_genomics.parallel.Backend.from_config`). A given backend decides over ``n_jobs`` and
+        the config's scheduler.
 
     Returns
     -------
@@ -181,6 +188,7 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
 
     pipeline, manifest = (model.model, model.manifest) if hasattr(model, "manifest") else model
     cfg = resolved(explain_config(manifest, cfg, source=model_source), n_jobs, random_state)
+    backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
     adata = align_genes(adata, manifest["gene_ids"], expression_source(adata, None))
     X = design_matrix(adata)
     task, classes = manifest["task"], manifest.get("classes")
@@ -201,7 +209,7 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     result = explain_cohort(pipeline, X, gene_ids=list(adata.var_names), sample_ids=sample_ids,
                             classes=classes, task=task, explain_cfg=cfg.explain, refit_pipeline=refit, y=y,
                             n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, random_state=cfg.seed,
-                            n_jobs=cfg.n_jobs, on_chunk=on_chunk or collector, positive_class=positive)
+                            backend=backend, on_chunk=on_chunk or collector, positive_class=positive)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": task, "classes": classes,
               "labels_used": y is not None, "positive_class": positive}
     out = ExplainResult(ranking=result.ranking, local=result.local, interactions=result.interactions,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iml_genomics.steps._common import resolved
+from iml_genomics.steps._common import step_backend, resolved
 
 
 @dataclass
@@ -202,7 +202,7 @@ def _count_options(cfg) -> dict:
 
 def gene_sets(adata, cfg, *, collection, inputs=None, train=None, explain=None, select=None, gene_map=None,
               positive_class: str | None = None, n_jobs: int | None = None,
-              random_state: int | None = None) -> GeneSetResult:
+              random_state: int | None = None, backend=None) -> GeneSetResult:
     """Gene-set analysis (over-representation, rank test, group attributions) without building a report.
 
     Parameters
@@ -224,6 +224,8 @@ def gene_sets(adata, cfg, *, collection, inputs=None, train=None, explain=None, 
         Two classes: the class set directions refer to; None = the class explain / train / select used.
     n_jobs : int, optional
         Accepted for symmetry; the analysis is single-process.
+    backend : iml_genomics.parallel.Backend, optional
+        Accepted for symmetry with the other steps; the analysis runs in this process.
     random_state : int, optional
         Seed of the permutation tests; None = ``cfg.seed``.
 
@@ -250,7 +252,7 @@ def _per_sample(frame):
 
 def report(adata, cfg, *, inputs=None, train=None, explain=None, select=None, collection=None, gene_map=None,
            positive_class: str | None = None, n_jobs: int | None = None, random_state: int | None = None,
-           own_provenance: dict | None = None, recorded: dict | None = None) -> ReportResult:
+           own_provenance: dict | None = None, recorded: dict | None = None, backend=None) -> ReportResult:
     """Biomarker table, gene-set results and a self-contained HTML page from the other steps' results.
 
     Parameters
@@ -273,6 +275,9 @@ def report(adata, cfg, *, inputs=None, train=None, explain=None, select=None, co
         explicit choice); None = what explain explained, else train's, else select's, else the last label.
     n_jobs : int, optional
         Accepted for symmetry; the report is single-process.
+    backend : iml_genomics.parallel.Backend, optional
+        Accepted so that ``run`` can hand every step the same backend; the report runs in this process and
+        sends nothing to a scheduler (so none is contacted or recorded).
     random_state : int, optional
         Seed of the permutation tests; None = ``cfg.seed``.
     own_provenance : dict, optional

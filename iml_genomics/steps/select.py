@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from iml_genomics.steps._common import expression_source, label_source, resolved
+from iml_genomics.steps._common import step_backend, expression_source, label_source, resolved
 
 
 @dataclass
@@ -45,7 +45,7 @@ class SelectResult:
 
 
 def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: int | None = None,
-           groups_source: str | None = None) -> SelectResult:
+           groups_source: str | None = None, backend=None) -> SelectResult:
     """Select genes at the target FDR ``cfg.select.fdr``.
 
     The configured preprocessing is fitted on all samples (select has no CV folds to leak across); the
@@ -67,6 +67,10 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
         Seed of the knockoff draws; None = ``cfg.seed``.
     groups_source : str, optional
         Where ``groups`` came from (the group file), for error messages.
+    backend : iml_genomics.parallel.Backend, optional
+        Where the parallel work runs; None = built from ``cfg.parallel.scheduler`` and ``n_jobs``
+        (:meth:`~iml_genomics.parallel.Backend.from_config`). A given backend decides over ``n_jobs`` and
+        the config's scheduler.
 
     Returns
     -------
@@ -86,7 +90,6 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
 
     from iml_genomics.errors import ConfigError, InputDataError
     from iml_genomics.io.cohort import infer_task, prepare_target, resolve_positive_class
-    from iml_genomics.parallel import effective_n_jobs
     from iml_genomics.preprocess import check_counts, make_preprocessing_steps, used_gene_mask
     from iml_genomics.select import knockoff_select, with_untested_genes
     from iml_genomics.training import design_matrix
@@ -94,6 +97,7 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     cfg = resolved(cfg, n_jobs, random_state)
     sc = cfg.select
     check_select_config(cfg, source="config")
+    backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
     expression, source = expression_source(adata, None), label_source(adata)
     column = cfg.data.label_column
     if column is None or column not in adata.obs.columns:
@@ -127,7 +131,6 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
             raise ConfigError("config: select.groups is 'file' but no gene -> group mapping was given; give a TSV "
                               "with columns gene_id and group as select.group_file.")
         group_labels = gene_groups(groups, gene_ids, source=groups_source or sc.group_file or "groups")
-    n_jobs = effective_n_jobs(cfg.n_jobs)
     if not gene_ids:
         raise InputDataError(f"{expression}: no genes left after preprocessing; relax the preprocess filters.")
     if sc.method == "dcrt":
@@ -135,12 +138,12 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
 
         result = dcrt_select(X, y, gene_ids, task=task, fdr=sc.fdr, covariance=sc.covariance,
                              factor_rank=sc.factor_rank, covariates=covariates, random_state=cfg.seed,
-                             n_jobs=n_jobs, fdr_procedure=sc.fdr_procedure, positive_class=positive)
+                             backend=backend, fdr_procedure=sc.fdr_procedure, positive_class=positive)
     else:
         result = knockoff_select(
             X, y, gene_ids, task=task, fdr=sc.fdr, offset=sc.offset, statistic=sc.statistic, s_method=sc.s_method,
             covariance=sc.covariance, factor_rank=sc.factor_rank, n_draws=sc.n_draws, groups=group_labels,
-            covariates=covariates, random_state=cfg.seed, n_jobs=n_jobs, cluster_correlation=sc.cluster_correlation,
+            covariates=covariates, random_state=cfg.seed, backend=backend, cluster_correlation=sc.cluster_correlation,
             derandomize_fdr=sc.derandomize_fdr, model=cfg.model.name, model_params=cfg.model.params,
             max_pairs=sc.max_pairs, positive_class=positive)
     if result.table.empty:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from iml_genomics.steps._common import label_source, resolved
+from iml_genomics.steps._common import step_backend, label_source, resolved
 
 
 @dataclass
@@ -53,7 +53,8 @@ class TrainResult:
     cv: object = None
 
 
-def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = None) -> TrainResult:
+def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = None,
+          backend=None) -> TrainResult:
     """Cross-validate and fit the configured model on a cohort.
 
     Parameters
@@ -67,6 +68,10 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
         Parallel folds; None = ``cfg.n_jobs``. Results do not depend on it.
     random_state : int, optional
         Seed of the folds and the model; None = ``cfg.seed``.
+    backend : iml_genomics.parallel.Backend, optional
+        Where the parallel work runs; None = built from ``cfg.parallel.scheduler`` and ``n_jobs``
+        (:meth:`~iml_genomics.parallel.Backend.from_config`). A given backend decides over ``n_jobs`` and
+        the config's scheduler.
 
     Returns
     -------
@@ -88,7 +93,7 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
     if column is None or column not in adata.obs.columns:
         raise InputDataError(f"{source}: label column '{column}' not found; set data.label_column to the outcome "
                              f"column.")
-    result = train_model(adata, cfg, source=source)
+    result = train_model(adata, cfg, source=source, backend=step_backend(cfg, backend))
     _, warning = resolve_positive_class(result.classes, cfg.data.positive_class, source=source, column=column)
     manifest = result.manifest(cfg)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": result.task,
