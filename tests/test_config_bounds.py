@@ -22,7 +22,7 @@ from iml_genomics.config import MAX_SEED, Config, config_from_dict, load_config
 from iml_genomics.errors import ConfigError
 
 BILLION_LAUGHS = "\n".join(
-    [f'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
     + ["select: {fdr: *a9}"]) + "\n"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iml_genomics.steps._common import step_backend, resolved
+from iml_genomics.steps._common import resolved
 
 
 @dataclass
