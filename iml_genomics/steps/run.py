@@ -245,7 +245,8 @@ class _Run:
                             require_labels=require)
         if require:
             check_variation(adata, str(data.expression))
-        if data.label_column is not None and data.label_column in adata.obs.columns:
+        # the label checks of the train/select subcommands (explain and report alone make none)
+        if require and data.label_column is not None and data.label_column in adata.obs.columns:
             y = adata.obs[data.label_column]
             where = str(data.labels or data.expression)
             _, classes = prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits if "train" in to_run
