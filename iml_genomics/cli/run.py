@@ -85,6 +85,8 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
                           n_jobs=n_jobs, scheduler=scheduler, estimates=estimates,
                           echo=lambda line: click.echo(line, err=True), warn=echo_warnings,
                           progress=sys.stderr.isatty() and not quiet)
+    # result.adata (the cohort as loaded, None when every step was up to date) and result.results (step ->
+    # in-memory result of the steps that ran) are what an output of the whole run (e.g. an .h5ad) is built from
     report = result.out / "report" / "report.html"
     click.echo(f"run: {', '.join(wanted)} complete in {result.out}" + (f"; open {report}" if report.is_file() else ""),
                err=True)
