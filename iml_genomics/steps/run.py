@@ -241,7 +241,7 @@ class _Run:
         adata = load_cohort(data.expression, labels=data.labels, label_column=data.label_column,
                             sample_id_column=data.sample_id_column,
                             genes_as_rows=data.orientation == "genes_x_samples", layer=data.layer,
-                            drop_unmatched=data.drop_unmatched, covariates=data.covariates,
+                            drop_unmatched=data.drop_unmatched, covariates=data.covariates if require else None,
                             require_labels=require)
         if require:
             check_variation(adata, str(data.expression))
