@@ -25,6 +25,21 @@ STEP_OUTPUTS = {
     "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
     "report": ("biomarkers.tsv", "report.html", "provenance.json"),
 }
+# Files each subcommand may write into --out, checked before any work is done (the
+# commit checks the names actually written again). simulate's names depend on --prefix.
+OUTPUT_NAMES = {
+    "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
+    "explain": ("attributions.parquet", "gene_ranking.tsv", "local_explanations.tsv", "interactions.tsv",
+                "explain_summary.json", "provenance.json"),
+    "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
+    "report": ("biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "report.html",
+               "report_summary.json", "provenance.json"),
+    "evaluate": ("selection_metrics.tsv", "ranking_metrics.tsv", "precision_at_k.tsv", "stability.tsv",
+                 "stability_pairs.tsv", "prediction_gaps.tsv", "provenance.json"),
+    "simulate": ("provenance.json",),
+    "run": ("run_state.json", "provenance.json"),
+}
+
 UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train", "explain", "select")}
 
 # Config sections that change each step's results (n_jobs and the scheduler never do).
@@ -42,7 +57,8 @@ def _sha256_file(path: str | Path) -> str:
     return file_sha256(path)
 
 
-def step_fingerprint(step: str, config: dict, input_files: list[str | Path], upstream: dict[str, str]) -> str:
+def step_fingerprint(step: str, config: dict, input_files: list[str | Path], upstream: dict[str, str], *,
+                     known_sha256: dict[str, str] | None = None) -> str:
     """sha256 over what determines a step's outputs.
 
     Parameters
@@ -55,14 +71,18 @@ def step_fingerprint(step: str, config: dict, input_files: list[str | Path], ups
         Files the step reads (hashed by content, not by name or time).
     upstream : dict
         Fingerprints of the steps whose outputs this step reads.
+    known_sha256 : mapping of str to str, optional
+        Resolved path -> sha256 of files already hashed (each input is hashed once per run).
     """
+    import os
     from iml_genomics import __version__
 
     payload = {
         "step": step,
         "iml_genomics_version": __version__,  # a new release may compute differently
         "config": {k: config.get(k) for k in STEP_SECTIONS[step]},
-        "inputs": sorted(_sha256_file(p) for p in input_files if p is not None and Path(p).is_file()),
+        "inputs": sorted((known_sha256 or {}).get(os.path.realpath(p)) or _sha256_file(p)
+                         for p in input_files if p is not None and Path(p).is_file()),
         "upstream": upstream,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -45,14 +45,17 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         from iml_genomics.errors import IMLGenomicsError, Interrupted
 
-        def prog() -> str:
-            return f"iml-genomics {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "iml-genomics"
+        def prog(exc=None) -> str:
+            # `run` tags an error or interruption with the step it happened in, so the line names that step
+            # as the subcommand would (iml-genomics explain: interrupted ...)
+            name = getattr(exc, "iml_command", None) or ctx.invoked_subcommand
+            return f"iml-genomics {name}" if name else "iml-genomics"
 
         try:
             return super().invoke(ctx)
         except IMLGenomicsError as exc:
             message = _one_line(str(exc))
-            click.echo(f"{prog()}: error: {message}", err=True)
+            click.echo(f"{prog(exc)}: error: {message}", err=True)
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:
             # A bad option is reported like a bad input: one line (click's default is a
@@ -65,7 +68,7 @@ class LazyGroup(click.Group):
             # the output guard on the way up; say what was kept, exit 128 + signal number.
             signum = getattr(exc, "signum", signal.SIGINT)
             detail = getattr(exc, "detail", None) or "nothing was written"
-            click.echo(f"{prog()}: interrupted ({signal.Signals(signum).name}); {detail}.", err=True)
+            click.echo(f"{prog(exc)}: interrupted ({signal.Signals(signum).name}); {detail}.", err=True)
             ctx.exit(128 + signum)
         except OSError as exc:
             # A path the system refuses (output under a file, no permission, disk full):
@@ -73,12 +76,12 @@ class LazyGroup(click.Group):
             # are not about the user's paths and keep their traceback, except a full
             # disk or a file size limit, which are always the environment's.
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                click.echo(f"{prog()}: error: {exc.strerror or exc}. Free disk space (or raise the file size "
+                click.echo(f"{prog(exc)}: error: {exc.strerror or exc}. Free disk space (or raise the file size "
                            f"limit) and run again.", err=True)
                 ctx.exit(3)
             if exc.filename is None:
                 raise
-            click.echo(f"{prog()}: error: {exc.filename}: {exc.strerror or exc}. Check the path, its "
+            click.echo(f"{prog(exc)}: error: {exc.filename}: {exc.strerror or exc}. Check the path, its "
                        f"permissions and the free disk space.", err=True)
             ctx.exit(2)
         except MemoryError:

@@ -221,20 +221,9 @@ def _check_out_dir(ctx, param, value):
     return value
 
 
-# Files each subcommand may write into --out, checked before any work is done (the
-# commit checks the names actually written again). simulate's names depend on --prefix.
-OUTPUT_NAMES = {
-    "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
-    "explain": ("attributions.parquet", "gene_ranking.tsv", "local_explanations.tsv", "interactions.tsv",
-                "explain_summary.json", "provenance.json"),
-    "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
-    "report": ("biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "report.html",
-               "report_summary.json", "provenance.json"),
-    "evaluate": ("selection_metrics.tsv", "ranking_metrics.tsv", "precision_at_k.tsv", "stability.tsv",
-                 "stability_pairs.tsv", "prediction_gaps.tsv", "provenance.json"),
-    "simulate": ("provenance.json",),
-    "run": ("run_state.json", "provenance.json"),
-}
+# Files each subcommand may write into --out (defined with the pipeline's bookkeeping, used by `run` too).
+from iml_genomics.pipeline import OUTPUT_NAMES  # noqa: E402
+
 # Parameters that name files or directories a command reads.
 _INPUT_PARAMS = ("expression", "labels", "config_path", "gene_sets", "gene_map", "truth", "signal_genes")
 _INPUT_MULTI_PARAMS = ("rankings", "selections")

@@ -35,8 +35,8 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
 
     from iml_genomics.config import load_config
     from iml_genomics.errors import InputDataError
-    from iml_genomics.io import Provenance, detect_format, load_cohort, staged_output, write_json, write_tsv
-    from iml_genomics.io.attributions import AttributionWriter
+    from iml_genomics.io import Provenance, detect_format, load_cohort, staged_output
+    from iml_genomics.io.step_outputs import attribution_writer, explain_line, write_explain
     from iml_genomics.models import load_bundle
     from iml_genomics.steps.explain import explain as explain_step, explain_config
 
@@ -74,7 +74,7 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         adata = read(None)
     prov.mark("read")
     with staged_output(out) as stage:
-        writer = AttributionWriter(stage / "attributions.parquet", list(adata.obs_names))
+        writer = attribution_writer(stage, adata.obs_names)
         try:
             result = explain_step(adata, cfg, model=(pipeline, manifest), on_chunk=writer,
                                   model_source=f"{model_dir}/model.json", backend=backend)
@@ -82,14 +82,5 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
             writer.close()
         echo_warnings(result.warnings)
         prov.mark("explain")
-        write_tsv(result.ranking, stage / "gene_ranking.tsv")
-        write_tsv(result.local, stage / "local_explanations.tsv")
-        write_tsv(result.interactions, stage / "interactions.tsv")
-        write_json(result.summary, stage / "explain_summary.json")
-        prov.extra["cohort"] = result.cohort
-        prov.mark("write")
-        prov.write(stage)
-    s = result.summary
-    top = ", ".join(result.ranking["gene_id"].head(5))
-    click.echo(f"explain: {adata.n_obs} samples x {adata.n_vars} genes ({s['n_genes_used']} used), "
-               f"{s.get('shap_method') or 'permutation'}; top genes: {top}; wrote {out}", err=True)
+        write_explain(stage, result, prov)
+    click.echo(explain_line(result, adata, out), err=True)

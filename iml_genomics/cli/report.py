@@ -93,7 +93,8 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     from iml_genomics import genesets as gs
     from iml_genomics.config import config_from_dict
     from iml_genomics.errors import InputDataError
-    from iml_genomics.io import Provenance, load_cohort, staged_output, write_json, write_tsv
+    from iml_genomics.io import Provenance, load_cohort, staged_output
+    from iml_genomics.io.step_outputs import report_line, write_report
     from iml_genomics.report import cohort_paths, load_inputs, measured_genes
     from iml_genomics.steps.report import report as report_step
 
@@ -160,19 +161,6 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
                                          "expression": expression, "labels": labels})
     echo_warnings(result.warnings)
     prov.mark("analyse")
-    prov.extra["report"] = result.summary
     with staged_output(out) as stage:
-        write_tsv(result.biomarkers, stage / "biomarkers.tsv")
-        if result.gene_sets is not None:
-            write_tsv(result.gene_sets, stage / "gene_sets.tsv")
-        if result.group_attributions is not None:
-            result.group_attributions.to_parquet(stage / "group_attributions.parquet", index=False)
-        write_json(result.summary, stage / "report_summary.json")
-        (stage / "report.html").write_text(result.html, encoding="utf-8")
-        prov.mark("write")
-        prov.write(stage)
-    gsum = result.summary.get("gene_sets") or {}
-    click.echo(f"report: {len(result.biomarkers)} genes, {gsum.get('n_sets_tested', 0)} gene sets tested "
-               f"({gsum.get('n_significant_sets', 0)} significant), inputs: {', '.join(inputs.steps)}; wrote {out}",
-               err=True)
-
+        write_report(stage, result, prov)
+    click.echo(report_line(result, out), err=True)

@@ -36,7 +36,8 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
         --expression test_data/demo_expression.csv.gz \\
         --labels test_data/demo_labels.tsv --label-column condition --out results/select
     """
-    from iml_genomics.io import Provenance, staged_output, write_json, write_tsv
+    from iml_genomics.io import Provenance, staged_output
+    from iml_genomics.io.step_outputs import select_line, write_select
     from iml_genomics.steps.select import check_select_config
 
     cfg = resolve_config(config_path, overrides={
@@ -61,22 +62,6 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     result = select_step(adata, cfg, groups=groups, groups_source=group_file, backend=backend)
     echo_warnings(result.warnings)
     prov.mark("knockoffs")
-    prov.extra["cohort"] = result.cohort
     with staged_output(out) as stage:
-        write_tsv(result.selection, stage / "knockoff_selection.tsv")
-        write_json(result.summary, stage / "select_summary.json")
-        prov.mark("write")
-        prov.write(stage)
-    gene_ids = result.tested_genes
-    s = result.summary
-    if s["method"] == "dcrt":
-        click.echo(f"select: {len(gene_ids)} genes, {s['covariance_model']} covariance"
-                   f"{' (k = ' + str(s['factor_rank']) + ')' if s['factor_rank'] else ''}, dCRT on "
-                   f"{s['n_screened']} screened gene(s), {s['fdr_procedure'].upper()}: {s['n_selected']} selected at "
-                   f"FDR {s['target_fdr']:g}; wrote {out}", err=True)
-        return
-    click.echo(f"select: {len(gene_ids)} genes, {s['covariance_model']} covariance"
-               f"{' (k = ' + str(s['factor_rank']) + ')' if s['factor_rank'] else ''}, {s['s_method']} S, "
-               f"{s['statistic']} W, {s['n_draws']} draw(s): {s['n_selected']} selected at FDR {s['target_fdr']:g}; "
-               f"wrote {out}", err=True)
-
+        write_select(stage, result, prov)
+    click.echo(select_line(result, out), err=True)

@@ -33,27 +33,17 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
         cfg.model.params = {}
         cfg.override("model.name", model_name)
     backend = make_backend(cfg)  # an unreachable scheduler fails here, before the data are read
-    from iml_genomics.io import Provenance, staged_output, write_tsv  # pandas: once the config is valid
+    from iml_genomics.io import Provenance, staged_output  # pandas: once the config is valid
+    from iml_genomics.io.step_outputs import train_line, write_train
 
     prov = Provenance("train", cfg.to_dict(), {"expression": expression, "labels": labels, "config": config_path})
     adata = load_cohort_for(cfg, expression, labels, check_cv=True)
     prov.mark("read")
-    from iml_genomics.models import save_bundle  # scikit-learn: imported once the inputs are valid
-    from iml_genomics.steps.train import train as train_step
+    from iml_genomics.steps.train import train as train_step  # scikit-learn: imported once the inputs are valid
 
     result = train_step(adata, cfg, backend=backend)
     echo_warnings(result.warnings)
     prov.mark("cross_validate_and_fit")
-    prov.extra["cohort"] = result.cohort
     with staged_output(out) as stage:
-        write_tsv(result.cv_metrics, stage / "cv_metrics.tsv")
-        write_tsv(result.oof_predictions, stage / "oof_predictions.tsv")
-        save_bundle(stage, result.model, result.manifest)
-        prov.mark("write")
-        prov.write(stage)
-    summary = result.cv_metrics.set_index("split")
-    key = "auroc" if result.classes else "r2"
-    named = f" (positive class '{result.positive_class}')" if result.positive_class is not None else ""
-    click.echo(f"train: {adata.n_obs} samples x {adata.n_vars} genes, {cfg.model.name}, "
-               f"{key}{named} = {summary.loc['mean', key]:.3f} +/- {summary.loc['sd', key]:.3f} "
-               f"({cfg.cv.n_splits}-fold x {cfg.cv.n_repeats}); wrote {out}", err=True)
+        write_train(stage, result, prov)
+    click.echo(train_line(result, cfg, out), err=True)

@@ -7,6 +7,7 @@ currency of every subcommand.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from scipy import sparse
 from iml_genomics.errors import InputDataError
 from iml_genomics.io.ids import show_id
 from iml_genomics.io.readers import read_expression, read_labels
+
+# `run` reads the cohort once; this debug line (one per call) lets a test and `--verbose` count the reads
+log = logging.getLogger("iml_genomics.io")
 
 
 def _few(ids, n: int = 5) -> str:
@@ -55,6 +59,7 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         X float64 (dense or CSR), obs aligned to the matrix order, with the
         source paths in ``uns['sources']``.
     """
+    log.debug("load_cohort %s", expression)
     if label_column is not None and label_column in (covariates or []):
         # adjusting for the outcome itself removes all signal: every statistic is zero, nothing is selected
         raise InputDataError(f"{labels or expression}: the label column '{show_id(label_column)}' is also listed in "

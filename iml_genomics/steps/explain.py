@@ -86,7 +86,7 @@ class ExplainResult:
         return pd.concat([frame, genes], axis=1)
 
 
-class _Collector:
+class AttributionCollector:
     """Keeps every SHAP chunk in memory (the Python user's default; the CLI streams them to Parquet)."""
 
     def __init__(self):
@@ -205,7 +205,7 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
                                         column=label_column or manifest.get("label_column"))
     refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
     sample_ids = list(adata.obs_names)
-    collector = _Collector() if on_chunk is None else None
+    collector = AttributionCollector() if on_chunk is None else None
     result = explain_cohort(pipeline, X, gene_ids=list(adata.var_names), sample_ids=sample_ids,
                             classes=classes, task=task, explain_cfg=cfg.explain, refit_pipeline=refit, y=y,
                             n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, random_state=cfg.seed,
