@@ -102,7 +102,7 @@ def outputs_complete(step: str, directory: str | Path) -> bool:
 
 
 def read_run_state(path: str | Path) -> dict:
-    """The step fingerprints recorded by earlier runs ({} when none).
+    """The step fingerprints recorded by earlier runs ({} when none), and the ``h5ad`` record of ``--write-h5ad``.
 
     An unreadable or malformed file is ignored with a warning (every step is
     then judged out of date and redone); it is never trusted and never a crash.
@@ -119,6 +119,9 @@ def read_run_state(path: str | Path) -> dict:
     if isinstance(data, dict):
         state = {step: entry for step, entry in data.items() if step in STEPS and isinstance(entry, dict)
                  and isinstance(entry.get("fingerprint"), str)}
+        h5ad = data.get("h5ad")  # the file `run --write-h5ad` wrote (path, sha256): only that one is replaced
+        if isinstance(h5ad, dict) and all(isinstance(h5ad.get(k), str) for k in ("path", "sha256")):
+            state["h5ad"] = {"path": h5ad["path"], "sha256": h5ad["sha256"]}
         if len(state) == len(data):
             return state
     logging.getLogger("iml_genomics.run").warning(

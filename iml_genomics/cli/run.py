@@ -24,9 +24,12 @@ def _available_steps() -> list[str]:
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address [config parallel.scheduler].")
 @click.option("--dry-run", is_flag=True, help="Print each step's estimated peak memory and work, then stop.")
 @click.option("--max-memory", default=None, help="Refuse to run when a step's estimate exceeds this (e.g. 16G).")
+@click.option("--write-h5ad", "write_h5ad", default=None, type=click.Path(dir_okay=False),
+              help="Also write the cohort with every result attached (var columns, SHAP in obsm, tables and the "
+                   "model in uns['iml_genomics']) to this .h5ad, readable by anndata and scanpy.")
 @click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.option("--verbose", is_flag=True, help="Debug messages on stderr.")
-def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, quiet, verbose):
+def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, write_h5ad, quiet, verbose):
     """Run the whole pipeline from one YAML config.
 
     \b
@@ -37,6 +40,7 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     \b
     Example:
       iml-genomics run configs/demo.yaml --out results/demo
+      iml-genomics run configs/demo.yaml --out results/demo --write-h5ad results/demo.h5ad
     """
     from iml_genomics import pipeline as pl
     from iml_genomics.cli import configure_logging
@@ -88,9 +92,7 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     result = run_pipeline(load_config(config_path), out=out, config_path=config_path, steps=wanted, force=force,
                           n_jobs=n_jobs, scheduler=scheduler, estimates=estimates,
                           echo=lambda line: click.echo(line, err=True), warn=echo_warnings,
-                          progress=sys.stderr.isatty() and not quiet)
-    # result.adata (the cohort as loaded, None when every step was up to date) and result.results (step ->
-    # in-memory result of the steps that ran) are what an output of the whole run (e.g. an .h5ad) is built from
+                          progress=sys.stderr.isatty() and not quiet, write_h5ad=write_h5ad)
     report = result.out / "report" / "report.html"
     click.echo(f"run: {', '.join(wanted)} complete in {result.out}" + (f"; open {report}" if report.is_file() else ""),
                err=True)

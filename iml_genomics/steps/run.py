@@ -136,7 +136,8 @@ def _step_args(step: str, config_path, data, out: Path, n_jobs, scheduler, gene_
 
 def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False, n_jobs: int | None = None,
                  scheduler: str | None = None, estimates=None, echo: Callable[[str], None] | None = None,
-                 warn: Callable[[list], None] | None = None, progress: bool = False) -> RunResult:
+                 warn: Callable[[list], None] | None = None, progress: bool = False,
+                 write_h5ad=None) -> RunResult:
     """Run train -> explain -> select -> report into ``out``, skipping steps that are up to date.
 
     Parameters
@@ -165,6 +166,12 @@ def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False,
         Receives a list of one-line warnings; default: stderr.
     progress : bool
         Draw a progress bar on stderr (a terminal).
+    write_h5ad : path, optional
+        Also write the cohort with every result of the run attached (``iml_genomics.tl.attach_results``: per-gene
+        columns in ``var``, SHAP values in ``obsm``, tables, summaries and the model in
+        ``uns["iml_genomics"]``) to this ``.h5ad``; results of steps skipped as up to date are read back from
+        their directories. An existing file is replaced only when this run directory's ``run_state.json``
+        records having written it with the same sha256.
 
     Returns
     -------
@@ -207,8 +214,12 @@ def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False,
     with output_guard(out, "run", names=OUTPUT_NAMES["run"], inputs=run_inputs,
                       on_interrupt=f"steps finished before it are kept in {out} (the next run skips them)"):
         _check_step_dirs(out, wanted, OUTPUT_NAMES, run_inputs)
-        return _Run(cfg, step_cfg, config_path, out, wanted, force, n_jobs, scheduler, estimates, echo, warn,
-                    progress, expression, labels, gene_sets, gene_map).execute()
+        if write_h5ad is not None:
+            check_h5ad_target(write_h5ad, out)  # before any step runs
+        run = _Run(cfg, step_cfg, config_path, out, wanted, force, n_jobs, scheduler, estimates, echo, warn,
+                   progress, expression, labels, gene_sets, gene_map)
+        run.write_h5ad = Path(write_h5ad) if write_h5ad is not None else None
+        return run.execute()
 
 
 class _Run:
@@ -322,8 +333,70 @@ class _Run:
         prov.extra["steps"] = {s: state.get(s) for s in wanted}
         prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work}
                                    for e in self.estimates}
+        if self.write_h5ad is not None:
+            state["h5ad"] = self._write_cohort_h5ad(to_run)
         self._write_state(state, prov)
         result.adata, result.results, result.state = self.adata, dict(self.results), state
+        return result
+
+    # -- --write-h5ad -------------------------------------------------------------------------------------
+    def _write_cohort_h5ad(self, to_run) -> dict:
+        """The cohort with every result of the run attached, written atomically; its run_state.json record."""
+        from iml_genomics.io.writers import file_sha256
+        from iml_genomics.tl import attach_results
+
+        adata = self.cohort(to_run or ["explain"]).copy()  # explain's reader: labels not required
+        adata.uns.pop("sources", None)  # absolute paths of this machine; provenance has the inputs
+        found = {step: self.results.get(step) or self._load_result(step)
+                 for step in ("train", "explain", "select", "report") if step in self.wanted}
+        report = found.pop("report", None)
+        attach_results(adata, train=found.get("train"), explain=found.get("explain"), select=found.get("select"),
+                       gene_sets=_gene_set_result(report) if report is not None else None, config=self.step_cfg)
+        target = self.write_h5ad
+        check_h5ad_target(target, self.out)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            adata.write_h5ad(tmp)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.echo(f"run: wrote the cohort with every result attached to {target}")
+        return {"path": str(target.resolve()), "sha256": file_sha256(target)}
+
+    def _load_result(self, step):
+        """A step's result read back from its directory (a step this call skipped as up to date)."""
+        from iml_genomics.report.inputs import load_inputs
+
+        directory = self.out / step
+        if step == "report":
+            return _read_report_dir(directory)
+        inputs = load_inputs([directory])
+        prov = inputs.provenance.get(step, {}).get("extra", {}).get("cohort") or {}
+        if step == "train":
+            from iml_genomics.models import load_bundle
+            from iml_genomics.steps.train import TrainResult
+
+            pipeline, manifest = load_bundle(directory)
+            manifest = {k: v for k, v in manifest.items() if k not in ("model_file", "model_sha256")}
+            return TrainResult(cv_metrics=inputs.cv_metrics, oof_predictions=inputs.oof, model=pipeline,
+                               manifest=manifest, task=manifest["task"], classes=manifest.get("classes"),
+                               positive_class=manifest.get("positive_class"), gene_ids=list(manifest["gene_ids"]),
+                               used_genes=list(manifest.get("used_genes") or []), cohort=prov)
+        summary = inputs.explain_summary if step == "explain" else inputs.select_summary
+        common = {"task": prov.get("task"), "classes": prov.get("classes"),
+                  "positive_class": summary.get("positive_class", prov.get("positive_class")), "cohort": prov}
+        if step == "select":
+            from iml_genomics.steps.select import SelectResult
+
+            return SelectResult(selection=inputs.knockoffs, summary=summary, gene_ids=list(self.adata.var_names),
+                                tested_genes=[], **common)
+        from iml_genomics.steps.explain import ExplainResult
+
+        result = ExplainResult(ranking=inputs.gene_ranking, local=inputs.local, interactions=inputs.interactions,
+                               summary=summary, sample_ids=list(self.adata.obs_names),
+                               gene_ids=list(self.adata.var_names), **common)
+        _attributions_from_table(result, inputs.attributions)
         return result
 
     def _write_state(self, state: dict, prov=None) -> None:
@@ -408,7 +481,8 @@ class _Run:
                 "config": self.config_path})
             adata = self.cohort(to_run)
             prov.mark("read")
-            keep = AttributionCollector() if "report" in to_run else None  # the report reads the attributions too
+            keep = (AttributionCollector() if "report" in to_run or self.write_h5ad is not None  # the report
+                    else None)  # and the .h5ad read the attributions too
             with staged_output(target) as stage:
                 writer = attribution_writer(stage, adata.obs_names)
 
@@ -501,3 +575,77 @@ class _Run:
                 write_report(stage, res, prov)
         self.results["report"] = res
         self.echo(report_line(res, target))
+
+
+def check_h5ad_target(path, out) -> None:
+    """Refuse a ``--write-h5ad`` target that is not ours to replace (one line, before any work).
+
+    Raises
+    ------
+    iml_genomics.errors.OutputConflictError
+        The path is a directory or a symbolic link, its directory does not exist, or a file is there that
+        ``OUT/run_state.json`` does not record as written by this run directory (same sha256).
+    """
+    from iml_genomics import pipeline as pl
+    from iml_genomics.errors import OutputConflictError
+    from iml_genomics.io.writers import file_sha256
+
+    path = Path(path)
+    if path.is_symlink() or path.is_dir():
+        raise OutputConflictError(f"{path}: --write-h5ad needs a file path, and this is a "
+                                  f"{'symbolic link' if path.is_symlink() else 'directory'}; choose another path.")
+    if not path.parent.is_dir():
+        raise OutputConflictError(f"{path}: its directory {path.parent} does not exist; create it or choose another "
+                                  f"--write-h5ad path.")
+    if path.exists():
+        record = pl.read_run_state(Path(out) / "run_state.json").get("h5ad") or {}
+        if record.get("path") != str(path.resolve()) or record.get("sha256") != file_sha256(path):
+            raise OutputConflictError(f"{path}: exists and was not written by `run --out {out}` (or was changed "
+                                      f"since); move it away or choose another --write-h5ad path.")
+
+
+def _attributions_from_table(result, table) -> None:
+    """``attributions.parquet`` (sample-major rows, then class) back into the arrays of an ExplainResult."""
+    import numpy as np
+
+    if table is None or table.empty:
+        return
+    genes = [c for c in table.columns if c not in ("sample_id", "class", "base_value", "model_output")]
+    classes = list(dict.fromkeys(table["class"].astype(str)))
+    n, k = table.shape[0] // len(classes), len(classes)
+    values = table[genes].to_numpy(dtype=np.float64).reshape(n, k, len(genes)).transpose(0, 2, 1)
+    base = table["base_value"].to_numpy(dtype=np.float64).reshape(n, k)
+    output = table["model_output"].to_numpy(dtype=np.float64).reshape(n, k)
+    if k == 1:
+        values, base, output = values[:, :, 0], base[:, 0], output[:, 0]
+    result.attributions, result.base_values, result.model_output = values, base, output
+    result.attribution_genes, result.attribution_classes = genes, classes
+    result.sample_ids = list(dict.fromkeys(table["sample_id"].astype(str)))
+
+
+def _read_report_dir(directory: Path):
+    """The gene-set part of a report directory (gene_sets.tsv, group_attributions.parquet, report_summary.json)."""
+    import json
+
+    import pandas as pd
+
+    from iml_genomics.report.inputs import TSV_DTYPES
+
+    summary = json.loads((directory / "report_summary.json").read_text())
+    table = pd.read_csv(directory / "gene_sets.tsv", sep="\t", dtype=TSV_DTYPES, keep_default_na=True)
+    groups = directory / "group_attributions.parquet"
+    return {"gene_sets": table, "group_attributions": pd.read_parquet(groups) if groups.is_file() else None,
+            "summary": summary}
+
+
+def _gene_set_result(report):
+    """The GeneSetResult of a report (in memory, or as read back by :func:`_read_report_dir`)."""
+    from iml_genomics.steps.report import GeneSetResult
+
+    if isinstance(report, dict):
+        table, groups, summary = report["gene_sets"], report["group_attributions"], report["summary"]
+    else:
+        table, groups, summary = report.gene_sets, report.group_attributions, report.summary
+    block = summary.get("gene_sets") or {}
+    return GeneSetResult(table=table, group_attributions=groups, summary=block, keys=None,
+                         positive_class=block.get("positive_class", summary.get("positive_class")), warnings=[])
