@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from iml_genomics.evaluate import jaccard, selection_metrics  # noqa: E402
-from iml_genomics.parallel import parallel_map, spawn_seeds  # noqa: E402
+from iml_genomics.parallel import Backend, spawn_seeds  # noqa: E402
 
 GOLUB = ROOT / "test_data" / "golub_expression.tsv.gz"
 
@@ -505,7 +505,7 @@ def run_study(*, families, methods, replicates: int, q: float = 0.1, preset: str
     for f_i, family in enumerate(families):
         seeds = spawn_seeds(seed + 1000 * f_i, replicates)
         tasks += [(family, PRESETS[preset][family], methods, q, r + 1, s) for r, s in enumerate(seeds)]
-    results = parallel_map(run_replicate, tasks, n_jobs=n_jobs)
+    results = Backend.local(n_jobs).map(run_replicate, tasks)
     raw = pd.DataFrame([row for rows in results for row in rows])
     return summarize(raw, q), raw, notes
 
