@@ -46,8 +46,18 @@ SELECT_VAR = (("w", "knockoff_w", "float"), ("selected", "knockoff_selected", "b
               ("q_value", "dcrt_q_value", "float"))
 
 
-def _prefix(key_added: str | None) -> str:
-    """``key_added`` as a column / key prefix: ``"nk"`` -> ``"nk_"``; None -> ``""``."""
+def key_prefix(key_added: str | None) -> str:
+    """``key_added`` as a column / key prefix: ``"nk"`` -> ``"nk_"``; None -> ``""``.
+
+    Parameters
+    ----------
+    key_added : str or None
+
+    Returns
+    -------
+    str
+        The prefix of every var column, obsm key and ``uns["iml_genomics"]`` entry a step writes.
+    """
     if key_added is None or key_added == "":
         return ""
     if not isinstance(key_added, str):
@@ -100,7 +110,7 @@ def recorded(adata, step: str, key_added: str | None = None) -> dict:
     """
     from iml_genomics.errors import InputDataError
 
-    name = _prefix(key_added) + step
+    name = key_prefix(key_added) + step
     entry = (adata.uns.get(UNS_KEY) or {}).get(name)
     if entry is None:
         hint = f", key_added={key_added!r}" if key_added else ""
@@ -197,7 +207,7 @@ def load_model(adata, key_added: str | None = None):
     from iml_genomics.errors import BundleError
     from iml_genomics.models import BUNDLE_MANIFEST, BUNDLE_MODEL, load_bundle
 
-    name = _prefix(key_added) + "train"
+    name = key_prefix(key_added) + "train"
     where = f"adata.uns['{UNS_KEY}']['{name}']['model']"
     stored = recorded(adata, "train", key_added).get("model")
     if not isinstance(stored, dict) or "skops" not in stored or "manifest" not in stored:
@@ -263,7 +273,7 @@ def attach_results(adata, *, train=None, explain=None, select=None, gene_sets=No
     """
     import numpy as np
 
-    prefix = _prefix(key_added)
+    prefix = key_prefix(key_added)
     store = _store(adata)
     base = dict(params or {})
     cfg_json = _json(config.to_dict()) if config is not None else None
@@ -326,12 +336,24 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
                              "model_output": np.asarray(result.model_output, dtype=np.float64)}
 
 
-def _step_result(adata, step: str, key_added):
-    """A step result rebuilt from what ``tl.<step>`` stored (for gene_sets, which reads earlier steps)."""
+def stored_result(adata, step: str, key_added):
+    """A step result rebuilt from what ``tl.<step>`` stored (gene_sets and ``get.attributions_df`` read it).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    step : {"train", "explain", "select"}
+    key_added : str or None
+
+    Returns
+    -------
+    TrainResult, ExplainResult, SelectResult or None
+        None when the step has not run; a train result holds no fitted model (see :func:`load_model`).
+    """
     from iml_genomics import get
     from iml_genomics.steps import ExplainResult, SelectResult, TrainResult
 
-    entry = (adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + step)
+    entry = (adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + step)
     if entry is None:
         return None
     prov = json.loads(entry.get("provenance") or "{}")
@@ -379,7 +401,7 @@ def _matrix_choice(adata, key_added, layer, use_raw, cfg_given):
     if layer is not None or use_raw is not None or (cfg_given is not None and cfg_given.data.layer is not None):
         return (layer if layer is not None else (cfg_given.data.layer if cfg_given is not None else None)), \
             bool(use_raw)
-    params = ((adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + "train") or {}).get("params") or {}
+    params = ((adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + "train") or {}).get("params") or {}
     return params.get("layer"), bool(params.get("use_raw", False))
 
 
@@ -504,10 +526,10 @@ def _recorded_config(adata, key_added):
     """The config ``tl.train`` ran with (None when it has not run)."""
     from iml_genomics.config import config_from_dict
 
-    entry = (adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + "train")
+    entry = (adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + "train")
     if entry is None or "config" not in entry:
         return None
-    return config_from_dict(json.loads(entry["config"]), source=f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}train']")
+    return config_from_dict(json.loads(entry["config"]), source=f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']")
 
 
 def train(adata, *, label_column: str | None = None, config=None, positive_class: str | None = None,
@@ -615,7 +637,7 @@ def explain(adata, *, config=None, positive_class: str | None = None, layer: str
         cfg = _with_data(_config(model[1].get("config") or {}, what="model manifest"), None, positive_class)
     cfg_used = resolved(_explain_config(model[1], cfg), n_jobs, random_state)
     cfg_used.data.layer = layer
-    where = f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}train']['model']"
+    where = f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']['model']"
     result = steps.explain(cohort(adata, layer=layer, use_raw=use_raw), cfg_used, model=model, model_source=where)
     attach_results(adata, explain=result, key_added=key_added, config=cfg_used,
                    params=_params(label_column=cfg_used.data.label_column, positive_class=result.positive_class,
@@ -724,7 +746,7 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
     else:
         raise TypeError(f"gene_sets must be a GMT path, a dict or a GeneSetCollection, not "
                         f"{type(gene_sets).__name__}.")
-    results = {step: _step_result(adata, step, key_added) for step in ("train", "explain", "select")}
+    results = {step: stored_result(adata, step, key_added) for step in ("train", "explain", "select")}
     if all(r is None for r in results.values()):
         raise InputDataError(f"adata.uns['{UNS_KEY}'] holds no train, explain or select results"
                              f"{' with key_added=' + repr(key_added) if key_added else ''}: run ig.tl.explain or "
