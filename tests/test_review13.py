@@ -167,7 +167,9 @@ def test_matrix_layouts_and_dtypes_give_the_same_model(pbmc):
 
     (Sparse and dense input differ by design: sparse X is scaled without centring.)
     """
-    for a, b in ((pbmc.X, sparse.csc_matrix(pbmc.X)), (pbmc.X.toarray(), pbmc.X.toarray().astype(np.float64))):
+    half = pbmc.X.toarray().astype(np.float16)  # h5ad files written to save space
+    for a, b in ((pbmc.X, sparse.csc_matrix(pbmc.X)), (pbmc.X.toarray(), pbmc.X.toarray().astype(np.float64)),
+                 (half, half.astype(np.float64))):
         first, second = pbmc.copy(), pbmc.copy()
         first.X, second.X = a, b
         ig.tl.train(first, label_column="is_nk", positive_class="NK", config=CONFIG)
@@ -252,3 +254,19 @@ def test_two_questions_on_one_anndata_survive_h5ad(pbmc, tmp_path):
                                       ig.get.ranking_df(adata, key_added=key))
     assert back.uns["iml_genomics"]["nk_train"]["params"]["positive_class"] == "NK"
     assert back.uns["iml_genomics"]["b_train"]["params"]["positive_class"] == "B"
+
+
+def test_duplicate_obs_names_and_a_view_work(pbmc):
+    """Concatenated files repeat cell barcodes; notebooks subset with views. Both run and write back."""
+    adata = pbmc.copy()
+    names = list(adata.obs_names)
+    names[1] = names[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's warnings: non-unique names, a view made actual
+        adata.obs_names = names
+        view = adata[adata.obs["cell_type"].astype(str) != "Dendritic"]
+        ig.tl.train(view, label_column="is_nk", positive_class="NK", config=CONFIG)
+        ig.tl.explain(view)
+    assert view.obsm["shap"].shape == (view.n_obs, view.n_vars)
+    assert len(NK_MARKERS & set(view.var.nsmallest(10, "explain_rank").index)) >= 3
+    assert "iml_genomics" not in adata.uns  # the parent AnnData is left alone
