@@ -756,9 +756,16 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
     cfg = given if given is not None else (_recorded_config(adata, key_added) or _config(None))
     cfg = resolved(cfg, n_jobs, random_state)
     cfg.data.layer = layer
-    result = steps.gene_sets(cohort(adata, layer=layer, use_raw=use_raw), cfg, collection=collection,
-                             gene_map=gene_map, positive_class=None if positive_class is None else str(positive_class),
-                             **results)
+    try:
+        result = steps.gene_sets(cohort(adata, layer=layer, use_raw=use_raw), cfg, collection=collection,
+                                 gene_map=gene_map, positive_class=None if positive_class is None else
+                                 str(positive_class), **results)
+    except InputDataError as exc:
+        # the step speaks of the shell's flag; in the notebook the same thing is an argument
+        message = str(exc).replace("Pass --gene-map", "Pass gene_map= (e.g. adata.var['gene_symbols'])")
+        if message == str(exc):
+            raise
+        raise InputDataError(message) from None
     attach_results(adata, gene_sets=result, key_added=key_added, config=cfg,
                    params=_params(n_sets=len(collection), positive_class=result.positive_class,
                                   random_state=cfg.seed, gene_sets=str(gene_sets) if isinstance(gene_sets, str)

@@ -270,3 +270,16 @@ def test_duplicate_obs_names_and_a_view_work(pbmc):
     assert view.obsm["shap"].shape == (view.n_obs, view.n_vars)
     assert len(NK_MARKERS & set(view.var.nsmallest(10, "explain_rank").index)) >= 3
     assert "iml_genomics" not in adata.uns  # the parent AnnData is left alone
+
+
+def test_gene_sets_in_symbols_on_ensembl_ids_say_gene_map_and_then_work(pbmc):
+    adata = as_released(pbmc)
+    ig.tl.train(adata, label_column="is_nk", positive_class="NK", config=CONFIG, layer="lognorm")
+    ig.tl.explain(adata)
+    symbols = list(pbmc.var_names)
+    sets = {"NK": sorted(NK_MARKERS & set(symbols)), "RIBO": [g for g in symbols if g.startswith("RP")][:25]}
+    with pytest.raises(InputDataError, match=r"Pass gene_map= \(e\.g\. adata\.var\['gene_symbols'\]\)"):
+        ig.tl.gene_sets(adata, sets)
+    ig.tl.gene_sets(adata, sets, gene_map=adata.var["gene_symbols"])
+    table = ig.get.gene_sets_df(adata).set_index("gene_set")
+    assert table.loc["NK", "p_value"] < table.loc["RIBO", "p_value"]
