@@ -570,7 +570,7 @@ def train(adata, *, label_column: str | None = None, config=None, positive_class
         and ``model`` (the skops bundle: ``skops`` uint8 bytes, ``manifest`` JSON) that :func:`explain` loads.
     """
     from iml_genomics import steps
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     cfg = resolved(_with_data(_config(config), label_column, positive_class), n_jobs, random_state)
     if layer is not None:
@@ -625,7 +625,7 @@ def explain(adata, *, config=None, positive_class: str | None = None, layer: str
         :func:`train` has not run on ``adata``; the stored model bundle was altered (``BundleError``).
     """
     from iml_genomics import steps
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     model = load_model(adata, key_added)
     given = _config(config) if config is not None else None
@@ -682,7 +682,7 @@ def select(adata, *, label_column: str | None = None, config=None, positive_clas
         knockoffs); ``uns["iml_genomics"]["select"]``.
     """
     from iml_genomics import steps
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     given = _config(config) if config is not None else None
     layer, use_raw = _matrix_choice(adata, key_added, layer, use_raw, given)
@@ -734,7 +734,7 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
     from iml_genomics import steps
     from iml_genomics.errors import InputDataError
     from iml_genomics.genesets import GeneSetCollection, read_gmt
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     if isinstance(gene_sets, (str, Path)):
         collection = read_gmt(gene_sets)

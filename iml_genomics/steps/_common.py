@@ -9,6 +9,16 @@ def resolved(cfg, n_jobs, random_state):
     """A private copy of ``cfg`` with the step's ``n_jobs`` / ``random_state`` applied.
 
     Steps never change the caller's config object (the CLI has already recorded it in provenance).
+
+    Parameters
+    ----------
+    cfg : iml_genomics.config.Config
+    n_jobs, random_state : int or None
+        None keeps the config's ``n_jobs`` / ``seed``.
+
+    Returns
+    -------
+    iml_genomics.config.Config
     """
     cfg = copy.deepcopy(cfg)
     if n_jobs is not None:
