@@ -529,7 +529,8 @@ def _recorded_config(adata, key_added):
     entry = (adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + "train")
     if entry is None or "config" not in entry:
         return None
-    return config_from_dict(json.loads(entry["config"]), source=f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']")
+    return config_from_dict(json.loads(entry["config"]),
+                            source=f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']")
 
 
 def train(adata, *, label_column: str | None = None, config=None, positive_class: str | None = None,
