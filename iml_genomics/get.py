@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from iml_genomics.tl import UNS_KEY, _prefix, recorded
+from iml_genomics.tl import UNS_KEY, key_prefix, recorded
 
 
 def _table(adata, step: str, name: str, key_added):
@@ -24,7 +24,7 @@ def _table(adata, step: str, name: str, key_added):
 
     tables = recorded(adata, step, key_added).get("tables") or {}
     if name not in tables:
-        raise InputDataError(f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}{step}']['tables'] has no '{name}' "
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}{step}']['tables'] has no '{name}' "
                              f"(the step did not produce it); re-run ig.tl.{step}(adata).")
     return pd.read_parquet(io.BytesIO(np.asarray(tables[name], dtype=np.uint8).tobytes()))
 
@@ -89,10 +89,10 @@ def attributions_df(adata, *, key_added: str | None = None):
         ``sample_id``, ``class``, ``base_value``, ``model_output``, then one float32 column per gene with
         attributions (sample-major rows, then class).
     """
-    from iml_genomics.tl import _step_result
+    from iml_genomics.tl import stored_result
 
     recorded(adata, "explain", key_added)
-    return _step_result(adata, "explain", key_added).attribution_table()
+    return stored_result(adata, "explain", key_added).attribution_table()
 
 
 def summary(adata, step: str, *, key_added: str | None = None) -> dict:
@@ -108,7 +108,7 @@ def summary(adata, step: str, *, key_added: str | None = None) -> dict:
 
     entry = recorded(adata, step, key_added)
     if "summary" not in entry:
-        raise InputDataError(f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}{step}'] has no summary; the "
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}{step}'] has no summary; the "
                              f"{step} step records none.")
     return json.loads(entry["summary"])
 
@@ -124,4 +124,4 @@ def config(adata, step: str = "train", *, key_added: str | None = None):
 
     entry = recorded(adata, step, key_added)
     return config_from_dict(json.loads(entry.get("config") or "{}"),
-                            source=f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}{step}']['config']")
+                            source=f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}{step}']['config']")

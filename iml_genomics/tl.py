@@ -46,8 +46,18 @@ SELECT_VAR = (("w", "knockoff_w", "float"), ("selected", "knockoff_selected", "b
               ("q_value", "dcrt_q_value", "float"))
 
 
-def _prefix(key_added: str | None) -> str:
-    """``key_added`` as a column / key prefix: ``"nk"`` -> ``"nk_"``; None -> ``""``."""
+def key_prefix(key_added: str | None) -> str:
+    """``key_added`` as a column / key prefix: ``"nk"`` -> ``"nk_"``; None -> ``""``.
+
+    Parameters
+    ----------
+    key_added : str or None
+
+    Returns
+    -------
+    str
+        The prefix of every var column, obsm key and ``uns["iml_genomics"]`` entry a step writes.
+    """
     if key_added is None or key_added == "":
         return ""
     if not isinstance(key_added, str):
@@ -100,7 +110,7 @@ def recorded(adata, step: str, key_added: str | None = None) -> dict:
     """
     from iml_genomics.errors import InputDataError
 
-    name = _prefix(key_added) + step
+    name = key_prefix(key_added) + step
     entry = (adata.uns.get(UNS_KEY) or {}).get(name)
     if entry is None:
         hint = f", key_added={key_added!r}" if key_added else ""
@@ -197,7 +207,7 @@ def load_model(adata, key_added: str | None = None):
     from iml_genomics.errors import BundleError
     from iml_genomics.models import BUNDLE_MANIFEST, BUNDLE_MODEL, load_bundle
 
-    name = _prefix(key_added) + "train"
+    name = key_prefix(key_added) + "train"
     where = f"adata.uns['{UNS_KEY}']['{name}']['model']"
     stored = recorded(adata, "train", key_added).get("model")
     if not isinstance(stored, dict) or "skops" not in stored or "manifest" not in stored:
@@ -263,7 +273,7 @@ def attach_results(adata, *, train=None, explain=None, select=None, gene_sets=No
     """
     import numpy as np
 
-    prefix = _prefix(key_added)
+    prefix = key_prefix(key_added)
     store = _store(adata)
     base = dict(params or {})
     cfg_json = _json(config.to_dict()) if config is not None else None
@@ -326,12 +336,24 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
                              "model_output": np.asarray(result.model_output, dtype=np.float64)}
 
 
-def _step_result(adata, step: str, key_added):
-    """A step result rebuilt from what ``tl.<step>`` stored (for gene_sets, which reads earlier steps)."""
+def stored_result(adata, step: str, key_added):
+    """A step result rebuilt from what ``tl.<step>`` stored (gene_sets and ``get.attributions_df`` read it).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    step : {"train", "explain", "select"}
+    key_added : str or None
+
+    Returns
+    -------
+    TrainResult, ExplainResult, SelectResult or None
+        None when the step has not run; a train result holds no fitted model (see :func:`load_model`).
+    """
     from iml_genomics import get
     from iml_genomics.steps import ExplainResult, SelectResult, TrainResult
 
-    entry = (adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + step)
+    entry = (adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + step)
     if entry is None:
         return None
     prov = json.loads(entry.get("provenance") or "{}")
@@ -368,22 +390,152 @@ def _with_data(cfg, label_column, positive_class):
     if label_column is not None:
         cfg.data.label_column = label_column
     if positive_class is not None:
-        cfg.data.positive_class = positive_class
+        # obs columns of integers or booleans: classes are compared as text ('1', 'True')
+        cfg.data.positive_class = str(positive_class)
     return cfg
+
+
+def _matrix_choice(adata, key_added, layer, use_raw, cfg_given):
+    """``(layer, use_raw)`` of an explain / select call: the arguments, else the config's ``data.layer``,
+    else what ``tl.train`` used (a model explained on another matrix than it was fitted on is wrong)."""
+    if layer is not None or use_raw is not None or (cfg_given is not None and cfg_given.data.layer is not None):
+        return (layer if layer is not None else (cfg_given.data.layer if cfg_given is not None else None)), \
+            bool(use_raw)
+    params = ((adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + "train") or {}).get("params") or {}
+    return params.get("layer"), bool(params.get("use_raw", False))
+
+
+def cohort(adata, *, layer: str | None = None, use_raw: bool = False):
+    """The AnnData a step reads: ``adata`` with the expression matrix checked and chosen as scanpy does.
+
+    A notebook's AnnData has not gone through the file readers, so the checks they make are made here:
+    unique gene ids, numeric values, no NaN / infinity, a well-formed sparse matrix. float16, integer and
+    CSC matrices are converted to float64 (dense or CSR), as the readers do.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    layer : str, optional
+        Read ``adata.layers[layer]`` instead of ``X`` (e.g. log-normalised values next to counts in ``X``).
+    use_raw : bool
+        Read ``adata.raw.X``, restricted to the genes of ``adata.var_names`` (results are written per gene of
+        ``adata.var``).
+
+    Returns
+    -------
+    anndata.AnnData
+        ``adata`` itself when ``X`` is already float64 dense or CSR; else an AnnData sharing ``obs`` with
+        the chosen matrix as ``X``.
+
+    Raises
+    ------
+    iml_genomics.errors.InputDataError
+        One line naming the matrix and what to do.
+    """
+    import anndata as ad
+    import pandas as pd
+    from scipy import sparse
+
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.io.ids import show_id
+    from iml_genomics.io.readers import check_unique, check_values, numeric_matrix
+
+    genes, samples = [str(g) for g in adata.var_names], [str(s) for s in adata.obs_names]
+    check_unique(genes, "adata.var_names", "gene", fix="call adata.var_names_make_unique() or aggregate them")
+    if layer is not None and use_raw:
+        raise InputDataError(f"layer={layer!r} and use_raw=True both given; pass one of them (layer= reads "
+                             f"adata.layers[...], use_raw=True reads adata.raw.X).")
+    if use_raw:
+        if adata.raw is None:
+            raise InputDataError("use_raw=True but adata.raw is not set; drop use_raw, or pass layer= to read a "
+                                 "layer.")
+        raw_genes = set(map(str, adata.raw.var_names))
+        absent = [g for g in genes if g not in raw_genes]
+        if absent:
+            raise InputDataError(f"adata.raw.var_names lacks {len(absent)} gene(s) of adata.var_names (first "
+                                 f"'{show_id(absent[0])}'); use_raw=True needs every gene of adata.var in "
+                                 f"adata.raw. Drop use_raw, or pass layer=.")
+        X, where = adata.raw[:, adata.var_names].X, "raw.X"
+    elif layer is not None:
+        if layer not in adata.layers:
+            shown = ", ".join(f"'{show_id(k, 60)}'" for k in adata.layers.keys()) or "none"
+            raise InputDataError(f"adata.layers has no '{show_id(layer)}' (layers: {shown}); pass layer= one of "
+                                 f"them, or layer=None for adata.X.")
+        X, where = adata.layers[layer], f"layers['{show_id(layer)}']"
+    else:
+        X, where = adata.X, "X"
+    values = numeric_matrix(X, "adata", where, samples, genes, pick="pass layer= with")
+    check_values(values, f"adata.{where}", samples, genes)
+    if where == "X" and (values is X or (sparse.issparse(X) and X.format == "csr" and X.dtype == values.dtype)):
+        return adata
+    work = ad.AnnData(X=values, obs=adata.obs, var=pd.DataFrame(index=adata.var_names))
+    if "sources" in adata.uns:
+        work.uns["sources"] = adata.uns["sources"]
+    return work
+
+
+def _refuse_multiclass_positive(adata, cfg) -> None:
+    """A positive class on a column of more than two classes: say how to ask the one-vs-rest question."""
+    from iml_genomics.errors import InputDataError
+
+    column, positive = cfg.data.label_column, cfg.data.positive_class
+    if positive is None or column is None or column not in adata.obs.columns or cfg.task == "regression":
+        return
+    values = adata.obs[column]
+    classes = sorted(set(values.dropna().astype(str)))
+    if len(classes) <= 2 or positive not in classes:
+        return  # two classes, or an unknown class: the step's own message says what is wrong
+    new = f"{positive}_vs_rest"
+    raise InputDataError(f"adata.obs['{column}'] has {len(classes)} classes and positive_class is for two; for "
+                         f"'{positive}' against the rest make a two-class column: adata.obs['{new}'] = "
+                         f"np.where(adata.obs['{column}'].astype(str) == '{positive}', '{positive}', 'rest'), "
+                         f"then label_column='{new}'.")
+
+
+def _warn_counts(work, cfg, where: str) -> None:
+    """Warn when the matrix looks like raw counts and nothing transforms them.
+
+    A model on raw counts ranks genes by library size and expression level as much as by the outcome (on
+    PBMCs, 2 NK markers in the SHAP top 10 against 4 on the log-normalised values); single-cell files often
+    keep counts in ``X`` and the log-normalised values in a layer or ``.raw``.
+    """
+    import warnings
+
+    import numpy as np
+    from scipy import sparse
+
+    if cfg.preprocess.transform != "none":
+        return
+    values = work.X.data if sparse.issparse(work.X) else np.asarray(work.X).ravel()
+    values = values[:200_000]  # a prefix decides: counts are integers everywhere
+    if values.size and values.max() > 1 and np.all(values == np.round(values)) and values.min() >= 0:
+        warnings.warn(f"adata.{where} holds non-negative integers (raw counts?) and preprocess.transform is "
+                      f"'none': pass layer= (or use_raw=True) with log-normalised values, or set "
+                      f"preprocess.transform: log1p_cpm.", UserWarning, stacklevel=3)
+
+
+def _warn(result) -> None:
+    """The step's one-line warnings (stderr at the shell) as Python warnings in the notebook."""
+    import warnings
+
+    for message in getattr(result, "warnings", None) or []:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _recorded_config(adata, key_added):
     """The config ``tl.train`` ran with (None when it has not run)."""
     from iml_genomics.config import config_from_dict
 
-    entry = (adata.uns.get(UNS_KEY) or {}).get(_prefix(key_added) + "train")
+    entry = (adata.uns.get(UNS_KEY) or {}).get(key_prefix(key_added) + "train")
     if entry is None or "config" not in entry:
         return None
-    return config_from_dict(json.loads(entry["config"]), source=f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}train']")
+    return config_from_dict(json.loads(entry["config"]),
+                            source=f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']")
 
 
 def train(adata, *, label_column: str | None = None, config=None, positive_class: str | None = None,
-          key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+          layer: str | None = None, use_raw: bool = False, key_added: str | None = None,
+          n_jobs: int | None = None, random_state: int | None = None):
     """Cross-validate and fit a model predicting ``obs[label_column]``; results into ``adata``.
 
     Parameters
@@ -395,7 +547,14 @@ def train(adata, *, label_column: str | None = None, config=None, positive_class
     config : str, path, dict or iml_genomics.config.Config, optional
         A YAML file, a mapping with the same keys (docs/config.md) or a Config; None = the defaults.
     positive_class : str, optional
-        Two classes: the class of interest (overrides ``data.positive_class``).
+        Two classes: the class of interest (overrides ``data.positive_class``); an integer or boolean class
+        is given as itself or as text. On a column of more than two classes it is refused with the line that
+        builds the one-vs-rest column.
+    layer : str, optional
+        Fit on ``adata.layers[layer]`` instead of ``X`` (overrides ``data.layer``); :func:`explain` and
+        :func:`select` then use the same layer unless told otherwise.
+    use_raw : bool
+        Fit on ``adata.raw.X`` (the genes of ``adata.var_names``), as scanpy's ``use_raw``.
     key_added : str, optional
         Prefix of the var columns and uns entries written (``"nk"`` -> ``nk_used_by_model``).
     n_jobs : int, optional
@@ -412,19 +571,27 @@ def train(adata, *, label_column: str | None = None, config=None, positive_class
         and ``model`` (the skops bundle: ``skops`` uint8 bytes, ``manifest`` JSON) that :func:`explain` loads.
     """
     from iml_genomics import steps
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     cfg = resolved(_with_data(_config(config), label_column, positive_class), n_jobs, random_state)
-    result = steps.train(adata, cfg)
+    if layer is not None:
+        cfg.data.layer = layer
+    work = cohort(adata, layer=cfg.data.layer, use_raw=use_raw)
+    _refuse_multiclass_positive(adata, cfg)
+    _warn_counts(work, cfg, "raw.X" if use_raw else ("X" if cfg.data.layer is None else
+                                                     f"layers['{cfg.data.layer}']"))
+    result = steps.train(work, cfg)
     attach_results(adata, train=result, key_added=key_added, config=cfg,
                    params=_params(label_column=cfg.data.label_column, positive_class=result.positive_class,
-                                  n_jobs=n_jobs, random_state=cfg.seed,
+                                  layer=cfg.data.layer, use_raw=bool(use_raw), n_jobs=n_jobs, random_state=cfg.seed,
                                   config=str(config) if isinstance(config, (str, os.PathLike)) else None))
+    _warn(result)
     return result
 
 
-def explain(adata, *, config=None, positive_class: str | None = None, key_added: str | None = None,
-            n_jobs: int | None = None, random_state: int | None = None):
+def explain(adata, *, config=None, positive_class: str | None = None, layer: str | None = None,
+            use_raw: bool | None = None, key_added: str | None = None, n_jobs: int | None = None,
+            random_state: int | None = None):
     """Explain the model ``tl.train`` stored in ``adata``: SHAP, permutation importance, ranking stability.
 
     Parameters
@@ -437,6 +604,9 @@ def explain(adata, *, config=None, positive_class: str | None = None, key_added:
         are always the stored model's.
     positive_class : str, optional
         Two classes: the class SHAP explains; None = the model's positive class.
+    layer, use_raw : optional
+        The matrix explained (see :func:`train`); None = the config's ``data.layer``, else the matrix
+        :func:`train` was fitted on.
     key_added : str, optional
         The prefix :func:`train` was called with; also the prefix of what this writes.
     n_jobs, random_state : int, optional
@@ -456,20 +626,24 @@ def explain(adata, *, config=None, positive_class: str | None = None, key_added:
         :func:`train` has not run on ``adata``; the stored model bundle was altered (``BundleError``).
     """
     from iml_genomics import steps
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     model = load_model(adata, key_added)
-    cfg = _config(config) if config is not None else _recorded_config(adata, key_added)
+    given = _config(config) if config is not None else None
+    layer, use_raw = _matrix_choice(adata, key_added, layer, use_raw, given)
+    cfg = given if given is not None else _recorded_config(adata, key_added)
     if cfg is not None and positive_class is not None:
-        cfg.data.positive_class = positive_class
+        cfg.data.positive_class = str(positive_class)
     elif cfg is None and positive_class is not None:
         cfg = _with_data(_config(model[1].get("config") or {}, what="model manifest"), None, positive_class)
     cfg_used = resolved(_explain_config(model[1], cfg), n_jobs, random_state)
-    where = f"adata.uns['{UNS_KEY}']['{_prefix(key_added)}train']['model']"
-    result = steps.explain(adata, cfg_used, model=model, model_source=where)
+    cfg_used.data.layer = layer
+    where = f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']['model']"
+    result = steps.explain(cohort(adata, layer=layer, use_raw=use_raw), cfg_used, model=model, model_source=where)
     attach_results(adata, explain=result, key_added=key_added, config=cfg_used,
                    params=_params(label_column=cfg_used.data.label_column, positive_class=result.positive_class,
-                                  n_jobs=n_jobs, random_state=cfg_used.seed))
+                                  layer=layer, use_raw=use_raw, n_jobs=n_jobs, random_state=cfg_used.seed))
+    _warn(result)
     return result
 
 
@@ -480,7 +654,8 @@ def _explain_config(manifest, cfg):
 
 
 def select(adata, *, label_column: str | None = None, config=None, positive_class: str | None = None,
-           groups=None, key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+           groups=None, layer: str | None = None, use_raw: bool | None = None, key_added: str | None = None,
+           n_jobs: int | None = None, random_state: int | None = None):
     """Select genes at the target FDR (model-X knockoffs or the dCRT, ``select.method``); results into ``adata``.
 
     Parameters
@@ -493,6 +668,9 @@ def select(adata, *, label_column: str | None = None, config=None, positive_clas
     positive_class : str, optional
     groups : mapping of str to str, optional
         Gene -> group label for ``select.groups: file``.
+    layer, use_raw : optional
+        The matrix genes are selected on (see :func:`train`); None = the config's ``data.layer``, else the
+        matrix :func:`train` used.
     key_added : str, optional
     n_jobs, random_state : int, optional
 
@@ -505,20 +683,27 @@ def select(adata, *, label_column: str | None = None, config=None, positive_clas
         knockoffs); ``uns["iml_genomics"]["select"]``.
     """
     from iml_genomics import steps
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
-    cfg = _config(config) if config is not None else (_recorded_config(adata, key_added) or _config(None))
+    given = _config(config) if config is not None else None
+    layer, use_raw = _matrix_choice(adata, key_added, layer, use_raw, given)
+    cfg = given if given is not None else (_recorded_config(adata, key_added) or _config(None))
     cfg = resolved(_with_data(cfg, label_column, positive_class), n_jobs, random_state)
-    result = steps.select(adata, cfg, groups=groups)
+    cfg.data.layer = layer
+    work = cohort(adata, layer=layer, use_raw=use_raw)
+    _refuse_multiclass_positive(adata, cfg)
+    result = steps.select(work, cfg, groups=groups)
     attach_results(adata, select=result, key_added=key_added, config=cfg,
                    params=_params(label_column=cfg.data.label_column, positive_class=result.positive_class,
-                                  method=cfg.select.method, fdr=cfg.select.fdr, n_jobs=n_jobs,
-                                  random_state=cfg.seed))
+                                  method=cfg.select.method, fdr=cfg.select.fdr, layer=layer, use_raw=use_raw,
+                                  n_jobs=n_jobs, random_state=cfg.seed))
+    _warn(result)
     return result
 
 
 def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = None, gene_map=None,
-              key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+              layer: str | None = None, use_raw: bool | None = None, key_added: str | None = None,
+              n_jobs: int | None = None, random_state: int | None = None):
     """Gene-set analysis of the ``tl.train`` / ``tl.explain`` / ``tl.select`` results stored in ``adata``.
 
     Parameters
@@ -530,7 +715,11 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
         ``report`` settings; None = the config ``tl.train`` recorded, else the defaults.
     positive_class : str, optional
     gene_map : pandas.Series, optional
-        Gene id -> symbol matched against the sets.
+        Gene id -> symbol matched against the sets (e.g. ``adata.var["gene_symbols"]`` when ``var_names`` are
+        Ensembl ids and the sets hold symbols).
+    layer, use_raw : optional
+        The matrix of the gene-gene correlations (see :func:`train`); None = the config's ``data.layer``,
+        else the matrix :func:`train` used.
     key_added : str, optional
         The prefix of the earlier steps; also the prefix of what this writes.
     n_jobs, random_state : int, optional
@@ -546,7 +735,7 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
     from iml_genomics import steps
     from iml_genomics.errors import InputDataError
     from iml_genomics.genesets import GeneSetCollection, read_gmt
-    from iml_genomics.steps._common import resolved
+    from iml_genomics.steps import resolved
 
     if isinstance(gene_sets, (str, Path)):
         collection = read_gmt(gene_sets)
@@ -558,17 +747,29 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
     else:
         raise TypeError(f"gene_sets must be a GMT path, a dict or a GeneSetCollection, not "
                         f"{type(gene_sets).__name__}.")
-    results = {step: _step_result(adata, step, key_added) for step in ("train", "explain", "select")}
+    results = {step: stored_result(adata, step, key_added) for step in ("train", "explain", "select")}
     if all(r is None for r in results.values()):
         raise InputDataError(f"adata.uns['{UNS_KEY}'] holds no train, explain or select results"
                              f"{' with key_added=' + repr(key_added) if key_added else ''}: run ig.tl.explain or "
                              f"ig.tl.select first.")
-    cfg = _config(config) if config is not None else (_recorded_config(adata, key_added) or _config(None))
+    given = _config(config) if config is not None else None
+    layer, use_raw = _matrix_choice(adata, key_added, layer, use_raw, given)
+    cfg = given if given is not None else (_recorded_config(adata, key_added) or _config(None))
     cfg = resolved(cfg, n_jobs, random_state)
-    result = steps.gene_sets(adata, cfg, collection=collection, gene_map=gene_map, positive_class=positive_class,
-                             **results)
+    cfg.data.layer = layer
+    try:
+        result = steps.gene_sets(cohort(adata, layer=layer, use_raw=use_raw), cfg, collection=collection,
+                                 gene_map=gene_map, positive_class=None if positive_class is None else
+                                 str(positive_class), **results)
+    except InputDataError as exc:
+        # the step speaks of the shell's flag; in the notebook the same thing is an argument
+        message = str(exc).replace("Pass --gene-map", "Pass gene_map= (e.g. adata.var['gene_symbols'])")
+        if message == str(exc):
+            raise
+        raise InputDataError(message) from None
     attach_results(adata, gene_sets=result, key_added=key_added, config=cfg,
                    params=_params(n_sets=len(collection), positive_class=result.positive_class,
                                   random_state=cfg.seed, gene_sets=str(gene_sets) if isinstance(gene_sets, str)
                                   else None))
+    _warn(result)
     return result

@@ -33,11 +33,11 @@ class LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand runs."""
 
     def list_commands(self, ctx):
-        return [name for name, target in SUBCOMMANDS.items() if _module_exists(target)]
+        return [name for name, target in SUBCOMMANDS.items() if module_exists(target)]
 
     def get_command(self, ctx, name):
         target = SUBCOMMANDS.get(name)
-        if target is None or not _module_exists(target):
+        if target is None or not module_exists(target):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
@@ -105,10 +105,24 @@ def _one_line(text: str) -> str:
     return line if len(line) <= 2000 else show_id(line, 2000)
 
 
-def _module_exists(target: str) -> bool:
+def module_exists(target: str) -> bool:
+    """Whether the module of a ``"package.module:function"`` target can be imported (without importing it).
+
+    Parameters
+    ----------
+    target : str
+
+    Returns
+    -------
+    bool
+    """
     import importlib.util
 
     return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+# cli/run.py (owned by another change) still imports the old name; drop this alias once it imports module_exists
+_module_exists = module_exists
 
 
 def configure_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -112,11 +112,7 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         obs_frame = table.loc[sample_ids].copy()
         obs_frame.index.name = "sample_id"
         values = obs_frame[label_column]
-        missing = values.isna() | (values.astype(str).str.strip() == "")
-        if missing.any():
-            raise InputDataError(f"{label_source}: {int(missing.sum())} sample(s) have no value in label column "
-                                 f"'{show_id(label_column)}' ({_few(values.index[missing])}). Fill them in or remove "
-                                 f"those samples.")
+        check_label_values(values, source=str(label_source), column=label_column)
         text = values.astype(str)
         broken = text.map(lambda v: any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in v))
         if broken.any():
@@ -140,6 +136,32 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
                        var=pd.DataFrame(index=pd.Index(gene_ids, name="gene_id")))
     adata.uns["sources"] = {"expression": str(expression), "labels": str(labels) if labels else None}
     return adata
+
+
+def check_label_values(values: pd.Series, *, source: str, column: str) -> None:
+    """Refuse an outcome with missing values (NaN, None, blank).
+
+    ``astype(str)`` would turn a missing label into a class named ``'nan'`` (or ``'None'``), and a
+    two-class column with gaps into a model of "has a label" against "has none". Every step checks here,
+    so an in-memory AnnData (``ig.tl``) gets the same refusal as a labels file.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        The label column, indexed by sample id.
+    source, column : str
+        The labels' file (or ``adata.obs``) and column, for the message.
+
+    Raises
+    ------
+    InputDataError
+        Naming how many samples lack a value and the first few of them.
+    """
+    missing = values.isna() | (values.astype(str).str.strip() == "")
+    if missing.any():
+        raise InputDataError(f"{source}: {int(missing.sum())} sample(s) have no value in label column "
+                             f"'{show_id(column)}' ({_few(values.index[missing])}). Fill them in or remove "
+                             f"those samples.")
 
 
 def check_variation(adata, source: str) -> None:
@@ -204,6 +226,7 @@ def prepare_target(y: pd.Series, task: str, *, n_splits: int, source: str, colum
     classes : list of str or None
         Sorted class names for classification.
     """
+    check_label_values(y, source=source, column=column)
     if task == "regression":
         numeric = pd.to_numeric(y, errors="coerce")
         if numeric.isna().any():

@@ -200,8 +200,8 @@ def read_expression(path: str | Path, *, genes_as_rows: bool = False, layer: str
         if frame.shape[0] == 0 or frame.shape[1] == 0:
             raise InputDataError(f"{path}: empty matrix ({frame.shape[0]} rows x {frame.shape[1]} columns). "
                                  f"The file needs a header of {col_kind} ids and one row per {row_kind}.")
-        _check_unique(col_ids, path, col_kind)
-        _check_unique(list(frame.index), path, row_kind)
+        check_unique(col_ids, path, col_kind)
+        check_unique(list(frame.index), path, row_kind)
         frame.columns = col_ids
         X = _to_numeric(frame, path, row_kind, col_kind)
         row_ids, col_ids = list(frame.index), list(col_ids)
@@ -223,12 +223,27 @@ def read_expression(path: str | Path, *, genes_as_rows: bool = False, layer: str
     return X, sample_ids, gene_ids, obs
 
 
-def _check_unique(ids: list, path: Path, kind: str) -> None:
+def check_unique(ids: list, path, kind: str, fix: str | None = None) -> None:
+    """Refuse duplicated identifiers, naming the first and how many there are.
+
+    Parameters
+    ----------
+    ids : list of str
+    path : path or str
+        The file (or ``adata.var_names``) named first in the message.
+    kind : {"gene", "sample"}
+    fix : str, optional
+        What to do; default: aggregate or rename them.
+
+    Raises
+    ------
+    InputDataError
+    """
     dup = _first_duplicate(ids)
     if dup is not None:
         n = len(ids) - len(set(ids))
         raise InputDataError(f"{path}: duplicate {kind} id '{show_id(dup)}' ({n} duplicated {kind} ids). "
-                             f"{kind.capitalize()} ids must be unique: aggregate or rename them.")
+                             f"{kind.capitalize()} ids must be unique: {fix or 'aggregate or rename them'}.")
 
 
 def _is_breaking(ch: str) -> bool:
@@ -297,9 +312,9 @@ def _read_parquet(path: Path, row_kind: str, col_kind: str):
     value_cols = [c for c in names if c != id_col]
     if table.num_rows == 0 or not value_cols:
         raise InputDataError(f"{path}: empty matrix ({table.num_rows} rows x {len(value_cols)} value columns).")
-    _check_unique(value_cols, path, col_kind)
+    check_unique(value_cols, path, col_kind)
     row_ids = [str(v) for v in table.column(id_col).to_pylist()]
-    _check_unique(row_ids, path, row_kind)
+    check_unique(row_ids, path, row_kind)
     X = np.empty((table.num_rows, len(value_cols)), dtype=np.float64)
     import pyarrow.types as pat
 
@@ -410,8 +425,8 @@ def _read_h5ad(path: Path, layer: str | None):
                              f"Is the file complete and written by anndata?") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InputDataError(f"{path}: empty matrix ({adata.n_obs} observations x {adata.n_vars} variables).")
-    _check_unique(list(adata.var_names), path, "gene")
-    _check_unique(list(adata.obs_names), path, "sample")
+    check_unique(list(adata.var_names), path, "gene")
+    check_unique(list(adata.obs_names), path, "sample")
     if layer is not None:
         if layer not in adata.layers:
             raise InputDataError(f"{path}: layer '{show_id(layer)}' not found; available layers: "
@@ -419,45 +434,62 @@ def _read_h5ad(path: Path, layer: str | None):
         X = adata.layers[layer]
     else:
         X = adata.X
-    _check_numeric_matrix(X, path, "X" if layer is None else f"layer '{show_id(layer)}'",
-                          list(adata.obs_names), list(adata.var_names))
+    X = numeric_matrix(X, path, "X" if layer is None else f"layer '{show_id(layer)}'", list(adata.obs_names),
+                       list(adata.var_names))
+    return X, list(adata.obs_names), list(adata.var_names), adata.obs.copy()
+
+
+def numeric_matrix(X, path, where: str, sample_ids: list, gene_ids: list, *, pick: str = "use --layer to pick"):
+    """An AnnData matrix as float64 (sparse: CSR), after refusing what is not expression values.
+
+    Refuses a missing matrix, strings, booleans or objects (naming the first non-numeric cell) and a malformed
+    sparse matrix. float16 / integer / CSC input is converted, so every step sees float64 dense or CSR.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, scipy.sparse matrix or None
+    path : path or str
+        The file (or ``adata``) named first in a message.
+    where : str
+        Which matrix: ``X``, ``layer 'counts'``, ``raw.X``.
+    sample_ids, gene_ids : list of str
+        For naming the first bad cell.
+    pick : str
+        How the user picks another matrix (``use --layer to pick`` at the shell, ``pass layer= with`` in
+        ``ig.tl``).
+
+    Raises
+    ------
+    InputDataError
+    """
+    if X is None:
+        raise InputDataError(f"{path}: no {where} matrix; {pick} a layer that holds the expression values.")
+    dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
+    if dtype.kind in "bcmM":
+        kind = {"b": "booleans", "c": "complex numbers", "m": "time spans", "M": "dates"}[dtype.kind]
+        raise InputDataError(f"{path}: {where} holds {kind}, not expression values; {pick} a numeric layer, "
+                             f"or convert it.")
+    if dtype.kind not in "iuf":
+        values = X.toarray() if sparse.issparse(X) else np.asarray(X)
+        flat = pd.Series(values.ravel())
+        parsed = pd.to_numeric(flat, errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy() & flat.notna().to_numpy())
+        if bad.size:
+            r, c = np.unravel_index(int(bad[0]), values.shape)
+            raise InputDataError(f"{path}: {where} holds text (dtype {dtype}), not numbers; first non-numeric "
+                                 f"value '{show_id(values[r, c])}' at sample '{show_id(sample_ids[r])}', gene "
+                                 f"'{show_id(gene_ids[c])}' ({bad.size} such cells). Expression values must be "
+                                 f"numbers: {pick} a numeric layer, or convert it.")
+        # numbers stored as text (or objects): converted like any other matrix
     if sparse.issparse(X):
         try:
             # scipy indexes with these arrays unchecked: an index out of range is a crash, not an error
             X.check_format(full_check=True)
         except (ValueError, TypeError, IndexError) as exc:
-            raise InputDataError(f"{path}: sparse {'X' if layer is None else f'layer {show_id(layer)!r}'} is "
-                                 f"malformed ({_first_line(exc)}). Is the file complete and written by "
-                                 f"anndata?") from None
-        X = sparse.csr_matrix(X, dtype=np.float64)
-    else:
-        X = np.asarray(X, dtype=np.float64)
-    return X, list(adata.obs_names), list(adata.var_names), adata.obs.copy()
-
-
-def _check_numeric_matrix(X, path: Path, where: str, sample_ids: list, gene_ids: list) -> None:
-    """Refuse an AnnData matrix of strings, booleans or objects, naming its first non-numeric cell."""
-    if X is None:
-        raise InputDataError(f"{path}: the AnnData file has no {where} matrix. Use --layer to read one of its "
-                             f"layers.")
-    dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
-    if dtype.kind in "iuf":
-        return
-    if dtype.kind in "bcmM":
-        kind = {"b": "booleans", "c": "complex numbers", "m": "time spans", "M": "dates"}[dtype.kind]
-        raise InputDataError(f"{path}: {where} holds {kind}, not expression values. Use --layer to pick "
-                             f"a numeric layer, or convert it.")
-    values = X.toarray() if sparse.issparse(X) else np.asarray(X)
-    flat = pd.Series(values.ravel())
-    parsed = pd.to_numeric(flat, errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy() & flat.notna().to_numpy())
-    if not bad.size:
-        return  # numbers stored as text (or objects): converted like any other matrix
-    r, c = np.unravel_index(int(bad[0]), values.shape)
-    raise InputDataError(f"{path}: {where} holds text (dtype {dtype}), not numbers; first non-numeric value "
-                         f"'{show_id(values[r, c])}' at sample '{show_id(sample_ids[r])}', gene "
-                         f"'{show_id(gene_ids[c])}' ({bad.size} such cells). Expression values must be numbers: "
-                         f"use --layer to pick a numeric layer, or convert it.")
+            raise InputDataError(f"{path}: sparse {where} is malformed ({_first_line(exc)}). Is it complete and "
+                                 f"written by anndata?") from None
+        return sparse.csr_matrix(X, dtype=np.float64)
+    return np.asarray(X, dtype=np.float64)
 
 
 def check_values(X, path: Path, sample_ids: list[str], gene_ids: list[str]) -> None:

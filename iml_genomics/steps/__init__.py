@@ -11,6 +11,7 @@ The heavy libraries (scikit-learn, shap, ...) are imported inside the step funct
 package stays cheap.
 """
 
+from iml_genomics.steps._common import resolved
 from iml_genomics.steps.evaluate import EvaluateResult, evaluate
 from iml_genomics.steps.explain import ExplainResult, explain
 from iml_genomics.steps.report import GeneSetResult, ReportResult, gene_sets, report
@@ -18,4 +19,4 @@ from iml_genomics.steps.select import SelectResult, select
 from iml_genomics.steps.train import TrainResult, train
 
 __all__ = ["EvaluateResult", "ExplainResult", "GeneSetResult", "ReportResult", "SelectResult", "TrainResult",
-           "evaluate", "explain", "gene_sets", "report", "select", "train"]
+           "evaluate", "explain", "gene_sets", "report", "resolved", "select", "train"]

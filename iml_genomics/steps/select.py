@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from iml_genomics.steps._common import step_backend, expression_source, label_source, resolved
+from iml_genomics.steps._common import expression_source, label_source, require_label_column, resolved, step_backend
 
 
 @dataclass
@@ -100,9 +100,7 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
     expression, source = expression_source(adata, None), label_source(adata)
     column = cfg.data.label_column
-    if column is None or column not in adata.obs.columns:
-        raise InputDataError(f"{source}: label column '{column}' not found; set data.label_column to the outcome "
-                             f"column.")
+    require_label_column(adata, column, source)
     y_raw = adata.obs[column]
     task = infer_task(y_raw, cfg.task)
     y, classes = prepare_target(y_raw, task, n_splits=2, source=source, column=column)

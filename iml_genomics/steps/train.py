@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from iml_genomics.steps._common import step_backend, label_source, resolved
+from iml_genomics.steps._common import label_source, require_label_column, resolved, step_backend
 
 
 @dataclass
@@ -83,16 +83,13 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
         A missing or unusable label column, a class smaller than ``cv.n_splits``, an unknown positive class,
         negative values under a count transform.
     """
-    from iml_genomics.errors import InputDataError
     from iml_genomics.io.cohort import resolve_positive_class
     from iml_genomics.training import train_model
 
     cfg = resolved(cfg, n_jobs, random_state)
     source = label_source(adata)
     column = cfg.data.label_column
-    if column is None or column not in adata.obs.columns:
-        raise InputDataError(f"{source}: label column '{column}' not found; set data.label_column to the outcome "
-                             f"column.")
+    require_label_column(adata, column, source)
     result = train_model(adata, cfg, source=source, backend=step_backend(cfg, backend))
     _, warning = resolve_positive_class(result.classes, cfg.data.positive_class, source=source, column=column)
     manifest = result.manifest(cfg)
