@@ -193,9 +193,9 @@ def test_hist_gradient_boosting_is_exact_tree_shap(task, n_classes, mode):
     np.testing.assert_allclose(total, margin, rtol=0, atol=1e-6)
     # the same numbers shap gives when called directly
     if mode == "interventional":
-        from iml_genomics.explain.shap_values import _background_rows
+        from iml_genomics.explain.shap_values import background_rows
 
-        bg = Z[_background_rows(len(X), 40, 0)]
+        bg = Z[background_rows(len(X), 40, 0)]
         explainer = shap.TreeExplainer(est, data=bg, feature_perturbation="interventional")
     else:
         explainer = shap.TreeExplainer(est, feature_perturbation="tree_path_dependent")

@@ -103,9 +103,9 @@ def _snakemake(workdir: Path, *extra: str, wait: bool = True):
 def test_snakemake_run_killed_and_resumed(tmp_path):
     """`snakemake --cores 2` on the demo; killed after train, the rerun does not redo train."""
     pytest.importorskip("snakemake")
-    from iml_genomics.cli import SUBCOMMANDS, _module_exists
+    from iml_genomics.cli import SUBCOMMANDS, module_exists
 
-    steps = [s for s in ("train", "explain", "select", "report") if _module_exists(SUBCOMMANDS[s])]
+    steps = [s for s in ("train", "explain", "select", "report") if module_exists(SUBCOMMANDS[s])]
     config = _fast_config(tmp_path)
     (tmp_path / "cohorts.yaml").write_text(yaml.safe_dump({
         "results": "results", "steps": steps,

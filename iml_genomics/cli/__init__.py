@@ -121,9 +121,6 @@ def module_exists(target: str) -> bool:
     return importlib.util.find_spec(target.split(":")[0]) is not None
 
 
-# cli/run.py (owned by another change) still imports the old name; drop this alias once it imports module_exists
-_module_exists = module_exists
-
 
 def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Timestamped lines on stderr: INFO by default, WARNING with --quiet, DEBUG with --verbose."""

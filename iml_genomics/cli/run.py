@@ -8,10 +8,10 @@ import click
 
 
 def _available_steps() -> list[str]:
-    from iml_genomics.cli import SUBCOMMANDS, _module_exists
+    from iml_genomics.cli import SUBCOMMANDS, module_exists
     from iml_genomics.pipeline import STEPS
 
-    return [s for s in STEPS if _module_exists(SUBCOMMANDS[s])]
+    return [s for s in STEPS if module_exists(SUBCOMMANDS[s])]
 
 
 @click.command()

@@ -227,10 +227,10 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     # --- interactions (tree models) ------------------------------------------------------------------------
     inter = pd.DataFrame(columns=INTERACTION_COLUMNS)
     if do_shap and plan.kind == "tree":
-        from iml_genomics.explain.shap_values import _background_rows
+        from iml_genomics.explain.shap_values import background_rows
 
         top = ranking.loc[ranking["used"], "gene_id"].head(ecfg.interaction_top_k).tolist()
-        rows = _background_rows(X.shape[0], ecfg.interaction_max_samples, random_state)
+        rows = background_rows(X.shape[0], ecfg.interaction_max_samples, random_state)
         inter, info = tree_interactions(pipeline, X[rows], used_gene_ids=plan.gene_ids, top_genes=top,
                                         classes=classes, max_samples=len(rows), backend=backend)
         summary["interactions"] = info

@@ -358,7 +358,7 @@ def _explain_chunk(context, X_chunk, start, stop, seed):
 # ---------------------------------------------------------------------------
 
 
-def _background_rows(n: int, size: int, random_state: int) -> np.ndarray:
+def background_rows(n: int, size: int, random_state: int) -> np.ndarray:
     """Sorted row indices of a seeded background sample (all rows when n <= size)."""
     if n <= size:
         return np.arange(n)
@@ -409,7 +409,7 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
     def background_matrix():
         if background is not None:
             return preprocess(pre, background)
-        return preprocess(pre, X[_background_rows(X.shape[0], background_size, random_state)])
+        return preprocess(pre, X[background_rows(X.shape[0], background_size, random_state)])
 
     if kind == "tree":
         import shap

@@ -493,6 +493,17 @@ class OutputGuard:
         remove_leftovers(self.out)
 
     # -- checks -----------------------------------------------------------
+    def check_names(self, names, listing: dict | None, problem: str | None = None) -> None:
+        """Refuse, before any work, output ``names`` that would replace a file this tool did not write.
+
+        ``listing`` and ``problem`` are :func:`read_listing`'s answer for the directory. Raises the same
+        one-line :class:`~iml_genomics.errors.OutputConflictError` the guarded commit would raise later.
+        """
+        self._listing_problem = problem
+        owned = owned_hashes(listing)
+        for name in names:
+            self._check_name(name, owned)
+
     def _check_name(self, rel: str, owned: dict[str, set[str]]) -> None:
         from iml_genomics.errors import OutputConflictError
 
@@ -766,7 +777,3 @@ class Provenance:
 
     def write(self, directory: str | Path) -> None:
         write_json(self.to_dict(), Path(directory) / "provenance.json")
-
-
-# steps/run.py (owned by another change) still imports the old name; drop once it imports owned_hashes
-_owned_hashes = owned_hashes

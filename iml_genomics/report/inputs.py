@@ -72,7 +72,7 @@ def _read_tsv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -93,7 +93,7 @@ def detect_step(directory: Path) -> str:
     if len(found) != 1:
         prov = directory / "provenance.json"
         if prov.is_file():
-            step = _read_json(prov).get("step")
+            step = read_json(prov).get("step")
             if step in MARKERS and (not found or step in found):
                 return step
         if not found:
@@ -123,14 +123,14 @@ def load_inputs(directories) -> ReportInputs:
                                  f"pass one directory per step.")
         inputs.dirs[step] = d
         if (d / "provenance.json").is_file():
-            inputs.provenance[step] = _read_json(d / "provenance.json")
+            inputs.provenance[step] = read_json(d / "provenance.json")
         if step == "train":
             if (d / "cv_metrics.tsv").is_file():
                 inputs.cv_metrics = _read_tsv(d / "cv_metrics.tsv")
             if (d / "oof_predictions.tsv").is_file():
                 inputs.oof = _read_tsv(d / "oof_predictions.tsv")
             if (d / "model.json").is_file():
-                inputs.model = _read_json(d / "model.json")
+                inputs.model = read_json(d / "model.json")
                 genes = inputs.model.get("gene_ids")
                 if genes is not None and (not isinstance(genes, list) or not all(isinstance(g, str) for g in genes)):
                     raise InputDataError(f"{d / 'model.json'}: key 'gene_ids' must be a list of strings. "
@@ -143,7 +143,7 @@ def load_inputs(directories) -> ReportInputs:
             if (d / "interactions.tsv").is_file():
                 inputs.interactions = _read_tsv(d / "interactions.tsv")
             if (d / "explain_summary.json").is_file():
-                inputs.explain_summary = _read_json(d / "explain_summary.json")
+                inputs.explain_summary = read_json(d / "explain_summary.json")
             if (d / "attributions.parquet").is_file():
                 try:
                     inputs.attributions = pd.read_parquet(d / "attributions.parquet")
@@ -156,7 +156,7 @@ def load_inputs(directories) -> ReportInputs:
             if (d / "knockoff_selection.tsv").is_file():
                 inputs.knockoffs = _read_tsv(d / "knockoff_selection.tsv")
             if (d / "select_summary.json").is_file():
-                inputs.select_summary = _read_json(d / "select_summary.json")
+                inputs.select_summary = read_json(d / "select_summary.json")
     return inputs
 
 

@@ -91,7 +91,7 @@ def _check_step_dirs(out: Path, wanted, names_of, inputs) -> None:
     """Refuse, before any work, a step directory that is a link or a file, another step's, or one whose
     output names collide (the same one-line refusals the step's own guard gives later)."""
     from iml_genomics.errors import OutputConflictError
-    from iml_genomics.io.writers import LISTING, OutputGuard, _owned_hashes, read_listing
+    from iml_genomics.io.writers import LISTING, OutputGuard, read_listing
 
     for step in wanted:
         step_dir = out / step
@@ -109,10 +109,7 @@ def _check_step_dirs(out: Path, wanted, names_of, inputs) -> None:
                                           f"(see {LISTING}); `run` writes '{step}' there. Move it away or choose "
                                           f"another --out.")
             guard = OutputGuard(step_dir, step, inputs=[p for p in inputs if p is not None])
-            guard._listing_problem = problem
-            owned = _owned_hashes(listing)
-            for name in names_of[step]:
-                guard._check_name(name, owned)
+            guard.check_names(names_of[step], listing, problem)
 
 
 def _step_args(step: str, config_path, data, out: Path, n_jobs, scheduler, gene_sets, inputs) -> list[str]:
@@ -535,7 +532,7 @@ class _Run:
         from iml_genomics.io.step_outputs import report_line, write_report
         from iml_genomics.io.writers import staged_output
         from iml_genomics.report import ReportInputs, cohort_paths, load_inputs, measured_genes
-        from iml_genomics.report.inputs import _read_json
+        from iml_genomics.report.inputs import read_json
         from iml_genomics.steps.report import report as report_step
 
         cfg, rc, target = self.cfg, self.cfg.report, self.out / "report"
@@ -546,7 +543,7 @@ class _Run:
             in_memory = {s: self.results[s] for s in ("train", "explain", "select") if s in self.results}
             from_disk = [d for d in dirs if d.name not in in_memory]
             inputs = load_inputs(from_disk) if from_disk else ReportInputs()
-            recorded = {s: (self.out / s, _read_json(self.out / s / "provenance.json")) for s in in_memory}
+            recorded = {s: (self.out / s, read_json(self.out / s / "provenance.json")) for s in in_memory}
             # what the report subcommand would find: the recorded provenance of every input directory
             view = ReportInputs(dirs=dict(inputs.dirs), provenance=dict(inputs.provenance))
             for s, (d, doc) in recorded.items():
