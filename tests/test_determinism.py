@@ -225,3 +225,25 @@ def test_folds_on_a_threaded_dask_worker_give_the_local_bytes():
         backend = Backend.connect(cluster.scheduler_address, 2)
         for _ in range(3):
             assert cv(backend) == local
+
+
+# ------------------------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.slow  # two select commands (~10 s); the in-process check above covers the same computations
+def test_select_command_writes_the_same_bytes_when_started_with_one_or_two_blas_threads(tmp_path):
+    # a Dask worker (and any job started with OPENBLAS_NUM_THREADS=1) gets one BLAS thread, a laptop all cores;
+    # before the pin, select_summary.json differed between the two (mean_s, min_eig, exchangeability numbers)
+    import os
+    import subprocess
+    import sys
+
+    def select(threads: int):
+        out = tmp_path / f"blas{threads}"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-m", "iml_genomics", "-q", "select", "--config", ROOT / "configs" / "demo.yaml",
+                        "--expression", TEST_DATA / "demo_expression.csv.gz", "--labels", TEST_DATA / "demo_labels.tsv",
+                        "--out", out, "--jobs", "1"], cwd=ROOT, env=env, check=True, capture_output=True)
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "provenance.json" and not p.name.startswith(".")}
+
+    _assert_same(select(1), select(TWO_THREADS))
