@@ -154,7 +154,9 @@ def fixed_blas_threads() -> Iterator[None]:
     core's entry points.
 
     Only BLAS is limited: OpenMP loops (scikit-learn's histogram gradient
-    boosting) keep their threads; their results do not depend on them.
+    boosting) keep their threads; their results do not depend on them. The
+    BLAS libraries are those loaded when the outermost pin starts (numpy's and
+    scipy's are, once the core's modules are imported).
     """
     global _PIN_DEPTH, _PIN_LIMITER
     with _PIN_LOCK:
