@@ -343,13 +343,22 @@ class Backend:
         except ImportError:
             raise ConfigError("parallel.scheduler is set but dask.distributed is not installed; "
                               "pip install 'iml-genomics[cluster]' or drop --scheduler.") from None
+        failure = None
         try:
             _refused_at_once(address)
             Client(address, timeout=timeout).close()
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            failure = type(exc).__name__
+        if failure is not None:
+            # A Client whose constructor failed is left in reference cycles, and its __del__ (close) runs at
+            # whatever later garbage collection frees it. When that collection happens while distributed's
+            # LoopRunner holds its class-wide lock (e.g. as a LocalCluster starts its loop thread), close waits for
+            # that same lock: the process hangs (seen in test_backend.py under pytest -n 2). Collected here, now.
+            import gc
+
+            gc.collect()
             raise ConfigError(f"parallel.scheduler: cannot reach the Dask scheduler at {address} "
-                              f"({type(exc).__name__}); check the address and that the scheduler is "
-                              f"running.") from None
+                              f"({failure}); check the address and that the scheduler is running.")
         return cls(n_jobs=n_jobs, scheduler=address)
 
     @classmethod

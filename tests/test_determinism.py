@@ -247,3 +247,26 @@ def test_select_command_writes_the_same_bytes_when_started_with_one_or_two_blas_
         return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "provenance.json" and not p.name.startswith(".")}
 
     _assert_same(select(1), select(TWO_THREADS))
+
+
+# ----------------------------------------------------------------- the other failure of the flaky combination
+
+
+def test_a_refused_scheduler_leaves_no_client_for_a_later_garbage_collection():
+    # Running test_api + test_steps + test_backend with -n 2 also hung once: a Client whose constructor failed
+    # (Backend.connect("not an address")) stayed in reference cycles; a collection inside LocalCluster's start
+    # ran its close(), which waited for the LoopRunner lock that start held. connect now collects it at once.
+    import gc
+
+    distributed = pytest.importorskip("dask.distributed")
+    from iml_genomics.errors import ConfigError
+
+    gc.collect()
+    gc.disable()
+    try:
+        for address in ("not an address", "tcp://127.0.0.1:9"):
+            with pytest.raises(ConfigError, match="cannot reach"):
+                Backend.connect(address, timeout="2s")
+            assert not [o for o in gc.get_objects() if isinstance(o, distributed.Client)], address
+    finally:
+        gc.enable()
