@@ -15,6 +15,24 @@ when ``backend`` is None, as ``Backend.local(n_jobs)`` (:func:`resolve_backend`)
 Seeds for parallel tasks are spawned from the run's seed *before* dispatch
 (``numpy.random.SeedSequence.spawn``), so results never depend on how many
 workers ran them, where, or in which order they finished.
+
+Same seed, same bytes, whatever ``--jobs`` or backend, also needs two rules
+this module enforces (measured causes, docs/pipeline.md "Determinism"):
+
+* OpenBLAS (numpy's and scipy's) gives different last bits for the same
+  matrix product, Cholesky, eigen- or singular-value decomposition with 1 or 2
+  threads, while worker processes (loky, forked, Dask) run 1 thread and the
+  main process all cores. Every task a :class:`Backend` runs, and every core
+  entry point (decorated with :func:`fixed_blas_threads`), therefore runs with
+  :data:`BLAS_THREADS` BLAS threads. OpenMP (scikit-learn's histogram gradient
+  boosting) is left alone: its results were found not to depend on its
+  thread count.
+* scikit-learn's liblinear and libsvm (binary L1 logistic, linear SVM) draw
+  their coordinate order from one random generator per process, shared by
+  every thread, so two fits in threads of one process (a Dask worker with
+  several threads) change each other's results. Tasks of this library
+  therefore run one at a time per process (:class:`_Task`); parallelism comes
+  from processes.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -98,6 +117,135 @@ def blas_threads(limit: int | None):
     return _BLAS_CONTROLLER.limit(limits=limit)
 
 
+#: BLAS threads of every computation whose result this library writes (tasks and core entry points). One,
+#: because that is what worker processes run with (loky and Dask limit their workers to one thread; the forked
+#: workers are limited here) and the result must not depend on where a computation ran.
+BLAS_THREADS = 1
+
+# the process-wide BLAS pin: nesting depth, the limiter to restore on the last exit, the sys.modules count at the
+# last library scan (threadpoolctl sees only libraries loaded when it scans)
+_PIN_LOCK = threading.Lock()
+_PIN_DEPTH = 0
+_PIN_LIMITER: Any = None
+_PIN_SCAN: tuple[Any, int] = (None, -1)
+
+
+def _blas_controller():
+    global _PIN_SCAN
+    from threadpoolctl import ThreadpoolController
+
+    controller, n_modules = _PIN_SCAN
+    if controller is None or n_modules != len(sys.modules):  # an import since the last scan may have loaded a BLAS
+        controller = ThreadpoolController()  # a scan takes ~8 ms, so it is not repeated for nothing
+        _PIN_SCAN = (controller, len(sys.modules))
+    return controller
+
+
+@contextlib.contextmanager
+def fixed_blas_threads() -> Iterator[None]:
+    """Run the block with :data:`BLAS_THREADS` BLAS threads, whatever the process was started with.
+
+    OpenBLAS splits a matrix product or a factorisation differently with a
+    different thread count, so the last bits of its results change with it.
+    The limit is process-wide (a BLAS library has one thread setting) and
+    counted: threads that enter it concurrently (thread maps, Dask worker
+    threads) keep it until the last one leaves, and only then is the previous
+    setting restored. Usable as a decorator (``@fixed_blas_threads()``) on the
+    core's entry points.
+
+    Only BLAS is limited: OpenMP loops (scikit-learn's histogram gradient
+    boosting) keep their threads; their results do not depend on them. The
+    BLAS libraries are those loaded when the outermost pin starts (numpy's and
+    scipy's are, once the core's modules are imported).
+    """
+    global _PIN_DEPTH, _PIN_LIMITER
+    with _PIN_LOCK:
+        if _PIN_DEPTH == 0:
+            _PIN_LIMITER = _as_blas_owner(lambda: _blas_controller().limit(limits=BLAS_THREADS, user_api="blas"))
+        _PIN_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _PIN_LOCK:
+            _PIN_DEPTH -= 1
+            if _PIN_DEPTH == 0:
+                _as_blas_owner(_PIN_LIMITER.restore_original_limits)
+                _PIN_LIMITER = None
+
+
+def _as_blas_owner(action: Callable[[], Any]) -> Any:
+    """Run ``action`` (a change of the OpenBLAS thread count) from whatever thread calls it.
+
+    threadpoolctl (3.6 and later) lets only one thread, the first that set an
+    OpenBLAS limit (usually the main thread), change OpenBLAS's process-wide
+    pool, and silently ignores every other thread: a limit set in a Dask
+    worker's thread would do nothing. The pin is process-wide and may start
+    and end in any thread, so it takes the control for the change and gives
+    it back at once.
+    """
+    import threadpoolctl
+
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        return action()
+    finally:
+        if clear is not None:
+            clear(force=True)
+
+
+# One task of this library at a time per process (see the module docstring: liblinear's shared random generator).
+# Re-entrant: a task may run a nested map in its own thread. Threads of a thread_map started by a task that holds it
+# do not take it (their parent waits for them while holding it).
+_TASK_LOCK = threading.RLock()
+_THREAD_STATE = threading.local()
+
+
+def _reset_after_fork() -> None:
+    # a fork copies the locks in whatever state another thread of the parent left them
+    global _TASK_LOCK, _PIN_LOCK, _PIN_DEPTH, _PIN_LIMITER
+    _TASK_LOCK, _PIN_LOCK = threading.RLock(), threading.Lock()
+    _PIN_DEPTH, _PIN_LIMITER = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class _Task:
+    """``func`` run under the rules of a task: alone among this library's tasks in its process, BLAS pinned.
+
+    A picklable callable (joblib and Dask ship it) that keeps the function's name, so a scheduler's task
+    keys still name the function (``batch_of__fit_fold_...``).
+    """
+
+    def __init__(self, func: Callable[..., Any]):
+        self.func = func
+        self.__name__ = getattr(func, "__name__", "task")
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__module__ = getattr(func, "__module__", __name__)
+
+    def __call__(self, *args: Any) -> Any:
+        if getattr(_THREAD_STATE, "in_thread_map", False):
+            with fixed_blas_threads():
+                return self.func(*args)
+        with _TASK_LOCK, fixed_blas_threads():
+            return self.func(*args)
+
+
+def _thread_task(func: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        _THREAD_STATE.in_thread_map = True
+        try:
+            with fixed_blas_threads():
+                return func(*args)
+        finally:
+            _THREAD_STATE.in_thread_map = False
+
+    return run
+
+
 # Read-only contexts of the open shared_context_pools, by token. Forked workers inherit them (copy-on-write)
 # instead of unpickling them, so a context is registered before its pool forks and removed after.
 _SHARED_CONTEXTS: dict[int, Any] = {}
@@ -106,7 +254,7 @@ _NEXT_TOKEN = iter(range(1, sys.maxsize))
 
 def _run_with_shared_context(item: tuple) -> Any:
     token, func, task = item
-    return func(_SHARED_CONTEXTS[token], *task)
+    return _Task(func)(_SHARED_CONTEXTS[token], *task)
 
 
 def _single_threaded_worker() -> None:
@@ -195,13 +343,22 @@ class Backend:
         except ImportError:
             raise ConfigError("parallel.scheduler is set but dask.distributed is not installed; "
                               "pip install 'iml-genomics[cluster]' or drop --scheduler.") from None
+        failure = None
         try:
             _refused_at_once(address)
             Client(address, timeout=timeout).close()
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            failure = type(exc).__name__
+        if failure is not None:
+            # A Client whose constructor failed is left in reference cycles, and its __del__ (close) runs at
+            # whatever later garbage collection frees it. When that collection happens while distributed's
+            # LoopRunner holds its class-wide lock (e.g. as a LocalCluster starts its loop thread), close waits for
+            # that same lock: the process hangs (seen in test_backend.py under pytest -n 2). Collected here, now.
+            import gc
+
+            gc.collect()
             raise ConfigError(f"parallel.scheduler: cannot reach the Dask scheduler at {address} "
-                              f"({type(exc).__name__}); check the address and that the scheduler is "
-                              f"running.") from None
+                              f"({failure}); check the address and that the scheduler is running.")
         return cls(n_jobs=n_jobs, scheduler=address)
 
     @classmethod
@@ -259,11 +416,18 @@ class Backend:
         list
             Results in task order. With 1 local worker (or one task) and no
             scheduler the calls run in this process.
+
+        Notes
+        -----
+        Every call runs with :data:`BLAS_THREADS` BLAS threads and, in a
+        process that runs several of them in threads (a Dask worker with
+        ``--nthreads`` > 1), one at a time: see the module docstring.
         """
         from joblib import Parallel, delayed
 
         tasks = list(tasks)
         progress = _Progress(_task_name(func), len(tasks))
+        func = _Task(func)  # the same rules (BLAS threads, one task per process) wherever the task runs
         results: list[Any] = []
         if self.scheduler is None and (self.workers == 1 or len(tasks) <= 1):
             for t in tasks:
@@ -297,6 +461,8 @@ class Backend:
 
         For work that releases the GIL (numpy / scipy kernels) on data too
         large to send to other processes. Always local, also with a scheduler.
+        The calls run with :data:`BLAS_THREADS` BLAS threads; they must be
+        thread-safe (no liblinear / libsvm fits: see the module docstring).
 
         Parameters
         ----------
@@ -308,11 +474,13 @@ class Backend:
         tasks = list(tasks)
         threads = self.workers if max_threads is None else max(1, min(self.workers, max_threads))
         if threads == 1 or len(tasks) <= 1:
-            return [func(*t) for t in tasks]
+            with fixed_blas_threads():
+                return [func(*t) for t in tasks]
         from concurrent.futures import ThreadPoolExecutor
 
+        run = _thread_task(func)
         with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(lambda t: func(*t), tasks))
+            return list(pool.map(lambda t: run(*t), tasks))
 
     @contextlib.contextmanager
     def shared_context_pool(self, context: Any, *, fork: bool = True) -> Iterator[Callable[..., list[Any]]]:
@@ -364,7 +532,7 @@ class Backend:
                 nonlocal executor
                 tasks = list(tasks)
                 if len(tasks) <= 1:
-                    return [func(context, *t) for t in tasks]
+                    return [_Task(func)(context, *t) for t in tasks]
                 if executor is None:  # fork lazily: a call that never needs a second task never forks
                     # unlike multiprocessing.Pool, the executor notices a worker that died and raises
                     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),

@@ -10,6 +10,7 @@ from scipy import sparse
 
 from iml_genomics.io.cohort import infer_task, prepare_target, resolve_positive_class
 from iml_genomics.models import CVResult, build_pipeline, cross_validate
+from iml_genomics.parallel import fixed_blas_threads
 from iml_genomics.preprocess import check_counts, used_gene_mask
 
 
@@ -61,6 +62,8 @@ class TrainResult:
         }
 
 
+# the written results must not depend on the BLAS threads of the calling process (parallel.py)
+@fixed_blas_threads()
 def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels", backend=None) -> TrainResult:
     """Cross-validate and fit the configured pipeline on a cohort.
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics.errors import InputDataError
+from iml_genomics.parallel import fixed_blas_threads
 
 RANKING_COLUMNS = ["gene_id", "rank", "mean_abs_shap", "mean_shap", "sd", "rank_low", "rank_high", "top_k_frequency",
                    "permutation_importance", "permutation_importance_sd", "used", "method", "scale"]
@@ -30,6 +31,8 @@ class ExplainResult:
     extra: dict = field(default_factory=dict)
 
 
+# the written results must not depend on the BLAS threads of the calling process (parallel.py)
+@fixed_blas_threads()
 def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, explain_cfg, refit_pipeline=None,
                    y=None, n_splits: int = 5, n_repeats: int = 1, random_state: int = 0, n_jobs: int | None = 1,
                    on_chunk: Callable | None = None, method: str | None = None,

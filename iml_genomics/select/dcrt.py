@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from iml_genomics.errors import ConfigError, InputDataError
-from iml_genomics.parallel import Backend, blas_threads, resolve_backend
+from iml_genomics.parallel import Backend, blas_threads, fixed_blas_threads, resolve_backend
 from iml_genomics.select.covariance import CovarianceModel
 from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.filter import TABLE_COLUMNS, aligned_inputs, check_variation, covariate_matrix, linear_part
@@ -217,6 +217,8 @@ def _test_chunk(genes, Z, Y, alphas, full_coefs, E, screening, m):
         return out
 
 
+# the written results must not depend on the BLAS threads of the calling process (parallel.py)
+@fixed_blas_threads()
 def dcrt_select(X, y, gene_ids, *, task, fdr=0.1, covariance="auto", factor_rank=None, covariates=None,
                 random_state=0, n_jobs=1, fdr_procedure="bh", screening=True, scale="empirical",
                 n_folds=5, check_model=True, positive_class=None, backend: Backend | None = None) -> DCRTResult:

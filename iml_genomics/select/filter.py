@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from iml_genomics.errors import ConfigError, InputDataError
-from iml_genomics.parallel import Backend, blas_threads, resolve_backend, spawn_seeds
+from iml_genomics.parallel import Backend, blas_threads, fixed_blas_threads, resolve_backend, spawn_seeds
 from iml_genomics.select.covariance import DENSE_MAX_GENES, CovarianceModel, fit_covariance
 from iml_genomics.select.diagnostics import fit_checked_covariance
 from iml_genomics.select.groups import canonical_groups, cluster_genes, group_equicorrelated, group_w
@@ -225,6 +225,8 @@ def with_untested_genes(table: pd.DataFrame, gene_ids) -> pd.DataFrame:
     return pd.concat([table, extra[TABLE_COLUMNS]], ignore_index=True)
 
 
+# the written results must not depend on the BLAS threads of the calling process (parallel.py)
+@fixed_blas_threads()
 def knockoff_select(X, y, gene_ids, *, task, fdr=0.1, offset=1, statistic="lasso", s_method="mvr",
                     covariance="auto", factor_rank=None, n_draws=1, groups=None, covariates=None,
                     random_state=0, n_jobs=1, cluster_correlation=0.5, derandomize_fdr=None,

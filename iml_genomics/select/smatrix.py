@@ -141,8 +141,10 @@ def _coordinate_descent(C, d, U, s: np.ndarray, *, method: str, n_iter: int, rng
     The inverse (or the Woodbury k x k state) is recomputed from scratch at
     every sweep, so rank-one updates never accumulate rounding drift.
     """
-    # small LAPACK calls are ~20x slower with a multi-threaded BLAS on a busy machine; one thread is plenty
-    with blas_threads(1 if C is None or C.shape[0] <= 600 else None):
+    # one BLAS thread at every size: small LAPACK calls are ~20x slower with a multi-threaded BLAS on a busy
+    # machine, and OpenBLAS's last bits change with its thread count (same bytes whatever the caller's threads;
+    # iml_genomics.parallel.BLAS_THREADS)
+    with blas_threads(1):
         return _cd_loop(C, d, U, s, method=method, n_iter=n_iter, rng=rng, tol=tol, s_max=s_max)
 
 
@@ -188,7 +190,7 @@ def equicorrelated(model) -> np.ndarray:
 
 
 def _dense_solve(C: np.ndarray, method: str, rng: np.random.Generator, n_iter: int) -> np.ndarray:
-    with blas_threads(1 if C.shape[0] <= 600 else None):  # see _coordinate_descent
+    with blas_threads(1):  # see _coordinate_descent
         lam = linalg.eigh(C, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0]
     s = np.full(C.shape[0], max(min(lam, 1.0) * (1.0 - 1e-6), S_TOL))
     return _coordinate_descent(C, None, None, s, method=method, n_iter=n_iter, rng=rng)
@@ -296,14 +298,14 @@ def compute_s(model, method: str = "mvr", *, random_state: int = 0, n_iter: int 
     seeds = spawn_seeds(random_state, len(blocks))
     # threads: the numba sweeps are nogil and LAPACK releases the GIL, so single-threaded block solves fill the
     # cores without copying C to worker processes. The BLAS limit is process-wide, so it is set once here
-    # rather than entered and left by each thread (their save/restore would interleave). Blocks above 600
-    # genes want a threaded BLAS of their own (see _coordinate_descent), so they are solved one at a time.
-    threads = min(backend.workers, len(blocks)) if max_block <= 600 else 1
+    # rather than entered and left by each thread (their save/restore would interleave). Large blocks too: BLAS
+    # is single-threaded at every size (see _coordinate_descent), so the cores come from the block threads.
+    threads = min(backend.workers, len(blocks))
 
     def solve_block(idx, seed):  # the submatrix is cut inside the task: one block's copy alive per thread
         return _dense_solve(C[np.ix_(idx, idx)], method, np.random.default_rng(seed), n_iter)
 
-    with blas_threads(1 if threads > 1 else None):
+    with blas_threads(1):
         solved = backend.thread_map(solve_block, list(zip(blocks, seeds)), max_threads=threads)
     s = np.empty(C.shape[0])
     for idx, s_block in zip(blocks, solved):
