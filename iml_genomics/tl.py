@@ -474,22 +474,27 @@ def cohort(adata, *, layer: str | None = None, use_raw: bool = False):
     return work
 
 
-def _refuse_multiclass_positive(adata, cfg) -> None:
-    """A positive class on a column of more than two classes: say how to ask the one-vs-rest question."""
-    from iml_genomics.errors import InputDataError
+def _one_vs_rest(work, column, positive):
+    """``work`` with the label column recoded to ``positive`` against the rest when it has more classes.
 
-    column, positive = cfg.data.label_column, cfg.data.positive_class
-    if positive is None or column is None or column not in adata.obs.columns or cfg.task == "regression":
-        return
-    values = adata.obs[column]
-    classes = sorted(set(values.dropna().astype(str)))
-    if len(classes) <= 2 or positive not in classes:
-        return  # two classes, or an unknown class: the step's own message says what is wrong
-    new = f"{positive}_vs_rest"
-    raise InputDataError(f"adata.obs['{column}'] has {len(classes)} classes and positive_class is for two; for "
-                         f"'{positive}' against the rest make a two-class column: adata.obs['{new}'] = "
-                         f"np.where(adata.obs['{column}'].astype(str) == '{positive}', '{positive}', 'rest'), "
-                         f"then label_column='{new}'.")
+    The same recoding as the file readers (:func:`iml_genomics.io.cohort.one_vs_rest`): asking for one cell
+    type of a ``cell_type`` column means that type against all the others. The caller's AnnData is not changed.
+    """
+    import anndata as ad
+
+    from iml_genomics.io.cohort import one_vs_rest
+
+    if positive is None or column is None or column not in work.obs.columns:
+        return work
+    recoded = one_vs_rest(work.obs[column], str(positive))
+    if recoded is work.obs[column]:
+        return work
+    obs = work.obs.copy()
+    obs[column] = recoded
+    out = ad.AnnData(X=work.X, obs=obs, var=work.var)
+    if "sources" in work.uns:
+        out.uns["sources"] = work.uns["sources"]
+    return out
 
 
 def _warn_counts(work, cfg, where: str) -> None:
@@ -576,8 +581,8 @@ def train(adata, *, label_column: str | None = None, config=None, positive_class
     cfg = resolved(_with_data(_config(config), label_column, positive_class), n_jobs, random_state)
     if layer is not None:
         cfg.data.layer = layer
-    work = cohort(adata, layer=cfg.data.layer, use_raw=use_raw)
-    _refuse_multiclass_positive(adata, cfg)
+    work = _one_vs_rest(cohort(adata, layer=cfg.data.layer, use_raw=use_raw), cfg.data.label_column,
+                        cfg.data.positive_class)
     _warn_counts(work, cfg, "raw.X" if use_raw else ("X" if cfg.data.layer is None else
                                                      f"layers['{cfg.data.layer}']"))
     result = steps.train(work, cfg)
@@ -639,7 +644,10 @@ def explain(adata, *, config=None, positive_class: str | None = None, layer: str
     cfg_used = resolved(_explain_config(model[1], cfg), n_jobs, random_state)
     cfg_used.data.layer = layer
     where = f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}train']['model']"
-    result = steps.explain(cohort(adata, layer=layer, use_raw=use_raw), cfg_used, model=model, model_source=where)
+    # a model of one class against the rest reads a many-class column the same way
+    work = _one_vs_rest(cohort(adata, layer=layer, use_raw=use_raw), cfg_used.data.label_column,
+                        cfg_used.data.positive_class or model[1].get("positive_class"))
+    result = steps.explain(work, cfg_used, model=model, model_source=where)
     attach_results(adata, explain=result, key_added=key_added, config=cfg_used,
                    params=_params(label_column=cfg_used.data.label_column, positive_class=result.positive_class,
                                   layer=layer, use_raw=use_raw, n_jobs=n_jobs, random_state=cfg_used.seed))
@@ -690,8 +698,8 @@ def select(adata, *, label_column: str | None = None, config=None, positive_clas
     cfg = given if given is not None else (_recorded_config(adata, key_added) or _config(None))
     cfg = resolved(_with_data(cfg, label_column, positive_class), n_jobs, random_state)
     cfg.data.layer = layer
-    work = cohort(adata, layer=layer, use_raw=use_raw)
-    _refuse_multiclass_positive(adata, cfg)
+    work = _one_vs_rest(cohort(adata, layer=layer, use_raw=use_raw), cfg.data.label_column,
+                        cfg.data.positive_class)
     result = steps.select(work, cfg, groups=groups)
     attach_results(adata, select=result, key_added=key_added, config=cfg,
                    params=_params(label_column=cfg.data.label_column, positive_class=result.positive_class,
@@ -758,7 +766,11 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
     cfg = resolved(cfg, n_jobs, random_state)
     cfg.data.layer = layer
     try:
-        result = steps.gene_sets(cohort(adata, layer=layer, use_raw=use_raw), cfg, collection=collection,
+        recorded = next((r.positive_class for r in (results["explain"], results["train"], results["select"])
+                         if r is not None and r.positive_class is not None), None)
+        work = _one_vs_rest(cohort(adata, layer=layer, use_raw=use_raw), cfg.data.label_column,
+                            positive_class or cfg.data.positive_class or recorded)
+        result = steps.gene_sets(work, cfg, collection=collection,
                                  gene_map=gene_map, positive_class=None if positive_class is None else
                                  str(positive_class), **results)
     except InputDataError as exc:

@@ -144,14 +144,28 @@ def test_unknown_positive_class_is_one_line_exit_2_nothing_written(cc):
                             "--out", out, check=False), out, "'ctrl'", "case, control")
 
 
-def test_multiclass_refuses_a_positive_class(cc, tmp_path):
+def test_a_positive_class_of_a_many_class_column_is_asked_against_the_rest(cc, tmp_path):
+    """--positive-class on a column of three classes: that class against the other two ('rest'), read the same
+    way by explain (from the bundle) and report; a class that is not a label is refused in one line."""
     labels = pd.read_csv(cc["labels"], sep="\t")
     labels.loc[labels.index % 3 == 0, "condition"] = "other"
     labels.to_csv(tmp_path / "three.tsv", sep="\t", index=False)
+    base = ["--expression", EXPR, "--labels", tmp_path / "three.tsv", "--label-column", "condition"]
+    run_cli("train", *base, "--positive-class", "case", "--out", tmp_path / "train", "--jobs", "1")
+    model = json.loads((tmp_path / "train" / "model.json").read_text())
+    assert model["classes"] == ["case", "rest"] and model["positive_class"] == "case"
+    oof = pd.read_csv(tmp_path / "train" / "oof_predictions.tsv", sep="\t")
+    truth = labels.set_index(labels.columns[0])["condition"]
+    expected = truth.where(truth == "case", "rest").loc[oof["sample_id"]].to_numpy()
+    assert (oof["y_true"].astype(str).to_numpy() == expected).all()
+    run_cli("explain", "--model", tmp_path / "train", *base, "--method", "shap", "--out", tmp_path / "explain")
+    assert json.loads((tmp_path / "explain" / "explain_summary.json").read_text())["positive_class"] == "case"
+    run_cli("report", "--inputs", tmp_path / "train", tmp_path / "explain", "--out", tmp_path / "report")
+    biomarkers = pd.read_csv(tmp_path / "report" / "biomarkers.tsv", sep="\t")
+    assert set(biomarkers["higher_in"].dropna()) <= {"case", "rest"}
     out = tmp_path / "out"
-    proc = run_cli("train", "--expression", EXPR, "--labels", tmp_path / "three.tsv", "--label-column", "condition",
-                   "--positive-class", "case", "--out", out, "--jobs", "1", check=False)
-    _assert_refused(proc, out, "only meaningful for two classes", "3 classes")
+    proc = run_cli("train", *base, "--positive-class", "tumour", "--out", out, "--jobs", "1", check=False)
+    _assert_refused(proc, out, "not a label", "case, control, other")
 
 
 def test_bundle_with_a_positive_class_outside_its_classes_is_refused(cc, tmp_path):

@@ -63,7 +63,9 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
         return load_cohort(expression, labels=labels, label_column=column,
                            sample_id_column=cfg.data.sample_id_column,
                            genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
-                           drop_unmatched=cfg.data.drop_unmatched, require_labels=False)
+                           drop_unmatched=cfg.data.drop_unmatched, require_labels=False,
+                           # a model of one class against the rest reads a many-class column the same way
+                           positive_class=cfg.data.positive_class or manifest.get("positive_class"))
 
     try:
         adata = read(label_column)

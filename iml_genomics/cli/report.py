@@ -147,7 +147,10 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
                             label_column=cfg.data.label_column or (inputs.model or {}).get("label_column"),
                             sample_id_column=cfg.data.sample_id_column,
                             genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
-                            drop_unmatched=cfg.data.drop_unmatched, require_labels=False)
+                            drop_unmatched=cfg.data.drop_unmatched, require_labels=False,
+                            positive_class=positive_class or cfg.data.positive_class
+                            or (inputs.explain_summary or {}).get("positive_class")
+                            or (inputs.model or {}).get("positive_class"))
     collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
     genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
     gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,

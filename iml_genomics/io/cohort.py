@@ -32,7 +32,8 @@ def _few(ids, n: int = 5) -> str:
 def load_cohort(expression: str | Path, *, labels: str | Path | None, label_column: str | None,
                 sample_id_column: str | None = None, genes_as_rows: bool = False,
                 layer: str | None = None, drop_unmatched: bool = False,
-                covariates: list[str] | None = None, require_labels: bool = True):
+                covariates: list[str] | None = None, require_labels: bool = True,
+                positive_class: str | None = None):
     """Read an expression matrix and its labels, matched by sample id.
 
     Parameters
@@ -49,6 +50,9 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         Keep the samples present in both files instead of failing.
     covariates : list of str, optional
         Label-table columns to carry along (fixed covariates).
+    positive_class : str, optional
+        ``data.positive_class``: when the label column has more than two classes and this is one of them,
+        the outcome becomes that class against all the others (:func:`one_vs_rest`).
     require_labels : bool
         Whether the cohort must have an outcome (``train``, ``select``) or may
         be unlabelled (``explain`` of new samples).
@@ -121,6 +125,8 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
             raise InputDataError(f"{label_source}: label '{show_id(text.iloc[first])}' of sample "
                                  f"'{show_id(text.index[first])}' in column '{show_id(label_column)}' contains a "
                                  f"tab, newline or control character. Rename the class.")
+        if positive_class is not None:
+            obs_frame[label_column] = one_vs_rest(obs_frame[label_column], positive_class)
         for column in covariates or []:
             # a blank covariate would be one-hot encoded as a level of its own (one column per
             # distinct blank-ish value), silently adjusting for "missing" as if it were a batch
@@ -263,6 +269,45 @@ REFERENCE_PAIRS = (
 )
 
 
+REST_LABEL = "rest"
+
+
+def one_vs_rest(values, positive_class: str | None):
+    """The outcome ``positive_class`` against every other class, when a class is asked of a column of several.
+
+    Single-cell labels are cell types; the question a biologist asks is one type against the rest (scanpy's
+    ``reference='rest'``). The other classes become one class named ``rest`` (``rest_2``, ... when a class
+    is already called so); missing labels stay missing. A column of two classes, a positive class that is
+    not a label (the later check says so), or no positive class leaves the values as they are.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        The label column.
+    positive_class : str or None
+
+    Returns
+    -------
+    pandas.Series
+        Labels as text, ``positive_class`` or the rest label.
+    """
+    import pandas as pd
+
+    if positive_class is None:
+        return values
+    present = values.dropna()
+    classes = set(present.astype(str))
+    if len(classes) <= 2 or str(positive_class) not in classes:
+        return values
+    rest, n = REST_LABEL, 1
+    while rest in classes:
+        n += 1
+        rest = f"{REST_LABEL}_{n}"
+    text = values.astype(object).where(values.isna(), values.astype(str))
+    return pd.Series([v if pd.isna(v) or v == str(positive_class) else rest for v in text], index=values.index,
+                     name=values.name, dtype=object)
+
+
 def resolve_positive_class(classes: list[str] | None, requested: str | None, *, source: str,
                            column: str | None) -> tuple[str | None, str | None]:
     """The class of interest of a two-class outcome, validated, and a warning when the default looks wrong.
@@ -293,11 +338,16 @@ def resolve_positive_class(classes: list[str] | None, requested: str | None, *, 
     from iml_genomics.errors import shorten
 
     if requested is not None:
+        if classes is not None and requested not in classes:
+            raise InputDataError(f"{source}: positive class {shorten(requested)} (data.positive_class / "
+                                 f"--positive-class) is not a label of column '{column}'; its labels are "
+                                 f"{shorten(', '.join(classes))[1:-1]}. Give one of them.")
         if classes is None or len(classes) != 2:
             what = "a continuous outcome" if classes is None else \
                 f"{len(classes)} classes ({shorten(', '.join(classes))[1:-1]})"
             raise InputDataError(f"{source}: data.positive_class (--positive-class) {shorten(requested)} is only "
-                                 f"meaningful for two classes, but column '{column}' has {what}. Remove it.")
+                                 f"meaningful for two classes, but column '{column}' has {what}. Read the labels "
+                                 f"with it (the command line and ig.tl ask it against the rest) or remove it.")
         if requested not in classes:
             raise InputDataError(f"{source}: positive class {shorten(requested)} (data.positive_class / "
                                  f"--positive-class) is not a label of column '{column}'; its labels are "

@@ -259,7 +259,7 @@ class _Run:
                             sample_id_column=data.sample_id_column,
                             genes_as_rows=data.orientation == "genes_x_samples", layer=data.layer,
                             drop_unmatched=data.drop_unmatched, covariates=data.covariates if require else None,
-                            require_labels=require)
+                            require_labels=require, positive_class=data.positive_class)
         if require:
             check_variation(adata, str(data.expression))
         # the label checks of the train/select subcommands (explain and report alone make none)
