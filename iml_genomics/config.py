@@ -45,8 +45,9 @@ class DataConfig:
     layer: str | None = _opt(None, help="AnnData layer to read instead of X.")
     label_column: str | None = _opt(None, help="Column of the labels table (or .h5ad obs) holding the outcome.")
     positive_class: str | None = _opt(
-        None, help="Two classes only: the class of interest; AUROC/AP, SHAP signs, higher_in and gene-set "
-                   "directions refer to it. Null = the last label in sorted order. Refused with other outcomes.")
+        None, help="The class of interest; AUROC/AP, SHAP signs, higher_in and gene-set directions refer to it. "
+                   "Null = the last label in sorted order. On a column of more classes: that class against the "
+                   "rest. Refused for a continuous outcome.")
     sample_id_column: str | None = _opt(None, help="Column of the labels table with sample ids; first column when unset.")
     drop_unmatched: bool = _opt(False, help="Drop samples present in only one of matrix and labels instead of failing.")
     covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested (select).")
