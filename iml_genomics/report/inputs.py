@@ -58,7 +58,7 @@ class ReportInputs:
         return sorted(self.dirs)
 
 
-def _read_tsv(path: Path) -> pd.DataFrame:
+def read_tsv(path: Path) -> pd.DataFrame:
     name = path.name
     try:
         frame = pd.read_csv(path, sep="\t", keep_default_na=True, dtype=TSV_DTYPES)
@@ -126,9 +126,9 @@ def load_inputs(directories) -> ReportInputs:
             inputs.provenance[step] = read_json(d / "provenance.json")
         if step == "train":
             if (d / "cv_metrics.tsv").is_file():
-                inputs.cv_metrics = _read_tsv(d / "cv_metrics.tsv")
+                inputs.cv_metrics = read_tsv(d / "cv_metrics.tsv")
             if (d / "oof_predictions.tsv").is_file():
-                inputs.oof = _read_tsv(d / "oof_predictions.tsv")
+                inputs.oof = read_tsv(d / "oof_predictions.tsv")
             if (d / "model.json").is_file():
                 inputs.model = read_json(d / "model.json")
                 genes = inputs.model.get("gene_ids")
@@ -137,11 +137,11 @@ def load_inputs(directories) -> ReportInputs:
                                          f"Re-run 'iml-genomics train'.")
         elif step == "explain":
             if (d / "gene_ranking.tsv").is_file():
-                inputs.gene_ranking = _read_tsv(d / "gene_ranking.tsv")
+                inputs.gene_ranking = read_tsv(d / "gene_ranking.tsv")
             if (d / "local_explanations.tsv").is_file():
-                inputs.local = _read_tsv(d / "local_explanations.tsv")
+                inputs.local = read_tsv(d / "local_explanations.tsv")
             if (d / "interactions.tsv").is_file():
-                inputs.interactions = _read_tsv(d / "interactions.tsv")
+                inputs.interactions = read_tsv(d / "interactions.tsv")
             if (d / "explain_summary.json").is_file():
                 inputs.explain_summary = read_json(d / "explain_summary.json")
             if (d / "attributions.parquet").is_file():
@@ -154,7 +154,7 @@ def load_inputs(directories) -> ReportInputs:
                     raise InputDataError(f"{d / 'attributions.parquet'}: column 'sample_id' missing.")
         else:
             if (d / "knockoff_selection.tsv").is_file():
-                inputs.knockoffs = _read_tsv(d / "knockoff_selection.tsv")
+                inputs.knockoffs = read_tsv(d / "knockoff_selection.tsv")
             if (d / "select_summary.json").is_file():
                 inputs.select_summary = read_json(d / "select_summary.json")
     return inputs

@@ -85,6 +85,26 @@ class ExplainResult:
                              columns=self.attribution_genes)
         return pd.concat([frame, genes], axis=1)
 
+    def set_attribution_table(self, table: pd.DataFrame | None) -> None:
+        """The inverse of :meth:`attribution_table`: fill the attribution arrays from ``attributions.parquet``.
+
+        Used for an explain step read back from its directory. An empty or missing table leaves them None.
+        """
+        if table is None or table.empty:
+            return
+        genes = [c for c in table.columns if c not in ("sample_id", "class", "base_value", "model_output")]
+        classes = list(dict.fromkeys(table["class"].astype(str)))
+        k = len(classes)
+        n = table.shape[0] // k
+        values = table[genes].to_numpy(dtype=np.float64).reshape(n, k, len(genes)).transpose(0, 2, 1)
+        base = table["base_value"].to_numpy(dtype=np.float64).reshape(n, k)
+        output = table["model_output"].to_numpy(dtype=np.float64).reshape(n, k)
+        if k == 1:
+            values, base, output = values[:, :, 0], base[:, 0], output[:, 0]
+        self.attributions, self.base_values, self.model_output = values, base, output
+        self.attribution_genes, self.attribution_classes = genes, classes
+        self.sample_ids = list(dict.fromkeys(table["sample_id"].astype(str)))
+
 
 class AttributionCollector:
     """Keeps every SHAP chunk in memory (the Python user's default; the CLI streams them to Parquet)."""

@@ -393,7 +393,7 @@ class _Run:
         result = ExplainResult(ranking=inputs.gene_ranking, local=inputs.local, interactions=inputs.interactions,
                                summary=summary, sample_ids=list(self.adata.obs_names),
                                gene_ids=list(self.adata.var_names), **common)
-        _attributions_from_table(result, inputs.attributions)
+        result.set_attribution_table(inputs.attributions)
         return result
 
     def _write_state(self, state: dict, prov=None) -> None:
@@ -601,35 +601,14 @@ def check_h5ad_target(path, out) -> None:
                                       f"since); move it away or choose another --write-h5ad path.")
 
 
-def _attributions_from_table(result, table) -> None:
-    """``attributions.parquet`` (sample-major rows, then class) back into the arrays of an ExplainResult."""
-    import numpy as np
-
-    if table is None or table.empty:
-        return
-    genes = [c for c in table.columns if c not in ("sample_id", "class", "base_value", "model_output")]
-    classes = list(dict.fromkeys(table["class"].astype(str)))
-    n, k = table.shape[0] // len(classes), len(classes)
-    values = table[genes].to_numpy(dtype=np.float64).reshape(n, k, len(genes)).transpose(0, 2, 1)
-    base = table["base_value"].to_numpy(dtype=np.float64).reshape(n, k)
-    output = table["model_output"].to_numpy(dtype=np.float64).reshape(n, k)
-    if k == 1:
-        values, base, output = values[:, :, 0], base[:, 0], output[:, 0]
-    result.attributions, result.base_values, result.model_output = values, base, output
-    result.attribution_genes, result.attribution_classes = genes, classes
-    result.sample_ids = list(dict.fromkeys(table["sample_id"].astype(str)))
-
-
 def _read_report_dir(directory: Path):
     """The gene-set part of a report directory (gene_sets.tsv, group_attributions.parquet, report_summary.json)."""
-    import json
-
     import pandas as pd
 
-    from iml_genomics.report.inputs import TSV_DTYPES
+    from iml_genomics.report.inputs import read_json, read_tsv
 
-    summary = json.loads((directory / "report_summary.json").read_text())
-    table = pd.read_csv(directory / "gene_sets.tsv", sep="\t", dtype=TSV_DTYPES, keep_default_na=True)
+    summary = read_json(directory / "report_summary.json")
+    table = read_tsv(directory / "gene_sets.tsv")
     groups = directory / "group_attributions.parquet"
     return {"gene_sets": table, "group_attributions": pd.read_parquet(groups) if groups.is_file() else None,
             "summary": summary}
