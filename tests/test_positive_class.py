@@ -306,3 +306,14 @@ def test_report_attributions_of_the_other_class_are_negated_for_the_plot():
     flipped = _attr_rows(inputs, "case", ("case", "control"))
     np.testing.assert_array_equal(same.to_numpy(), attr[["g1", "g2"]].to_numpy())
     np.testing.assert_array_equal(flipped.to_numpy(), -attr[["g1", "g2"]].to_numpy())
+
+
+def test_one_vs_rest_never_merges_a_class_already_called_rest():
+    from iml_genomics.io.cohort import one_vs_rest
+
+    values = pd.Series(["NK", "rest", "B", "NK", None], name="cell_type")
+    recoded = one_vs_rest(values, "NK")
+    assert recoded.tolist()[:4] == ["NK", "rest_2", "rest_2", "NK"] and pd.isna(recoded.iloc[4])
+    two = pd.Series(["NK", "B"])
+    assert one_vs_rest(two, "NK") is two  # two classes: left as they are
+    assert one_vs_rest(values, "T") is values  # not a label: the later check names it
