@@ -88,3 +88,14 @@ def test_a_file_the_run_did_not_write_is_never_replaced(first_run, tmp_path):
     one_line(run_cli("run", config, "--out", out, "--write-h5ad", tmp_path, check=False), 2, "directory")
     one_line(run_cli("run", config, "--out", out, "--write-h5ad", tmp_path / "no" / "x.h5ad", check=False), 2,
              "does not exist")
+
+
+def test_a_symbolic_link_is_never_written_through(first_run, tmp_path):
+    config, _, _ = first_run
+    target = tmp_path / "elsewhere.h5ad"
+    target.write_bytes(b"kept")
+    link = tmp_path / "link.h5ad"
+    link.symlink_to(target)
+    proc = run_cli("run", config, "--out", tmp_path / "fresh", "--write-h5ad", link, check=False)
+    one_line(proc, 2, str(link), "symbolic link")
+    assert target.read_bytes() == b"kept" and not (tmp_path / "fresh" / "train").exists()
