@@ -36,6 +36,11 @@ def _opt(default: Any, *, min: float | None = None, max: float | None = None,
     return field(default=default, metadata=meta)
 
 
+# the opt-in explanation methods of `explain` (iml_genomics.explain.methods runs them, in this order); named
+# here so that validating a config needs no numpy
+EXPLAIN_METHODS = ("surrogate", "pdp", "lime", "anchors", "examples", "integrated_gradients", "conditional", "map")
+
+
 @dataclass
 class DataConfig:
     expression: str | None = _opt(None, help="Expression matrix path for `run` and the Snakefile (relative to the working directory).")
@@ -99,6 +104,9 @@ class ExplainConfig:
         200, min=1, help="Samples (seeded subset) over which tree interaction values are averaged.")
     permutation_scoring: Literal["auto", "log_loss", "auroc", "accuracy", "r2"] = _opt(
         "auto", help="Held-out score whose drop is the permutation importance; auto = log_loss (classes) or r2.")
+    methods: list[str] | Literal["all"] = _opt(
+        [], help="Explanation methods beyond SHAP and permutation importance (opt-in): a list of "
+                 + ", ".join(EXPLAIN_METHODS) + "; or all (docs/explain.md).")
 
 
 @dataclass
@@ -326,6 +334,14 @@ def check_relations(cfg: Config, source: str = "config") -> None:
     ConfigError
         One line naming both keys, the reason and what to do.
     """
+    methods = cfg.explain.methods
+    unknown = [m for m in ([methods] if isinstance(methods, str) else methods)
+               if m not in EXPLAIN_METHODS and m != "all"]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], EXPLAIN_METHODS, n=1) if len(unknown[0]) <= 200 else []
+        raise ConfigError(f"{source}: key 'explain.methods' names an unknown method {shorten(unknown[0])}"
+                          + (f" (did you mean {near[0]!r}?)" if near else "")
+                          + f"; choose from {', '.join(EXPLAIN_METHODS)} or all (docs/explain.md).")
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:
         raise ConfigError(

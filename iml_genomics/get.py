@@ -65,6 +65,36 @@ def interactions_df(adata, *, key_added: str | None = None):
     return _table(adata, "explain", "interactions", key_added)
 
 
+def explain_method_df(adata, file_name: str, *, key_added: str | None = None):
+    """A table of an ``explain.methods`` method by its output file name (``surrogate.tsv``, ``examples.tsv``).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    file_name : str
+        The name ``iml-genomics explain`` writes it under (docs/explain.md).
+    key_added : str, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from iml_genomics.errors import InputDataError
+
+    methods = recorded(adata, "explain", key_added).get("methods") or {}
+    if file_name not in methods:
+        have = ", ".join(sorted(methods)) or "none"
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}explain']['methods'] has no "
+                             f"'{file_name}' (present: {have}); run ig.tl.explain with that method in "
+                             f"explain.methods.")
+    return pd.read_parquet(io.BytesIO(np.asarray(methods[file_name], dtype=np.uint8).tobytes()))
+
+
 def selection_df(adata, *, key_added: str | None = None):
     """``knockoff_selection.tsv`` of :func:`iml_genomics.tl.select`: every gene, W / p-values, selected."""
     return _table(adata, "select", "knockoff_selection", key_added)

@@ -297,6 +297,9 @@ def attach_results(adata, *, train=None, explain=None, select=None, gene_sets=No
             entry["summary"] = _json(result.summary)
             _attach_attributions(adata, result, entry, prefix)  # first: it refuses a result of other samples
             _var_columns(adata, result.ranking, EXPLAIN_VAR, prefix)
+            # explain.methods: the tables by output file name (ig.get.explain_method_df reads one back)
+            entry["methods"] = {name: _table_bytes(table) for name, table in result.method_tables().items()}
+            entry["method_texts"] = dict(result.method_texts())
         elif step == "select":
             entry["summary"] = _json(result.summary)
             _var_columns(adata, result.selection, SELECT_VAR, prefix)

@@ -266,3 +266,8 @@ def out_option(func):
     return click.option("--out", required=True, type=click.Path(file_okay=False), callback=_check_out_dir,
                         help="Output directory (created; files are written atomically; locked while "
                              "writing).")(guarded()(func))
+
+
+def comma_list(text: str) -> list:
+    """``"a, b,,c"`` -> ``['a', 'b', 'c']``: a comma-separated command-line list, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]

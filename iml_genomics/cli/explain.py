@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import cohort_options, common_overrides, echo_warnings, make_backend, out_option
+from iml_genomics.cli.common import comma_list, cohort_options, common_overrides, echo_warnings, make_backend, out_option
 
 
 @click.command()
@@ -14,12 +14,16 @@ from iml_genomics.cli.common import cohort_options, common_overrides, echo_warni
 @out_option
 @click.option("--method", type=click.Choice(["shap", "permutation", "all"]), default=None,
               help="Attribution methods [config explain.method].")
+@click.option("--methods", default=None,
+              help="Comma-separated explanation methods beyond SHAP, or 'all': surrogate, pdp, lime, anchors, "
+                   "examples, integrated_gradients, conditional, map [config explain.methods].")
 @click.option("--samples", default=None, help="Comma-separated sample ids for local explanations [explain.samples].")
 @click.option("--shap-mode", type=click.Choice(["tree_path_dependent", "interventional"]), default=None,
               help="Tree SHAP value function [config explain.shap_mode].")
 @click.option("--stability", type=click.Choice(["folds", "bootstrap"]), default=None,
               help="Refits for the ranking's uncertainty [config explain.stability].")
-def explain(model_dir, config_path, expression, labels, out, method, samples, shap_mode, stability, **opts):
+def explain(model_dir, config_path, expression, labels, out, method, methods, samples, shap_mode, stability,
+            **opts):
     """SHAP and permutation importance of a trained model, with the ranking's uncertainty.
 
     \b
@@ -45,7 +49,8 @@ def explain(model_dir, config_path, expression, labels, out, method, samples, sh
                          source=f"{model_dir}/model.json")
     overrides = {**common_overrides(opts), "explain.method": method, "explain.shap_mode": shap_mode,
                  "explain.stability": stability,
-                 "explain.samples": [s.strip() for s in samples.split(",") if s.strip()] if samples else None}
+                 "explain.methods": comma_list(methods) if methods and methods.strip() != "all" else methods,
+                 "explain.samples": comma_list(samples) if samples else None}
     for key, value in overrides.items():
         if key == "data.orientation":
             value = "genes_x_samples" if value else None

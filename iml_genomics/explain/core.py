@@ -36,7 +36,7 @@ class ExplainResult:
 def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, explain_cfg, refit_pipeline=None,
                    y=None, n_splits: int = 5, n_repeats: int = 1, random_state: int = 0, n_jobs: int | None = 1,
                    on_chunk: Callable | None = None, method: str | None = None,
-                   positive_class: str | None = None, backend=None) -> ExplainResult:
+                   positive_class: str | None = None, backend=None, methods=None) -> ExplainResult:
     """Explain a fitted model on a cohort.
 
     Parameters
@@ -67,6 +67,9 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     backend : iml_genomics.parallel.Backend, optional
         Where SHAP chunks, refits and permutations run; None = ``Backend.local(n_jobs)``. A given backend
         decides over ``n_jobs``.
+    methods : list of str or 'all', optional
+        Explanation methods beyond SHAP (:mod:`iml_genomics.explain.methods`); defaults to
+        ``explain_cfg.methods``. Their outputs are in ``result.extra["methods"]`` (name -> MethodOutput).
     """
     from iml_genomics.parallel import resolve_backend
 
@@ -96,6 +99,11 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         raise InputDataError(f"explain: sample id(s) {', '.join(repr(s) for s in missing[:5])} given to --samples "
                              f"(explain.samples) are not in the expression matrix.")
     local_rows = sorted({pos[s] for s in ecfg.samples})
+    from iml_genomics.explain.methods import NEEDS_ALL_ATTRIBUTIONS, resolve_methods
+
+    extra_methods = resolve_methods(ecfg.methods if methods is None else methods)
+    keep_all = do_shap and bool(NEEDS_ALL_ATTRIBUTIONS & set(extra_methods))
+    all_values = []
 
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=ecfg.shap_mode,
                               background_size=ecfg.background_size, random_state=random_state,
@@ -123,6 +131,8 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
             sum_abs += np.abs(chunk.values).sum(axis=(0, 2))
             sum_sgn += chunk.values.sum(axis=(0, 2)) / k
             max_err = max(max_err, chunk.max_additivity_error)
+            if keep_all:
+                all_values.append(chunk.values[:, :, 0])
             n_done += chunk.stop - chunk.start
             for r in local_rows:
                 if chunk.start <= r < chunk.stop:
@@ -154,6 +164,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     perm_sd = np.full(len(gene_ids), np.nan)
     stab = None
     refit_imp = None
+    cv_folds = None
     if has_labels:
         if refit_pipeline is None:
             raise ValueError("refit_pipeline is required when y is given")
@@ -166,6 +177,7 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         else:
             splits = cv_splits(y, task, n_splits=n_splits, n_repeats=n_repeats, seed=random_state)
             perm_splits = splits
+        cv_folds = perm_splits
         same = perm_splits is splits
         # one refit per stability split; it also yields the OOF permutation importance when the splits are the
         # CV folds. Permutation-only runs rank each refit by its held-out permutation importance.
@@ -243,4 +255,20 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     else:
         summary["interactions"] = {"skipped": "interaction values are computed for tree models only"
                                    if do_shap else "needs SHAP"}
-    return ExplainResult(ranking, local_frame, inter, summary, refit_imp)
+
+    # --- explanation methods beyond SHAP (explain.methods) -------------------------------------------------
+    extra = {}
+    if extra_methods:
+        from iml_genomics.explain.methods import MethodContext, run_methods
+
+        first = 0  # the explained output: the positive class (two classes), else the first output
+        ctx = MethodContext(
+            pipeline=pipeline, refit_pipeline=refit_pipeline, X=X, y=y, gene_ids=gene_ids, sample_ids=sample_ids,
+            classes=classes, task=task, positive_class=summary["positive_class"], explain_cfg=ecfg,
+            splits=cv_folds, random_state=random_state, backend=backend, ranking=ranking,
+            shap_genes=list(plan.gene_ids) if do_shap else [],
+            local_shap={sample_ids[r]: np.asarray(keep_v[r])[:, first] for r in local_rows} if do_shap else {},
+            attributions=np.concatenate(all_values) if keep_all and all_values else None)
+        extra["methods"] = run_methods(extra_methods, ctx)
+        summary["methods"] = {name: out.summary for name, out in extra["methods"].items()}
+    return ExplainResult(ranking, local_frame, inter, summary, refit_imp, extra)

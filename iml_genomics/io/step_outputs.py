@@ -58,6 +58,11 @@ def write_explain(stage: str | Path, result, prov) -> None:
     write_tsv(result.ranking, stage / "gene_ranking.tsv")
     write_tsv(result.local, stage / "local_explanations.tsv")
     write_tsv(result.interactions, stage / "interactions.tsv")
+    # explain.methods: surrogate.tsv, surrogate_rules.txt, partial_dependence.tsv, ... (docs/explain.md)
+    for name, table in result.method_tables().items():
+        write_tsv(table, stage / name)
+    for name, text in result.method_texts().items():
+        (stage / name).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     write_json(result.summary, stage / "explain_summary.json")
     prov.extra["cohort"] = result.cohort
     prov.mark("write")

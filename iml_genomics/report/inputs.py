@@ -50,6 +50,9 @@ class ReportInputs:
     local: pd.DataFrame | None = None
     interactions: pd.DataFrame | None = None
     explain_summary: dict | None = None
+    # explain.methods outputs by file name (surrogate.tsv -> table, surrogate_rules.txt -> text)
+    explain_methods: dict = field(default_factory=dict)
+    explain_texts: dict = field(default_factory=dict)
     knockoffs: pd.DataFrame | None = None
     select_summary: dict | None = None
 
@@ -144,6 +147,7 @@ def load_inputs(directories) -> ReportInputs:
                 inputs.interactions = read_tsv(d / "interactions.tsv")
             if (d / "explain_summary.json").is_file():
                 inputs.explain_summary = read_json(d / "explain_summary.json")
+                _read_method_files(d, inputs)
             if (d / "attributions.parquet").is_file():
                 try:
                     inputs.attributions = pd.read_parquet(d / "attributions.parquet")
@@ -158,6 +162,33 @@ def load_inputs(directories) -> ReportInputs:
             if (d / "select_summary.json").is_file():
                 inputs.select_summary = read_json(d / "select_summary.json")
     return inputs
+
+
+def _read_method_files(directory: Path, inputs: ReportInputs) -> None:
+    """The files of the explanation methods that explain_summary.json lists under ``methods.<name>.files``.
+
+    Only plain names of .tsv/.txt files inside ``directory`` are read: the summary is a user's file, and a
+    name such as ``../x`` or ``/etc/passwd`` must not make the report read outside the explain directory.
+    """
+    methods = (inputs.explain_summary or {}).get("methods")
+    if not isinstance(methods, dict):
+        return
+    for name, info in methods.items():
+        files = info.get("files") if isinstance(info, dict) else None
+        for file_name in files if isinstance(files, list) else []:
+            if (not isinstance(file_name, str) or Path(file_name).name != file_name
+                    or not file_name.endswith((".tsv", ".txt"))):
+                raise InputDataError(f"{directory / 'explain_summary.json'}: methods.{name}.files lists "
+                                     f"{str(file_name)[:80]!r}, not a .tsv/.txt file name of that directory. "
+                                     f"Re-run 'iml-genomics explain'.")
+            path = directory / file_name
+            if not path.is_file():
+                raise InputDataError(f"{path}: listed in explain_summary.json but missing. Re-run "
+                                     f"'iml-genomics explain'.")
+            if file_name.endswith(".tsv"):
+                inputs.explain_methods[file_name] = read_tsv(path)
+            else:
+                inputs.explain_texts[file_name] = path.read_text(encoding="utf-8", errors="replace")
 
 
 def cohort_paths(inputs: ReportInputs) -> dict[str, str | None]:

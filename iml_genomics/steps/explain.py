@@ -44,6 +44,9 @@ class ExplainResult:
         Provenance's ``cohort`` block.
     warnings : list of str
         One-line warnings for stderr.
+    methods : dict
+        The explanation methods of ``explain.methods``: name -> :class:`iml_genomics.explain.methods.MethodOutput`
+        (tables and texts by output file name, summary, warnings).
     """
 
     ranking: pd.DataFrame
@@ -62,6 +65,15 @@ class ExplainResult:
     attribution_genes: list = field(default_factory=list)
     attribution_classes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    methods: dict = field(default_factory=dict)
+
+    def method_tables(self) -> dict:
+        """Every table of the explanation methods by output file name (``surrogate.tsv``, ...)."""
+        return {name: table for out in self.methods.values() for name, table in out.tables.items()}
+
+    def method_texts(self) -> dict:
+        """Every text of the explanation methods by output file name (``surrogate_rules.txt``, ...)."""
+        return {name: text for out in self.methods.values() for name, text in out.texts.items()}
 
     def attribution_table(self) -> pd.DataFrame | None:
         """The attributions as ``attributions.parquet`` holds them (float32 genes, sample-major rows, then class).
@@ -235,7 +247,9 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     out = ExplainResult(ranking=result.ranking, local=result.local, interactions=result.interactions,
                         summary=result.summary, task=task, classes=classes, positive_class=positive,
                         sample_ids=sample_ids, gene_ids=list(adata.var_names), cohort=cohort,
-                        warnings=[warning] if warning else [])
+                        warnings=([warning] if warning else [])
+                        + [w for m in result.extra.get("methods", {}).values() for w in m.warnings],
+                        methods=result.extra.get("methods", {}))
     if collector is not None and collector.plan is not None:
         out.attributions, out.base_values, out.model_output = collector.arrays()
         out.attribution_genes, out.attribution_classes = list(collector.plan.gene_ids), list(collector.plan.outputs)
