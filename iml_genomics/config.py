@@ -107,6 +107,25 @@ class ExplainConfig:
     methods: list[str] | Literal["all"] = _opt(
         [], help="Explanation methods beyond SHAP and permutation importance (opt-in): a list of "
                  + ", ".join(EXPLAIN_METHODS) + "; or all (docs/explain.md).")
+    # --- method surrogate (iml_genomics/explain/surrogate.py) ---
+    surrogate_max_depth: int = _opt(3, min=1, max=8, help="Depth of the surrogate decision tree (explain.methods surrogate).")
+    surrogate_max_rules: int = _opt(
+        5, min=1, max=50, help="Rules of the surrogate rule list before its default rule (method surrogate).")
+    surrogate_min_samples_leaf: int = _opt(
+        5, min=1, help="Fewest samples in a surrogate leaf, so that no rule describes a handful of samples.")
+    # --- method pdp (iml_genomics/explain/pdp.py) ---
+    pdp_top_k: int = _opt(5, min=1, max=100, help="Top genes of the ranking with partial dependence and ICE curves.")
+    pdp_grid_points: int = _opt(
+        20, min=2, max=200, help="Grid values per gene: percentiles 5..95 of its raw expression (method pdp).")
+    pdp_ice_samples: int = _opt(
+        20, min=0, help="Seeded sample of individual (ICE) curves kept in partial_dependence.tsv (method pdp).")
+    pdp_max_samples: int = _opt(
+        1000, min=10, help="Samples (seeded subset) over which partial dependence is averaged (method pdp).")
+    # --- method map (iml_genomics/explain/attribution_map.py) ---
+    map_method: Literal["auto", "umap", "tsne"] = _opt(
+        "auto", help="2-D embedding of the SHAP values (method map); auto = umap when umap-learn is installed, "
+                     "else scikit-learn t-SNE.")
+    map_max_samples: int = _opt(5000, min=10, help="Samples (seeded subset) placed on the attribution map.")
 
 
 @dataclass
