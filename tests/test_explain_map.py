@@ -26,6 +26,7 @@ def linear_shap_context(effect: float, *, seed=0, n=200, p=20, **cfg):
     X = rng.normal(size=(n, p))
     lp = effect * (X[:, 0] + X[:, 1])
     y = (lp + rng.logistic(size=n) > 0).astype(int) if effect else rng.permutation(np.arange(n) % 2)
+    y = np.asarray(["normal", "tumour"], dtype=object)[y]  # class names, as the step hands them over
     pipe = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())])
     fitted = clone(pipe).fit(X, y)
     Z = fitted[:-1].transform(X)

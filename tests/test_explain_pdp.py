@@ -22,6 +22,8 @@ from iml_genomics.parallel import Backend
 def context(X, y, pipe, *, ranking, task="classification", classes=("normal", "tumour"), positive="tumour",
             **cfg):
     genes = [f"G{i}" for i in range(X.shape[1])]
+    if task == "classification":  # the step hands over class names (io.cohort.prepare_target)
+        y = np.asarray(classes, dtype=object)[y]
     return MethodContext(
         pipeline=clone(pipe).fit(X, y), refit_pipeline=clone(pipe), X=X, y=y, gene_ids=genes,
         sample_ids=[f"S{i:03d}" for i in range(len(X))], classes=list(classes) if classes else None, task=task,

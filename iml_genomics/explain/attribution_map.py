@@ -106,8 +106,10 @@ def run(ctx: MethodContext) -> MethodOutput:
     Xr = ctx.X[rows]
     pred = np.asarray(ctx.pipeline.predict(Xr))
     if ctx.task == "classification":
-        prediction = [str(ctx.classes[int(c)]) for c in pred]
-        label = ([str(ctx.classes[int(c)]) for c in np.asarray(ctx.y)[rows]] if ctx.y is not None
+        from iml_genomics.explain.surrogate import class_codes
+
+        prediction = [str(ctx.classes[c]) for c in class_codes(pred, ctx.classes)]
+        label = ([str(ctx.classes[c]) for c in class_codes(np.asarray(ctx.y)[rows], ctx.classes)] if ctx.y is not None
                  else [pd.NA] * len(rows))
     else:
         prediction = pred.astype(np.float64)

@@ -88,7 +88,9 @@ def tree_rules(tree, *, gene_names: list, classes=None, thresholds: np.ndarray |
             if classes is None:
                 pred = float(value[0, 0])
             else:
-                pred = classes[int(tree.classes_[int(np.argmax(value[0]))])]
+                label = tree.classes_[int(np.argmax(value[0]))]
+                # a surrogate is fitted on class codes, the model's tree on class names
+                pred = classes[int(label)] if isinstance(label, (int, float, np.number)) else str(label)
             leaves.append({"conditions": _simplify(conds), "prediction": pred, "node": int(node)})
             return
         g = gene_names[t.feature[node]]
@@ -334,6 +336,15 @@ def _score(pred, ref, classification: bool) -> float:
 # Out-of-fold predictions
 # ---------------------------------------------------------------------------------------------------------------
 
+def class_codes(values, classes) -> np.ndarray:
+    """Class codes (positions in ``classes``) of labels or predictions given as names or as codes."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iuf":
+        return values.astype(np.int64)
+    pos = {str(c): i for i, c in enumerate(classes)}
+    return np.asarray([pos[str(v)] for v in values], dtype=np.int64)
+
+
 def _refit_predict(pipeline, X, y, train_idx, test_idx):
     """One CV refit: predictions of the held-out rows (picklable for Backend.map)."""
     from sklearn.base import clone
@@ -364,7 +375,7 @@ def oof_predictions(ctx: MethodContext, folds: list) -> np.ndarray:
     preds = ctx.backend.map(_refit_predict, tasks)
     out = np.empty(len(ctx.y), dtype=np.float64)
     for (_, te), p in zip(folds, preds):
-        out[te] = p
+        out[te] = class_codes(p, ctx.classes) if ctx.task == "classification" else np.asarray(p, dtype=np.float64)
     return out
 
 
@@ -487,10 +498,13 @@ def run(ctx: MethodContext) -> MethodOutput:
         target = oof_predictions(ctx, folds)
         target_note = "out-of-fold predictions of the model (first CV repeat)"
     else:
-        target = np.asarray(ctx.pipeline.predict(ctx.X), dtype=np.float64)
+        target = np.asarray(ctx.pipeline.predict(ctx.X))
+        target = (class_codes(target, ctx.classes) if classification else target).astype(np.float64)
         target_note = "in-sample predictions of the final model (no labels)"
         folds = _held_out_folds(ctx, target, classification)
-    truth = None if not labelled else np.asarray(ctx.y, dtype=np.float64)
+    truth = None
+    if labelled:
+        truth = (class_codes(ctx.y, ctx.classes) if classification else np.asarray(ctx.y)).astype(np.float64)
 
     def make():
         return Surrogate(classification=classification, max_depth=cfg.surrogate_max_depth,
@@ -577,7 +591,8 @@ def run(ctx: MethodContext) -> MethodOutput:
         leaves, mframe, scale = model_tree_rules(ctx.pipeline, ctx.X, gene_ids=ctx.gene_ids,
                                                  classes=ctx.classes if classification else None)
         model_pred = np.asarray(ctx.pipeline.predict(ctx.X))
-        ref = (np.asarray([str(ctx.classes[int(c)]) for c in model_pred], dtype=object) if classification
+        ref = (np.asarray([str(ctx.classes[c]) for c in class_codes(model_pred, ctx.classes)], dtype=object)
+               if classification
                else model_pred.astype(np.float64))
         written = apply_rules([(leaf["conditions"], "IF", leaf["prediction"]) for leaf in leaves], mframe)
         fid_model = (float(np.mean(written == ref)) if classification else

@@ -341,6 +341,14 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))
 
+    # explain.methods surrogate, pdp, map: one section each when their files exist (report/model_behaviour.py)
+    from iml_genomics.report import model_behaviour
+
+    for make in (model_behaviour.surrogate_section, model_behaviour.pdp_section, model_behaviour.map_section):
+        section = make(inputs, labels)
+        if section is not None:
+            sections.append(section)
+
     # local explanations
     if inputs.local is not None and len(inputs.local):
         present = list(dict.fromkeys(inputs.local["sample_id"].astype(str)))

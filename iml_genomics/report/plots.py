@@ -262,3 +262,78 @@ def local_explanation(local: pd.DataFrame, sample_id: str, labels: dict[str, str
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("SHAP value")
     return to_base64_png(fig)
+
+
+# --- explain.methods pdp and map (issue 15; report/model_behaviour.py places them) ---------------------------
+
+def _pdp_ylabel(scale: str, cls: str) -> str:
+    if scale == "probability":
+        return f"P({cls})"
+    if scale == "decision_function":
+        return f"decision function ({cls})"
+    return "prediction"
+
+
+def pdp_curves(table: pd.DataFrame | None, labels: dict[str, str] | None = None, max_genes: int = 12) -> str | None:
+    """Small multiples of partial dependence (thick) and ICE curves (thin), one panel per gene and class.
+
+    The y axis names the explained class's probability (or the decision function / the prediction).
+    """
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    table = table.copy()
+    table["class"] = table["class"].fillna("").astype(str)
+    genes = list(dict.fromkeys(table["gene_id"].astype(str)))[:max_genes]
+    classes = list(dict.fromkeys(table["class"]))
+    panels = [(g, c) for g in genes for c in classes]
+    ncol = min(4, len(panels))
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.7 * ncol, 2.3 * nrow), squeeze=False)
+    scale = str(table["scale"].iloc[0]) if "scale" in table.columns else "prediction"
+    for ax, (g, c) in zip(axes.ravel(), panels):
+        sub = table[(table["gene_id"].astype(str) == g) & (table["class"] == c)]
+        for curve, s in sub.groupby("curve", sort=True):
+            if curve == "average":
+                continue
+            ax.plot(s["grid_value"], s["value"], color=PALETTE["grey"], lw=0.6, alpha=0.5)
+        avg = sub[sub["curve"] == "average"]
+        ax.plot(avg["grid_value"], avg["value"], color=PALETTE["red"], lw=2.2)
+        ax.set_title(_label(g, labels) + (f" - class {c}" if len(classes) > 1 else ""), fontsize=8)
+        ax.set_xlabel("expression (raw)", fontsize=7)
+        ax.set_ylabel(_pdp_ylabel(scale, c), fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Partial dependence (red: average over samples) and ICE curves (grey: single samples)", fontsize=9)
+    fig.tight_layout()
+    return to_base64_png(fig)
+
+
+def attribution_map(table: pd.DataFrame | None) -> str | None:
+    """The samples' 2-D map in SHAP space, twice: coloured by true class (left) and by the model's prediction."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.0), squeeze=False)
+    method = str(table["method"].iloc[0]).upper().replace("TSNE", "t-SNE")
+    colours = ["#1f6fb4", "#c0392b", "#2e8b57", "#e67e22", "#8e44ad", "#16a085", "#7f8c8d", "#d35400"]
+    for ax, col, title in zip(axes[0], ("label", "prediction"), ("true class", "model prediction")):
+        values = table[col]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if values.isna().all():
+            ax.scatter(table["x"], table["y"], s=8, color=PALETTE["grey"])
+            title += " (no labels)"
+        elif numeric.notna().all() and values.astype(str).nunique() > 8:
+            sc = ax.scatter(table["x"], table["y"], s=8, c=numeric, cmap="viridis")
+            fig.colorbar(sc, ax=ax, fraction=0.046)
+        else:
+            for i, cls in enumerate(sorted(values.astype(str).unique())):
+                m = values.astype(str) == cls
+                ax.scatter(table.loc[m, "x"], table.loc[m, "y"], s=8, color=colours[i % len(colours)], label=cls)
+            ax.legend(fontsize=7, frameon=False, markerscale=2)
+        ax.set(title=f"coloured by {title}", xlabel=f"{method} 1", ylabel=f"{method} 2")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return to_base64_png(fig)
