@@ -61,7 +61,8 @@ def test_pd_slopes_match_planted_directions_and_the_null_gene_is_flat():
     assert shapes["G0"]["tumour"]["shape"] == "increasing" and shapes["G1"]["tumour"]["shape"] == "decreasing"
     # the grid: percentiles 5..95 of the gene's raw expression (the pipeline standardises)
     g0 = avg[avg["gene_id"] == "G0"]["grid_value"].to_numpy()
-    assert g0.min() == pytest.approx(np.percentile(X[:, 0], 5)) and g0.max() == pytest.approx(np.percentile(X[:, 0], 95))
+    assert g0.min() == pytest.approx(np.percentile(X[:, 0], 5))
+    assert g0.max() == pytest.approx(np.percentile(X[:, 0], 95))
     # ICE: a seeded sample of 4 curves per gene; their mean over ALL samples is the PD (sklearn's definition)
     ice = table[(table["gene_id"] == "G0") & (table["curve"] != "average")]
     assert ice["curve"].nunique() == 4 and len(ice) == 4 * len(g0)

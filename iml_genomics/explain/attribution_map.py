@@ -77,7 +77,10 @@ def _embed(values: np.ndarray, *, method: str, random_state: int) -> tuple[np.nd
 
 
 def run(ctx: MethodContext) -> MethodOutput:
-    """The attribution map; table ``attribution_map.tsv``. See docs/explain.md#map."""
+    """The attribution map; table ``attribution_map.tsv``.
+
+    See docs/explain.md, "Map of samples in attribution space".
+    """
     cfg = ctx.explain_cfg
     out = MethodOutput()
     if ctx.attributions is None:

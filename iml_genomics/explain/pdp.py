@@ -63,7 +63,10 @@ def _monotonicity(grid: np.ndarray, curve: np.ndarray) -> dict:
 
 
 def run(ctx: MethodContext) -> MethodOutput:
-    """PDP and ICE curves of the top genes; table ``partial_dependence.tsv``. See docs/explain.md#pdp."""
+    """PDP and ICE curves of the top genes; table ``partial_dependence.tsv``.
+
+    See docs/explain.md, "Partial dependence and ICE".
+    """
     cfg = ctx.explain_cfg
     k = cfg.pdp_top_k
     if k > len(ctx.gene_ids):

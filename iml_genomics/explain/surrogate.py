@@ -1,4 +1,4 @@
-"""Global surrogate: a shallow decision tree and a short rule list that mimic the model (``explain.methods: surrogate``).
+"""Global surrogate: a shallow decision tree and a short rule list that mimic the model (method ``surrogate``).
 
 The surrogate is fitted to the model's **out-of-fold** predictions (the bundle's pipeline refit on the first
 repeat of the step's CV folds, each sample predicted by the refit that did not see it), on the **raw
@@ -482,7 +482,7 @@ def run(ctx: MethodContext) -> MethodOutput:
     """Fit and evaluate the global surrogate (and export a decision-tree model's own rules).
 
     Returns tables ``surrogate.tsv`` and texts ``surrogate_rules.txt`` (+ ``model_rules.txt`` for a
-    ``decision_tree`` model). See docs/explain.md#global-surrogate-surrogate.
+    ``decision_tree`` model). See docs/explain.md, "Global surrogate and rules".
     """
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
