@@ -184,3 +184,12 @@ def test_python_api_runs_the_methods():
     assert pdp["gene_id"].nunique() == 2
     amap = ig.get.explain_method_df(adata, "attribution_map.tsv")
     assert len(amap) == 120 and np.isfinite(amap[["x", "y"]].to_numpy()).all()
+
+
+def test_report_names_the_symbols_of_the_genes_in_the_rules():
+    from iml_genomics.report.model_behaviour import _symbols
+
+    text = "[tree]\nIF G1 <= 2.5 AND `G 2` > 1 THEN class = a\nIF G1 > 2.5 THEN class = b\n"
+    assert _symbols(text, {"G1": "TP53", "G 2": "MYC", "G3": "CD33"}) == (
+        '<p class="note">Genes in these rules: G 2 = MYC, G1 = TP53</p>')
+    assert _symbols(text, {}) == "" and _symbols(text, {"G3": "CD33"}) == ""

@@ -24,6 +24,20 @@ def _pre(text: str, max_lines: int = 60) -> str:
     return f'<pre class="rules">{H.esc(chr(10).join(lines[:max_lines]) + more)}</pre>'
 
 
+def _symbols(text: str, labels: dict | None) -> str:
+    """'Genes in these rules: id = symbol, ...' for the ids of the rules that the gene map names."""
+    if not labels:
+        return ""
+    import re
+
+    words = set(re.findall(r"`([^`]*)`|(\S+) (?:<=|>) ", text))
+    ids = sorted({a or b for a, b in words} & set(labels))
+    if not ids:
+        return ""
+    return ('<p class="note">Genes in these rules: ' + H.esc(", ".join(f"{g} = {labels[g]}" for g in ids))
+            + "</p>")
+
+
 def surrogate_section(inputs, labels: dict | None = None):
     """Global surrogate: fidelity, accuracy, the rules; the decision-tree model's own rules."""
     table = inputs.explain_methods.get("surrogate.tsv")
@@ -46,7 +60,7 @@ def surrogate_section(inputs, labels: dict | None = None):
         inner += H.missing(H.esc(s["fidelity_note"]))
     text = inputs.explain_texts.get("surrogate_rules.txt")
     if text:
-        inner += "<h3>Rules (surrogate_rules.txt)</h3>" + _pre(text)
+        inner += "<h3>Rules (surrogate_rules.txt)</h3>" + _pre(text) + _symbols(text, labels)
     rows = table[table["source"].astype(str).isin(["surrogate_tree", "surrogate_rule_list"])]
     cols = ["source", "row_type", "rule_id", "rule", "prediction", "n_samples", "fidelity", "accuracy",
             "evaluated_on"]
@@ -55,7 +69,7 @@ def surrogate_section(inputs, labels: dict | None = None):
     if model_text:
         m = s.get("model_rules") or {}
         inner += (f"<h3>The model's own rules (model_rules.txt): {H.esc(m.get('n_leaves', ''))} leaves, fidelity "
-                  f"{H.esc(H.fmt(m.get('fidelity')))}</h3>" + _pre(model_text))
+                  f"{H.esc(H.fmt(m.get('fidelity')))}</h3>" + _pre(model_text) + _symbols(model_text, labels))
     inner += ('<p class="note">A global surrogate is a small decision tree (and a short list of if-then rules) '
               'trained to <em>imitate the fitted model</em>, not the outcome: its rules describe how the model '
               'behaves, in gene thresholds on the raw expression scale of the input matrix. Fidelity says how often '
