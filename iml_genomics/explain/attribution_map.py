@@ -76,6 +76,13 @@ def _embed(values: np.ndarray, *, method: str, random_state: int) -> tuple[np.nd
     return np.asarray(xy, dtype=np.float64), info
 
 
+def check(gene_ids, explain_cfg) -> None:
+    """``explain.map_method: umap`` needs umap-learn (called before the step's long work)."""
+    if explain_cfg.map_method == "umap" and not umap_available():
+        raise ConfigError("explain.map_method is 'umap' but umap-learn is not installed; pip install umap-learn "
+                          "(or 'iml-genomics[umap]'), or set explain.map_method: tsne (or auto).")
+
+
 def run(ctx: MethodContext) -> MethodOutput:
     """The attribution map; table ``attribution_map.tsv``.
 
@@ -90,9 +97,7 @@ def run(ctx: MethodContext) -> MethodOutput:
         return out
     method = cfg.map_method
     have_umap = umap_available()
-    if method == "umap" and not have_umap:
-        raise ConfigError("explain.map_method is 'umap' but umap-learn is not installed; pip install umap-learn, "
-                          "or set explain.map_method: tsne (or auto).")
+    check(ctx.gene_ids, cfg)
     if method == "auto":
         method = "umap" if have_umap else "tsne"
     A = np.asarray(ctx.attributions)

@@ -145,6 +145,18 @@ def resolve_methods(requested) -> list:
     return [n for n in METHOD_NAMES if n in names]
 
 
+def check_methods(names, *, gene_ids, explain_cfg) -> None:
+    """Refuse a method's bad settings before the step's long work (SHAP, refits) starts.
+
+    Calls the optional ``check(gene_ids, explain_cfg)`` of each requested method's module, which raises
+    ConfigError / InputDataError in one line; methods without one are checked when they run.
+    """
+    for name in resolve_methods(names):
+        check = getattr(importlib.import_module(METHOD_MODULES[name]), "check", None)
+        if check is not None:
+            check(gene_ids, explain_cfg)
+
+
 def run_methods(names, ctx: MethodContext) -> dict:
     """Run the requested methods in order; name -> :class:`MethodOutput`.
 

@@ -62,6 +62,14 @@ def _monotonicity(grid: np.ndarray, curve: np.ndarray) -> dict:
     return {"range": rng, "spearman": rho, "shape": shape}
 
 
+def check(gene_ids, explain_cfg) -> None:
+    """``explain.pdp_top_k`` must not exceed the matrix's genes (called before the step's long work)."""
+    k = explain_cfg.pdp_top_k
+    if k > len(gene_ids):
+        raise ConfigError(f"explain.pdp_top_k = {k} is larger than the {len(gene_ids)} genes of the expression "
+                          f"matrix; lower explain.pdp_top_k.")
+
+
 def run(ctx: MethodContext) -> MethodOutput:
     """PDP and ICE curves of the top genes; table ``partial_dependence.tsv``.
 
@@ -69,9 +77,7 @@ def run(ctx: MethodContext) -> MethodOutput:
     """
     cfg = ctx.explain_cfg
     k = cfg.pdp_top_k
-    if k > len(ctx.gene_ids):
-        raise ConfigError(f"explain.pdp_top_k = {k} is larger than the {len(ctx.gene_ids)} genes of the expression "
-                          f"matrix; lower explain.pdp_top_k.")
+    check(ctx.gene_ids, cfg)
     out = MethodOutput()
     genes = ctx.ranking_top_genes(k)
     if len(genes) < k:
