@@ -56,7 +56,13 @@ def _nice_threshold(t: float, values32: np.ndarray) -> float:
     return float(t)
 
 
-def tree_rules(tree, *, gene_names: list, classes=None, thresholds: np.ndarray | None = None) -> tuple:
+def _short(value: float) -> float:
+    """A surrogate's predicted value to 6 significant digits: readable, and the value its rules then predict."""
+    return float(f"{value:.6g}")
+
+
+def tree_rules(tree, *, gene_names: list, classes=None, thresholds: np.ndarray | None = None,
+               short_values: bool = False) -> tuple:
     """A fitted sklearn decision tree as rules.
 
     Parameters
@@ -68,6 +74,8 @@ def tree_rules(tree, *, gene_names: list, classes=None, thresholds: np.ndarray |
         Classification: the name of each class code (the values of ``tree.classes_``); None for regression.
     thresholds : ndarray, optional
         Threshold of each node to write (rounded, or mapped to another scale); the tree's own when None.
+    short_values : bool
+        Regression: predict the leaf values to 6 significant digits (the surrogate; a model's own tree keeps its).
 
     Returns
     -------
@@ -86,7 +94,7 @@ def tree_rules(tree, *, gene_names: list, classes=None, thresholds: np.ndarray |
         if t.children_left[node] == -1:
             value = t.value[node]
             if classes is None:
-                pred = float(value[0, 0])
+                pred = _short(float(value[0, 0])) if short_values else float(value[0, 0])
             else:
                 label = tree.classes_[int(np.argmax(value[0]))]
                 # a surrogate is fitted on class codes, the model's tree on class names
@@ -261,7 +269,7 @@ def greedy_rule_list(tree_rule_nodes: list, masks: list, target: np.ndarray, *, 
                 pred = int(np.argmax(counts))
                 score = (counts[pred] / n, n, -i)
             else:
-                pred = float(vals.mean())
+                pred = _short(float(vals.mean()))
                 score = (n * (pred - rest.mean()) ** 2 + (remaining.sum() - n) * (target[remaining & ~cov].mean()
                          - rest.mean()) ** 2, n, -i)
             if best_score is None or score > best_score:
@@ -277,7 +285,7 @@ def greedy_rule_list(tree_rule_nodes: list, masks: list, target: np.ndarray, *, 
         rules.append((tree_rule_nodes[i], pred))
         remaining &= ~cov
     rest = target[remaining] if remaining.any() else target
-    default = int(np.argmax(np.bincount(rest.astype(int)))) if classification else float(rest.mean())
+    default = int(np.argmax(np.bincount(rest.astype(int)))) if classification else _short(float(rest.mean()))
     return rules, default
 
 
@@ -304,7 +312,7 @@ class Surrogate:
         genes = [str(c) for c in frame.columns]
         codes = list(range(int(max(self.tree_.classes_)) + 1)) if self.classification else None
         self.leaves_, nodes = tree_rules(self.tree_, gene_names=genes, classes=codes,
-                                         thresholds=rounded_thresholds(self.tree_, X))
+                                         thresholds=rounded_thresholds(self.tree_, X), short_values=True)
         # candidates of the rule list: every non-root node's path (leaves and internal nodes)
         cand = [nodes[i] for i in sorted(nodes)]
         masks = [covers(c, frame) for c in cand]
