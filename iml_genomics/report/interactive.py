@@ -15,7 +15,9 @@ shown in a scrolled box.
 from __future__ import annotations
 
 import html
+import os
 import re
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -163,7 +165,10 @@ def table(frame: pd.DataFrame | None, *, fmt, page_size: int = 25, max_chars: in
             if len(text) > max_chars and col not in SYMBOL_LIST_COLUMNS and col not in GENE_SET_COLUMNS:
                 cells.append(f'<td title="{esc(text)}">{esc(text[:max_chars - 1])}\u2026</td>')
                 continue
-            cells.append(f"<td>{linkify(col, text)}</td>")
+            # long text wraps inside a bounded box; short cells never wrap, so columns stay readable and a
+            # wide table scrolls sideways in its card instead of squeezing every column
+            inner = linkify(col, text)
+            cells.append(f'<td><div class="wrap">{inner}</div></td>' if len(text) > 40 else f"<td>{inner}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     _TABLE_COUNTER["n"] += 1
     notes = []
@@ -188,6 +193,23 @@ def figure(img_html: str, caption: str) -> str:
     return f'<figure class="fig">{img_html}<figcaption>{caption}</figcaption></figure>'
 
 
+# <a class="tsv" href="ABSOLUTE"> links to input files are made relative to the report's directory at write time
+_TSV_LINK = re.compile(r'<a class="tsv" href="([^"]*)"')
+
+
+def relative_links(page: str, out_dir) -> str:
+    """Make the links to input files relative to ``out_dir`` (where report.html is written).
+
+    A relative link keeps working when the run's directories are moved or copied together.
+    """
+    out_dir = Path(out_dir).resolve()
+
+    def fix(m):
+        rel = os.path.relpath(html.unescape(m.group(1)), out_dir)
+        return f'<a class="tsv" href="{esc(Path(rel).as_posix())}"'
+    return _TSV_LINK.sub(fix, page)
+
+
 STYLE = """
 .itable { margin: 8px 0 14px 0; max-width: 100%; }
 .itable .scroll { overflow: auto; max-height: 75vh; border: 1px solid #e4e4e4; }
@@ -195,7 +217,9 @@ STYLE = """
 .itable thead th { position: sticky; top: 0; cursor: pointer; user-select: none; white-space: nowrap; }
 .itable th[aria-sort="ascending"]::after { content: " \\25B2"; }
 .itable th[aria-sort="descending"]::after { content: " \\25BC"; }
-.itable td { max-width: 30em; overflow-wrap: anywhere; }
+.itable table { width: max-content; }
+.itable td { white-space: nowrap; }
+.itable td div.wrap { white-space: normal; min-width: 14em; max-width: 32em; overflow-wrap: anywhere; }
 .tctl { display: flex; gap: 10px; align-items: center; margin-bottom: 4px; font-size: 12px; }
 .tfilter { font-size: 12px; padding: 2px 6px; width: 16em; }
 .tpager { font-size: 12px; margin-top: 4px; }
@@ -204,7 +228,6 @@ STYLE = """
 figure.fig { margin: 6px 12px 10px 0; max-width: 100%; flex: 0 1 auto; }
 figure.fig img.plot { margin: 0; }
 figure.fig figcaption { font-size: 12px; color: #444; max-width: 40em; }
-main section { overflow-wrap: anywhere; }
 """
 
 # sort (numbers as numbers, empty cells last), filter (every word, case-insensitive), page; no library
