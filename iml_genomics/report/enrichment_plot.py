@@ -76,7 +76,9 @@ def running_sum_plot(scores: pd.Series, gene_set: str, members, *, metric: str,
             label += f", NES = {nes:.2f}"
         if np.isfinite(q):
             label += f", q = {q:.2g}"
-    ax.text(0.98, 0.95, label, transform=ax.transAxes, ha="right", va="top", fontsize=7)
+    # the label goes where the curve is not: top right for a positive ES, bottom left for a negative one
+    ax.text(*((0.98, 0.95, label) if es >= 0 else (0.02, 0.05, label)), transform=ax.transAxes,
+            ha="right" if es >= 0 else "left", va="top" if es >= 0 else "bottom", fontsize=7)
     ax.set_ylabel("running sum")
     ax.set_title(_short(gene_set, 55), fontsize=8)
     rug.vlines(hits + 1, 0, 1, color=PALETTE["blue"], lw=0.6)

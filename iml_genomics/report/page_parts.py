@@ -259,8 +259,8 @@ def running_sum_figures(analysis, n: int = 4, classes: tuple[str, str] | None = 
         towards = f" The set is named higher in {H.esc(higher)}." if isinstance(higher, str) and higher else ""
         cap = (f"Running sum of <em>{H.esc(name)}</em> down the genes ranked by {H.esc(metric)} (GSEA-style): it "
                f"steps up at each member (ticks below) and down at every other gene; its largest deviation "
-               f"(dashed line) is the enrichment score ES of gene_sets.tsv, and the members up to it are the leading "
-               f"edge.{order}{towards}")
+               f"(dashed line) is the enrichment score ES of gene_sets.tsv, and the members between it and the nearer end "
+               f"of the ranking are the leading edge.{order}{towards}")
         figs.append(H.img(b64, f"running sum {name}", cap))
     if not figs:
         return ""
