@@ -27,6 +27,8 @@ def main(report_dir: str, out_dir: str = "docs") -> None:
         browser = p.chromium.launch(executable_path=binary, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto((Path(report_dir) / "report.html").resolve().as_uri())
+        # the sticky navigation bar would be drawn over element screenshots taken further down the page
+        page.add_style_tag(content="nav { position: static !important; }")
         page.locator("#data").screenshot(path=str(out / "report_summary.png"))
         # the biomarker table sorted by a numeric column (descending |effect| first) and filtered
         heads = page.locator("#biomarkers thead th")

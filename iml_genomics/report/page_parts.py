@@ -147,7 +147,8 @@ def local_section(inputs, wanted: list[str], labels: dict, *, true_labels: dict[
         out.append(f"<h3>{head}</h3>")
         towards = f"towards {H.esc(explained)}" if explained else "up"
         away = (f"towards {H.esc(other)}" if other else f"away from {H.esc(explained)}") if explained else "down"
-        cap = (f"Largest SHAP values of sample {H.esc(s)}'s prediction of <strong>{towards}</strong>"
+        about = f", explained for class <strong>{H.esc(explained)}</strong>" if explained else ""
+        cap = (f"Largest SHAP values of sample {H.esc(s)}'s prediction{about}"
                f"{'' if label is None else f' (its label is {H.esc(label)})'}: red bars push the model output "
                f"{towards}, blue bars {away}. Base value: the average output; the bars add up to output - base.")
         out.append('<div class="plots">' + H.img(plots.local_explanation(local, s, labels),
