@@ -303,3 +303,20 @@ def test_screenshots(page, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 200_000
     summary = json.loads(page.evaluate("() => JSON.stringify({n: document.querySelectorAll('figcaption').length})"))
     assert summary["n"] == page.evaluate("() => document.images.length")
+
+
+def test_local_explanations_without_a_class_read_as_raising_or_lowering():
+    """Regression: the local table has no class; directions say what the gene does to the prediction."""
+    from iml_genomics.report.inputs import ReportInputs
+    from iml_genomics.report.page_parts import local_section
+
+    rows = [("S1", np.nan, 3.2, 1.0, d, r, g, v, 0.5) for d, r, g, v in
+            [("up", 1, "TP53", 0.8), ("up", 2, "MYC", 0.3), ("down", 1, "ENSG00000141510.2", -0.4)]]
+    local = pd.DataFrame(rows, columns=["sample_id", "class", "prediction", "base_value", "direction", "rank",
+                                        "gene_id", "shap_value", "expression_value"])
+    page = local_section(ReportInputs(local=local), ["S1"], {}, true_labels={"S1": "4.1"}, classes=None)
+    # no class to name: the empty column is dropped rather than shown as "nan"
+    assert "<h3>Sample S1 (label: 4.1)</h3>" in page and "explained class</th>" not in page
+    assert page.count("up (raises the prediction)") == 2 and page.count("down (lowers the prediction)") == 1
+    assert "red bars raise the prediction, blue bars lower it" in page and "nan" not in page.lower()
+    assert 'href="https://www.ensembl.org/id/ENSG00000141510"' in page

@@ -134,7 +134,9 @@ def local_section(inputs, wanted: list[str], labels: dict, *, true_labels: dict[
         sub = local[local["sample_id"].astype(str) == s].copy()
         if "class" in sub.columns and sub["class"].nunique() > 1:
             sub = sub[sub["class"] == sub["class"].iloc[0]]
-        explained = str(sub["class"].iloc[0]) if "class" in sub.columns and len(sub) else None
+        raw = sub["class"].iloc[0] if "class" in sub.columns and len(sub) else None
+        # regression has no class: the explanation is of the predicted value itself
+        explained = None if raw is None or pd.isna(raw) or str(raw).strip() == "" else str(raw)
         other = None
         if classes is not None and explained in classes:
             other = classes[1] if explained == classes[0] else classes[0]
@@ -145,12 +147,14 @@ def local_section(inputs, wanted: list[str], labels: dict, *, true_labels: dict[
         if explained:
             head += f": explained class {H.esc(explained)}"
         out.append(f"<h3>{head}</h3>")
-        towards = f"towards {H.esc(explained)}" if explained else "up"
-        away = (f"towards {H.esc(other)}" if other else f"away from {H.esc(explained)}") if explained else "down"
+        towards = f"towards {H.esc(explained)}" if explained else "raises the prediction"
+        away = ((f"towards {H.esc(other)}" if other else f"away from {H.esc(explained)}") if explained
+                else "lowers the prediction")
         about = f", explained for class <strong>{H.esc(explained)}</strong>" if explained else ""
         cap = (f"Largest SHAP values of sample {H.esc(s)}'s prediction{about}"
-               f"{'' if label is None else f' (its label is {H.esc(label)})'}: red bars push the model output "
-               f"{towards}, blue bars {away}. Base value: the average output; the bars add up to output - base.")
+               f"{'' if label is None else f' (its label is {H.esc(label)})'}: red bars "
+               f"{'push the model output ' + towards if explained else 'raise the prediction'}, blue bars "
+               f"{away if explained else 'lower it'}. Base value: the average output; the bars add up to output - base.")
         out.append('<div class="plots">' + H.img(plots.local_explanation(local, s, labels),
                                                  f"local explanation {s}", cap) + "</div>")
         if "direction" in sub.columns:

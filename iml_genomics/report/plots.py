@@ -224,7 +224,8 @@ def gene_set_bars(table: pd.DataFrame | None, n: int = 15, classes: tuple[str, s
     else:
         ax.axvline(1, color=PALETTE["grey"], lw=0.8, ls="--")
         ax.set_xlabel("-log10 q (dashed: q = 0.1)")
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    # right of the axes: inside them the legend hid the longest bars
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Gene sets")
     return to_base64_png(fig)
 
