@@ -27,7 +27,7 @@ def run_cli(*args) -> None:
 
 def report_args(base: Path, out: Path) -> list:
     return ["report", "--inputs", base / "train", base / "explain", base / "select", "--gene-sets",
-            DATA / "demo_pathways.gmt", "--min-set-size", "5", "--permutations", "100", "--samples", "S0001,S0002",
+            DATA / "demo_pathways.gmt", "--min-set-size", "5", "--permutations", "50", "--samples", "S0001,S0002",
             "--out", out]
 
 
@@ -161,6 +161,25 @@ def _browser():
     return pw, binary
 
 
+
+# images without a <figure> caption of at least a sentence
+UNCAPTIONED_JS = """() => Array.from(document.images).filter(i => {
+    const f = i.closest('figure'); const c = f && f.querySelector('figcaption');
+    return !c || c.textContent.trim().length < 40; }).map(i => i.alt)"""
+
+# sections wider than their card, and elements poking out of their section (content of a scrolling box aside)
+OVERFLOW_JS = """() => {
+    const bad = [];
+    document.querySelectorAll('section').forEach(s => {
+      if (s.scrollWidth > s.clientWidth + 1) bad.push(s.id + ' ' + s.scrollWidth + '>' + s.clientWidth);
+      const right = s.getBoundingClientRect().right;
+      s.querySelectorAll('*').forEach(e => {
+        if (e.closest('.scroll') && !e.classList.contains('scroll')) return;  // scrolls inside its card
+        if (e.getBoundingClientRect().right > right + 1) bad.push(s.id + ' ' + e.tagName + '.' + e.className);
+      });
+    });
+    return bad; }"""
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 
@@ -202,10 +221,7 @@ def test_page_renders_with_no_errors(page):
 
 
 def test_every_figure_has_a_caption(page):
-    bare = page.evaluate("""() => Array.from(document.images).filter(i => {
-        const f = i.closest('figure'); const c = f && f.querySelector('figcaption');
-        return !c || c.textContent.trim().length < 40; }).map(i => i.alt)""")
-    assert bare == []
+    assert page.evaluate(UNCAPTIONED_JS) == []
     captions = page.locator("figcaption").all_inner_texts()
     assert any("positive SHAP value pushes the prediction towards tumour" in c for c in captions)
     assert any(c.startswith("Running sum of") for c in captions)
@@ -278,17 +294,7 @@ def test_links_have_the_right_hrefs(page):
 
 
 def test_nothing_wider_than_its_card(page):
-    over = page.evaluate("""() => {
-        const bad = [];
-        document.querySelectorAll('section').forEach(s => {
-          if (s.scrollWidth > s.clientWidth + 1) bad.push(s.id + ' ' + s.scrollWidth + '>' + s.clientWidth);
-          const right = s.getBoundingClientRect().right;
-          s.querySelectorAll('img, figure, .itable, .scroll, table:not(.itable table), p, h3').forEach(e => {
-            if (e.closest('.scroll') && !e.classList.contains('scroll')) return;  // scrolls inside its card
-            if (e.getBoundingClientRect().right > right + 1) bad.push(s.id + ' ' + e.tagName + '.' + e.className);
-          });
-        });
-        return bad; }""")
+    over = page.evaluate(OVERFLOW_JS)
     assert over == []
     # a wide table really is wider than its card, and scrolls inside it
     wide = page.evaluate("""() => Array.from(document.querySelectorAll('.itable .scroll'))
@@ -320,3 +326,18 @@ def test_local_explanations_without_a_class_read_as_raising_or_lowering():
     assert page.count("up (raises the prediction)") == 2 and page.count("down (lowers the prediction)") == 1
     assert "red bars raise the prediction, blue bars lower it" in page and "nan" not in page.lower()
     assert 'href="https://www.ensembl.org/id/ENSG00000141510"' in page
+
+
+def test_the_layout_checks_catch_what_they_look_for(page):
+    """The overflow and caption checks fail on a page built to fail them (then the page is put back)."""
+    page.evaluate("""() => {
+        const d = document.createElement('div'); d.id = '__wide'; d.style.width = '3000px'; d.textContent = 'x';
+        document.querySelector('#cv').appendChild(d);
+        const i = document.createElement('img'); i.id = '__bare'; i.alt = 'bare';
+        document.querySelector('#cv').appendChild(i); }""")
+    try:
+        assert any(b.startswith("cv") for b in page.evaluate(OVERFLOW_JS))
+        assert page.evaluate(UNCAPTIONED_JS) == ["bare"]
+    finally:
+        page.evaluate("() => { document.getElementById('__wide').remove(); document.getElementById('__bare').remove(); }")
+    assert page.evaluate(OVERFLOW_JS) == [] and page.evaluate(UNCAPTIONED_JS) == []
