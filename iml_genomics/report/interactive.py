@@ -43,6 +43,7 @@ GENE_SET_COLUMNS = {"gene_set", "gene_sets", "description"}
 
 
 def esc(value) -> str:
+    """HTML-escaped text of ``value`` (quotes included, so it is safe in attributes)."""
     return html.escape(str(value), quote=True)
 
 

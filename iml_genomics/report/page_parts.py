@@ -37,6 +37,7 @@ def own_link(name: str) -> str:
 
 
 def files_note(*links: str) -> str:
+    """One note line listing the given links (empty ones skipped); '' when none is left."""
     links = [link for link in links if link]
     return f'<p class="note">Files: {", ".join(links)}.</p>' if links else ""
 
@@ -115,6 +116,7 @@ def pooled_and_fold_auc(oof: pd.DataFrame, positive: str) -> tuple[float | None,
 
 
 def beeswarm_caption(positive: str | None, other: str | None, has_expression: bool) -> str:
+    """Caption of the SHAP beeswarm naming the class a positive value pushes towards."""
     sign = (f"a positive SHAP value pushes the prediction towards <strong>{H.esc(positive)}</strong>, a negative "
             f"one towards <strong>{H.esc(other)}</strong>" if positive and other else
             f"a positive SHAP value pushes the model output up (towards <strong>{H.esc(positive)}</strong>)"
@@ -232,6 +234,7 @@ def gene_set_bar_scale(table: pd.DataFrame) -> str:
 
 
 def gene_set_bars_caption(scale: str, classes, metric: str) -> str:
+    """Caption of the gene-set bars saying what is plotted (-log10 q or p, see :func:`gene_set_bar_scale`)."""
     what = ("-log10 of the nominal p-values (every set has the same q-value here, so q bars would all be one "
             "height)" if scale == "p" else "-log10 of the BH q-values (dashed line: q = 0.1)")
     direction = (f"; each set is named by the class it is higher in, [higher in {H.esc(classes[0])}] or "
