@@ -74,7 +74,7 @@ class ModelConfig:
     name: Literal[
         "l1_logistic", "elasticnet_logistic", "lasso", "elasticnet",
         "random_forest", "extra_trees", "gradient_boosting", "hist_gradient_boosting", "linear_svm",
-        "decision_tree",
+        "decision_tree", "mlp",
     ] = _opt("l1_logistic", help="Model from the registry (see docs/config.md).")
     params: dict = _opt({}, help="Extra keyword arguments passed to the scikit-learn estimator.")
 

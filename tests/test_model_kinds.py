@@ -76,7 +76,7 @@ def test_a_spec_without_a_valid_kind_is_refused_and_unknown_classes_have_none():
 
     builders = MODEL_REGISTRY["lasso"]
     with pytest.raises(ValueError, match="kind"):
-        ModelSpec(*builders, kind="neural", shap="agnostic")
+        ModelSpec(*builders, kind="quantum", shap="agnostic")
     with pytest.raises(ValueError, match="shap"):
         ModelSpec(*builders, kind="linear", shap="exact")
     assert spec_for_estimator(BayesianRidge()) is None
