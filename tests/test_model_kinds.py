@@ -147,7 +147,8 @@ def test_shap_route_and_scale_follow_the_registry(name):
     plan, _ = plan_shap(pipe, X, gene_ids=genes, classes=classes, agnostic_pairs=1)
     assert plan.kind == spec.shap
     assert plan.exact == (spec.shap != "agnostic")
-    assert plan.fork == (not spec.openmp_predict)
+    # the model-agnostic route calls predict for every coalition: never in forked workers (plan_shap)
+    assert plan.fork == (spec.shap != "agnostic" and not spec.openmp_predict)
     expected_scale = "log_odds" if spec.log_odds_output else ("raw" if spec.shap == "linear" else "probability")
     assert plan.scale == expected_scale
     res = shap_attributions(pipe, X[:20], gene_ids=genes, classes=classes, additivity_tolerance=1e-6)
