@@ -333,6 +333,11 @@ def test_cli_outputs_are_written_and_independent_of_jobs(mlp_bundle):
     summary = json.loads((root / "j1" / "explain_summary.json").read_text())["methods"]["integrated_gradients"]
     assert summary["steps"] == 64 and summary["rule"] == "gauss_legendre" and summary["vs_shap"]["top_k"] == 5
     assert summary["files"] == ["integrated_gradients.tsv", "integrated_gradients_local.tsv"]
+    # the report shows the method with its caption
+    _invoke("report", "--inputs", root / "train", root / "j1", "--out", root / "report")
+    html = (root / "report" / "report.html").read_text()
+    assert 'id="integrated_gradients"' in html and "Integrated gradients (neural network)" in html
+    assert "explain the <b>model</b>" in html and "log-odds of" in html and "Spearman correlation" in html
 
 
 def test_cli_bad_integrated_gradients_config_is_one_line_and_writes_nothing(mlp_bundle, tmp_path):
@@ -363,3 +368,41 @@ def test_python_api_reaches_integrated_gradients():
                                              "permutation_repeats": 1}, "cv": {"n_splits": 2}}, n_jobs=1)
     table = ig.get.explain_method_df(adata, "integrated_gradients.tsv")
     assert list(table.columns) == IG_COLUMNS and set(table["gene_id"].head(2)) == set(cohort.true_genes)
+
+
+# ---------------------------------------------------------------------------
+# mlp bundles: byte-stable, loadable, and still guarded by the allow-list
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task,n_classes,params", [("classification", 2, {}), ("classification", 3, {}),
+                                                   ("regression", None, {}),
+                                                   ("classification", 2, {"solver": "adam", "max_iter": 30})])
+def test_mlp_bundle_is_byte_stable_and_round_trips(tmp_path, task, n_classes, params):
+    from sklearn.exceptions import ConvergenceWarning
+    from test_bundle_safety import make_bundle
+
+    from iml_genomics.models import load_bundle, predict_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, pipe, X = make_bundle(tmp_path / "a", "mlp", task, n_classes or 2, params=params)
+        b, *_ = make_bundle(tmp_path / "b", "mlp", task, n_classes or 2, params=params)
+    assert (a / "model.skops").read_bytes() == (b / "model.skops").read_bytes()
+    loaded, _ = load_bundle(a)
+    classes = [str(c) for c in pipe[-1].classes_] if task == "classification" else None
+    np.testing.assert_array_equal(predict_scores(loaded, X, classes), predict_scores(pipe, X, classes))
+
+
+def test_crafted_mlp_bundle_is_still_refused(tmp_path):
+    from test_bundle_safety import assert_load_refused, final_estimator_attrs, make_bundle, rewrite
+
+    bundle, *_ = make_bundle(tmp_path / "bundle", "mlp")
+
+    def swap_label_binarizer(schema):
+        # the classifier's own LabelBinarizer node, renamed to a function that runs a command
+        node = final_estimator_attrs(schema)["content"]["_label_binarizer"]
+        node["__module__"], node["__class__"] = "sklearn.utils._testing", "check_output"
+
+    rewrite(bundle, swap_label_binarizer)
+    assert_load_refused(bundle, "sklearn.utils._testing.check_output", "refusing")
