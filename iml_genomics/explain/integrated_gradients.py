@@ -176,32 +176,44 @@ def _hidden_deltas(hidden_net, H: np.ndarray, sign) -> np.ndarray:
 
 
 def _ig_chunk(net, pre, X_chunk, baseline, steps, rule, sign, keep_rows):
-    """IG of one chunk; also the model inputs of the chunk's rows ``keep_rows`` (local explanations)."""
+    """IG of one chunk, reduced to what the outputs need, so memory does not grow with samples x genes.
+
+    Returns (sum over rows of |IG| summed over outputs (q,), sum over rows of IG averaged over outputs (q,),
+    per-row sums of IG (m, k), f(x) (m, k), f(baseline) (k,), {row: (IG (q, k), model inputs (q,))} for the
+    chunk's rows ``keep_rows`` (local explanations)).
+    """
     from iml_genomics.explain.shap_values import preprocess
 
     Z = preprocess(pre, X_chunk)
     attr, f_x, f_b = integrated_gradients(net, Z, baseline, steps=steps, rule=rule, sign=sign)
-    return attr, f_x, f_b, {r: Z[r] for r in keep_rows}
+    return (np.abs(attr).sum(axis=2).sum(axis=0), attr.mean(axis=2).sum(axis=0), attr.sum(axis=1), f_x, f_b,
+            {r: (attr[r], Z[r]) for r in keep_rows})
 
 
-def completeness_gaps(attr: np.ndarray, f_x: np.ndarray, f_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(|sum(IG) - (f(x) - f(b))|, that gap / max(1, |f(x) - f(b)|)), both (n, n_outputs)."""
+def completeness_gaps(sums: np.ndarray, f_x: np.ndarray, f_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|sum(IG) - (f(x) - f(b))|, that gap / max(1, |f(x) - f(b)|)), both (n, n_outputs).
+
+    ``sums`` is each sample's sum of IG over the genes, (n, n_outputs).
+    """
     delta = f_x - f_b[None, :]
-    gap = np.abs(attr.sum(axis=1) - delta)
+    gap = np.abs(sums - delta)
     return gap, gap / np.maximum(1.0, np.abs(delta))
 
 
-def check_completeness(attr, f_x, f_b, *, tolerance: float, sample_ids, outputs, steps: int, rule: str) -> float:
-    """Largest relative completeness gap; NumericalError naming the worst sample when it exceeds ``tolerance``."""
-    if attr.shape[0] == 0:
+def check_completeness(sums, f_x, f_b, *, tolerance: float, sample_ids, outputs, steps: int, rule: str) -> float:
+    """Largest relative completeness gap; NumericalError naming the worst sample when it exceeds ``tolerance``.
+
+    ``sums`` (n, n_outputs) is each sample's sum of IG over the genes (:func:`completeness_gaps`).
+    """
+    if sums.shape[0] == 0:
         return 0.0
-    gap, rel = completeness_gaps(attr, f_x, f_b)
+    gap, rel = completeness_gaps(sums, f_x, f_b)
     i, k = np.unravel_index(int(np.argmax(rel)), rel.shape)
     worst = float(rel[i, k])
     if worst > tolerance:
         raise NumericalError(
             f"integrated gradients completeness check failed: for sample '{sample_ids[i]}' (output "
-            f"'{outputs[k]}') the attributions sum to {attr[i, :, k].sum():.9g} but f(x) - f(baseline) is "
+            f"'{outputs[k]}') the attributions sum to {sums[i, k]:.9g} but f(x) - f(baseline) is "
             f"{f_x[i, k] - f_b[k]:.9g} (gap {gap[i, k]:.3g}, relative {worst:.3g} > "
             f"explain.integrated_gradients_tolerance {tolerance:g}) with {steps} {rule} steps; raise "
             f"explain.integrated_gradients_steps.")
@@ -297,18 +309,18 @@ def run(ctx):
     results = ctx.backend.map(_ig_chunk, [(net, pre, ctx.X[s:e], baseline, steps, rule, sign,
                                            [r - s for r in rows if s <= r < e]) for s, e in bounds])
     q, k = len(baseline), len(outputs)
-    attr = np.concatenate([r[0] for r in results]) if results else np.empty((0, q, k))
-    f_x = np.concatenate([r[1] for r in results]) if results else np.empty((0, k))
-    f_b = results[0][2] if results else network_outputs(net, baseline[None, :], sign)[0]
-    worst = check_completeness(attr, f_x, f_b, tolerance=cfg.integrated_gradients_tolerance,
+    sums = np.concatenate([r[2] for r in results]) if results else np.empty((0, k))
+    f_x = np.concatenate([r[3] for r in results]) if results else np.empty((0, k))
+    f_b = network_outputs(net, baseline[None, :], sign)[0]
+    worst = check_completeness(sums, f_x, f_b, tolerance=cfg.integrated_gradients_tolerance,
                                sample_ids=ctx.sample_ids, outputs=outputs, steps=steps, rule=rule)
-    gap, _ = completeness_gaps(attr, f_x, f_b)
+    gap, _ = completeness_gaps(sums, f_x, f_b)
 
     mask = used_gene_mask(ctx.pipeline, ctx.X.shape[1]) if pre is not None else np.ones(ctx.X.shape[1], bool)
     genes = [g for g, u in zip(ctx.gene_ids, mask) if u]
     # as SHAP's ranking: |IG| summed over the explained outputs (a gene's total effect), IG averaged over them
-    mean_abs = np.abs(attr).sum(axis=2).mean(axis=0) if n else np.zeros(q)
-    mean_sgn = attr.mean(axis=2).mean(axis=0) if n else np.zeros(q)
+    mean_abs = sum(r[0] for r in results) / n if n else np.zeros(q)
+    mean_sgn = sum(r[1] for r in results) / n if n else np.zeros(q)
     shap_by_gene = ctx.ranking.set_index(ctx.ranking["gene_id"].astype(str))
     mean_abs_shap = shap_by_gene["mean_abs_shap"].reindex(genes).to_numpy(dtype=np.float64)
     shap_ran = bool(np.isfinite(mean_abs_shap).any())
@@ -349,15 +361,15 @@ def run(ctx):
 
     tables = {"integrated_gradients.tsv": table}
     if rows:
-        inputs = {s + i: z for (s, _), res in zip(bounds, results) for i, z in res[3].items()}
+        local_rows = {s + i: v for (s, _), res in zip(bounds, results) for i, v in res[5].items()}
         pos_shap = {g: j for j, g in enumerate(ctx.shap_genes)}
         parts = []
         for r in rows:
             sid = ctx.sample_ids[r]
-            zr = inputs[r]
+            attr_r, zr = local_rows[r]
             shap_vec = ctx.local_shap.get(sid)
             for kk, out_name in enumerate(outputs):
-                ig = attr[r, :, kk]
+                ig = attr_r[:, kk]
                 rank = np.empty(q, dtype=np.int64)
                 rank[np.lexsort((np.asarray(genes, dtype=object), -np.abs(ig)))] = np.arange(1, q + 1)
                 # local SHAP exists for the first explained output only
@@ -370,7 +382,7 @@ def run(ctx):
         local["explains"] = "model"
         tables["integrated_gradients_local.tsv"] = local[IG_LOCAL_COLUMNS]
         summary["local"] = [{"sample_id": ctx.sample_ids[r], "output": outputs[kk],
-                             "f_x": float(f_x[r, kk]), "sum_ig": float(attr[r, :, kk].sum()),
+                             "f_x": float(f_x[r, kk]), "sum_ig": float(sums[r, kk]),
                              "completeness_gap": float(gap[r, kk])} for r in rows for kk in range(k)]
     return MethodOutput(tables=tables, summary=summary)
 
