@@ -408,3 +408,26 @@ def test_crafted_mlp_bundle_is_still_refused(tmp_path):
 
     rewrite(bundle, swap_label_binarizer)
     assert_load_refused(bundle, "sklearn.utils._testing.check_output", "refusing")
+
+
+def test_genes_are_those_the_filter_keeps_with_their_model_inputs():
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.models import build_pipeline
+    from iml_genomics.preprocess import used_gene_mask
+
+    cohort = _cohort(seed=6, n=80, p=15)
+    X = cohort.expression.to_numpy(dtype=np.float64)
+    y = cohort.labels[cohort.label_column].astype(str).to_numpy()
+    cfg = config_from_dict({"model": {"name": "mlp", "params": {"max_iter": 100}},
+                            "preprocess": {"top_k_variable": 9}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = build_pipeline(cfg, "classification", n_classes=2).fit(X, y)
+    res = _explain(pipe, cohort, "classification", sorted(set(y)), None, samples=["S0007"])
+    out = res.extra["methods"]["integrated_gradients"]
+    kept = [g for g, u in zip(cohort.expression.columns, used_gene_mask(pipe, X.shape[1])) if u]
+    assert len(kept) == 9 and sorted(out.tables["integrated_gradients.tsv"]["gene_id"]) == sorted(kept)
+    local = out.tables["integrated_gradients_local.tsv"].set_index("gene_id").loc[kept]
+    row = list(cohort.expression.index).index("S0007")
+    np.testing.assert_allclose(local["input_value"], pipe[:-1].transform(X[[row]])[0], atol=1e-12)
+    np.testing.assert_allclose(local["ig"].sum(), out.summary["local"][0]["sum_ig"], atol=1e-9)

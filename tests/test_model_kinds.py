@@ -25,7 +25,8 @@ from iml_genomics.models import (MODEL_KINDS, MODEL_REGISTRY, SHAP_ALGORITHMS, M
 
 # small but real: every tree model grows a few trees with several splits each
 SMALL = {"random_forest": {"n_estimators": 5, "max_depth": 3}, "extra_trees": {"n_estimators": 5, "max_depth": 3},
-         "gradient_boosting": {"n_estimators": 10}, "hist_gradient_boosting": {"max_iter": 15, "min_samples_leaf": 5}}
+         "gradient_boosting": {"n_estimators": 10}, "hist_gradient_boosting": {"max_iter": 15, "min_samples_leaf": 5},
+         "mlp": {"hidden_layer_sizes": (8,), "max_iter": 300}}
 
 
 def _data(task: str, n_classes: int = 2, n: int = 120, p: int = 8, seed: int = 0):
