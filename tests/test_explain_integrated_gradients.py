@@ -151,7 +151,8 @@ def _fit_mlp(cohort, task="classification", **params):
     from iml_genomics.models import build_estimator
 
     X = cohort.expression.to_numpy(dtype=np.float64)
-    y = cohort.labels[cohort.label_column].to_numpy() if task == "regression" else cohort.labels[cohort.label_column].astype(str).to_numpy()
+    y = cohort.labels[cohort.label_column]
+    y = y.to_numpy() if task == "regression" else y.astype(str).to_numpy()
     classes = None if task == "regression" else sorted(set(y))
     est = build_estimator("mlp", task, seed=0, params=params, n_classes=None if classes is None else len(classes))
     with warnings.catch_warnings():
@@ -224,7 +225,8 @@ def test_other_baselines_are_the_documented_points_and_stay_complete(planted, ba
     got = out.tables["integrated_gradients_local.tsv"].set_index("gene_id")["baseline_value"]
     X = cohort.expression
     scaler = pipe[0]
-    expected = -scaler.mean_ / scaler.scale_ if baseline == "zeros" else np.median(scaler.transform(X.to_numpy()), axis=0)
+    expected = (-scaler.mean_ / scaler.scale_ if baseline == "zeros"
+                else np.median(scaler.transform(X.to_numpy()), axis=0))
     np.testing.assert_allclose(got.loc[X.columns].to_numpy(), expected, atol=1e-12)
     assert out.summary["max_relative_completeness_gap"] <= 1e-2
 
@@ -431,3 +433,23 @@ def test_genes_are_those_the_filter_keeps_with_their_model_inputs():
     row = list(cohort.expression.index).index("S0007")
     np.testing.assert_allclose(local["input_value"], pipe[:-1].transform(X[[row]])[0], atol=1e-12)
     np.testing.assert_allclose(local["ig"].sum(), out.summary["local"][0]["sum_ig"], atol=1e-9)
+
+
+@pytest.mark.slow
+def test_planted_genes_found_and_shap_agrees_across_seeds():
+    """Ten seeded cohorts (block-correlated genes, rho = 0.3, 4 planted, 200 x 60): IG's top 4 are exactly the
+    planted genes in at least 8 of 10 and every planted gene is in IG's top 10 in all; IG's ranking agrees with
+    SHAP's on every cohort (Spearman of mean |IG| and mean |SHAP| > 0.9). Measured: 9 of 10 exact (the other
+    has a planted gene at rank 8 for both IG and SHAP: a correlated neighbour outranks it), Spearman 0.963-0.989.
+    """
+    exact, worst, rhos = 0, 0, []
+    for seed in range(10):
+        cohort = simulate_gaussian(200, 60, n_signal=4, effect_size=1.5, rho=0.3, block_size=10, seed=100 + seed)
+        pipe, classes = _fit_mlp(cohort)
+        s = _explain(pipe, cohort, "classification", classes, None).extra["methods"]["integrated_gradients"]
+        ranks = s.tables["integrated_gradients.tsv"].set_index("gene_id").loc[list(cohort.true_genes), "rank"]
+        exact += int(ranks.max() == 4)
+        worst = max(worst, int(ranks.max()))
+        rhos.append(s.summary["vs_shap"]["spearman"])
+    print("planted exactly top 4:", exact, "of 10; worst planted rank", worst, "; spearman", np.round(rhos, 3))
+    assert exact >= 8 and worst <= 10 and min(rhos) > 0.9
