@@ -280,7 +280,7 @@ def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str]
     ax.barh(y, top["mean_abs_ig"].astype(float), color=PALETTE["blue"])
     ax.set_yticks(y)
     ax.set_yticklabels([_label(g, labels) for g in top["gene_id"].astype(str)], fontsize=8)
-    ax.set_xlabel("mean |integrated gradients|")
+    ax.set_xlabel("mean |integrated gradients| (model output scale)")
     ax.set_title("Integrated gradients: global importance")
     if panels == 2:
         ax = axes[0, 1]
