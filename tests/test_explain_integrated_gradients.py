@@ -354,6 +354,26 @@ def test_cli_bad_integrated_gradients_config_is_one_line_and_writes_nothing(mlp_
     assert not out.exists()
 
 
+def test_cli_completeness_failure_is_one_line_exit_3_and_writes_nothing(mlp_bundle, tmp_path):
+    root, _ = mlp_bundle
+    sharp = CONFIG.replace("  name: mlp\n", "  name: mlp\n  params: {activation: relu, alpha: 1.0e-6, "
+                                           "hidden_layer_sizes: [64], max_iter: 300}\n")
+    (tmp_path / "sharp.yaml").write_text(sharp.replace("  methods: [integrated_gradients]\n",
+                                                       "  methods: [integrated_gradients]\n"
+                                                       "  integrated_gradients_steps: 2\n"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _invoke("train", "--config", tmp_path / "sharp.yaml", "--expression", root / "sim_expression.tsv",
+                "--labels", root / "sim_labels.tsv", "--out", tmp_path / "train", "--jobs", "1")
+    out = tmp_path / "out"
+    # -q: the progress lines of the SHAP and IG chunks before the failure are not what is checked
+    proc = run_cli("-q", "explain", "--model", tmp_path / "train", "--expression", root / "sim_expression.tsv",
+                   "--config", tmp_path / "sharp.yaml", "--out", out, check=False)
+    one_line(proc, 3, "completeness check failed", "for sample 'S", "2 gauss_legendre steps",
+             "explain.integrated_gradients_steps")
+    assert not out.exists()
+
+
 def test_python_api_reaches_integrated_gradients():
     import anndata as ad
 

@@ -175,7 +175,7 @@ def _hidden_deltas(hidden_net, H: np.ndarray, sign) -> np.ndarray:
     return network_gradients(hidden_net, a, sign) * dact(H, a)[:, None, :]
 
 
-def _ig_chunk(net, pre, X_chunk, baseline, steps, rule, sign, keep_rows):
+def _integrated_gradients_chunk(net, pre, X_chunk, baseline, steps, rule, sign, keep_rows):
     """IG of one chunk, reduced to what the outputs need, so memory does not grow with samples x genes.
 
     Returns (sum over rows of |IG| summed over outputs (q,), sum over rows of IG averaged over outputs (q,),
@@ -306,7 +306,7 @@ def run(ctx):
     baseline, baseline_note = _baseline(cfg.integrated_gradients_baseline, ctx.pipeline, pre, ctx.X, bounds)
     steps, rule = int(cfg.integrated_gradients_steps), cfg.integrated_gradients_rule
     rows = ctx.sample_rows()
-    results = ctx.backend.map(_ig_chunk, [(net, pre, ctx.X[s:e], baseline, steps, rule, sign,
+    results = ctx.backend.map(_integrated_gradients_chunk, [(net, pre, ctx.X[s:e], baseline, steps, rule, sign,
                                            [r - s for r in rows if s <= r < e]) for s, e in bounds])
     q, k = len(baseline), len(outputs)
     sums = np.concatenate([r[2] for r in results]) if results else np.empty((0, k))
