@@ -306,8 +306,10 @@ def run(ctx):
     baseline, baseline_note = _baseline(cfg.integrated_gradients_baseline, ctx.pipeline, pre, ctx.X, bounds)
     steps, rule = int(cfg.integrated_gradients_steps), cfg.integrated_gradients_rule
     rows = ctx.sample_rows()
-    results = ctx.backend.map(_integrated_gradients_chunk, [(net, pre, ctx.X[s:e], baseline, steps, rule, sign,
-                                           [r - s for r in rows if s <= r < e]) for s, e in bounds])
+    # fixed chunks (explain.chunk_size), whatever --jobs: the same sums in the same order
+    tasks = [(net, pre, ctx.X[s:e], baseline, steps, rule, sign, [r - s for r in rows if s <= r < e])
+             for s, e in bounds]
+    results = ctx.backend.map(_integrated_gradients_chunk, tasks)
     q, k = len(baseline), len(outputs)
     sums = np.concatenate([r[2] for r in results]) if results else np.empty((0, k))
     f_x = np.concatenate([r[3] for r in results]) if results else np.empty((0, k))
