@@ -473,3 +473,34 @@ def test_planted_genes_found_and_shap_agrees_across_seeds():
         rhos.append(s.summary["vs_shap"]["spearman"])
     print("planted exactly top 4:", exact, "of 10; worst planted rank", worst, "; spearman", np.round(rhos, 3))
     assert exact >= 8 and worst <= 10 and min(rhos) > 0.9
+
+
+def test_sparse_counts_with_a_scale_only_scaler_use_the_training_mean():
+    """Sparse input is scaled without centring: the 'mean' baseline is still the training mean of the model's
+    inputs (the scaler's mean_ / scale_), not zero."""
+    from scipy import sparse
+
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.explain.core import explain_cohort
+    from iml_genomics.models import build_pipeline
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(1.0, size=(80, 10)).astype(float)
+    y = np.where(X[:, 0] + X[:, 1] > 2, "b", "a").astype(object)
+    cfg = config_from_dict({"model": {"name": "mlp", "params": {"max_iter": 200}}, "preprocess": {"transform": "log1p"}})
+    Xs = sparse.csr_matrix(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = build_pipeline(cfg, "classification", sparse_input=True, n_classes=2).fit(Xs, y)
+    assert pipe.named_steps["scale"].with_mean is False
+    ecfg = config_from_dict({"explain": {"methods": ["integrated_gradients"], "method": "shap",
+                                         "background_size": 5, "samples": ["S1"]}}).explain
+    genes = [f"G{i}" for i in range(10)]
+    res = explain_cohort(pipe, Xs, gene_ids=genes, sample_ids=[f"S{i}" for i in range(80)], classes=["a", "b"],
+                         task="classification", explain_cfg=ecfg)
+    out = res.extra["methods"]["integrated_gradients"]
+    base = out.tables["integrated_gradients_local.tsv"].set_index("gene_id").loc[genes, "baseline_value"]
+    Z = pipe[:-1].transform(Xs).toarray()
+    np.testing.assert_allclose(base.to_numpy(), Z.mean(axis=0), atol=1e-12)
+    assert np.abs(Z.mean(axis=0)).min() > 0.1  # not the zero vector
+    assert out.summary["max_completeness_gap"] < 1e-8

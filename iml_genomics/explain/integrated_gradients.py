@@ -230,6 +230,13 @@ def _baseline(kind: str, pipeline, pre, X, backend_chunks) -> tuple[np.ndarray, 
     if kind == "mean":
         if scaler is not None and getattr(scaler, "with_mean", False):
             return np.zeros(q), "training mean of the model inputs (0 after the fitted StandardScaler)"
+        if scaler is not None and getattr(scaler, "mean_", None) is not None:
+            # a scale-only scaler (sparse input) still records its training mean: divided by the scale, it is
+            # the training mean of what the model sees
+            sd = getattr(scaler, "scale_", None)
+            mean = np.asarray(scaler.mean_, dtype=np.float64)
+            return (mean / np.asarray(sd, dtype=np.float64) if sd is not None else mean,
+                    "training mean of the model inputs (the fitted scale-only StandardScaler's mean / scale)")
         mean = np.zeros(q)
         for s, e in backend_chunks:
             mean += preprocess(pre, X[s:e]).sum(axis=0)
