@@ -274,3 +274,36 @@ def local_explanation(local: pd.DataFrame, sample_id: str, labels: dict[str, str
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("SHAP value")
     return to_base64_png(fig)
+
+
+def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 15
+                              ) -> str | None:
+    """Mean |integrated gradients| of the top genes and, when SHAP ran on the same model, IG's rank against
+    SHAP's rank for every gene (integrated_gradients.tsv)."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    top = table.sort_values(["rank", "gene_id"]).head(n)
+    shap_rank = pd.to_numeric(table["shap_rank"], errors="coerce")
+    panels = 2 if shap_rank.notna().any() else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.28 * len(top) + 1.6), squeeze=False)
+    ax = axes[0, 0]
+    y = np.arange(len(top))[::-1]
+    ax.barh(y, top["mean_abs_ig"].astype(float), color=PALETTE["blue"])
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in top["gene_id"].astype(str)], fontsize=8)
+    ax.set_xlabel("mean |integrated gradients| (model output scale)")
+    ax.set_title("Integrated gradients: global importance")
+    if panels == 2:
+        ax = axes[0, 1]
+        ok = shap_rank.notna().to_numpy()
+        ax.scatter(shap_rank[ok], table["rank"].to_numpy()[ok], s=10, color=PALETTE["grey"], linewidths=0)
+        m = int(max(shap_rank[ok].max(), table["rank"].max()))
+        ax.plot([1, m], [1, m], color=PALETTE["red"], lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rank by mean |SHAP|")
+        ax.set_ylabel("rank by mean |IG|")
+        ax.set_title("Same model, two attribution methods")
+    fig.tight_layout()
+    return to_base64_png(fig)
