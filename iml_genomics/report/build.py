@@ -394,8 +394,11 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         else:
             info["comparison with SHAP"] = vs.get("skipped", "not available")
         inner = H.kv_table(info)
-        inner += '<div class="plots">' + H.img(plots.integrated_gradients_plot(ig_table, labels),
-                                               "integrated gradients") + "</div>"
+        inner += '<div class="plots">' + H.figure(
+            plots.integrated_gradients_plot(ig_table, labels),
+            f"Mean |integrated gradient| per gene over all samples, on {H.esc(f'{scale} {outputs}'.strip())}: how "
+            f"much each gene moves the network's output away from the baseline sample; the model, not the "
+            f"biology.") + "</div>"
         inner += H.table_html(ig_table, max_rows=15)
         inner += ('<p class="note">Integrated gradients explain the <b>model</b> (the trained neural network), not '
                   'the biology: each gene\'s value is how much moving that gene from the baseline to the sample\'s '
