@@ -90,21 +90,20 @@ def pdp_section(inputs, labels: dict | None = None):
     what = {"probability": f"the model's predicted probability of class {', '.join(map(str, classes))}",
             "decision_function": f"the model's decision function for class {', '.join(map(str, classes))}",
             "prediction": "the model's prediction"}.get(scale, scale)
-    inner = '<div class="plots">' + H.img(plots.pdp_curves(table, labels), "partial dependence and ICE curves")
-    inner += "</div>"
+    caption = (f'Each panel shows {H.esc(what)} (y axis) as one gene is set to each value of its observed range '
+               f'(x axis, raw expression, 5th to 95th percentile) in every sample while the other genes keep their '
+               f'values. Red: the average over {H.esc(s.get("n_samples_averaged", ""))} samples (partial '
+               f'dependence); grey: single samples (ICE). It describes the fitted model, not biology; with '
+               f'correlated genes it includes expression combinations that real samples may not show. Crossing grey '
+               f'curves mean the gene\'s effect depends on the rest of the sample.')
+    inner = '<div class="plots">' + H.figure(plots.pdp_curves(table, labels), caption) + "</div>"
     shapes = s.get("shapes") or {}
     rows = [{"gene_id": g, "class": c, "shape": v.get("shape"), "range": v.get("range"),
              "spearman_with_expression": v.get("spearman")}
             for g, per in shapes.items() if isinstance(per, dict) for c, v in per.items() if isinstance(v, dict)]
     if rows:
         inner += H.table_html(pd.DataFrame(rows), max_rows=40)
-    inner += (f'<p class="note">Each panel shows {H.esc(what)} (y axis) as one gene is set to each value of its '
-              f'observed range (x axis, raw expression, 5th to 95th percentile) in every sample while the other '
-              f'genes keep their values. Red: the average over {H.esc(s.get("n_samples_averaged", ""))} samples '
-              f'(partial dependence); grey: single samples (ICE). It describes the fitted model, not biology; with '
-              f'correlated genes it includes expression combinations that real samples may not show. Crossing grey '
-              f'curves mean the gene\'s effect depends on the rest of the sample. Full table: '
-              f'partial_dependence.tsv.</p>')
+    inner += '<p class="note">Full table: partial_dependence.tsv.</p>'
     return ("pdp", "Partial dependence and ICE", inner)
 
 
@@ -121,11 +120,12 @@ def map_section(inputs, labels: dict | None = None):
              "samples shown": f"{s.get('n_samples', len(table))} of {s.get('n_samples_total', len(table))}",
              "SHAP values of": s.get("attributions_of") or "the prediction"}
     inner = H.kv_table(items)
-    inner += '<div class="plots">' + H.img(plots.attribution_map(table), "attribution map") + "</div>"
-    inner += (f'<p class="note">Each dot is a sample, placed by {name} so that samples whose predictions the model '
-              f'explains alike (the same genes pushing in the same direction by similar amounts) lie close together. '
-              f'Left: coloured by the true class; right: by the model\'s prediction. Groups of one class apart from '
-              f'the rest are samples the model reasons about in the same way; a sample sitting among the other '
-              f'class is explained like them. Distances between distant groups and the axes have no meaning. '
-              f'It explains the model, not the biology. Full table: attribution_map.tsv.</p>')
+    caption = (f'Each dot is a sample, placed by {name} so that samples whose predictions the model explains alike '
+               f'(the same genes pushing in the same direction by similar amounts) lie close together. Left: '
+               f'coloured by the true class; right: by the model\'s prediction. Groups of one class apart from the '
+               f'rest are samples the model reasons about in the same way; a sample sitting among the other class is '
+               f'explained like them. Distances between distant groups and the axes have no meaning. It explains the '
+               f'model, not the biology.')
+    inner += '<div class="plots">' + H.figure(plots.attribution_map(table), caption) + "</div>"
+    inner += '<p class="note">Full table: attribution_map.tsv.</p>'
     return ("map", "Map of samples in attribution space", inner)
