@@ -107,6 +107,14 @@ class ExplainConfig:
     methods: list[str] | Literal["all"] = _opt(
         [], help="Explanation methods beyond SHAP and permutation importance (opt-in): a list of "
                  + ", ".join(EXPLAIN_METHODS) + "; or all (docs/explain.md).")
+    # method conditional (LOCO and knockoff CPI, iml_genomics/explain/conditional.py)
+    conditional_top_k: int = _opt(
+        20, min=1, help="conditional: top genes of gene_ranking.tsv tested by LOCO and CPI (capped at the genes the "
+                        "model uses; more than the matrix's genes is refused).")
+    conditional_tests: Literal["both", "loco", "cpi"] = _opt(
+        "both", help="conditional: LOCO (k x folds refits), knockoff CPI (no refits), or both.")
+    conditional_knockoff_draws: int = _opt(
+        1, min=1, max=1000, help="conditional: knockoff draws per fold for CPI; per-sample differences are averaged.")
 
 
 @dataclass
