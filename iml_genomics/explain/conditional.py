@@ -112,19 +112,41 @@ def paired_test(d, confidence: float = CONFIDENCE) -> tuple[float, float, float,
 def gaussian_knockoffs(X_train: np.ndarray, random_state: int, s_method: str = "mvr"):
     """The project's Gaussian model-X knockoff model, fitted on a fold's training rows.
 
-    Covariance as ``select`` fits it (``covariance='auto'``: Ledoit-Wolf or factors plus blocks), S by
-    ``s_method``, 2C - S checked to be PSD.
+    Up to ``DENSE_MAX_GENES`` genes: dense Ledoit-Wolf, replaced by factors plus blocks when it fails the
+    project's neighbour exchangeability check (:func:`iml_genomics.select.diagnostics.exchangeability_check`)
+    and factors plus blocks pass it. Not ``select``'s ``auto`` rule (factors plus blocks whenever Ledoit-Wolf
+    shrinks by more than 0.3): heavy shrinkage is also what *independent* genes give, and there a factor model
+    finds spurious factors and S collapses (p = 6 independent genes, n = 300: s ~ 0.15 instead of ~1), which
+    leaves the knockoff next to the gene and CPI without power. Above it: factors plus blocks. S by
+    ``s_method``; 2C - S is checked to be PSD.
 
     Returns
     -------
     (model, S, prepared)
         For :func:`iml_genomics.select.sampler.sample_knockoffs`.
     """
-    from iml_genomics.select.covariance import fit_covariance
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.select.covariance import DENSE_MAX_GENES, fit_covariance
+    from iml_genomics.select.diagnostics import exchangeability_check
     from iml_genomics.select.sampler import prepare_sampler
     from iml_genomics.select.smatrix import check_psd, compute_s, min_eig_2c_minus_s
 
-    model = fit_covariance(X_train, method="auto", random_state=random_state)
+    if X_train.shape[1] > DENSE_MAX_GENES:
+        model = fit_covariance(X_train, method="factor_blocks", random_state=random_state)
+    else:
+        model = fit_covariance(X_train, method="ledoit_wolf", random_state=random_state)
+
+        def passes(m):
+            return exchangeability_check(X_train, covariance=m.kind, factor_rank=m.rank, s_method=s_method,
+                                         random_state=random_state).get("passed") is not False
+
+        if X_train.shape[1] > 2 and not passes(model):
+            try:
+                alt = fit_covariance(X_train, method="factor_blocks", random_state=random_state)
+            except InputDataError:
+                alt = None
+            if alt is not None and passes(alt):
+                model = alt
     s, _ = compute_s(model, s_method, random_state=random_state)
     check_psd(min_eig_2c_minus_s(model, s))
     return model, s, prepare_sampler(model, s)
@@ -214,7 +236,7 @@ def _loco_task(pipeline, X, y, train, test, classes, task, col):
     return sample_losses(model, X[test][:, keep], y[test], classes, task)
 
 
-def _task(kind, *args):
+def _conditional_importance_fit(kind, *args):
     # one map over both kinds so the backend balances LOCO refits and fold fits together
     return _fold_task(*args) if kind == "fold" else _loco_task(*args)
 
@@ -270,7 +292,7 @@ def conditional_importance(refit_pipeline, X, y, *, gene_ids, genes, splits, tas
              for (_, _, tr, te), sd in zip(splits, seeds)]
     if do_loco:
         tasks += [("loco", refit_pipeline, X, y, tr, te, classes, task, c) for (_, _, tr, te) in splits for c in cols]
-    results = backend.map(_task, tasks)
+    results = backend.map(_conditional_importance_fit, tasks)
     folds, loco = results[:len(splits)], results[len(splits):]
 
     n = X.shape[0]
@@ -338,6 +360,14 @@ def conditional_importance(refit_pipeline, X, y, *, gene_ids, genes, splits, tas
     return table, summary
 
 
+def validate(explain_cfg, *, gene_ids, sample_ids=None) -> None:
+    """``explain.conditional_top_k`` above the genes of the matrix is refused (one line, exit 2)."""
+    k = int(explain_cfg.conditional_top_k)
+    if k > len(gene_ids):
+        raise ConfigError(f"config: explain.conditional_top_k is {k} but the expression matrix has "
+                          f"{len(gene_ids)} genes; set it to at most {len(gene_ids)}.")
+
+
 def run(ctx):
     """``explain.methods: conditional``: LOCO and knockoff CPI for the top ``explain.conditional_top_k`` genes."""
     from iml_genomics.explain.methods import MethodOutput
@@ -349,10 +379,8 @@ def run(ctx):
         out.warnings.append(f"explain: conditional importance skipped: {reason}.")
         out.summary["skipped"] = reason
         return out
+    validate(ecfg, gene_ids=ctx.gene_ids)
     k = int(ecfg.conditional_top_k)
-    if k > len(ctx.gene_ids):
-        raise ConfigError(f"config: explain.conditional_top_k is {k} but the expression matrix has "
-                          f"{len(ctx.gene_ids)} genes; set it to at most {len(ctx.gene_ids)}.")
     genes = ctx.ranking_top_genes(k)
     notes = []
     if len(genes) < k:

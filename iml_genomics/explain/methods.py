@@ -144,6 +144,15 @@ def resolve_methods(requested) -> list:
     return [n for n in METHOD_NAMES if n in names]
 
 
+def validate_methods(names, explain_cfg, *, gene_ids, sample_ids) -> None:
+    """Refuse bad settings of the requested methods before any work: each module may define
+    ``validate(explain_cfg, gene_ids=..., sample_ids=...)`` raising a one-line ConfigError / InputDataError."""
+    for name in resolve_methods(names):
+        check = getattr(importlib.import_module(METHOD_MODULES[name]), "validate", None)
+        if check is not None:
+            check(explain_cfg, gene_ids=gene_ids, sample_ids=sample_ids)
+
+
 def run_methods(names, ctx: MethodContext) -> dict:
     """Run the requested methods in order; name -> :class:`MethodOutput`.
 
