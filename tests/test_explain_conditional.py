@@ -289,17 +289,28 @@ explain:
 
 
 def _cli(*args, cwd=ROOT):
+    """A real process: exit code, stderr and no traceback as a user sees them."""
     return subprocess.run([sys.executable, "-m", "iml_genomics", *[str(a) for a in args]], cwd=cwd,
                           capture_output=True, text=True)
+
+
+def _invoke(*args):
+    """In-process (click's runner): the same command without a second interpreter's start-up and imports."""
+    from click.testing import CliRunner
+
+    from iml_genomics.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
 
 
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("conditional_cli")
     (root / "cfg.yaml").write_text(CONFIG.format(k=4))
-    r = _cli("train", "--config", root / "cfg.yaml", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
-             "--out", root / "train", "--jobs", "1")
-    assert r.returncode == 0, r.stderr
+    _invoke("train", "--config", root / "cfg.yaml", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
+            "--out", root / "train", "--jobs", "1")
     return root
 
 
@@ -307,9 +318,8 @@ def test_cli_writes_conditional_importance(demo_bundle):
     # --jobs 2: the tasks run in worker processes (test_results_do_not_depend_on_the_backend_workers compares
     # one and two workers byte for byte on a smaller cohort)
     root = demo_bundle
-    r = _cli("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
-             "--out", root / "j2", "--jobs", 2)
-    assert r.returncode == 0, r.stderr
+    _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
+            "--out", root / "j2", "--jobs", 2)
     table = pd.read_csv(root / "j2" / "conditional_importance.tsv", sep="\t")
     assert list(table.columns) == COLUMNS and set(table["explains"]) == {"data"}
     assert table.groupby("method").size().to_dict() == {"cpi": 4, "loco": 4}
@@ -336,10 +346,9 @@ def test_cli_refuses_conditional_top_k_above_the_genes_with_one_line(demo_bundle
 
 def test_cli_without_labels_skips_with_a_warning(demo_bundle):
     root = demo_bundle
-    r = _cli("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--out", root / "nolab",
-             "--method", "shap", "--jobs", "1")
-    assert r.returncode == 0, r.stderr
-    assert sum("conditional importance skipped" in ln for ln in r.stderr.splitlines()) == 1
+    r = _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--out", root / "nolab",
+                "--method", "shap", "--jobs", "1")
+    assert sum("conditional importance skipped" in ln for ln in r.stderr.splitlines()) == 1, r.stderr
     assert not (root / "nolab" / "conditional_importance.tsv").exists()
     summary = json.loads((root / "nolab" / "explain_summary.json").read_text())["methods"]["conditional"]
     assert "labels" in summary["skipped"]
@@ -363,3 +372,20 @@ def test_python_api_runs_conditional():
     table = ig.get.explain_method_df(adata, "conditional_importance.tsv")
     assert list(table.columns) == COLUMNS and set(table["method"]) == {"cpi"} and len(table) == 3
     assert table.iloc[0]["gene_id"] == "g1" and table.iloc[0]["q_value"] < 0.01
+
+
+def test_report_shows_conditional_importance_only_when_it_ran(demo_bundle):
+    root = demo_bundle
+    if not (root / "j2" / "conditional_importance.tsv").exists():
+        _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
+                "--out", root / "j2", "--jobs", 1)
+    _invoke("report", "--inputs", root / "train", "--inputs", root / "j2", "--out", root / "rep")
+    page = (root / "rep" / "report.html").read_text()
+    assert 'id="conditional"' in page and "beyond the other genes" in page and "G00005" in page
+    # the SHAP-only explain output (no labels: the method was skipped) gives no section and no "missing" box
+    if not (root / "nolab").exists():
+        _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--out", root / "nolab",
+                "--method", "shap", "--jobs", "1")
+    _invoke("report", "--inputs", root / "train", "--inputs", root / "nolab", "--out", root / "rep2")
+    page2 = (root / "rep2" / "report.html").read_text()
+    assert 'id="conditional"' not in page2 and "Conditional importance" not in page2
