@@ -30,6 +30,7 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
     Writes to OUT: attributions.parquet, gene_ranking.tsv, local_explanations.tsv,
     interactions.tsv, explain_summary.json, provenance.json (columns: docs/explain.md).
     Without labels only SHAP of the final model is computed.
+    --methods conditional adds conditional_importance.tsv (LOCO and knockoff CPI, needs labels).
     \b
     Example:
       iml-genomics explain --model results/train --expression test_data/demo_expression.csv.gz \\
