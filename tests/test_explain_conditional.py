@@ -179,33 +179,59 @@ def _null_p_values(seeds, n, p, tests, task="regression"):
     return out
 
 
-def _check_calibration(results, *, alpha_ks):
+def _check_calibration(results, *, alpha_ks, max_ks_cpi):
+    """Null p-values valid (not smaller than uniform), CPI's near uniform, planted genes found.
+
+    Validity: the one-sided KS test against p-values *smaller* than uniform (``alternative='greater'``) and the
+    type-I error at 0.01, 0.05 and 0.1 within 3 binomial sd of the level. CPI's pooled p-values are not exactly
+    uniform but conservative: measured (n = 200, p = 12, OLS, 5 folds, 40 seeds, true covariance) KS distance 0.14
+    and type-I error 0.028 at 0.05, while the same test on one fold, or on an independent test set, is uniform
+    (KS p 0.63 and 0.86; see test_cpi_p_values_uniform_on_an_independent_test_set). The held-out differences of
+    different folds are dependent (each fold's model is trained on the other folds' test samples), which the
+    per-sample t-test does not see. LOCO is conservative by construction (a refit with a useless gene is slightly
+    worse), so only its validity is tested.
+    """
     cpi = np.concatenate([r[1] for r in results if r[0] == "cpi"])
     loco = np.concatenate([r[1] for r in results if r[0] == "loco"])
     planted = np.concatenate([r[2] for r in results])
-    # CPI: null p-values uniform (two-sided KS); LOCO: not smaller than uniform (a useless gene makes the refit
-    # slightly worse, never better on average), so the one-sided KS against "stochastically smaller"
-    assert stats.kstest(cpi, "uniform").pvalue > alpha_ks, np.sort(cpi)
-    assert stats.kstest(loco, "uniform", alternative="greater").pvalue > alpha_ks, np.sort(loco)
+    for p in (cpi, loco):
+        assert stats.kstest(p, "uniform", alternative="greater").pvalue > alpha_ks, np.sort(p)
+        for level in (0.01, 0.05, 0.1):
+            assert np.mean(p <= level) <= level + 3 * np.sqrt(level * (1 - level) / p.size), (level, np.sort(p))
+    assert stats.kstest(cpi, "uniform").statistic <= max_ks_cpi, np.sort(cpi)
     assert np.mean(planted < 0.01) == 1.0, planted
     return cpi, loco
 
 
-def test_null_p_values_uniform_planted_small_cheap():
-    results = _null_p_values(range(8), 200, 12, "both")
-    cpi, loco = _check_calibration(results, alpha_ks=0.001)
-    # the type-I error at 0.05 (80 null p-values per method; 0.05 + 3 binomial sd)
-    assert np.mean(cpi < 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / cpi.size)
-    assert np.mean(loco < 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / loco.size)
+def test_null_p_values_valid_planted_small_cheap():
+    # 8 seeds x 10 null genes per method; measured KS distance of CPI 0.21 (the conservative shift plus the noise
+    # of 80 p-values, 0.18 at the 1% level), so 0.3 fails only a grossly miscalibrated test
+    _check_calibration(_null_p_values(range(8), 200, 12, "both"), alpha_ks=0.001, max_ks_cpi=0.3)
+
+
+def test_cpi_p_values_uniform_on_an_independent_test_set():
+    """One model, one independent test set: CPI's paired t-test is calibrated (two-sided KS), with the knockoff
+    model fitted on the training rows as in the method."""
+    ps = []
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        X = ar1(400, 12, 0.5, rng)
+        y = X[:, 0] - X[:, 6] + rng.standard_normal(400)
+        table, _ = conditional_importance(ols(), X, y, gene_ids=genes(12), genes=genes(12),
+                                          splits=[(1, 1, np.arange(200), np.arange(200, 400))], task="regression",
+                                          tests="cpi", random_state=seed)
+        ps += list(by_gene(table, "cpi").drop(["g0", "g6"])["p_value"])
+    assert stats.kstest(ps, "uniform").pvalue > 0.01, np.sort(ps)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["regression", "classification"])
-def test_null_p_values_uniform_planted_small_many_seeds(task):
-    results = _null_p_values(range(100, 160), 300, 16, "both", task=task)
-    cpi, loco = _check_calibration(results, alpha_ks=0.01)
-    assert np.mean(cpi < 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / cpi.size)
-    assert np.mean(loco < 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / loco.size)
+def test_null_p_values_valid_planted_small_many_seeds(task):
+    # 60 seeds x 14 null genes; 0.2 allows the measured conservative shift (KS distance ~0.14)
+    cpi, loco = _check_calibration(_null_p_values(range(100, 160), 300, 16, "both", task=task), alpha_ks=0.01,
+                                   max_ks_cpi=0.2)
+    print(task, "cpi KS", stats.kstest(cpi, "uniform"), "type-I at 0.05", np.mean(cpi <= 0.05),
+          "loco type-I at 0.05", np.mean(loco <= 0.05))
 
 
 def _bystander_design(seed, n=300):
