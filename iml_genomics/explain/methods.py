@@ -58,7 +58,7 @@ class MethodContext:
     positive_class : str or None
         Two classes: the class SHAP explains; methods with a class-specific output explain the same one.
     explain_cfg : iml_genomics.config.ExplainConfig
-    splits : list of (train_idx, test_idx) or None
+    splits : list of (repeat, fold, train_idx, test_idx) or None
         The CV folds of the step (None without labels); methods that refit use these same folds.
     random_state : int
     backend : iml_genomics.parallel.Backend
