@@ -200,7 +200,8 @@ def _check_calibration(results, *, alpha_ks, max_ks_cpi):
         for level in (0.01, 0.05, 0.1):
             assert np.mean(p <= level) <= level + 3 * np.sqrt(level * (1 - level) / p.size), (level, np.sort(p))
     assert stats.kstest(cpi, "uniform").statistic <= max_ks_cpi, np.sort(cpi)
-    assert np.mean(planted < 0.01) == 1.0, planted
+    # power: planted genes at p < 0.01 in at least 95% of (seed, gene, method)
+    assert np.mean(planted < 0.01) >= 0.95, planted
     return cpi, loco
 
 
@@ -232,7 +233,7 @@ def test_null_p_values_valid_planted_small_many_seeds(task):
     cpi, loco = _check_calibration(_null_p_values(range(100, 160), 300, 16, "both", task=task), alpha_ks=0.01,
                                    max_ks_cpi=0.2)
     print(task, "cpi KS", stats.kstest(cpi, "uniform"), "type-I at 0.05", np.mean(cpi <= 0.05),
-          "loco type-I at 0.05", np.mean(loco <= 0.05))
+          "loco type-I at 0.05", np.mean(loco <= 0.05), "loco KS", stats.kstest(loco, "uniform"))
 
 
 def _bystander_design(seed, n=300):

@@ -382,7 +382,8 @@ def run(ctx):
     validate(ecfg, gene_ids=ctx.gene_ids)
     k = int(ecfg.conditional_top_k)
     genes = ctx.ranking_top_genes(k)
-    notes = []
+    notes = ["the tested genes were chosen by gene_ranking.tsv on the same samples; p- and q-values do not account "
+             "for that choice (test every used gene with conditional_top_k and conditional_tests: cpi for that)"]
     if len(genes) < k:
         notes.append(f"explain.conditional_top_k = {k} but the model uses {len(genes)} genes; tested those.")
     ranks = dict(zip(ctx.ranking["gene_id"].astype(str), ctx.ranking["rank"].astype(int)))
