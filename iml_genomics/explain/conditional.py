@@ -206,9 +206,11 @@ def _fold_task(pipeline, X, y, train, test, classes, task, cols, n_draws, seed, 
         for i, j in enumerate(cols):
             if j not in pos:
                 continue
-            swapped = Xt_te.copy()
-            swapped[:, j] = Xk[:, pos[j]]
-            diffs[i] += sample_losses(rest, swapped, y[test], classes, task) - base
+            # swap one column in place and put it back: no n x p copy per gene
+            real = Xt_te[:, j].copy()
+            Xt_te[:, j] = Xk[:, pos[j]]
+            diffs[i] += sample_losses(rest, Xt_te, y[test], classes, task) - base
+            Xt_te[:, j] = real
             if d == 0:
                 c = Ztr.T @ Ztr[:, pos[j]] / len(train)
                 c[pos[j]] = 0.0
