@@ -23,7 +23,9 @@ differences are skewed); the mean of n >= ~30 held-out differences is close to n
 needs. ``q_value`` is Benjamini-Hochberg over the tested genes, per method.
 
 LOCO's p-value is conservative for null genes (a refit with a useless gene is slightly *worse*, so the mean
-difference of a null gene is <= 0), CPI's is calibrated when the knockoffs are right. A gene the fold models do not
+difference of a null gene is <= 0). CPI's is exact on one fold when the knockoffs are right (a swap of gene and
+knockoff flips the sign of a null difference) and slightly conservative pooled over CV folds, whose models are
+trained on each other's test samples (measured in docs/explain.md). A gene the fold models do not
 use (filtered out, never split on, zero coefficient) has differences exactly 0: importance 0, p-value 1.
 
 No file I/O here; the explain step writes ``conditional_importance.tsv``.
