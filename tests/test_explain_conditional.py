@@ -382,7 +382,7 @@ def test_cli_without_labels_skips_with_a_warning(demo_bundle):
     assert "labels" in summary["skipped"]
 
 
-def test_python_api_runs_conditional():
+def test_python_api_runs_conditional_and_caps_k_at_the_genes_the_model_uses():
     import anndata as ad
 
     import iml_genomics as ig
@@ -390,30 +390,17 @@ def test_python_api_runs_conditional():
     rng = np.random.default_rng(5)
     n, p = 150, 10
     X = ar1(n, p, 0.5, rng)
-    y = np.where(2 * X[:, 1] + rng.logistic(size=n) > 0, "up", "down")
+    X[:, 1] *= 3.0  # the most variable gene, so the gene filter keeps it
+    y = np.where(X[:, 1] + rng.logistic(size=n) > 0, "up", "down")
     adata = ad.AnnData(X=X.astype(np.float32), obs=pd.DataFrame({"group": y}, index=[f"c{i}" for i in range(n)]),
                        var=pd.DataFrame(index=genes(p)))
+    # the pipeline keeps the 4 most variable genes: k = 6 is capped at 4, with a note
     ig.tl.train(adata, label_column="group", config={"seed": 0, "model": {"name": "l1_logistic"},
-                                                     "cv": {"n_splits": 3}})
-    ig.tl.explain(adata, config={"explain": {"method": "shap", "methods": ["conditional"],
-                                             "conditional_top_k": 3, "conditional_tests": "cpi"}})
+                                                     "preprocess": {"top_k_variable": 4}, "cv": {"n_splits": 3}})
+    result = ig.tl.explain(adata, config={"explain": {"method": "shap", "methods": ["conditional"],
+                                                      "conditional_top_k": 6, "conditional_tests": "cpi"}})
     table = ig.get.explain_method_df(adata, "conditional_importance.tsv")
-    assert list(table.columns) == COLUMNS and set(table["method"]) == {"cpi"} and len(table) == 3
+    assert list(table.columns) == COLUMNS and set(table["method"]) == {"cpi"} and len(table) == 4
     assert table.iloc[0]["gene_id"] == "g1" and table.iloc[0]["q_value"] < 0.01
-
-
-def test_report_shows_conditional_importance_only_when_it_ran(demo_bundle):
-    root = demo_bundle
-    if not (root / "j2" / "conditional_importance.tsv").exists():
-        _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
-                "--out", root / "j2", "--jobs", 1)
-    _invoke("report", "--inputs", root / "train", "--inputs", root / "j2", "--out", root / "rep")
-    page = (root / "rep" / "report.html").read_text()
-    assert 'id="conditional"' in page and "beyond the other genes" in page and "G00005" in page
-    # the SHAP-only explain output (no labels: the method was skipped) gives no section and no "missing" box
-    if not (root / "nolab").exists():
-        _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--out", root / "nolab",
-                "--method", "shap", "--jobs", "1")
-    _invoke("report", "--inputs", root / "train", "--inputs", root / "nolab", "--out", root / "rep2")
-    page2 = (root / "rep2" / "report.html").read_text()
-    assert 'id="conditional"' not in page2 and "Conditional importance" not in page2
+    notes = result.summary["methods"]["conditional"]["notes"]
+    assert any("the model uses 4 genes" in note for note in notes), notes
