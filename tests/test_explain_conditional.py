@@ -404,3 +404,20 @@ def test_python_api_runs_conditional_and_caps_k_at_the_genes_the_model_uses():
     assert table.iloc[0]["gene_id"] == "g1" and table.iloc[0]["q_value"] < 0.01
     notes = result.summary["methods"]["conditional"]["notes"]
     assert any("the model uses 4 genes" in note for note in notes), notes
+
+
+def test_report_shows_conditional_importance_only_when_it_ran(demo_bundle):
+    root = demo_bundle
+    if not (root / "j2" / "conditional_importance.tsv").exists():
+        _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--labels", DEMO_LABELS,
+                "--out", root / "j2", "--jobs", 1)
+    _invoke("report", "--inputs", root / "train", "--inputs", root / "j2", "--out", root / "rep")
+    page = (root / "rep" / "report.html").read_text()
+    assert 'id="conditional"' in page and "beyond the other genes" in page and "G00005" in page
+    # the SHAP-only explain output (no labels: the method was skipped) gives no section and no "missing" box
+    if not (root / "nolab").exists():
+        _invoke("explain", "--model", root / "train", "--expression", DEMO_EXPR, "--out", root / "nolab",
+                "--method", "shap", "--jobs", "1")
+    _invoke("report", "--inputs", root / "train", "--inputs", root / "nolab", "--out", root / "rep2")
+    page2 = (root / "rep2" / "report.html").read_text()
+    assert 'id="conditional"' not in page2 and "Conditional importance" not in page2
