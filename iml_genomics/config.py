@@ -138,6 +138,14 @@ class ExplainConfig:
         1e-2, min=0.0, min_exclusive=True,
         help="integrated_gradients: max |sum(IG) - (f(x) - f(baseline))| / max(1, |f(x) - f(baseline)|) on every "
              "sample (completeness); above it explain fails.")
+    # method conditional (LOCO and knockoff CPI, iml_genomics/explain/conditional.py)
+    conditional_top_k: int = _opt(
+        20, min=1, help="conditional: top genes of gene_ranking.tsv tested by LOCO and CPI (capped at the genes the "
+                        "model uses; more than the matrix's genes is refused).")
+    conditional_tests: Literal["both", "loco", "cpi"] = _opt(
+        "both", help="conditional: LOCO (k x folds refits), knockoff CPI (no refits), or both.")
+    conditional_knockoff_draws: int = _opt(
+        1, min=1, max=1000, help="conditional: knockoff draws per fold for CPI; per-sample differences are averaged.")
 
 
 @dataclass

@@ -32,6 +32,7 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
     --methods adds each method's files: surrogate.tsv, surrogate_rules.txt (model_rules.txt
     for a decision tree), partial_dependence.tsv, attribution_map.tsv, ...
     Without labels only SHAP of the final model is computed.
+    --methods conditional adds conditional_importance.tsv (LOCO and knockoff CPI, needs labels).
     \b
     Example:
       iml-genomics explain --model results/train --expression test_data/demo_expression.csv.gz \\

@@ -76,7 +76,7 @@ def _embed(values: np.ndarray, *, method: str, random_state: int) -> tuple[np.nd
     return np.asarray(xy, dtype=np.float64), info
 
 
-def check(gene_ids, explain_cfg) -> None:
+def validate(explain_cfg, *, gene_ids, sample_ids) -> None:
     """``explain.map_method: umap`` needs umap-learn (called before the step's long work)."""
     if explain_cfg.map_method == "umap" and not umap_available():
         raise ConfigError("explain.map_method is 'umap' but umap-learn is not installed; pip install umap-learn "
@@ -97,7 +97,7 @@ def run(ctx: MethodContext) -> MethodOutput:
         return out
     method = cfg.map_method
     have_umap = umap_available()
-    check(ctx.gene_ids, cfg)
+    validate(cfg, gene_ids=ctx.gene_ids, sample_ids=ctx.sample_ids)
     if method == "auto":
         method = "umap" if have_umap else "tsne"
     A = np.asarray(ctx.attributions)

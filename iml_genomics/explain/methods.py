@@ -145,16 +145,13 @@ def resolve_methods(requested) -> list:
     return [n for n in METHOD_NAMES if n in names]
 
 
-def check_methods(names, *, gene_ids, explain_cfg) -> None:
-    """Refuse a method's bad settings before the step's long work (SHAP, refits) starts.
-
-    Calls the optional ``check(gene_ids, explain_cfg)`` of each requested method's module, which raises
-    ConfigError / InputDataError in one line; methods without one are checked when they run.
-    """
+def validate_methods(names, explain_cfg, *, gene_ids, sample_ids) -> None:
+    """Refuse bad settings of the requested methods before any work: each module may define
+    ``validate(explain_cfg, gene_ids=..., sample_ids=...)`` raising a one-line ConfigError / InputDataError."""
     for name in resolve_methods(names):
-        check = getattr(importlib.import_module(METHOD_MODULES[name]), "check", None)
+        check = getattr(importlib.import_module(METHOD_MODULES[name]), "validate", None)
         if check is not None:
-            check(gene_ids, explain_cfg)
+            check(explain_cfg, gene_ids=gene_ids, sample_ids=sample_ids)
 
 
 def run_methods(names, ctx: MethodContext) -> dict:

@@ -62,7 +62,7 @@ def _monotonicity(grid: np.ndarray, curve: np.ndarray) -> dict:
     return {"range": rng, "spearman": rho, "shape": shape}
 
 
-def check(gene_ids, explain_cfg) -> None:
+def validate(explain_cfg, *, gene_ids, sample_ids) -> None:
     """``explain.pdp_top_k`` must not exceed the matrix's genes (called before the step's long work)."""
     k = explain_cfg.pdp_top_k
     if k > len(gene_ids):
@@ -77,7 +77,7 @@ def run(ctx: MethodContext) -> MethodOutput:
     """
     cfg = ctx.explain_cfg
     k = cfg.pdp_top_k
-    check(ctx.gene_ids, cfg)
+    validate(cfg, gene_ids=ctx.gene_ids, sample_ids=ctx.sample_ids)
     out = MethodOutput()
     genes = ctx.ranking_top_genes(k)
     if len(genes) < k:

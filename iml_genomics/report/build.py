@@ -416,6 +416,34 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
                   'baseline or on interactions. Full tables: integrated_gradients.tsv, '
                   'integrated_gradients_local.tsv.</p>')
         sections.append(("integrated_gradients", "Integrated gradients (neural network)", inner))
+    # conditional importance (explain.methods: conditional); nothing when the method did not run
+    cond = inputs.explain_methods.get("conditional_importance.tsv")
+    if cond is not None and len(cond):
+        csum = ((inputs.explain_summary or {}).get("methods") or {}).get("conditional") or {}
+        inner = '<div class="plots">' + H.figure(
+            plots.conditional_importance(cond, labels),
+            "Conditional importance of the top genes with 95% intervals, one panel per test (LOCO, CPI); red: "
+            "q &le; 0.1. Importance is the held-out loss increase without the gene's own information: the data, "
+            "not one class.")
+        inner += "</div>"
+        inner += ('<p class="note">Does a top gene carry information on the outcome <b>beyond the other genes</b>? '
+                  "LOCO refits the model without the gene on each CV fold; CPI keeps each fold's model and replaces "
+                  "the gene in the held-out samples by a knockoff (a synthetic copy that keeps its correlation with "
+                  "the other genes but knows nothing about the outcome). Importance = mean increase of the "
+                  f"held-out {H.esc(csum.get('loss', 'loss'))} per sample (all classes, not one class); p-value: "
+                  "one-sided paired t-test, q-value: Benjamini-Hochberg over the tested genes. This describes the "
+                  "<b>data</b> as far as this kind of model can learn it, not the one fitted model: a gene that only "
+                  "stands in for a correlated gene has CPI near 0 even when SHAP ranks it high. Both are small for a gene whose "
+                  "information a correlated gene also carries: each can stand in for the other.</p>")
+        show = [c for c in ["method", "rank", "gene_id", "importance", "ci_low", "ci_high", "p_value", "q_value",
+                            "gene_ranking_rank", "n_samples"] if c in cond.columns]
+        inner += H.table_html(cond[show], max_rows=40)
+        kn = csum.get("knockoffs") or {}
+        if kn.get("failing_genes"):
+            inner += H.missing("The knockoffs of " + H.esc(", ".join(map(str, kn["failing_genes"])))
+                               + " do not reproduce their correlation with neighbouring genes; their CPI p-values "
+                                 "may be too small.")
+        sections.append(("conditional", "Conditional importance (LOCO and CPI)", inner))
 
     # local explanations
     if inputs.local is not None and len(inputs.local):

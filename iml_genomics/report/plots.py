@@ -378,3 +378,35 @@ def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str]
         ax.set_title("Same model, two attribution methods")
     fig.tight_layout()
     return to_base64_png(fig)
+
+
+def conditional_importance(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 20,
+                           q_level: float = 0.1) -> str | None:
+    """LOCO and CPI importance of the tested genes with their 95% intervals, one panel per method.
+
+    Genes in the order of the first method present (best first); red: q <= ``q_level``.
+    """
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    methods = [m for m in ("loco", "cpi") if m in set(table["method"].astype(str))]
+    first = table[table["method"].astype(str) == methods[0]].sort_values(["rank", "gene_id"])
+    genes = first["gene_id"].astype(str).head(n).tolist()
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 1.2, 0.28 * len(genes) + 1.4),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(genes))[::-1]
+    for ax, method in zip(axes[0], methods):
+        sub = table[table["method"].astype(str) == method]
+        sub = sub.set_index(sub["gene_id"].astype(str)).reindex(genes)
+        imp = pd.to_numeric(sub["importance"], errors="coerce").to_numpy()
+        lo = pd.to_numeric(sub["ci_low"], errors="coerce").to_numpy()
+        hi = pd.to_numeric(sub["ci_high"], errors="coerce").to_numpy()
+        called = pd.to_numeric(sub["q_value"], errors="coerce").to_numpy() <= q_level
+        ax.axvline(0.0, color=PALETTE["grey"], lw=0.8)
+        ax.hlines(y, lo, hi, color=np.where(called, PALETTE["red"], PALETTE["grey"]), lw=1.2)
+        ax.scatter(imp, y, s=18, c=np.where(called, PALETTE["red"], PALETTE["grey"]), zorder=3, linewidths=0)
+        ax.set_title({"loco": "LOCO (refit without the gene)", "cpi": "CPI (gene -> knockoff)"}[method], fontsize=9)
+        ax.set_xlabel(f"held-out loss increase\n(bar: 95% CI; red: q <= {q_level:g})", fontsize=8)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels([_label(g, labels) for g in genes], fontsize=8)
+    return to_base64_png(fig)
