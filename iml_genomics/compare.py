@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -24,6 +24,8 @@ import pandas as pd
 
 from iml_genomics.errors import ConfigError
 from iml_genomics.parallel import fixed_blas_threads
+
+log = logging.getLogger("iml_genomics.compare")
 
 # Built-in tuning grids (nested CV), per registry model and task. Small on purpose: every value costs
 # inner_folds fits in every outer fold. Tree ensembles are not tuned by default (their defaults are robust
@@ -169,6 +171,11 @@ def chosen_params(fitted) -> tuple[dict | None, float | None]:
         return None, None
     params = {k.split("__", 1)[1]: _plain(v) for k, v in sorted(last.best_params_.items())}
     return params, float(last.best_score_)
+
+
+def _params_text(params: dict) -> str:
+    """``{"C": 0.1, "l1_ratio": 0.5}`` -> ``C=0.1, l1_ratio=0.5`` (a TSV cell without quoting)."""
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _plain(value):
@@ -367,7 +374,8 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
     sparse_input = sparse.issparse(X)
     runs: dict[str, ModelRun] = {}
     oof: dict[str, pd.DataFrame] = {}
-    for name in candidates:
+    for i, name in enumerate(candidates, start=1):
+        log.info("compare: model %d/%d, %s", i, len(candidates), name)
         pipeline, grid = candidate_pipeline(name, cfg, task, n_classes=n_classes, sparse_input=sparse_input,
                                             inner_splitter=inner)
         cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
@@ -380,12 +388,12 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
         for m, (rep, fold, _, _) in zip(cv.models, splits):
             params, score = chosen_params(m)
             if params is not None:
-                tuning_rows.append({"model": name, "split": f"r{rep}_f{fold}", "params": json.dumps(params),
+                tuning_rows.append({"model": name, "split": f"r{rep}_f{fold}", "params": _params_text(params),
                                     "inner_score": score})
         final = clone(pipeline).fit(X, y)
         params, score = chosen_params(final)
         if params is not None:
-            tuning_rows.append({"model": name, "split": "final", "params": json.dumps(params),
+            tuning_rows.append({"model": name, "split": "final", "params": _params_text(params),
                                 "inner_score": score})
         _, agreement = ranking_stability(imps, gene_ids=gene_ids, top_k=top_k)
         first = cv.oof[cv.oof["repeat"] == 1].set_index("sample_id").loc[list(sample_ids)]

@@ -38,6 +38,8 @@ OUTPUT_NAMES = {
                  "stability_pairs.tsv", "prediction_gaps.tsv", "provenance.json"),
     "simulate": ("provenance.json",),
     "run": ("run_state.json", "provenance.json"),
+    "compare": ("model_comparison.tsv", "model_agreement.tsv", "robust_genes.tsv", "model_gene_rankings.tsv",
+                "model_tuning.tsv", "cv_folds.tsv", "compare_summary.json", "provenance.json"),
 }
 
 UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train", "explain", "select")}
