@@ -230,6 +230,12 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.missing(H._MISSING["train"])
     sections.append(("cv", "Cross-validated performance", inner))
 
+    # model comparison (an `iml-genomics compare` directory among the inputs)
+    if inputs.compare_table is not None and len(inputs.compare_table):
+        from iml_genomics.report.compare_section import compare_section
+
+        sections.append(("compare", "Model comparison", compare_section(inputs)))
+
     # top biomarkers
     bm = result.biomarkers
     show = ["rank", "gene_id", "symbol", "knockoff_selected", "explain_rank", "mean_abs_shap", "explain_rank_low",
