@@ -150,6 +150,28 @@ def candidate_pipeline(name: str, cfg, task: str, *, n_classes: int | None, spar
     return Pipeline([("tuned", search)]), grid
 
 
+def check_tuning(cfg, task: str = "auto") -> None:
+    """Refuse, before any data are read, a ``model.tuning`` grid naming a parameter its estimator does not take.
+
+    With task 'auto' a parameter of either the classifier or the regressor passes (the fit checks again).
+
+    Raises
+    ------
+    ConfigError
+    """
+    from iml_genomics.models import build_estimator
+
+    tasks = ["classification", "regression"] if task == "auto" else [task]
+    for name in cfg.model.candidates:
+        for param in {p for t in tasks for p in tuning_grid(name, t, cfg.model.tuning)}:
+            accepted = {k for t in tasks for k in build_estimator(name, t, seed=0).get_params()}
+            if param not in accepted:
+                near = difflib.get_close_matches(param, sorted(accepted), n=1) if len(param) <= 200 else []
+                raise ConfigError(f"config: key 'model.tuning.{name}' names '{param[:80]}', not a parameter of "
+                                  f"the {name} estimator" + (f" (did you mean {near[0]!r}?)" if near else "")
+                                  + "; fix model.tuning (docs/compare.md).")
+
+
 def inner_cv(task: str, *, n_splits: int, seed: int):
     """The inner splitter of nested CV: (stratified) k-fold, shuffled with the config's seed."""
     from sklearn.model_selection import KFold, StratifiedKFold

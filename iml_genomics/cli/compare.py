@@ -44,6 +44,12 @@ def compare(config_path, expression, labels, out, models, cv_folds, cv_repeats, 
     if not cfg.model.candidates:
         raise ConfigError(f"{config_path or 'config'}: key 'model.candidates' is empty; a comparison needs at least "
                           f"two models: set model.candidates or pass --models l1_logistic,random_forest.")
+    from iml_genomics.compare import check_tuning
+
+    try:
+        check_tuning(cfg, cfg.task)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("config:", f"{config_path or 'config'}:", 1)) from None
     backend = make_backend(cfg)  # an unreachable scheduler fails here, before the data are read
     from iml_genomics.io import Provenance, staged_output
     from iml_genomics.io.step_outputs import compare_line, write_compare
