@@ -211,3 +211,17 @@ def test_bad_config_candidates_and_tuning(tmp_path):
         proc = run_cli(*_demo_args(path), "--out", out, check=False)
         one_line(proc, 2, *needles)
         assert not out.exists()
+
+
+def test_run_with_candidates_writes_the_same_comparison(tmp_path, demo_compare_dir):
+    """`run` with model.candidates adds OUT/compare (same tables as the subcommand), then skips it when up to date."""
+    config = _demo_config(tmp_path)
+    out = tmp_path / "run"
+    proc = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
+    assert "compare: " in proc.stderr
+    for name in TABLES:
+        assert (out / "compare" / name).read_bytes() == (demo_compare_dir / name).read_bytes(), name
+    state = json.loads((out / "run_state.json").read_text())
+    assert {"train", "compare"} <= set(state)
+    again = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
+    assert "compare: " not in again.stderr
