@@ -218,10 +218,10 @@ def test_run_with_candidates_writes_the_same_comparison(tmp_path, demo_compare_d
     config = _demo_config(tmp_path)
     out = tmp_path / "run"
     proc = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
-    assert "compare: " in proc.stderr
+    assert "compare: 400 samples x 400 genes, 2 models on the same folds" in proc.stderr
     for name in TABLES:
         assert (out / "compare" / name).read_bytes() == (demo_compare_dir / name).read_bytes(), name
     state = json.loads((out / "run_state.json").read_text())
     assert {"train", "compare"} <= set(state)
     again = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
-    assert "compare: " not in again.stderr
+    assert "compare: up to date, skipped" in again.stderr and "compare: 400 samples" not in again.stderr
