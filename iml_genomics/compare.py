@@ -391,7 +391,8 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
     n_classes = len(classes) if classes else None
     seed, top_k = cfg.seed, cfg.explain.top_k
     splits = cv_splits(y, task, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=seed)
-    _check_inner_folds(y, task, splits, cfg.model.inner_folds)
+    if any(tuning_grid(name, task, cfg.model.tuning) for name in candidates):
+        _check_inner_folds(y, task, splits, cfg.model.inner_folds)
     inner = inner_cv(task, n_splits=cfg.model.inner_folds, seed=seed)
     sparse_input = sparse.issparse(X)
     runs: dict[str, ModelRun] = {}

@@ -83,7 +83,8 @@ class ModelConfig:
     tuning: dict = _opt(
         {}, help="Nested-CV grids of the comparison: model name -> {parameter: [values]}, replacing the built-in "
                  "grid of that model; {} for a model = not tuned (docs/compare.md).")
-    inner_folds: int = _opt(3, min=2, help="Folds of the inner CV that tunes a candidate inside each outer training fold.")
+    inner_folds: int = _opt(
+        3, min=2, help="Folds of the inner CV that tunes a candidate inside each outer training fold.")
 
 
 @dataclass
@@ -367,7 +368,8 @@ def _check_compare_keys(cfg: Config, source: str) -> None:
         if name not in names:
             near = difflib.get_close_matches(name, names, n=1) if len(name) <= 200 else []
             raise ConfigError(f"{source}: key 'model.candidates' names an unknown model {shorten(name)}"
-                              + (f" (did you mean {near[0]!r}?)" if near else "") + f"; valid names: {', '.join(names)}.")
+                              + (f" (did you mean {near[0]!r}?)" if near else "")
+                              + f"; valid names: {', '.join(names)}.")
     dup = [n for i, n in enumerate(candidates) if n in candidates[:i]]
     if dup:
         raise ConfigError(f"{source}: key 'model.candidates' lists '{dup[0]}' twice; list each model once.")

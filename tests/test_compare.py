@@ -225,3 +225,20 @@ def test_run_with_candidates_writes_the_same_comparison(tmp_path, demo_compare_d
     assert {"train", "compare"} <= set(state)
     again = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
     assert "compare: up to date, skipped" in again.stderr and "compare: 400 samples" not in again.stderr
+
+
+def test_tl_compare_writes_uns_and_get_reads_it_back(tmp_path, interaction_result):
+    import anndata as ad
+
+    import iml_genomics as ig
+
+    adata = _interaction_cohort(0)
+    result = ig.tl.compare(adata, candidates=["l1_logistic", "gradient_boosting"], label_column="y",
+                           config={"explain": {"top_k": 5}}, n_jobs=1)
+    pd.testing.assert_frame_equal(result.comparison, interaction_result.comparison)
+    path = tmp_path / "cohort.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    pd.testing.assert_frame_equal(ig.get.compare_df(back), interaction_result.comparison)
+    pd.testing.assert_frame_equal(ig.get.compare_df(back, "robust_genes"), interaction_result.robust_genes)
+    assert ig.get.summary(back, "compare")["best_model"] == "gradient_boosting"

@@ -275,8 +275,9 @@ class _Run:
         if require and data.label_column is not None and data.label_column in adata.obs.columns:
             y = adata.obs[data.label_column]
             where = str(data.labels or data.expression)
-            _, classes = prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits if ("train" in to_run
-                                                                           or "compare" in to_run) else 2, source=where, column=data.label_column)
+            cv_steps = "train" in to_run or "compare" in to_run
+            _, classes = prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits if cv_steps
+                                        else 2, source=where, column=data.label_column)
             _, warning = resolve_positive_class(classes, cfg.data.positive_class, source=where,
                                                 column=data.label_column)
             if warning:
