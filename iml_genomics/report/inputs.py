@@ -97,7 +97,7 @@ def read_json(path: Path) -> dict:
 
 
 def detect_step(directory: Path) -> str:
-    """'train', 'explain' or 'select' from the files in ``directory``."""
+    """'train', 'explain', 'select' or 'compare' from the files in ``directory``."""
     if not directory.is_dir():
         raise InputDataError(f"{directory}: input directory not found. Pass output directories of "
                              f"train/explain/select to --inputs.")
@@ -110,8 +110,8 @@ def detect_step(directory: Path) -> str:
                 return step
         if not found:
             expected = ", ".join(f[0] for f in MARKERS.values())
-            raise InputDataError(f"{directory}: not an output directory of train, explain or select (none of "
-                                 f"{expected} found). Pass the --out directory of one of those steps.")
+            raise InputDataError(f"{directory}: not an output directory of train, explain, select or compare "
+                                 f"(none of {expected} found). Pass the --out directory of one of those steps.")
         raise InputDataError(f"{directory}: holds outputs of several steps ({', '.join(found)}); give each "
                              f"step its own output directory.")
     return found[0]
