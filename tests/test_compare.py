@@ -199,6 +199,8 @@ def test_report_has_a_model_comparison_section(tmp_path, demo_compare_dir):
     summary = json.loads((demo_compare_dir / "compare_summary.json").read_text())
     assert summary["text"].split(";")[0].split("(")[0].strip() in html
     assert summary["robust_genes_all_models"][0] in html
+    block = json.loads((out / "report_summary.json").read_text())["model_comparison"]
+    assert block["best_model"] == summary["best_model"] and block["text"] == summary["text"]
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -257,3 +259,19 @@ def test_tl_compare_writes_uns_and_get_reads_it_back(tmp_path, interaction_resul
     pd.testing.assert_frame_equal(ig.get.compare_df(back), interaction_result.comparison)
     pd.testing.assert_frame_equal(ig.get.compare_df(back, "robust_genes"), interaction_result.robust_genes)
     assert ig.get.summary(back, "compare")["best_model"] == "gradient_boosting"
+
+
+@pytest.mark.parametrize("runner_up, sd, warned", [(0.78, 0.05, True), (0.70, 0.01, False)])
+def test_report_words_warn_only_when_the_runner_up_is_within_one_sd(runner_up, sd, warned):
+    from iml_genomics.report.compare_section import comparison_words
+
+    table = pd.DataFrame({"rank": [1, 2], "model": ["random_forest", "l1_logistic"], "auroc_mean": [0.80, runner_up],
+                          "auroc_sd": [sd, 0.02], "top_k": [10, 10]})
+    robust = pd.DataFrame({"gene_id": ["TP53", "MYC"], "n_models": [2, 1], "in_all_models": [True, False]})
+    text = comparison_words(table, robust, {"primary_metric": "auroc", "n_splits": 5, "n_repeats": 1, "top_k": 10})
+    assert text.startswith(f"random_forest has the best cross-validated auroc (0.800 +/- {sd:.3f} sd")
+    assert f"the runner-up l1_logistic is {0.80 - runner_up:.3f} lower" in text
+    assert ("within one sd" in text) is warned
+    assert "1 gene(s) are in the top 10 of every model, robust to the choice of model: TP53." in text
+    none = comparison_words(table, robust.assign(in_all_models=False), {"primary_metric": "auroc", "top_k": 10})
+    assert "No gene is in the top 10 of every model" in none

@@ -47,6 +47,16 @@ def comparison_words(table: pd.DataFrame, robust: pd.DataFrame | None, summary: 
         "top_k": top_k})
 
 
+def comparison_summary(inputs) -> dict:
+    """The ``model_comparison`` block of report_summary.json: the ranking, the best model and the words."""
+    table = inputs.compare_table.sort_values("rank", kind="mergesort")
+    robust = inputs.compare_robust
+    return {"ranking": [str(m) for m in table["model"]], "best_model": str(table["model"].iloc[0]),
+            "robust_genes_all_models": [] if robust is None else
+            [str(g) for g in robust.loc[robust["in_all_models"].astype(str) == "True", "gene_id"]],
+            "text": comparison_words(inputs.compare_table, robust, inputs.compare_summary), "explains": "model"}
+
+
 def compare_section(inputs) -> str:
     """HTML of the section: the words, the ranking table, the robust genes and the pairwise agreement."""
     table = inputs.compare_table
