@@ -161,15 +161,31 @@ def check_tuning(cfg, task: str = "auto") -> None:
     """
     from iml_genomics.models import build_estimator
 
+    from iml_genomics.errors import shorten
+
     tasks = ["classification", "regression"] if task == "auto" else [task]
     for name in cfg.model.candidates:
-        for param in {p for t in tasks for p in tuning_grid(name, t, cfg.model.tuning)}:
+        for param in sorted({p for t in tasks for p in tuning_grid(name, t, cfg.model.tuning)}):
             accepted = {k for t in tasks for k in build_estimator(name, t, seed=0).get_params()}
             if param not in accepted:
                 near = difflib.get_close_matches(param, sorted(accepted), n=1) if len(param) <= 200 else []
                 raise ConfigError(f"config: key 'model.tuning.{name}' names '{param[:80]}', not a parameter of "
                                   f"the {name} estimator" + (f" (did you mean {near[0]!r}?)" if near else "")
                                   + "; fix model.tuning (docs/compare.md).")
+        for t in tasks:
+            for param, values in tuning_grid(name, t, cfg.model.tuning).items():
+                est = build_estimator(name, t, seed=0)
+                if param not in est.get_params():
+                    continue  # the other task's parameter (task 'auto')
+                for value in values:
+                    # scikit-learn checks values only in fit: a wrong one would be a traceback from inside the CV
+                    try:
+                        est.set_params(**{param: value})
+                        getattr(est, "_validate_params", lambda: None)()
+                    except (TypeError, ValueError) as exc:
+                        first = shorten((str(exc).splitlines() or [""])[0], 200)[1:-1]
+                        raise ConfigError(f"config: key 'model.tuning.{name}.{param}' has a value the {name} "
+                                          f"estimator rejects ({first}); fix model.tuning (docs/compare.md).") from None
 
 
 def inner_cv(task: str, *, n_splits: int, seed: int):

@@ -222,6 +222,8 @@ def test_bad_config_candidates_and_tuning(tmp_path):
         ({"candidates": []}, ("model.candidates", "is empty")),
         ({"candidates": ["l1_logistic", "decision_tree"], "tuning": {"decision_tree": {"max_dept": [2, 3]}}},
          ("model.tuning.decision_tree", "max_dept", "max_depth")),
+        ({"candidates": ["l1_logistic", "decision_tree"], "tuning": {"l1_logistic": {"C": [1.0, "big"]}}},
+         ("model.tuning.l1_logistic.C", "rejects")),
     ]:
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({"data": {"label_column": "condition"}, "model": model}))

@@ -81,7 +81,7 @@ def compare(adata, cfg, *, candidates=None, n_jobs: int | None = None, random_st
     """
     from scipy import sparse
 
-    from iml_genomics.compare import check_candidates, compare_models
+    from iml_genomics.compare import check_candidates, check_tuning, compare_models
     from iml_genomics.io.cohort import infer_task, prepare_target, resolve_positive_class
     from iml_genomics.preprocess import check_counts
 
@@ -94,6 +94,7 @@ def compare(adata, cfg, *, candidates=None, n_jobs: int | None = None, random_st
     y_raw = adata.obs[column]
     task = infer_task(y_raw, cfg.task)
     y, classes = prepare_target(y_raw, task, n_splits=cfg.cv.n_splits, source=source, column=column)
+    check_tuning(cfg, task)
     positive, warning = resolve_positive_class(classes, cfg.data.positive_class, source=source, column=column)
     X = adata.X
     X = X.tocsr() if sparse.issparse(X) else X
