@@ -370,7 +370,7 @@ class Comparison:
 # the written results must not depend on the BLAS threads of the calling process (parallel.py)
 @fixed_blas_threads()
 def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gene_ids,
-                   positive_class: str | None = None, backend=None) -> Comparison:
+                   positive_class: str | None = None, backend=None, source: str = "labels") -> Comparison:
     """Cross-validate every candidate on the same folds and compare accuracy, stability, fidelity, agreement.
 
     Parameters
@@ -390,6 +390,8 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
         Two classes: the class AUROC / AP and SHAP refer to.
     backend : iml_genomics.parallel.Backend, optional
         Runs the folds of every model; results do not depend on it.
+    source : str
+        The labels' name in error messages.
 
     Returns
     -------
@@ -408,7 +410,7 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
     seed, top_k = cfg.seed, cfg.explain.top_k
     splits = cv_splits(y, task, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=seed)
     if any(tuning_grid(name, task, cfg.model.tuning) for name in candidates):
-        _check_inner_folds(y, task, splits, cfg.model.inner_folds)
+        _check_inner_folds(y, task, splits, cfg.model.inner_folds, source)
     inner = inner_cv(task, n_splits=cfg.model.inner_folds, seed=seed)
     sparse_input = sparse.issparse(X)
     runs: dict[str, ModelRun] = {}
@@ -438,6 +440,7 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
         first = cv.oof[cv.oof["repeat"] == 1].set_index("sample_id").loc[list(sample_ids)]
         first_splits = [s for s in splits if s[0] == 1]
         fidelity = surrogate_fidelity(X, first["y_pred"].to_numpy(), first_splits, task, seed=seed)
+        cv.models = []  # the fold models are no longer needed: free them before the next candidate
         runs[name] = ModelRun(name, cv, imps, kind, bool(grid), tuning_rows,
                               native_importance(unwrap(final), len(gene_ids)), agreement, fidelity)
         oof[name] = cv.oof
@@ -454,20 +457,20 @@ def compare_models(X, y, cfg, *, candidates, task: str, classes, sample_ids, gen
     return Comparison(comparison, agreement_table, robust, rankings, tuning, folds, oof, summary, runs)
 
 
-def _check_inner_folds(y, task, splits, inner_folds: int) -> None:
+def _check_inner_folds(y, task, splits, inner_folds: int, source: str) -> None:
     """Every class must have at least ``inner_folds`` members in every outer training fold."""
     from iml_genomics.errors import InputDataError
 
     if task == "regression":
         smallest = min(len(tr) for _, _, tr, _ in splits)
         if smallest < 2 * inner_folds:
-            raise InputDataError(f"labels: an outer training fold has {smallest} samples, too few for "
+            raise InputDataError(f"{source}: an outer training fold has {smallest} samples, too few for "
                                  f"model.inner_folds = {inner_folds}; lower model.inner_folds or cv.n_splits.")
         return
     for _, _, tr, _ in splits:
         values, counts = np.unique(np.asarray(y)[tr], return_counts=True)
         if counts.min() < inner_folds:
-            raise InputDataError(f"labels: class '{values[counts.argmin()]}' has {counts.min()} samples in an outer "
+            raise InputDataError(f"{source}: class '{values[counts.argmin()]}' has {counts.min()} samples in an outer "
                                  f"training fold, fewer than model.inner_folds = {inner_folds} (nested CV); lower "
                                  f"model.inner_folds or cv.n_splits.")
 

@@ -277,3 +277,21 @@ def test_report_words_warn_only_when_the_runner_up_is_within_one_sd(runner_up, s
     assert "1 gene(s) are in the top 10 of every model, robust to the choice of model: TP53." in text
     none = comparison_words(table, robust.assign(in_all_models=False), {"primary_metric": "auroc", "top_k": 10})
     assert "No gene is in the top 10 of every model" in none
+
+
+def test_a_class_too_small_for_the_inner_folds_is_refused():
+    import anndata as ad
+
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.steps import compare
+
+    rng = np.random.default_rng(0)
+    y = np.array(["rare"] * 4 + ["common"] * 30)
+    adata = ad.AnnData(rng.normal(size=(34, 8)), obs=pd.DataFrame({"y": y}, index=[f"S{i}" for i in range(34)]))
+    cfg = config_from_dict({"data": {"label_column": "y"}, "cv": {"n_splits": 4}, "model": {"inner_folds": 4}})
+    with pytest.raises(InputDataError, match="class 'rare' has 3 samples in an outer training fold.*inner_folds = 4"):
+        compare(adata, cfg, candidates=["l1_logistic", "decision_tree"], n_jobs=1)
+    # nothing tuned: no inner CV, nothing to refuse
+    untuned = config_from_dict({"data": {"label_column": "y"}, "cv": {"n_splits": 4}, "model": {
+        "inner_folds": 4, "tuning": {"l1_logistic": {}, "decision_tree": {}}}})
+    assert len(compare(adata, untuned, candidates=["l1_logistic", "decision_tree"], n_jobs=1).comparison) == 2

@@ -103,7 +103,7 @@ def compare(adata, cfg, *, candidates=None, n_jobs: int | None = None, random_st
                  sample_ids, gene_ids)
     backend = step_backend(cfg, backend)
     result = compare_models(X, y, cfg, candidates=names, task=task, classes=classes, sample_ids=sample_ids,
-                            gene_ids=gene_ids, positive_class=positive, backend=backend)
+                            gene_ids=gene_ids, positive_class=positive, backend=backend, source=source)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": task, "classes": classes,
               "positive_class": positive}
     return CompareResult(comparison=result.comparison, agreement=result.agreement,
