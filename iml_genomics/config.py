@@ -77,6 +77,14 @@ class ModelConfig:
         "decision_tree", "mlp",
     ] = _opt("l1_logistic", help="Model from the registry (see docs/config.md).")
     params: dict = _opt({}, help="Extra keyword arguments passed to the scikit-learn estimator.")
+    candidates: list[str] = _opt(
+        [], help="Registry models compared on the same CV folds by `compare` (and by `run`, which then also "
+                 "writes compare/); at least two names; empty = no comparison (docs/compare.md).")
+    tuning: dict = _opt(
+        {}, help="Nested-CV grids of the comparison: model name -> {parameter: [values]}, replacing the built-in "
+                 "grid of that model; {} for a model = not tuned (docs/compare.md).")
+    inner_folds: int = _opt(
+        3, min=2, help="Folds of the inner CV that tunes a candidate inside each outer training fold.")
 
 
 @dataclass
@@ -381,6 +389,7 @@ def check_relations(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'explain.methods' names an unknown method {shorten(unknown[0])}"
                           + (f" (did you mean {near[0]!r}?)" if near else "")
                           + f"; choose from {', '.join(EXPLAIN_METHODS)} or all (docs/explain.md).")
+    _check_compare_keys(cfg, source)
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:
         raise ConfigError(
@@ -388,6 +397,33 @@ def check_relations(cfg: Config, source: str = "config") -> None:
             f"n_draws = {sel.n_draws}: e-BH at fdr selects only genes of draws whose (1 + #{{W <= -T}}) / "
             f"#{{W >= T}} is <= fdr, and a per-draw level above fdr lets every draw stop where that ratio is "
             f"larger, so almost nothing can be selected. Set derandomize_fdr <= fdr or leave it unset (fdr / 2).")
+
+
+def _check_compare_keys(cfg: Config, source: str) -> None:
+    """model.candidates: registry names, each once, at least two (or none); model.tuning: name -> grid."""
+    names = typing.get_args(typing.get_type_hints(ModelConfig)["name"])
+    candidates = cfg.model.candidates
+    for name in candidates:
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1) if len(name) <= 200 else []
+            raise ConfigError(f"{source}: key 'model.candidates' names an unknown model {shorten(name)}"
+                              + (f" (did you mean {near[0]!r}?)" if near else "")
+                              + f"; valid names: {', '.join(names)}.")
+    dup = [n for i, n in enumerate(candidates) if n in candidates[:i]]
+    if dup:
+        raise ConfigError(f"{source}: key 'model.candidates' lists '{dup[0]}' twice; list each model once.")
+    if len(candidates) == 1:
+        raise ConfigError(f"{source}: key 'model.candidates' lists one model; a comparison needs at least two "
+                          f"(for example [l1_logistic, random_forest]), or leave it empty.")
+    for name, grid in cfg.model.tuning.items():
+        if name not in names:
+            raise ConfigError(f"{source}: key 'model.tuning' names an unknown model {shorten(name)}; valid names: "
+                              f"{', '.join(names)}.")
+        if not isinstance(grid, dict) or not all(isinstance(k, str) and isinstance(v, list) and v
+                                                 and all(isinstance(x, (int, float, str, bool)) or x is None
+                                                         for x in v) for k, v in grid.items()):
+            raise ConfigError(f"{source}: key 'model.tuning.{shorten(name, 60)[1:-1]}' must map parameter names to "
+                              f"non-empty lists of values (for example {{C: [0.1, 1.0]}}), or be {{}} (not tuned).")
 
 
 def _parse_yaml(text: str, source: str) -> Any:

@@ -177,6 +177,10 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
         biomarkers["mean_shap"] = -pd.to_numeric(biomarkers["mean_shap"], errors="coerce")
         summary["mean_shap_negated"] = f"explain explained '{explained}'; mean_shap is stated for '{classes[0]}'"
     summary["n_biomarker_rows"] = len(biomarkers)
+    if inputs.compare_table is not None and len(inputs.compare_table):
+        from iml_genomics.report.compare_section import comparison_summary
+
+        summary["model_comparison"] = comparison_summary(inputs)
     if inputs.knockoffs is not None:
         summary["n_knockoff_selected"] = int((biomarkers["knockoff_selected"] == True).sum())  # noqa: E712
     result = ReportResult(biomarkers=biomarkers, gene_sets=analysis.table if analysis else None,
@@ -238,6 +242,12 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
     else:
         inner = H.missing(H._MISSING["train"])
     sections.append(("cv", "Cross-validated performance", inner))
+
+    # model comparison (an `iml-genomics compare` directory among the inputs)
+    if inputs.compare_table is not None and len(inputs.compare_table):
+        from iml_genomics.report.compare_section import compare_section
+
+        sections.append(("compare", "Model comparison", compare_section(inputs)))
 
     # top biomarkers
     bm = result.biomarkers
