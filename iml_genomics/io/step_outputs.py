@@ -14,6 +14,33 @@ from pathlib import Path
 from iml_genomics.io.writers import write_json, write_tsv
 
 
+class _Explains:
+    """``write_tsv`` / ``write_json`` of one step that say what every table and summary explains.
+
+    Each table gets an ``explains`` column appended last unless it has one (explain methods' tables say it per
+    table, gene_sets.tsv per row); the step's summary JSON gets ``explains`` (the step's kind, see
+    :mod:`iml_genomics.explains`) and ``explains_files`` (file -> its kind, or ``per row``). A writer rebinds
+    its ``write_tsv`` / ``write_json`` to these, so a table added later is labelled without more code.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.files: dict[str, str] = {}
+
+    def tsv(self, frame, path, **kwargs) -> None:
+        from iml_genomics.explains import describe_table, with_explains
+
+        labelled = "explains" not in frame.columns
+        frame = with_explains(frame, self.kind)
+        write_tsv(frame, path, **kwargs)
+        # an empty table's kind is the step's (no row to read it from)
+        self.files[Path(path).name] = self.kind if labelled else describe_table(frame)
+
+    def json(self, document: dict, path) -> None:
+        extra = {"explains": document.get("explains", self.kind), "explains_files": dict(sorted(self.files.items()))}
+        write_json({**document, **extra}, path)
+
+
 def write_train(stage: str | Path, result, prov) -> None:
     """cv_metrics.tsv, oof_predictions.tsv, model.skops, model.json, provenance.json.
 
@@ -27,11 +54,13 @@ def write_train(stage: str | Path, result, prov) -> None:
     """
     from iml_genomics.models import save_bundle
 
+    write_tsv, write_json = (lab := _Explains("model")).tsv, lab.json  # every table says what it explains
     stage = Path(stage)
     prov.extra["cohort"] = result.cohort
     write_tsv(result.cv_metrics, stage / "cv_metrics.tsv")
     write_tsv(result.oof_predictions, stage / "oof_predictions.tsv")
     save_bundle(stage, result.model, result.manifest)
+    write_json({"step": "train", "model_name": result.manifest.get("model_name")}, stage / "train_summary.json")
     prov.mark("write")
     prov.write(stage)
 
@@ -54,6 +83,7 @@ def write_explain(stage: str | Path, result, prov) -> None:
     result : iml_genomics.steps.ExplainResult
     prov : iml_genomics.io.Provenance
     """
+    write_tsv, write_json = (lab := _Explains("model")).tsv, lab.json  # every table says what it explains
     stage = Path(stage)
     write_tsv(result.ranking, stage / "gene_ranking.tsv")
     write_tsv(result.local, stage / "local_explanations.tsv")
@@ -78,6 +108,7 @@ def write_select(stage: str | Path, result, prov) -> None:
     result : iml_genomics.steps.SelectResult
     prov : iml_genomics.io.Provenance
     """
+    write_tsv, write_json = (lab := _Explains("data")).tsv, lab.json  # every table says what it explains
     stage = Path(stage)
     prov.extra["cohort"] = result.cohort
     write_tsv(result.selection, stage / "knockoff_selection.tsv")
@@ -98,18 +129,57 @@ def write_report(stage: str | Path, result, prov) -> None:
     """
     stage = Path(stage)
     prov.extra["report"] = result.summary
-    write_tsv(result.biomarkers, stage / "biomarkers.tsv")
-    if result.gene_sets is not None:
-        write_tsv(result.gene_sets, stage / "gene_sets.tsv")
+    tables, summary = report_tables_with_explains(result)  # what each row / column explains (explains.py)
+    for name, table in tables.items():
+        write_tsv(table, stage / name)
     if result.group_attributions is not None:
         result.group_attributions.to_parquet(stage / "group_attributions.parquet", index=False)
-    write_json(result.summary, stage / "report_summary.json")
+    write_json(summary, stage / "report_summary.json")
+    if summary.get("plain_summary"):
+        (stage / "summary.txt").write_text(summary["plain_summary"] + "\n", encoding="utf-8")
     from iml_genomics.report.interactive import relative_links
 
     # links to the input directories' TSVs, relative to where report.html lands (the staging dir's parent)
     (stage / "report.html").write_text(relative_links(result.html, stage.parent), encoding="utf-8")
     prov.mark("write")
     prov.write(stage)
+
+
+def report_tables_with_explains(result) -> tuple[dict, dict]:
+    """The report's TSVs with their ``explains`` statements, and report_summary.json with ``explains_files``.
+
+    biomarkers.tsv mixes evidence of every kind: each row says which kind placed it at its rank, and
+    biomarkers_columns.tsv says what each column explains. gene_sets.tsv says per row which test ranks the set
+    (the over-representation query's kind or the rank-based test's, docs/report.md).
+
+    Returns
+    -------
+    tables : dict
+        File name -> table, in writing order.
+    summary : dict
+        ``result.summary`` with ``explains`` (``mixed``) and ``explains_files``.
+    """
+    from iml_genomics import explains as E
+
+    bm = result.biomarkers
+    if "explains" not in bm.columns:
+        bm = bm.assign(explains=E.biomarker_row_kinds(bm).to_numpy())
+    tables = {"biomarkers.tsv": bm}
+    gene_set_kind = None
+    if result.gene_sets is not None:
+        gs_table = result.gene_sets
+        if "explains" not in gs_table.columns:
+            block = result.summary.get("gene_sets") or {}
+            gs_table = gs_table.assign(explains=E.gene_set_row_kinds(
+                gs_table, block.get("query_source"), block.get("ranking_metric")).to_numpy())
+        tables["gene_sets.tsv"] = gs_table
+        significant = gs_table["significant"].map(lambda v: v is True or str(v).lower() == "true")
+        gene_set_kind = E.combined_kind(gs_table.loc[significant.to_numpy(dtype=bool), "explains"])
+    tables["biomarkers_columns.tsv"] = E.biomarker_columns(list(bm.columns), gene_set_kind)
+    files = {name: E.describe_table(t) for name, t in tables.items()}
+    summary = {**result.summary, "explains": result.summary.get("explains", E.MIXED),
+               "explains_files": dict(sorted(files.items()))}
+    return tables, summary
 
 
 def write_compare(stage: str | Path, result, prov) -> None:
@@ -122,6 +192,7 @@ def write_compare(stage: str | Path, result, prov) -> None:
     result : iml_genomics.steps.CompareResult
     prov : iml_genomics.io.Provenance
     """
+    write_tsv, write_json = (lab := _Explains("model")).tsv, lab.json  # every table says what it explains
     stage = Path(stage)
     prov.extra["cohort"] = result.cohort
     write_tsv(result.comparison, stage / "model_comparison.tsv")

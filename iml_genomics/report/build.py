@@ -183,6 +183,7 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
         summary["model_comparison"] = comparison_summary(inputs)
     if inputs.knockoffs is not None:
         summary["n_knockoff_selected"] = int((biomarkers["knockoff_selected"] == True).sum())  # noqa: E712
+    _add_plain_summary(summary, inputs, analysis, keys, adata, label_column, task, len(gene_ids))
     result = ReportResult(biomarkers=biomarkers, gene_sets=analysis.table if analysis else None,
                           group_attributions_per_sample=analysis.group_per_sample if analysis else None,
                           summary=summary)
@@ -192,11 +193,31 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
     return result
 
 
+def _add_plain_summary(summary: dict, inputs: ReportInputs, analysis, keys: pd.Series, adata, label_column,
+                       task, n_genes: int) -> None:
+    """``plain_summary`` and ``plain_summary_caveats`` of report_summary.json (report/plain_summary.py)."""
+    from iml_genomics.report.plain_summary import plain_summary
+
+    counts = None
+    if adata is not None and label_column and label_column in adata.obs.columns and task != "regression":
+        counts = adata.obs[label_column].astype(str).str.strip().value_counts().sort_index().to_dict()
+    plain = plain_summary(inputs, gene_sets=analysis.table if analysis else None,
+                          gene_set_summary=summary.get("gene_sets"), symbols={str(g): str(k) for g, k in keys.items()},
+                          n_samples=adata.n_obs if adata is not None else None, n_genes=n_genes, class_counts=counts)
+    summary["plain_summary"] = plain["text"]
+    summary["plain_summary_caveats"] = plain["caveats"]
+
+
 def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, keys: pd.Series, samples, title,
           own_provenance, seed, classes: tuple[str, str] | None = None, analysis=None) -> str:
     model = inputs.model or {}
     labels = {g: k for g, k in keys.items() if str(k).upper() != str(g).upper()}
     sections = []
+    if result.summary.get("plain_summary"):
+        from iml_genomics.report.plain_summary import summary_html
+
+        sections.append(("summary", "In plain words", summary_html(
+            {"text": result.summary["plain_summary"], "caveats": result.summary.get("plain_summary_caveats") or []})))
 
     # data summary
     info = {"steps found": ", ".join(inputs.steps) or "none",
@@ -478,6 +499,11 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
 
     sections.append(("meaning", "What these numbers mean, and what they don't", H.MEANING))
     sections.append(("provenance", "Provenance", H.provenance_html(inputs.provenance, own_provenance)))
+    # a badge per section: what it explains (model, data, association); report_summary.json: explains_sections
+    from iml_genomics.report import badges
+
+    result.summary["explains_sections"] = badges.section_kinds(sections, result.summary.get("gene_sets"))
+    sections = badges.with_badges(sections, result.summary["explains_sections"], result.summary.get("gene_sets"))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     subtitle = f"generated {now} by iml-genomics {__version__} from: " + ", ".join(
         f"{k}={v}" for k, v in sorted(inputs.dirs.items()))
