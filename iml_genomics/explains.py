@@ -130,6 +130,23 @@ def gene_set_row_kinds(table: pd.DataFrame, query_source: str | None, ranking_me
     return out
 
 
+def gene_sets_with_explains(table: pd.DataFrame, gene_set_summary: dict | None) -> pd.DataFrame:
+    """``gene_sets.tsv`` with its per-row ``explains`` column appended (unchanged if it has one).
+
+    ``gene_set_summary``: the ``gene_sets`` block of report_summary.json (``query_source``, ``ranking_metric``).
+    """
+    if "explains" in table.columns:
+        return table
+    block = gene_set_summary or {}
+    return table.assign(explains=gene_set_row_kinds(table, block.get("query_source"),
+                                                    block.get("ranking_metric")).to_numpy())
+
+
+def step_summary_with_explains(summary: dict, kind: str) -> dict:
+    """A step's summary JSON with ``explains`` (the step's kind) unless it has the key."""
+    return summary if "explains" in summary else {**summary, "explains": kind}
+
+
 # biomarkers.tsv: what each column describes and what it is (written as biomarkers_columns.tsv next to it);
 # None = decided per run (the gene-set columns follow the gene-set analysis)
 BIOMARKER_COLUMN_KINDS = {

@@ -26,7 +26,19 @@ def _table(adata, step: str, name: str, key_added):
     if name not in tables:
         raise InputDataError(f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}{step}']['tables'] has no '{name}' "
                              f"(the step did not produce it); re-run ig.tl.{step}(adata).")
-    return pd.read_parquet(io.BytesIO(np.asarray(tables[name], dtype=np.uint8).tobytes()))
+    frame = pd.read_parquet(io.BytesIO(np.asarray(tables[name], dtype=np.uint8).tobytes()))
+    return _with_explains(adata, step, name, frame, key_added)
+
+
+def _with_explains(adata, step: str, name: str, frame, key_added):
+    """The table with the ``explains`` column its file has (io/step_outputs.py appends it when writing)."""
+    from iml_genomics import explains as E
+
+    if step in E.STEP_KIND:
+        return E.with_explains(frame, E.STEP_KIND[step])
+    if name == "gene_sets":
+        return E.gene_sets_with_explains(frame, json.loads(recorded(adata, step, key_added).get("summary") or "{}"))
+    return frame  # group_attributions: per-sample Parquet, one column per set
 
 
 def cv_metrics_df(adata, *, key_added: str | None = None):
@@ -140,7 +152,11 @@ def summary(adata, step: str, *, key_added: str | None = None) -> dict:
     if "summary" not in entry:
         raise InputDataError(f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}{step}'] has no summary; the "
                              f"{step} step records none.")
-    return json.loads(entry["summary"])
+    from iml_genomics.explains import STEP_KIND, step_summary_with_explains
+
+    document = json.loads(entry["summary"])
+    # as the step's summary file says it (io/step_outputs.py)
+    return step_summary_with_explains(document, STEP_KIND[step]) if step in STEP_KIND else document
 
 
 def provenance(adata, step: str, *, key_added: str | None = None) -> dict:

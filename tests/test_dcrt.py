@@ -239,7 +239,7 @@ def test_cli_method_dcrt_on_the_demo_data(tmp_path):
     run_cli("select", *DEMO, "--out", out, "--method", "dcrt")
     table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False)
     assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group",
-                                   "tested", "p_value", "q_value"]
+                                   "tested", "p_value", "q_value", "explains"]
     assert len(table) == 400 and list(table["rank"]) == list(range(1, 401))
     p = table["p_value"].astype(float)
     assert p.is_monotonic_increasing and (table["e_value"] == "").all()

@@ -68,7 +68,7 @@ def test_explain_outputs_are_complete_and_independent_of_jobs(rf_bundle):
         assert (root / "j1" / name).read_bytes() == (root / "j2" / name).read_bytes(), name
 
     ranking = pd.read_csv(root / "j1" / "gene_ranking.tsv", sep="\t")
-    assert list(ranking.columns) == RANKING_COLUMNS and len(ranking) == 40
+    assert list(ranking.columns) == [*RANKING_COLUMNS, "explains"] and len(ranking) == 40
     assert ranking["rank"].tolist() == list(range(1, 41))
     # the two planted genes rank first
     assert set(ranking["gene_id"].head(2)) == set(cohort.true_genes)
@@ -100,12 +100,12 @@ def test_explain_outputs_are_complete_and_independent_of_jobs(rf_bundle):
     assert np.max(np.abs(recon - frame["model_output"])) < 1e-5  # float32 storage
 
     local = pd.read_csv(root / "j1" / "local_explanations.tsv", sep="\t")
-    assert list(local.columns) == LOCAL_COLUMNS and list(dict.fromkeys(local["sample_id"])) == ["S0001", "S0003"]
+    assert list(local.columns) == [*LOCAL_COLUMNS, "explains"] and list(dict.fromkeys(local["sample_id"])) == ["S0001", "S0003"]
     assert set(local["direction"]) <= {"up", "down"} and (local.groupby(["sample_id", "direction"]).size() <= 3).all()
     row = local.iloc[0]
     assert row["expression_value"] == pytest.approx(cohort.expression.loc[row["sample_id"], row["gene_id"]], rel=1e-5)
     inter = pd.read_csv(root / "j1" / "interactions.tsv", sep="\t")
-    assert list(inter.columns) == INTERACTION_COLUMNS and len(inter) == 6  # 4 choose 2
+    assert list(inter.columns) == [*INTERACTION_COLUMNS, "explains"] and len(inter) == 6  # 4 choose 2
 
 
 def test_explain_without_labels_is_shap_only(rf_bundle):

@@ -103,14 +103,14 @@ def full_report(demo_runs):
 
 def test_full_report_files_and_columns(full_report, demo_runs):
     assert sorted(p.name for p in full_report.iterdir() if not p.name.startswith(".")) == [
-        "biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "provenance.json", "report.html",
-        "report_summary.json"]
+        "biomarkers.tsv", "biomarkers_columns.tsv", "gene_sets.tsv", "group_attributions.parquet", "provenance.json",
+        "report.html", "report_summary.json", "summary.txt"]
     bm = pd.read_csv(full_report / "biomarkers.tsv", sep="\t", keep_default_na=False)
-    assert list(bm.columns) == BIOMARKER_COLUMNS
+    assert list(bm.columns) == [*BIOMARKER_COLUMNS, "explains"]
     assert len(bm) == 400 and bm["gene_id"].is_unique and bm["rank"].tolist() == list(range(1, 401))
     assert set(bm["effect_type"]) == {"mean_difference"} and set(bm["statistic_type"]) == {"welch_t"}
     gsets = pd.read_csv(full_report / "gene_sets.tsv", sep="\t", keep_default_na=False)
-    assert list(gsets.columns) == GENE_SET_COLUMNS and len(gsets) == 20
+    assert list(gsets.columns) == [*GENE_SET_COLUMNS, "explains"] and len(gsets) == 20
     assert gsets["rank"].tolist() == list(range(1, 21))
     per_sample = pd.read_parquet(full_report / "group_attributions.parquet")
     assert per_sample.shape == (400, 21) and per_sample["sample_id"].iloc[0] == "S0001"
@@ -217,7 +217,7 @@ def test_report_with_partial_inputs(full_report, demo_runs, tmp_path):
     run_cli("report", "--inputs", sel, "--gene-sets", DATA / "demo_pathways.gmt", "--min-set-size", "5",
             "--permutations", "50", "--out", tmp_path / "r1")
     bm = pd.read_csv(tmp_path / "r1" / "biomarkers.tsv", sep="\t")
-    assert list(bm.columns) == BIOMARKER_COLUMNS and bm["effect"].isna().all() and bm["explain_rank"].isna().all()
+    assert list(bm.columns) == [*BIOMARKER_COLUMNS, "explains"] and bm["effect"].isna().all() and bm["explain_rank"].isna().all()
     n_sel = json.loads((sel / "select_summary.json").read_text())["n_selected"]
     assert n_sel > 0 and bm["knockoff_selected"].head(n_sel).all() and not bm["knockoff_selected"][n_sel:].any()
     assert bm.head(n_sel)["knockoff_w"].min() >= bm["knockoff_w"][n_sel:].max()

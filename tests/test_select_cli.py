@@ -38,7 +38,7 @@ def test_outputs_and_contract(runs):
     assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"knockoff_selection.tsv", "select_summary.json", "provenance.json"}
     table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False)
     assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group",
-                                   "tested", "p_value", "q_value"]
+                                   "tested", "p_value", "q_value", "explains"]
     assert (table["p_value"] == "").all() and (table["q_value"] == "").all()  # dCRT columns, empty for knockoffs
     assert len(table) == 400 and list(table["rank"]) == list(range(1, 401)) and table["tested"].all()
     summary = json.loads((out / "select_summary.json").read_text())

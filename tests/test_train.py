@@ -19,10 +19,11 @@ TABLES = ("cv_metrics.tsv", "oof_predictions.tsv")
 
 def test_demo_outputs_and_columns(demo_train_dir):
     files = {p.name for p in demo_train_dir.iterdir() if not p.name.startswith(".")}
-    assert files == {"cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"}
+    assert files == {"cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json",
+                     "train_summary.json"}
     cv = pd.read_csv(demo_train_dir / "cv_metrics.tsv", sep="\t")
     assert list(cv.columns) == ["split", "repeat", "fold", "n_train", "n_test", "balanced_accuracy", "auroc",
-                                "average_precision", "log_loss"]
+                                "average_precision", "log_loss", "explains"]
     assert list(cv["split"]) == ["r1_f1", "r1_f2", "r1_f3", "r1_f4", "r1_f5", "mean", "sd"]
     folds = cv.iloc[:5]
     assert folds["n_test"].sum() == 400
@@ -31,9 +32,9 @@ def test_demo_outputs_and_columns(demo_train_dir):
     # planted signal is learnable: well above chance out of fold
     assert cv.set_index("split").loc["mean", "auroc"] > 0.7
     oof = pd.read_csv(demo_train_dir / "oof_predictions.tsv", sep="\t")
-    assert list(oof.columns) == ["sample_id", "repeat", "fold", "y_true", "y_pred", "prob_normal", "prob_tumour"]
+    assert list(oof.columns) == ["sample_id", "repeat", "fold", "y_true", "y_pred", "prob_normal", "prob_tumour", "explains"]
     assert oof["sample_id"].is_unique and len(oof) == 400
-    np.testing.assert_allclose(oof[["prob_normal", "prob_tumour"]].sum(axis=1), 1.0)
+    np.testing.assert_allclose(oof[["prob_normal", "prob_tumour", "explains"]].sum(axis=1), 1.0)
     # out-of-fold AUROC recomputed from the predictions matches the per-fold table's inputs
     labels = pd.read_csv(TEST_DATA / "demo_labels.tsv", sep="\t", index_col=0)["condition"]
     assert (oof.set_index("sample_id")["y_true"] == labels.loc[oof["sample_id"]]).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iml_genomics.explains import step_summary_with_explains
 from iml_genomics.io.writers import write_json, write_tsv
 
 
@@ -18,9 +19,9 @@ class _Explains:
     """``write_tsv`` / ``write_json`` of one step that say what every table and summary explains.
 
     Each table gets an ``explains`` column appended last unless it has one (explain methods' tables say it per
-    table, gene_sets.tsv per row); the step's summary JSON gets ``explains`` (the step's kind, see
-    :mod:`iml_genomics.explains`) and ``explains_files`` (file -> its kind, or ``per row``). A writer rebinds
-    its ``write_tsv`` / ``write_json`` to these, so a table added later is labelled without more code.
+    table); the step's summary JSON gets ``explains`` (the step's kind, see :mod:`iml_genomics.explains`). A
+    writer rebinds its ``write_tsv`` / ``write_json`` to these, so a table added later is labelled without more
+    code. :mod:`iml_genomics.get` labels the same tables the same way (``get.*_df`` are the files' bytes).
     """
 
     def __init__(self, kind: str):
@@ -37,8 +38,7 @@ class _Explains:
         self.files[Path(path).name] = self.kind if labelled else describe_table(frame)
 
     def json(self, document: dict, path) -> None:
-        extra = {"explains": document.get("explains", self.kind), "explains_files": dict(sorted(self.files.items()))}
-        write_json({**document, **extra}, path)
+        write_json(step_summary_with_explains(document, self.kind), path)
 
 
 def write_train(stage: str | Path, result, prov) -> None:
@@ -168,10 +168,7 @@ def report_tables_with_explains(result) -> tuple[dict, dict]:
     gene_set_kind = None
     if result.gene_sets is not None:
         gs_table = result.gene_sets
-        if "explains" not in gs_table.columns:
-            block = result.summary.get("gene_sets") or {}
-            gs_table = gs_table.assign(explains=E.gene_set_row_kinds(
-                gs_table, block.get("query_source"), block.get("ranking_metric")).to_numpy())
+        gs_table = E.gene_sets_with_explains(gs_table, result.summary.get("gene_sets"))
         tables["gene_sets.tsv"] = gs_table
         significant = gs_table["significant"].map(lambda v: v is True or str(v).lower() == "true")
         gene_set_kind = E.combined_kind(gs_table.loc[significant.to_numpy(dtype=bool), "explains"])

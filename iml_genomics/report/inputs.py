@@ -36,12 +36,24 @@ REQUIRED_COLUMNS = {
 }
 
 
-# tables whose `explains` column io/step_outputs.py appends when it writes them (the step results in memory have
-# none): dropped on reading, so a report from the directories is the report from memory, byte for byte
-WRITER_EXPLAINS = ("cv_metrics.tsv", "cv_summary.tsv", "oof_predictions.tsv", "gene_ranking.tsv",
-                   "local_explanations.tsv", "interactions.tsv", "knockoff_selection.tsv")
-# likewise the keys io/step_outputs.py adds to the summaries
-WRITER_EXPLAINS_KEYS = ("explains", "explains_files")
+# ReportInputs tables whose `explains` column io/step_outputs.py (and ig.get) append to the step results (which
+# have none in memory), and the summaries it adds the key to: dropped when the report reads them, so a report
+# from the directories is the report from memory, byte for byte (the page shows what they explain as badges)
+WRITER_EXPLAINS = ("cv_metrics", "cv_summary", "oof", "gene_ranking", "local", "interactions", "knockoffs")
+WRITER_EXPLAINS_KEYS = ("explain_summary", "select_summary")
+
+
+def without_writer_explains(inputs: "ReportInputs") -> "ReportInputs":
+    """``inputs`` (modified in place) without the ``explains`` columns and keys the step writers add."""
+    for attr in WRITER_EXPLAINS:
+        frame = getattr(inputs, attr, None)
+        if frame is not None and "explains" in frame.columns:
+            setattr(inputs, attr, frame.drop(columns="explains"))
+    for attr in WRITER_EXPLAINS_KEYS:
+        summary = getattr(inputs, attr, None)
+        if isinstance(summary, dict) and "explains" in summary:
+            setattr(inputs, attr, {k: v for k, v in summary.items() if k != "explains"})
+    return inputs
 
 # identifier columns are read as strings (a gene called '1' or 'NA' stays that gene)
 TSV_DTYPES = {"gene_id": str, "sample_id": str, "gene_id_1": str, "gene_id_2": str}
@@ -88,8 +100,6 @@ def read_tsv(path: Path) -> pd.DataFrame:
     if missing:
         raise InputDataError(f"{path}: column '{missing[0]}' missing; found {', '.join(map(str, frame.columns))}. "
                              f"Re-run the step that wrote it.")
-    if name in WRITER_EXPLAINS and "explains" in frame.columns:
-        frame = frame.drop(columns="explains")
     return frame
 
 
@@ -103,11 +113,6 @@ def read_json(path: Path) -> dict:
         raise InputDataError(f"{path}: must be a JSON object, got a {type(data).__name__}. "
                              f"Re-run the step that wrote it.")
     return data
-
-
-def _without_explains(summary: dict) -> dict:
-    """A step summary without the keys its writer added (:data:`WRITER_EXPLAINS_KEYS`)."""
-    return {k: v for k, v in summary.items() if k not in WRITER_EXPLAINS_KEYS}
 
 
 def detect_step(directory: Path) -> str:
@@ -169,7 +174,7 @@ def load_inputs(directories) -> ReportInputs:
             if (d / "interactions.tsv").is_file():
                 inputs.interactions = read_tsv(d / "interactions.tsv")
             if (d / "explain_summary.json").is_file():
-                inputs.explain_summary = _without_explains(read_json(d / "explain_summary.json"))
+                inputs.explain_summary = read_json(d / "explain_summary.json")
                 _read_method_files(d, inputs)
             if (d / "attributions.parquet").is_file():
                 try:
@@ -185,8 +190,8 @@ def load_inputs(directories) -> ReportInputs:
             if (d / "knockoff_selection.tsv").is_file():
                 inputs.knockoffs = read_tsv(d / "knockoff_selection.tsv")
             if (d / "select_summary.json").is_file():
-                inputs.select_summary = _without_explains(read_json(d / "select_summary.json"))
-    return inputs
+                inputs.select_summary = read_json(d / "select_summary.json")
+    return without_writer_explains(inputs)
 
 
 def _read_compare(directory: Path, inputs: ReportInputs) -> None:

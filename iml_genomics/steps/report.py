@@ -120,7 +120,9 @@ def report_inputs(inputs=None, *, train=None, explain=None, select=None, input_d
             inputs.explain_summary, inputs.attributions = _as_json(result.summary), result.attribution_table()
         else:
             inputs.knockoffs, inputs.select_summary = _as_tsv(result.selection), _as_json(result.summary)
-    return inputs
+    from iml_genomics.report.inputs import without_writer_explains
+
+    return without_writer_explains(inputs)  # results rebuilt from an AnnData carry the files' explains column
 
 
 def _as_tsv(frame: pd.DataFrame) -> pd.DataFrame:
