@@ -91,14 +91,16 @@ def ranking_kind(metric: str | None) -> str | None:
     return {"mean_abs_shap": "model", "univariate": "association", "knockoff_w": "data"}.get(str(metric))
 
 
-def gene_set_row_kinds(table: pd.DataFrame, query_source: str | None, ranking_metric: str | None) -> pd.Series:
+def gene_set_row_kinds(table: pd.DataFrame, query_source: str | None, ranking_metric: str | None,
+                       ranking_signed: bool = True) -> pd.Series:
     """Per gene set: the kind of the evidence that ranks it (``gene_sets.tsv``'s ``explains`` column).
 
     A set is ranked by its smallest q-value (docs/report.md): the row's kind is the over-representation
     query's when one of its q-values (the unsigned list's or a direction's) is the smallest, the rank-based
     test's when ``gsea_q_value`` is strictly smaller; a set with neither is ordered by its group attribution
     (summed |SHAP|), which describes the model. A tie goes to the over-representation test, which the sort
-    also reads first.
+    also reads first. On an unsigned ranking (mean |SHAP|) ``gsea_q_value`` counts only where NES > 0, as in
+    the sort.
 
     Parameters
     ----------
@@ -107,6 +109,8 @@ def gene_set_row_kinds(table: pd.DataFrame, query_source: str | None, ranking_me
         ``q_value_other_class``).
     query_source, ranking_metric : str or None
         ``report_summary.json: gene_sets.query_source`` and ``gene_sets.ranking_metric``.
+    ranking_signed : bool
+        ``gene_sets.ranking_signed``.
 
     Returns
     -------
@@ -119,6 +123,8 @@ def gene_set_row_kinds(table: pd.DataFrame, query_source: str | None, ranking_me
              if q_cols else pd.Series(np.nan, index=table.index))
     gsea_q = (pd.to_numeric(table["gsea_q_value"], errors="coerce") if "gsea_q_value" in table.columns
               else pd.Series(np.nan, index=table.index))
+    if not ranking_signed and "nes" in table.columns:
+        gsea_q = gsea_q.where(pd.to_numeric(table["nes"], errors="coerce") > 0)
     attribution = (pd.to_numeric(table["group_attribution"], errors="coerce") if "group_attribution" in table.columns
                    else pd.Series(np.nan, index=table.index))
     out = pd.Series("", index=table.index, dtype=object)
@@ -138,8 +144,8 @@ def gene_sets_with_explains(table: pd.DataFrame, gene_set_summary: dict | None) 
     if "explains" in table.columns:
         return table
     block = gene_set_summary or {}
-    return table.assign(explains=gene_set_row_kinds(table, block.get("query_source"),
-                                                    block.get("ranking_metric")).to_numpy())
+    return table.assign(explains=gene_set_row_kinds(table, block.get("query_source"), block.get("ranking_metric"),
+                                                    block.get("ranking_signed", True) is not False).to_numpy())
 
 
 def step_summary_with_explains(summary: dict, kind: str) -> dict:

@@ -34,7 +34,7 @@ def test_demo_outputs_and_columns(demo_train_dir):
     oof = pd.read_csv(demo_train_dir / "oof_predictions.tsv", sep="\t")
     assert list(oof.columns) == ["sample_id", "repeat", "fold", "y_true", "y_pred", "prob_normal", "prob_tumour", "explains"]
     assert oof["sample_id"].is_unique and len(oof) == 400
-    np.testing.assert_allclose(oof[["prob_normal", "prob_tumour", "explains"]].sum(axis=1), 1.0)
+    np.testing.assert_allclose(oof[["prob_normal", "prob_tumour"]].sum(axis=1), 1.0)
     # out-of-fold AUROC recomputed from the predictions matches the per-fold table's inputs
     labels = pd.read_csv(TEST_DATA / "demo_labels.tsv", sep="\t", index_col=0)["condition"]
     assert (oof.set_index("sample_id")["y_true"] == labels.loc[oof["sample_id"]]).all()
