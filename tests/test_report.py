@@ -374,7 +374,7 @@ def test_report_loads_in_headless_chromium(full_report, tmp_path):
 
     result = json.loads(html.unescape(match.group(1)))
     assert result["errors"] == []
-    assert result["title"] == "iml-genomics report" and result["sections"] == 9
+    assert result["title"] == "iml-genomics report" and result["sections"] == 10  # with "In plain words"
     assert len(result["images"]) == page.count("<img ") >= 7
     assert all(w > 100 for w in result["images"]), result["images"]
     shot = tmp_path / "shot.png"

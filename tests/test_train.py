@@ -161,7 +161,7 @@ def test_regression_task(tmp_path):
     run_cli("train", "--expression", paths["tsv"], "--labels", tmp_path / "data" / "reg_labels.tsv",
             "--label-column", "condition", "--model", "lasso", "--out", out)
     cv = pd.read_csv(out / "cv_metrics.tsv", sep="\t").set_index("split")
-    assert list(cv.columns[-3:]) == ["r2", "rmse", "mae"]
+    assert list(cv.columns[-4:]) == ["r2", "rmse", "mae", "explains"]
     assert cv.loc["mean", "r2"] > 0.5
     assert json.loads((out / "model.json").read_text())["task"] == "regression"
 
