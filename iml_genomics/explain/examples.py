@@ -67,7 +67,7 @@ def medoid(points: np.ndarray):
 def run(ctx) -> MethodOutput:
     """``examples.tsv`` (nearest samples) and ``prototypes.tsv`` (class medoids)."""
     from iml_genomics.errors import ConfigError
-    from iml_genomics.explain.perturb import predicted_classes
+    from iml_genomics.explain.perturb import class_codes, predicted_classes
 
     cfg = ctx.explain_cfg
     n = len(ctx.sample_ids)
@@ -87,7 +87,7 @@ def run(ctx) -> MethodOutput:
         summary["attribution_space"] = "skipped: needs SHAP"
     if ctx.classes is not None:
         pred = np.asarray(ctx.classes, dtype=object)[predicted_classes(ctx.pipeline, ctx.X, ctx.classes)]
-        labels = None if ctx.y is None else np.asarray(ctx.classes, dtype=object)[np.asarray(ctx.y, dtype=int)]
+        labels = None if ctx.y is None else np.asarray(ctx.classes, dtype=object)[class_codes(ctx.y, ctx.classes)]
     else:
         pred = np.asarray(ctx.pipeline.predict(ctx.X), dtype=np.float64)
         labels = None if ctx.y is None else np.asarray(ctx.y, dtype=np.float64)
@@ -108,7 +108,7 @@ def run(ctx) -> MethodOutput:
                         "examples.tsv is not written; prototypes only")
         summary["neighbours"] = "skipped: no samples chosen"
     if ctx.classes is not None and ctx.y is not None:
-        y = np.asarray(ctx.y, dtype=int)
+        y = class_codes(ctx.y, ctx.classes)
         protos = []
         for c, name in enumerate(ctx.classes):
             members = np.flatnonzero(y == c)

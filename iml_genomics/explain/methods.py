@@ -51,7 +51,8 @@ class MethodContext:
     X : numpy.ndarray or scipy.sparse matrix
         Samples x ``gene_ids``, the model's input order (raw expression: the pipeline preprocesses).
     y : numpy.ndarray or None
-        The encoded outcome (class codes in ``classes`` order, or values); None when the cohort is unlabelled.
+        The outcome as the step holds it: class names (``classes`` holds them, sorted) or values; None when
+        the cohort is unlabelled.
     gene_ids, sample_ids : list of str
     classes : list of str or None
     task : {'classification', 'regression'}
