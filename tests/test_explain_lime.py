@@ -1,0 +1,102 @@
+"""explain.methods lime: known linear truth recovered, fidelity low where the model is not locally linear,
+same seed -> same bytes whatever n_jobs, bad input refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from local_method_helpers import make_context, pipeline
+from scipy.stats import spearmanr
+
+from iml_genomics.errors import ConfigError
+from iml_genomics.explain import lime
+from iml_genomics.io.writers import tsv_text
+
+CLASSES = ["a", "b"]
+
+
+def _linear_cohort(n=300, p=10, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(5.0, 2.0, size=(n, p))
+    beta = np.zeros(p)
+    beta[:5] = [2.0, -1.5, 1.0, -0.6, 0.3]
+    eta = (X - 5.0) @ beta / 2.0
+    y = np.where(rng.random(n) < 1 / (1 + np.exp(-eta)), "b", "a")
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def linear():
+    X, y = _linear_cohort()
+    pipe = pipeline("l1_logistic", X, y, params={"C": 10.0}, n_classes=2)
+    return X, y, pipe
+
+
+def test_linear_model_coefficients_are_recovered_on_the_log_odds_scale(linear):
+    X, y, pipe = linear
+    ctx = make_context(pipe, X, classes=CLASSES, y=y, samples=["s3", "s17"], lime_n_samples=1000)
+    out = lime.run(ctx)
+    table = out.tables["lime.tsv"]
+    coef = pipe[-1].coef_.ravel()  # log-odds of 'b' per training sd: what LIME's per-cohort-sd slope estimates
+    assert set(table["scale"]) == {"log_odds"} and set(table["explained_class"]) == {"b"}
+    for sid, part in table.groupby("sample_id"):
+        j = part["gene_id"].str[1:].astype(int).to_numpy()
+        w = part["lime_weight"].to_numpy()
+        # the log-odds are linear in the genes: the surrogate is the model, up to the ridge's tiny shrinkage
+        np.testing.assert_allclose(w, coef[j], atol=0.02 * np.abs(coef).max())
+        big = np.abs(coef[j]) > 0.1
+        assert (np.sign(w[big]) == np.sign(coef[j][big])).all()
+        assert spearmanr(np.abs(w), np.abs(coef[j])).statistic > 0.95
+        assert part["rank"].tolist() == list(range(1, len(part) + 1))
+        assert part["local_fidelity"].iloc[0] > 0.999
+        # contribution = slope x standardized value = linear SHAP: rank agreement ~ 1
+        assert part["shap_agreement_spearman"].iloc[0] > 0.95
+        np.testing.assert_allclose(part["lime_contribution"], part["shap_value"],
+                                   atol=0.05 * np.abs(part["shap_value"]).max())
+    assert out.summary["samples"]["s3"]["local_fidelity"] > 0.999
+
+
+def test_fidelity_is_low_where_the_model_is_not_locally_linear():
+    # class b when the two genes have the same sign (XOR); at the origin no line separates the four quadrants
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 4))
+    y = np.where(X[:, 0] * X[:, 1] > 0, "b", "a")
+    X[0, :2] = [0.02, -0.03]
+    X[1, :2] = [2.5, 2.5]
+    pipe = pipeline("random_forest", X, y, params={"n_estimators": 100, "max_depth": 6}, n_classes=2)
+    ctx = make_context(pipe, X, classes=CLASSES, y=y, samples=["s0"], ranking=["g0", "g1"], lime_top_genes=2,
+                       lime_n_samples=1500)
+    res = lime.run(ctx).summary["samples"]["s0"]
+    assert res["local_fidelity"] < 0.3
+    # the same surrogate on a linear model around the same kind of sample is faithful (the check can pass)
+    Xl, yl = _linear_cohort(seed=2)
+    lin = pipeline("l1_logistic", Xl, yl, params={"C": 10.0}, n_classes=2)
+    ctx = make_context(lin, Xl, classes=CLASSES, y=yl, samples=["s0"], lime_top_genes=2, lime_n_samples=1500)
+    assert lime.run(ctx).summary["samples"]["s0"]["local_fidelity"] > 0.99
+
+
+def _bytes(frame) -> bytes:
+    return tsv_text(frame).encode()  # what io.write_tsv writes
+
+
+def test_same_seed_same_bytes_and_independent_of_other_samples(linear):
+    # --jobs 1 vs 2: tests/test_explain_local_methods_cli.py
+    X, y, pipe = linear
+    runs = {}
+    for seed in (0, 0, 5):
+        ctx = make_context(pipe, X, classes=CLASSES, y=y, samples=["s3", "s9"], seed=seed, lime_n_samples=300)
+        runs.setdefault(seed, []).append(lime.run(ctx).tables["lime.tsv"])
+    assert _bytes(runs[0][0]) == _bytes(runs[0][1])
+    assert _bytes(runs[0][0]) != _bytes(runs[5][0])  # the seed reaches the perturbations
+    # a sample's LIME does not depend on which other samples are explained with it
+    alone = lime.run(make_context(pipe, X, classes=CLASSES, y=y, samples=["s9"], lime_n_samples=300)).tables
+    both = runs[0][0]
+    assert _bytes(alone["lime.tsv"]) == _bytes(both[both["sample_id"] == "s9"].reset_index(drop=True))
+
+
+def test_no_samples_is_skipped_with_a_warning_and_too_many_genes_is_refused(linear):
+    X, y, pipe = linear
+    out = lime.run(make_context(pipe, X, classes=CLASSES, y=y))
+    assert out.tables == {} and "skipped" in out.summary and len(out.warnings) == 1
+    with pytest.raises(ConfigError, match=r"explain.lime_top_genes \(11\) is larger than the 10 genes"):
+        lime.run(make_context(pipe, X, classes=CLASSES, y=y, samples=["s1"], lime_top_genes=11))
