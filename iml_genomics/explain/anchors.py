@@ -158,17 +158,29 @@ def _anchor_task(pipeline, X, row, cols, cohort, classes, boundaries, kw, seed):
     return anchor_sample(pipeline, X, row, cols, cohort, classes, boundaries, seed=seed, **kw)
 
 
+def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+    """Refuse a regression model and ``explain.anchors_top_genes`` above the matrix's genes, before any work.
+
+    Raises
+    ------
+    iml_genomics.errors.ConfigError
+    """
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.explain.perturb import check_gene_count
+
+    if classes is None and explain_cfg.samples:
+        raise ConfigError("explain.methods anchors: anchors explain a predicted class and this model is a "
+                          "regression; remove anchors from explain.methods (use lime for a local explanation).")
+    check_gene_count("anchors_top_genes", explain_cfg.anchors_top_genes, n_genes)
+
+
 def run(ctx) -> MethodOutput:
     """Anchors for every sample of ``explain.samples``: ``anchors.tsv`` (explains = model); classifiers only."""
-    from iml_genomics.errors import ConfigError
-
     cfg = ctx.explain_cfg
+    check(cfg, n_genes=len(ctx.gene_ids), n_samples=len(ctx.sample_ids), classes=ctx.classes)
     if not cfg.samples:
         summary, warnings = skipped_without_samples("anchors", "anchor rules")
         return MethodOutput(summary=summary, warnings=warnings)
-    if ctx.classes is None:
-        raise ConfigError("explain.methods anchors: anchors explain a predicted class and this model is a "
-                          "regression; remove anchors from explain.methods (use lime for a local explanation).")
     genes = check_top_genes(ctx, "anchors_top_genes", cfg.anchors_top_genes)
     cols = np.array([ctx.gene_column(g) for g in genes], dtype=int)
     cohort = dense_columns(ctx.X, cols)

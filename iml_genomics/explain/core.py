@@ -102,6 +102,9 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     from iml_genomics.explain.methods import NEEDS_ALL_ATTRIBUTIONS, resolve_methods
 
     extra_methods = resolve_methods(ecfg.methods if methods is None else methods)
+    from iml_genomics.explain.methods import check_methods
+
+    check_methods(extra_methods, ecfg, n_genes=len(gene_ids), n_samples=len(sample_ids), classes=classes)
     keep_all = do_shap and bool(NEEDS_ALL_ATTRIBUTIONS & set(extra_methods))
     all_values = []
 

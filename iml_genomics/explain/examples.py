@@ -64,17 +64,28 @@ def medoid(points: np.ndarray):
     return i, float(sums[i] / (n - 1))
 
 
+def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+    """Refuse ``explain.examples_k`` above the other samples of the cohort, before any work.
+
+    Raises
+    ------
+    iml_genomics.errors.ConfigError
+    """
+    from iml_genomics.errors import ConfigError
+
+    k = explain_cfg.examples_k
+    if explain_cfg.samples and k > n_samples - 1:
+        raise ConfigError(f"explain.examples_k ({k}) is larger than the {n_samples - 1} other samples of the "
+                          f"cohort; set explain.examples_k to at most {n_samples - 1}.")
+
+
 def run(ctx) -> MethodOutput:
     """``examples.tsv`` (nearest samples) and ``prototypes.tsv`` (class medoids)."""
-    from iml_genomics.errors import ConfigError
     from iml_genomics.explain.perturb import class_codes, predicted_classes
 
     cfg = ctx.explain_cfg
-    n = len(ctx.sample_ids)
     k = cfg.examples_k
-    if cfg.samples and k > n - 1:
-        raise ConfigError(f"explain.examples_k ({k}) is larger than the {n - 1} other samples of the cohort; "
-                          f"set explain.examples_k to at most {n - 1}.")
+    check(cfg, n_genes=len(ctx.gene_ids), n_samples=len(ctx.sample_ids), classes=ctx.classes)
     warnings, summary = [], {"k": k, "distance": "euclidean"}
     used = ctx.ranking[ctx.ranking["used"].astype(bool)]["gene_id"].astype(str).tolist()
     model_genes = ctx.shap_genes or sorted(used, key=ctx.gene_ids.index)

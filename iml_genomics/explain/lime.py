@@ -109,6 +109,13 @@ def _lime_task(f, X, row, cols, cohort, n_samples, kernel_width, seed):
     return lime_sample(f, X, row, cols, cohort, n_samples=n_samples, kernel_width=kernel_width, seed=seed)
 
 
+def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+    """Refuse ``explain.lime_top_genes`` above the matrix's genes before the explain step starts."""
+    from iml_genomics.explain.perturb import check_gene_count
+
+    check_gene_count("lime_top_genes", explain_cfg.lime_top_genes, n_genes)
+
+
 def run(ctx) -> MethodOutput:
     """LIME for every sample of ``explain.samples``: ``lime.tsv`` (explains = model)."""
     cfg = ctx.explain_cfg

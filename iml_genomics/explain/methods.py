@@ -145,6 +145,18 @@ def resolve_methods(requested) -> list:
     return [n for n in METHOD_NAMES if n in names]
 
 
+def check_methods(names, explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+    """Refuse bad settings of the requested methods before any work is done.
+
+    A method module may define ``check(explain_cfg, n_genes=, n_samples=, classes=)`` raising
+    :class:`iml_genomics.errors.ConfigError` / ``InputDataError``; without it the method checks in ``run``.
+    """
+    for name in resolve_methods(names):
+        check = getattr(importlib.import_module(METHOD_MODULES[name]), "check", None)
+        if check is not None:
+            check(explain_cfg, n_genes=n_genes, n_samples=n_samples, classes=classes)
+
+
 def run_methods(names, ctx: MethodContext) -> dict:
     """Run the requested methods in order; name -> :class:`MethodOutput`.
 

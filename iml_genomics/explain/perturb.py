@@ -82,19 +82,22 @@ def skipped_without_samples(name: str, what: str) -> tuple[dict, list]:
 DEFAULT_TOP_GENES = 20
 
 
-def check_top_genes(ctx, key: str, k: int | None) -> list:
-    """The top ``k`` used genes of the ranking (``k`` None: up to :data:`DEFAULT_TOP_GENES`).
+def check_gene_count(key: str, k: int | None, n_genes: int) -> None:
+    """Refuse ``explain.<key>`` = ``k`` genes when the expression matrix has fewer.
 
     Raises
     ------
     iml_genomics.errors.ConfigError
-        ``k`` was given and exceeds the number of genes in the expression matrix.
     """
     from iml_genomics.errors import ConfigError
 
-    if k is None:
-        return ctx.ranking_top_genes(DEFAULT_TOP_GENES)
-    if k > len(ctx.gene_ids):
-        raise ConfigError(f"explain.{key} ({k}) is larger than the {len(ctx.gene_ids)} genes of the expression "
-                          f"matrix; set explain.{key} to at most {len(ctx.gene_ids)} or leave it unset.")
-    return ctx.ranking_top_genes(k)
+    if k is not None and k > n_genes:
+        raise ConfigError(f"explain.{key} ({k}) is larger than the {n_genes} genes of the expression "
+                          f"matrix; set explain.{key} to at most {n_genes} or leave it unset.")
+
+
+def check_top_genes(ctx, key: str, k: int | None) -> list:
+    """The top ``k`` used genes of the ranking (``k`` None: up to :data:`DEFAULT_TOP_GENES`); see
+    :func:`check_gene_count`."""
+    check_gene_count(key, k, len(ctx.gene_ids))
+    return ctx.ranking_top_genes(DEFAULT_TOP_GENES if k is None else k)

@@ -341,6 +341,11 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))
 
+    # explain.methods lime, anchors, examples: one section each when their files exist (report/local_methods.py)
+    from iml_genomics.report.local_methods import local_method_sections
+
+    sections.extend(local_method_sections(inputs, samples, labels))
+
     # local explanations
     if inputs.local is not None and len(inputs.local):
         present = list(dict.fromkeys(inputs.local["sample_id"].astype(str)))
