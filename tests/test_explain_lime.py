@@ -100,3 +100,41 @@ def test_no_samples_is_skipped_with_a_warning_and_too_many_genes_is_refused(line
     assert out.tables == {} and "skipped" in out.summary and len(out.warnings) == 1
     with pytest.raises(ConfigError, match=r"explain.lime_top_genes \(11\) is larger than the 10 genes"):
         lime.run(make_context(pipe, X, classes=CLASSES, y=y, samples=["s1"], lime_top_genes=11))
+
+
+def test_agrees_with_the_lime_package_on_a_forest():
+    """The reference: lime 0.2's LimeTabularExplainer, configured as this module (continuous genes, draws
+    around the cohort mean, LIME's kernel, ridge on standardized genes). On Gaussian genes its Gaussian draws
+    and this module's empirical marginals are the same distribution, so the two estimate the same surrogate."""
+    from lime.lime_tabular import LimeTabularExplainer
+
+    from iml_genomics.explain.perturb import ModelOutput
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(800, 6))
+    y = np.where(X[:, 0] + 0.8 * X[:, 1] ** 2 - X[:, 2] + 0.5 * rng.normal(size=800) > 0.8, "b", "a")
+    pipe = pipeline("random_forest", X, y, params={"n_estimators": 60, "max_depth": 5}, n_classes=2)
+    genes = ["g0", "g1", "g2", "g3"]
+    ctx = make_context(pipe, X, classes=CLASSES, y=y, samples=["s7"], ranking=genes, lime_top_genes=4,
+                       lime_n_samples=6000)
+    ours = lime.run(ctx).tables["lime.tsv"].set_index("gene_id").loc[genes]
+    f = ModelOutput(pipe, CLASSES, None)
+    cols = [0, 1, 2, 3]
+
+    def predict(P):
+        full = np.repeat(X[7][None, :], len(P), axis=0)
+        full[:, cols] = P
+        return f(full)
+
+    ref = LimeTabularExplainer(X[:, cols], mode="regression", discretize_continuous=False,
+                               sample_around_instance=False, kernel_width=0.75 * np.sqrt(4),
+                               feature_selection="none", random_state=0)
+    exp = ref.explain_instance(X[7, cols], predict, num_features=4, num_samples=6000)
+    w_ref = np.zeros(4)
+    for j, w in exp.local_exp[1]:
+        w_ref[j] = w
+    w = ours["lime_weight"].to_numpy()
+    assert np.abs(w - w_ref).max() < 0.15 * np.abs(w_ref).max(), (w, w_ref)
+    assert (np.sign(w[np.abs(w_ref) > 0.2 * np.abs(w_ref).max()])
+            == np.sign(w_ref[np.abs(w_ref) > 0.2 * np.abs(w_ref).max()])).all()
+    assert ours["local_fidelity"].iloc[0] == pytest.approx(exp.score, abs=0.06)
