@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from iml_genomics.errors import ConfigError
 from iml_genomics.explain import anchors
-from iml_genomics.explain.perturb import dense_columns, predicted_classes
+from iml_genomics.explain.perturb import predicted_classes
 
 CLASSES = ["a", "b"]
 
@@ -54,18 +54,18 @@ def test_sample_near_the_boundary_gets_a_weaker_anchor(stump):
     assert near["precision"] < 0.95 and not near["precision_reached"]
 
 
-def _independent_precision(pipe, X, row, genes, rule, n, rng):
-    """Precision of ``rule`` by rejection sampling: draw every candidate gene from its cohort marginal, keep
-    the draws satisfying the rule. A different route to the conditional distribution anchors.py samples."""
-    cols = [int(g[1:]) for g in genes]
-    cohort = dense_columns(X, cols)
-    kept = []
-    while sum(len(k) for k in kept) < n:
-        P = cohort[rng.integers(0, len(cohort), size=(4 * n, len(cols))), np.arange(len(cols))]
-        kept.append(P[anchors._Anchor.holds(rule, P)])
-    P = np.concatenate(kept)[:n]
-    full = np.repeat(X[row][None, :], n, axis=0)
-    full[:, cols] = P
+def _independent_precision(pipe, X, row, cols, rule, n, rng):
+    """Precision of ``rule`` by rejection sampling: a random cohort sample, each rule gene replaced by a value
+    drawn from the gene's cohort values until one satisfies its predicate. A different route to the
+    distribution anchors.py samples (it draws directly among the values satisfying the predicate)."""
+    full = X[rng.integers(0, len(X), size=n)].copy()
+    for j in sorted({p[0] for p in rule}):
+        preds = [p for p in rule if p[0] == j]
+        values = []
+        while len(values) < n:
+            v = X[rng.integers(0, len(X), size=4 * n), cols[j]]
+            values.extend(v[anchors._Anchor.holds([(0, t, up) for _, t, up in preds], v[:, None])].tolist())
+        full[:, cols[j]] = values[:n]
     target = predicted_classes(pipe, X[row][None, :], CLASSES)[0]
     return float(np.mean(predicted_classes(pipe, full, CLASSES) == target))
 
@@ -77,14 +77,13 @@ def test_precision_matches_an_independent_monte_carlo_estimate():
     eta = 2.0 * X[:, 0] - 1.5 * X[:, 1] + 1.0 * X[:, 2]
     y = np.where(rng.random(500) < 1 / (1 + np.exp(-eta)), "b", "a")
     pipe = pipeline("l1_logistic", X, y, params={"C": 1.0}, n_classes=2)
-    genes = ["g0", "g1", "g2", "g3"]
     cohort = X[:, [0, 1, 2, 3]]
     bounds = anchors._boundaries(cohort, 4)
     checked = 0
     for row in (2, 7, 11):
         res = anchors.anchor_sample(pipe, X, row, np.array([0, 1, 2, 3]), cohort, CLASSES, bounds, threshold=0.9,
                                     beam_width=2, max_predicates=2, n_samples=2000, seed=[0, row])
-        mc = _independent_precision(pipe, X, row, genes, res["rule"], 4000, np.random.default_rng(100 + row))
+        mc = _independent_precision(pipe, X, row, [0, 1, 2, 3], res["rule"], 4000, np.random.default_rng(100 + row))
         # two independent binomial estimates of one proportion: within 4 standard errors
         p = (res["precision"] + mc) / 2
         se = np.sqrt(p * (1 - p) * (1 / 2000 + 1 / 4000)) + 1e-3

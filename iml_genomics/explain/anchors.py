@@ -6,10 +6,10 @@ the model predicts x's class for (almost) every sample that satisfies it. Here:
 - predicates: for each of the top ``explain.anchors_top_genes`` genes of ``gene_ranking.tsv`` and each inner
   boundary t of its ``explain.anchors_n_bins`` cohort quantile bins, the side of t that holds x's value; a rule
   uses a gene at most once;
-- perturbations (the distribution precision is measured on): x with every candidate gene redrawn from its
-  empirical cohort marginal, the genes of the rule redrawn from the cohort values that satisfy the rule's
-  predicate (so the anchored genes vary inside their range, as in the Anchors tabular sampler), the genes
-  outside the candidates held at x's values;
+- perturbations (the distribution precision is measured on: the cohort given the rule): a random cohort
+  sample provides every gene, then each gene of the rule is redrawn from its cohort values that satisfy the
+  rule's predicate on it, independently per gene (as the Anchors tabular sampler does); the other genes keep
+  their joint distribution;
 - precision: the fraction of perturbations the model assigns to x's predicted class; its lower bound is the
   one-sided 95% Clopper-Pearson (exact binomial) bound, not KL-LUCB: every candidate rule of a step gets the
   same ``anchors_n_samples`` draws, which costs more model calls than a bandit but is simple and exact;
@@ -80,24 +80,31 @@ class _Anchor:
         return ok
 
     def perturb(self, rule, n: int) -> np.ndarray:
-        """``n`` perturbed candidate-gene vectors under ``rule`` (see the module docstring)."""
-        m = self.cohort.shape[1]
-        P = self.cohort[self.rng.integers(0, len(self.cohort), size=(n, m)), np.arange(m)]
-        for j in {p[0] for p in rule}:
+        """``n`` draws (samples x all genes) from the cohort given ``rule``.
+
+        A random cohort sample provides every gene; each gene of the rule is then redrawn from its cohort
+        values that satisfy the rule's predicate on it, independently per gene, as the Anchors tabular sampler
+        does. Per gene rather than from the samples satisfying the whole rule: a long rule can hold for a
+        handful of samples, and their few rows would make any rule look precise.
+        """
+        rows = self.rng.integers(0, len(self.cohort), size=n)
+        block = dense_columns(self.X[rows], slice(None))
+        for j in sorted({p[0] for p in rule}):
             allowed = self.cohort[self.holds([p for p in rule if p[0] == j], self.cohort), j]
-            P[:, j] = allowed[self.rng.integers(0, len(allowed), size=n)]
-        return P
+            block[:, self.cols[j]] = allowed[self.rng.integers(0, len(allowed), size=n)]
+        return block
 
     def precision_hits(self, rules, n: int) -> np.ndarray:
         """Perturbations (of ``n`` per rule) the model assigns to the sample's class, for every rule."""
-        P = np.concatenate([self.perturb(r, n) for r in rules])
-        pred = np.empty(len(P), dtype=int)
+        hits = np.empty(len(rules), dtype=int)
         step = max(1, _MAX_CELLS // max(self.X.shape[1], 1))
-        for start in range(0, len(P), step):
-            block = np.repeat(self.x[None, :], min(step, len(P) - start), axis=0)
-            block[:, self.cols] = P[start:start + len(block)]
-            pred[start:start + len(block)] = predicted_classes(self.pipeline, block, self.classes)
-        return (pred == self.target).reshape(len(rules), n).sum(axis=1)
+        for i, rule in enumerate(rules):
+            same = 0
+            for start in range(0, n, step):
+                block = self.perturb(rule, min(step, n - start))
+                same += int((predicted_classes(self.pipeline, block, self.classes) == self.target).sum())
+            hits[i] = same
+        return hits
 
     def coverage(self, rule) -> float:
         return float(self.holds(rule, self.cohort).mean())
