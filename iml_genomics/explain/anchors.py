@@ -13,7 +13,9 @@ the model predicts x's class for (almost) every sample that satisfies it. Here:
 - precision: the fraction of perturbations the model assigns to x's predicted class; its lower bound is the
   one-sided 95% Clopper-Pearson (exact binomial) bound, not KL-LUCB: every candidate rule of a step gets the
   same ``anchors_n_samples`` draws, which costs more model calls than a bandit but is simple and exact;
-- search: a beam search (``anchors_beam_width`` rules kept, ``anchors_max_predicates`` steps). A step stops the
+- search: a beam search (``anchors_beam_width`` rules kept, ``anchors_max_predicates`` steps). Each step screens
+  every candidate on a tenth of the draws and gives the full ``anchors_n_samples`` (fresh) draws to the
+  ``4 x anchors_beam_width`` most precise ones (one successive-halving round). A step stops the
   search when a candidate's lower bound reaches ``anchors_threshold``; among those the rule with the highest
   coverage wins. Without such a rule the most precise rule of the last step is reported, marked
   ``precision_reached = False``;
@@ -37,6 +39,7 @@ from iml_genomics.explain.perturb import (check_top_genes, dense_columns, dense_
 ANCHOR_COLUMNS = ["sample_id", "rule", "n_predicates", "precision", "precision_ci_low", "coverage",
                   "predicted_class", "precision_reached", "n_perturbations", "explains"]
 CONFIDENCE = 0.95
+SCREEN_KEEP = 4  # candidates per beam slot that get the full draws after screening
 _MAX_CELLS = 10_000_000
 
 
@@ -129,6 +132,12 @@ class _Anchor:
                         cands.append(key)
             if not cands:
                 break
+            if len(cands) > SCREEN_KEEP * beam_width:
+                # screening: a tenth of the draws for every candidate, the full draws (fresh) for the most
+                # precise few only; a successive-halving round instead of KL-LUCB's adaptive sampling
+                pre = self.precision_hits(cands, max(20, n // 10))
+                keep = np.lexsort((np.arange(len(cands)), -pre))[:SCREEN_KEEP * beam_width]
+                cands = [cands[i] for i in sorted(keep)]
             hits = self.precision_hits(cands, n)
             low = precision_lower_bound(hits, n)
             cover = np.array([self.coverage(c) for c in cands])
