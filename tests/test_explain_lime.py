@@ -138,3 +138,17 @@ def test_agrees_with_the_lime_package_on_a_forest():
     assert (np.sign(w[np.abs(w_ref) > 0.2 * np.abs(w_ref).max()])
             == np.sign(w_ref[np.abs(w_ref) > 0.2 * np.abs(w_ref).max()])).all()
     assert ours["local_fidelity"].iloc[0] == pytest.approx(exp.score, abs=0.06)
+
+
+def test_regression_weights_are_the_lasso_coefficients():
+    rng = np.random.default_rng(6)
+    X = rng.normal(2.0, 1.5, size=(250, 6))
+    target = 3.0 * X[:, 0] - 2.0 * X[:, 1] + 0.2 * rng.normal(size=250)
+    reg = pipeline("lasso", X, target, task="regression", params={"alpha": 0.01})
+    ctx = make_context(reg, X, classes=None, y=target, samples=["s4"], task="regression", lime_n_samples=500)
+    part = lime.run(ctx).tables["lime.tsv"]
+    coef = reg[-1].coef_.ravel()
+    j = part["gene_id"].str[1:].astype(int).to_numpy()
+    assert set(part["scale"]) == {"raw"} and part["local_fidelity"].iloc[0] > 0.999
+    np.testing.assert_allclose(part["lime_weight"], coef[j], atol=0.02 * np.abs(coef).max())
+    assert part["gene_id"].head(2).tolist() == ["g0", "g1"]

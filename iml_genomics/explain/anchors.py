@@ -215,7 +215,7 @@ def run(ctx) -> MethodOutput:
                         "precision_reached": bool(res["reached"]), "n_perturbations": cfg.anchors_n_samples,
                         "explains": "model"})
         if not res["reached"]:
-            warnings.append(f"explain.methods anchors: no rule of up to {cfg.anchors_max_predicates} predicates "
+            warnings.append(f"explain: warning: anchors: no rule of up to {cfg.anchors_max_predicates} predicates "
                             f"reaches precision {cfg.anchors_threshold:g} for sample {sid}; the most precise "
                             f"one is reported (precision_reached = False)")
     table = pd.DataFrame.from_records(records, columns=ANCHOR_COLUMNS)

@@ -93,7 +93,7 @@ def run(ctx) -> MethodOutput:
     if ctx.attributions is not None:
         spaces = {"attribution": np.asarray(ctx.attributions, dtype=np.float64), **spaces}
     else:
-        warnings.append("explain.methods examples: no SHAP values (explain --method permutation), so the "
+        warnings.append("explain: warning: examples: no SHAP values (explain --method permutation), so the "
                         "attribution space is skipped; expression space only")
         summary["attribution_space"] = "skipped: needs SHAP"
     if ctx.classes is not None:
@@ -115,7 +115,7 @@ def run(ctx) -> MethodOutput:
                     "neighbour_prediction": pred[idx], "explains": SPACES[name]}))
         tables["examples.tsv"] = pd.concat(rows, ignore_index=True)[EXAMPLE_COLUMNS]
     else:
-        warnings.append("explain.methods examples: no samples chosen (explain.samples / --samples), so "
+        warnings.append("explain: warning: examples: no samples chosen (explain.samples / --samples), so "
                         "examples.tsv is not written; prototypes only")
         summary["neighbours"] = "skipped: no samples chosen"
     if ctx.classes is not None and ctx.y is not None:

@@ -152,7 +152,7 @@ def run(ctx) -> MethodOutput:
         per_sample[sid] = {"local_fidelity": res["fidelity"], "shap_agreement_spearman": agree,
                            "model_output": res["output"], "surrogate_output": res["local_prediction"]}
     if not ctx.local_shap:
-        warnings.append("explain.methods lime: no SHAP values (explain --method permutation), so "
+        warnings.append("explain: warning: lime: no SHAP values (explain --method permutation), so "
                         "shap_value and shap_agreement_spearman are empty")
     table = pd.concat(frames, ignore_index=True)[LIME_COLUMNS]
     summary = {"explained_class": cls, "scale": scale, "n_genes_perturbed": m, "n_perturbations":

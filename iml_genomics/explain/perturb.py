@@ -76,7 +76,7 @@ def skipped_without_samples(name: str, what: str) -> tuple[dict, list]:
     """Summary and warning of a local method run without ``explain.samples``."""
     reason = "no samples chosen (explain.samples / --samples)"
     return ({"skipped": reason},
-            [f"explain.methods {name}: skipped, {reason}; pass --samples ID,... to get {what}"])
+            [f"explain: warning: {name} skipped, {reason}; pass --samples ID,... to get {what}"])
 
 
 DEFAULT_TOP_GENES = 20
