@@ -91,6 +91,9 @@ def test_prototypes_are_brute_force_medoids(clusters):
     finally:
         examples._BLOCK_CELLS = old
     assert i == int(np.argmin(sums)) and mean_d == pytest.approx(sums.min() / (len(pts) - 1), rel=1e-12)
+    # two copies of the most central point: equal sums, the first copy wins
+    dup = np.vstack([pts[:5], pts[i], pts[5:]])
+    assert examples.medoid(dup)[0] == min(i, 5)
 
 
 def test_bad_k_is_refused_and_regression_has_no_prototypes(clusters):
