@@ -105,3 +105,15 @@ def test_bad_k_is_refused_and_regression_has_no_prototypes(clusters):
     assert "prototypes.tsv" not in out.tables and out.summary["prototypes"].startswith("skipped")
     t = out.tables["examples.tsv"]
     assert len(t) == 10 and t["neighbour_label"].dtype.kind == "f"
+
+
+def test_without_shap_or_labels_the_method_degrades_as_documented(clusters):
+    X, y, classes, pipe = clusters
+    ctx = make_context(pipe, X, classes=classes, y=None, samples=["s2"], examples_k=3)
+    ctx.attributions = None  # as after explain --method permutation
+    out = examples.run(ctx)
+    t = out.tables["examples.tsv"]
+    assert set(t["space"]) == {"expression"} and t["neighbour_label"].isna().all()
+    assert (t["neighbour_prediction"] == "c0").all()  # s2 is in cluster c0, so are its neighbours
+    assert "prototypes.tsv" not in out.tables and out.summary["attribution_space"].startswith("skipped")
+    assert len(out.warnings) == 1 and "no SHAP values" in out.warnings[0]

@@ -152,3 +152,17 @@ def test_regression_weights_are_the_lasso_coefficients():
     assert set(part["scale"]) == {"raw"} and part["local_fidelity"].iloc[0] > 0.999
     np.testing.assert_allclose(part["lime_weight"], coef[j], atol=0.02 * np.abs(coef).max())
     assert part["gene_id"].head(2).tolist() == ["g0", "g1"]
+
+
+def test_without_shap_the_agreement_is_empty_and_the_summary_is_valid_json(linear):
+    import json
+
+    X, y, pipe = linear
+    ctx = make_context(pipe, X, classes=CLASSES, y=y, samples=["s2"], lime_n_samples=200)
+    ctx.local_shap, ctx.shap_genes = {}, []  # as after explain --method permutation
+    out = lime.run(ctx)
+    t = out.tables["lime.tsv"]
+    assert t["shap_value"].isna().all() and t["shap_agreement_spearman"].isna().all()
+    assert len(out.warnings) == 1 and "no SHAP values" in out.warnings[0]
+    text = json.dumps(out.summary, allow_nan=False)  # raises on NaN
+    assert json.loads(text)["samples"]["s2"]["shap_agreement_spearman"] is None

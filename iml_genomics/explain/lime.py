@@ -149,7 +149,9 @@ def run(ctx) -> MethodOutput:
             "explained_class": cls, "scale": scale, "local_fidelity": res["fidelity"],
             "shap_agreement_spearman": agree, "n_perturbations": cfg.lime_n_samples,
             "explains": "model"}).iloc[order])
-        per_sample[sid] = {"local_fidelity": res["fidelity"], "shap_agreement_spearman": agree,
+        # null, not NaN, in the JSON summary (NaN is not JSON)
+        per_sample[sid] = {"local_fidelity": res["fidelity"],
+                           "shap_agreement_spearman": None if np.isnan(agree) else agree,
                            "model_output": res["output"], "surrogate_output": res["local_prediction"]}
     if not ctx.local_shap:
         warnings.append("explain: warning: lime: no SHAP values (explain --method permutation), so "
