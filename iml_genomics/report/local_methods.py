@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from iml_genomics.report import html as H
+from iml_genomics.report import page_parts as P
 from iml_genomics.report import plots
 
 MAX_SAMPLES = 6  # plots and tables per section: enough to read, short enough to scroll past
@@ -34,19 +35,29 @@ def lime_section(inputs, samples: list, labels: dict | None):
              f'there: below about 0.5 the LIME weights should not be read. <em>Agreement with SHAP</em> is the '
              f'Spearman correlation between LIME\'s per-gene contributions (weight x the sample\'s standardized '
              f'expression) and the sample\'s SHAP values; low agreement means the two explanations disagree on '
-             f'which genes drive this prediction. Full table: lime.tsv.</p>')
+             f'which genes drive this prediction.</p>')
     per = (lime[lime["sample_id"].astype(str).isin(shown)]
            .groupby("sample_id", sort=False)
            .agg(local_fidelity=("local_fidelity", "first"), shap_agreement_spearman=("shap_agreement_spearman",
                                                                                      "first"),
                 top_genes=("gene_id", lambda g: ", ".join(map(str, list(g)[:3]))))
            .reset_index())
-    inner += H.table_html(per)
+    inner += H.table_html(per, caption="Per sample: how well the straight line fits the model (local_fidelity) "
+                                       "and how far LIME agrees with SHAP; the three genes with the largest "
+                                       "LIME weights.")
+    towards = f"towards {H.esc(cls)}" if cls else "up"
     inner += '<div class="plots">' + "".join(
-        H.img(plots.lime_vs_shap(lime, s, labels), f"LIME vs SHAP {s}") for s in shown) + "</div>"
-    cols = ["sample_id", "rank", "gene_id", "lime_weight", "lime_contribution", "shap_value", "expression"]
+        H.figure(plots.lime_vs_shap(lime, s, labels),
+                 f"Sample {H.esc(s)}: the genes with the largest LIME weights; green bars are LIME contributions "
+                 f"(weight x the sample's standardized expression), grey bars the sample's SHAP values. A positive "
+                 f"value pushes the model output ({H.esc(scale)}) {towards}.") for s in shown) + "</div>"
+    cols = ["sample_id", "rank", "gene_id", "lime_weight", "lime_contribution", "shap_value", "expression",
+            "local_fidelity"]
     sub = lime[lime["sample_id"].astype(str).isin(shown)]
-    inner += H.table_html(sub[cols].groupby("sample_id", sort=False).head(5), max_rows=5 * MAX_SAMPLES)
+    inner += H.table_html(sub[cols], max_rows=10, caption="Every perturbed gene of the samples shown, by rank of "
+                                                          "the absolute LIME weight (change of the output per "
+                                                          "cohort standard deviation of the gene).")
+    inner += P.files_note(P.input_link(inputs, "explain", "lime.tsv"))
     return "lime", "LIME local surrogates", inner
 
 
@@ -62,10 +73,13 @@ def anchors_section(inputs, samples: list, labels: dict | None):
              '(with a 95% lower bound). <em>Coverage</em>: the fraction of the cohort that satisfies the rule, i.e. '
              'how general it is. A rule <strong>explains the model</strong>\'s decision, not a biological '
              'mechanism; "precision reached = no" means no rule of the allowed length was precise enough (often '
-             'a sample near the decision boundary). Full table: anchors.tsv.</p>')
+             'a sample near the decision boundary).</p>')
     cols = ["sample_id", "predicted_class", "rule", "precision", "precision_ci_low", "coverage",
             "precision_reached"]
-    inner += H.table_html(table[table["sample_id"].astype(str).isin(shown)][cols], max_chars=200)
+    inner += H.table_html(table[table["sample_id"].astype(str).isin(shown)][cols],
+                          caption="One rule per sample: the model predicts predicted_class for the samples that "
+                                  "satisfy the rule, with the precision shown.")
+    inner += P.files_note(P.input_link(inputs, "explain", "anchors.tsv"))
     return "anchors", "Anchors (local rules)", inner
 
 
@@ -82,16 +96,20 @@ def examples_section(inputs, samples: list, labels: dict | None):
              f'In <em>expression</em> space (the standardized expression of the genes the model uses) neighbours '
              f'are samples that look alike: this describes the <strong>data</strong>. Neighbours with another true '
              f'label than their prediction, or a chosen sample whose neighbours have another label, point to '
-             f'cases the model finds hard. Distances are Euclidean. Full tables: examples.tsv, prototypes.tsv.</p>')
+             f'cases the model finds hard. Distances are Euclidean.</p>')
     if ex is not None and len(ex):
         shown = _samples(ex, samples)
         cols = ["sample_id", "space", "neighbour_rank", "neighbour_id", "distance", "neighbour_label",
                 "neighbour_prediction", "explains"]
-        inner += H.table_html(ex[ex["sample_id"].astype(str).isin(shown)][cols], max_rows=10 * MAX_SAMPLES)
+        inner += H.table_html(ex[ex["sample_id"].astype(str).isin(shown)][cols], max_rows=10,
+                              caption="Nearest cohort samples of each chosen sample, closest first, in each space.")
     if protos is not None and len(protos):
         inner += ("<h3>Class prototypes</h3><p class=\"note\">The prototype of a class is its most central member "
                   "(the medoid: smallest mean distance to the other members), a typical sample to look at first.</p>")
-        inner += H.table_html(protos)
+        inner += H.table_html(protos, caption="One prototype per true class and space; mean_distance is its "
+                                              "mean distance to the other members of its class.")
+    inner += P.files_note(P.input_link(inputs, "explain", "examples.tsv"),
+                          P.input_link(inputs, "explain", "prototypes.tsv"))
     return "examples", "Explanation by example", inner
 
 
