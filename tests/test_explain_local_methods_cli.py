@@ -4,6 +4,7 @@ byte-identical with --jobs 1 and 2, the report shows them, bad input is one line
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -66,9 +67,17 @@ def test_report_shows_the_three_methods(explained, tmp_path):
     root, _ = explained
     run_cli("report", "--inputs", root / "j1", "--out", tmp_path / "report")
     html = (tmp_path / "report" / "report.html").read_text()
-    for anchor in ('id="lime"', 'id="anchors"', 'id="examples"'):
-        assert anchor in html, anchor
-    assert "explains the model" in html
+    sections = {}
+    for name in ("lime", "anchors", "examples"):
+        m = re.search(rf'<section id="{name}"(.*?)</section>', html, re.S)
+        assert m, name
+        sections[name] = m.group(1)
+        assert f'/{name}.tsv"' in sections[name]  # the section links its TSV
+    # one captioned LIME figure per chosen sample, naming the class a positive value points to
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", sections["lime"], re.S)
+    assert sum("pushes the model output (log_odds) towards tumour" in c for c in captions) == 2
+    assert "explains the model" in sections["lime"] and "describes the <strong>data</strong>" in sections["examples"]
+    assert "S0001" in sections["anchors"] and "Class prototypes" in sections["examples"]
 
 
 def test_too_many_lime_genes_is_one_line_exit_2(explained, tmp_path):
