@@ -54,6 +54,10 @@ def test_linear_model_coefficients_are_recovered_on_the_log_odds_scale(linear):
         np.testing.assert_allclose(part["lime_contribution"], part["shap_value"],
                                    atol=0.05 * np.abs(part["shap_value"]).max())
     assert out.summary["samples"]["s3"]["local_fidelity"] > 0.999
+    # negative control: SHAP values that disagree (sign flipped) give an agreement near -1, not a high one
+    ctx.local_shap = {s: -v for s, v in ctx.local_shap.items()}
+    flipped = lime.run(ctx).summary["samples"]
+    assert flipped["s3"]["shap_agreement_spearman"] < -0.95 and flipped["s17"]["shap_agreement_spearman"] < -0.95
 
 
 def test_fidelity_is_low_where_the_model_is_not_locally_linear():
