@@ -74,7 +74,7 @@ class ModelConfig:
     name: Literal[
         "l1_logistic", "elasticnet_logistic", "lasso", "elasticnet",
         "random_forest", "extra_trees", "gradient_boosting", "hist_gradient_boosting", "linear_svm",
-        "decision_tree",
+        "decision_tree", "mlp",
     ] = _opt("l1_logistic", help="Model from the registry (see docs/config.md).")
     params: dict = _opt({}, help="Extra keyword arguments passed to the scikit-learn estimator.")
 
@@ -107,6 +107,37 @@ class ExplainConfig:
     methods: list[str] | Literal["all"] = _opt(
         [], help="Explanation methods beyond SHAP and permutation importance (opt-in): a list of "
                  + ", ".join(EXPLAIN_METHODS) + "; or all (docs/explain.md).")
+    # --- method surrogate (iml_genomics/explain/surrogate.py) ---
+    surrogate_max_depth: int = _opt(3, min=1, max=8, help="Depth of the surrogate decision tree (explain.methods surrogate).")
+    surrogate_max_rules: int = _opt(
+        5, min=1, max=50, help="Rules of the surrogate rule list before its default rule (method surrogate).")
+    surrogate_min_samples_leaf: int = _opt(
+        5, min=1, help="Fewest samples in a surrogate leaf, so that no rule describes a handful of samples.")
+    # --- method pdp (iml_genomics/explain/pdp.py) ---
+    pdp_top_k: int = _opt(5, min=1, max=100, help="Top genes of the ranking with partial dependence and ICE curves.")
+    pdp_grid_points: int = _opt(
+        20, min=2, max=200, help="Grid values per gene: percentiles 5..95 of its raw expression (method pdp).")
+    pdp_ice_samples: int = _opt(
+        20, min=0, help="Seeded sample of individual (ICE) curves kept in partial_dependence.tsv (method pdp).")
+    pdp_max_samples: int = _opt(
+        1000, min=10, help="Samples (seeded subset) over which partial dependence is averaged (method pdp).")
+    # --- method map (iml_genomics/explain/attribution_map.py) ---
+    map_method: Literal["auto", "umap", "tsne"] = _opt(
+        "auto", help="2-D embedding of the SHAP values (method map); auto = umap when umap-learn is installed, "
+                     "else scikit-learn t-SNE.")
+    map_max_samples: int = _opt(5000, min=10, help="Samples (seeded subset) placed on the attribution map.")
+    # --- method integrated_gradients (explain/integrated_gradients.py; model mlp only) ---
+    integrated_gradients_baseline: Literal["mean", "zeros", "median"] = _opt(
+        "mean", help="integrated_gradients: the reference input; mean = training mean (0 after the fitted scaler), "
+                     "zeros = no expression (0 before scaling), median = per-gene median of the explained cohort.")
+    integrated_gradients_steps: int = _opt(
+        64, min=2, max=100000, help="integrated_gradients: gradient evaluations along the path from baseline to sample.")
+    integrated_gradients_rule: Literal["gauss_legendre", "riemann_trapezoid"] = _opt(
+        "gauss_legendre", help="integrated_gradients: quadrature rule of the path integral.")
+    integrated_gradients_tolerance: float = _opt(
+        1e-2, min=0.0, min_exclusive=True,
+        help="integrated_gradients: max |sum(IG) - (f(x) - f(baseline))| / max(1, |f(x) - f(baseline)|) on every "
+             "sample (completeness); above it explain fails.")
     # --- methods lime, anchors, examples (iml_genomics/explain/lime.py, anchors.py, examples.py) ---
     lime_top_genes: int | None = _opt(
         None, min=1, help="lime: genes perturbed and fitted, the top of gene_ranking.tsv; up to 20 when unset.")

@@ -29,7 +29,9 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
     \b
     Writes to OUT: attributions.parquet, gene_ranking.tsv, local_explanations.tsv,
     interactions.tsv, explain_summary.json, provenance.json (columns: docs/explain.md).
-    --methods lime, anchors, examples add lime.tsv, anchors.tsv, examples.tsv, prototypes.tsv.
+    --methods adds each method's files: surrogate.tsv, surrogate_rules.txt (model_rules.txt
+    for a decision tree), partial_dependence.tsv, attribution_map.tsv, lime.tsv, anchors.tsv, examples.tsv,
+    prototypes.tsv, ...
     Without labels only SHAP of the final model is computed.
     \b
     Example:

@@ -174,7 +174,7 @@ def _anchor_task(pipeline, X, row, cols, cohort, classes, boundaries, kw, seed):
     return anchor_sample(pipeline, X, row, cols, cohort, classes, boundaries, seed=seed, **kw)
 
 
-def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+def check(gene_ids, explain_cfg, *, classes) -> None:
     """Refuse a regression model and ``explain.anchors_top_genes`` above the matrix's genes, before any work.
 
     Raises
@@ -187,13 +187,13 @@ def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
     if classes is None and explain_cfg.samples:
         raise ConfigError("explain.methods anchors: anchors explain a predicted class and this model is a "
                           "regression; remove anchors from explain.methods (use lime for a local explanation).")
-    check_gene_count("anchors_top_genes", explain_cfg.anchors_top_genes, n_genes)
+    check_gene_count("anchors_top_genes", explain_cfg.anchors_top_genes, len(gene_ids))
 
 
 def run(ctx) -> MethodOutput:
     """Anchors for every sample of ``explain.samples``: ``anchors.tsv`` (explains = model); classifiers only."""
     cfg = ctx.explain_cfg
-    check(cfg, n_genes=len(ctx.gene_ids), n_samples=len(ctx.sample_ids), classes=ctx.classes)
+    check(ctx.gene_ids, cfg, classes=ctx.classes)
     if not cfg.samples:
         summary, warnings = skipped_without_samples("anchors", "anchor rules")
         return MethodOutput(summary=summary, warnings=warnings)

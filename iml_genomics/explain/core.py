@@ -102,9 +102,11 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     from iml_genomics.explain.methods import NEEDS_ALL_ATTRIBUTIONS, resolve_methods
 
     extra_methods = resolve_methods(ecfg.methods if methods is None else methods)
-    from iml_genomics.explain.methods import check_methods
+    if extra_methods:  # settings a method can refuse (k larger than the genes, ...) fail before the long work
+        from iml_genomics.explain.methods import check_methods
 
-    check_methods(extra_methods, ecfg, n_genes=len(gene_ids), n_samples=len(sample_ids), classes=classes)
+        check_methods(extra_methods, gene_ids=gene_ids, explain_cfg=ecfg, n_samples=len(sample_ids),
+                      classes=classes)
     keep_all = do_shap and bool(NEEDS_ALL_ATTRIBUTIONS & set(extra_methods))
     all_values = []
 

@@ -72,7 +72,7 @@ def medoid(points: np.ndarray):
     return int(cand[best]), float(exact[best] / (n - 1))
 
 
-def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+def check(gene_ids, explain_cfg, *, n_samples: int) -> None:
     """Refuse ``explain.examples_k`` above the other samples of the cohort, before any work.
 
     Raises
@@ -93,7 +93,7 @@ def run(ctx) -> MethodOutput:
 
     cfg = ctx.explain_cfg
     k = cfg.examples_k
-    check(cfg, n_genes=len(ctx.gene_ids), n_samples=len(ctx.sample_ids), classes=ctx.classes)
+    check(ctx.gene_ids, cfg, n_samples=len(ctx.sample_ids))
     warnings, summary = [], {"k": k, "distance": "euclidean"}
     used = ctx.ranking[ctx.ranking["used"].astype(bool)]["gene_id"].astype(str).tolist()
     model_genes = ctx.shap_genes or sorted(used, key=ctx.gene_ids.index)

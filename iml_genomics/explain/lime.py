@@ -109,11 +109,11 @@ def _lime_task(f, X, row, cols, cohort, n_samples, kernel_width, seed):
     return lime_sample(f, X, row, cols, cohort, n_samples=n_samples, kernel_width=kernel_width, seed=seed)
 
 
-def check(explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
+def check(gene_ids, explain_cfg) -> None:
     """Refuse ``explain.lime_top_genes`` above the matrix's genes before the explain step starts."""
     from iml_genomics.explain.perturb import check_gene_count
 
-    check_gene_count("lime_top_genes", explain_cfg.lime_top_genes, n_genes)
+    check_gene_count("lime_top_genes", explain_cfg.lime_top_genes, len(gene_ids))
 
 
 def run(ctx) -> MethodOutput:

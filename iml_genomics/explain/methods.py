@@ -51,15 +51,15 @@ class MethodContext:
     X : numpy.ndarray or scipy.sparse matrix
         Samples x ``gene_ids``, the model's input order (raw expression: the pipeline preprocesses).
     y : numpy.ndarray or None
-        The outcome as the step holds it: class names (``classes`` holds them, sorted) or values; None when
-        the cohort is unlabelled.
+        The outcome as the step holds it: class names (elements of ``classes``, as the fitted pipeline predicts
+        them) or values; None when the cohort is unlabelled.
     gene_ids, sample_ids : list of str
     classes : list of str or None
     task : {'classification', 'regression'}
     positive_class : str or None
         Two classes: the class SHAP explains; methods with a class-specific output explain the same one.
     explain_cfg : iml_genomics.config.ExplainConfig
-    splits : list of (train_idx, test_idx) or None
+    splits : list of (repeat, fold, train_idx, test_idx) or None
         The CV folds of the step (None without labels); methods that refit use these same folds.
     random_state : int
     backend : iml_genomics.parallel.Backend
@@ -145,16 +145,22 @@ def resolve_methods(requested) -> list:
     return [n for n in METHOD_NAMES if n in names]
 
 
-def check_methods(names, explain_cfg, *, n_genes: int, n_samples: int, classes) -> None:
-    """Refuse bad settings of the requested methods before any work is done.
+def check_methods(names, *, gene_ids, explain_cfg, n_samples: int | None = None, classes=None) -> None:
+    """Refuse a method's bad settings before the step's long work (SHAP, refits) starts.
 
-    A method module may define ``check(explain_cfg, n_genes=, n_samples=, classes=)`` raising
-    :class:`iml_genomics.errors.ConfigError` / ``InputDataError``; without it the method checks in ``run``.
+    Calls the optional ``check(gene_ids, explain_cfg)`` of each requested method's module, which raises
+    ConfigError / InputDataError in one line; methods without one are checked when they run. A check that
+    also has keyword parameters ``n_samples`` / ``classes`` receives the cohort's sample count / the classes
+    (None for regression), for settings that depend on them (``examples_k``, anchors on a regression).
     """
+    import inspect
+
     for name in resolve_methods(names):
         check = getattr(importlib.import_module(METHOD_MODULES[name]), "check", None)
         if check is not None:
-            check(explain_cfg, n_genes=n_genes, n_samples=n_samples, classes=classes)
+            params = inspect.signature(check).parameters
+            extra = {k: v for k, v in (("n_samples", n_samples), ("classes", classes)) if k in params}
+            check(gene_ids, explain_cfg, **extra)
 
 
 def run_methods(names, ctx: MethodContext) -> dict:

@@ -373,6 +373,49 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))
 
+    # explain.methods surrogate, pdp, map: one section each when their files exist (report/model_behaviour.py)
+    from iml_genomics.report import model_behaviour
+
+    for make in (model_behaviour.surrogate_section, model_behaviour.pdp_section, model_behaviour.map_section):
+        section = make(inputs, labels)
+        if section is not None:
+            sections.append(section)
+    # integrated gradients (explain.methods: integrated_gradients; mlp models only)
+    ig_table = inputs.explain_methods.get("integrated_gradients.tsv")
+    if ig_table is not None and len(ig_table):
+        igs = ((inputs.explain_summary or {}).get("methods") or {}).get("integrated_gradients") or {}
+        scale = {"log_odds": "the log-odds of", "logit": "the logit (before the softmax) of each class:",
+                 "raw": "the predicted value", "log_prediction": "the log of the predicted value"}.get(
+                     igs.get("scale"), igs.get("scale", ""))
+        outputs = ", ".join(str(o) for o in igs.get("outputs") or [] if str(o))
+        vs = igs.get("vs_shap") or {}
+        info = {"explained output": f"{scale} {outputs}".strip(),
+                "baseline": igs.get("baseline_description", igs.get("baseline", "")),
+                "path integral": f"{igs.get('steps')} {igs.get('rule', '')} steps",
+                "largest completeness gap |sum(IG) - (f(x) - f(baseline))|": igs.get("max_completeness_gap"),
+                "tolerance (relative to max(1, |f(x) - f(baseline)|))": igs.get("tolerance"),
+                "samples explained": igs.get("n_samples")}
+        if "spearman" in vs:
+            info["Spearman correlation of mean |IG| and mean |SHAP|"] = vs.get("spearman")
+            info[f"top-{vs.get('top_k')} overlap with SHAP"] = vs.get("top_k_overlap")
+        else:
+            info["comparison with SHAP"] = vs.get("skipped", "not available")
+        inner = H.kv_table(info)
+        inner += '<div class="plots">' + H.figure(
+            plots.integrated_gradients_plot(ig_table, labels),
+            f"Mean |integrated gradient| per gene over all samples, on {H.esc(f'{scale} {outputs}'.strip())}: how "
+            f"much each gene moves the network's output away from the baseline sample; the model, not the "
+            f"biology.") + "</div>"
+        inner += H.table_html(ig_table, max_rows=15)
+        inner += ('<p class="note">Integrated gradients explain the <b>model</b> (the trained neural network), not '
+                  'the biology: each gene\'s value is how much moving that gene from the baseline to the sample\'s '
+                  'expression changes the network\'s output, accumulated along the straight path between them; the '
+                  'values of one sample add up to its output minus the baseline\'s (checked on every sample). '
+                  'Genes ranked high by both integrated gradients and SHAP are ones the model relies on whichever '
+                  'way its behaviour is summarised; a gene that moves a lot between the two depends on the '
+                  'baseline or on interactions. Full tables: integrated_gradients.tsv, '
+                  'integrated_gradients_local.tsv.</p>')
+        sections.append(("integrated_gradients", "Integrated gradients (neural network)", inner))
     # explain.methods lime, anchors, examples: one section each when their files exist (report/local_methods.py)
     from iml_genomics.report.local_methods import local_method_sections
 

@@ -276,6 +276,110 @@ def local_explanation(local: pd.DataFrame, sample_id: str, labels: dict[str, str
     return to_base64_png(fig)
 
 
+# --- explain.methods pdp and map (issue 15; report/model_behaviour.py places them) ---------------------------
+
+def _pdp_ylabel(scale: str, cls: str) -> str:
+    if scale == "probability":
+        return f"P({cls})"
+    if scale == "decision_function":
+        return f"decision function ({cls})"
+    return "prediction"
+
+
+def pdp_curves(table: pd.DataFrame | None, labels: dict[str, str] | None = None, max_genes: int = 12) -> str | None:
+    """Small multiples of partial dependence (thick) and ICE curves (thin), one panel per gene and class.
+
+    The y axis names the explained class's probability (or the decision function / the prediction).
+    """
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    table = table.copy()
+    table["class"] = table["class"].fillna("").astype(str)
+    genes = list(dict.fromkeys(table["gene_id"].astype(str)))[:max_genes]
+    classes = list(dict.fromkeys(table["class"]))
+    panels = [(g, c) for g in genes for c in classes]
+    ncol = min(4, len(panels))
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.7 * ncol, 2.3 * nrow), squeeze=False)
+    scale = str(table["scale"].iloc[0]) if "scale" in table.columns else "prediction"
+    for ax, (g, c) in zip(axes.ravel(), panels):
+        sub = table[(table["gene_id"].astype(str) == g) & (table["class"] == c)]
+        for curve, s in sub.groupby("curve", sort=True):
+            if curve == "average":
+                continue
+            ax.plot(s["grid_value"], s["value"], color=PALETTE["grey"], lw=0.6, alpha=0.5)
+        avg = sub[sub["curve"] == "average"]
+        ax.plot(avg["grid_value"], avg["value"], color=PALETTE["red"], lw=2.2)
+        ax.set_title(_label(g, labels) + (f" - class {c}" if len(classes) > 1 else ""), fontsize=8)
+        ax.set_xlabel("expression (raw)", fontsize=7)
+        ax.set_ylabel(_pdp_ylabel(scale, c), fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Partial dependence (red: average over samples) and ICE curves (grey: single samples)", fontsize=9)
+    fig.tight_layout()
+    return to_base64_png(fig)
+
+
+def attribution_map(table: pd.DataFrame | None) -> str | None:
+    """The samples' 2-D map in SHAP space, twice: coloured by true class (left) and by the model's prediction."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.0), squeeze=False)
+    method = str(table["method"].iloc[0]).upper().replace("TSNE", "t-SNE")
+    colours = ["#1f6fb4", "#c0392b", "#2e8b57", "#e67e22", "#8e44ad", "#16a085", "#7f8c8d", "#d35400"]
+    for ax, col, title in zip(axes[0], ("label", "prediction"), ("true class", "model prediction")):
+        values = table[col]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if values.isna().all():
+            ax.scatter(table["x"], table["y"], s=8, color=PALETTE["grey"])
+            title += " (no labels)"
+        elif numeric.notna().all() and values.astype(str).nunique() > 8:
+            sc = ax.scatter(table["x"], table["y"], s=8, c=numeric, cmap="viridis")
+            fig.colorbar(sc, ax=ax, fraction=0.046)
+        else:
+            for i, cls in enumerate(sorted(values.astype(str).unique())):
+                m = values.astype(str) == cls
+                ax.scatter(table.loc[m, "x"], table.loc[m, "y"], s=8, color=colours[i % len(colours)], label=cls)
+            ax.legend(fontsize=7, frameon=False, markerscale=2)
+        ax.set(title=f"coloured by {title}", xlabel=f"{method} 1", ylabel=f"{method} 2")
+        ax.set_xticks([])
+        ax.set_yticks([])
+def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 15
+                              ) -> str | None:
+    """Mean |integrated gradients| of the top genes and, when SHAP ran on the same model, IG's rank against
+    SHAP's rank for every gene (integrated_gradients.tsv)."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    top = table.sort_values(["rank", "gene_id"]).head(n)
+    shap_rank = pd.to_numeric(table["shap_rank"], errors="coerce")
+    panels = 2 if shap_rank.notna().any() else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.28 * len(top) + 1.6), squeeze=False)
+    ax = axes[0, 0]
+    y = np.arange(len(top))[::-1]
+    ax.barh(y, top["mean_abs_ig"].astype(float), color=PALETTE["blue"])
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in top["gene_id"].astype(str)], fontsize=8)
+    ax.set_xlabel("mean |integrated gradients| (model output scale)")
+    ax.set_title("Integrated gradients: global importance")
+    if panels == 2:
+        ax = axes[0, 1]
+        ok = shap_rank.notna().to_numpy()
+        ax.scatter(shap_rank[ok], table["rank"].to_numpy()[ok], s=10, color=PALETTE["grey"], linewidths=0)
+        m = int(max(shap_rank[ok].max(), table["rank"].max()))
+        ax.plot([1, m], [1, m], color=PALETTE["red"], lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rank by mean |SHAP|")
+        ax.set_ylabel("rank by mean |IG|")
+        ax.set_title("Same model, two attribution methods")
+    fig.tight_layout()
+    return to_base64_png(fig)
+
+
 def lime_vs_shap(lime: pd.DataFrame, sample_id: str, labels: dict[str, str] | None = None,
                  n: int = 10) -> str | None:
     """explain.methods lime: one sample's LIME contributions next to its SHAP values, top ``n`` LIME genes."""
