@@ -154,6 +154,23 @@ class ExplainConfig:
         "both", help="conditional: LOCO (k x folds refits), knockoff CPI (no refits), or both.")
     conditional_knockoff_draws: int = _opt(
         1, min=1, max=1000, help="conditional: knockoff draws per fold for CPI; per-sample differences are averaged.")
+    # --- methods lime, anchors, examples (iml_genomics/explain/lime.py, anchors.py, examples.py) ---
+    lime_top_genes: int | None = _opt(
+        None, min=1, help="lime: genes perturbed and fitted, the top of gene_ranking.tsv; up to 20 when unset.")
+    lime_n_samples: int = _opt(2000, min=50, max=1_000_000, help="lime: perturbations per explained sample.")
+    lime_kernel_width: float | None = _opt(
+        None, min=0.0, min_exclusive=True,
+        help="lime: width of the exponential kernel on standardized distance; 0.75 * sqrt(genes perturbed) when unset.")
+    anchors_threshold: float = _opt(0.95, min=0.0, max=1.0, min_exclusive=True,
+                                    help="anchors: precision a rule must reach (95% binomial lower bound).")
+    anchors_top_genes: int | None = _opt(
+        None, min=1, help="anchors: genes a rule may use, the top of gene_ranking.tsv; up to 20 when unset.")
+    anchors_n_bins: int = _opt(4, min=2, max=100, help="anchors: quantile bins per gene (4 = quartile boundaries).")
+    anchors_n_samples: int = _opt(500, min=20, max=1_000_000,
+                                  help="anchors: perturbations per candidate rule (and for the final estimate).")
+    anchors_max_predicates: int = _opt(5, min=1, max=50, help="anchors: longest rule searched.")
+    anchors_beam_width: int = _opt(2, min=1, max=50, help="anchors: rules kept at each step of the beam search.")
+    examples_k: int = _opt(5, min=1, help="examples: nearest cohort samples listed per chosen sample and space.")
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CONFIGS, ROOT, TEST_DATA, one_line, run_cli
+from conftest import CONFIGS, TEST_DATA, one_line, run_cli
 from iml_genomics.compare import candidate_pipeline, compare_models, surrogate_fidelity
 from iml_genomics.config import config_from_dict
 from iml_genomics.models import cv_splits

@@ -163,7 +163,7 @@ def test_bad_input_is_one_line_and_writes_nothing(demo_runs, tmp_path):
     proc = run_cli(*base, "--out", tmp_path / "out", "--methods", "pdp", check=False)
     one_line(proc, 2, "explain.pdp_top_k = 80", "60 genes")
     assert not (tmp_path / "out").exists()
-    # refused before SHAP and the refits (explain.methods.check_methods), not after them
+    # refused before SHAP and the refits (explain.methods.validate_methods), not after them
     from iml_genomics.config import ExplainConfig
     from iml_genomics.errors import ConfigError
     from iml_genomics.explain.core import explain_cohort

@@ -76,7 +76,7 @@ def _embed(values: np.ndarray, *, method: str, random_state: int) -> tuple[np.nd
     return np.asarray(xy, dtype=np.float64), info
 
 
-def validate(explain_cfg, *, gene_ids, sample_ids) -> None:
+def validate(explain_cfg, *, gene_ids, sample_ids=None, classes=None) -> None:
     """``explain.map_method: umap`` needs umap-learn (called before the step's long work)."""
     if explain_cfg.map_method == "umap" and not umap_available():
         raise ConfigError("explain.map_method is 'umap' but umap-learn is not installed; pip install umap-learn "

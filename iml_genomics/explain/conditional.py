@@ -364,7 +364,7 @@ def conditional_importance(refit_pipeline, X, y, *, gene_ids, genes, splits, tas
     return table, summary
 
 
-def validate(explain_cfg, *, gene_ids, sample_ids=None) -> None:
+def validate(explain_cfg, *, gene_ids, sample_ids=None, classes=None) -> None:
     """``explain.conditional_top_k`` above the genes of the matrix is refused (one line, exit 2)."""
     k = int(explain_cfg.conditional_top_k)
     if k > len(gene_ids):

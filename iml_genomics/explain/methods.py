@@ -145,13 +145,17 @@ def resolve_methods(requested) -> list:
     return [n for n in METHOD_NAMES if n in names]
 
 
-def validate_methods(names, explain_cfg, *, gene_ids, sample_ids) -> None:
-    """Refuse bad settings of the requested methods before any work: each module may define
-    ``validate(explain_cfg, gene_ids=..., sample_ids=...)`` raising a one-line ConfigError / InputDataError."""
+def validate_methods(names, explain_cfg, *, gene_ids, sample_ids, classes=None) -> None:
+    """Refuse bad settings of the requested methods before any work (SHAP, refits).
+
+    Each module may define ``validate(explain_cfg, *, gene_ids, sample_ids, classes)`` raising a one-line
+    ConfigError / InputDataError (k above the genes, ``examples_k`` above the samples, anchors on a
+    regression: ``classes`` is None); methods without one are checked when they run.
+    """
     for name in resolve_methods(names):
         check = getattr(importlib.import_module(METHOD_MODULES[name]), "validate", None)
         if check is not None:
-            check(explain_cfg, gene_ids=gene_ids, sample_ids=sample_ids)
+            check(explain_cfg, gene_ids=gene_ids, sample_ids=sample_ids, classes=classes)
 
 
 def run_methods(names, ctx: MethodContext) -> dict:

@@ -62,7 +62,7 @@ def _monotonicity(grid: np.ndarray, curve: np.ndarray) -> dict:
     return {"range": rng, "spearman": rho, "shape": shape}
 
 
-def validate(explain_cfg, *, gene_ids, sample_ids) -> None:
+def validate(explain_cfg, *, gene_ids, sample_ids=None, classes=None) -> None:
     """``explain.pdp_top_k`` must not exceed the matrix's genes (called before the step's long work)."""
     k = explain_cfg.pdp_top_k
     if k > len(gene_ids):

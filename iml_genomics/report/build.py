@@ -475,6 +475,10 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
                                + " do not reproduce their correlation with neighbouring genes; their CPI p-values "
                                  "may be too small.")
         sections.append(("conditional", "Conditional importance (LOCO and CPI)", inner))
+    # explain.methods lime, anchors, examples: one section each when their files exist (report/local_methods.py)
+    from iml_genomics.report.local_methods import local_method_sections
+
+    sections.extend(local_method_sections(inputs, samples, labels))
 
     # local explanations
     if inputs.local is not None and len(inputs.local):

@@ -410,3 +410,28 @@ def conditional_importance(table: pd.DataFrame | None, labels: dict[str, str] | 
     axes[0][0].set_yticks(y)
     axes[0][0].set_yticklabels([_label(g, labels) for g in genes], fontsize=8)
     return to_base64_png(fig)
+
+
+def lime_vs_shap(lime: pd.DataFrame, sample_id: str, labels: dict[str, str] | None = None,
+                 n: int = 10) -> str | None:
+    """explain.methods lime: one sample's LIME contributions next to its SHAP values, top ``n`` LIME genes."""
+    sub = lime[lime["sample_id"].astype(str) == str(sample_id)].sort_values("rank").head(n)
+    if not len(sub):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.8, 0.34 * len(sub) + 1.3))
+    y = np.arange(len(sub))[::-1]
+    ax.barh(y + 0.2, sub["lime_contribution"].astype(float), height=0.4, color=PALETTE["green"],
+            label="LIME contribution")
+    shap = sub["shap_value"].astype(float)
+    if shap.notna().any():
+        ax.barh(y - 0.2, shap.fillna(0.0), height=0.4, color=PALETTE["grey"], label="SHAP value")
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in sub["gene_id"].astype(str)], fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    fid = float(sub["local_fidelity"].iloc[0])
+    ax.set_title(f"Sample {sample_id}: class {sub['explained_class'].iloc[0]}, local fidelity R\u00b2 = {fid:.2f}",
+                 fontsize=9)
+    ax.set_xlabel(f"contribution to the model output ({sub['scale'].iloc[0]})")
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    return to_base64_png(fig)
