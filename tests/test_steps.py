@@ -122,23 +122,28 @@ def in_memory():
 
 
 def test_step_functions_return_what_the_cli_writes(runs, in_memory, tmp_path):
+    from iml_genomics.explains import step_summary_with_explains, with_explains
+    from iml_genomics.io.step_outputs import report_tables_with_explains
+
     by_run, _ = runs
     m = in_memory
+    # the writers append each table's `explains` column and each summary's `explains` key (docs/pipeline.md)
+    report_tables, report_summary = report_tables_with_explains(m["report"])
     expected = {
-        ("train", "cv_metrics.tsv"): m["train"].cv_metrics,
-        ("train", "oof_predictions.tsv"): m["train"].oof_predictions,
-        ("explain", "gene_ranking.tsv"): m["explain"].ranking,
-        ("explain", "local_explanations.tsv"): m["explain"].local,
-        ("explain", "interactions.tsv"): m["explain"].interactions,
-        ("select", "knockoff_selection.tsv"): m["select"].selection,
-        ("report", "biomarkers.tsv"): m["report"].biomarkers,
-        ("report", "gene_sets.tsv"): m["report"].gene_sets,
+        ("train", "cv_metrics.tsv"): with_explains(m["train"].cv_metrics, "model"),
+        ("train", "oof_predictions.tsv"): with_explains(m["train"].oof_predictions, "model"),
+        ("explain", "gene_ranking.tsv"): with_explains(m["explain"].ranking, "model"),
+        ("explain", "local_explanations.tsv"): with_explains(m["explain"].local, "model"),
+        ("explain", "interactions.tsv"): with_explains(m["explain"].interactions, "model"),
+        ("select", "knockoff_selection.tsv"): with_explains(m["select"].selection, "data"),
+        **{("report", name): table for name, table in report_tables.items()},
     }
     for (step, name), frame in expected.items():
         assert _written(tmp_path, name, frame=frame) == (by_run / step / name).read_bytes(), f"{step}/{name}"
-    for step, name, obj in (("explain", "explain_summary.json", m["explain"].summary),
-                            ("select", "select_summary.json", m["select"].summary),
-                            ("report", "report_summary.json", m["report"].summary)):
+    for step, name, obj in (("explain", "explain_summary.json", step_summary_with_explains(m["explain"].summary,
+                                                                                             "model")),
+                            ("select", "select_summary.json", step_summary_with_explains(m["select"].summary, "data")),
+                            ("report", "report_summary.json", report_summary)):
         assert _written(tmp_path, name, obj=obj) == (by_run / step / name).read_bytes(), f"{step}/{name}"
     manifest = json.loads((by_run / "train" / "model.json").read_text())
     for key in ("model_file", "model_sha256"):
@@ -201,11 +206,15 @@ def test_report_from_loaded_directories_equals_report_in_memory(runs, in_memory,
     loaded = steps.report(m["adata"], m["cfg"], inputs=load_inputs([by_run / s for s in ("train", "explain",
                                                                                           "select")]),
                           collection=m["collection"])
-    assert _written(tmp_path, "biomarkers.tsv", frame=loaded.biomarkers) == \
+    from iml_genomics.explains import gene_sets_with_explains
+    from iml_genomics.io.step_outputs import report_tables_with_explains
+
+    assert _written(tmp_path, "biomarkers.tsv", frame=report_tables_with_explains(loaded)[0]["biomarkers.tsv"]) == \
         (by_run / "report" / "biomarkers.tsv").read_bytes()
     sets = steps.gene_sets(m["adata"], m["cfg"], collection=m["collection"], train=m["train"],
                            explain=m["explain"], select=m["select"])
-    assert _written(tmp_path, "gene_sets.tsv", frame=sets.table) == (by_run / "report" / "gene_sets.tsv").read_bytes()
+    assert _written(tmp_path, "gene_sets.tsv", frame=gene_sets_with_explains(sets.table, sets.summary)) == \
+        (by_run / "report" / "gene_sets.tsv").read_bytes()
     assert sets.summary == m["report"].summary["gene_sets"]
 
 
