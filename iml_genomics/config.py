@@ -55,7 +55,11 @@ class DataConfig:
                    "rest. Refused for a continuous outcome.")
     sample_id_column: str | None = _opt(None, help="Column of the labels table with sample ids; first column when unset.")
     drop_unmatched: bool = _opt(False, help="Drop samples present in only one of matrix and labels instead of failing.")
-    covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested (select).")
+    covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested: extra model "
+                                         "inputs in train/explain (reported as feature_type covariate), partialled out "
+                                         "in select (docs/pipeline.md).")
+    sensitive: list[str] = _opt([], help="Label-table columns audited in explain (audit.tsv): per-group performance, "
+                                        "predictability from the top genes, attribution share (docs/pipeline.md).")
 
 
 @dataclass
@@ -154,6 +158,12 @@ class ReportConfig:
 
 
 @dataclass
+class OutputConfig:
+    granularity: Literal["full", "aggregate"] = _opt(
+        "full", help="aggregate = write no per-sample predictions, probabilities or attributions (docs/pipeline.md).")
+
+
+@dataclass
 class ParallelConfig:
     scheduler: str | None = _opt(None, help="dask.distributed scheduler address; local joblib when unset.")
 
@@ -171,6 +181,7 @@ class Config:
     select: SelectConfig = field(default_factory=SelectConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:
         """The resolved configuration as plain Python types (for provenance)."""

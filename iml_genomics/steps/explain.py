@@ -216,16 +216,20 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     from iml_genomics.explain import explain_cohort
     from iml_genomics.io import prepare_target
     from iml_genomics.models import build_pipeline
-    from iml_genomics.training import align_genes, design_matrix
+    from iml_genomics.covariates import check_manifest_covariates
+    from iml_genomics.covariates import features as covariate_features
+    from iml_genomics.training import align_genes, model_input
 
     pipeline, manifest = (model.model, model.manifest) if hasattr(model, "manifest") else model
     cfg = resolved(explain_config(manifest, cfg, source=model_source), n_jobs, random_state)
     backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
     adata = align_genes(adata, manifest["gene_ids"], expression_source(adata, None))
-    X = design_matrix(adata)
     task, classes = manifest["task"], manifest.get("classes")
     label_column = cfg.data.label_column
     source = label_source(adata)
+    # covariates the bundle was trained with are read from this cohort again (docs/pipeline.md)
+    encoding = check_manifest_covariates(manifest, cfg.data.covariates, model_source)
+    X, feature_ids = model_input(adata, manifest, source)
     y = None
     if label_column is not None and label_column in adata.obs:
         y, cohort_classes = prepare_target(adata.obs[label_column], task, n_splits=cfg.cv.n_splits, source=source,
@@ -235,15 +239,24 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
                                  f"the model's ({', '.join(classes)}); use the labels the model was trained on.")
     positive, warning = explained_class(cfg, manifest, classes, source=source,
                                         column=label_column or manifest.get("label_column"))
-    refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
+    cov_features = covariate_features(encoding)
+    refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None,
+                           n_covariates=len(cov_features))
     sample_ids = list(adata.obs_names)
     collector = AttributionCollector() if on_chunk is None else None
-    result = explain_cohort(pipeline, X, gene_ids=list(adata.var_names), sample_ids=sample_ids,
+    result = explain_cohort(pipeline, X, gene_ids=feature_ids, sample_ids=sample_ids,
                             classes=classes, task=task, explain_cfg=cfg.explain, refit_pipeline=refit, y=y,
                             n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, random_state=cfg.seed,
                             backend=backend, on_chunk=on_chunk or collector, positive_class=positive)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": task, "classes": classes,
               "labels_used": y is not None, "positive_class": positive}
+    # covariates are model inputs like the genes: their rows stay in the ranking, marked (never hidden)
+    result.ranking["feature_type"] = np.where(result.ranking["gene_id"].isin(cov_features), "covariate", "gene")
+
+    if cov_features:
+        result.summary["covariates"] = {"columns": [e["column"] for e in encoding], "features": cov_features,
+                                        "approach": "model inputs, standardized on each training fold "
+                                                    "(docs/pipeline.md#covariates)"}
     out = ExplainResult(ranking=result.ranking, local=result.local, interactions=result.interactions,
                         summary=result.summary, task=task, classes=classes, positive_class=positive,
                         sample_ids=sample_ids, gene_ids=list(adata.var_names), cohort=cohort,

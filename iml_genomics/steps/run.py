@@ -258,8 +258,9 @@ class _Run:
         adata = load_cohort(data.expression, labels=data.labels, label_column=data.label_column,
                             sample_id_column=data.sample_id_column,
                             genes_as_rows=data.orientation == "genes_x_samples", layer=data.layer,
-                            drop_unmatched=data.drop_unmatched, covariates=data.covariates if require else None,
-                            require_labels=require, positive_class=data.positive_class)
+                            drop_unmatched=data.drop_unmatched, covariates=data.covariates,
+                            require_labels=require, positive_class=data.positive_class,
+                            sensitive=data.sensitive)
         if require:
             check_variation(adata, str(data.expression))
         # the label checks of the train/select subcommands (explain and report alone make none)
