@@ -353,6 +353,12 @@ def check_relations(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'explain.methods' names an unknown method {shorten(unknown[0])}"
                           + (f" (did you mean {near[0]!r}?)" if near else "")
                           + f"; choose from {', '.join(EXPLAIN_METHODS)} or all (docs/explain.md).")
+    if cfg.output.granularity == "aggregate":
+        for key, value in (("explain.samples", cfg.explain.samples), ("report.samples", cfg.report.samples)):
+            if value:
+                # their local explanations are per-sample outputs, and the ids themselves would be written
+                raise ConfigError(f"{source}: key '{key}' names samples but output.granularity is aggregate, "
+                                  f"which writes no per-sample output. Empty {key} or use granularity full.")
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:
         raise ConfigError(

@@ -42,7 +42,7 @@ from iml_genomics.io.ids import show_id
 PREFIX = "covariate:"
 
 
-def _column(obs: pd.DataFrame, column: str, *, source: str, key: str = "data.covariates") -> pd.Series:
+def require_column(obs: pd.DataFrame, column: str, *, source: str, key: str = "data.covariates") -> pd.Series:
     """``obs[column]``, refusing an absent column or a blank value (one line naming both)."""
     if column not in obs.columns:
         raise InputDataError(f"{source}: covariate column '{show_id(column)}' ({key}) not found in the sample "
@@ -85,7 +85,7 @@ def fit_encoding(obs: pd.DataFrame, columns: list[str], *, source: str, gene_ids
     encoding = []
     genes = set(map(str, gene_ids))
     for column in columns:
-        values = _column(obs, column, source=source)
+        values = require_column(obs, column, source=source)
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.notna().all():
             entry = {"column": column, "kind": "numeric", "levels": None, "features": [f"{PREFIX}{column}"]}
@@ -117,7 +117,7 @@ def apply_encoding(obs: pd.DataFrame, encoding: list[dict], *, source: str) -> n
     parts = []
     for entry in encoding:
         column = entry["column"]
-        values = _column(obs, column, source=source)
+        values = require_column(obs, column, source=source)
         if entry["kind"] == "numeric":
             numeric = pd.to_numeric(values, errors="coerce")
             if numeric.isna().any():

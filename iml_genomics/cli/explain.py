@@ -81,7 +81,7 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
         adata = read(None)
     prov.mark("read")
     with staged_output(out) as stage:
-        writer = attribution_writer(stage, adata.obs_names)
+        writer = attribution_writer(stage, adata.obs_names, prov)
         try:
             result = explain_step(adata, cfg, model=(pipeline, manifest), on_chunk=writer,
                                   model_source=f"{model_dir}/model.json", backend=backend)

@@ -123,8 +123,11 @@ def report_inputs(inputs=None, *, train=None, explain=None, select=None, input_d
     return inputs
 
 
-def _as_tsv(frame: pd.DataFrame) -> pd.DataFrame:
+def _as_tsv(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     import io
+
+    if frame is None:  # output.granularity aggregate: a per-sample table withheld
+        return None
 
     from iml_genomics.io.writers import tsv_text
     from iml_genomics.report.inputs import TSV_DTYPES

@@ -294,7 +294,8 @@ class _Run:
             upstream = {u: fingerprints.get(u) or state.get(u, {}).get("fingerprint") for u in pl.UPSTREAM[step]}
             fp = pl.step_fingerprint(step, resolved, step_inputs[step], upstream, known_sha256=self.hashes.sha256)
             fingerprints[step] = fp
-            done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(step, out / step)
+            done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(
+                step, out / step, resolved.get("output", {}).get("granularity", "full"))
             plan.append((step, fp, done and not self.force))
         to_run = [step for step, _, skip in plan if not skip]
         result = RunResult(out=out, steps=list(wanted))
@@ -452,6 +453,7 @@ class _Run:
             prov.mark("cross_validate_and_fit")
             with staged_output(target) as stage:
                 write_train(stage, res, prov)
+        self._withhold(res)
         self.results["train"] = res
         self.echo(train_line(res, cfg, target))
 
@@ -482,7 +484,7 @@ class _Run:
             keep = (AttributionCollector() if "report" in to_run or self.write_h5ad is not None  # the report
                     else None)  # and the .h5ad read the attributions too
             with staged_output(target) as stage:
-                writer = attribution_writer(stage, adata.obs_names)
+                writer = attribution_writer(stage, adata.obs_names, prov)
 
                 def sink(chunk, plan):
                     writer(chunk, plan)
@@ -499,8 +501,16 @@ class _Run:
         if keep is not None and keep.plan is not None:
             res.attributions, res.base_values, res.model_output = keep.arrays()
             res.attribution_genes, res.attribution_classes = list(keep.plan.gene_ids), list(keep.plan.outputs)
+        self._withhold(res)
         self.results["explain"] = res
         self.echo(explain_line(res, adata, target))
+
+    def _withhold(self, res) -> None:
+        """output.granularity aggregate: the report and --write-h5ad get no per-sample value either."""
+        from iml_genomics.granularity import is_aggregate, withhold_per_sample
+
+        if is_aggregate(self.step_cfg):
+            withhold_per_sample(res)
 
     def _select(self, to_run):
         from iml_genomics.io.step_outputs import select_line, write_select
