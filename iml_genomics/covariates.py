@@ -43,17 +43,21 @@ PREFIX = "covariate:"
 
 
 def require_column(obs: pd.DataFrame, column: str, *, source: str, key: str = "data.covariates") -> pd.Series:
-    """``obs[column]``, refusing an absent column or a blank value (one line naming both)."""
+    """``obs[column]``, refusing an absent column or a blank value (one line naming both).
+
+    ``key`` is the config key that named the column (``data.covariates`` or ``data.sensitive``).
+    """
+    what = "covariate" if key == "data.covariates" else "sensitive"
     if column not in obs.columns:
-        raise InputDataError(f"{source}: covariate column '{show_id(column)}' ({key}) not found in the sample "
-                             f"metadata. Give a labels table (or .h5ad obs) that has it.")
+        raise InputDataError(f"{source}: {what} column '{show_id(column)}' ({key}) not found in the sample "
+                             f"metadata. Give a labels table (or .h5ad obs) that has it, or fix {key}.")
     values = obs[column]
     blank = values.isna() | (values.astype(str).str.strip() == "")
     if blank.any():
         first = values.index[np.flatnonzero(blank.to_numpy())[0]]
-        raise InputDataError(f"{source}: covariate column '{show_id(column)}' ({key}) is empty for "
+        raise InputDataError(f"{source}: {what} column '{show_id(column)}' ({key}) is empty for "
                              f"{int(blank.sum())} sample(s) (first: '{show_id(first)}'). Fill the values in, remove "
-                             f"those samples, or drop the covariate.")
+                             f"those samples, or drop the column from {key}.")
     return values
 
 

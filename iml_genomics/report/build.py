@@ -358,9 +358,16 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         sub = inputs.local[inputs.local["sample_id"].astype(str).isin(wanted)]
         inner += H.table_html(sub[cols].groupby("sample_id", sort=False).head(8), max_rows=60)
     else:
+        withheld = (inputs.explain_summary or {}).get("withheld")
         inner = H.missing(H._MISSING["explain"] if inputs.gene_ranking is None else
+                          "Per-sample outputs withheld (output.granularity: aggregate)." if withheld else
                           "No local_explanations.tsv in the explain output (run explain with --samples).")
     sections.append(("local", "Local explanations", inner))
+
+    if inputs.audit is not None:
+        from iml_genomics.report.audit_section import audit_html
+
+        sections.append(("audit", "Sensitive-attribute audit", audit_html(inputs.audit)))
 
     sections.append(("meaning", "What these numbers mean, and what they don't", H.MEANING))
     sections.append(("provenance", "Provenance", H.provenance_html(inputs.provenance, own_provenance)))

@@ -47,6 +47,9 @@ class ExplainResult:
     methods : dict
         The explanation methods of ``explain.methods``: name -> :class:`iml_genomics.explain.methods.MethodOutput`
         (tables and texts by output file name, summary, warnings).
+    audit : pandas.DataFrame or None
+        ``audit.tsv``, the sensitive-attribute audit of ``data.sensitive`` (:func:`iml_genomics.audit.sensitive_audit`);
+        None without sensitive attributes.
     """
 
     ranking: pd.DataFrame
@@ -66,6 +69,7 @@ class ExplainResult:
     attribution_classes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     methods: dict = field(default_factory=dict)
+    audit: pd.DataFrame | None = None
 
     def method_tables(self) -> dict:
         """Every table of the explanation methods by output file name (``surrogate.tsv``, ...)."""
@@ -170,7 +174,7 @@ def explain_config(manifest: dict, cfg=None, *, source: str = "model.json"):
 
 
 def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: int | None = None,
-            on_chunk=None, model_source: str = "model.json", backend=None) -> ExplainResult:
+            on_chunk=None, model_source: str = "model.json", backend=None, oof=None) -> ExplainResult:
     """Explain a fitted model on a cohort: SHAP, permutation importance, stability of the ranking.
 
     Parameters
@@ -199,6 +203,9 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
         Where the parallel work runs; None = built from ``cfg.parallel.scheduler`` and ``n_jobs``
         (:meth:`~iml_genomics.parallel.Backend.from_config`). A given backend decides over ``n_jobs`` and
         the config's scheduler.
+    oof : pandas.DataFrame, optional
+        Train's out-of-fold predictions (``oof_predictions.tsv``) for the audit of ``data.sensitive``; None =
+        those of ``model`` when it is a TrainResult, else recomputed here with train's folds (same seed).
 
     Returns
     -------
@@ -229,6 +236,11 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     source = label_source(adata)
     # covariates the bundle was trained with are read from this cohort again (docs/pipeline.md)
     encoding = check_manifest_covariates(manifest, cfg.data.covariates, model_source)
+    if cfg.data.sensitive:
+        from iml_genomics.covariates import require_column
+
+        for column in cfg.data.sensitive:  # before any work: absent or blank -> one line
+            require_column(adata.obs, column, source=source, key="data.sensitive")
     X, feature_ids = model_input(adata, manifest, source)
     y = None
     if label_column is not None and label_column in adata.obs:
@@ -263,10 +275,40 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
                         warnings=([warning] if warning else [])
                         + [w for m in result.extra.get("methods", {}).values() for w in m.warnings],
                         methods=result.extra.get("methods", {}))
+    if cfg.data.sensitive:
+        if oof is None and getattr(model, "oof_predictions", None) is not None:
+            oof = model.oof_predictions
+        out.audit = _audit(adata, cfg, X, y, task, classes, positive, refit, result.ranking, oof, backend, source)
+        out.summary["audit"] = {"attributes": list(cfg.data.sensitive), "file": "audit.tsv",
+                                "association_test": "ANOVA F-test per gene, BH q <= 0.05"}
     if collector is not None and collector.plan is not None:
         out.attributions, out.base_values, out.model_output = collector.arrays()
         out.attribution_genes, out.attribution_classes = list(collector.plan.gene_ids), list(collector.plan.outputs)
     return out
+
+
+def _audit(adata, cfg, X, y, task, classes, positive, refit, ranking, oof, backend, source):
+    """``audit.tsv`` (:func:`iml_genomics.audit.sensitive_audit`), with out-of-fold predictions of this cohort."""
+    from iml_genomics.audit import sensitive_audit
+    from iml_genomics.models import cross_validate
+    from iml_genomics.preprocess import ExpressionTransform
+
+    sample_ids = [str(s) for s in adata.obs_names]
+    if y is not None and (oof is None or set(oof["sample_id"].astype(str)) != set(sample_ids)):
+        # not handed train's predictions of these samples (e.g. oof_predictions.tsv withheld by
+        # output.granularity aggregate): the same CV as train (folds from the seed) gives the same predictions
+        oof = cross_validate(refit, X, y, sample_ids=sample_ids, classes=classes, task=task,
+                             n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed,
+                             positive_class=positive, backend=backend).oof
+    genes = list(adata.var_names)
+    # association and predictability on the expression scale the model sees (the configured transform)
+    X_genes = ExpressionTransform(cfg.preprocess.transform).fit(adata.X).transform(adata.X)
+    oof = oof.assign(sample_id=oof["sample_id"].astype(str)) if oof is not None else None
+    y_true = None if y is None else (np.asarray(y, dtype=np.float64) if classes is None
+                                     else np.searchsorted(np.asarray(classes, dtype=object), np.asarray(y)))
+    return sensitive_audit(adata.obs, list(cfg.data.sensitive), X_genes=X_genes, gene_ids=genes, ranking=ranking,
+                           top_k=cfg.explain.top_k, oof=oof if y is not None else None, y_true=y_true, classes=classes,
+                           positive_class=positive, random_state=cfg.seed, source=source)
 
 
 def explained_class(cfg, manifest, classes, *, source, column):

@@ -235,6 +235,7 @@ class _Run:
         self.adata = None
         self.results: dict = {}
         self._backend = None
+        self._oof = None  # train's out-of-fold predictions (kept in memory for explain's audit)
 
     def backend(self):
         """One backend for every step of the run (one connection to a Dask scheduler, made when a step runs)."""
@@ -453,6 +454,7 @@ class _Run:
             prov.mark("cross_validate_and_fit")
             with staged_output(target) as stage:
                 write_train(stage, res, prov)
+        self._oof = res.oof_predictions  # the audit of data.sensitive reads it, whatever the granularity
         self._withhold(res)
         self.results["train"] = res
         self.echo(train_line(res, cfg, target))
@@ -492,7 +494,7 @@ class _Run:
                         keep(chunk, plan)
                 try:
                     res = explain_step(adata, cfg, model=model, on_chunk=sink, model_source=source,
-                                       backend=self.backend())
+                                       backend=self.backend(), oof=self._oof)
                 finally:
                     writer.close()
                 self.warn(res.warnings)
