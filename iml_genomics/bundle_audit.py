@@ -131,6 +131,15 @@ def _gradient_boosting_internals() -> set[type]:
     return out
 
 
+def _neural_network_internals() -> set[type]:
+    """What a fitted MLP holds besides arrays: its classifier's LabelBinarizer and, when model.params picks the
+    'adam' or 'sgd' solver, the optimizer object (learning-rate state: arrays and floats only)."""
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+    from sklearn.preprocessing import LabelBinarizer
+
+    return {LabelBinarizer, AdamOptimizer, SGDOptimizer}
+
+
 def _numpy_scalars() -> set[type]:
     import numpy as np
 
@@ -148,7 +157,7 @@ def allowed_types() -> dict[str, dict[str, type]]:
     import numpy as np
     from sklearn.tree._tree import Tree
 
-    objects = _registry_classes() | _gradient_boosting_internals()
+    objects = _registry_classes() | _gradient_boosting_internals() | _neural_network_internals()
     table = {
         "ObjectNode": objects,
         "TreeNode": {Tree},

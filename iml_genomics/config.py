@@ -78,7 +78,7 @@ class ModelConfig:
     name: Literal[
         "l1_logistic", "elasticnet_logistic", "lasso", "elasticnet",
         "random_forest", "extra_trees", "gradient_boosting", "hist_gradient_boosting", "linear_svm",
-        "decision_tree",
+        "decision_tree", "mlp",
     ] = _opt("l1_logistic", help="Model from the registry (see docs/config.md).")
     params: dict = _opt({}, help="Extra keyword arguments passed to the scikit-learn estimator.")
 
@@ -111,6 +111,18 @@ class ExplainConfig:
     methods: list[str] | Literal["all"] = _opt(
         [], help="Explanation methods beyond SHAP and permutation importance (opt-in): a list of "
                  + ", ".join(EXPLAIN_METHODS) + "; or all (docs/explain.md).")
+    # --- method integrated_gradients (explain/integrated_gradients.py; model mlp only) ---
+    integrated_gradients_baseline: Literal["mean", "zeros", "median"] = _opt(
+        "mean", help="integrated_gradients: the reference input; mean = training mean (0 after the fitted scaler), "
+                     "zeros = no expression (0 before scaling), median = per-gene median of the explained cohort.")
+    integrated_gradients_steps: int = _opt(
+        64, min=2, max=100000, help="integrated_gradients: gradient evaluations along the path from baseline to sample.")
+    integrated_gradients_rule: Literal["gauss_legendre", "riemann_trapezoid"] = _opt(
+        "gauss_legendre", help="integrated_gradients: quadrature rule of the path integral.")
+    integrated_gradients_tolerance: float = _opt(
+        1e-2, min=0.0, min_exclusive=True,
+        help="integrated_gradients: max |sum(IG) - (f(x) - f(baseline))| / max(1, |f(x) - f(baseline)|) on every "
+             "sample (completeness); above it explain fails.")
 
 
 @dataclass

@@ -25,7 +25,8 @@ from iml_genomics.models import (MODEL_KINDS, MODEL_REGISTRY, SHAP_ALGORITHMS, M
 
 # small but real: every tree model grows a few trees with several splits each
 SMALL = {"random_forest": {"n_estimators": 5, "max_depth": 3}, "extra_trees": {"n_estimators": 5, "max_depth": 3},
-         "gradient_boosting": {"n_estimators": 10}, "hist_gradient_boosting": {"max_iter": 15, "min_samples_leaf": 5}}
+         "gradient_boosting": {"n_estimators": 10}, "hist_gradient_boosting": {"max_iter": 15, "min_samples_leaf": 5},
+         "mlp": {"hidden_layer_sizes": (8,), "max_iter": 300}}
 
 
 def _data(task: str, n_classes: int = 2, n: int = 120, p: int = 8, seed: int = 0):
@@ -76,7 +77,7 @@ def test_a_spec_without_a_valid_kind_is_refused_and_unknown_classes_have_none():
 
     builders = MODEL_REGISTRY["lasso"]
     with pytest.raises(ValueError, match="kind"):
-        ModelSpec(*builders, kind="neural", shap="agnostic")
+        ModelSpec(*builders, kind="quantum", shap="agnostic")
     with pytest.raises(ValueError, match="shap"):
         ModelSpec(*builders, kind="linear", shap="exact")
     assert spec_for_estimator(BayesianRidge()) is None
@@ -147,7 +148,8 @@ def test_shap_route_and_scale_follow_the_registry(name):
     plan, _ = plan_shap(pipe, X, gene_ids=genes, classes=classes, agnostic_pairs=1)
     assert plan.kind == spec.shap
     assert plan.exact == (spec.shap != "agnostic")
-    assert plan.fork == (not spec.openmp_predict)
+    # the model-agnostic route calls predict for every coalition: never in forked workers (plan_shap)
+    assert plan.fork == (spec.shap != "agnostic" and not spec.openmp_predict)
     expected_scale = "log_odds" if spec.log_odds_output else ("raw" if spec.shap == "linear" else "probability")
     assert plan.scale == expected_scale
     res = shap_attributions(pipe, X[:20], gene_ids=genes, classes=classes, additivity_tolerance=1e-6)

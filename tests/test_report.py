@@ -187,12 +187,16 @@ def test_html_sections_and_self_contained(full_report):
                     "What these numbers mean, and what they don", "Provenance"):
         assert f">{heading}" in page, heading
     assert "a model-level explanation is about the fitted model, not necessarily about\nbiology" in page
-    # no network: no external src/href at all
-    assert not re.search(r'(src|href)="(https?:)?//', page)
-    assert "<script" not in page
+    # no network: nothing is loaded from outside (links out to NCBI/Ensembl/QuickGO are only followed on a click),
+    # the one script is inline
+    assert not re.search(r'(src)="(https?:)?//', page) and "<link" not in page and "@import" not in page
+    assert page.count("<script") == 1 and not re.search(r"<script[^>]*\bsrc=", page)
+    assert all(h.startswith(("https://www.ncbi.nlm.nih.gov/", "https://www.ensembl.org/", "https://www.ebi.ac.uk/"))
+               for h in re.findall(r'href="(https?:[^"]*)"', page))
     n_img = page.count("<img ")
     assert n_img >= 7 and page.count('src="data:image/png;base64,') == n_img
-    assert "Sample S0001" not in page  # the sample title is drawn inside the PNG, not in text
+    # each sample's heading names its label apart from the class its explanation is about
+    assert "<h3>Sample S0001 (label: tumour): explained class tumour</h3>" in page
     assert "local explanation S0001" in page and "local explanation S0002" in page
 
 

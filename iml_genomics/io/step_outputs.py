@@ -148,7 +148,10 @@ def write_report(stage: str | Path, result, prov) -> None:
     if result.group_attributions is not None:
         result.group_attributions.to_parquet(stage / "group_attributions.parquet", index=False)
     write_json(result.summary, stage / "report_summary.json")
-    (stage / "report.html").write_text(result.html, encoding="utf-8")
+    from iml_genomics.report.interactive import relative_links
+
+    # links to the input directories' TSVs, relative to where report.html lands (the staging dir's parent)
+    (stage / "report.html").write_text(relative_links(result.html, stage.parent), encoding="utf-8")
     prov.mark("write")
     prov.write(stage)
 

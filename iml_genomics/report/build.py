@@ -11,6 +11,7 @@ import pandas as pd
 from iml_genomics import __version__
 from iml_genomics import genesets as gs
 from iml_genomics.report import html as H
+from iml_genomics.report import page_parts as P
 from iml_genomics.report import plots
 from iml_genomics.report.inputs import ReportInputs, measured_genes
 from iml_genomics.report.tables import NULL_WORDS, analyse_gene_sets, build_biomarkers, univariate_effects
@@ -182,12 +183,13 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
                           group_attributions_per_sample=analysis.group_per_sample if analysis else None,
                           summary=summary)
     result.html = _page(inputs, result, adata=adata, label_column=label_column, keys=keys, samples=samples or [],
-                        title=title, own_provenance=own_provenance, seed=random_state, classes=classes)
+                        title=title, own_provenance=own_provenance, seed=random_state, classes=classes,
+                        analysis=analysis)
     return result
 
 
 def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, keys: pd.Series, samples, title,
-          own_provenance, seed, classes: tuple[str, str] | None = None) -> str:
+          own_provenance, seed, classes: tuple[str, str] | None = None, analysis=None) -> str:
     model = inputs.model or {}
     labels = {g: k for g, k in keys.items() if str(k).upper() != str(g).upper()}
     sections = []
@@ -206,7 +208,12 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         info["samples (out-of-fold)"] = inputs.oof["sample_id"].nunique()
     if model:
         info["model"] = model.get("model_name", "")
-        info["genes used by the final model"] = len(model.get("used_genes") or [])
+        counted = P.nonzero_attribution_count(inputs)
+        if counted is not None:
+            # counted from the attributions: a sparse model is given every gene but uses few
+            info["genes with non-zero attribution"] = f"{counted[0]} of {counted[1]} explained"
+        else:
+            info["genes given to the final model"] = len(model.get("used_genes") or [])
         info["label column"] = model.get("label_column", "")
     info["univariate effect"] = result.summary.get("univariate_effect") or "not computed (no expression/labels)"
     gsum = result.summary.get("gene_sets")
@@ -220,7 +227,9 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         agg = cv[cv["split"].astype(str).isin(["mean", "sd"])]
         metric_cols = [c for c in cv.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
         inner = H.table_html(agg[["split", *metric_cols]])
-        inner += '<div class="plots">' + H.img(plots.roc_curves(inputs.oof, model), "ROC curves") + "</div>"
+        inner += '<div class="plots">' + P.auc_figure(inputs, model) + "</div>"
+        inner += P.files_note(P.input_link(inputs, "train", "cv_metrics.tsv"),
+                              P.input_link(inputs, "train", "oof_predictions.tsv"))
         if model.get("positive_class"):
             inner += (f'<p class="note">auroc and average_precision treat {H.esc(model["positive_class"])} as the '
                       f'positive class.</p>')
@@ -234,7 +243,9 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
     bm = result.biomarkers
     show = ["rank", "gene_id", "symbol", "knockoff_selected", "explain_rank", "mean_abs_shap", "explain_rank_low",
             "explain_rank_high", "top_k_frequency", "knockoff_w", "effect", "higher_in", "q_value", "gene_sets"]
-    inner = H.table_html(bm[show], max_rows=25, max_chars=70)
+    shown_bm = bm[show].assign(symbol=P.display_symbols(bm["gene_id"], bm["symbol"]))
+    inner = H.table_html(shown_bm, max_rows=25, max_chars=70, source="biomarkers.tsv",
+                         caption="All genes, sortable (click a header) and filterable; symbols link to NCBI Gene.")
     inner += ('<p class="note">Sorted: knockoff-selected genes first, then genes with non-zero mean |SHAP| by '
               f'explain rank, then univariate q-value, then |effect|; ties by gene id. Effect: '
               f'{H.esc(result.summary.get("univariate_effect") or "n/a")}. Full table: biomarkers.tsv.</p>')
@@ -255,8 +266,17 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             expr = pd.DataFrame(X, index=adata.obs_names.astype(str), columns=cols)
         inner = '<div class="plots">' + H.img(plots.shap_beeswarm(attr, expr, top, labels, seed=seed,
                                                                   positive_class=classes[0] if classes else None),
-                                              "SHAP beeswarm summary")
-        inner += H.img(plots.shap_bar(inputs.gene_ranking, labels), "mean |SHAP| bar chart") + "</div>"
+                                              "SHAP beeswarm summary",
+                                              P.beeswarm_caption(classes[0] if classes else model.get(
+                                                  "positive_class"), classes[1] if classes else None,
+                                                  expr is not None))
+        inner += H.img(plots.shap_bar(inputs.gene_ranking, labels), "mean |SHAP| bar chart",
+                       "Mean |SHAP| over samples of the top genes (error bar: sd across folds or bootstraps): how "
+                       "much each gene moves the model's output, whatever the direction.") + "</div>"
+        inner += P.permutation_section(inputs, labels)
+        inner += P.files_note(P.input_link(inputs, "explain", "gene_ranking.tsv"),
+                              P.input_link(inputs, "explain", "local_explanations.tsv"),
+                              P.input_link(inputs, "explain", "interactions.tsv"))
         if inputs.interactions is not None and len(inputs.interactions):
             inner += "<h3>Strongest pairwise interactions (Shapley interaction values)</h3>"
             inner += H.table_html(inputs.interactions.sort_values("mean_abs_interaction", ascending=False),
@@ -276,12 +296,17 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
             thr = float(thr)
         except (TypeError, ValueError):
             thr = None
-        inner = '<div class="plots">' + H.img(plots.knockoff_w(inputs.knockoffs, thr, labels), "knockoff W plot")
+        inner = '<div class="plots">' + H.img(
+            plots.knockoff_w(inputs.knockoffs, thr, labels), "knockoff W plot",
+            "Knockoff statistic W of every tested gene, sorted: W > 0 when the gene beats its knockoff copy. Red "
+            "points (W at or above the dashed threshold T) are selected at the target FDR; the mirror -T shows what "
+            "null genes look like. W measures importance, not which class a gene is higher in.")
         inner += "</div>"
         keep = {k: v for k, v in ss.items() if not isinstance(v, (dict, list))}
         diag = ss.get("diagnostics") if isinstance(ss.get("diagnostics"), dict) else {}
         keep.update({f"diagnostics.{k}": v for k, v in diag.items() if not isinstance(v, (dict, list))})
         inner += H.kv_table(keep)
+        inner += P.files_note(P.input_link(inputs, "select", "knockoff_selection.tsv"))
     else:
         inner = H.missing(H._MISSING["select"])
     sections.append(("knockoffs", "Knockoff selection", inner))
@@ -310,9 +335,14 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.kv_table(mapping)
         if gsum.get("note"):
             inner += H.missing(H.esc(gsum["note"]))
-        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets, classes=classes),
-                                               "gene set q-values")
-        inner += H.img(plots.group_attribution_bars(result.gene_sets), "group attributions") + "</div>"
+        scale = P.gene_set_bar_scale(result.gene_sets)
+        inner += '<div class="plots">' + H.img(plots.gene_set_bars(result.gene_sets, classes=classes, scale=scale),
+                                               f"gene set {scale}-values",
+                                               P.gene_set_bars_caption(scale, classes, gsum["ranking_metric"]))
+        inner += H.img(plots.group_attribution_bars(result.gene_sets), "group attributions",
+                       "Group attribution: mean over samples of the summed |SHAP| of each set's genes, the sets with "
+                       "the most. Magnitude only (no class direction); large sets collect more by size alone.")
+        inner += "</div>" + P.running_sum_figures(analysis, classes=classes)
         cols = ["rank", "gene_set", "n_measured", "n_overlap", "overlap_genes", "odds_ratio", "p_value", "q_value",
                 "nes", "gsea_q_value", "leading_edge", "group_attribution", "significant"]
         table = result.gene_sets
@@ -333,6 +363,8 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
                       f'one direction by that evidence, q-value first.</p>')
         else:
             inner += H.table_html(table[cols], max_rows=25, max_chars=60)
+        inner += P.files_note(P.own_link("gene_sets.tsv"), P.own_link("group_attributions.parquet")
+                              if result.group_attributions_per_sample is not None else "")
         inner += ('<p class="note">Only p-values whose null accounts for the correlation between the genes of a '
                   'set (sample-label permutation or the correlation-adjusted test) can mark a set significant; '
                   'q-values are Benjamini-Hochberg over the nominal p-values of the tested sets, not GSEA\'s '
@@ -340,6 +372,43 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
     else:
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))
+
+    # integrated gradients (explain.methods: integrated_gradients; mlp models only)
+    ig_table = inputs.explain_methods.get("integrated_gradients.tsv")
+    if ig_table is not None and len(ig_table):
+        igs = ((inputs.explain_summary or {}).get("methods") or {}).get("integrated_gradients") or {}
+        scale = {"log_odds": "the log-odds of", "logit": "the logit (before the softmax) of each class:",
+                 "raw": "the predicted value", "log_prediction": "the log of the predicted value"}.get(
+                     igs.get("scale"), igs.get("scale", ""))
+        outputs = ", ".join(str(o) for o in igs.get("outputs") or [] if str(o))
+        vs = igs.get("vs_shap") or {}
+        info = {"explained output": f"{scale} {outputs}".strip(),
+                "baseline": igs.get("baseline_description", igs.get("baseline", "")),
+                "path integral": f"{igs.get('steps')} {igs.get('rule', '')} steps",
+                "largest completeness gap |sum(IG) - (f(x) - f(baseline))|": igs.get("max_completeness_gap"),
+                "tolerance (relative to max(1, |f(x) - f(baseline)|))": igs.get("tolerance"),
+                "samples explained": igs.get("n_samples")}
+        if "spearman" in vs:
+            info["Spearman correlation of mean |IG| and mean |SHAP|"] = vs.get("spearman")
+            info[f"top-{vs.get('top_k')} overlap with SHAP"] = vs.get("top_k_overlap")
+        else:
+            info["comparison with SHAP"] = vs.get("skipped", "not available")
+        inner = H.kv_table(info)
+        inner += '<div class="plots">' + H.figure(
+            plots.integrated_gradients_plot(ig_table, labels),
+            f"Mean |integrated gradient| per gene over all samples, on {H.esc(f'{scale} {outputs}'.strip())}: how "
+            f"much each gene moves the network's output away from the baseline sample; the model, not the "
+            f"biology.") + "</div>"
+        inner += H.table_html(ig_table, max_rows=15)
+        inner += ('<p class="note">Integrated gradients explain the <b>model</b> (the trained neural network), not '
+                  'the biology: each gene\'s value is how much moving that gene from the baseline to the sample\'s '
+                  'expression changes the network\'s output, accumulated along the straight path between them; the '
+                  'values of one sample add up to its output minus the baseline\'s (checked on every sample). '
+                  'Genes ranked high by both integrated gradients and SHAP are ones the model relies on whichever '
+                  'way its behaviour is summarised; a gene that moves a lot between the two depends on the '
+                  'baseline or on interactions. Full tables: integrated_gradients.tsv, '
+                  'integrated_gradients_local.tsv.</p>')
+        sections.append(("integrated_gradients", "Integrated gradients (neural network)", inner))
 
     # local explanations
     if inputs.local is not None and len(inputs.local):
@@ -350,13 +419,13 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         if not_found:
             inner += H.missing("No local explanation for: " + H.esc(", ".join(not_found))
                                + " (run explain with --samples).")
-        inner += '<div class="plots">' + "".join(
-            H.img(plots.local_explanation(inputs.local, s, labels), f"local explanation {s}") for s in wanted)
-        inner += "</div>"
-        cols = [c for c in ["sample_id", "class", "prediction", "base_value", "direction", "rank", "gene_id",
-                            "shap_value", "expression_value"] if c in inputs.local.columns]
-        sub = inputs.local[inputs.local["sample_id"].astype(str).isin(wanted)]
-        inner += H.table_html(sub[cols].groupby("sample_id", sort=False).head(8), max_rows=60)
+        true_labels = {}
+        if adata is not None and label_column and label_column in adata.obs.columns:
+            true_labels = dict(zip(adata.obs_names.astype(str), adata.obs[label_column].astype(str)))
+        elif inputs.oof is not None:
+            true_labels = dict(zip(inputs.oof["sample_id"].astype(str), inputs.oof["y_true"].astype(str)))
+        inner += P.local_section(inputs, wanted, labels, true_labels=true_labels, classes=classes)
+        inner += P.files_note(P.input_link(inputs, "explain", "local_explanations.tsv"))
     else:
         withheld = (inputs.explain_summary or {}).get("withheld")
         inner = H.missing(H._MISSING["explain"] if inputs.gene_ranking is None else

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from importlib import resources
 from string import Template
 
 import numpy as np
 import pandas as pd
+
+from iml_genomics.report import interactive
 
 _MISSING = {
     "train": "No train output given: pass the --out directory of <code>iml-genomics train</code> to --inputs.",
@@ -39,26 +42,17 @@ def fmt(value) -> str:
     return str(value)
 
 
-def table_html(frame: pd.DataFrame, *, max_rows: int | None = None, max_chars: int = 80) -> str:
-    if frame is None or not len(frame):
-        return '<p class="note">(empty)</p>'
-    if max_rows is not None:
-        frame = frame.head(max_rows)
-    # columns with no value at all (evidence from a step that was not given) only add noise on the page
-    empty = [c for c in frame.columns if frame[c].isna().all() or (frame[c].astype(str).str.strip() == "").all()]
-    frame = frame.drop(columns=empty)
-    head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
-    rows = []
-    for _, row in frame.iterrows():
-        cells = []
-        for v in row:
-            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-            text = fmt(v)
-            if len(text) > max_chars:
-                text = text[:max_chars - 1] + "\u2026"
-            cells.append(f'<td class="num">{esc(text)}</td>' if num else f"<td>{esc(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+def table_html(frame: pd.DataFrame, *, max_rows: int | None = None, max_chars: int = 400,
+               source: str | None = None, caption: str | None = None) -> str:
+    """An interactive table of ALL rows of ``frame`` (sortable, filterable, paged, links on ids).
+
+    ``max_rows`` is the page size shown before the reader pages on (25 when None), never a cut: the
+    page holds every row (up to :data:`~iml_genomics.report.interactive.MAX_EMBEDDED_ROWS`).
+    ``source``: relative path of the TSV the table comes from, linked under it; ``caption``: what it shows.
+    See :func:`iml_genomics.report.interactive.table`.
+    """
+    return interactive.table(frame, fmt=fmt, page_size=max_rows or 25, max_chars=max(max_chars, 80),
+                             source=source, caption=caption)
 
 
 def kv_table(items: dict) -> str:
@@ -66,10 +60,21 @@ def kv_table(items: dict) -> str:
     return f"<table><tbody>{rows}</tbody></table>"
 
 
-def img(b64: str | None, alt: str) -> str:
+def img(b64: str | None, alt: str, caption: str | None = None) -> str:
+    """An embedded PNG inside a captioned figure (the caption defaults to ``alt``); nothing without an image.
+
+    ``caption`` is HTML: say what the figure shows and, for signed values, which class a positive value
+    points to.
+    """
     if not b64:
         return ""
-    return f'<img class="plot" alt="{esc(alt)}" src="data:image/png;base64,{b64}">'
+    tag = f'<img class="plot" alt="{esc(alt)}" src="data:image/png;base64,{b64}">'
+    return interactive.figure(tag, caption if caption is not None else esc(alt) + ".")
+
+
+def figure(b64: str | None, caption: str, alt: str | None = None) -> str:
+    """A captioned figure from a base64 PNG (``caption`` is HTML); the helper for new report sections."""
+    return img(b64, alt or re.sub(r"<[^>]+>", "", caption)[:120], caption)
 
 
 def missing(text: str) -> str:
@@ -135,7 +140,8 @@ def render(*, title: str, subtitle: str, sections: list[tuple[str, str, str]], v
     template = Template(resources.files("iml_genomics.report").joinpath("templates/report.html").read_text())
     nav = "".join(f'<a href="#{a}">{esc(h)}</a>' for a, h, _ in sections)
     body = "\n".join(f'<section id="{a}">\n<h2>{esc(h)}</h2>\n{inner}\n</section>' for a, h, inner in sections)
-    return template.substitute(title=esc(title), subtitle=esc(subtitle), nav=nav, body=body, version=esc(version))
+    return template.substitute(title=esc(title), subtitle=esc(subtitle), nav=nav, body=body, version=esc(version),
+                               interactive_style=interactive.STYLE, interactive_script=interactive.SCRIPT)
 
 
 def provenance_html(provenance: dict[str, dict], own: dict | None) -> str:

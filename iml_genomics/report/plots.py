@@ -176,16 +176,24 @@ def knockoff_w(knockoffs: pd.DataFrame | None, threshold: float | None, labels: 
     return to_base64_png(fig)
 
 
-def gene_set_bars(table: pd.DataFrame | None, n: int = 15, classes: tuple[str, str] | None = None) -> str | None:
-    """-log10 q of the best gene sets (over-representation and rank-based).
+def gene_set_bars(table: pd.DataFrame | None, n: int = 15, classes: tuple[str, str] | None = None,
+                  scale: str = "q") -> str | None:
+    """-log10 q (or -log10 p with ``scale="p"``) of the best gene sets (over-representation and rank-based).
 
     With two ``classes`` and the direction-split over-representation columns, a third bar is the
     q-value of the list of genes higher in the class each set is named with (``higher_in``).
+    ``scale="p"`` plots the nominal p-values of the same columns: when every set has the same q-value
+    (BH gives the largest ones a common value), q bars would all have one height and say nothing.
     """
     if table is None or not len(table):
         return None
     plt = _plt()
     top = table.head(n)
+    if scale == "p":
+        top = top.drop(columns=[c for c in ("q_value", "gsea_q_value", "q_value_positive_class",
+                                            "q_value_other_class") if c in top.columns]).rename(columns={
+            "p_value": "q_value", "gsea_p_value": "gsea_q_value", "p_value_positive_class": "q_value_positive_class",
+            "p_value_other_class": "q_value_other_class"})
     fig, ax = plt.subplots(figsize=(6.8, 0.36 * len(top) + 1.3))
     y = np.arange(len(top))[::-1]
 
@@ -211,9 +219,13 @@ def gene_set_bars(table: pd.DataFrame | None, n: int = 15, classes: tuple[str, s
         names = [f"{n} [higher in {_short(c, 25)}]" if isinstance(c, str) and c else n
                  for n, c in zip(names, top["higher_in"])]
     ax.set_yticklabels(names, fontsize=7)
-    ax.axvline(1, color=PALETTE["grey"], lw=0.8, ls="--")
-    ax.set_xlabel("-log10 q (dashed: q = 0.1)")
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    if scale == "p":
+        ax.set_xlabel("-log10 nominal p (q-values all equal: see the table)")
+    else:
+        ax.axvline(1, color=PALETTE["grey"], lw=0.8, ls="--")
+        ax.set_xlabel("-log10 q (dashed: q = 0.1)")
+    # right of the axes: inside them the legend hid the longest bars
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Gene sets")
     return to_base64_png(fig)
 
@@ -261,4 +273,37 @@ def local_explanation(local: pd.DataFrame, sample_id: str, labels: dict[str, str
         title += f": base {float(sub['base_value'].iloc[0]):.3g} -> output {float(sub['prediction'].iloc[0]):.3g}"
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("SHAP value")
+    return to_base64_png(fig)
+
+
+def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 15
+                              ) -> str | None:
+    """Mean |integrated gradients| of the top genes and, when SHAP ran on the same model, IG's rank against
+    SHAP's rank for every gene (integrated_gradients.tsv)."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    top = table.sort_values(["rank", "gene_id"]).head(n)
+    shap_rank = pd.to_numeric(table["shap_rank"], errors="coerce")
+    panels = 2 if shap_rank.notna().any() else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.28 * len(top) + 1.6), squeeze=False)
+    ax = axes[0, 0]
+    y = np.arange(len(top))[::-1]
+    ax.barh(y, top["mean_abs_ig"].astype(float), color=PALETTE["blue"])
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in top["gene_id"].astype(str)], fontsize=8)
+    ax.set_xlabel("mean |integrated gradients| (model output scale)")
+    ax.set_title("Integrated gradients: global importance")
+    if panels == 2:
+        ax = axes[0, 1]
+        ok = shap_rank.notna().to_numpy()
+        ax.scatter(shap_rank[ok], table["rank"].to_numpy()[ok], s=10, color=PALETTE["grey"], linewidths=0)
+        m = int(max(shap_rank[ok].max(), table["rank"].max()))
+        ax.plot([1, m], [1, m], color=PALETTE["red"], lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rank by mean |SHAP|")
+        ax.set_ylabel("rank by mean |IG|")
+        ax.set_title("Same model, two attribution methods")
+    fig.tight_layout()
     return to_base64_png(fig)

@@ -382,6 +382,8 @@ class GeneSetAnalysis:
     keys: pd.Series
     group_per_sample: pd.DataFrame | None
     summary: dict = field(default_factory=dict)
+    # the rank-based test's score per key (collapsed), so a plot can redraw its running sums; None without one
+    ranking: pd.Series | None = None
 
 
 def _attribution_matrix(inputs: ReportInputs, positive_class: str | None) -> pd.DataFrame | None:
@@ -806,7 +808,8 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     summary["n_significant_sets"] = int(table["significant"].sum())
     summary["q_threshold"] = q_threshold
     summary["flag_q_threshold"] = flag_q
-    return GeneSetAnalysis(table=table, sets=sets, keys=keys, group_per_sample=per_sample, summary=summary)
+    return GeneSetAnalysis(table=table, sets=sets, keys=keys, group_per_sample=per_sample, summary=summary,
+                           ranking=collapsed if len(scores) else None)
 
 
 def build_biomarkers(inputs: ReportInputs, *, gene_ids: list[str], keys: pd.Series,
