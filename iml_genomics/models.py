@@ -686,8 +686,9 @@ def _check_loaded_parts(pipeline, manifest: dict, source: str) -> None:
         # covariates (model.json 'covariates'): the gene preprocessing sits inside WithCovariates
         inner = getattr(s[1], "genes_", None) if isinstance(s, tuple) and type(s[1]) is WithCovariates else None
         if inner is not None:
-            if not isinstance(inner, Pipeline) or not isinstance(inner.steps, list):
-                kinds.append(type(inner))
+            if not isinstance(inner, Pipeline) or not isinstance(inner.steps, list) or inner.memory is not None:
+                raise BundleError(f"{source}: the covariate step holds a {type(inner).__name__} that is not a plain "
+                                  f"pipeline of preprocessing steps; re-train with 'iml-genomics train'.")
             else:
                 kinds[:0] = [type(t[1]) if isinstance(t, tuple) and len(t) == 2 else type(t) for t in inner.steps]
     if kinds[-1] not in final_classes or any(k not in step_classes for k in kinds[:-1]):

@@ -209,3 +209,22 @@ def test_crafted_covariate_bundles_are_refused(cov_bundle, tmp_path):
                        "--labels", base / "labels.tsv", "--out", tmp_path / f"out_{name}", check=False)
         one_line(proc, 2, "model")
         assert not (tmp_path / f"out_{name}").exists()
+
+
+def test_loaded_covariate_pipeline_is_checked_inside(cov_bundle):
+    """The gene preprocessing inside WithCovariates is held to the same allow-list as a top-level step."""
+    from sklearn.pipeline import Pipeline
+
+    from iml_genomics.errors import BundleError
+    from iml_genomics.models import _check_loaded, load_bundle
+
+    base, _ = cov_bundle
+    pipeline, manifest = load_bundle(base / "train")
+    _check_loaded(pipeline, manifest, "bundle")  # the real one passes
+    step = pipeline.steps[0][1]
+    good = step.genes_
+    for bad in (Pipeline([("nested", Pipeline(good.steps))]), Pipeline(good.steps, memory="/tmp/cache"), "genes"):
+        step.genes_ = bad
+        with pytest.raises(BundleError, match="re-train"):
+            _check_loaded(pipeline, manifest, "bundle")
+    step.genes_ = good
