@@ -303,7 +303,14 @@ def _audit(adata, cfg, X, y, task, classes, positive, refit, ranking, oof, backe
     genes = list(adata.var_names)
     # association and predictability on the expression scale the model sees (the configured transform)
     X_genes = ExpressionTransform(cfg.preprocess.transform).fit(adata.X).transform(adata.X)
-    oof = oof.assign(sample_id=oof["sample_id"].astype(str)) if oof is not None else None
+    if oof is not None:
+        import io
+
+        from iml_genomics.io.writers import tsv_text
+
+        # as oof_predictions.tsv holds them (10 significant digits): the audit of `run` (predictions in
+        # memory) and of `explain --model DIR` (read from the file) are then the same bytes
+        oof = pd.read_csv(io.StringIO(tsv_text(oof)), sep="\t", dtype={"sample_id": str})
     y_true = None if y is None else (np.asarray(y, dtype=np.float64) if classes is None
                                      else np.searchsorted(np.asarray(classes, dtype=object), np.asarray(y)))
     return sensitive_audit(adata.obs, list(cfg.data.sensitive), X_genes=X_genes, gene_ids=genes, ranking=ranking,
