@@ -9,12 +9,10 @@ last. The ``*_line`` functions give the one-line summary a step prints on stderr
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-from iml_genomics.io.writers import write_json, write_tsv
-
 from iml_genomics.granularity import WITHHELD_REASON  # output.granularity: aggregate (docs/pipeline.md)
+from iml_genomics.io.writers import write_json, write_tsv
 
 
 def _granularity(prov) -> str:
