@@ -259,7 +259,7 @@ class _Forest:
         self.value, self.cover, self.roots, self.out_off, self.depth = [], [], [], [], []
         self.n_nodes = 0
 
-    def add(self, left, right, feature, threshold, missing_left, value, cover, out_off=0):
+    def add(self, left, right, feature, threshold, missing_left, value, cover, depth, out_off=0):
         left = np.asarray(left, dtype=np.int64)
         leaf = left < 0
         shift = lambda a: np.where(leaf, -1, np.asarray(a, dtype=np.int64) + self.n_nodes)  # noqa: E731
@@ -272,7 +272,7 @@ class _Forest:
         self.cover.append(np.asarray(cover, dtype=np.float64))
         self.roots.append(self.n_nodes)
         self.out_off.append(out_off)
-        self.depth.append(_depth(left, right))
+        self.depth.append(int(depth))
         self.n_nodes += len(left)
 
     def arrays(self):
@@ -286,15 +286,6 @@ class _Forest:
                     out_off=np.asarray(self.out_off, dtype=np.int64)), max(self.depth, default=0)
 
 
-def _depth(left, right) -> int:
-    left, right = np.asarray(left), np.asarray(right)
-    depth = np.zeros(len(left), dtype=np.int64)
-    for n in range(len(left)):  # scikit-learn and HistGradientBoosting number children after their parent
-        if left[n] >= 0:
-            depth[left[n]] = depth[right[n]] = depth[n] + 1
-    return int(depth.max()) if len(depth) else 0
-
-
 def _add_sklearn_tree(forest, tree, scale, normalize, out_off=0):
     value = tree.value[:, :, :] if tree.value.ndim == 3 else tree.value
     value = value.reshape(tree.node_count, -1).astype(np.float64)
@@ -302,7 +293,7 @@ def _add_sklearn_tree(forest, tree, scale, normalize, out_off=0):
         value = value / value.sum(axis=1, keepdims=True)
     miss = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, dtype=np.uint8))
     forest.add(tree.children_left, tree.children_right, tree.feature, tree.threshold, miss, value * scale,
-               tree.weighted_n_node_samples, out_off)
+               tree.weighted_n_node_samples, tree.max_depth, out_off)
 
 
 def _read_model(model):
@@ -368,7 +359,7 @@ def _read_model(model):
             forest.add(np.where(leaf, -1, nodes["left"].astype(np.int64)),
                        np.where(leaf, -1, nodes["right"].astype(np.int64)), nodes["feature_idx"],
                        nodes["num_threshold"], nodes["missing_go_to_left"], nodes["value"][:, None],
-                       nodes["count"], out_off=k)
+                       nodes["count"], nodes["depth"].max(), out_off=k)
     return forest, baseline, np.float64, n_out
 
 
@@ -509,6 +500,16 @@ class FastTreeExplainer:
         out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
         out[:, self.used, :] = self._cut(phi)
         return out
+
+
+def model_outputs(model) -> int:
+    """Outputs the engine explains for ``model``: classes of a forest or tree classifier, else 1 per stack."""
+    name = type(model).__name__
+    if name.endswith("Classifier") and name.startswith(("RandomForest", "ExtraTrees", "DecisionTree")):
+        return len(model.classes_)
+    if name.startswith("HistGradientBoosting"):
+        return int(np.size(model._baseline_prediction))
+    return 1
 
 
 def supported(model) -> bool:
