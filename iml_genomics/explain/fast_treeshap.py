@@ -48,7 +48,7 @@ class UnsupportedModel(ValueError):
 if numba is not None:
     @njit(cache=True, nogil=True)
     def _walk(x, b, interventional, root, out_off, left, right, feature, threshold, missing_left, value, cover,
-              tn, tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, P, H, phi):
+              tn, tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
         """Add one tree's attributions of row ``x`` (against background row ``b`` when interventional) to ``phi``.
 
         ``z``, ``o``, ``seen`` are per-feature scratch arrays that the walk leaves as it found them (zeros); the
@@ -72,11 +72,10 @@ if numba is not None:
                 state[d] += 1
                 c = left[n] if is_left else right[n]
                 f = feature[n]
-                xv = x[f]
-                if np.isnan(xv):
-                    hx = 1.0 if (missing_left[n] == 1) == is_left else 0.0
-                else:
-                    hx = 1.0 if (xv <= threshold[n]) == is_left else 0.0
+                if is_left:  # where the row goes at this node, read once for both children
+                    xv = x[f]
+                    xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+                hx = 1.0 if xleft[d] == is_left else 0.0
                 if interventional:
                     bv = b[f]
                     if np.isnan(bv):
@@ -84,7 +83,7 @@ if numba is not None:
                     else:
                         r = 1.0 if (bv <= threshold[n]) == is_left else 0.0
                 else:
-                    r = cover[c] / cover[n]
+                    r = cover[c]  # the child's share of its parent's cover (precomputed)
                 if seen[f]:
                     zn = z[f] * r
                     on = o[f] * hx
@@ -93,6 +92,37 @@ if numba is not None:
                     on = hx
                 if zn == 0.0 and on == 0.0:
                     continue  # neither the row nor the background reaches the subtree: its leaves add nothing
+                if left[c] < 0:
+                    # a leaf child is finished here, without a push: its polynomial is P * factor (/ the previous
+                    # factor of f), and its integrand P_leaf / factor needs no division unless f repeats
+                    c1 = on - zn
+                    c0 = (o[f] - z[f]) if seen[f] else 0.0
+                    s1 = 0.0
+                    s0 = 0.0
+                    if seen[f]:
+                        zp = z[f]
+                        op = o[f]
+                        for k in range(K):
+                            t = tn[k]
+                            prev = zp * (1.0 - t) + op * t
+                            base = P[d, k] / prev
+                            pc = base * (zn * (1.0 - t) + on * t)
+                            s0 += tw[k] * pc / prev
+                            s1 += tw[k] * base
+                            for v in range(V):
+                                H[d, v, k] += value[c, v] * pc
+                    else:
+                        for k in range(K):
+                            t = tn[k]
+                            base = P[d, k]
+                            pc = base * (zn * (1.0 - t) + on * t)
+                            s1 += tw[k] * base
+                            for v in range(V):
+                                H[d, v, k] += value[c, v] * pc
+                    g = c1 * s1 - c0 * s0
+                    for v in range(V):
+                        phi[f, out_off + v] += value[c, v] * g
+                    continue
                 dd = d + 1
                 node_s[dd] = c
                 state[dd] = 0
@@ -204,6 +234,7 @@ if numba is not None:
         sz = np.zeros(D)
         so = np.zeros(D)
         sseen = np.zeros(D, dtype=np.uint8)
+        xleft = np.zeros(D, dtype=np.bool_)
         P = np.zeros((D, K))
         H = np.zeros((D, V, K))
         for i in range(n):
@@ -215,7 +246,7 @@ if numba is not None:
                     kk = kt[ti]
                     _walk(x, b, interventional, roots[ti], out_off[ti], left, right, feature, threshold,
                           missing_left, value, cover, tn[ti, :kk], tw[ti, :kk], tw0[ti, :kk], z, o, seen, node_s,
-                          state, efeat, sz, so, sseen, P, H, phi)
+                          state, efeat, sz, so, sseen, xleft, P, H, phi)
             if interventional:
                 for f in range(p):
                     for v in range(phi.shape[1]):
@@ -433,6 +464,12 @@ class FastTreeExplainer:
         remap = np.zeros(self.n_features, dtype=np.int64)
         remap[self.used] = np.arange(self.used.size)
         a["feature"] = np.where(internal, remap[a["feature"]], 0)
+        # the kernels read each child's share of its parent's cover, one load and no division per edge
+        ratio = np.ones_like(a["cover"])
+        nodes = np.flatnonzero(internal)
+        for child in (a["left"][nodes], a["right"][nodes]):
+            ratio[child] = a["cover"][child] / a["cover"][nodes]
+        a["ratio"] = ratio
         self._a = a
         self.tn, self.tw, self.tw0, self.kt = _gauss_legendre(self.tree_depths)
         self.interventional = feature_perturbation == "interventional"
@@ -495,7 +532,7 @@ class FastTreeExplainer:
         phi = np.zeros((Xu.shape[0], self.used.size, self._width))
         _run_blocks(_shap_rows, Xu.shape[0], self.n_threads,
                     lambda s, e: (Xu[s:e], self.data, self.interventional, a["roots"], a["out_off"], a["left"],
-                                  a["right"], a["feature"], a["threshold"], a["missing_left"], a["value"], a["cover"],
+                                  a["right"], a["feature"], a["threshold"], a["missing_left"], a["value"], a["ratio"],
                                   self.tn, self.tw, self.tw0, self.kt, self.max_depth, phi[s:e]))
         out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
         out[:, self.used, :] = self._cut(phi)
