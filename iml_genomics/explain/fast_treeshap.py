@@ -8,14 +8,17 @@ Shapley value of feature ``i`` in such a game is a Beta integral (Yu et al. 2022
 
     phi_i = v_l (o_i - z_i) * int_0^1 prod_{j != i} (z_j (1 - t) + o_j t) dt,
 
-the integral of a polynomial of degree below the tree depth ``D``, computed exactly by Gauss-Legendre quadrature on
-``K = D // 2 + 1`` nodes. One depth-first walk per tree carries the product ``P(t)`` down (one multiplication per
-edge, one division when a feature repeats) and the leaf sums ``H(t) = sum_l v_l P_l(t)`` up; every edge on feature
-``i`` adds the part of its subtree's sum not under a deeper ``i``-edge, divided by its own factor. Each node costs
-``O(K)``, so a row costs ``O(T N D)`` over ``T`` trees of ``N`` nodes where shap's recursion costs ``O(T L D^2)``.
+the integral of a polynomial of degree below the tree depth ``D``. Path-dependent: computed exactly by
+Gauss-Legendre quadrature on ``K = D // 2 + 1`` nodes (per tree). One depth-first walk per tree carries the product
+``P(t)`` down (one multiplication per edge, one division when a feature repeats) and the leaf sums
+``H(t) = sum_l v_l P_l(t)`` up; every edge on feature ``i`` integrates its subtree's sum against its own factor and
+takes it out of the enclosing ``i``-edge's integral again. Each node costs ``O(K)``, so a row costs ``O(T N D)`` over
+``T`` trees of ``N`` nodes where shap's recursion costs ``O(T L D^2)``. Interventional: every factor is t, 1 - t or 1,
+so a leaf's integral is a Beta function of two counts; one walk per (row, background row, tree) visits the nodes
+either row reaches (the same work as shap's, compiled; no sharing across background rows yet).
 
-Blocks of rows run in Python threads over the compiled (GIL-free) kernel; each row is computed by one thread in a fixed tree order, so the values are the
-same bytes whatever the thread count. :class:`FastTreeExplainer` reads the fitted scikit-learn models of the registry
+Blocks of rows run in Python threads over the compiled (GIL-free) kernels; each row is computed by one thread in a
+fixed tree order, so the values are the same bytes whatever the thread count. :class:`FastTreeExplainer` reads the fitted scikit-learn models of the registry
 (random forest, extra trees, CART, gradient boosting, histogram gradient boosting) into flat node arrays the way
 ``shap.TreeExplainer`` reads them (same leaf values, covers, output scale and input dtype), so its values equal
 shap's up to float rounding (tests/test_fast_treeshap.py).
@@ -31,10 +34,20 @@ try:  # numba ships with shap (a project dependency)
 except ImportError:  # pragma: no cover - the engine then reports itself unsupported
     numba = None
 
-#: Models :class:`FastTreeExplainer` reads (class names; subclasses are not assumed to keep the layout).
-SUPPORTED = ("RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassifier", "ExtraTreesRegressor",
-             "DecisionTreeClassifier", "DecisionTreeRegressor", "GradientBoostingClassifier",
-             "GradientBoostingRegressor", "HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
+
+
+def _families():
+    """(forests, single trees, gradient boosting, histogram gradient boosting): the exact classes read.
+
+    Exact types, not subclasses: a subclass may change how it predicts. Classes, not names, so the registry
+    stays the one place that names models (tests/test_model_kinds.py).
+    """
+    from sklearn import ensemble, tree
+
+    return ((ensemble.RandomForestClassifier, ensemble.RandomForestRegressor, ensemble.ExtraTreesClassifier,
+             ensemble.ExtraTreesRegressor), (tree.DecisionTreeClassifier, tree.DecisionTreeRegressor),
+            (ensemble.GradientBoostingClassifier, ensemble.GradientBoostingRegressor),
+            (ensemble.HistGradientBoostingClassifier, ensemble.HistGradientBoostingRegressor))
 
 
 class UnsupportedModel(ValueError):
@@ -47,9 +60,9 @@ class UnsupportedModel(ValueError):
 
 if numba is not None:
     @njit(cache=True, nogil=True)
-    def _walk(x, b, interventional, root, out_off, left, right, feature, threshold, missing_left, value, cover,
+    def _walk(x, root, out_off, left, right, feature, threshold, missing_left, value, cover,
               tn, tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
-        """Add one tree's attributions of row ``x`` (against background row ``b`` when interventional) to ``phi``.
+        """Add one tree's path-dependent attributions of row ``x`` to ``phi``.
 
         ``z``, ``o``, ``seen`` are per-feature scratch arrays that the walk leaves as it found them (zeros); the
         ``*_s`` arrays and ``P``, ``H`` are per-depth stacks.
@@ -76,22 +89,13 @@ if numba is not None:
                     xv = x[f]
                     xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
                 hx = 1.0 if xleft[d] == is_left else 0.0
-                if interventional:
-                    bv = b[f]
-                    if np.isnan(bv):
-                        r = 1.0 if (missing_left[n] == 1) == is_left else 0.0
-                    else:
-                        r = 1.0 if (bv <= threshold[n]) == is_left else 0.0
-                else:
-                    r = cover[c]  # the child's share of its parent's cover (precomputed)
+                r = cover[c]  # the child's share of its parent's cover (precomputed)
                 if seen[f]:
                     zn = z[f] * r
                     on = o[f] * hx
                 else:
                     zn = r
                     on = hx
-                if zn == 0.0 and on == 0.0:
-                    continue  # neither the row nor the background reaches the subtree: its leaves add nothing
                 if left[c] < 0:
                     # a leaf child is finished here, without a push: its polynomial is P * factor (/ the previous
                     # factor of f), and its integrand P_leaf / factor needs no division unless f repeats
@@ -167,12 +171,8 @@ if numba is not None:
                 c1 = on - zn
                 c0 = op - zp if sseen[d] else 0.0
                 for v in range(V):
-                    if c1 == 0.0 and c0 == 0.0:
-                        break  # interventional: row and background both follow every split on f so far
                     s1 = 0.0
-                    if c1 == 0.0:
-                        pass
-                    elif on == 0.0:
+                    if on == 0.0:
                         for k in range(K):
                             s1 += tw0[k] * H[d, v, k]
                         s1 /= zn
@@ -198,6 +198,130 @@ if numba is not None:
                 d -= 1
 
     @njit(cache=True, nogil=True)
+    def _walk_pair(x, b, root, out_off, left, right, feature, threshold, missing_left, value, beta, o, z, seen,
+                   lastd, node_s, state, efeat, sz, so, sseen, slast, na, nc, phi):
+        """Interventional Tree SHAP of row ``x`` against one background row ``b`` in one tree, added to ``phi``.
+
+        With a background row every factor of the product game is t (only x follows feature j's splits), 1 - t
+        (only b does) or 1 (both), so a leaf's polynomial is t^a (1 - t)^c and its Shapley values are Beta
+        integrals ``beta[a, c] = a! c! / (a + c + 1)!``: each of the a features only x satisfies gets
+        ``v beta[a-1, c]``, each of the c only b satisfies ``-v beta[a, c-1]``. The walk visits only nodes x or b
+        reaches, so a pair costs the union of their paths plus O(depth) per leaf both reach together.
+        """
+        V = value.shape[1]
+        if left[root] < 0:
+            return
+        d = 0
+        node_s[0] = root
+        state[0] = 0
+        na[0] = 0
+        nc[0] = 0
+        while True:
+            n = node_s[d]
+            if left[n] >= 0 and state[d] < 2:
+                is_left = state[d] == 0
+                state[d] += 1
+                c = left[n] if is_left else right[n]
+                f = feature[n]
+                xv = x[f]
+                gx = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+                bv = b[f]
+                gb = (missing_left[n] == 1) if np.isnan(bv) else bv <= threshold[n]
+                hx = 1.0 if gx == is_left else 0.0
+                hb = 1.0 if gb == is_left else 0.0
+                if seen[f]:
+                    on = o[f] * hx
+                    zn = z[f] * hb
+                else:
+                    on = hx
+                    zn = hb
+                if on == 0.0 and zn == 0.0:
+                    continue
+                a = na[d]
+                cc = nc[d]
+                if seen[f]:  # take f's previous state out of the counts
+                    if o[f] == 1.0 and z[f] == 0.0:
+                        a -= 1
+                    elif o[f] == 0.0 and z[f] == 1.0:
+                        cc -= 1
+                if on == 1.0 and zn == 0.0:
+                    a += 1
+                elif on == 0.0 and zn == 1.0:
+                    cc += 1
+                dd = d + 1
+                node_s[dd] = c
+                state[dd] = 0
+                efeat[dd] = f
+                sz[dd] = z[f]
+                so[dd] = o[f]
+                sseen[dd] = seen[f]
+                slast[dd] = lastd[f]
+                na[dd] = a
+                nc[dd] = cc
+                z[f] = zn
+                o[f] = on
+                seen[f] = 1
+                lastd[f] = dd
+                d = dd
+            else:
+                if left[n] < 0 and d > 0:
+                    a = na[d]
+                    cc = nc[d]
+                    if a > 0 or cc > 0:
+                        wa = beta[a - 1, cc] if a > 0 else 0.0
+                        wc = beta[a, cc - 1] if cc > 0 else 0.0
+                        for j in range(1, d + 1):
+                            f = efeat[j]
+                            if lastd[f] != j:
+                                continue  # a repeated feature counts once, in its deepest state
+                            if o[f] == 1.0 and z[f] == 0.0:
+                                for v in range(V):
+                                    phi[f, out_off + v] += value[n, v] * wa
+                            elif o[f] == 0.0 and z[f] == 1.0:
+                                for v in range(V):
+                                    phi[f, out_off + v] -= value[n, v] * wc
+                if d == 0:
+                    break
+                f = efeat[d]
+                z[f] = sz[d]
+                o[f] = so[d]
+                seen[f] = sseen[d]
+                lastd[f] = slast[d]
+                d -= 1
+
+    @njit(cache=True, nogil=True)
+    def _shap_rows_interventional(X, B, roots, out_off, left, right, feature, threshold, missing_left, value,
+                                  beta, max_depth, phi_all):
+        """Fill ``phi_all`` (n, p_used, n_out): interventional values of the rows of ``X`` averaged over ``B``."""
+        n, p = X.shape
+        D = max_depth + 2
+        nb = B.shape[0]
+        z = np.zeros(p)
+        o = np.zeros(p)
+        seen = np.zeros(p, dtype=np.uint8)
+        lastd = np.zeros(p, dtype=np.int64)
+        node_s = np.zeros(D, dtype=np.int64)
+        state = np.zeros(D, dtype=np.int64)
+        efeat = np.zeros(D, dtype=np.int64)
+        sz = np.zeros(D)
+        so = np.zeros(D)
+        sseen = np.zeros(D, dtype=np.uint8)
+        slast = np.zeros(D, dtype=np.int64)
+        na = np.zeros(D, dtype=np.int64)
+        nc = np.zeros(D, dtype=np.int64)
+        for i in range(n):
+            phi = phi_all[i]
+            x = X[i]
+            for j in range(nb):
+                for ti in range(roots.shape[0]):
+                    _walk_pair(x, B[j], roots[ti], out_off[ti], left, right, feature, threshold, missing_left,
+                               value, beta, o, z, seen, lastd, node_s, state, efeat, sz, so, sseen, slast, na, nc,
+                               phi)
+            for f in range(p):
+                for v in range(phi.shape[1]):
+                    phi[f, v] /= nb
+
+    @njit(cache=True, nogil=True)
     def _leaf_sum(x, roots, out_off, left, right, feature, threshold, missing_left, value, n_out):
         """The sum of the leaf values row ``x`` reaches (the model's raw output without its offset)."""
         res = np.zeros(n_out)
@@ -213,9 +337,9 @@ if numba is not None:
         return res
 
     @njit(cache=True, nogil=True)
-    def _shap_rows(X, B, interventional, roots, out_off, left, right, feature, threshold, missing_left, value,
-                   cover, tn, tw, tw0, kt, max_depth, phi_all):
-        """Fill ``phi_all`` (n, p_used, n_out) for the rows of ``X``; interventional: averaged over rows of ``B``.
+    def _shap_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, kt,
+                   max_depth, phi_all):
+        """Fill ``phi_all`` (n, p_used, n_out) with the path-dependent values of the rows of ``X``.
 
         Compiled without the GIL: :func:`_run_blocks` runs blocks of rows in Python threads (no numba thread
         pool, which is neither fork-safe nor re-entrant under every threading layer).
@@ -224,7 +348,6 @@ if numba is not None:
         K = tn.shape[1]
         V = value.shape[1]
         D = max_depth + 2
-        nb = B.shape[0] if interventional else 1
         z = np.zeros(p)
         o = np.zeros(p)
         seen = np.zeros(p, dtype=np.uint8)
@@ -240,17 +363,11 @@ if numba is not None:
         for i in range(n):
             phi = phi_all[i]
             x = X[i]
-            for j in range(nb):
-                b = B[j] if interventional else x
-                for ti in range(roots.shape[0]):
-                    kk = kt[ti]
-                    _walk(x, b, interventional, roots[ti], out_off[ti], left, right, feature, threshold,
-                          missing_left, value, cover, tn[ti, :kk], tw[ti, :kk], tw0[ti, :kk], z, o, seen, node_s,
-                          state, efeat, sz, so, sseen, xleft, P, H, phi)
-            if interventional:
-                for f in range(p):
-                    for v in range(phi.shape[1]):
-                        phi[f, v] /= nb
+            for ti in range(roots.shape[0]):
+                kk = kt[ti]
+                _walk(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover,
+                      tn[ti, :kk], tw[ti, :kk], tw0[ti, :kk], z, o, seen, node_s, state, efeat, sz, so, sseen,
+                      xleft, P, H, phi)
 
     @njit(cache=True, nogil=True)
     def _raw_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, out):
@@ -335,46 +452,35 @@ def _read_model(model):
     UnsupportedModel
         A model class or configuration the engine does not read (the caller then uses shap's TreeExplainer).
     """
-    name = type(model).__name__
-    if name not in SUPPORTED:
-        raise UnsupportedModel(f"{name} is not read by the compiled Tree SHAP engine")
+    from sklearn.base import is_classifier
+
+    forests, trees, boosting, hist = _families()
+    cls = type(model)
+    if cls not in forests + trees + boosting + hist:
+        raise UnsupportedModel(f"{cls.__name__} is not read by the compiled Tree SHAP engine")
     forest = _Forest()
-    if name.startswith(("RandomForest", "ExtraTrees")):
-        trees = [e.tree_ for e in model.estimators_]
-        classifier = name.endswith("Classifier")
-        if classifier and getattr(model, "n_outputs_", 1) != 1:
-            raise UnsupportedModel("multi-output forests")
-        for t in trees:
-            _add_sklearn_tree(forest, t, 1.0 / len(trees), classifier)
-        n_out = len(model.classes_) if classifier else 1
-        return forest, np.zeros(n_out), np.float32, n_out
-    if name.startswith("DecisionTree"):
-        classifier = name.endswith("Classifier")
+    classifier = is_classifier(model)
+    if cls in forests or cls in trees:
         if getattr(model, "n_outputs_", 1) != 1:
             raise UnsupportedModel("multi-output trees")
-        _add_sklearn_tree(forest, model.tree_, 1.0, classifier)
+        members = [e.tree_ for e in model.estimators_] if cls in forests else [model.tree_]
+        for t in members:
+            _add_sklearn_tree(forest, t, 1.0 / len(members), classifier)
         n_out = len(model.classes_) if classifier else 1
         return forest, np.zeros(n_out), np.float32, n_out
-    if name.startswith("GradientBoosting"):
+    if cls in boosting:
+        from scipy.special import logit
+        from sklearn.dummy import DummyClassifier, DummyRegressor
+
         est = model.estimators_
         if est.shape[1] != 1:
             # shap's TreeExplainer refuses multiclass gradient boosting: there is nothing to be equal to
             raise UnsupportedModel("multiclass gradient boosting")
         init = getattr(model, "init_", None)
-        if name == "GradientBoostingClassifier":
-            from sklearn.dummy import DummyClassifier
-
-            if not isinstance(init, DummyClassifier):
-                raise UnsupportedModel(f"init model {type(init).__name__}")
-            from scipy.special import logit
-
-            base = float(logit(init.class_prior_[1]))
-        else:
-            from sklearn.dummy import DummyRegressor
-
-            if not isinstance(init, DummyRegressor):
-                raise UnsupportedModel(f"init model {type(init).__name__}")
-            base = float(np.ravel(init.constant_)[0])
+        if not isinstance(init, DummyClassifier if classifier else DummyRegressor):
+            raise UnsupportedModel(f"init model {type(init).__name__}")
+        # the prior log-odds of classes[1] (shap's base_offset), or the constant of the regressor's init
+        base = float(logit(init.class_prior_[1])) if classifier else float(np.ravel(init.constant_)[0])
         for e in est[:, 0]:
             _add_sklearn_tree(forest, e.tree_, float(model.learning_rate), False)
         return forest, np.array([base]), np.float32, 1
@@ -415,7 +521,8 @@ class FastTreeExplainer:
     Parameters
     ----------
     model : fitted estimator
-        One of :data:`SUPPORTED`.
+        A fitted random forest, extra trees, decision tree, gradient boosting or histogram gradient boosting
+        model of scikit-learn (exact class).
     data : array, optional
         Background rows for ``feature_perturbation='interventional'``.
     feature_perturbation : {'tree_path_dependent', 'interventional'}
@@ -530,21 +637,39 @@ class FastTreeExplainer:
         Xu = self._prepare(X)
         a = self._a
         phi = np.zeros((Xu.shape[0], self.used.size, self._width))
+        if self.interventional:
+            from scipy.special import beta as beta_fn
+
+            k = np.arange(self.max_depth + 2)
+            beta = beta_fn(k[:, None] + 1.0, k[None, :] + 1.0)  # a! c! / (a + c + 1)!
+            _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
+                        lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
+                                      a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
+                                      self.max_depth, phi[s:e]))
+            out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
+            out[:, self.used, :] = self._cut(phi)
+            return out
         _run_blocks(_shap_rows, Xu.shape[0], self.n_threads,
-                    lambda s, e: (Xu[s:e], self.data, self.interventional, a["roots"], a["out_off"], a["left"],
-                                  a["right"], a["feature"], a["threshold"], a["missing_left"], a["value"], a["ratio"],
+                    lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"], a["threshold"], a["missing_left"], a["value"], a["ratio"],
                                   self.tn, self.tw, self.tw0, self.kt, self.max_depth, phi[s:e]))
         out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
         out[:, self.used, :] = self._cut(phi)
         return out
 
 
+def is_hist_boosting(model) -> bool:
+    """True for scikit-learn's histogram gradient boosting (exact classes)."""
+    return type(model) in _families()[3]
+
+
 def model_outputs(model) -> int:
     """Outputs the engine explains for ``model``: classes of a forest or tree classifier, else 1 per stack."""
-    name = type(model).__name__
-    if name.endswith("Classifier") and name.startswith(("RandomForest", "ExtraTrees", "DecisionTree")):
+    from sklearn.base import is_classifier
+
+    forests, trees, _, hist = _families()
+    if type(model) in forests + trees and is_classifier(model):
         return len(model.classes_)
-    if name.startswith("HistGradientBoosting"):
+    if type(model) in hist:
         return int(np.size(model._baseline_prediction))
     return 1
 
