@@ -188,7 +188,8 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
                                    shap=do_shap, shap_mode=ecfg.shap_mode, background_size=ecfg.background_size,
                                    permutation=(do_perm and same) or not do_shap,
                                    n_repeats=ecfg.permutation_repeats, scoring=ecfg.permutation_scoring,
-                                   random_state=random_state, backend=backend)
+                                   random_state=random_state, backend=backend,
+                                   tree_shap_engine=getattr(ecfg, "tree_shap_engine", "fast"))
         perm_list = refits["permutation"]
         if do_perm and not same:
             perm_list = refit_importances(refit_pipeline, X, y, splits=perm_splits, classes=classes,
