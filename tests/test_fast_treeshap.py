@@ -179,10 +179,10 @@ def test_plan_uses_the_engine_and_falls_back_to_shap():
         FastTreeExplainer(hgb)
     plan, payload = plan_shap(hgb, Xc, gene_ids=ids, classes=["a", "b"])
     assert plan.engine == ENGINE_NAMES["shap"] and "categorical" in plan.engine_note
-    # histogram boosting, interventional: shap's (inexact) numbers are kept, and said so
+    # interventional: shap's numbers (and speed) are kept in explain, and said so
     hgb = HistGradientBoostingClassifier(max_iter=5).fit(X, y)
     plan, payload = plan_shap(hgb, X, gene_ids=ids, classes=["a", "b"], mode="interventional", background_size=20)
-    assert plan.engine == ENGINE_NAMES["shap"] and "differ from the exact" in plan.engine_note
+    assert plan.engine == ENGINE_NAMES["shap"] and "interventional" in plan.engine_note
     plan, payload = plan_shap(hgb, X, gene_ids=ids, classes=["a", "b"])
     assert plan.engine == ENGINE_NAMES["fast"]
     assert plan_shap(model, X, gene_ids=ids, classes=None, values=False)[0].engine == ""

@@ -657,11 +657,6 @@ class FastTreeExplainer:
         return out
 
 
-def is_hist_boosting(model) -> bool:
-    """True for scikit-learn's histogram gradient boosting (exact classes)."""
-    return type(model) in _families()[3]
-
-
 def model_outputs(model) -> int:
     """Outputs the engine explains for ``model``: classes of a forest or tree classifier, else 1 per stack."""
     from sklearn.base import is_classifier
