@@ -102,6 +102,10 @@ class ExplainConfig:
     method: Literal["shap", "permutation", "all"] = _opt("all", help="Attribution methods to run.")
     shap_mode: Literal["tree_path_dependent", "interventional"] = _opt(
         "tree_path_dependent", help="Value function for Tree SHAP.")
+    tree_shap_engine: Literal["fast", "shap"] = _opt(
+        "fast", help="Tree SHAP implementation: fast = the compiled engine (threads over samples; shap's values to "
+                     "float rounding), falling back to shap where it does not read the model; shap = shap's "
+                     "TreeExplainer (docs/explain.md).")
     background_size: int = _opt(100, min=1, help="Background samples for interventional / model-agnostic SHAP.")
     chunk_size: int = _opt(256, min=1, help="Samples per parallel chunk.")
     permutation_repeats: int = _opt(5, min=1, help="Permutation repeats per gene.")
