@@ -165,6 +165,8 @@ def plain_summary(inputs, *, gene_sets: pd.DataFrame | None = None, gene_set_sum
     ranking = inputs.gene_ranking
     if ranking is not None and len(ranking):
         gr = ranking.sort_values(["rank", "gene_id"], kind="mergesort")
+        if "feature_type" in gr.columns:  # data.covariates rank beside the genes; the sentence is about genes
+            gr = gr[gr["feature_type"].astype(str) != "covariate"]
         used = gr[pd.to_numeric(gr["mean_abs_shap"], errors="coerce") > 0]
         top = used["gene_id"].astype(str).head(n_top_genes).tolist()
         numbers.update(top_genes=top, n_genes_with_attribution=int(len(used)))
