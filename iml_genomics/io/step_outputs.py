@@ -27,16 +27,11 @@ class _Explains:
 
     def __init__(self, kind: str):
         self.kind = kind
-        self.files: dict[str, str] = {}
 
     def tsv(self, frame, path, **kwargs) -> None:
-        from iml_genomics.explains import describe_table, with_explains
+        from iml_genomics.explains import with_explains
 
-        labelled = "explains" not in frame.columns
-        frame = with_explains(frame, self.kind)
-        write_tsv(frame, path, **kwargs)
-        # an empty table's kind is the step's (no row to read it from)
-        self.files[Path(path).name] = self.kind if labelled else describe_table(frame)
+        write_tsv(with_explains(frame, self.kind), path, **kwargs)
 
     def json(self, document: dict, path) -> None:
         write_json(step_summary_with_explains(document, self.kind), path)
