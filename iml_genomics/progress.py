@@ -210,9 +210,10 @@ def silenced(on: bool = True) -> Iterator[None]:
 
 def loop_phase(func: Callable, total: int):
     """The :func:`phase` of a parallel loop running ``func`` ``total`` times (words from :data:`LABELS`)."""
-    if total <= 1:
-        return contextlib.nullcontext(_Quiet())
     key = f"{getattr(func, '__module__', '')}:{getattr(func, '__name__', '')}"
+    # one task of a known long loop (a single knockoff draw) is still worth a line; one of anything else is not
+    if total < 1 or (total == 1 and key not in LABELS):
+        return contextlib.nullcontext(_Quiet())
     label, unit = LABELS.get(key, (getattr(func, "__name__", "tasks").strip("_").replace("_", " "), "tasks"))
     return phase(label, total, unit)
 
