@@ -41,8 +41,8 @@ else:
     IML = f'"{sys.executable}" -m iml_genomics'
 
 # Config sections each step reads (n_jobs and parallel are left out: results do not depend on them).
-# A section a step reads but that is missing here would not rerun that step when edited; the
-# test tests/test_snakemake_rules.py checks these against the steps' code paths on real reruns.
+# A section a step reads but that is missing here would not rerun that step when edited
+# (tests/test_snakemake_rules.py checks the reruns after GMT, report, model and select edits).
 STEP_SECTIONS = {
     "train": ["seed", "task", "data", "preprocess", "model", "cv"],
     "explain": ["seed", "task", "data", "preprocess", "model", "cv", "explain"],
