@@ -234,9 +234,10 @@ class BarSafeHandler(logging.StreamHandler):
 
 
 def _make_bar(text: str, total: int | None, unit: str):
-    if _in_notebook():
-        from tqdm.auto import tqdm
+    if _in_notebook() and _has_widgets():
+        from tqdm.notebook import tqdm  # a widget bar (what tqdm.auto picks in a kernel)
     else:
+        # a terminal, or a kernel without ipywidgets: a text bar (notebooks render its \r redraws in place)
         from tqdm import tqdm
     # leave=True: the finished bar stays as one line ending in a newline, so the next output starts clean;
     # mininterval keeps redraws cheap on slow terminals (tmux over ssh)
@@ -256,6 +257,12 @@ def _width(stream) -> int:
         return os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):
         return 0
+
+
+def _has_widgets() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
 
 
 def _isatty(stream) -> bool:

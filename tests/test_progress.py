@@ -203,3 +203,26 @@ def test_every_labelled_task_function_exists():
     for key in progress.LABELS:
         module, name = key.split(":")
         assert callable(getattr(importlib.import_module(module), name, None)), key
+
+
+def test_a_jupyter_kernel_gets_a_bar(monkeypatch):
+    """From the Python API in a notebook: a bar without any setting (tqdm's widget with ipywidgets, else text)."""
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    code = textwrap.dedent("""
+        from iml_genomics import progress
+        print("mode", progress.mode())
+        with progress.phase("SHAP values", total=3, unit="samples") as p:
+            for _ in range(3):
+                p.update(1)
+    """)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv(progress._OWNER_ENV, raising=False)  # the kernel is its own process, not our worker
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "mode bar" in text, outputs
+    widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    assert widget or re.search(r"SHAP values: 100%\|.*\| 3/3 samples", text), outputs
