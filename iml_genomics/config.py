@@ -77,6 +77,14 @@ class ModelConfig:
         "decision_tree", "mlp",
     ] = _opt("l1_logistic", help="Model from the registry (see docs/config.md).")
     params: dict = _opt({}, help="Extra keyword arguments passed to the scikit-learn estimator.")
+    candidates: list[str] = _opt(
+        [], help="Registry models compared on the same CV folds by `compare` (and by `run`, which then also "
+                 "writes compare/); at least two names; empty = no comparison (docs/compare.md).")
+    tuning: dict = _opt(
+        {}, help="Nested-CV grids of the comparison: model name -> {parameter: [values]}, replacing the built-in "
+                 "grid of that model; {} for a model = not tuned (docs/compare.md).")
+    inner_folds: int = _opt(
+        3, min=2, help="Folds of the inner CV that tunes a candidate inside each outer training fold.")
 
 
 @dataclass
@@ -107,6 +115,25 @@ class ExplainConfig:
     methods: list[str] | Literal["all"] = _opt(
         [], help="Explanation methods beyond SHAP and permutation importance (opt-in): a list of "
                  + ", ".join(EXPLAIN_METHODS) + "; or all (docs/explain.md).")
+    # --- method surrogate (iml_genomics/explain/surrogate.py) ---
+    surrogate_max_depth: int = _opt(3, min=1, max=8, help="Depth of the surrogate decision tree (explain.methods surrogate).")
+    surrogate_max_rules: int = _opt(
+        5, min=1, max=50, help="Rules of the surrogate rule list before its default rule (method surrogate).")
+    surrogate_min_samples_leaf: int = _opt(
+        5, min=1, help="Fewest samples in a surrogate leaf, so that no rule describes a handful of samples.")
+    # --- method pdp (iml_genomics/explain/pdp.py) ---
+    pdp_top_k: int = _opt(5, min=1, max=100, help="Top genes of the ranking with partial dependence and ICE curves.")
+    pdp_grid_points: int = _opt(
+        20, min=2, max=200, help="Grid values per gene: percentiles 5..95 of its raw expression (method pdp).")
+    pdp_ice_samples: int = _opt(
+        20, min=0, help="Seeded sample of individual (ICE) curves kept in partial_dependence.tsv (method pdp).")
+    pdp_max_samples: int = _opt(
+        1000, min=10, help="Samples (seeded subset) over which partial dependence is averaged (method pdp).")
+    # --- method map (iml_genomics/explain/attribution_map.py) ---
+    map_method: Literal["auto", "umap", "tsne"] = _opt(
+        "auto", help="2-D embedding of the SHAP values (method map); auto = umap when umap-learn is installed, "
+                     "else scikit-learn t-SNE.")
+    map_max_samples: int = _opt(5000, min=10, help="Samples (seeded subset) placed on the attribution map.")
     # --- method integrated_gradients (explain/integrated_gradients.py; model mlp only) ---
     integrated_gradients_baseline: Literal["mean", "zeros", "median"] = _opt(
         "mean", help="integrated_gradients: the reference input; mean = training mean (0 after the fitted scaler), "
@@ -119,6 +146,31 @@ class ExplainConfig:
         1e-2, min=0.0, min_exclusive=True,
         help="integrated_gradients: max |sum(IG) - (f(x) - f(baseline))| / max(1, |f(x) - f(baseline)|) on every "
              "sample (completeness); above it explain fails.")
+    # method conditional (LOCO and knockoff CPI, iml_genomics/explain/conditional.py)
+    conditional_top_k: int = _opt(
+        20, min=1, help="conditional: top genes of gene_ranking.tsv tested by LOCO and CPI (capped at the genes the "
+                        "model uses; more than the matrix's genes is refused).")
+    conditional_tests: Literal["both", "loco", "cpi"] = _opt(
+        "both", help="conditional: LOCO (k x folds refits), knockoff CPI (no refits), or both.")
+    conditional_knockoff_draws: int = _opt(
+        1, min=1, max=1000, help="conditional: knockoff draws per fold for CPI; per-sample differences are averaged.")
+    # --- methods lime, anchors, examples (iml_genomics/explain/lime.py, anchors.py, examples.py) ---
+    lime_top_genes: int | None = _opt(
+        None, min=1, help="lime: genes perturbed and fitted, the top of gene_ranking.tsv; up to 20 when unset.")
+    lime_n_samples: int = _opt(2000, min=50, max=1_000_000, help="lime: perturbations per explained sample.")
+    lime_kernel_width: float | None = _opt(
+        None, min=0.0, min_exclusive=True,
+        help="lime: width of the exponential kernel on standardized distance; 0.75 * sqrt(genes perturbed) when unset.")
+    anchors_threshold: float = _opt(0.95, min=0.0, max=1.0, min_exclusive=True,
+                                    help="anchors: precision a rule must reach (95% binomial lower bound).")
+    anchors_top_genes: int | None = _opt(
+        None, min=1, help="anchors: genes a rule may use, the top of gene_ranking.tsv; up to 20 when unset.")
+    anchors_n_bins: int = _opt(4, min=2, max=100, help="anchors: quantile bins per gene (4 = quartile boundaries).")
+    anchors_n_samples: int = _opt(500, min=20, max=1_000_000,
+                                  help="anchors: perturbations per candidate rule (and for the final estimate).")
+    anchors_max_predicates: int = _opt(5, min=1, max=50, help="anchors: longest rule searched.")
+    anchors_beam_width: int = _opt(2, min=1, max=50, help="anchors: rules kept at each step of the beam search.")
+    examples_k: int = _opt(5, min=1, help="examples: nearest cohort samples listed per chosen sample and space.")
 
 
 @dataclass
@@ -354,6 +406,7 @@ def check_relations(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'explain.methods' names an unknown method {shorten(unknown[0])}"
                           + (f" (did you mean {near[0]!r}?)" if near else "")
                           + f"; choose from {', '.join(EXPLAIN_METHODS)} or all (docs/explain.md).")
+    _check_compare_keys(cfg, source)
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:
         raise ConfigError(
@@ -361,6 +414,33 @@ def check_relations(cfg: Config, source: str = "config") -> None:
             f"n_draws = {sel.n_draws}: e-BH at fdr selects only genes of draws whose (1 + #{{W <= -T}}) / "
             f"#{{W >= T}} is <= fdr, and a per-draw level above fdr lets every draw stop where that ratio is "
             f"larger, so almost nothing can be selected. Set derandomize_fdr <= fdr or leave it unset (fdr / 2).")
+
+
+def _check_compare_keys(cfg: Config, source: str) -> None:
+    """model.candidates: registry names, each once, at least two (or none); model.tuning: name -> grid."""
+    names = typing.get_args(typing.get_type_hints(ModelConfig)["name"])
+    candidates = cfg.model.candidates
+    for name in candidates:
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1) if len(name) <= 200 else []
+            raise ConfigError(f"{source}: key 'model.candidates' names an unknown model {shorten(name)}"
+                              + (f" (did you mean {near[0]!r}?)" if near else "")
+                              + f"; valid names: {', '.join(names)}.")
+    dup = [n for i, n in enumerate(candidates) if n in candidates[:i]]
+    if dup:
+        raise ConfigError(f"{source}: key 'model.candidates' lists '{dup[0]}' twice; list each model once.")
+    if len(candidates) == 1:
+        raise ConfigError(f"{source}: key 'model.candidates' lists one model; a comparison needs at least two "
+                          f"(for example [l1_logistic, random_forest]), or leave it empty.")
+    for name, grid in cfg.model.tuning.items():
+        if name not in names:
+            raise ConfigError(f"{source}: key 'model.tuning' names an unknown model {shorten(name)}; valid names: "
+                              f"{', '.join(names)}.")
+        if not isinstance(grid, dict) or not all(isinstance(k, str) and isinstance(v, list) and v
+                                                 and all(isinstance(x, (int, float, str, bool)) or x is None
+                                                         for x in v) for k, v in grid.items()):
+            raise ConfigError(f"{source}: key 'model.tuning.{shorten(name, 60)[1:-1]}' must map parameter names to "
+                              f"non-empty lists of values (for example {{C: [0.1, 1.0]}}), or be {{}} (not tuned).")
 
 
 def _parse_yaml(text: str, source: str) -> Any:

@@ -155,3 +155,20 @@ def config(adata, step: str = "train", *, key_added: str | None = None):
     entry = recorded(adata, step, key_added)
     return config_from_dict(json.loads(entry.get("config") or "{}"),
                             source=f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}{step}']['config']")
+
+
+def compare_df(adata, name: str = "model_comparison", *, key_added: str | None = None):
+    """A table of :func:`iml_genomics.tl.compare`, as ``iml-genomics compare`` writes ``<name>.tsv``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    name : {"model_comparison", "model_agreement", "robust_genes", "model_gene_rankings", "model_tuning",
+            "cv_folds"}
+    key_added : str, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    return _table(adata, "compare", name, key_added)

@@ -17,6 +17,8 @@ from pathlib import Path
 from iml_genomics.errors import ConfigError, InputDataError
 
 STEPS = ("train", "explain", "select", "report")
+# Steps `run` adds when the config asks for them: compare (model.candidates set), before report.
+EXTRA_STEPS = ("compare",)
 
 # Files a step always writes; a step whose directory lacks one is incomplete.
 STEP_OUTPUTS = {
@@ -24,6 +26,8 @@ STEP_OUTPUTS = {
     "explain": ("gene_ranking.tsv", "attributions.parquet", "explain_summary.json", "provenance.json"),
     "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
     "report": ("biomarkers.tsv", "report.html", "provenance.json"),
+    "compare": ("model_comparison.tsv", "model_agreement.tsv", "robust_genes.tsv", "compare_summary.json",
+                "provenance.json"),
 }
 # Files each subcommand may write into --out, checked before any work is done (the
 # commit checks the names actually written again). simulate's names depend on --prefix.
@@ -38,9 +42,11 @@ OUTPUT_NAMES = {
                  "stability_pairs.tsv", "prediction_gaps.tsv", "provenance.json"),
     "simulate": ("provenance.json",),
     "run": ("run_state.json", "provenance.json"),
+    "compare": ("model_comparison.tsv", "model_agreement.tsv", "robust_genes.tsv", "model_gene_rankings.tsv",
+                "model_tuning.tsv", "cv_folds.tsv", "compare_summary.json", "provenance.json"),
 }
 
-UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train", "explain", "select")}
+UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train", "explain", "select"), "compare": ()}
 
 # Config sections that change each step's results (n_jobs and the scheduler never do).
 STEP_SECTIONS = {
@@ -48,6 +54,7 @@ STEP_SECTIONS = {
     "explain": ("seed", "task", "data", "preprocess", "model", "cv", "explain"),
     "select": ("seed", "task", "data", "preprocess", "model", "select"),
     "report": ("seed", "report"),
+    "compare": ("seed", "task", "data", "preprocess", "model", "cv", "explain"),
 }
 
 
@@ -117,7 +124,7 @@ def read_run_state(path: str | Path) -> dict:
     except (OSError, ValueError):
         data = None
     if isinstance(data, dict):
-        state = {step: entry for step, entry in data.items() if step in STEPS and isinstance(entry, dict)
+        state = {step: entry for step, entry in data.items() if step in (*STEPS, *EXTRA_STEPS) and isinstance(entry, dict)
                  and isinstance(entry.get("fingerprint"), str)}
         h5ad = data.get("h5ad")  # the file `run --write-h5ad` wrote (path, sha256): only that one is replaced
         if isinstance(h5ad, dict) and all(isinstance(h5ad.get(k), str) for k in ("path", "sha256")):

@@ -788,3 +788,51 @@ def gene_sets(adata, gene_sets, *, config=None, positive_class: str | None = Non
                                   else None))
     _warn(result)
     return result
+
+
+# compare: result attribute -> adata.uns table name (the TSV of `iml-genomics compare` without .tsv)
+COMPARE_TABLES = (("comparison", "model_comparison"), ("agreement", "model_agreement"),
+                  ("robust_genes", "robust_genes"), ("gene_rankings", "model_gene_rankings"),
+                  ("tuning", "model_tuning"), ("folds", "cv_folds"))
+
+
+def compare(adata, *, candidates=None, label_column: str | None = None, config=None,
+            positive_class: str | None = None, layer: str | None = None, use_raw: bool = False,
+            key_added: str | None = None, n_jobs: int | None = None, random_state: int | None = None):
+    """Compare several registry models on the same CV folds (nested CV where tuned); results into ``adata.uns``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    candidates : list of str, optional
+        Registry model names, at least two; None = ``model.candidates`` of the config.
+    label_column, config, positive_class, layer, use_raw, key_added, n_jobs, random_state
+        As :func:`train`.
+
+    Returns
+    -------
+    iml_genomics.steps.CompareResult
+        Also written into ``adata.uns["iml_genomics"]["compare"]``: ``params``, ``config`` (JSON), ``summary``
+        (``compare_summary.json``; :func:`iml_genomics.get.summary`) and ``tables`` (``model_comparison``,
+        ``model_agreement``, ``robust_genes``, ``model_gene_rankings``, ``model_tuning``, ``cv_folds``;
+        :func:`iml_genomics.get.compare_df`). See docs/compare.md.
+    """
+    from iml_genomics import steps
+    from iml_genomics.steps import resolved
+
+    cfg = resolved(_with_data(_config(config), label_column, positive_class), n_jobs, random_state)
+    if layer is not None:
+        cfg.data.layer = layer
+    work = _one_vs_rest(cohort(adata, layer=cfg.data.layer, use_raw=use_raw), cfg.data.label_column,
+                        cfg.data.positive_class)
+    result = steps.compare(work, cfg, candidates=candidates)
+    _store(adata)[key_prefix(key_added) + "compare"] = {
+        "params": _params(label_column=cfg.data.label_column, positive_class=result.cohort["positive_class"],
+                          layer=cfg.data.layer, use_raw=bool(use_raw), n_jobs=n_jobs, random_state=cfg.seed,
+                          key_added=key_added, candidates=list(result.summary["candidates"])),
+        "config": _json(cfg.to_dict()),
+        "summary": _json(result.summary),
+        "tables": {name: _table_bytes(getattr(result, attr)) for attr, name in COMPARE_TABLES},
+    }
+    _warn(result)
+    return result

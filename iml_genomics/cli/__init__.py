@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "simulate": "iml_genomics.cli.simulate:simulate",
     "evaluate": "iml_genomics.cli.evaluate:evaluate",
     "run": "iml_genomics.cli.run:run",
+    "compare": "iml_genomics.cli.compare:compare",
 }
 
 

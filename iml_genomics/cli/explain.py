@@ -29,7 +29,11 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
     \b
     Writes to OUT: attributions.parquet, gene_ranking.tsv, local_explanations.tsv,
     interactions.tsv, explain_summary.json, provenance.json (columns: docs/explain.md).
+    --methods adds each method's files: surrogate.tsv, surrogate_rules.txt (model_rules.txt
+    for a decision tree), partial_dependence.tsv, attribution_map.tsv, lime.tsv, anchors.tsv, examples.tsv,
+    prototypes.tsv, ...
     Without labels only SHAP of the final model is computed.
+    --methods conditional adds conditional_importance.tsv (LOCO and knockoff CPI, needs labels).
     \b
     Example:
       iml-genomics explain --model results/train --expression test_data/demo_expression.csv.gz \\

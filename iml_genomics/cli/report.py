@@ -108,7 +108,7 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
         "seed": seed, "n_jobs": n_jobs,
         "report.samples": [s.strip() for s in samples.split(",") if s.strip()] if samples else None,
     }
-    recorded_step = next((s for s in ("train", "select", "explain")
+    recorded_step = next((s for s in ("train", "select", "explain", "compare")
                           if isinstance((inputs.provenance.get(s) or {}).get("config"), dict)), None)
     if config_path is None and recorded_step is not None:
         # the earlier step's resolved config: same data section (label column, orientation) without retyping it

@@ -102,6 +102,10 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     from iml_genomics.explain.methods import NEEDS_ALL_ATTRIBUTIONS, resolve_methods
 
     extra_methods = resolve_methods(ecfg.methods if methods is None else methods)
+    # bad method settings (k above the genes, ...) are refused before SHAP and refits, not after them
+    from iml_genomics.explain.methods import validate_methods
+
+    validate_methods(extra_methods, ecfg, gene_ids=gene_ids, sample_ids=sample_ids, classes=classes)
     keep_all = do_shap and bool(NEEDS_ALL_ATTRIBUTIONS & set(extra_methods))
     all_values = []
 

@@ -51,14 +51,15 @@ class MethodContext:
     X : numpy.ndarray or scipy.sparse matrix
         Samples x ``gene_ids``, the model's input order (raw expression: the pipeline preprocesses).
     y : numpy.ndarray or None
-        The encoded outcome (class codes in ``classes`` order, or values); None when the cohort is unlabelled.
+        The outcome as the step holds it: class names (elements of ``classes``, as the fitted pipeline predicts
+        them) or values; None when the cohort is unlabelled.
     gene_ids, sample_ids : list of str
     classes : list of str or None
     task : {'classification', 'regression'}
     positive_class : str or None
         Two classes: the class SHAP explains; methods with a class-specific output explain the same one.
     explain_cfg : iml_genomics.config.ExplainConfig
-    splits : list of (train_idx, test_idx) or None
+    splits : list of (repeat, fold, train_idx, test_idx) or None
         The CV folds of the step (None without labels); methods that refit use these same folds.
     random_state : int
     backend : iml_genomics.parallel.Backend
@@ -142,6 +143,19 @@ def resolve_methods(requested) -> list:
     if unknown:
         raise ValueError(f"unknown explanation method(s): {', '.join(unknown)}")
     return [n for n in METHOD_NAMES if n in names]
+
+
+def validate_methods(names, explain_cfg, *, gene_ids, sample_ids, classes=None) -> None:
+    """Refuse bad settings of the requested methods before any work (SHAP, refits).
+
+    Each module may define ``validate(explain_cfg, *, gene_ids, sample_ids, classes)`` raising a one-line
+    ConfigError / InputDataError (k above the genes, ``examples_k`` above the samples, anchors on a
+    regression: ``classes`` is None); methods without one are checked when they run.
+    """
+    for name in resolve_methods(names):
+        check = getattr(importlib.import_module(METHOD_MODULES[name]), "validate", None)
+        if check is not None:
+            check(explain_cfg, gene_ids=gene_ids, sample_ids=sample_ids, classes=classes)
 
 
 def run_methods(names, ctx: MethodContext) -> dict:

@@ -112,6 +112,29 @@ def write_report(stage: str | Path, result, prov) -> None:
     prov.write(stage)
 
 
+def write_compare(stage: str | Path, result, prov) -> None:
+    """model_comparison.tsv, model_agreement.tsv, robust_genes.tsv, model_gene_rankings.tsv,
+    model_tuning.tsv, cv_folds.tsv, compare_summary.json, provenance.json.
+
+    Parameters
+    ----------
+    stage : path
+    result : iml_genomics.steps.CompareResult
+    prov : iml_genomics.io.Provenance
+    """
+    stage = Path(stage)
+    prov.extra["cohort"] = result.cohort
+    write_tsv(result.comparison, stage / "model_comparison.tsv")
+    write_tsv(result.agreement, stage / "model_agreement.tsv")
+    write_tsv(result.robust_genes, stage / "robust_genes.tsv")
+    write_tsv(result.gene_rankings, stage / "model_gene_rankings.tsv")
+    write_tsv(result.tuning, stage / "model_tuning.tsv")
+    write_tsv(result.folds, stage / "cv_folds.tsv")
+    write_json(result.summary, stage / "compare_summary.json")
+    prov.mark("write")
+    prov.write(stage)
+
+
 # ---------------------------------------------------------------------------
 # The one line each step prints on stderr when it is done
 # ---------------------------------------------------------------------------
@@ -153,3 +176,12 @@ def report_line(result, out) -> str:
     gsum = result.summary.get("gene_sets") or {}
     return (f"report: {len(result.biomarkers)} genes, {gsum.get('n_sets_tested', 0)} gene sets tested "
             f"({gsum.get('n_significant_sets', 0)} significant), inputs: {', '.join(result.steps)}; wrote {out}")
+
+
+def compare_line(result, out) -> str:
+    """``compare: N samples x P genes, M models; best MODEL auroc = m +/- sd; R robust gene(s); wrote OUT``."""
+    s = result.summary
+    return (f"compare: {result.cohort['n_samples']} samples x {result.cohort['n_genes']} genes, "
+            f"{len(s['candidates'])} models on the same folds; best {s['best_model']} {s['primary_metric']} = "
+            f"{s['best_metric_mean']:.3f} +/- {s['best_metric_sd']:.3f}; {len(s['robust_genes_all_models'])} gene(s) "
+            f"in the top {s['top_k']} of every model; wrote {out}")

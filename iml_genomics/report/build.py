@@ -177,6 +177,10 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
         biomarkers["mean_shap"] = -pd.to_numeric(biomarkers["mean_shap"], errors="coerce")
         summary["mean_shap_negated"] = f"explain explained '{explained}'; mean_shap is stated for '{classes[0]}'"
     summary["n_biomarker_rows"] = len(biomarkers)
+    if inputs.compare_table is not None and len(inputs.compare_table):
+        from iml_genomics.report.compare_section import comparison_summary
+
+        summary["model_comparison"] = comparison_summary(inputs)
     if inputs.knockoffs is not None:
         summary["n_knockoff_selected"] = int((biomarkers["knockoff_selected"] == True).sum())  # noqa: E712
     result = ReportResult(biomarkers=biomarkers, gene_sets=analysis.table if analysis else None,
@@ -238,6 +242,12 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
     else:
         inner = H.missing(H._MISSING["train"])
     sections.append(("cv", "Cross-validated performance", inner))
+
+    # model comparison (an `iml-genomics compare` directory among the inputs)
+    if inputs.compare_table is not None and len(inputs.compare_table):
+        from iml_genomics.report.compare_section import compare_section
+
+        sections.append(("compare", "Model comparison", compare_section(inputs)))
 
     # top biomarkers
     bm = result.biomarkers
@@ -373,6 +383,13 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner = H.missing("No gene sets given: pass --gene-sets FILE.gmt[.gz].")
     sections.append(("genesets", "Gene sets", inner))
 
+    # explain.methods surrogate, pdp, map: one section each when their files exist (report/model_behaviour.py)
+    from iml_genomics.report import model_behaviour
+
+    for make in (model_behaviour.surrogate_section, model_behaviour.pdp_section, model_behaviour.map_section):
+        section = make(inputs, labels)
+        if section is not None:
+            sections.append(section)
     # integrated gradients (explain.methods: integrated_gradients; mlp models only)
     ig_table = inputs.explain_methods.get("integrated_gradients.tsv")
     if ig_table is not None and len(ig_table):
@@ -409,6 +426,38 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
                   'baseline or on interactions. Full tables: integrated_gradients.tsv, '
                   'integrated_gradients_local.tsv.</p>')
         sections.append(("integrated_gradients", "Integrated gradients (neural network)", inner))
+    # conditional importance (explain.methods: conditional); nothing when the method did not run
+    cond = inputs.explain_methods.get("conditional_importance.tsv")
+    if cond is not None and len(cond):
+        csum = ((inputs.explain_summary or {}).get("methods") or {}).get("conditional") or {}
+        inner = '<div class="plots">' + H.figure(
+            plots.conditional_importance(cond, labels),
+            "Conditional importance of the top genes with 95% intervals, one panel per test (LOCO, CPI); red: "
+            "q &le; 0.1. Importance is the held-out loss increase without the gene's own information: the data, "
+            "not one class.")
+        inner += "</div>"
+        inner += ('<p class="note">Does a top gene carry information on the outcome <b>beyond the other genes</b>? '
+                  "LOCO refits the model without the gene on each CV fold; CPI keeps each fold's model and replaces "
+                  "the gene in the held-out samples by a knockoff (a synthetic copy that keeps its correlation with "
+                  "the other genes but knows nothing about the outcome). Importance = mean increase of the "
+                  f"held-out {H.esc(csum.get('loss', 'loss'))} per sample (all classes, not one class); p-value: "
+                  "one-sided paired t-test, q-value: Benjamini-Hochberg over the tested genes. This describes the "
+                  "<b>data</b> as far as this kind of model can learn it, not the one fitted model: a gene that only "
+                  "stands in for a correlated gene has CPI near 0 even when SHAP ranks it high. Both are small for a gene whose "
+                  "information a correlated gene also carries: each can stand in for the other.</p>")
+        show = [c for c in ["method", "rank", "gene_id", "importance", "ci_low", "ci_high", "p_value", "q_value",
+                            "gene_ranking_rank", "n_samples"] if c in cond.columns]
+        inner += H.table_html(cond[show], max_rows=40)
+        kn = csum.get("knockoffs") or {}
+        if kn.get("failing_genes"):
+            inner += H.missing("The knockoffs of " + H.esc(", ".join(map(str, kn["failing_genes"])))
+                               + " do not reproduce their correlation with neighbouring genes; their CPI p-values "
+                                 "may be too small.")
+        sections.append(("conditional", "Conditional importance (LOCO and CPI)", inner))
+    # explain.methods lime, anchors, examples: one section each when their files exist (report/local_methods.py)
+    from iml_genomics.report.local_methods import local_method_sections
+
+    sections.extend(local_method_sections(inputs, samples, labels))
 
     # local explanations
     if inputs.local is not None and len(inputs.local):

@@ -19,6 +19,7 @@ MARKERS = {
     "train": ("cv_metrics.tsv", "model.json", "oof_predictions.tsv"),
     "explain": ("gene_ranking.tsv", "attributions.parquet", "explain_summary.json"),
     "select": ("knockoff_selection.tsv", "select_summary.json"),
+    "compare": ("model_comparison.tsv", "compare_summary.json"),
 }
 
 # file -> columns it must have (the input contracts of the other steps)
@@ -29,6 +30,9 @@ REQUIRED_COLUMNS = {
     "local_explanations.tsv": ("sample_id", "gene_id", "shap_value"),
     "interactions.tsv": ("gene_id_1", "gene_id_2", "mean_abs_interaction"),
     "knockoff_selection.tsv": ("gene_id", "w", "selected"),
+    "model_comparison.tsv": ("rank", "model"),
+    "robust_genes.tsv": ("gene_id", "n_models", "in_all_models"),
+    "model_agreement.tsv": ("model_a", "model_b", "top_k_jaccard"),
 }
 
 
@@ -55,6 +59,11 @@ class ReportInputs:
     explain_texts: dict = field(default_factory=dict)
     knockoffs: pd.DataFrame | None = None
     select_summary: dict | None = None
+    # compare: model_comparison.tsv, robust_genes.tsv, model_agreement.tsv, compare_summary.json
+    compare_table: pd.DataFrame | None = None
+    compare_robust: pd.DataFrame | None = None
+    compare_agreement: pd.DataFrame | None = None
+    compare_summary: dict | None = None
 
     @property
     def steps(self) -> list[str]:
@@ -88,7 +97,7 @@ def read_json(path: Path) -> dict:
 
 
 def detect_step(directory: Path) -> str:
-    """'train', 'explain' or 'select' from the files in ``directory``."""
+    """'train', 'explain', 'select' or 'compare' from the files in ``directory``."""
     if not directory.is_dir():
         raise InputDataError(f"{directory}: input directory not found. Pass output directories of "
                              f"train/explain/select to --inputs.")
@@ -101,8 +110,8 @@ def detect_step(directory: Path) -> str:
                 return step
         if not found:
             expected = ", ".join(f[0] for f in MARKERS.values())
-            raise InputDataError(f"{directory}: not an output directory of train, explain or select (none of "
-                                 f"{expected} found). Pass the --out directory of one of those steps.")
+            raise InputDataError(f"{directory}: not an output directory of train, explain, select or compare "
+                                 f"(none of {expected} found). Pass the --out directory of one of those steps.")
         raise InputDataError(f"{directory}: holds outputs of several steps ({', '.join(found)}); give each "
                              f"step its own output directory.")
     return found[0]
@@ -156,12 +165,28 @@ def load_inputs(directories) -> ReportInputs:
                                          f"({str(exc).splitlines()[0]}).") from None
                 if "sample_id" not in inputs.attributions.columns:
                     raise InputDataError(f"{d / 'attributions.parquet'}: column 'sample_id' missing.")
+        elif step == "compare":
+            _read_compare(d, inputs)
         else:
             if (d / "knockoff_selection.tsv").is_file():
                 inputs.knockoffs = read_tsv(d / "knockoff_selection.tsv")
             if (d / "select_summary.json").is_file():
                 inputs.select_summary = read_json(d / "select_summary.json")
     return inputs
+
+
+def _read_compare(directory: Path, inputs: ReportInputs) -> None:
+    """The tables of an ``iml-genomics compare`` directory (model_comparison.tsv is required, the rest optional)."""
+    if not (directory / "model_comparison.tsv").is_file():
+        raise InputDataError(f"{directory / 'model_comparison.tsv'}: missing from a compare directory. Re-run "
+                             f"'iml-genomics compare'.")
+    inputs.compare_table = read_tsv(directory / "model_comparison.tsv")
+    if (directory / "robust_genes.tsv").is_file():
+        inputs.compare_robust = read_tsv(directory / "robust_genes.tsv")
+    if (directory / "model_agreement.tsv").is_file():
+        inputs.compare_agreement = read_tsv(directory / "model_agreement.tsv")
+    if (directory / "compare_summary.json").is_file():
+        inputs.compare_summary = read_json(directory / "compare_summary.json")
 
 
 def _read_method_files(directory: Path, inputs: ReportInputs) -> None:
@@ -194,7 +219,7 @@ def _read_method_files(directory: Path, inputs: ReportInputs) -> None:
 def cohort_paths(inputs: ReportInputs) -> dict[str, str | None]:
     """Expression and labels paths recorded by train (or select/explain) provenance."""
     out: dict[str, str | None] = {"expression": None, "labels": None}
-    for step in ("train", "select", "explain"):
+    for step in ("train", "select", "explain", "compare"):
         prov = inputs.provenance.get(step) or {}
         recorded = prov.get("inputs") or {}
         for role in out:

@@ -276,6 +276,77 @@ def local_explanation(local: pd.DataFrame, sample_id: str, labels: dict[str, str
     return to_base64_png(fig)
 
 
+# --- explain.methods pdp and map (issue 15; report/model_behaviour.py places them) ---------------------------
+
+def _pdp_ylabel(scale: str, cls: str) -> str:
+    if scale == "probability":
+        return f"P({cls})"
+    if scale == "decision_function":
+        return f"decision function ({cls})"
+    return "prediction"
+
+
+def pdp_curves(table: pd.DataFrame | None, labels: dict[str, str] | None = None, max_genes: int = 12) -> str | None:
+    """Small multiples of partial dependence (thick) and ICE curves (thin), one panel per gene and class.
+
+    The y axis names the explained class's probability (or the decision function / the prediction).
+    """
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    table = table.copy()
+    table["class"] = table["class"].fillna("").astype(str)
+    genes = list(dict.fromkeys(table["gene_id"].astype(str)))[:max_genes]
+    classes = list(dict.fromkeys(table["class"]))
+    panels = [(g, c) for g in genes for c in classes]
+    ncol = min(4, len(panels))
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.7 * ncol, 2.3 * nrow), squeeze=False)
+    scale = str(table["scale"].iloc[0]) if "scale" in table.columns else "prediction"
+    for ax, (g, c) in zip(axes.ravel(), panels):
+        sub = table[(table["gene_id"].astype(str) == g) & (table["class"] == c)]
+        for curve, s in sub.groupby("curve", sort=True):
+            if curve == "average":
+                continue
+            ax.plot(s["grid_value"], s["value"], color=PALETTE["grey"], lw=0.6, alpha=0.5)
+        avg = sub[sub["curve"] == "average"]
+        ax.plot(avg["grid_value"], avg["value"], color=PALETTE["red"], lw=2.2)
+        ax.set_title(_label(g, labels) + (f" - class {c}" if len(classes) > 1 else ""), fontsize=8)
+        ax.set_xlabel("expression (raw)", fontsize=7)
+        ax.set_ylabel(_pdp_ylabel(scale, c), fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Partial dependence (red: average over samples) and ICE curves (grey: single samples)", fontsize=9)
+    fig.tight_layout()
+    return to_base64_png(fig)
+
+
+def attribution_map(table: pd.DataFrame | None) -> str | None:
+    """The samples' 2-D map in SHAP space, twice: coloured by true class (left) and by the model's prediction."""
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.0), squeeze=False)
+    method = str(table["method"].iloc[0]).upper().replace("TSNE", "t-SNE")
+    colours = ["#1f6fb4", "#c0392b", "#2e8b57", "#e67e22", "#8e44ad", "#16a085", "#7f8c8d", "#d35400"]
+    for ax, col, title in zip(axes[0], ("label", "prediction"), ("true class", "model prediction")):
+        values = table[col]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if values.isna().all():
+            ax.scatter(table["x"], table["y"], s=8, color=PALETTE["grey"])
+            title += " (no labels)"
+        elif numeric.notna().all() and values.astype(str).nunique() > 8:
+            sc = ax.scatter(table["x"], table["y"], s=8, c=numeric, cmap="viridis")
+            fig.colorbar(sc, ax=ax, fraction=0.046)
+        else:
+            for i, cls in enumerate(sorted(values.astype(str).unique())):
+                m = values.astype(str) == cls
+                ax.scatter(table.loc[m, "x"], table.loc[m, "y"], s=8, color=colours[i % len(colours)], label=cls)
+            ax.legend(fontsize=7, frameon=False, markerscale=2)
+        ax.set(title=f"coloured by {title}", xlabel=f"{method} 1", ylabel=f"{method} 2")
+        ax.set_xticks([])
+        ax.set_yticks([])
 def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 15
                               ) -> str | None:
     """Mean |integrated gradients| of the top genes and, when SHAP ran on the same model, IG's rank against
@@ -306,4 +377,61 @@ def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str]
         ax.set_ylabel("rank by mean |IG|")
         ax.set_title("Same model, two attribution methods")
     fig.tight_layout()
+    return to_base64_png(fig)
+
+
+def conditional_importance(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 20,
+                           q_level: float = 0.1) -> str | None:
+    """LOCO and CPI importance of the tested genes with their 95% intervals, one panel per method.
+
+    Genes in the order of the first method present (best first); red: q <= ``q_level``.
+    """
+    if table is None or not len(table):
+        return None
+    plt = _plt()
+    methods = [m for m in ("loco", "cpi") if m in set(table["method"].astype(str))]
+    first = table[table["method"].astype(str) == methods[0]].sort_values(["rank", "gene_id"])
+    genes = first["gene_id"].astype(str).head(n).tolist()
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 1.2, 0.28 * len(genes) + 1.4),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(genes))[::-1]
+    for ax, method in zip(axes[0], methods):
+        sub = table[table["method"].astype(str) == method]
+        sub = sub.set_index(sub["gene_id"].astype(str)).reindex(genes)
+        imp = pd.to_numeric(sub["importance"], errors="coerce").to_numpy()
+        lo = pd.to_numeric(sub["ci_low"], errors="coerce").to_numpy()
+        hi = pd.to_numeric(sub["ci_high"], errors="coerce").to_numpy()
+        called = pd.to_numeric(sub["q_value"], errors="coerce").to_numpy() <= q_level
+        ax.axvline(0.0, color=PALETTE["grey"], lw=0.8)
+        ax.hlines(y, lo, hi, color=np.where(called, PALETTE["red"], PALETTE["grey"]), lw=1.2)
+        ax.scatter(imp, y, s=18, c=np.where(called, PALETTE["red"], PALETTE["grey"]), zorder=3, linewidths=0)
+        ax.set_title({"loco": "LOCO (refit without the gene)", "cpi": "CPI (gene -> knockoff)"}[method], fontsize=9)
+        ax.set_xlabel(f"held-out loss increase\n(bar: 95% CI; red: q <= {q_level:g})", fontsize=8)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels([_label(g, labels) for g in genes], fontsize=8)
+    return to_base64_png(fig)
+
+
+def lime_vs_shap(lime: pd.DataFrame, sample_id: str, labels: dict[str, str] | None = None,
+                 n: int = 10) -> str | None:
+    """explain.methods lime: one sample's LIME contributions next to its SHAP values, top ``n`` LIME genes."""
+    sub = lime[lime["sample_id"].astype(str) == str(sample_id)].sort_values("rank").head(n)
+    if not len(sub):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.8, 0.34 * len(sub) + 1.3))
+    y = np.arange(len(sub))[::-1]
+    ax.barh(y + 0.2, sub["lime_contribution"].astype(float), height=0.4, color=PALETTE["green"],
+            label="LIME contribution")
+    shap = sub["shap_value"].astype(float)
+    if shap.notna().any():
+        ax.barh(y - 0.2, shap.fillna(0.0), height=0.4, color=PALETTE["grey"], label="SHAP value")
+    ax.set_yticks(y)
+    ax.set_yticklabels([_label(g, labels) for g in sub["gene_id"].astype(str)], fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    fid = float(sub["local_fidelity"].iloc[0])
+    ax.set_title(f"Sample {sample_id}: class {sub['explained_class'].iloc[0]}, local fidelity R\u00b2 = {fid:.2f}",
+                 fontsize=9)
+    ax.set_xlabel(f"contribution to the model output ({sub['scale'].iloc[0]})")
+    ax.legend(fontsize=7, frameon=False, loc="best")
     return to_base64_png(fig)

@@ -12,11 +12,12 @@ package stays cheap.
 """
 
 from iml_genomics.steps._common import resolved
+from iml_genomics.steps.compare import CompareResult, compare
 from iml_genomics.steps.evaluate import EvaluateResult, evaluate
 from iml_genomics.steps.explain import ExplainResult, explain
 from iml_genomics.steps.report import GeneSetResult, ReportResult, gene_sets, report
 from iml_genomics.steps.select import SelectResult, select
 from iml_genomics.steps.train import TrainResult, train
 
-__all__ = ["EvaluateResult", "ExplainResult", "GeneSetResult", "ReportResult", "SelectResult", "TrainResult",
-           "evaluate", "explain", "gene_sets", "report", "resolved", "select", "train"]
+__all__ = ["CompareResult", "EvaluateResult", "ExplainResult", "GeneSetResult", "ReportResult", "SelectResult", "TrainResult",
+           "compare", "evaluate", "explain", "gene_sets", "report", "resolved", "select", "train"]

@@ -204,6 +204,15 @@ def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False,
     if unknown:
         raise ConfigError(f"--steps: unknown step '{unknown[0]}'; choose from {', '.join(pl.STEPS)}.")
     step_cfg = _step_cfg(cfg, n_jobs, scheduler)
+    if cfg.model.candidates and "train" in wanted:
+        # model.candidates: the comparison of those models runs with train, into OUT/compare, before report
+        wanted.insert(wanted.index("report") if "report" in wanted else len(wanted), "compare")
+        from iml_genomics.compare import check_tuning
+
+        try:
+            check_tuning(step_cfg, step_cfg.task)  # a bad grid fails before a large matrix is read
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("config:", f"{source}:", 1)) from None
     if "select" in wanted:
         from iml_genomics.steps.select import check_select_config
 
@@ -258,7 +267,7 @@ class _Run:
         cfg, data = self.step_cfg, self.step_cfg.data
         # the strictest reader among the steps that run: train/select need labels (train also enough
         # samples per class for its folds); explain and report read the cohort without requiring them
-        require = any(s in to_run for s in ("train", "select"))
+        require = any(s in to_run for s in ("train", "select", "compare"))
         adata = load_cohort(data.expression, labels=data.labels, label_column=data.label_column,
                             sample_id_column=data.sample_id_column,
                             genes_as_rows=data.orientation == "genes_x_samples", layer=data.layer,
@@ -270,7 +279,8 @@ class _Run:
         if require and data.label_column is not None and data.label_column in adata.obs.columns:
             y = adata.obs[data.label_column]
             where = str(data.labels or data.expression)
-            _, classes = prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits if "train" in to_run
+            cv_steps = "train" in to_run or "compare" in to_run
+            _, classes = prepare_target(y, infer_task(y, cfg.task), n_splits=cfg.cv.n_splits if cv_steps
                                         else 2, source=where, column=data.label_column)
             _, warning = resolve_positive_class(classes, cfg.data.positive_class, source=where,
                                                 column=data.label_column)
@@ -288,7 +298,8 @@ class _Run:
         state = pl.read_run_state(out / "run_state.json")
         resolved = self.step_cfg.to_dict()
         step_inputs = {"train": [self.expression, self.labels], "explain": [self.expression, self.labels],
-                       "select": [self.expression, self.labels], "report": [self.gene_sets, self.gene_map]}
+                       "select": [self.expression, self.labels], "report": [self.gene_sets, self.gene_map],
+                       "compare": [self.expression, self.labels]}
         prov = Provenance("run", resolved, {"expression": self.expression, "labels": self.labels,
                                             "config": self.config_path}, known_sha256=self.hashes.sha256)
         fingerprints: dict[str, str] = {}
@@ -528,6 +539,25 @@ class _Run:
         self.results["select"] = res
         self.echo(select_line(res, target))
 
+    def _compare(self, to_run):
+        from iml_genomics.io.step_outputs import compare_line, write_compare
+        from iml_genomics.io.writers import staged_output
+        from iml_genomics.steps.compare import compare as compare_step
+
+        cfg, data, target = self.step_cfg, self.step_cfg.data, self.out / "compare"
+        with self._guard("compare"):
+            prov = self._provenance("compare", cfg.to_dict(), {"expression": data.expression, "labels": data.labels,
+                                                               "config": self.config_path})
+            adata = self.cohort(to_run)
+            prov.mark("read")
+            res = compare_step(adata, cfg, backend=self.backend())
+            self.warn(res.warnings)
+            prov.mark("cross_validate_models")
+            with staged_output(target) as stage:
+                write_compare(stage, res, prov)
+        self.results["compare"] = res
+        self.echo(compare_line(res, target))
+
     def _report(self, to_run):
         from iml_genomics import genesets as gs
         from iml_genomics.io.step_outputs import report_line, write_report
@@ -537,7 +567,8 @@ class _Run:
         from iml_genomics.steps.report import report as report_step
 
         cfg, rc, target = self.cfg, self.cfg.report, self.out / "report"
-        dirs = [self.out / s for s in ("train", "explain", "select") if (self.out / s).is_dir()]
+        dirs = [self.out / s for s in ("train", "explain", "select", "compare") if (self.out / s).is_dir()
+                and (s != "compare" or "compare" in self.wanted)]
         self._debug_command("report", dirs)
         with self._guard("report", reads=dirs):
             # results of this call are used from memory; a step skipped as up to date is read from its directory
@@ -551,7 +582,8 @@ class _Run:
                 view.dirs[s], view.provenance[s] = d, doc
             paths = cohort_paths(view)
             prov = self._provenance("report", cfg.to_dict(), {
-                **{f"inputs_{s}": str(view.dirs[s]) for s in ("train", "explain", "select") if s in view.dirs},
+                **{f"inputs_{s}": str(view.dirs[s]) for s in ("train", "explain", "select", "compare")
+                   if s in view.dirs},
                 "gene_sets": rc.gene_sets, "gene_map": rc.gene_map,
                 "expression": paths["expression"], "labels": paths["labels"], "config": self.config_path})
             prov.mark("read_inputs")
