@@ -64,6 +64,12 @@ LABELS: dict[str, tuple[str, str]] = {
     "iml_genomics.explain.interactions:_interaction_chunk": ("SHAP interaction values", "chunks"),
     "iml_genomics.explain.shap_values:_explain_chunk": ("SHAP values", "chunks"),
     "iml_genomics.evaluate:_cv_score": ("refits without top genes", "refits"),
+    "iml_genomics.compare:_fold_importance": ("importances per fold", "folds"),
+    "iml_genomics.explain.surrogate:_refit_predict": ("surrogate refits", "refits"),
+    "iml_genomics.explain.lime:_lime_task": ("LIME explanations", "samples"),
+    "iml_genomics.explain.pdp:_one_gene": ("partial dependence", "genes"),
+    "iml_genomics.explain.anchors:_anchor_task": ("anchor rules", "samples"),
+    "iml_genomics.explain.conditional:_conditional_importance_fit": ("conditional importance", "fits"),
 }
 
 
