@@ -214,6 +214,15 @@ def silenced(on: bool = True) -> Iterator[None]:
         _state.open = previous
 
 
+def tracker(label: str, total: int | None = None, unit: str = "") -> Phase | _Quiet:
+    """A phase's progress that the caller closes itself (``.close(ok)``), for a generator that yields mid-phase.
+
+    Unlike :func:`phase` it does not silence loops run while it is open (wrap those in :func:`silenced`), so
+    a generator abandoned between two items leaves nothing silenced behind it. Quiet inside an open phase.
+    """
+    return _Quiet() if getattr(_state, "open", False) else Phase(label, total, unit)
+
+
 def loop_phase(func: Callable, total: int):
     """The :func:`phase` of a parallel loop running ``func`` ``total`` times (words from :data:`LABELS`)."""
     key = f"{getattr(func, '__module__', '')}:{getattr(func, '__name__', '')}"
@@ -228,12 +237,13 @@ class BarSafeHandler(logging.StreamHandler):
     """A stderr handler that writes through tqdm while a bar is drawn, so a log line never lands inside it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _settings["mode"] == "bar" and getattr(_state, "open", False):
+        if _settings["mode"] == "bar":
             try:
                 from tqdm import tqdm
 
-                tqdm.write(self.format(record), file=self.stream)
-                return
+                if getattr(tqdm, "_instances", None):  # a bar is on the screen
+                    tqdm.write(self.format(record), file=self.stream)
+                    return
             except Exception:  # noqa: BLE001 - a log line must never break the run
                 pass
         super().emit(record)

@@ -226,3 +226,32 @@ def test_a_jupyter_kernel_gets_a_bar(monkeypatch):
     assert "mode bar" in text, outputs
     widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert widget or re.search(r"SHAP values: 100%\|.*\| 3/3 samples", text), outputs
+
+
+def test_an_abandoned_generator_leaves_progress_working(caplog):
+    """SHAP chunks come from a generator: dropping it mid-phase (the caller failed) must not silence what follows."""
+
+    def chunks():
+        bar, done = progress.tracker("SHAP values", total=3, unit="samples"), False
+        try:
+            for i in range(3):
+                bar.update(1)
+                yield i
+            done = True
+        finally:
+            bar.close(done)
+
+    progress.configure("log", interval=3600)
+    try:
+        with caplog.at_level(logging.INFO, logger="iml_genomics.progress"):
+            held = chunks()
+            next(held)  # abandoned after one chunk, still referenced (as a traceback would)
+            with progress.phase("knockoff draws", total=2, unit="draws") as p:
+                p.update(2)
+            complete = list(chunks())
+    finally:
+        progress.configure("auto")
+    messages = [r.getMessage() for r in caplog.records]
+    assert complete == [0, 1, 2]
+    assert [m.split(" in ")[0] for m in messages] == ["knockoff draws 2/2 draws", "SHAP values 3/3 samples"], messages
+    del held
