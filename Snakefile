@@ -35,7 +35,8 @@ STEPS = config.get("steps", ["train", "explain", "select", "report"])
 ENV = "envs/iml-genomics.yaml"
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     # --use-conda: the environment's python, with this checkout's package on its path
-    IML = f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" python -m iml_genomics'
+    # (braces doubled: the rules' shell strings are formatted by Snakemake once more)
+    IML = f'PYTHONPATH="{workflow.basedir}${{{{PYTHONPATH:+:$PYTHONPATH}}}}" python -m iml_genomics'
 else:
     # The Python that runs Snakemake also runs iml-genomics: no PATH surprises on cluster nodes.
     IML = f'"{sys.executable}" -m iml_genomics'
