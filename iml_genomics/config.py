@@ -55,7 +55,11 @@ class DataConfig:
                    "rest. Refused for a continuous outcome.")
     sample_id_column: str | None = _opt(None, help="Column of the labels table with sample ids; first column when unset.")
     drop_unmatched: bool = _opt(False, help="Drop samples present in only one of matrix and labels instead of failing.")
-    covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested (select).")
+    covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested: extra model "
+                                         "inputs in train/explain (reported as feature_type covariate), partialled out "
+                                         "in select (docs/pipeline.md).")
+    sensitive: list[str] = _opt([], help="Label-table columns audited in explain (audit.tsv): per-group performance, "
+                                        "predictability from the top genes, attribution share (docs/pipeline.md).")
 
 
 @dataclass
@@ -218,6 +222,12 @@ class ReportConfig:
 
 
 @dataclass
+class OutputConfig:
+    granularity: Literal["full", "aggregate"] = _opt(
+        "full", help="aggregate = write no per-sample predictions, probabilities or attributions (docs/pipeline.md).")
+
+
+@dataclass
 class ParallelConfig:
     scheduler: str | None = _opt(None, help="dask.distributed scheduler address; local joblib when unset.")
 
@@ -235,6 +245,7 @@ class Config:
     select: SelectConfig = field(default_factory=SelectConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:
         """The resolved configuration as plain Python types (for provenance)."""
@@ -406,6 +417,12 @@ def check_relations(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'explain.methods' names an unknown method {shorten(unknown[0])}"
                           + (f" (did you mean {near[0]!r}?)" if near else "")
                           + f"; choose from {', '.join(EXPLAIN_METHODS)} or all (docs/explain.md).")
+    if cfg.output.granularity == "aggregate":
+        for key, value in (("explain.samples", cfg.explain.samples), ("report.samples", cfg.report.samples)):
+            if value:
+                # their local explanations are per-sample outputs, and the ids themselves would be written
+                raise ConfigError(f"{source}: key '{key}' names samples but output.granularity is aggregate, "
+                                  f"which writes no per-sample output. Empty {key} or use granularity full.")
     _check_compare_keys(cfg, source)
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:

@@ -55,6 +55,11 @@ def ranking_df(adata, *, key_added: str | None = None):
     return _table(adata, "explain", "gene_ranking", key_added)
 
 
+def audit_df(adata, *, key_added: str | None = None):
+    """``audit.tsv`` of :func:`iml_genomics.tl.explain` with ``data.sensitive`` (iml_genomics.audit)."""
+    return _table(adata, "explain", "audit", key_added)
+
+
 def local_df(adata, *, key_added: str | None = None):
     """``local_explanations.tsv`` of :func:`iml_genomics.tl.explain`: top genes of the ``explain.samples``."""
     return _table(adata, "explain", "local_explanations", key_added)

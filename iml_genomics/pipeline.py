@@ -34,7 +34,7 @@ STEP_OUTPUTS = {
 OUTPUT_NAMES = {
     "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
     "explain": ("attributions.parquet", "gene_ranking.tsv", "local_explanations.tsv", "interactions.tsv",
-                "explain_summary.json", "provenance.json"),
+                "explain_summary.json", "provenance.json", "audit.tsv"),
     "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
     "report": ("biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "report.html",
                "report_summary.json", "provenance.json"),
@@ -50,10 +50,10 @@ UPSTREAM = {"train": (), "explain": ("train",), "select": (), "report": ("train"
 
 # Config sections that change each step's results (n_jobs and the scheduler never do).
 STEP_SECTIONS = {
-    "train": ("seed", "task", "data", "preprocess", "model", "cv"),
-    "explain": ("seed", "task", "data", "preprocess", "model", "cv", "explain"),
+    "train": ("seed", "task", "data", "preprocess", "model", "cv", "output"),
+    "explain": ("seed", "task", "data", "preprocess", "model", "cv", "explain", "output"),
     "select": ("seed", "task", "data", "preprocess", "model", "select"),
-    "report": ("seed", "report"),
+    "report": ("seed", "report", "output"),
     "compare": ("seed", "task", "data", "preprocess", "model", "cv", "explain"),
 }
 
@@ -95,7 +95,11 @@ def step_fingerprint(step: str, config: dict, input_files: list[str | Path], ups
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def outputs_complete(step: str, directory: str | Path) -> bool:
+# per-sample files output.granularity: aggregate never writes (io/step_outputs.py)
+PER_SAMPLE_OUTPUTS = frozenset({"oof_predictions.tsv", "attributions.parquet", "local_explanations.tsv"})
+
+
+def outputs_complete(step: str, directory: str | Path, granularity: str = "full") -> bool:
     """Whether ``directory`` holds every file ``step`` always writes, as that step's last complete commit.
 
     Besides the names, the directory's listing must say the commit finished,
@@ -105,7 +109,8 @@ def outputs_complete(step: str, directory: str | Path) -> bool:
     from iml_genomics.io.writers import verify_step_dir
 
     directory = Path(directory)
-    return all((directory / name).is_file() for name in STEP_OUTPUTS[step]) and verify_step_dir(directory, step)
+    names = [n for n in STEP_OUTPUTS[step] if granularity == "full" or n not in PER_SAMPLE_OUTPUTS]
+    return all((directory / name).is_file() for name in names) and verify_step_dir(directory, step)
 
 
 def read_run_state(path: str | Path) -> dict:

@@ -157,7 +157,8 @@ def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, che
                         sample_id_column=cfg.data.sample_id_column,
                         genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
                         drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
-                        require_labels=require_labels, positive_class=cfg.data.positive_class)
+                        require_labels=require_labels, positive_class=cfg.data.positive_class,
+                        sensitive=cfg.data.sensitive)
     if require_labels:
         from iml_genomics.io.cohort import check_variation
 

@@ -83,12 +83,18 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
         if labels is not None or opts.get("label_column") or label_column is None:
             raise
         adata = read(None)
+    oof = None
+    if cfg.data.sensitive and (Path(model_dir) / "oof_predictions.tsv").is_file():
+        from iml_genomics.report.inputs import read_tsv
+
+        # the audit scores train's out-of-fold predictions per group (recomputed when absent)
+        oof = read_tsv(Path(model_dir) / "oof_predictions.tsv")
     prov.mark("read")
     with staged_output(out) as stage:
-        writer = attribution_writer(stage, adata.obs_names)
+        writer = attribution_writer(stage, adata.obs_names, prov)
         try:
             result = explain_step(adata, cfg, model=(pipeline, manifest), on_chunk=writer,
-                                  model_source=f"{model_dir}/model.json", backend=backend)
+                                  model_source=f"{model_dir}/model.json", backend=backend, oof=oof)
         finally:
             writer.close()
         echo_warnings(result.warnings)

@@ -16,7 +16,7 @@ from iml_genomics.errors import InputDataError
 from iml_genomics.parallel import fixed_blas_threads
 
 RANKING_COLUMNS = ["gene_id", "rank", "mean_abs_shap", "mean_shap", "sd", "rank_low", "rank_high", "top_k_frequency",
-                   "permutation_importance", "permutation_importance_sd", "used", "method", "scale"]
+                   "permutation_importance", "permutation_importance_sd", "used", "method", "scale", "feature_type"]
 
 
 @dataclass
@@ -236,6 +236,9 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         ranking.loc[~mask, col] = np.nan
     ranking["method"] = plan.method if do_shap else "permutation_oof"
     ranking["scale"] = plan.scale if do_shap else "raw"
+    # gene | covariate: the explain step marks the covariate inputs of a model trained with data.covariates
+    ranking["feature_type"] = np.where(pd.Series(gene_ids).str.startswith("covariate:").to_numpy(), "covariate",
+                                       "gene")
     key = "mean_abs_shap" if do_shap else "permutation_importance"
     score = np.where(mask, np.nan_to_num(ranking[key].to_numpy(), nan=-np.inf), -np.inf)
     order = np.lexsort((np.asarray(gene_ids, dtype=object), ~mask, -score))

@@ -171,6 +171,10 @@ def run_methods(names, ctx: MethodContext) -> dict:
             if "explains" not in table.columns or not set(table["explains"].astype(str)) <= set(EXPLAINS):
                 raise AssertionError(f"{name}: table {file_name} must say in an 'explains' column whether it "
                                      f"describes the model or the data")
+        # one form for every method's warnings on stderr: "explain: warning: ..."
+        out.warnings = [w if w.startswith("explain: warning: ")
+                        else "explain: warning: " + (w[len("explain: "):] if w.startswith("explain: ") else w)
+                        for w in out.warnings]
         # the report finds a method's files through this list (report.inputs.load_inputs)
         out.summary["files"] = sorted([*out.tables, *out.texts])
         outputs[name] = out

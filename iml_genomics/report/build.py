@@ -476,9 +476,16 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner += P.local_section(inputs, wanted, labels, true_labels=true_labels, classes=classes)
         inner += P.files_note(P.input_link(inputs, "explain", "local_explanations.tsv"))
     else:
+        withheld = (inputs.explain_summary or {}).get("withheld")
         inner = H.missing(H._MISSING["explain"] if inputs.gene_ranking is None else
+                          "Per-sample outputs withheld (output.granularity: aggregate)." if withheld else
                           "No local_explanations.tsv in the explain output (run explain with --samples).")
     sections.append(("local", "Local explanations", inner))
+
+    if inputs.audit is not None:
+        from iml_genomics.report.audit_section import audit_html
+
+        sections.append(("audit", "Sensitive-attribute audit", audit_html(inputs.audit)))
 
     sections.append(("meaning", "What these numbers mean, and what they don't", H.MEANING))
     sections.append(("provenance", "Provenance", H.provenance_html(inputs.provenance, own_provenance)))

@@ -30,6 +30,7 @@ REQUIRED_COLUMNS = {
     "local_explanations.tsv": ("sample_id", "gene_id", "shap_value"),
     "interactions.tsv": ("gene_id_1", "gene_id_2", "mean_abs_interaction"),
     "knockoff_selection.tsv": ("gene_id", "w", "selected"),
+    "audit.tsv": ("attribute", "group", "quantity", "metric", "value", "n", "explains"),
     "model_comparison.tsv": ("rank", "model"),
     "robust_genes.tsv": ("gene_id", "n_models", "in_all_models"),
     "model_agreement.tsv": ("model_a", "model_b", "top_k_jaccard"),
@@ -59,6 +60,8 @@ class ReportInputs:
     explain_texts: dict = field(default_factory=dict)
     knockoffs: pd.DataFrame | None = None
     select_summary: dict | None = None
+    # audit.tsv of explain (data.sensitive)
+    audit: pd.DataFrame | None = None
     # compare: model_comparison.tsv, robust_genes.tsv, model_agreement.tsv, compare_summary.json
     compare_table: pd.DataFrame | None = None
     compare_robust: pd.DataFrame | None = None
@@ -154,6 +157,8 @@ def load_inputs(directories) -> ReportInputs:
                 inputs.local = read_tsv(d / "local_explanations.tsv")
             if (d / "interactions.tsv").is_file():
                 inputs.interactions = read_tsv(d / "interactions.tsv")
+            if (d / "audit.tsv").is_file():
+                inputs.audit = read_tsv(d / "audit.tsv")
             if (d / "explain_summary.json").is_file():
                 inputs.explain_summary = read_json(d / "explain_summary.json")
                 _read_method_files(d, inputs)

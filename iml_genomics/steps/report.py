@@ -117,14 +117,18 @@ def report_inputs(inputs=None, *, train=None, explain=None, select=None, input_d
         elif step == "explain":
             inputs.gene_ranking, inputs.local = _as_tsv(result.ranking), _as_tsv(result.local)
             inputs.interactions = _as_tsv(result.interactions)
+            inputs.audit = _as_tsv(getattr(result, "audit", None))
             inputs.explain_summary, inputs.attributions = _as_json(result.summary), result.attribution_table()
         else:
             inputs.knockoffs, inputs.select_summary = _as_tsv(result.selection), _as_json(result.summary)
     return inputs
 
 
-def _as_tsv(frame: pd.DataFrame) -> pd.DataFrame:
+def _as_tsv(frame: pd.DataFrame | None) -> pd.DataFrame | None:
     import io
+
+    if frame is None:  # output.granularity aggregate: a per-sample table withheld
+        return None
 
     from iml_genomics.io.writers import tsv_text
     from iml_genomics.report.inputs import TSV_DTYPES

@@ -248,6 +248,7 @@ class _Run:
         self.adata = None
         self.results: dict = {}
         self._backend = None
+        self._oof = None  # train's out-of-fold predictions (kept in memory for explain's audit)
 
     def backend(self):
         """One backend for every step of the run (one connection to a Dask scheduler, made when a step runs)."""
@@ -271,8 +272,9 @@ class _Run:
         adata = load_cohort(data.expression, labels=data.labels, label_column=data.label_column,
                             sample_id_column=data.sample_id_column,
                             genes_as_rows=data.orientation == "genes_x_samples", layer=data.layer,
-                            drop_unmatched=data.drop_unmatched, covariates=data.covariates if require else None,
-                            require_labels=require, positive_class=data.positive_class)
+                            drop_unmatched=data.drop_unmatched, covariates=data.covariates,
+                            require_labels=require, positive_class=data.positive_class,
+                            sensitive=data.sensitive)
         if require:
             check_variation(adata, str(data.expression))
         # the label checks of the train/select subcommands (explain and report alone make none)
@@ -308,7 +310,8 @@ class _Run:
             upstream = {u: fingerprints.get(u) or state.get(u, {}).get("fingerprint") for u in pl.UPSTREAM[step]}
             fp = pl.step_fingerprint(step, resolved, step_inputs[step], upstream, known_sha256=self.hashes.sha256)
             fingerprints[step] = fp
-            done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(step, out / step)
+            done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(
+                step, out / step, resolved.get("output", {}).get("granularity", "full"))
             plan.append((step, fp, done and not self.force))
         to_run = [step for step, _, skip in plan if not skip]
         result = RunResult(out=out, steps=list(wanted))
@@ -463,6 +466,8 @@ class _Run:
             prov.mark("cross_validate_and_fit")
             with staged_output(target) as stage:
                 write_train(stage, res, prov)
+        self._oof = res.oof_predictions  # the audit of data.sensitive reads it, whatever the granularity
+        self._withhold(res)
         self.results["train"] = res
         self.echo(train_line(res, cfg, target))
 
@@ -493,7 +498,7 @@ class _Run:
             keep = (AttributionCollector() if "report" in to_run or self.write_h5ad is not None  # the report
                     else None)  # and the .h5ad read the attributions too
             with staged_output(target) as stage:
-                writer = attribution_writer(stage, adata.obs_names)
+                writer = attribution_writer(stage, adata.obs_names, prov)
 
                 def sink(chunk, plan):
                     writer(chunk, plan)
@@ -501,7 +506,7 @@ class _Run:
                         keep(chunk, plan)
                 try:
                     res = explain_step(adata, cfg, model=model, on_chunk=sink, model_source=source,
-                                       backend=self.backend())
+                                       backend=self.backend(), oof=self._oof)
                 finally:
                     writer.close()
                 self.warn(res.warnings)
@@ -510,8 +515,16 @@ class _Run:
         if keep is not None and keep.plan is not None:
             res.attributions, res.base_values, res.model_output = keep.arrays()
             res.attribution_genes, res.attribution_classes = list(keep.plan.gene_ids), list(keep.plan.outputs)
+        self._withhold(res)
         self.results["explain"] = res
         self.echo(explain_line(res, adata, target))
+
+    def _withhold(self, res) -> None:
+        """output.granularity aggregate: the report and --write-h5ad get no per-sample value either."""
+        from iml_genomics.granularity import is_aggregate, withhold_per_sample
+
+        if is_aggregate(self.step_cfg):
+            withhold_per_sample(res)
 
     def _select(self, to_run):
         from iml_genomics.io.step_outputs import select_line, write_select

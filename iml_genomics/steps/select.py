@@ -120,6 +120,12 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     if hasattr(X, "toarray"):
         X = X.toarray()
     X = np.asarray(X, dtype=np.float64)
+    if cfg.data.covariates:
+        from iml_genomics.covariates import require_column
+
+        # an AnnData handed over in Python skipped the reader's checks: absent or blank -> one line
+        for column in cfg.data.covariates:
+            require_column(adata.obs, column, source=label_source(adata))
     covariates = adata.obs[cfg.data.covariates] if cfg.data.covariates else None
     group_labels = None
     if sc.groups == "clusters":
