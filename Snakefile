@@ -45,12 +45,12 @@ else:
 # A section a step reads but that is missing here would not rerun that step when edited
 # (tests/test_snakemake_rules.py checks the reruns after GMT, report, model and select edits).
 STEP_SECTIONS = {
-    "train": ["seed", "task", "data", "preprocess", "model", "cv"],
-    "explain": ["seed", "task", "data", "preprocess", "model", "cv", "explain"],
+    "train": ["seed", "task", "data", "preprocess", "model", "cv", "output"],
+    "explain": ["seed", "task", "data", "preprocess", "model", "cv", "explain", "output"],
     # the model section only with select.statistic "model" (see settings())
     "select": ["seed", "task", "data", "preprocess", "select"],
     # explain.samples is the default of report.samples
-    "report": ["seed", "task", "data", "explain", "report"],
+    "report": ["seed", "task", "data", "explain", "report", "output"],
 }
 _COHORT_CONFIGS = {}
 
@@ -80,7 +80,8 @@ def settings(step):
         keys = list(STEP_SECTIONS[step])
         if step == "select" and (cfg.get("select") or {}).get("statistic") == "model":
             keys.append("model")  # the W statistic is then the configured model's importance
-        return json.dumps({key: cfg.get(key) for key in keys}, sort_keys=True, default=str)
+        # an absent section is left out (not null): adding a section here reruns nothing that did not set it
+        return json.dumps({key: cfg[key] for key in keys if key in cfg}, sort_keys=True, default=str)
 
     return get
 
@@ -146,6 +147,20 @@ rule all:
         expand(f"{RESULTS}/{{cohort}}/{{step}}/provenance.json", cohort=list(COHORTS), step=STEPS),
 
 
+# output.granularity: aggregate writes no per-sample file (oof_predictions.tsv, attributions.parquet,
+# local_explanations.tsv): such cohorts run as train_aggregate / explain_aggregate, which do not declare them.
+def _aggregate(name):
+    return (cohort_config(name).get("output") or {}).get("granularity") == "aggregate"
+
+
+def _cohort_pattern(names):
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+AGGREGATE = _cohort_pattern([n for n in COHORTS if _aggregate(n)])
+PER_SAMPLE = _cohort_pattern([n for n in COHORTS if not _aggregate(n)])
+
+
 rule train:
     input:
         unpack(data_inputs),
@@ -155,6 +170,8 @@ rule train:
         metrics=f"{RESULTS}/{{cohort}}/train/cv_metrics.tsv",
         oof=f"{RESULTS}/{{cohort}}/train/oof_predictions.tsv",
         provenance=f"{RESULTS}/{{cohort}}/train/provenance.json",
+    wildcard_constraints:
+        cohort=PER_SAMPLE,
     log:
         f"{RESULTS}/logs/{{cohort}}/train.log",
     benchmark:
@@ -186,6 +203,8 @@ rule explain:
         interactions=f"{RESULTS}/{{cohort}}/explain/interactions.tsv",
         summary=f"{RESULTS}/{{cohort}}/explain/explain_summary.json",
         provenance=f"{RESULTS}/{{cohort}}/explain/provenance.json",
+    wildcard_constraints:
+        cohort=PER_SAMPLE,
     log:
         f"{RESULTS}/logs/{{cohort}}/explain.log",
     benchmark:
@@ -204,6 +223,30 @@ rule explain:
     shell:
         f'{IML} explain --config "{{params.config}}" --model "{{params.model}}" --expression "{{input.expression}}" '
         f'{{params.labels}} --out "{{params.out}}" --jobs {{threads}} 2> "{{log}}"'
+
+
+use rule train as train_aggregate with:
+    output:
+        model=f"{RESULTS}/{{cohort}}/train/model.json",
+        skops=f"{RESULTS}/{{cohort}}/train/model.skops",
+        metrics=f"{RESULTS}/{{cohort}}/train/cv_metrics.tsv",
+        provenance=f"{RESULTS}/{{cohort}}/train/provenance.json",
+    wildcard_constraints:
+        cohort=AGGREGATE,
+    benchmark:
+        f"{RESULTS}/benchmarks/{{cohort}}/train.tsv"
+
+
+use rule explain as explain_aggregate with:
+    output:
+        ranking=f"{RESULTS}/{{cohort}}/explain/gene_ranking.tsv",
+        interactions=f"{RESULTS}/{{cohort}}/explain/interactions.tsv",
+        summary=f"{RESULTS}/{{cohort}}/explain/explain_summary.json",
+        provenance=f"{RESULTS}/{{cohort}}/explain/provenance.json",
+    wildcard_constraints:
+        cohort=AGGREGATE,
+    benchmark:
+        f"{RESULTS}/benchmarks/{{cohort}}/explain.tsv"
 
 
 rule select:
@@ -237,10 +280,6 @@ rule select:
 # `report_gene_sets`, which declares it, the others to `report`.
 def _has_gene_sets(name):
     return bool(COHORTS[name].get("gene_sets") or (cohort_config(name).get("report") or {}).get("gene_sets"))
-
-
-def _cohort_pattern(names):
-    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
 WITH_SETS = _cohort_pattern([n for n in COHORTS if _has_gene_sets(n)])

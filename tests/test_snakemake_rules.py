@@ -166,6 +166,21 @@ def test_full_workflow_outputs_and_reruns(full_workflow, edit_full):
     assert planned(full_workflow) == set()
 
 
+def test_aggregate_cohorts_do_not_declare_per_sample_files(tmp_path):
+    """output.granularity: aggregate writes no oof_predictions / attributions / local explanations: other rules."""
+    (tmp_path / "cohorts.yaml").write_text(yaml.safe_dump({
+        "results": "res", "cohorts": {
+            name: {"config": f"{name}.yaml", "expression": str(TEST_DATA / "demo_expression.csv.gz"),
+                   "labels": str(TEST_DATA / "demo_labels.tsv")} for name in ("full", "agg")}}))
+    (tmp_path / "full.yaml").write_text(SMALL.replace("report:\n", "report:\n  gene_sets: null\n"))
+    (tmp_path / "agg.yaml").write_text(SMALL + "output:\n  granularity: aggregate\n")
+    proc = snakemake(tmp_path, "-n")
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    wildcards: cohort=(\w+)", proc.stdout, flags=re.M)
+    assert sorted(jobs) == sorted([("train", "full"), ("explain", "full"), ("select", "full"), ("report", "full"),
+                                   ("train_aggregate", "agg"), ("explain_aggregate", "agg"), ("select", "agg"),
+                                   ("report", "agg")]), proc.stdout
+
+
 def test_lint_is_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)],
                           capture_output=True, text=True, timeout=300)
