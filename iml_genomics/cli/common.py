@@ -8,6 +8,16 @@ from pathlib import Path
 import click
 
 
+#: Set by ``iml-genomics -q`` (and ``run --quiet``): warnings and errors only, no summary line.
+QUIET = False
+
+
+def echo_summary(line: str) -> None:
+    """The one-line summary a command ends with, on stderr; nothing under ``-q``."""
+    if not QUIET:
+        click.echo(line, err=True)
+
+
 def cohort_options(func):
     """--config, --expression, --labels and the reader options, as one decorator."""
     options = [

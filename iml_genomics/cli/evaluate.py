@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import out_option
+from iml_genomics.cli.common import echo_summary, out_option
 
 
 @click.command()
@@ -116,8 +116,8 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
                         (result.ranking_metrics, "{0.source}: AUPRC = {0.auprc:.3f}, R-precision = "
                                                  "{0.r_precision:.3f}")):
         for row in (frame.itertuples() if frame is not None else ()):
-            click.echo("evaluate: " + line.format(row), err=True)
-    click.echo(f"evaluate: wrote {out}", err=True)
+            echo_summary("evaluate: " + line.format(row))
+    echo_summary(f"evaluate: wrote {out}")
 
 
 def _label(path, paths) -> str:

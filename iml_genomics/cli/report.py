@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import echo_warnings, out_option, resolve_config
+from iml_genomics.cli.common import echo_summary, echo_warnings, out_option, resolve_config
 
 
 class _MultiValueOption(click.Option):
@@ -166,4 +166,4 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     prov.mark("analyse")
     with staged_output(out) as stage:
         write_report(stage, result, prov)
-    click.echo(report_line(result, out), err=True)
+    echo_summary(report_line(result, out))

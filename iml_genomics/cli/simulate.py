@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import out_option
+from iml_genomics.cli.common import echo_summary, out_option
 
 FORMATS = ("csv.gz", "csv", "tsv", "tsv.gz", "parquet", "h5ad")
 
@@ -115,8 +115,8 @@ def simulate(family, out, formats, prefix, seed, **opts):
         write_cohort(cohort, stage, prefix, formats=tuple(dict.fromkeys(formats)), detailed_truth=True)
         prov.mark("write")
         prov.write(stage)
-    click.echo(f"simulate: {family}, {cohort.expression.shape[0]} samples x {cohort.expression.shape[1]} genes, "
-               f"{len(cohort.true_genes)} true genes, {len(cohort.pathways)} pathways; wrote {out}", err=True)
+    echo_summary(f"simulate: {family}, {cohort.expression.shape[0]} samples x {cohort.expression.shape[1]} genes, "
+                 f"{len(cohort.true_genes)} true genes, {len(cohort.pathways)} pathways; wrote {out}")
 
 
 def _family_params(family: str, o: dict) -> dict:
