@@ -233,12 +233,14 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
 
     # CV performance
     if inputs.cv_metrics is not None:
-        cv = inputs.cv_metrics
-        agg = cv[cv["split"].astype(str).isin(["mean", "sd"])]
-        metric_cols = [c for c in cv.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
-        inner = H.table_html(agg[["split", *metric_cols]])
+        from iml_genomics.io.interchange import cv_summary_table
+
+        # one row per metric (mean, sd, n_folds) from cv_summary.tsv; an older train directory has none
+        summary_table = inputs.cv_summary if inputs.cv_summary is not None else cv_summary_table(inputs.cv_metrics)
+        inner = H.table_html(summary_table)
         inner += '<div class="plots">' + P.auc_figure(inputs, model) + "</div>"
-        inner += P.files_note(P.input_link(inputs, "train", "cv_metrics.tsv"),
+        inner += P.files_note(P.input_link(inputs, "train", "cv_summary.tsv"),
+                              P.input_link(inputs, "train", "cv_metrics.tsv"),
                               P.input_link(inputs, "train", "oof_predictions.tsv"))
         if model.get("positive_class"):
             inner += (f'<p class="note">auroc and average_precision treat {H.esc(model["positive_class"])} as the '
