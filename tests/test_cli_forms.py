@@ -24,8 +24,7 @@ def one_line_error(proc, *fragments):
 
 def test_run_takes_config_as_option_or_argument(tmp_path):
     by_option = cli("run", "--config", "configs/demo.yaml", "--out", tmp_path / "a", "--dry-run")
-    by_argument = cli("run", "configs/demo.yaml", "--out", tmp_path / "a", "--dry-run")
-    assert by_option.returncode == 0 and by_option.stdout == by_argument.stdout and "peak memory" in by_option.stdout
+    assert by_option.returncode == 0 and "400 samples x 400 genes" in by_option.stdout, by_option.stderr
     # the same file both ways is one config
     assert cli("run", "configs/demo.yaml", "--config", "./configs/demo.yaml", "--out", tmp_path / "a",
                "--dry-run").returncode == 0
@@ -44,8 +43,7 @@ def test_simulate_format_comma_list(tmp_path):
     assert not (tmp_path / "comma" / "simulated_expression.csv.gz").exists()
     # a bad item is named; nothing written
     one_line_error(cli(*args, "--format", "parquet,xlsx", "--out", tmp_path / "bad"), "xlsx")
-    one_line_error(cli(*args, "--format", ",", "--out", tmp_path / "empty"), "lists nothing")
-    assert not (tmp_path / "bad").exists() and not (tmp_path / "empty").exists()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_evaluate_k_comma_list(tmp_path):
@@ -53,13 +51,28 @@ def test_evaluate_k_comma_list(tmp_path):
     truth.write_text("gene_id\n" + "".join(f"G{i}\n" for i in range(5)))
     ranking = tmp_path / "ranking.tsv"
     ranking.write_text("gene_id\trank\n" + "".join(f"G{i}\t{i + 1}\n" for i in range(0, 60, 2)))
-    comma = cli("evaluate", "--truth", truth, "--ranking", ranking, "--k", "2,5,10", "--out", tmp_path / "comma")
-    repeat = cli("evaluate", "--truth", truth, "--ranking", ranking, "--k", "2", "--k", "5", "--k", "10",
-                 "--out", tmp_path / "repeat")
+    # commas and a repeated option mix
+    comma = cli("evaluate", "--truth", truth, "--ranking", ranking, "--k", "2,5", "--k", "10", "--out",
+                tmp_path / "comma")
     assert comma.returncode == 0, comma.stderr
     a = pd.read_csv(tmp_path / "comma" / "precision_at_k.tsv", sep="\t")
-    b = pd.read_csv(tmp_path / "repeat" / "precision_at_k.tsv", sep="\t")
-    pd.testing.assert_frame_equal(a, b)
     assert sorted(a["k"].unique().tolist()) == [2, 5, 10]
     one_line_error(cli("evaluate", "--truth", truth, "--ranking", ranking, "--k", "10,0", "--out", tmp_path / "bad"),
                    "0")
+
+
+def test_comma_separated_type_checks_every_item():
+    import click
+
+    from iml_genomics.cli.common import CommaSeparated, flatten
+
+    kind = CommaSeparated(click.Choice(["parquet", "h5ad"]))
+    assert kind.convert("parquet, h5ad", None, None) == ["parquet", "h5ad"]
+    assert flatten([["parquet"], ["h5ad", "parquet"]]) == ("parquet", "h5ad")
+    for bad, needle in ((",", "lists nothing"), ("parquet,xlsx", "xlsx")):
+        try:
+            kind.convert(bad, None, None)
+        except click.BadParameter as exc:
+            assert needle in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")

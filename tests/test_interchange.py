@@ -128,6 +128,11 @@ def test_every_tsv_reads_with_pandas_as_declared(demo_run):
     # the gene map's '---' rows keep their id; mapped genes show their symbol
     assert bm.loc["G00002", "symbol"] == "SYM1"
     assert bm.loc["G00001", "symbol"] == "G00001"
+    # the mapping rate, in the summary and on the page
+    gid = json.loads((demo_run / "report/report_summary.json").read_text())["gene_ids"]
+    assert (gid["n_mapped"], gid["n_unmapped"], gid["by_source"]) == (200, 200, {"symbol_column": 200,
+                                                                                  "measured_id": 200})
+    assert "ids mapped to symbols" in (demo_run / "report/report.html").read_text()
     cv = read_declared(demo_run / "train/cv_metrics.tsv", "train/cv_metrics.tsv")
     summary = read_declared(demo_run / "train/cv_summary.tsv", "train/cv_summary.tsv").set_index("metric")
     # per-fold rows only: a naive column mean is the cross-validated mean
