@@ -185,8 +185,7 @@ def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
         symbol key. Ids whose row names no symbol are left out (they keep
         their own id). ``attrs["sources"]`` says where each symbol came from.
     """
-    from iml_genomics.gene_ids import apply_aliases, symbols_from_column
-
+    from iml_genomics.gene_ids import apply_aliases, looks_like_descriptions, symbols_from_column
     from iml_genomics.io import read_table
 
     table = read_table(path, "gene map")
@@ -215,8 +214,6 @@ def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
                              f"columns: {', '.join(show_id(c, 60) for c in table.columns[:20])}. Fix "
                              f"report.gene_map_symbol_column.")
     ids = table[id_column].str.strip()
-    from iml_genomics.gene_ids import looks_like_descriptions
-
     is_description = looks_like_descriptions(symbol_column, table[symbol_column])
     symbols, sources = symbols_from_column(table[symbol_column], is_description=is_description)
     symbols, sources = apply_aliases(symbols, sources, aliases)

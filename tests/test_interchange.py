@@ -89,7 +89,7 @@ data: {{expression: {TEST_DATA / 'demo_expression.csv.gz'}, labels: {TEST_DATA /
 preprocess: {{transform: none, standardize: true}}
 model: {{name: l1_logistic, params: {{C: 0.3}}}}
 cv: {{n_splits: 3}}
-explain: {{method: all, top_k: 10, samples: [S0001, S0002], permutation_repeats: 2}}
+explain: {{method: all, top_k: 10, samples: [S0001, S0002], permutation_repeats: 1}}
 select: {{fdr: 0.1, statistic: lasso, n_draws: 1}}
 report: {{gene_sets: {TEST_DATA / 'demo_pathways.gmt'}, gene_map: {gene_map}, min_set_size: 5, top_k: 20,
          n_permutations: 100}}
