@@ -61,8 +61,8 @@ class TrainResult:
             # keeps the bundle byte-identical whatever --jobs was
             # (nor the Dask scheduler: a later explain must not inherit an address that may be gone)
             "config": {**{k: v for k, v in cfg.to_dict().items() if k != "n_jobs"}, "parallel": {"scheduler": None}},
-            "cv_summary": self.cv.metrics.set_index("split").loc[["mean", "sd"]].drop(
-                columns=["repeat", "fold", "n_train", "n_test"]).to_dict(orient="index"),
+            "cv_summary": {stat: dict(zip(self.cv.summary["metric"], self.cv.summary[stat].astype(float)))
+                           for stat in ("mean", "sd")},
         }
         if self.covariates:
             # explain/evaluate append these columns (encoded the same way) after the genes

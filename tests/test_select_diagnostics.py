@@ -234,7 +234,7 @@ def test_cli_strict_config_key_passes_a_correct_model_and_keeps_group_file_names
     assert "warning" not in proc.stderr
     t = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False).set_index("gene_id")
     assert t.loc["G0000", "group"] == "pathway 0" and t.loc["G0049", "group"] == "pathway 4"
-    assert (t.loc[[f"G{j:04d}" for j in range(50, 60)], "group"] == "").all()  # not in the file: alone
+    assert (t.loc[[f"G{j:04d}" for j in range(50, 60)], "group"] == "NA").all()  # not in the file: alone
     summary = json.loads((out / "select_summary.json").read_text())
     assert summary["n_groups"] == 5 + 10 and summary["diagnostics"]["exchangeability"]["passed"]
     selected_groups = sorted(set(t.loc[t["selected"].astype(str) == "True", "group"]))

@@ -13,7 +13,9 @@ def _available_steps() -> list[str]:
 
 
 @click.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "config_option", default=None, type=click.Path(dir_okay=False),
+              help="The YAML config, as the other subcommands take it (or give it as the argument CONFIG).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output directory; each step writes OUT/<step>/.")
 @click.option("--force", is_flag=True, help="Redo every step even when its outputs are up to date.")
@@ -27,7 +29,8 @@ def _available_steps() -> list[str]:
                    "model in uns['iml_genomics']) to this .h5ad, readable by anndata and scanpy.")
 @click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr (as iml-genomics -q).")
 @click.option("--verbose", is_flag=True, help="Debug messages on stderr.")
-def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, write_h5ad, quiet, verbose):
+def run(config_path, config_option, out, force, steps, n_jobs, scheduler, dry_run, max_memory, write_h5ad, quiet,
+        verbose):
     """Run the whole pipeline from one YAML config.
 
     \b
@@ -39,7 +42,11 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     Example:
       iml-genomics run configs/demo.yaml --out results/demo
       iml-genomics run configs/demo.yaml --out results/demo --write-h5ad results/demo.h5ad
+      iml-genomics run --config configs/demo.yaml --out results/demo
     """
+    from iml_genomics.cli.common import config_argument
+
+    config_path = config_argument(config_path, config_option)
     from iml_genomics import pipeline as pl
     from iml_genomics.cli import configure_logging
     from iml_genomics.cli.common import echo_warnings, resolve_config

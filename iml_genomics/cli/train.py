@@ -18,7 +18,7 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     """Cross-validate a model on a cohort and save the model bundle.
 
     \b
-    Writes to OUT: cv_metrics.tsv, oof_predictions.tsv, model.skops,
+    Writes to OUT: cv_metrics.tsv, cv_summary.tsv, oof_predictions.tsv, model.skops,
     model.json, provenance.json.
     \b
     Example:

@@ -302,6 +302,8 @@ class _Run:
         step_inputs = {"train": [self.expression, self.labels], "explain": [self.expression, self.labels],
                        "select": [self.expression, self.labels], "report": [self.gene_sets, self.gene_map],
                        "compare": [self.expression, self.labels]}
+        if self.step_cfg.report.alias_map:  # an edited alias table redoes the report
+            step_inputs["report"].append(Path(self.step_cfg.report.alias_map))
         prov = Provenance("run", resolved, {"expression": self.expression, "labels": self.labels,
                                             "config": self.config_path}, known_sha256=self.hashes.sha256)
         fingerprints: dict[str, str] = {}
@@ -603,8 +605,10 @@ class _Run:
             adata = self.cohort(to_run) if paths["expression"] else None
             collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
             genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(view)
-            gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
-                                           symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
+            from iml_genomics.gene_ids import load_gene_map
+
+            gene_table = load_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
+                                       symbol_column=rc.gene_map_symbol_column, alias_map=rc.alias_map)
             prov.mark("read_cohort_and_gene_sets")
             res = report_step(adata, cfg, inputs=inputs, **in_memory, collection=collection, gene_map=gene_table,
                               positive_class=cfg.data.positive_class,
