@@ -21,6 +21,20 @@ STEPS = config.get("steps", ["train", "explain", "select", "report"])
 IML = f'"{sys.executable}" -m iml_genomics'
 
 
+def rule_mem_mb(step):
+    """A rule's mem_mb: the step's `iml-genomics run --dry-run` estimate for the cohort, x attempt.
+
+    Under a cluster executor, threads or memory beyond the largest node are an error here (SLURM would
+    keep the job PENDING). config `mem_first_share: {step: 0.5}` starts lower (docs/pipeline.md#on-a-cluster).
+    """
+    from iml_genomics.cluster import rule_mem_mb as mem
+
+    share = float(config.get("mem_first_share", {}).get(step, 1.0))
+    return lambda wc, threads, attempt: mem(COHORTS[wc.cohort], step, threads=threads, attempt=attempt,
+                                            first_share=share, partition=config.get("slurm_partition"),
+                                            check_node=workflow.non_local_exec)
+
+
 def cohort(wildcards):
     return COHORTS[wildcards.cohort]
 
@@ -67,7 +81,8 @@ rule train:
         f"{RESULTS}/logs/{{cohort}}/train.log",
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=rule_mem_mb("train"),
+        runtime=lambda wc, attempt: 60 * attempt,  # minutes
     params:
         labels=labels_arg,
         out=lambda wc: f"{RESULTS}/{wc.cohort}/train",
@@ -90,7 +105,8 @@ rule explain:
         f"{RESULTS}/logs/{{cohort}}/explain.log",
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=rule_mem_mb("explain"),
+        runtime=lambda wc, attempt: 120 * attempt,  # minutes
     params:
         labels=labels_arg,
         model=lambda wc: f"{RESULTS}/{wc.cohort}/train",
@@ -111,7 +127,8 @@ rule select:
         f"{RESULTS}/logs/{{cohort}}/select.log",
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=rule_mem_mb("select"),
+        runtime=lambda wc, attempt: 120 * attempt,  # minutes
     params:
         labels=labels_arg,
         out=lambda wc: f"{RESULTS}/{wc.cohort}/select",
@@ -131,6 +148,9 @@ rule report:
     log:
         f"{RESULTS}/logs/{{cohort}}/report.log",
     threads: 1
+    resources:
+        mem_mb=rule_mem_mb("report"),
+        runtime=lambda wc, attempt: 20 * attempt,  # minutes
     params:
         inputs=lambda wc, input: " ".join(f'"{os.path.dirname(p)}"' for k, p in input.items() if k != "config"),
         gene_sets=lambda wc: f'--gene-sets "{COHORTS[wc.cohort]["gene_sets"]}"' if COHORTS[wc.cohort].get("gene_sets") else "",
