@@ -45,7 +45,29 @@ def granted_memory_bytes(environ=None) -> int | None:
             return int(env["SLURM_MEM_PER_CPU"]) * cpus * MiB
     except ValueError:
         return None  # a variable SLURM did not write: no grant to check against
-    return None
+    # Snakemake's in-job step (snakemake-executor-plugin-slurm-jobstep) runs the rule under `srun` with every
+    # SLURM_* variable but the job id removed: ask the controller what the job was given.
+    return _job_memory_from_scontrol(env["SLURM_JOB_ID"])
+
+
+_UNIT_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+
+
+def _job_memory_from_scontrol(job_id: str) -> int | None:
+    """The job's memory from ``scontrol show job`` (its TRES ``mem=``), in bytes; None if unknown."""
+    import re
+
+    if shutil.which("scontrol") is None or not str(job_id).isdigit():
+        return None
+    try:
+        out = subprocess.run(["scontrol", "--oneliner", "show", "job", str(job_id)], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bTRES=\S*?\bmem=([0-9.]+)([KMGT])", out)
+    if not match:
+        return None
+    return int(float(match.group(1)) * _UNIT_MB[match.group(2)] * MiB)
 
 
 def step_estimate_bytes(cfg, expression, step: str) -> int | None:
