@@ -2,7 +2,7 @@
 
 The tests marked ``slurm`` start a single-node cluster with ``scripts/local-slurm.sh`` (root, the Debian
 packages slurm-wlm and munge) and are deselected by default: ``python -m pytest -m slurm tests/test_slurm.py``
-(about 10 minutes on 2 cores; docs/pipeline.md#on-a-cluster). Without slurmctld they skip with one line.
+(7-10 minutes on 2 cores; docs/pipeline.md#on-a-cluster). Without slurmctld they skip with one line.
 The first tests (no marker) check the granted-memory refusal on environment variables alone.
 """
 
