@@ -55,6 +55,20 @@ STEP_SECTIONS = {
 _COHORT_CONFIGS = {}
 
 
+def rule_mem_mb(step):
+    """A rule's mem_mb: the step's `iml-genomics run --dry-run` estimate for the cohort, x attempt.
+
+    Under a cluster executor, threads or memory beyond the largest node are an error here (SLURM would
+    keep the job PENDING). config `mem_first_share: {step: 0.5}` starts lower (docs/pipeline.md#on-a-cluster).
+    """
+    from iml_genomics.cluster import rule_mem_mb as mem
+
+    share = float(config.get("mem_first_share", {}).get(step, 1.0))
+    return lambda wc, threads, attempt: mem(COHORTS[wc.cohort], step, threads=threads, attempt=attempt,
+                                            first_share=share, partition=config.get("slurm_partition"),
+                                            check_node=workflow.non_local_exec)
+
+
 def cohort(wildcards):
     return COHORTS[wildcards.cohort]
 
@@ -180,7 +194,8 @@ rule train:
         ENV
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=rule_mem_mb("train"),
+        runtime=lambda wc, attempt: 60 * attempt,  # minutes
     params:
         config=config_path,
         settings=settings("train"),
@@ -213,7 +228,8 @@ rule explain:
         ENV
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=rule_mem_mb("explain"),
+        runtime=lambda wc, attempt: 120 * attempt,  # minutes
     params:
         config=config_path,
         settings=settings("explain"),
@@ -264,7 +280,8 @@ rule select:
         ENV
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=rule_mem_mb("select"),
+        runtime=lambda wc, attempt: 120 * attempt,  # minutes
     params:
         config=config_path,
         settings=settings("select"),
@@ -305,6 +322,9 @@ rule report:
     conda:
         ENV
     threads: 1
+    resources:
+        mem_mb=rule_mem_mb("report"),
+        runtime=lambda wc, attempt: 20 * attempt,  # minutes
     params:
         config=config_path,
         settings=settings("report"),

@@ -87,6 +87,12 @@ def make_backend(cfg):
     """
     from iml_genomics.parallel import Backend
 
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("expression"):
+        # in a SLURM job granted less memory than this step's estimate: one line now, not an OOM kill later
+        from iml_genomics.cluster import check_granted_memory
+
+        check_granted_memory(cfg, ctx.params["expression"], ctx.info_name)
     return Backend.from_config(cfg)
 
 
