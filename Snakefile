@@ -126,7 +126,7 @@ def labels_arg(wildcards):
 
 
 def report_file(wildcards, key):
-    """The cohort entry's gene_sets / gene_map, else the config's report.gene_sets / report.gene_map."""
+    """The cohort entry's gene_sets / gene_map / alias_map, else the config's report.<key>."""
     return COHORTS[wildcards.cohort].get(key) or (cohort_config(wildcards.cohort).get("report") or {}).get(key)
 
 
@@ -137,7 +137,7 @@ def report_inputs(wildcards):
         files["explain"] = f"{d}/explain/gene_ranking.tsv"
     if "select" in STEPS:
         files["select"] = f"{d}/select/knockoff_selection.tsv"
-    for key in ("gene_sets", "gene_map"):
+    for key in ("gene_sets", "gene_map", "alias_map"):  # an edited file redoes the report
         if report_file(wildcards, key):
             files[key] = report_file(wildcards, key)
     return files
@@ -182,6 +182,7 @@ rule train:
         model=f"{RESULTS}/{{cohort}}/train/model.json",
         skops=f"{RESULTS}/{{cohort}}/train/model.skops",
         metrics=f"{RESULTS}/{{cohort}}/train/cv_metrics.tsv",
+        summary=f"{RESULTS}/{{cohort}}/train/cv_summary.tsv",
         oof=f"{RESULTS}/{{cohort}}/train/oof_predictions.tsv",
         provenance=f"{RESULTS}/{{cohort}}/train/provenance.json",
     wildcard_constraints:
@@ -246,6 +247,7 @@ use rule train as train_aggregate with:
         model=f"{RESULTS}/{{cohort}}/train/model.json",
         skops=f"{RESULTS}/{{cohort}}/train/model.skops",
         metrics=f"{RESULTS}/{{cohort}}/train/cv_metrics.tsv",
+        summary=f"{RESULTS}/{{cohort}}/train/cv_summary.tsv",
         provenance=f"{RESULTS}/{{cohort}}/train/provenance.json",
     wildcard_constraints:
         cohort=AGGREGATE,
