@@ -221,6 +221,8 @@ class ReportConfig:
     gene_map_id_column: str | None = _opt(None, help="Gene-map column with the measured ids; auto-detected when unset.")
     gene_map_symbol_column: str | None = _opt(
         None, help="Gene-map column with symbols (first word used); symbol/gene_symbol/.../description when unset.")
+    alias_map: str | None = _opt(
+        None, help="TSV/CSV alias -> approved symbol (header, two columns) applied after the gene map (docs/report.md).")
     samples: list[str] = _opt([], help="Samples whose local explanations the report shows; explain.samples when empty.")
     title: str = _opt("iml-genomics report", help="Title of report.html.")
 

@@ -42,7 +42,7 @@ def _with_explains(adata, step: str, name: str, frame, key_added):
 
 
 def cv_metrics_df(adata, *, key_added: str | None = None):
-    """``cv_metrics.tsv`` of :func:`iml_genomics.tl.train`: one row per fold, then ``mean`` and ``sd``.
+    """``cv_metrics.tsv`` of :func:`iml_genomics.tl.train`: one row per fold.
 
     Parameters
     ----------
@@ -53,8 +53,31 @@ def cv_metrics_df(adata, *, key_added: str | None = None):
     Returns
     -------
     pandas.DataFrame
+        Per-fold rows; the ``mean``/``sd`` rows an AnnData written by an older
+        version holds are dropped (they are :func:`cv_summary_df`).
     """
-    return _table(adata, "train", "cv_metrics", key_added)
+    from iml_genomics.io.interchange import cv_fold_rows
+
+    return cv_fold_rows(_table(adata, "train", "cv_metrics", key_added))
+
+
+def cv_summary_df(adata, *, key_added: str | None = None):
+    """``cv_summary.tsv`` of :func:`iml_genomics.tl.train`: one row per metric with mean, sd, n_folds.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    key_added : str, optional
+        The prefix the step ran with.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric``, ``mean``, ``sd``, ``n_folds``.
+    """
+    from iml_genomics.io.interchange import cv_summary_table
+
+    return cv_summary_table(cv_metrics_df(adata, key_added=key_added))
 
 
 def oof_predictions_df(adata, *, key_added: str | None = None):

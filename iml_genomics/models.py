@@ -398,7 +398,9 @@ class CVResult:
     Attributes
     ----------
     metrics : pandas.DataFrame
-        One row per fold, then ``mean`` and ``sd`` rows.
+        One row per fold (``cv_metrics.tsv``).
+    summary : pandas.DataFrame
+        One row per metric: mean, sd, n_folds (``cv_summary.tsv``).
     oof : pandas.DataFrame
         Out-of-fold predictions, one row per sample and repeat.
     models : list
@@ -411,6 +413,12 @@ class CVResult:
     oof: pd.DataFrame
     models: list
     splits: list
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        from iml_genomics.io.interchange import cv_summary_table
+
+        return cv_summary_table(self.metrics)
 
 
 def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, n_splits: int,
@@ -452,13 +460,9 @@ def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, 
             for k, c in enumerate(classes):
                 part[f"prob_{c}"] = scores[:, k]
         oof_parts.append(part)
-    per_fold = pd.DataFrame(rows)
-    metric_cols = [c for c in per_fold.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
-    summary = pd.DataFrame([
-        {"split": "mean", **per_fold[metric_cols].mean().to_dict()},
-        {"split": "sd", **per_fold[metric_cols].std(ddof=1).to_dict()},
-    ])
-    metrics_table = pd.concat([per_fold, summary], ignore_index=True)
+    # per-fold rows only: the mean and sd per metric are CVResult.summary (cv_summary.tsv), so a column mean
+    # over cv_metrics.tsv is the cross-validated mean (issue 17)
+    metrics_table = pd.DataFrame(rows)
     for col in ("repeat", "fold", "n_train", "n_test"):
         metrics_table[col] = metrics_table[col].astype("Int64")
     oof = pd.concat(oof_parts, ignore_index=True)

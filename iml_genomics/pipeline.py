@@ -22,7 +22,8 @@ EXTRA_STEPS = ("compare",)
 
 # Files a step always writes; a step whose directory lacks one is incomplete.
 STEP_OUTPUTS = {
-    "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
+    "train": ("cv_metrics.tsv", "cv_summary.tsv", "oof_predictions.tsv", "model.skops", "model.json",
+              "provenance.json"),
     "explain": ("gene_ranking.tsv", "attributions.parquet", "explain_summary.json", "provenance.json"),
     "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
     "report": ("biomarkers.tsv", "report.html", "provenance.json"),
@@ -32,7 +33,8 @@ STEP_OUTPUTS = {
 # Files each subcommand may write into --out, checked before any work is done (the
 # commit checks the names actually written again). simulate's names depend on --prefix.
 OUTPUT_NAMES = {
-    "train": ("cv_metrics.tsv", "oof_predictions.tsv", "model.skops", "model.json", "provenance.json"),
+    "train": ("cv_metrics.tsv", "cv_summary.tsv", "oof_predictions.tsv", "model.skops", "model.json",
+              "provenance.json"),
     "explain": ("attributions.parquet", "gene_ranking.tsv", "local_explanations.tsv", "interactions.tsv",
                 "explain_summary.json", "provenance.json", "audit.tsv"),
     "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),

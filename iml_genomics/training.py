@@ -61,8 +61,8 @@ class TrainResult:
             # keeps the bundle byte-identical whatever --jobs was
             # (nor the Dask scheduler: a later explain must not inherit an address that may be gone)
             "config": {**{k: v for k, v in cfg.to_dict().items() if k != "n_jobs"}, "parallel": {"scheduler": None}},
-            "cv_summary": self.cv.metrics.set_index("split").loc[["mean", "sd"]].drop(
-                columns=["repeat", "fold", "n_train", "n_test"]).to_dict(orient="index"),
+            "cv_summary": {stat: dict(zip(self.cv.summary["metric"], self.cv.summary[stat].astype(float)))
+                           for stat in ("mean", "sd")},
         }
         if self.covariates:
             # explain/evaluate append these columns (encoded the same way) after the genes
@@ -111,7 +111,11 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
                         positive_class=positive, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed,
                         n_jobs=n_jobs, backend=backend)
-    final = pipeline.fit(X, y)
+    from iml_genomics.progress import phase
+
+    with phase("final model on all samples", total=1, unit="fit") as progress:
+        final = pipeline.fit(X, y)
+        progress.update(1)
     used = used_gene_mask(final, len(gene_ids) + n_cov)[:len(gene_ids)]
     return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u], positive,
                        encoding)

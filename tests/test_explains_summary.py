@@ -62,7 +62,8 @@ def null_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------
 
 def test_every_table_and_summary_of_a_run_says_what_it_explains(demo_run):
-    expected = {"train/cv_metrics.tsv": {"model"}, "train/oof_predictions.tsv": {"model"},
+    expected = {"train/cv_metrics.tsv": {"model"}, "train/cv_summary.tsv": {"model"},
+                "train/oof_predictions.tsv": {"model"},
                 "explain/gene_ranking.tsv": {"model"}, "explain/local_explanations.tsv": {"model"},
                 "select/knockoff_selection.tsv": {"data"}}
     tables = sorted(p for p in demo_run.rglob("*.tsv"))
@@ -97,7 +98,7 @@ def test_biomarkers_rows_and_columns_say_what_they_explain(demo_run):
     kinds = dict(zip(cols["column"], cols["explains"]))
     assert kinds["mean_abs_shap"] == "model" and kinds["knockoff_w"] == "data" and kinds["q_value"] == "association"
     # rows follow the sort rule: selected genes (data) first, then non-zero SHAP (model), then univariate
-    n_sel = (bm["knockoff_selected"] == "True").sum()
+    n_sel = (bm["knockoff_selected"].str.upper() == "TRUE").sum()
     assert n_sel > 0 and set(bm["explains"].head(n_sel)) == {"data"}
     rest = bm.iloc[n_sel:]
     shap = pd.to_numeric(rest["mean_abs_shap"]) > 0
@@ -153,8 +154,8 @@ def test_plain_summary_numbers_equal_the_tables(demo_run):
     summary = json.loads((demo_run / "report" / "report_summary.json").read_text())
     text = summary["plain_summary"]
     assert (demo_run / "report" / "summary.txt").read_text() == text + "\n"
-    cv = pd.read_csv(demo_run / "train" / "cv_metrics.tsv", sep="\t").set_index("split")
-    assert f"AUROC for 'tumour' of {cv.loc['mean', 'auroc']:.3f} +/- {cv.loc['sd', 'auroc']:.3f}" in text
+    cv = pd.read_csv(demo_run / "train" / "cv_summary.tsv", sep="\t").set_index("metric")
+    assert f"AUROC for 'tumour' of {cv.loc['auroc', 'mean']:.3f} +/- {cv.loc['auroc', 'sd']:.3f}" in text
     ranking = pd.read_csv(demo_run / "explain" / "gene_ranking.tsv", sep="\t")
     assert f"relies most on {', '.join(ranking['gene_id'].head(5))} " in text
     assert f"{int((ranking['mean_abs_shap'] > 0).sum())} genes have a non-zero attribution" in text

@@ -131,6 +131,7 @@ def test_step_functions_return_what_the_cli_writes(runs, in_memory, tmp_path):
     report_tables, report_summary = report_tables_with_explains(m["report"])
     expected = {
         ("train", "cv_metrics.tsv"): with_explains(m["train"].cv_metrics, "model"),
+        ("train", "cv_summary.tsv"): with_explains(m["train"].cv_summary, "model"),
         ("train", "oof_predictions.tsv"): with_explains(m["train"].oof_predictions, "model"),
         ("explain", "gene_ranking.tsv"): with_explains(m["explain"].ranking, "model"),
         ("explain", "local_explanations.tsv"): with_explains(m["explain"].local, "model"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import comma_list, cohort_options, common_overrides, echo_warnings, make_backend, out_option
+from iml_genomics.cli.common import echo_summary, comma_list, cohort_options, common_overrides, echo_warnings, make_backend, out_option
 
 
 @click.command()
@@ -100,4 +100,4 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
         echo_warnings(result.warnings)
         prov.mark("explain")
         write_explain(stage, result, prov)
-    click.echo(explain_line(result, adata, out), err=True)
+    echo_summary(explain_line(result, adata, out))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import out_option
+from iml_genomics.cli.common import CommaSeparated, echo_summary, flatten, out_option
 
 FORMATS = ("csv.gz", "csv", "tsv", "tsv.gz", "parquet", "h5ad")
 
@@ -13,8 +13,9 @@ FORMATS = ("csv.gz", "csv", "tsv", "tsv.gz", "parquet", "h5ad")
 @click.option("--family", type=click.Choice(["gaussian", "pathway", "semi-synthetic"]), required=True,
               help="Simulation family (docs/simulate.md).")
 @out_option
-@click.option("--format", "formats", type=click.Choice(FORMATS), multiple=True, default=("csv.gz",),
-              show_default=True, help="Expression file format; repeat for several.")
+@click.option("--format", "formats", type=CommaSeparated(click.Choice(FORMATS)), multiple=True,
+              default=("csv.gz",), show_default=True,
+              help="Expression file format(s): parquet,h5ad or repeat the option.")
 @click.option("--prefix", default="simulated", show_default=True, help="File name prefix.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; same seed, same bytes.")
 @click.option("--n-samples", type=click.IntRange(min=4), default=200, show_default=True,
@@ -71,6 +72,7 @@ def simulate(family, out, formats, prefix, seed, **opts):
       iml-genomics simulate --family semi-synthetic \\
         --expression test_data/golub_expression.tsv.gz --n-signal 10 --out sim_golub/
     """
+    formats = flatten(formats)  # --format parquet,h5ad and --format parquet --format h5ad alike
     from pathlib import Path
 
     import pandas as pd
@@ -115,8 +117,8 @@ def simulate(family, out, formats, prefix, seed, **opts):
         write_cohort(cohort, stage, prefix, formats=tuple(dict.fromkeys(formats)), detailed_truth=True)
         prov.mark("write")
         prov.write(stage)
-    click.echo(f"simulate: {family}, {cohort.expression.shape[0]} samples x {cohort.expression.shape[1]} genes, "
-               f"{len(cohort.true_genes)} true genes, {len(cohort.pathways)} pathways; wrote {out}", err=True)
+    echo_summary(f"simulate: {family}, {cohort.expression.shape[0]} samples x {cohort.expression.shape[1]} genes, "
+                 f"{len(cohort.true_genes)} true genes, {len(cohort.pathways)} pathways; wrote {out}")
 
 
 def _family_params(family: str, o: dict) -> dict:

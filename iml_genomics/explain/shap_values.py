@@ -542,14 +542,26 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     # predict for the additivity check, and the model-agnostic route calls it for every coalition.
     # binary: plan.outputs holds the one class explained (plan_shap's positive_class)
     positive = plan.outputs[0] if classes is not None and len(classes) == 2 else None
-    with backend.shared_context_pool((pre, estimator, classes, plan.kind, payload, positive),
-                                     fork=plan.fork) as run:
-        for w in range(0, len(bounds), wave):
-            tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
-            for chunk in run(_explain_chunk, tasks):
-                if chunk.max_additivity_error > additivity_tolerance:
-                    _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
-                yield chunk
+    from iml_genomics.progress import silenced, tracker
+
+    # one bar over all waves, counted in samples; each wave's own loop stays quiet. A tracker, not a phase
+    # context, because this generator may be abandoned between chunks (the caller's exception)
+    progress, finished = tracker("SHAP values", total=n, unit="samples"), False
+    try:
+        with backend.shared_context_pool((pre, estimator, classes, plan.kind, payload, positive),
+                                         fork=plan.fork) as run:
+            for w in range(0, len(bounds), wave):
+                tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
+                with silenced():
+                    chunks = run(_explain_chunk, tasks)
+                for chunk, (s, e) in zip(chunks, bounds[w:w + wave]):
+                    if chunk.max_additivity_error > additivity_tolerance:
+                        _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
+                    progress.update(e - s)
+                    yield chunk
+        finished = True
+    finally:
+        progress.close(finished)
 
 
 def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) -> None:

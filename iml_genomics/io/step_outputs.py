@@ -67,6 +67,7 @@ def write_train(stage: str | Path, result, prov) -> None:
     stage = Path(stage)
     prov.extra["cohort"] = result.cohort
     write_tsv(result.cv_metrics, stage / "cv_metrics.tsv")
+    write_tsv(result.cv_summary, stage / "cv_summary.tsv")
     if aggregate(prov):
         prov.extra["withheld"] = {"files": ["oof_predictions.tsv"], "reason": WITHHELD_REASON}
     else:
@@ -246,11 +247,13 @@ def write_compare(stage: str | Path, result, prov) -> None:
 
 def train_line(result, cfg, out) -> str:
     """``train: N samples x P genes, MODEL, auroc = m +/- sd (k-fold x r); wrote OUT``."""
-    summary = result.cv_metrics.set_index("split")
+    from iml_genomics.io.interchange import cv_summary_value
+
+    summary = result.cv_summary
     key = "auroc" if result.classes else "r2"
     named = f" (positive class '{result.positive_class}')" if result.positive_class is not None else ""
     return (f"train: {result.cohort['n_samples']} samples x {result.cohort['n_genes']} genes, {cfg.model.name}, "
-            f"{key}{named} = {summary.loc['mean', key]:.3f} +/- {summary.loc['sd', key]:.3f} "
+            f"{key}{named} = {cv_summary_value(summary, key):.3f} +/- {cv_summary_value(summary, key, 'sd'):.3f} "
             f"({cfg.cv.n_splits}-fold x {cfg.cv.n_repeats}); wrote {out}")
 
 

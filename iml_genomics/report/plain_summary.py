@@ -48,11 +48,17 @@ def f3(value) -> str:
 def cv_accuracy(inputs) -> tuple[str, float, float | None] | None:
     """(metric, mean, sd) of the primary CV metric: auroc (classification) or r2, from the train tables.
 
-    Read from the ``mean`` / ``sd`` rows of cv_metrics.tsv (or cv_summary.tsv), else from model.json's
-    ``cv_summary``, else computed from the per-fold rows (sd with ddof = 1, as train does).
+    Read from cv_summary.tsv (one row per metric: ``metric``, ``mean``, ``sd``), else the ``mean`` / ``sd``
+    rows of an older cv_metrics.tsv, else model.json's ``cv_summary``, else computed from the per-fold rows
+    (sd with ddof = 1, as train does).
     """
-    frames = [getattr(inputs, "cv_summary", None), inputs.cv_metrics]
-    for frame in frames:
+    summary = getattr(inputs, "cv_summary", None)
+    if summary is not None and {"metric", "mean"} <= set(summary.columns):
+        rows = summary.set_index(summary["metric"].astype(str))
+        metric = next((m for m in ("auroc", "r2") if m in rows.index), None)
+        if metric is not None and _num(rows.loc[metric, "mean"]) is not None:
+            return metric, _num(rows.loc[metric, "mean"]), _num(rows.loc[metric, "sd"]) if "sd" in rows else None
+    for frame in (inputs.cv_metrics,):
         if frame is None or "split" not in frame.columns:
             continue
         metric = next((m for m in ("auroc", "r2") if m in frame.columns), None)

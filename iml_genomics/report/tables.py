@@ -822,7 +822,10 @@ def build_biomarkers(inputs: ReportInputs, *, gene_ids: list[str], keys: pd.Seri
     (ascending); then |effect| (descending); ties by gene id.
     """
     frame = pd.DataFrame(index=pd.Index([str(g) for g in gene_ids], name="gene_id"))
-    frame["symbol"] = keys.reindex(frame.index).to_numpy()
+    key = keys.reindex(frame.index)
+    # an unmapped id (its key is only its normalised self) shows as itself, never upper-cased or shortened
+    frame["symbol"] = np.where(key.to_numpy() == gs.normalise_ids(frame.index), frame.index.to_numpy(),
+                               key.to_numpy())
     if inputs.gene_ranking is not None:
         gr = inputs.gene_ranking.copy()
         gr["gene_id"] = gr["gene_id"].astype(str)
@@ -851,7 +854,7 @@ def build_biomarkers(inputs: ReportInputs, *, gene_ids: list[str], keys: pd.Seri
     if gene_set_table is not None and sets is not None:
         significant = gene_set_table.loc[gene_set_table["significant"].astype(bool), "gene_set"].tolist()
         member = gs.set_membership(sets, significant)
-        lists = [member.get(k, []) for k in frame["symbol"]]
+        lists = [member.get(k, []) for k in key.to_numpy()]
         frame["n_gene_sets"] = [len(x) for x in lists]
         frame["gene_sets"] = [";".join(x) for x in lists]
     for col in BIOMARKER_COLUMNS:

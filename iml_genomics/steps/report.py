@@ -113,6 +113,7 @@ def report_inputs(inputs=None, *, train=None, explain=None, select=None, input_d
         # dtypes), so the report from memory is byte for byte the report from the directories
         if step == "train":
             inputs.cv_metrics, inputs.oof = _as_tsv(result.cv_metrics), _as_tsv(result.oof_predictions)
+            inputs.cv_summary = _as_tsv(result.cv_summary)
             inputs.model = _as_json(result.manifest)
         elif step == "explain":
             inputs.gene_ranking, inputs.local = _as_tsv(result.ranking), _as_tsv(result.local)

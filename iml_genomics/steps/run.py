@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from iml_genomics.progress import silenced
+from iml_genomics.progress import step as progress_step
+
 log = logging.getLogger("iml_genomics.run")
 
 
@@ -133,7 +136,7 @@ def _step_args(step: str, config_path, data, out: Path, n_jobs, scheduler, gene_
 
 def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False, n_jobs: int | None = None,
                  scheduler: str | None = None, estimates=None, echo: Callable[[str], None] | None = None,
-                 warn: Callable[[list], None] | None = None, progress: bool = False,
+                 warn: Callable[[list], None] | None = None, progress: bool = True,
                  write_h5ad=None) -> RunResult:
     """Run train -> explain -> select -> report into ``out``, skipping steps that are up to date.
 
@@ -162,7 +165,8 @@ def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False,
     warn : callable, optional
         Receives a list of one-line warnings; default: stderr.
     progress : bool
-        Draw a progress bar on stderr (a terminal).
+        Show the steps' progress as :mod:`iml_genomics.progress` is configured (a bar per phase on a
+        terminal or in a notebook, timestamped lines in a log); False: none during this run.
     write_h5ad : path, optional
         Also write the cohort with every result of the run attached (``iml_genomics.tl.attach_results``: per-gene
         columns in ``var``, SHAP values in ``obsm``, tables, summaries and the model in
@@ -298,6 +302,8 @@ class _Run:
         step_inputs = {"train": [self.expression, self.labels], "explain": [self.expression, self.labels],
                        "select": [self.expression, self.labels], "report": [self.gene_sets, self.gene_map],
                        "compare": [self.expression, self.labels]}
+        if self.step_cfg.report.alias_map:  # an edited alias table redoes the report
+            step_inputs["report"].append(Path(self.step_cfg.report.alias_map))
         prov = Provenance("run", resolved, {"expression": self.expression, "labels": self.labels,
                                             "config": self.config_path}, known_sha256=self.hashes.sha256)
         fingerprints: dict[str, str] = {}
@@ -321,12 +327,11 @@ class _Run:
                 result.skipped.append(step)
                 continue
             log.info("[%d/%d] %s: running", index, len(wanted), step)
-            if self.progress:
-                sys.stderr.write(f"\r[{'#' * index}{'.' * (len(wanted) - index)}] {step} ...")
-                sys.stderr.flush()
             started = time.perf_counter()
             try:
-                getattr(self, f"_{step}")(to_run)
+                # labels read "explain: SHAP values"; no progress at all when the caller said so
+                with progress_step(step), silenced(not self.progress):
+                    getattr(self, f"_{step}")(to_run)
             except BaseException as exc:
                 _tag(exc, step)
                 raise
@@ -339,8 +344,6 @@ class _Run:
             self._write_state(state)
             log.info("[%d/%d] %s: done in %.1f s", index, len(wanted), step, seconds)
             result.ran.append(step)
-        if self.progress:
-            sys.stderr.write("\n")
         prov.extra["steps"] = {s: state.get(s) for s in wanted}
         prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work}
                                    for e in self.estimates}
@@ -602,8 +605,10 @@ class _Run:
             adata = self.cohort(to_run) if paths["expression"] else None
             collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
             genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(view)
-            gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
-                                           symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
+            from iml_genomics.gene_ids import load_gene_map
+
+            gene_table = load_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
+                                       symbol_column=rc.gene_map_symbol_column, alias_map=rc.alias_map)
             prov.mark("read_cohort_and_gene_sets")
             res = report_step(adata, cfg, inputs=inputs, **in_memory, collection=collection, gene_map=gene_table,
                               positive_class=cfg.data.positive_class,

@@ -16,7 +16,7 @@ class TrainResult:
     Attributes
     ----------
     cv_metrics : pandas.DataFrame
-        ``cv_metrics.tsv``: one row per fold, then ``mean`` and ``sd``.
+        ``cv_metrics.tsv``: one row per fold (``cv_summary`` has the mean and sd per metric).
     oof_predictions : pandas.DataFrame
         ``oof_predictions.tsv``: out-of-fold predictions.
     model : sklearn.pipeline.Pipeline
@@ -51,6 +51,20 @@ class TrainResult:
     cohort: dict
     warnings: list = field(default_factory=list)
     cv: object = None
+
+    def __post_init__(self):
+        # a table read from an older run (file or AnnData) may still end with mean/sd rows
+        if self.cv_metrics is not None:
+            from iml_genomics.io.interchange import cv_fold_rows
+
+            self.cv_metrics = cv_fold_rows(self.cv_metrics)
+
+    @property
+    def cv_summary(self) -> pd.DataFrame:
+        """``cv_summary.tsv``: one row per metric with mean, sd and n_folds."""
+        from iml_genomics.io.interchange import cv_summary_table
+
+        return cv_summary_table(self.cv_metrics)
 
 
 def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = None,
