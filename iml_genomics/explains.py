@@ -153,14 +153,17 @@ def step_summary_with_explains(summary: dict, kind: str) -> dict:
     return summary if "explains" in summary else {**summary, "explains": kind}
 
 
+# biomarkers_columns.tsv: a column that names the gene rather than stating a result
+IDENTIFIER = "identifier"
+
 # biomarkers.tsv: what each column describes and what it is (written as biomarkers_columns.tsv next to it);
 # None = decided per run (the gene-set columns follow the gene-set analysis)
 BIOMARKER_COLUMN_KINDS = {
     "rank": (MIXED, "position under the sort rule: knockoff-selected genes (data) first, then non-zero mean "
                     "|SHAP| by explain rank (model), then univariate q-value (association); the row's explains "
                     "column says which placed it"),
-    "gene_id": ("", "measured gene id (an identifier, not a result)"),
-    "symbol": ("", "harmonised gene symbol (an identifier, not a result)"),
+    "gene_id": (IDENTIFIER, "measured gene id (an identifier, not a result)"),
+    "symbol": (IDENTIFIER, "harmonised gene symbol (an identifier, not a result)"),
     "knockoff_selected": ("data", "selected by select at the target FDR (knockoffs or dCRT)"),
     "explain_rank": ("model", "rank in explain's gene_ranking.tsv (mean |SHAP|)"),
     "mean_abs_shap": ("model", "mean |SHAP| of the fitted model"),
@@ -187,7 +190,7 @@ BIOMARKER_COLUMN_KINDS = {
     "n_gene_sets": (None, "number of significant gene sets containing the gene's symbol"),
     "gene_sets": (None, "the significant gene sets containing the gene's symbol"),
     "explains": (MIXED, "what placed this row at its rank: data (knockoff-selected), model (non-zero mean "
-                        "|SHAP|), association (univariate q-value); empty when nothing did"),
+                        "|SHAP|), association (univariate q-value); NA when nothing did"),
 }
 UNDOCUMENTED = "undocumented"
 

@@ -76,7 +76,7 @@ def test_every_table_and_summary_of_a_run_says_what_it_explains(demo_run):
             continue
         assert frame.columns[-1] == "explains", rel  # appended last: existing positions unchanged
         values = set(frame["explains"])
-        assert values <= {*E.KINDS, ""}, (rel, values)
+        assert values <= {*E.KINDS, "NA"}, (rel, values)  # NA: a row nothing ranks (biomarkers, gene sets)
         if rel in expected:
             assert values == expected[rel], rel
     for step, kind in (("train", "model"), ("explain", "model"), ("select", "data"), ("report", "mixed")):
@@ -97,6 +97,7 @@ def test_biomarkers_rows_and_columns_say_what_they_explain(demo_run):
     assert E.UNDOCUMENTED not in set(cols["explains"])  # a new biomarkers column must say what it explains
     kinds = dict(zip(cols["column"], cols["explains"]))
     assert kinds["mean_abs_shap"] == "model" and kinds["knockoff_w"] == "data" and kinds["q_value"] == "association"
+    assert kinds["gene_id"] == kinds["symbol"] == E.IDENTIFIER
     # rows follow the sort rule: selected genes (data) first, then non-zero SHAP (model), then univariate
     n_sel = (bm["knockoff_selected"].str.upper() == "TRUE").sum()
     assert n_sel > 0 and set(bm["explains"].head(n_sel)) == {"data"}
