@@ -73,11 +73,12 @@ def cv_summary_df(adata, *, key_added: str | None = None):
     Returns
     -------
     pandas.DataFrame
-        Columns ``metric``, ``mean``, ``sd``, ``n_folds``.
+        Columns ``metric``, ``mean``, ``sd``, ``n_folds``, ``explains``.
     """
+    from iml_genomics.explains import with_explains
     from iml_genomics.io.interchange import cv_summary_table
 
-    return cv_summary_table(cv_metrics_df(adata, key_added=key_added))
+    return with_explains(cv_summary_table(cv_metrics_df(adata, key_added=key_added)), "model")  # as the file
 
 
 def oof_predictions_df(adata, *, key_added: str | None = None):

@@ -486,6 +486,7 @@ def reference_metrics(tmp_path_factory, cohort):
     run then also checks CLI == library.
     """
     from iml_genomics.config import config_from_dict
+    from iml_genomics.explains import with_explains
     from iml_genomics.io import load_cohort, write_tsv
     from iml_genomics.training import train_model
 
@@ -498,7 +499,8 @@ def reference_metrics(tmp_path_factory, cohort):
             cohort[1].iloc[:n_samples].to_csv(d / "labels.tsv", sep="\t", index=False)
             cfg = config_from_dict({"n_jobs": 1, "data": {"label_column": "condition"}, "cv": {"n_splits": 3}})
             adata = load_cohort(d / "expr.csv", labels=d / "labels.tsv", label_column="condition")
-            write_tsv(train_model(adata, cfg).cv.metrics, d / "cv_metrics.tsv")
+            # the train writer appends the explains column (docs/pipeline.md)
+            write_tsv(with_explains(train_model(adata, cfg).cv.metrics, "model"), d / "cv_metrics.tsv")
             cache[n_samples] = (d / "cv_metrics.tsv").read_bytes()
         return cache[n_samples]
 

@@ -33,7 +33,7 @@ def test_demo_outputs_and_columns(demo_train_dir):
     folds = cv
     assert folds["n_test"].sum() == 400
     summary = pd.read_csv(demo_train_dir / "cv_summary.tsv", sep="\t")
-    assert list(summary.columns) == ["metric", "mean", "sd", "n_folds"]
+    assert list(summary.columns) == ["metric", "mean", "sd", "n_folds", "explains"]
     assert list(summary["metric"]) == ["balanced_accuracy", "auroc", "average_precision", "log_loss"]
     assert (summary["n_folds"] == 5).all()
     assert cv_mean(demo_train_dir, "auroc") == pytest.approx(folds["auroc"].mean())

@@ -72,7 +72,8 @@ def cv_summary_table(cv_metrics: pd.DataFrame) -> pd.DataFrame:
         defined (AUROC is undefined on a test fold of one class).
     """
     folds = cv_fold_rows(cv_metrics)
-    metrics = [c for c in folds.columns if c not in CV_FOLD_COLUMNS]
+    # `explains` (appended by the writer, docs/pipeline.md) labels the table, it is not a metric
+    metrics = [c for c in folds.columns if c not in CV_FOLD_COLUMNS and c != "explains"]
     rows = []
     for m in metrics:
         v = pd.to_numeric(folds[m], errors="coerce")
