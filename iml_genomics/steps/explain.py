@@ -221,6 +221,12 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     pipeline, manifest = (model.model, model.manifest) if hasattr(model, "manifest") else model
     cfg = resolved(explain_config(manifest, cfg, source=model_source), n_jobs, random_state)
     backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
+    from iml_genomics.single_cell import subsample_cohort
+
+    # single-cell scale: SHAP, permutations and refits on a stratified subsample (explain.max_samples)
+    adata, subsample = subsample_cohort(adata, cfg.explain.max_samples, label_column=cfg.data.label_column,
+                                        seed=cfg.seed, min_per_class=cfg.cv.n_splits, task=manifest["task"],
+                                        keep=cfg.explain.samples)
     adata = align_genes(adata, manifest["gene_ids"], expression_source(adata, None))
     X = design_matrix(adata)
     task, classes = manifest["task"], manifest.get("classes")
@@ -244,6 +250,8 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
                             backend=backend, on_chunk=on_chunk or collector, positive_class=positive)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": task, "classes": classes,
               "labels_used": y is not None, "positive_class": positive}
+    if subsample is not None:
+        cohort["subsample"] = subsample
     out = ExplainResult(ranking=result.ranking, local=result.local, interactions=result.interactions,
                         summary=result.summary, task=task, classes=classes, positive_class=positive,
                         sample_ids=sample_ids, gene_ids=list(adata.var_names), cohort=cohort,
