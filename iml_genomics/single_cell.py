@@ -182,8 +182,10 @@ def stratified_subsample(labels, max_samples: int | None, *, seed: int, min_per_
 
 
 def subsample_cohort(adata, max_samples: int | None, *, label_column: str | None, seed: int,
-                     min_per_class: int = 1, task: str = "auto"):
+                     min_per_class: int = 1, task: str = "auto", keep=()):
     """The cohort restricted to :func:`stratified_subsample`'s rows (a copy of those rows only), or itself.
+
+    ``keep``: sample ids always included (``explain.samples``), on top of the subsample.
 
     Returns
     -------
@@ -203,6 +205,8 @@ def subsample_cohort(adata, max_samples: int | None, *, label_column: str | None
         classification, labels = False, np.zeros(adata.n_obs)
     idx = stratified_subsample(labels, max_samples, seed=seed, min_per_class=min_per_class,
                                classification=classification)
+    wanted = adata.obs_names.get_indexer(pd.Index([str(k) for k in keep]))
+    idx = np.union1d(idx, wanted[wanted >= 0])
     record = {"n_samples_total": int(adata.n_obs), "n_samples_used": int(idx.size), "max_samples": int(max_samples),
               "stratified_by": label_column if has_labels and classification else None}
     return adata[idx].copy(), record

@@ -73,12 +73,32 @@ def tiny_sparse(tmp_path_factory):
     return d, path
 
 
-def test_subsampled_run_is_the_same_bytes_with_any_jobs(tiny_sparse):
+def _estimates(config, out, jobs):
+    """(peak memory bytes over the steps, total seconds) of `run --dry-run`."""
+    from iml_genomics.pipeline import parse_memory
+
+    dry = run_cli("run", config, "--out", out, "--dry-run", "--jobs", jobs).stdout
+    rows = [line.split() for line in dry.splitlines()[1:]]
+    return max(parse_memory(" ".join(r[1:3])) for r in rows), sum(float(r[3].rstrip("s")) for r in rows)
+
+
+def _measure(config, out, jobs):
+    pytest.importorskip("psutil")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_single_cell import measure
+
+    got = measure([sys.executable, "-m", "iml_genomics", "run", str(config), "--out", str(out), "--jobs", jobs])
+    assert got["exit_code"] == 0, got["stderr_tail"]
+    return got
+
+
+def test_subsampled_run_is_the_same_bytes_with_any_jobs_and_within_2x_of_the_estimate(tiny_sparse):
     d, config = tiny_sparse
-    for jobs in ("1", "2"):
-        run_cli("run", config, "--out", d / f"run{jobs}", "--jobs", jobs)
-    files = ["train/cv_metrics.tsv", "train/oof_predictions.tsv", "explain/gene_ranking.tsv",
-             "explain/attributions.parquet", "select/knockoff_selection.tsv", "report/biomarkers.tsv"]
+    est_peak, est_seconds = _estimates(config, d / "run1", "1")
+    got = _measure(config, d / "run1", "1")
+    run_cli("run", config, "--out", d / "run2", "--jobs", "2", "--steps", "train,explain,select")
+    files = ["train/cv_metrics.tsv", "train/oof_predictions.tsv", "train/model.skops", "explain/gene_ranking.tsv",
+             "explain/attributions.parquet", "select/knockoff_selection.tsv"]
     for name in files:
         assert (d / "run1" / name).read_bytes() == (d / "run2" / name).read_bytes(), name
     train = json.loads((d / "run1" / "train" / "provenance.json").read_text())["cohort"]
@@ -90,37 +110,13 @@ def test_subsampled_run_is_the_same_bytes_with_any_jobs(tiny_sparse):
     # explain.samples is kept on top of the 150 drawn cells
     assert explain["subsample"]["n_samples_used"] in (150, 151) and explain["n_samples"] == \
         explain["subsample"]["n_samples_used"]
-    assert (d / "run1" / "explain" / "local_explanations.tsv").read_text().count("C001200") > 0
+    assert "C001200" in (d / "run1" / "explain" / "local_explanations.tsv").read_text()
     select = json.loads((d / "run1" / "select" / "provenance.json").read_text())["cohort"]
     assert select["subsample"]["n_samples_used"] == 400
-
-
-def _estimates(config, out, jobs):
-    """(peak memory bytes over the steps, total seconds) of `run --dry-run`."""
-    from iml_genomics.pipeline import parse_memory
-
-    dry = run_cli("run", config, "--out", out, "--dry-run", "--jobs", jobs).stdout
-    rows = [line.split() for line in dry.splitlines()[1:]]
-    return max(parse_memory(" ".join(r[1:3])) for r in rows), sum(float(r[3].rstrip("s")) for r in rows)
-
-
-def _measure(config, out, jobs):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_single_cell import measure
-
-    got = measure([sys.executable, "-m", "iml_genomics", "run", str(config), "--out", str(out), "--jobs", jobs])
-    assert got["exit_code"] == 0, got["stderr_tail"]
-    return got
-
-
-def test_estimate_is_within_2x_of_a_measured_small_run(tiny_sparse, tmp_path):
-    """The cheap proxy of the 100,000-cell calibration: the tiny sparse run's peak tree RSS and wall time."""
-    d, config = tiny_sparse
-    est_peak, est_seconds = _estimates(config, tmp_path / "run", "1")
-    got = _measure(config, tmp_path / "run", "1")
+    # the cheap proxy of the 100,000-cell calibration (docs/benchmarks.md): the tiny run's peak tree RSS
+    # within 2x of the estimate; its time, all fixed costs on a shared machine, within 3x
     assert est_peak / 2 <= got["peak_tree_rss_bytes"] <= est_peak * 2, (est_peak, got)
-    # a loaded machine runs slower than the estimate assumes: allow 4x over, never under half
-    assert est_seconds / 2 <= got["wall_seconds"] <= est_seconds * 4, (est_seconds, got)
+    assert est_seconds / 3 <= got["wall_seconds"] <= est_seconds * 3, (est_seconds, got)
 
 
 def test_bad_single_cell_inputs_are_one_line(tiny_sparse, tmp_path):

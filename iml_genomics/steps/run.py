@@ -328,7 +328,7 @@ class _Run:
         if self.progress:
             sys.stderr.write("\n")
         prov.extra["steps"] = {s: state.get(s) for s in wanted}
-        prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work}
+        prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work, "seconds": e.seconds}
                                    for e in self.estimates}
         if self.write_h5ad is not None:
             state["h5ad"] = self._write_cohort_h5ad(to_run)
