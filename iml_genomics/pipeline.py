@@ -234,7 +234,8 @@ _LINEAR_FIT = 4e-8               # s per (cell x gene) of one linear fit (its re
 _SHAP_TREE = 1.5e-7              # s per (tree x cell x 2^depth) of Tree SHAP, path-dependent
 _INTERACTION = 7e-9              # s per (tree x gene^2 x cell) of Tree SHAP interaction values
 _SELECT = 2.4e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
-_UNIVARIATE = 6e-7               # s per (cell x gene) of the report's per-gene tests (rank tests included)
+_UNIVARIATE = 7.3e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
+_REPORT_FIXED = 28.0             # the report's gene-set tests, figures and page
 
 
 def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: int | None = None) -> list[StepEstimate]:
@@ -330,9 +331,12 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     select_work = f"{sc.n_draws} knockoff draw(s) of {n_s} x {p}; statistic {sc.statistic} on {n_s} x {2 * p}"
 
     # report: per-gene tests over every sample, a block of genes dense at a time (report/tables.py)
-    block = min(p, max(1, (1 << 24) // max(1, n))) if nnz is not None else p
-    report_mem = _BASE + 2 * cohort + 6 * 8.0 * n * block + 8 * p * 200
-    report_s = _UNIVARIATE * n * p + 1e-4 * p * cfg.report.n_permutations / 10 + read_seconds
+    # report: per-gene tests and the gene-set label-permutation null on every sample (or report.max_samples):
+    # the null holds the values, their residuals, centred values and squares dense, and the permutations
+    n_r = min(n, cfg.report.max_samples or n)
+    n_perm = cfg.report.n_permutations
+    report_mem = _BASE + 2 * cohort + 4 * 8.0 * n_r * p + 8.0 * n_perm * n_r + 8 * p * 200
+    report_s = _REPORT_FIXED + _UNIVARIATE * n_r * p * max(1.0, n_perm / 1000) + read_seconds
     report_work = f"{p} genes; rank test with {cfg.report.n_permutations} permutations"
     startup = _SECONDS_STEP
     return [StepEstimate("train", int(train_mem), train_work, round(train_s + startup + _SECONDS_RUN, 1)),
