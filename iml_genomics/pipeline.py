@@ -228,14 +228,14 @@ _BASE = 300 * 1024**2            # interpreter, numpy, sklearn, shap, anndata in
 _WORKER = 250 * 1024**2          # one loky worker with the same imports
 _SECONDS_STEP = 12.0             # a step's fixed cost: imports, provenance, hashing and writing its outputs
 _SECONDS_RUN = 15.0              # run's own: interpreter, config, reading the labels
-_SECONDS_PER_VALUE_READ = 4e-7   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
+_SECONDS_PER_VALUE_READ = 2e-7   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
 _TREE_FIT = 3.8e-8               # s per (tree x cell x depth x sqrt(genes)) of a forest fit; depth <= log2(cells)
 _LINEAR_FIT = 4e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
 _SHAP_TREE = 1.5e-7              # s per (tree x cell x 2^depth) of Tree SHAP, path-dependent
 _INTERACTION = 7e-9              # s per (tree x gene^2 x cell) of Tree SHAP interaction values
-_SELECT = 2.4e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
-_UNIVARIATE = 7.3e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
-_REPORT_FIXED = 28.0             # the report's gene-set tests, figures and page
+_SELECT = 1.5e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
+_UNIVARIATE = 4e-7               # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
+_REPORT_FIXED = 8.0              # the report's gene-set tests, figures and page
 
 
 def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: int | None = None) -> list[StepEstimate]:
