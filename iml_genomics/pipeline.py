@@ -200,7 +200,7 @@ class StepEstimate:
 
 def peek_nnz(path: str | Path) -> int | None:
     """Stored values of a sparse ``.h5ad`` X (None for a dense matrix or another format), without reading them."""
-    if detect_format_safe(path) != "h5ad":
+    if _format_or_none(path) != "h5ad":
         return None
     try:
         import h5py
@@ -212,12 +212,14 @@ def peek_nnz(path: str | Path) -> int | None:
         return None
 
 
-def detect_format_safe(path) -> str | None:
+def _format_or_none(path) -> str | None:
+    """The matrix format its name says, or None where the reader would refuse it (it does, in its own words)."""
+    from iml_genomics.errors import IMLGenomicsError
     from iml_genomics.io.readers import detect_format
 
     try:
         return detect_format(path)
-    except Exception:  # an unknown suffix: the reader refuses it in its own words later
+    except (IMLGenomicsError, ValueError):
         return None
 
 
