@@ -173,3 +173,24 @@ def test_univariate_effects_in_gene_blocks_equal_the_dense_result(monkeypatch):
         whole = tables.univariate_effects(dense_cohort, label_column="cell_type", task="classification", **kw)
         pd_testing.assert_frame_equal(blocked, whole, check_exact=True)
     assert blocked.loc["G00001", "higher_in"] == "type_1"
+
+
+def test_estimate_reads_the_stored_values_of_a_sparse_h5ad(tiny_sparse):
+    import anndata as ad
+
+    from conftest import TEST_DATA
+    from iml_genomics.config import load_config
+    from iml_genomics.pipeline import estimate_resources, peek_nnz
+
+    d, config = tiny_sparse
+    path = d / "data" / "sc_expression.h5ad"
+    assert peek_nnz(path) == ad.read_h5ad(path).X.nnz
+    assert peek_nnz(TEST_DATA / "demo_expression.h5ad") is None  # dense X
+    assert peek_nnz(TEST_DATA / "demo_expression.csv.gz") is None
+    cfg = load_config(ROOT / "configs" / "single_cell.yaml")
+    sparse_est = estimate_resources(cfg, 100_000, 2_000, n_jobs=2, nnz=20_000_000)
+    dense_est = estimate_resources(cfg, 100_000, 2_000, n_jobs=2)
+    assert all(s.peak_memory_bytes < d_.peak_memory_bytes for s, d_ in zip(sparse_est, dense_est))
+    # the subsample keys bound the estimate: without report.max_samples the report needs the null on every cell
+    cfg.report.max_samples = None
+    assert estimate_resources(cfg, 100_000, 2_000, n_jobs=2, nnz=20_000_000)[3].peak_memory_bytes > 3 * 2**30
