@@ -228,8 +228,8 @@ def _format_or_none(path) -> str | None:
 # jobs (load ~10). Memory is the resident set of the main process plus its joblib workers; time is wall time.
 _BASE = 300 * 1024**2            # interpreter, numpy, sklearn, shap, anndata in the main process
 _WORKER = 250 * 1024**2          # one loky worker with the same imports
-_SECONDS_STEP = 12.0             # a step's fixed cost: imports, provenance, hashing and writing its outputs
-_SECONDS_RUN = 15.0              # run's own: interpreter, config, reading the labels
+_SECONDS_STEP = 2.5              # a step's fixed cost: imports, provenance, hashing and writing its outputs
+_SECONDS_RUN = 4.0               # run's own: interpreter, config, reading the labels
 _SECONDS_PER_VALUE_READ = 2e-7   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
 _TREE_FIT = 3.8e-8               # s per (tree x cell x depth x sqrt(genes)) of a forest fit; depth <= log2(cells)
 _LINEAR_FIT = 4e-8               # s per (cell x gene) of one linear fit (its regularisation path included)

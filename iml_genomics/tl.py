@@ -322,6 +322,23 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
 
     position = {g: i for i, g in enumerate(adata.var_names)}
     missing = [g for g in result.attribution_genes if g not in position]
+    rows = adata.obs_names.get_indexer(list(result.sample_ids))
+    subsample = list(result.sample_ids) != list(adata.obs_names) and len(rows) < adata.n_obs and \
+        (rows >= 0).all() and (np.diff(rows) > 0).all()
+    if subsample and not missing:
+        # explain.max_samples: only a subsample of cells was explained. obsm needs a row per cell, which at
+        # 10^5 cells would be gigabytes of NaN, so the explained cells' values go to uns with their ids
+        adata.obsm.pop(key, None)
+        columns = np.array([position[g] for g in result.attribution_genes], dtype=np.intp)
+        values = np.zeros((len(rows), adata.n_vars) + result.attributions.shape[2:], dtype=np.float32)
+        values[:, columns] = result.attributions.astype(np.float32)
+        entry["attributions"] = {"values": values,
+                                 "sample_ids": np.array(result.sample_ids, dtype=object).astype(str),
+                                 "classes": np.array(result.attribution_classes, dtype=object).astype(str),
+                                 "genes": np.array(result.attribution_genes, dtype=object).astype(str),
+                                 "base_values": np.asarray(result.base_values, dtype=np.float64),
+                                 "model_output": np.asarray(result.model_output, dtype=np.float64)}
+        return
     if list(result.sample_ids) != list(adata.obs_names) or missing:
         what = (f"gene '{missing[0]}' is not in adata.var_names" if missing
                 else "its samples differ from adata.obs_names")
@@ -383,7 +400,11 @@ def stored_result(adata, step: str, key_added):
 
         position = {g: i for i, g in enumerate(adata.var_names)}
         genes = [str(g) for g in att["genes"]]
-        out.attributions = np.asarray(adata.obsm[att["obsm_key"]])[:, [position[g] for g in genes]]
+        if "values" in att:  # a subsample of cells (explain.max_samples)
+            out.attributions = np.asarray(att["values"])[:, [position[g] for g in genes]]
+            out.sample_ids = [str(x) for x in att["sample_ids"]]
+        else:
+            out.attributions = np.asarray(adata.obsm[att["obsm_key"]])[:, [position[g] for g in genes]]
         out.base_values, out.model_output = np.asarray(att["base_values"]), np.asarray(att["model_output"])
         out.attribution_genes, out.attribution_classes = genes, [str(c) for c in att["classes"]]
     return out

@@ -83,12 +83,13 @@ def _estimates(config, out, jobs):
     return max(parse_memory(" ".join(r[1:3])) for r in rows), sum(float(r[3].rstrip("s")) for r in rows)
 
 
-def _measure(config, out, jobs):
+def _measure(config, out, jobs, *extra):
     pytest.importorskip("psutil")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_single_cell import measure
 
-    got = measure([sys.executable, "-m", "iml_genomics", "run", str(config), "--out", str(out), "--jobs", jobs])
+    got = measure([sys.executable, "-m", "iml_genomics", "run", str(config), "--out", str(out), "--jobs", jobs,
+                   *map(str, extra)])
     assert got["exit_code"] == 0, got["stderr_tail"]
     return got
 
@@ -96,7 +97,7 @@ def _measure(config, out, jobs):
 def test_subsampled_run_is_the_same_bytes_with_any_jobs_and_within_2x_of_the_estimate(tiny_sparse):
     d, config = tiny_sparse
     est_peak, est_seconds = _estimates(config, d / "run1", "1")
-    got = _measure(config, d / "run1", "1")
+    got = _measure(config, d / "run1", "1", "--write-h5ad", d / "run1.h5ad")
     run_cli("run", config, "--out", d / "run2", "--jobs", "2", "--steps", "train,explain,select")
     files = ["train/cv_metrics.tsv", "train/oof_predictions.tsv", "train/model.skops", "explain/gene_ranking.tsv",
              "explain/attributions.parquet", "select/knockoff_selection.tsv"]
@@ -114,6 +115,16 @@ def test_subsampled_run_is_the_same_bytes_with_any_jobs_and_within_2x_of_the_est
     assert "C001200" in (d / "run1" / "explain" / "local_explanations.tsv").read_text()
     select = json.loads((d / "run1" / "select" / "provenance.json").read_text())["cohort"]
     assert select["subsample"]["n_samples_used"] == 400
+    # --write-h5ad: the explained subsample's SHAP values are kept in uns (obsm would need a row per cell)
+    import anndata as ad
+    import pandas as pd
+
+    import iml_genomics as ig
+
+    attached = ad.read_h5ad(d / "run1.h5ad")
+    assert "shap" not in attached.obsm
+    pd_testing.assert_frame_equal(ig.get.attributions_df(attached).reset_index(drop=True),
+                                  pd.read_parquet(d / "run1" / "explain" / "attributions.parquet"))
     report = json.loads((d / "run1" / "report" / "report_summary.json").read_text())
     assert report["subsample"]["n_samples_used"] in (600, 601)
     # the cheap proxy of the 100,000-cell calibration (docs/benchmarks.md): the tiny run's peak tree RSS

@@ -192,6 +192,8 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     on_chunk : callable, optional
         Called with ``(ShapChunk, ShapPlan)`` for every chunk of samples, in order (the CLI passes an
         :class:`iml_genomics.io.attributions.AttributionWriter`); the result then holds no attributions.
+        With ``explain.max_samples`` the chunks index the subsample; an ``on_chunk`` with a
+        ``set_sample_ids`` method is told the subsample's ids before the first chunk.
         None = the attributions are kept in the result.
     model_source : str
         Where the manifest came from, for error messages.
@@ -227,6 +229,8 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     adata, subsample = subsample_cohort(adata, cfg.explain.max_samples, label_column=cfg.data.label_column,
                                         seed=cfg.seed, min_per_class=cfg.cv.n_splits, task=manifest["task"],
                                         keep=cfg.explain.samples)
+    if subsample is not None and hasattr(on_chunk, "set_sample_ids"):
+        on_chunk.set_sample_ids(list(adata.obs_names))  # a writer of the cohort's ids: chunks index the subsample
     adata = align_genes(adata, manifest["gene_ids"], expression_source(adata, None))
     X = design_matrix(adata)
     task, classes = manifest["task"], manifest.get("classes")

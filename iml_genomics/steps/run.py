@@ -487,6 +487,7 @@ class _Run:
                     writer(chunk, plan)
                     if keep is not None:
                         keep(chunk, plan)
+                sink.set_sample_ids = writer.set_sample_ids  # explain.max_samples: the subsample's ids
                 try:
                     res = explain_step(adata, cfg, model=model, on_chunk=sink, model_source=source,
                                        backend=self.backend())
