@@ -133,7 +133,15 @@ def _simplify(conds: list) -> list:
 
 
 def _quote(gene: str) -> str:
-    return f"`{gene}`" if (not gene or re.search(r"\s|`", gene)) else gene
+    # ids with whitespace or a backtick are written in backticks, a backtick inside doubled (as SQL quotes
+    # identifiers), so that ``a` b`` reads back as one gene id, not as a broken condition
+    if not gene or re.search(r"\s|`", gene):
+        return "`" + gene.replace("`", "``") + "`"
+    return gene
+
+
+def _unquote(token: str) -> str:
+    return token[1:-1].replace("``", "`") if token.startswith("`") else token
 
 
 def condition_text(conditions: list) -> str:
@@ -147,7 +155,7 @@ def _then(prediction, classes) -> str:
     return f"class = {prediction}" if classes is not None else f"value = {float(prediction)!r}"
 
 
-_COND = re.compile(r"(`[^`]*`|\S+) (<=|>) (\S+)(?: AND |$)")
+_COND = re.compile(r"(`(?:[^`]|``)*`|\S+) (<=|>) (\S+)(?: AND |$)")
 
 
 def _parse_conditions(text: str) -> list:
@@ -158,7 +166,7 @@ def _parse_conditions(text: str) -> list:
         if m.start() != pos:
             raise ValueError(f"cannot parse condition {text!r}")
         g = m.group(1)
-        conds.append((g[1:-1] if g.startswith("`") else g, m.group(2), float(m.group(3))))
+        conds.append((_unquote(g), m.group(2), float(m.group(3))))
         pos = m.end()
     if pos != len(text):
         raise ValueError(f"cannot parse condition {text!r}")

@@ -30,8 +30,9 @@ def _symbols(text: str, labels: dict | None) -> str:
         return ""
     import re
 
-    words = set(re.findall(r"`([^`]*)`|(\S+) (?:<=|>) ", text))
-    ids = sorted({a or b for a, b in words} & set(labels))
+    # quoted ids double their backticks (explain.surrogate._quote)
+    words = set(re.findall(r"`((?:[^`]|``)*)` (?:<=|>) |(\S+) (?:<=|>) ", text))
+    ids = sorted({a.replace("``", "`") if a else b for a, b in words} & set(labels))
     if not ids:
         return ""
     return ('<p class="note">Genes in these rules: ' + H.esc(", ".join(f"{g} = {labels[g]}" for g in ids))
