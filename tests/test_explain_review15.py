@@ -32,3 +32,49 @@ def test_report_names_the_symbols_of_quoted_ids():
     text = f"[tree]\nIF {condition_text([('a` b', '<=', 1.0), ('G2', '>', 0.5)])} THEN class = x\n"
     note = _symbols(text, {"a` b": "SYM1", "G2": "SYM2", "other": "NO"})
     assert "a` b = SYM1" in note and "G2 = SYM2" in note and "NO" not in note
+
+
+def _explain_dir(tmp_path, files: dict):
+    import json
+
+    d = tmp_path / "explain"
+    d.mkdir()
+    for name, content in files.items():
+        (d / name).write_bytes(content)
+    (d / "explain_summary.json").write_text(json.dumps({"methods": {"surrogate": {"files": sorted(files)}}}))
+    return d
+
+
+def test_report_reads_a_bounded_head_of_a_huge_rules_text(tmp_path):
+    """A crafted surrogate_rules.txt of one 3 MB line was read whole and put whole into the HTML page."""
+    from iml_genomics.report.inputs import MAX_TEXT_BYTES, ReportInputs, _read_method_files, read_json
+    from iml_genomics.report.model_behaviour import _pre
+
+    d = _explain_dir(tmp_path, {"surrogate_rules.txt": b"IF " + b"x" * (3 * 2**20) + b" THEN class = a\n"})
+    inputs = ReportInputs(explain_summary=read_json(d / "explain_summary.json"))
+    _read_method_files(d, inputs)
+    text = inputs.explain_texts["surrogate_rules.txt"]
+    assert MAX_TEXT_BYTES < len(text) < MAX_TEXT_BYTES + 200 and "cut here by the report" in text
+    html = _pre(text)
+    assert len(html) < 2000 and "more characters" in html
+    # an ordinary rules text is shown unchanged
+    small = "[tree]\nIF G1 <= 1 THEN class = a\nIF G1 > 1 THEN class = b\n"
+    from iml_genomics.report import html as H
+
+    assert _pre(small) == f'<pre class="rules">{H.esc(small.rstrip())}</pre>'
+
+
+def test_report_refuses_a_listed_method_file_that_is_a_link_outside(tmp_path):
+    """A listed name passes the plain-name check, but a symbolic link of that name reads outside the directory."""
+    from iml_genomics.errors import InputDataError
+    from iml_genomics.report.inputs import ReportInputs, _read_method_files, read_json
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the tool's\n")
+    d = _explain_dir(tmp_path, {})
+    (d / "surrogate_rules.txt").symlink_to(secret)
+    (d / "explain_summary.json").write_text('{"methods": {"surrogate": {"files": ["surrogate_rules.txt"]}}}')
+    inputs = ReportInputs(explain_summary=read_json(d / "explain_summary.json"))
+    with pytest.raises(InputDataError, match="symbolic link"):
+        _read_method_files(d, inputs)
+    assert not inputs.explain_texts

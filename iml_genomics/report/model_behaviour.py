@@ -18,10 +18,13 @@ def _method_summary(inputs, name: str) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def _pre(text: str, max_lines: int = 60) -> str:
+def _pre(text: str, max_lines: int = 60, max_chars: int = 400) -> str:
     lines = text.splitlines()
     more = f"\n... ({len(lines) - max_lines} more lines in the file)" if len(lines) > max_lines else ""
-    return f'<pre class="rules">{H.esc(chr(10).join(lines[:max_lines]) + more)}</pre>'
+    # a rule line is ~100 characters; a longer one (a crafted file) is cut so the page stays readable
+    shown = [ln if len(ln) <= max_chars else ln[:max_chars] + f" ... ({len(ln) - max_chars} more characters)"
+             for ln in lines[:max_lines]]
+    return f'<pre class="rules">{H.esc(chr(10).join(shown) + more)}</pre>'
 
 
 def _symbols(text: str, labels: dict | None) -> str:
