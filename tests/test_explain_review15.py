@@ -78,3 +78,17 @@ def test_report_refuses_a_listed_method_file_that_is_a_link_outside(tmp_path):
     with pytest.raises(InputDataError, match="symbolic link"):
         _read_method_files(d, inputs)
     assert not inputs.explain_texts
+
+
+def test_one_class_code_helper_for_every_method():
+    """surrogate.class_codes and perturb.class_codes were two copies that disagreed: perturb's read the codes
+    [1, 1] of classes ['1', '2'] as the names '1', '1' (codes 0, 0). One helper now, decided by the dtype."""
+    from iml_genomics.explain import perturb, surrogate
+    from iml_genomics.explain.methods import class_codes
+
+    assert class_codes(np.array([1, 1, 0]), ["1", "2"]).tolist() == [1, 1, 0]
+    assert class_codes(np.array(["2", "1"], dtype=object), ["1", "2"]).tolist() == [1, 0]
+    assert class_codes(["case", "ctrl"], ["case", "ctrl"]).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="'other' is not one of the model's classes"):
+        class_codes(["case", "other"], ["case", "ctrl"])
+    assert surrogate.class_codes is class_codes and not hasattr(perturb, "class_codes")

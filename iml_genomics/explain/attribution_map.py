@@ -114,7 +114,7 @@ def run(ctx: MethodContext) -> MethodOutput:
     Xr = ctx.X[rows]
     pred = np.asarray(ctx.pipeline.predict(Xr))
     if ctx.task == "classification":
-        from iml_genomics.explain.surrogate import class_codes
+        from iml_genomics.explain.methods import class_codes
 
         prediction = [str(ctx.classes[c]) for c in class_codes(pred, ctx.classes)]
         label = ([str(ctx.classes[c]) for c in class_codes(np.asarray(ctx.y)[rows], ctx.classes)] if ctx.y is not None

@@ -90,7 +90,8 @@ def validate(explain_cfg, *, gene_ids, sample_ids, classes=None) -> None:
 
 def run(ctx) -> MethodOutput:
     """``examples.tsv`` (nearest samples) and ``prototypes.tsv`` (class medoids)."""
-    from iml_genomics.explain.perturb import class_codes, predicted_classes
+    from iml_genomics.explain.methods import class_codes
+    from iml_genomics.explain.perturb import predicted_classes
 
     cfg = ctx.explain_cfg
     k = cfg.examples_k

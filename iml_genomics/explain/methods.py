@@ -130,6 +130,28 @@ class MethodOutput:
     warnings: list = field(default_factory=list)
 
 
+def class_codes(values, classes) -> np.ndarray:
+    """Positions in ``classes`` of labels or predictions given as class names, or numeric codes passed through.
+
+    The one place the methods turn class names into codes (surrogate, map, examples, lime/anchors' helpers).
+    The dtype decides, not the values: a numeric array is codes already, anything else is names, so a class
+    named '1' is never mistaken for code 1.
+
+    Raises
+    ------
+    ValueError
+        A name that is not one of ``classes``.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "iuf":
+        return values.astype(np.int64)
+    pos = {str(c): i for i, c in enumerate(classes)}
+    unknown = next((v for v in values if str(v) not in pos), None)
+    if unknown is not None:
+        raise ValueError(f"label {str(unknown)!r} is not one of the model's classes ({', '.join(map(str, classes))})")
+    return np.asarray([pos[str(v)] for v in values], dtype=np.int64)
+
+
 def resolve_methods(requested) -> list:
     """The methods to run, in :data:`METHOD_NAMES` order, from ``explain.methods``.
 

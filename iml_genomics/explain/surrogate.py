@@ -32,7 +32,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from iml_genomics.explain.methods import MethodContext, MethodOutput
+from iml_genomics.explain.methods import MethodContext, MethodOutput, class_codes
 
 SURROGATE_COLUMNS = ["source", "row_type", "rule_id", "rule", "prediction", "n_samples", "fidelity", "accuracy",
                      "evaluated_on", "explains"]
@@ -351,15 +351,6 @@ def _score(pred, ref, classification: bool) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # Out-of-fold predictions
 # ---------------------------------------------------------------------------------------------------------------
-
-def class_codes(values, classes) -> np.ndarray:
-    """Class codes (positions in ``classes``) of labels or predictions given as names or as codes."""
-    values = np.asarray(values)
-    if values.dtype.kind in "iuf":
-        return values.astype(np.int64)
-    pos = {str(c): i for i, c in enumerate(classes)}
-    return np.asarray([pos[str(v)] for v in values], dtype=np.int64)
-
 
 def _refit_predict(pipeline, X, y, train_idx, test_idx):
     """One CV refit: predictions of the held-out rows (picklable for Backend.map)."""
