@@ -92,3 +92,31 @@ def test_one_class_code_helper_for_every_method():
     with pytest.raises(ValueError, match="'other' is not one of the model's classes"):
         class_codes(["case", "other"], ["case", "ctrl"])
     assert surrogate.class_codes is class_codes and not hasattr(perturb, "class_codes")
+
+
+def test_a_sample_named_twice_is_explained_once():
+    """--samples S0,S0,S5: lime.tsv, anchors.tsv and examples.tsv held S0's rows twice (computed twice), while
+    local_explanations.tsv held them once."""
+    from local_method_helpers import pipeline
+
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.explain.core import explain_cohort
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 6))
+    y = np.where(X[:, 0] - X[:, 1] + 0.5 * rng.normal(size=60) > 0, "b", "a")
+    pipe = pipeline("l1_logistic", X, y, n_classes=2)
+    cfg = config_from_dict({"seed": 0, "explain": {
+        "method": "shap", "samples": ["s0", "s0", "s5"], "methods": ["lime", "anchors", "examples"],
+        "lime_n_samples": 100, "anchors_n_samples": 40, "anchors_max_predicates": 2, "examples_k": 2}}).explain
+    from sklearn.base import clone
+
+    res = explain_cohort(pipe, X, refit_pipeline=clone(pipe), gene_ids=[f"g{j}" for j in range(6)], sample_ids=[f"s{i}" for i in range(60)],
+                         classes=["a", "b"], task="classification", explain_cfg=cfg, y=y, n_splits=3)
+    out = res.extra["methods"]
+    assert out["anchors"].tables["anchors.tsv"]["sample_id"].tolist() == ["s0", "s5"]
+    lime = out["lime"].tables["lime.tsv"]
+    assert (lime["sample_id"] == "s0").sum() == (lime["sample_id"] == "s5").sum() == 6
+    ex = out["examples"].tables["examples.tsv"]
+    assert ex.groupby("sample_id").size().to_dict() == {"s0": 4, "s5": 4}
+    assert sorted(set(res.local["sample_id"])) == ["s0", "s5"]

@@ -98,6 +98,12 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     if missing:
         raise InputDataError(f"explain: sample id(s) {', '.join(repr(s) for s in missing[:5])} given to --samples "
                              f"(explain.samples) are not in the expression matrix.")
+    if len(set(ecfg.samples)) < len(ecfg.samples):
+        # a sample named twice in --samples is explained once: local_explanations.tsv always was, and the
+        # methods (lime, anchors, examples) would otherwise repeat its rows and redo its work
+        import dataclasses
+
+        ecfg = dataclasses.replace(ecfg, samples=list(dict.fromkeys(ecfg.samples)))
     local_rows = sorted({pos[s] for s in ecfg.samples})
     from iml_genomics.explain.methods import NEEDS_ALL_ATTRIBUTIONS, resolve_methods
 
