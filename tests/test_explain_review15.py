@@ -120,3 +120,38 @@ def test_a_sample_named_twice_is_explained_once():
     ex = out["examples"].tables["examples.tsv"]
     assert ex.groupby("sample_id").size().to_dict() == {"s0": 4, "s5": 4}
     assert sorted(set(res.local["sample_id"])) == ["s0", "s5"]
+
+
+def test_methods_all_on_a_regression_skips_anchors_with_one_warning():
+    """explain --methods all --samples S0 on a regression model exited 2 ('anchors explain a predicted class');
+    'all' now runs every method that applies and skips anchors with one warning. Named alone, anchors are
+    still refused."""
+    from local_method_helpers import pipeline
+    from sklearn.base import clone
+
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.explain.core import explain_cohort
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 5))
+    y = X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=40)
+    pipe = pipeline("lasso", X, y, task="regression", params={"alpha": 0.05})
+    genes, samples = [f"g{j}" for j in range(5)], [f"s{i}" for i in range(40)]
+
+    def run(methods, labelled):
+        cfg = config_from_dict({"seed": 0, "task": "regression", "explain": {
+            "method": "shap", "samples": ["s3"], "methods": methods, "lime_n_samples": 60, "examples_k": 2,
+            "pdp_top_k": 2, "pdp_grid_points": 3, "conditional_top_k": 2, "map_method": "tsne"}}).explain
+        return explain_cohort(pipe, X, refit_pipeline=clone(pipe), gene_ids=genes, sample_ids=samples,
+                              classes=None, task="regression", explain_cfg=cfg, y=y if labelled else None,
+                              n_splits=3)
+
+    for labelled in (True, False):
+        out = run("all", labelled).extra["methods"]
+        assert out["anchors"].summary["skipped"].startswith("anchors explain a predicted class")
+        assert out["anchors"].warnings == ["explain: warning: anchors skipped: anchors explain a predicted class "
+                                           "and this model is a regression (explain.methods: all)"]
+        assert not out["anchors"].tables and "lime.tsv" in out["lime"].tables
+    with pytest.raises(ConfigError, match="anchors explain a predicted class"):
+        run(["anchors"], True)
