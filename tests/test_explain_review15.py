@@ -155,3 +155,29 @@ def test_methods_all_on_a_regression_skips_anchors_with_one_warning():
         assert not out["anchors"].tables and "lime.tsv" in out["lime"].tables
     with pytest.raises(ConfigError, match="anchors explain a predicted class"):
         run(["anchors"], True)
+
+
+def test_constant_genes_cpi_is_exactly_zero_and_loco_only_noise():
+    """docs/explain.md said an unused gene has LOCO and CPI differences exactly 0; with a random forest LOCO's
+    refit without the column draws other features, so only CPI is exactly 0 (the doc now says so)."""
+    from local_method_helpers import pipeline
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    from iml_genomics.explain.conditional import conditional_importance
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 8))
+    X[:, 5], X[:, 6] = 3.0, 0.0  # constant genes
+    y = np.where(X[:, 0] + 0.5 * rng.normal(size=80) > 0, "b", "a")
+    pipe = pipeline("random_forest", X, y, n_classes=2, params={"n_estimators": 20})
+    splits = [(0, k, tr, te) for k, (tr, te) in
+              enumerate(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))]
+    table, _ = conditional_importance(clone(pipe), X, (y == "b").astype(int), gene_ids=[f"g{j}" for j in range(8)],
+                                      genes=["g0", "g5", "g6"], splits=splits, task="classification",
+                                      classes=["a", "b"])
+    cpi = table[table["method"] == "cpi"].set_index("gene_id")
+    loco = table[table["method"] == "loco"].set_index("gene_id")
+    assert (cpi.loc[["g5", "g6"], "importance"] == 0).all() and (cpi.loc[["g5", "g6"], "p_value"] == 1).all()
+    assert (loco.loc[["g5", "g6"], "p_value"] > 0.05).all()
+    assert cpi.loc["g0", "p_value"] < 0.01 and loco.loc["g0", "p_value"] < 0.01

@@ -26,7 +26,9 @@ LOCO's p-value is conservative for null genes (a refit with a useless gene is sl
 difference of a null gene is <= 0). CPI's is exact on one fold when the knockoffs are right (a swap of gene and
 knockoff flips the sign of a null difference) and slightly conservative pooled over CV folds, whose models are
 trained on each other's test samples (measured in docs/explain.md). A gene the fold models do not
-use (filtered out, never split on, zero coefficient) has differences exactly 0: importance 0, p-value 1.
+use (filtered out, never split on, zero coefficient) has CPI differences exactly 0: importance 0, p-value 1; its
+LOCO differences are 0 only when the refit is deterministic (a forest refit on fewer columns draws other random
+features, so they are refit noise around 0).
 
 No file I/O here; the explain step writes ``conditional_importance.tsv``.
 """
