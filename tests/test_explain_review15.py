@@ -181,3 +181,31 @@ def test_constant_genes_cpi_is_exactly_zero_and_loco_only_noise():
     assert (cpi.loc[["g5", "g6"], "importance"] == 0).all() and (cpi.loc[["g5", "g6"], "p_value"] == 1).all()
     assert (loco.loc[["g5", "g6"], "p_value"] > 0.05).all()
     assert cpi.loc["g0", "p_value"] < 0.01 and loco.loc["g0", "p_value"] < 0.01
+
+
+def test_python_api_gives_the_rules_texts_back(tmp_path):
+    """ig.tl.explain kept surrogate_rules.txt / model_rules.txt in uns, but no ig.get function returned them, and
+    ig.get.explain_method_df('surrogate_rules.txt') said to re-run explain with the method that had run."""
+    import anndata as ad
+
+    import iml_genomics as ig
+    from iml_genomics.errors import InputDataError
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 6))
+    obs = pd.DataFrame({"y": np.where(X[:, 0] > 0, "b", "a")}, index=[f"s{i}" for i in range(60)])
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=["g0", "g` 1", "g2", "g3", "g4", "g5"]))
+    config = {"seed": 0, "task": "classification", "data": {"label_column": "y"},
+              "model": {"name": "decision_tree", "params": {"max_depth": 2}}, "cv": {"n_splits": 3},
+              "explain": {"method": "shap", "methods": ["surrogate"]}}
+    ig.tl.train(adata, config=config, n_jobs=1)
+    ig.tl.explain(adata, config=config, n_jobs=1)
+    rules = parse_rules(ig.get.explain_method_text(adata, "surrogate_rules.txt"))
+    assert {"tree", "rule_list"} <= set(rules)
+    assert "model_tree" in parse_rules(ig.get.explain_method_text(adata, "model_rules.txt"))
+    with pytest.raises(InputDataError, match="present: model_rules.txt, surrogate_rules.txt"):
+        ig.get.explain_method_text(adata, "lime.tsv")
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    back = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert ig.get.explain_method_text(back, "surrogate_rules.txt") == ig.get.explain_method_text(
+        adata, "surrogate_rules.txt")
