@@ -225,3 +225,52 @@ def test_lime_fidelity_is_held_out_so_it_can_fail_with_few_perturbations():
     ctx = make_context(pipe, X, classes=["a", "b"], y=y, samples=["s0"], lime_top_genes=60, lime_n_samples=60)
     res = lime.run(ctx).summary["samples"]["s0"]
     assert res["local_fidelity_in_sample"] > 0.9 and res["local_fidelity"] < 0.3
+
+
+def test_defaults_are_capped_on_a_small_panel_but_chosen_sizes_are_refused():
+    """--methods all --samples A1 on 4 samples x 6 genes exited 2 for settings the user never made: examples_k
+    (default 5 > 3 other samples), conditional_top_k (default 20 > 6 genes)."""
+    from iml_genomics.config import config_from_dict
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.explain.methods import validate_methods
+
+    genes, samples = [f"G{j}" for j in range(4)], ["A1", "A2", "B1", "B2"]
+
+    def check(**explain):
+        cfg = config_from_dict({"explain": {"samples": ["A1"], **explain}}).explain
+        validate_methods("all", cfg, gene_ids=genes, sample_ids=samples, classes=["a", "b"])
+
+    check()  # pdp_top_k 5, conditional_top_k 20, examples_k 5: the defaults, capped
+    for key, value in (("examples_k", 4), ("conditional_top_k", 5), ("pdp_top_k", 6)):
+        with pytest.raises(ConfigError, match=f"explain.{key}"):
+            check(**{key: value})
+
+
+def test_examples_default_k_on_a_tiny_cohort_lists_every_other_sample():
+    from local_method_helpers import make_context, pipeline
+
+    from iml_genomics.explain import examples
+
+    X = np.array([[0.0, 1.0], [0.2, 0.9], [3.0, 0.1], [3.1, 0.0]])
+    y = np.array(["a", "a", "b", "b"])
+    ctx = make_context(pipeline("l1_logistic", X, y, n_classes=2), X, classes=["a", "b"], y=y, samples=["s0"])
+    out = examples.run(ctx)
+    table = out.tables["examples.tsv"]
+    assert out.summary["k"] == 3 and table.groupby("space").size().tolist() == [3, 3]
+
+
+def test_knockoffs_on_a_fold_of_two_rows_fail_in_one_line_naming_explains_key():
+    """A fold of 2 training rows: the solver's message said 'Use select.s_method: equicorrelated' (a key explain
+    does not read); with that fallback a LinAlgError traceback followed. One NumericalError now, naming
+    explain.conditional_tests."""
+    from iml_genomics.errors import NumericalError
+    from iml_genomics.explain.conditional import gaussian_knockoffs
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(5, 1, size=(2, 5))
+    with pytest.raises(NumericalError, match="set explain.conditional_tests: loco") as info:
+        gaussian_knockoffs(X, 0)
+    assert "\n" not in str(info.value) and "select.s_method" not in str(info.value)
+    # enough rows: knockoffs as before
+    model, S, _ = gaussian_knockoffs(rng.normal(size=(60, 5)), 0)
+    assert model.kind == "ledoit_wolf" and np.all(np.asarray(S) > 0)

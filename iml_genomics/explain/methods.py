@@ -152,6 +152,19 @@ def class_codes(values, classes) -> np.ndarray:
     return np.asarray([pos[str(v)] for v in values], dtype=np.int64)
 
 
+def is_default(explain_cfg, key: str) -> bool:
+    """Whether ``explain.<key>`` holds its default value.
+
+    A size a user chose (``pdp_top_k``, ``conditional_top_k``, ``examples_k``) above what the cohort has is
+    refused; the default is capped instead, so that ``--methods all`` runs on a 6-gene panel or a 4-sample
+    cohort without the user having to lower settings they never set.
+    """
+    import dataclasses
+
+    field_ = next(f for f in dataclasses.fields(explain_cfg) if f.name == key)
+    return getattr(explain_cfg, key) == field_.default
+
+
 def resolve_methods(requested) -> list:
     """The methods to run, in :data:`METHOD_NAMES` order, from ``explain.methods``.
 
