@@ -274,3 +274,30 @@ def test_knockoffs_on_a_fold_of_two_rows_fail_in_one_line_naming_explains_key():
     # enough rows: knockoffs as before
     model, S, _ = gaussian_knockoffs(rng.normal(size=(60, 5)), 0)
     assert model.kind == "ledoit_wolf" and np.all(np.asarray(S) > 0)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_map_section_shows_its_figure_with_a_caption_naming_the_class(task):
+    """A merge dropped attribution_map's 'return to_base64_png(fig)': the map section rendered an empty
+    <div class="plots"> on every report. The caption now names the explained class (or the outcome)."""
+    from iml_genomics.report.inputs import ReportInputs
+    from iml_genomics.report.model_behaviour import map_section
+
+    rng = np.random.default_rng(0)
+    n = 30
+    if task == "classification":
+        label, pred, of = rng.choice(["case", "ctrl"], n), rng.choice(["case", "ctrl"], n), "case"
+    else:
+        label, pred, of = rng.normal(size=n), rng.normal(size=n), ""
+    table = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "x": rng.normal(size=n),
+                          "y": rng.normal(size=n), "label": label, "prediction": pred, "method": "tsne",
+                          "explains": "model"})
+    inputs = ReportInputs(explain_summary={"methods": {"map": {"method": "tsne", "attributions_of": of,
+                                                               "n_samples": n, "n_samples_total": n}}})
+    inputs.explain_methods["attribution_map.tsv"] = table
+    _, _, html = map_section(inputs)
+    assert "<img" in html and "data:image/png;base64," in html
+    if task == "classification":
+        assert "SHAP values of class case" in html and "true class" in html
+    else:
+        assert "true value of the outcome" in html and "true class" not in html

@@ -124,12 +124,19 @@ def map_section(inputs, labels: dict | None = None):
              "samples shown": f"{s.get('n_samples', len(table))} of {s.get('n_samples_total', len(table))}",
              "SHAP values of": s.get("attributions_of") or "the prediction"}
     inner = H.kv_table(items)
-    caption = (f'Each dot is a sample, placed by {name} so that samples whose predictions the model explains alike '
-               f'(the same genes pushing in the same direction by similar amounts) lie close together. Left: '
-               f'coloured by the true class; right: by the model\'s prediction. Groups of one class apart from the '
-               f'rest are samples the model reasons about in the same way; a sample sitting among the other class is '
-               f'explained like them. Distances between distant groups and the axes have no meaning. It explains the '
-               f'model, not the biology.')
+    of = s.get("attributions_of") or ""
+    values = f"SHAP values of class {H.esc(of)}" if of else "SHAP values of the prediction"
+    if of:
+        colours = ("Left: coloured by the true class; right: by the model\'s predicted class. Groups of one class "
+                   "apart from the rest are samples the model reasons about in the same way; a sample sitting among "
+                   "the other class is explained like them.")
+    else:  # regression: colour scales of the outcome
+        colours = ("Left: coloured by the true value of the outcome; right: by the model\'s prediction. Samples "
+                   "of similar value apart from the rest are samples the model reasons about in the same way.")
+    caption = (f'Each dot is a sample, placed by {name} of its {values} so that samples whose predictions the model '
+               f'explains alike (the same genes pushing in the same direction by similar amounts) lie close '
+               f'together. {colours} Distances between distant groups and the axes have no meaning. It explains '
+               f'the model, not the biology.')
     inner += '<div class="plots">' + H.figure(plots.attribution_map(table), caption) + "</div>"
     inner += '<p class="note">Full table: attribution_map.tsv.</p>'
     return ("map", "Map of samples in attribution space", inner)
