@@ -111,7 +111,8 @@ def test_a_sample_named_twice_is_explained_once():
         "lime_n_samples": 100, "anchors_n_samples": 40, "anchors_max_predicates": 2, "examples_k": 2}}).explain
     from sklearn.base import clone
 
-    res = explain_cohort(pipe, X, refit_pipeline=clone(pipe), gene_ids=[f"g{j}" for j in range(6)], sample_ids=[f"s{i}" for i in range(60)],
+    res = explain_cohort(pipe, X, refit_pipeline=clone(pipe), gene_ids=[f"g{j}" for j in range(6)],
+                         sample_ids=[f"s{i}" for i in range(60)],
                          classes=["a", "b"], task="classification", explain_cfg=cfg, y=y, n_splits=3)
     out = res.extra["methods"]
     assert out["anchors"].tables["anchors.tsv"]["sample_id"].tolist() == ["s0", "s5"]
@@ -301,3 +302,23 @@ def test_the_map_section_shows_its_figure_with_a_caption_naming_the_class(task):
         assert "SHAP values of class case" in html and "true class" in html
     else:
         assert "true value of the outcome" in html and "true class" not in html
+
+
+def test_one_fidelity_score_for_explain_surrogate_and_compare():
+    """compare.surrogate_fidelity scored agreement / R^2 with its own code; it now uses the surrogate's
+    fidelity_score (codes or names for classes), with the same numbers."""
+    from sklearn.model_selection import KFold
+
+    from iml_genomics.compare import surrogate_fidelity
+    from iml_genomics.explain.surrogate import fidelity_score
+
+    assert fidelity_score(np.array(["a", "b", "b"]), np.array(["a", "b", "a"]), True) == pytest.approx(2 / 3)
+    assert fidelity_score(np.array([0.0, 1.0, 1.0]), np.array([0, 1, 0]), True) == pytest.approx(2 / 3)
+    assert fidelity_score([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], False) == 1.0
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 4))
+    splits = [(0, k, tr, te) for k, (tr, te) in enumerate(KFold(3, shuffle=True, random_state=0).split(X))]
+    names = np.where(X[:, 0] > 0, "hi", "lo")
+    assert surrogate_fidelity(X, names, splits, "classification", seed=0) > 0.95
+    assert surrogate_fidelity(X, X[:, 0] * 2.0, splits, "regression", seed=0) > 0.8
+    assert surrogate_fidelity(X, rng.choice(["a", "b"], 90), splits, "classification", seed=0) < 0.7

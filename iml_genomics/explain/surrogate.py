@@ -337,15 +337,18 @@ class Surrogate:
         return apply_rules(rules, frame)
 
 
-def _score(pred, ref, classification: bool) -> float:
-    """Agreement (classes) or R^2 of ``pred`` against ``ref``."""
-    pred = np.asarray(pred, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+def fidelity_score(pred, ref, classification: bool) -> float:
+    """Agreement (classes: share of equal predictions) or R^2 (regression) of ``pred`` against ``ref``.
+
+    The one fidelity score of a surrogate against a model (this module, and ``compare``'s
+    ``surrogate_fidelity``), also its accuracy against the true labels.
+    """
     if classification:
-        return float(np.mean(pred == ref))
+        # codes or class names alike
+        return float(np.mean(np.asarray(pred) == np.asarray(ref)))
     from sklearn.metrics import r2_score
 
-    return float(r2_score(ref, pred))
+    return float(r2_score(np.asarray(ref, dtype=np.float64), np.asarray(pred, dtype=np.float64)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,11 +532,13 @@ def run(ctx: MethodContext) -> MethodOutput:
         held_rules[te] = s.predict_rules(test).astype(np.float64)
     final = make().fit(frame, target)
 
-    fid_tree, fid_rules = _score(held_tree, target, classification), _score(held_rules, target, classification)
+    fid_tree = fidelity_score(held_tree, target, classification)
+    fid_rules = fidelity_score(held_rules, target, classification)
     acc_tree = acc_rules = acc_model = None
     if labelled:
-        acc_tree, acc_rules = _score(held_tree, truth, classification), _score(held_rules, truth, classification)
-        acc_model = _score(target, truth, classification)
+        acc_tree = fidelity_score(held_tree, truth, classification)
+        acc_rules = fidelity_score(held_rules, truth, classification)
+        acc_model = fidelity_score(target, truth, classification)
     metric = "agreement" if classification else "R^2"
 
     rows = []
@@ -587,7 +592,7 @@ def run(ctx: MethodContext) -> MethodOutput:
                "metric": metric, "max_depth": cfg.surrogate_max_depth, "n_leaves": len(final.leaves_),
                "n_rules": len(final.rules_), "fidelity_tree": fid_tree, "fidelity_rule_list": fid_rules,
                "accuracy_tree": acc_tree, "accuracy_rule_list": acc_rules, "accuracy_model_oof": acc_model,
-               "in_sample_fidelity_tree": _score(tree_pred, target, classification),
+               "in_sample_fidelity_tree": fidelity_score(tree_pred, target, classification),
                "threshold_scale": "raw expression (pipeline input)",
                "accuracy_skipped": None if labelled else "no labels"}
     if classification:
@@ -604,7 +609,7 @@ def run(ctx: MethodContext) -> MethodOutput:
                else model_pred.astype(np.float64))
         written = apply_rules([(leaf["conditions"], "IF", leaf["prediction"]) for leaf in leaves], mframe)
         fid_model = (float(np.mean(written == ref)) if classification else
-                     _score(written.astype(np.float64), ref, False))
+                     fidelity_score(written.astype(np.float64), ref, False))
         mlines = ["# The model itself (model.name: decision_tree), its leaves as rules (iml-genomics explain).",
                   f"# Thresholds are on the {scale.upper()} scale"
                   + (": the values of the input matrix; the model's scaling carried back gene by gene."
