@@ -322,3 +322,31 @@ def test_one_fidelity_score_for_explain_surrogate_and_compare():
     assert surrogate_fidelity(X, names, splits, "classification", seed=0) > 0.95
     assert surrogate_fidelity(X, X[:, 0] * 2.0, splits, "regression", seed=0) > 0.8
     assert surrogate_fidelity(X, rng.choice(["a", "b"], 90), splits, "classification", seed=0) < 0.7
+
+
+def test_map_of_a_model_that_predicts_one_value_is_skipped_not_a_crash():
+    """An L1 logistic model with every coefficient 0 (C tiny, a cohort without signal): all SHAP values 0, and
+    explain --methods map died with a segmentation fault inside t-SNE (NaN from its PCA start). Run in a child
+    process so that the crash, were it back, fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, pandas as pd
+from iml_genomics.config import config_from_dict
+from iml_genomics.explain import attribution_map
+from iml_genomics.explain.methods import MethodContext
+from iml_genomics.parallel import Backend
+n, p = 40, 5
+cfg = config_from_dict({"explain": {"map_method": "tsne"}}).explain
+ctx = MethodContext(pipeline=None, refit_pipeline=None, X=np.zeros((n, p)), y=None, gene_ids=[f"g{j}" for j in range(p)],
+                    sample_ids=[f"s{i}" for i in range(n)], classes=["a", "b"], task="classification",
+                    positive_class="b", explain_cfg=cfg, splits=None, random_state=0, backend=Backend.local(1),
+                    ranking=pd.DataFrame({"gene_id": [f"g{j}" for j in range(p)], "used": True}),
+                    shap_genes=[f"g{j}" for j in range(p)], attributions=np.zeros((n, p)))
+out = attribution_map.run(ctx)
+print(out.summary["skipped"]); print(out.warnings[0])
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-500:]
+    assert "same SHAP values" in res.stdout and "explain: map skipped:" in res.stdout
