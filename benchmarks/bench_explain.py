@@ -1,6 +1,12 @@
-"""Benchmark of `explain`: our SHAP path vs one shap.TreeExplainer call, our permutation importance vs sklearn.
+"""Benchmark of `explain`: Tree SHAP engines side by side, our SHAP path vs shap, permutation importance vs sklearn.
 
-Usage (the issue's sizes; takes tens of minutes on a loaded 2-core machine):
+Tree SHAP engines (issue 18: shap, fasttreeshap v1/v2 when it imports, the compiled engine; a deep and a
+depth-8 forest; 1 and --jobs threads), the issue's sizes:
+
+    PYTHONPATH=. /work/venv/bin/python benchmarks/bench_explain.py --skip-shap --skip-perm --jobs 2
+
+Older parts (our chunked SHAP path vs one shap call; permutation importance), takes tens of minutes on a loaded
+2-core machine:
 
     /work/venv/bin/python benchmarks/bench_explain.py --n 1000 --p 5000 --trees 500 --jobs 2 \\
         --perm-p 2000 --perm-trees 200 --perm-rows 200 --perm-repeats 5
@@ -156,6 +162,109 @@ def _ceiling_part(bounds):
     return explainer.shap_values(X[bounds[0]:bounds[1]])[:, :, -1]
 
 
+def _fasttreeshap():
+    try:
+        import fasttreeshap
+
+        return fasttreeshap, ""
+    except Exception as exc:  # not installed, or built against another numpy: say so in the table
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+
+
+def bench_engines(args):
+    """Tree SHAP side by side: shap, fasttreeshap v1/v2, the compiled engine; deep and depth-capped forests."""
+    import shap
+    from sklearn.ensemble import RandomForestClassifier
+
+    from iml_genomics.explain import shap_attributions
+    from iml_genomics.explain.fast_treeshap import FastTreeExplainer
+
+    fts, fts_error = _fasttreeshap()
+    X, y, ids = cohort(args.engine_n + args.engine_rows, args.engine_p, args.seed)
+    Xtr, ytr, Xe = X[:args.engine_n], y[:args.engine_n], X[args.engine_n:]
+    classes = sorted(set(y))
+    threads = sorted({1, args.jobs})
+    for depth in args.engine_depths:
+        max_depth = None if depth == 0 else depth
+        model = RandomForestClassifier(n_estimators=args.engine_trees, max_depth=max_depth, random_state=0,
+                                       n_jobs=args.jobs).fit(Xtr, ytr)
+        model.set_params(n_jobs=1)
+        d = np.mean([e.tree_.max_depth for e in model.estimators_])
+        leaves = np.mean([e.tree_.n_leaves for e in model.estimators_])
+        print(f"\n### Tree SHAP, path-dependent: random forest {args.engine_trees} trees, max_depth {max_depth} "
+              f"(mean depth {d:.1f}, {leaves:.0f} leaves), n_train = {args.engine_n}, p = {args.engine_p}, "
+              f"{Xe.shape[0]} rows explained\n")
+        print("| implementation | threads | wall s | CPU s | peak RSS GiB | speed vs shap (wall) | CPU per row vs "
+              "shap | max abs diff vs shap | note |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        FastTreeExplainer(model, n_threads=1).shap_values(Xe[:2])  # numba: load (or compile) the kernels first
+        with PeakRSS() as ref_m:
+            ref = shap.TreeExplainer(model).shap_values(Xe)[:, :, 1]
+
+        def line(name, n, m, diff, note=""):
+            dd = "" if diff is None else f"{diff:.1e}"
+            print(f"| {name} | {n} | {m.seconds:.2f} | {m.cpu:.2f} | {m.peak / 2**30:.2f} | "
+                  f"{ref_m.seconds / m.seconds:.2f} | {ref_m.cpu / max(m.cpu, 1e-9):.2f} | {dd} | {note} |",
+                  flush=True)
+
+        line("shap.TreeExplainer (one call, both classes)", 1, ref_m, 0.0)
+        for n in threads:
+            ex = FastTreeExplainer(model, n_threads=n, output_columns=[1])
+            with PeakRSS() as m:
+                v = ex.shap_values(Xe)[:, :, 0]
+            line("iml_genomics FastTreeExplainer (positive class, what explain computes)", n, m,
+                 float(np.max(np.abs(v - ref))))
+            if n == 1:
+                ex = FastTreeExplainer(model, n_threads=1)
+                with PeakRSS() as m:
+                    v = ex.shap_values(Xe)[:, :, 1]
+                line("iml_genomics FastTreeExplainer (both classes, as shap)", 1, m, float(np.max(np.abs(v - ref))))
+        for engine in ("fast", "shap"):
+            for n in threads:
+                with PeakRSS() as m:
+                    res = shap_attributions(model, Xe, gene_ids=ids, classes=classes, n_jobs=n, engine=engine)
+                line(f"iml_genomics shap_attributions engine={engine} (explain's path: chunks, additivity check)",
+                     n, m, float(np.max(np.abs(res.values[:, :, 0] - ref))),
+                     "forked processes" if engine == "shap" and n > 1 else "")
+        if fts is None:
+            print(f"| fasttreeshap | - | - | - | - | - | - | - | does not import here: {fts_error} |")
+        else:
+            for alg in ("v1", "v2"):
+                if alg == "v2" and model.estimators_ and max(e.tree_.max_depth for e in model.estimators_) > 12:
+                    # v2 precomputes O(L 2^D) values per tree: at depth > 12 it would not fit this machine
+                    print("| fasttreeshap v2 | - | - | - | - | - | - | - | skipped: trees deeper than 12 "
+                          "(v2 stores O(leaves * 2^depth) per tree) |")
+                    continue
+                for n in threads:
+                    try:
+                        with PeakRSS() as m:
+                            v = np.asarray(fts.TreeExplainer(model, algorithm=alg, n_jobs=n).shap_values(
+                                Xe, check_additivity=False))
+                        v = v[1] if v.ndim == 3 and v.shape[0] == 2 else v[:, :, 1]
+                        line(f"fasttreeshap {alg}", n, m, float(np.max(np.abs(v - ref))))
+                    except Exception as exc:
+                        print(f"| fasttreeshap {alg} | {n} | - | - | - | - | - | - | failed: "
+                              f"{type(exc).__name__}: {str(exc)[:100]} |")
+        if args.interventional_rows:
+            bg = Xtr[:args.background]
+            Xi = Xe[:args.interventional_rows]
+            print(f"\n#### interventional, {bg.shape[0]} background rows, {Xi.shape[0]} rows explained\n")
+            print("| implementation | threads | wall s | CPU s | peak RSS GiB | speed vs shap (wall) | CPU per row "
+                  "vs shap | max abs diff vs shap | note |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            with PeakRSS() as ref_m:
+                ref = shap.TreeExplainer(model, data=bg, feature_perturbation="interventional").shap_values(
+                    Xi, check_additivity=False)[:, :, 1]
+            line("shap.TreeExplainer interventional (both classes)", 1, ref_m, 0.0)
+            for n in threads:
+                ex = FastTreeExplainer(model, data=bg, feature_perturbation="interventional", n_threads=n,
+                                       output_columns=[1])
+                with PeakRSS() as m:
+                    v = ex.shap_values(Xi)[:, :, 0]
+                line("iml_genomics FastTreeExplainer interventional (positive class)", n, m,
+                     float(np.max(np.abs(v - ref))), "shap's interventional is itself ~1e-8 off the exact values")
+
+
 def bench_perm(args):
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.inspection import permutation_importance
@@ -205,12 +314,22 @@ def main(argv=None):
     ap.add_argument("--perm-train", type=int, default=800)
     ap.add_argument("--perm-repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine-n", type=int, default=1000, help="training rows of the Tree SHAP engine forests")
+    ap.add_argument("--engine-p", type=int, default=5000)
+    ap.add_argument("--engine-trees", type=int, default=300)
+    ap.add_argument("--engine-rows", type=int, default=500, help="rows explained")
+    ap.add_argument("--engine-depths", type=int, nargs="+", default=[0, 8], help="max_depth per forest (0 = none)")
+    ap.add_argument("--interventional-rows", type=int, default=50, help="rows explained interventionally (0: skip)")
+    ap.add_argument("--background", type=int, default=100)
+    ap.add_argument("--skip-engines", action="store_true")
     ap.add_argument("--skip-shap", action="store_true")
     ap.add_argument("--skip-perm", action="store_true")
     ap.add_argument("--skip-sklearn-perm", action="store_true")
     args = ap.parse_args(argv)
     print(f"# bench_explain: {' '.join(sys.argv[1:])}; cores {os.cpu_count()}, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if not args.skip_engines:
+        bench_engines(args)
     if not args.skip_shap:
         bench_shap(args)
     if not args.skip_perm:

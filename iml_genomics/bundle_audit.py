@@ -68,7 +68,9 @@ def _registry_classes() -> set[type]:
     from iml_genomics.models import MODEL_REGISTRY
     from iml_genomics.preprocess import make_preprocessing_steps
 
-    classes: set[type] = {Pipeline}
+    from iml_genomics.covariates import WithCovariates
+
+    classes: set[type] = {Pipeline, WithCovariates}
     every_step = PreprocessConfig(min_expression=0.0, top_k_variable=1, standardize=True)
     classes |= {type(step) for _, step in make_preprocessing_steps(every_step)}
     for builders in MODEL_REGISTRY.values():
@@ -87,8 +89,10 @@ def pipeline_step_classes() -> tuple[set[type], set[type]]:
     from iml_genomics.models import MODEL_REGISTRY
     from iml_genomics.preprocess import make_preprocessing_steps
 
+    from iml_genomics.covariates import WithCovariates
+
     every_step = PreprocessConfig(min_expression=0.0, top_k_variable=1, standardize=True)
-    steps = {type(step) for _, step in make_preprocessing_steps(every_step)}
+    steps = {type(step) for _, step in make_preprocessing_steps(every_step)} | {WithCovariates}
     finals = {type(build(0, {})) for builders in MODEL_REGISTRY.values() for build in builders}
     return steps, finals
 
@@ -469,4 +473,21 @@ def check_manifest(manifest: object, path: Path) -> dict:
     used = manifest.get("used_genes")
     if used is not None and (not isinstance(used, list) or not set(used) <= set(genes)):
         fail(f"key 'used_genes' must be a list of genes from 'gene_ids', got {shorten(used)}")
+    covariates = manifest.get("covariates")
+    if covariates is not None:
+        # explain encodes the cohort's covariate columns from these entries (iml_genomics.covariates)
+        def entry_ok(e) -> bool:
+            if not isinstance(e, dict) or not isinstance(e.get("column"), str) or e.get("kind") not in (
+                    "numeric", "categorical") or not isinstance(e.get("features"), list):
+                return False
+            if not all(isinstance(f, str) for f in e["features"]):
+                return False
+            if e["kind"] == "numeric":
+                return e.get("levels") is None and len(e["features"]) == 1
+            levels = e.get("levels")
+            return (isinstance(levels, list) and len(levels) >= 2 and all(isinstance(v, str) for v in levels)
+                    and len(e["features"]) == len(levels) - 1)
+        if not isinstance(covariates, list) or not all(entry_ok(e) for e in covariates):
+            fail(f"key 'covariates' must be a list of covariate encodings (column, kind, levels, features), "
+                 f"got {shorten(covariates)}")
     return manifest

@@ -55,7 +55,11 @@ class DataConfig:
                    "rest. Refused for a continuous outcome.")
     sample_id_column: str | None = _opt(None, help="Column of the labels table with sample ids; first column when unset.")
     drop_unmatched: bool = _opt(False, help="Drop samples present in only one of matrix and labels instead of failing.")
-    covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested (select).")
+    covariates: list[str] = _opt([], help="Label-table columns included in every fit and never tested: extra model "
+                                         "inputs in train/explain (reported as feature_type covariate), partialled out "
+                                         "in select (docs/pipeline.md).")
+    sensitive: list[str] = _opt([], help="Label-table columns audited in explain (audit.tsv): per-group performance, "
+                                        "predictability from the top genes, attribution share (docs/pipeline.md).")
 
 
 @dataclass
@@ -91,6 +95,9 @@ class ModelConfig:
 class CVConfig:
     n_splits: int = _opt(5, min=2, help="Number of cross-validation folds.")
     n_repeats: int = _opt(1, min=1, help="Repeats of k-fold CV with different shuffles.")
+    max_samples: int | None = _opt(
+        None, min=2, help="Train (CV and final fit) on a seeded subsample of at most this many samples, stratified "
+                          "by the label (single-cell scale); null = all samples.")
 
 
 @dataclass
@@ -98,6 +105,10 @@ class ExplainConfig:
     method: Literal["shap", "permutation", "all"] = _opt("all", help="Attribution methods to run.")
     shap_mode: Literal["tree_path_dependent", "interventional"] = _opt(
         "tree_path_dependent", help="Value function for Tree SHAP.")
+    tree_shap_engine: Literal["fast", "shap"] = _opt(
+        "fast", help="Tree SHAP implementation: fast = the compiled engine (threads over samples; shap's values to "
+                     "float rounding), falling back to shap where it does not read the model; shap = shap's "
+                     "TreeExplainer (docs/explain.md).")
     background_size: int = _opt(100, min=1, help="Background samples for interventional / model-agnostic SHAP.")
     chunk_size: int = _opt(256, min=1, help="Samples per parallel chunk.")
     permutation_repeats: int = _opt(5, min=1, help="Permutation repeats per gene.")
@@ -107,6 +118,9 @@ class ExplainConfig:
     interaction_top_k: int = _opt(20, min=2, help="Genes considered for Shapley interaction values (tree models).")
     additivity_tolerance: float = _opt(1e-4, min=0.0, min_exclusive=True, help="Max |base + sum(phi) - f(x)| allowed.")
     samples: list[str] = _opt([], help="Sample ids for local explanations.")
+    max_samples: int | None = _opt(
+        None, min=2, help="Explain (SHAP, permutation, stability refits) a seeded subsample of at most this many "
+                          "samples, stratified by the label; explain.samples are always kept; null = all samples.")
     local_top_n: int = _opt(10, min=1, help="Genes per direction (up, down) in local_explanations.tsv.")
     interaction_max_samples: int = _opt(
         200, min=1, help="Samples (seeded subset) over which tree interaction values are averaged.")
@@ -182,6 +196,9 @@ class SelectConfig:
     factor_rank: int | None = _opt(None, min=1, help="Rank k of the factor model; chosen from the data when unset.")
     s_method: Literal["mvr", "sdp", "equicorrelated"] = _opt("mvr", help="S-matrix solver.")
     n_draws: int = _opt(1, min=1, help="Knockoff draws aggregated with e-values (derandomised knockoffs).")
+    max_samples: int | None = _opt(
+        None, min=2, help="Run the knockoffs / dCRT on a seeded subsample of at most this many samples, stratified "
+                          "by the label (the dense n x 2p design of the whole cohort may not fit); null = all.")
     groups: Literal["none", "clusters", "file"] = _opt("none", help="Group knockoffs over gene clusters or user groups.")
     group_file: str | None = _opt(None, help="TSV gene_id -> group when groups is file.")
     cluster_correlation: float = _opt(0.5, min=0.0, max=1.0, help="Correlation above which genes are clustered.")
@@ -205,6 +222,10 @@ class ReportConfig:
     max_set_size: int = _opt(500, min=1, help="Largest gene set tested.")
     top_k: int = _opt(50, min=1, help="Top genes of the ranking used for over-representation when no selection exists.")
     n_permutations: int = _opt(1000, min=10, help="Permutations for the rank-based set test.")
+    max_samples: int | None = _opt(
+        None, min=2, help="Per-gene tests and the label-permutation null of the gene-set tests on a seeded subsample "
+                          "of at most this many samples, stratified by the label (the null holds a few dense copies "
+                          "of the matrix: 7.5 GB at 10^5 cells x 2,000 genes); null = all samples.")
     ranking_metric: Literal["auto", "mean_abs_shap", "univariate", "knockoff_w"] = _opt(
         "auto", help="Gene score of the rank-based set test; auto = mean |SHAP| from explain, else the univariate "
                      "statistic, else knockoff W.")
@@ -213,8 +234,16 @@ class ReportConfig:
     gene_map_id_column: str | None = _opt(None, help="Gene-map column with the measured ids; auto-detected when unset.")
     gene_map_symbol_column: str | None = _opt(
         None, help="Gene-map column with symbols (first word used); symbol/gene_symbol/.../description when unset.")
+    alias_map: str | None = _opt(
+        None, help="TSV/CSV alias -> approved symbol (header, two columns) applied after the gene map (docs/report.md).")
     samples: list[str] = _opt([], help="Samples whose local explanations the report shows; explain.samples when empty.")
     title: str = _opt("iml-genomics report", help="Title of report.html.")
+
+
+@dataclass
+class OutputConfig:
+    granularity: Literal["full", "aggregate"] = _opt(
+        "full", help="aggregate = write no per-sample predictions, probabilities or attributions (docs/pipeline.md).")
 
 
 @dataclass
@@ -235,6 +264,7 @@ class Config:
     select: SelectConfig = field(default_factory=SelectConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:
         """The resolved configuration as plain Python types (for provenance)."""
@@ -406,6 +436,12 @@ def check_relations(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: key 'explain.methods' names an unknown method {shorten(unknown[0])}"
                           + (f" (did you mean {near[0]!r}?)" if near else "")
                           + f"; choose from {', '.join(EXPLAIN_METHODS)} or all (docs/explain.md).")
+    if cfg.output.granularity == "aggregate":
+        for key, value in (("explain.samples", cfg.explain.samples), ("report.samples", cfg.report.samples)):
+            if value:
+                # their local explanations are per-sample outputs, and the ids themselves would be written
+                raise ConfigError(f"{source}: key '{key}' names samples but output.granularity is aggregate, "
+                                  f"which writes no per-sample output. Empty {key} or use granularity full.")
     _check_compare_keys(cfg, source)
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:

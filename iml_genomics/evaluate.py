@@ -283,7 +283,9 @@ def _cv_score(pipeline, X, y, keep, classes, task, n_splits, n_repeats, seed, me
     sample_ids = [str(i) for i in range(X.shape[0])]
     cv = cross_validate(pipeline, X[:, keep], y, sample_ids=sample_ids, classes=classes, task=task,
                         n_splits=n_splits, n_repeats=n_repeats, seed=seed, n_jobs=1)
-    return float(cv.metrics.set_index("split").loc["mean", metric])
+    from iml_genomics.io.interchange import cv_summary_value
+
+    return cv_summary_value(cv.summary, metric)
 
 
 def prediction_gaps(X, y, gene_ids: Sequence[str], ranking: Sequence[str], *, pipeline, task: str,

@@ -140,19 +140,23 @@ def read_gmt(path: str | Path) -> GeneSetCollection:
 
 
 def normalise_ids(ids) -> np.ndarray:
-    """Harmonised keys: surrounding whitespace removed, upper case.
+    """Harmonised keys: surrounding whitespace removed, upper case, Ensembl version dropped.
 
     Human gene symbols are upper case by convention (HGNC), mouse symbols
     are capitalised; comparing upper-case keys matches both spellings.
+    ``ENSG00000141510.17`` becomes ``ENSG00000141510`` so versioned and
+    unversioned Ensembl ids (count matrix against GMT or gene map) match.
     """
-    return np.array([str(i).strip().upper() for i in ids], dtype=object)
+    from iml_genomics.gene_ids import strip_ensembl_version
+
+    return np.array([strip_ensembl_version(str(i).strip()).upper() for i in ids], dtype=object)
 
 
 _SYMBOL_COLUMNS = ("symbol", "gene_symbol", "hgnc_symbol", "gene_name", "symbols", "description")
 
 
 def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
-                  symbol_column: str | None = None) -> pd.Series:
+                  symbol_column: str | None = None, aliases: dict[str, str] | None = None) -> pd.Series:
     """Read a table mapping measured gene ids (probes, Ensembl ids) to symbols.
 
     Parameters
@@ -166,16 +170,22 @@ def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
         most values with ``gene_ids``.
     symbol_column : str, optional
         Column holding symbols; by default the first of symbol, gene_symbol,
-        hgnc_symbol, gene_name, symbols, description that exists. Only the
-        first whitespace-separated word is used, so a description such as
-        ``"CST3 Cystatin C (amyloid ...)"`` maps to ``CST3``.
+        hgnc_symbol, gene_name, symbols, description that exists. A symbol
+        column gives its first symbol (``"A /// B"`` -> ``A``); a description
+        column is parsed by :func:`iml_genomics.gene_ids.symbol_from_description`
+        (``"CST3 Cystatin C (amyloid ...)"`` -> ``CST3``, ``"GB DEF = Rer1
+        protein"`` -> nothing), never its first word blindly.
+    aliases : dict, optional
+        Alias -> approved symbol (:func:`iml_genomics.gene_ids.read_alias_map`).
 
     Returns
     -------
     pandas.Series
         Index: measured id (as in the table, stripped); values: harmonised
-        symbol key. Ids with an empty symbol are left out.
+        symbol key. Ids whose row names no symbol are left out (they keep
+        their own id). ``attrs["sources"]`` says where each symbol came from.
     """
+    from iml_genomics.gene_ids import apply_aliases, looks_like_descriptions, symbols_from_column
     from iml_genomics.io import read_table
 
     table = read_table(path, "gene map")
@@ -204,12 +214,17 @@ def read_gene_map(path: str | Path, gene_ids, *, id_column: str | None = None,
                              f"columns: {', '.join(show_id(c, 60) for c in table.columns[:20])}. Fix "
                              f"report.gene_map_symbol_column.")
     ids = table[id_column].str.strip()
-    symbols = table[symbol_column].fillna("").str.strip().str.split(n=1).str[0].fillna("")
-    keep = (ids != "") & (symbols != "")
+    is_description = looks_like_descriptions(symbol_column, table[symbol_column])
+    symbols, sources = symbols_from_column(table[symbol_column], is_description=is_description)
+    symbols, sources = apply_aliases(symbols, sources, aliases)
+    keep = (ids != "") & symbols.notna()
     series = pd.Series(normalise_ids(symbols[keep]), index=ids[keep].to_numpy(), name="symbol")
+    src = pd.Series(sources[keep].to_numpy(), index=ids[keep].to_numpy())
     # a probe listed twice keeps its first symbol: deterministic, and the table says nothing better
-    series = series[~series.index.duplicated(keep="first")]
-    series.attrs.update(id_column=id_column, symbol_column=symbol_column, source=str(path))
+    first = ~series.index.duplicated(keep="first")
+    series, src = series[first], src[first]
+    series.attrs.update(id_column=id_column, symbol_column=symbol_column, source=str(path),
+                        sources=dict(zip(src.index, src.to_numpy())))
     return series
 
 
@@ -225,10 +240,16 @@ def map_gene_ids(gene_ids, gene_map: pd.Series | None = None) -> pd.Series:
     pandas.Series
         Index: measured gene id (in the given order); values: key.
     """
+    from iml_genomics.gene_ids import strip_ensembl_version
+
     gene_ids = [str(g) for g in gene_ids]
     keys = normalise_ids(gene_ids)
     if gene_map is not None:
         mapped = gene_map.reindex([g.strip() for g in gene_ids]).to_numpy()
+        # versioned measured ids against an unversioned map (or the reverse): match on the stable id
+        unversioned = gene_map.groupby([strip_ensembl_version(str(i)) for i in gene_map.index], sort=False).first()
+        by_stable = unversioned.reindex([strip_ensembl_version(g.strip()) for g in gene_ids]).to_numpy()
+        mapped = np.where(pd.isna(mapped), by_stable, mapped)
         keys = np.where(pd.isna(mapped), keys, mapped)
     return pd.Series(keys, index=pd.Index(gene_ids, name="gene_id"), name="key")
 

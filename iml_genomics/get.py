@@ -30,7 +30,7 @@ def _table(adata, step: str, name: str, key_added):
 
 
 def cv_metrics_df(adata, *, key_added: str | None = None):
-    """``cv_metrics.tsv`` of :func:`iml_genomics.tl.train`: one row per fold, then ``mean`` and ``sd``.
+    """``cv_metrics.tsv`` of :func:`iml_genomics.tl.train`: one row per fold.
 
     Parameters
     ----------
@@ -41,8 +41,31 @@ def cv_metrics_df(adata, *, key_added: str | None = None):
     Returns
     -------
     pandas.DataFrame
+        Per-fold rows; the ``mean``/``sd`` rows an AnnData written by an older
+        version holds are dropped (they are :func:`cv_summary_df`).
     """
-    return _table(adata, "train", "cv_metrics", key_added)
+    from iml_genomics.io.interchange import cv_fold_rows
+
+    return cv_fold_rows(_table(adata, "train", "cv_metrics", key_added))
+
+
+def cv_summary_df(adata, *, key_added: str | None = None):
+    """``cv_summary.tsv`` of :func:`iml_genomics.tl.train`: one row per metric with mean, sd, n_folds.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    key_added : str, optional
+        The prefix the step ran with.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric``, ``mean``, ``sd``, ``n_folds``.
+    """
+    from iml_genomics.io.interchange import cv_summary_table
+
+    return cv_summary_table(cv_metrics_df(adata, key_added=key_added))
 
 
 def oof_predictions_df(adata, *, key_added: str | None = None):
@@ -53,6 +76,11 @@ def oof_predictions_df(adata, *, key_added: str | None = None):
 def ranking_df(adata, *, key_added: str | None = None):
     """``gene_ranking.tsv`` of :func:`iml_genomics.tl.explain`: genes best first, with uncertainty."""
     return _table(adata, "explain", "gene_ranking", key_added)
+
+
+def audit_df(adata, *, key_added: str | None = None):
+    """``audit.tsv`` of :func:`iml_genomics.tl.explain` with ``data.sensitive`` (iml_genomics.audit)."""
+    return _table(adata, "explain", "audit", key_added)
 
 
 def local_df(adata, *, key_added: str | None = None):

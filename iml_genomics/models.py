@@ -292,13 +292,21 @@ def build_estimator(name: str, task: str, *, seed: int, params: dict | None = No
         raise ConfigError(f"config: invalid model.params for '{name}': {shorten(str(exc))[1:-1]}.") from None
 
 
-def build_pipeline(cfg, task: str, *, sparse_input: bool = False, n_classes: int | None = None) -> Pipeline:
+def build_pipeline(cfg, task: str, *, sparse_input: bool = False, n_classes: int | None = None,
+                   n_covariates: int = 0) -> Pipeline:
     """Preprocessing steps and the configured model in one Pipeline.
 
-    Pass ``n_classes`` for classification so the fastest valid solver is used.
+    Pass ``n_classes`` for classification so the fastest valid solver is used. With ``n_covariates`` > 0 the
+    input's last ``n_covariates`` columns are covariates: the gene preprocessing is wrapped in
+    :class:`iml_genomics.covariates.WithCovariates` (one step named ``preprocess``), which scales them apart.
     """
     model = build_estimator(cfg.model.name, task, seed=cfg.seed, params=cfg.model.params, n_classes=n_classes)
-    return Pipeline([*make_preprocessing_steps(cfg.preprocess, sparse_input=sparse_input), ("model", model)])
+    steps = make_preprocessing_steps(cfg.preprocess, sparse_input=sparse_input)
+    if n_covariates:
+        from iml_genomics.covariates import WithCovariates
+
+        return Pipeline([("preprocess", WithCovariates(Pipeline(steps), n_covariates)), ("model", model)])
+    return Pipeline([*steps, ("model", model)])
 
 
 # ---------------------------------------------------------------------------
@@ -390,7 +398,9 @@ class CVResult:
     Attributes
     ----------
     metrics : pandas.DataFrame
-        One row per fold, then ``mean`` and ``sd`` rows.
+        One row per fold (``cv_metrics.tsv``).
+    summary : pandas.DataFrame
+        One row per metric: mean, sd, n_folds (``cv_summary.tsv``).
     oof : pandas.DataFrame
         Out-of-fold predictions, one row per sample and repeat.
     models : list
@@ -403,6 +413,12 @@ class CVResult:
     oof: pd.DataFrame
     models: list
     splits: list
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        from iml_genomics.io.interchange import cv_summary_table
+
+        return cv_summary_table(self.metrics)
 
 
 def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, n_splits: int,
@@ -444,13 +460,9 @@ def cross_validate(pipeline: Pipeline, X, y, *, sample_ids, classes, task: str, 
             for k, c in enumerate(classes):
                 part[f"prob_{c}"] = scores[:, k]
         oof_parts.append(part)
-    per_fold = pd.DataFrame(rows)
-    metric_cols = [c for c in per_fold.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
-    summary = pd.DataFrame([
-        {"split": "mean", **per_fold[metric_cols].mean().to_dict()},
-        {"split": "sd", **per_fold[metric_cols].std(ddof=1).to_dict()},
-    ])
-    metrics_table = pd.concat([per_fold, summary], ignore_index=True)
+    # per-fold rows only: the mean and sd per metric are CVResult.summary (cv_summary.tsv), so a column mean
+    # over cv_metrics.tsv is the cross-validated mean (issue 17)
+    metrics_table = pd.DataFrame(rows)
     for col in ("repeat", "fold", "n_train", "n_test"):
         metrics_table[col] = metrics_table[col].astype("Int64")
     oof = pd.concat(oof_parts, ignore_index=True)
@@ -672,10 +684,23 @@ def _check_loaded_parts(pipeline, manifest: dict, source: str) -> None:
 
     step_classes, final_classes = pipeline_step_classes()
     kinds = [type(step) for step in (s[1] if isinstance(s, tuple) and len(s) == 2 else s for s in pipeline.steps)]
+    from iml_genomics.covariates import WithCovariates
+
+    for s in pipeline.steps[:-1]:
+        # covariates (model.json 'covariates'): the gene preprocessing sits inside WithCovariates
+        inner = getattr(s[1], "genes_", None) if isinstance(s, tuple) and type(s[1]) is WithCovariates else None
+        if inner is not None:
+            if not isinstance(inner, Pipeline) or not isinstance(inner.steps, list) or inner.memory is not None:
+                raise BundleError(f"{source}: the covariate step holds a {type(inner).__name__} that is not a plain "
+                                  f"pipeline of preprocessing steps; re-train with 'iml-genomics train'.")
+            else:
+                kinds[:0] = [type(t[1]) if isinstance(t, tuple) and len(t) == 2 else type(t) for t in inner.steps]
     if kinds[-1] not in final_classes or any(k not in step_classes for k in kinds[:-1]):
         raise BundleError(f"{source}: the pipeline's steps ({', '.join(k.__name__ for k in kinds)[:200]}) are not "
                           f"preprocessing followed by a registry model; re-train with 'iml-genomics train'.")
-    n_genes = len(manifest["gene_ids"])
+    from iml_genomics.covariates import features as covariate_features
+
+    n_genes = len(manifest["gene_ids"]) + len(covariate_features(manifest.get("covariates")))
     n_in = getattr(pipeline.steps[0][1], "n_features_in_", None)
     if n_in != n_genes:
         raise BundleError(f"{source}: the model expects {n_in} genes but {BUNDLE_MANIFEST} lists {n_genes}; "

@@ -38,45 +38,17 @@ this module enforces (measured causes, docs/pipeline.md "Determinism"):
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-log = logging.getLogger("iml_genomics.progress")
-
-
-class _Progress:
-    """Progress of one parallel loop: a live line on a terminal, sparse log lines otherwise.
-
-    Cluster logs get at most one line per ~10% (or per 30 s); a terminal
-    gets a counter rewritten in place. Silent when logging is above INFO.
-    """
-
-    def __init__(self, name: str, total: int):
-        self.name, self.total = name, total
-        self.tty = sys.stderr.isatty()
-        self.enabled = total > 1 and log.isEnabledFor(logging.INFO)
-        self.last_logged, self.last_time = 0, time.monotonic()
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            end = "\n" if done == self.total else ""
-            print(f"\r{self.name}: {done}/{self.total}", end=end, file=sys.stderr, flush=True)
-            return
-        step = max(1, self.total // 10)
-        if done == self.total or done - self.last_logged >= step or time.monotonic() - self.last_time > 30:
-            log.info("%s: %d/%d", self.name, done, self.total)
-            self.last_logged, self.last_time = done, time.monotonic()
-
+# imported here, in the parent, before any worker exists: it records this process as the one showing progress
+from iml_genomics.progress import loop_phase
 
 def effective_n_jobs(n_jobs: int | None) -> int:
     """Number of workers for ``n_jobs`` (-1 = all cores, None = 1)."""
@@ -295,10 +267,6 @@ def _refused_at_once(address: str) -> None:
         return
 
 
-def _task_name(func) -> str:
-    return getattr(func, "__name__", "tasks").strip("_").replace("_", " ")
-
-
 @dataclass(frozen=True)
 class Backend:
     """Where parallel work runs: local processes and threads, or a dask.distributed cluster.
@@ -426,20 +394,20 @@ class Backend:
         from joblib import Parallel, delayed
 
         tasks = list(tasks)
-        progress = _Progress(_task_name(func), len(tasks))
-        func = _Task(func)  # the same rules (BLAS threads, one task per process) wherever the task runs
         results: list[Any] = []
-        if self.scheduler is None and (self.workers == 1 or len(tasks) <= 1):
-            for t in tasks:
-                results.append(func(*t))
-                progress.update(len(results))
-            return results
-        with self._joblib_context():
-            # a generator in task order: results arrive as they finish, for progress
-            for result in Parallel(n_jobs=self.workers if self.scheduler is None else -1,
-                                   return_as="generator")(delayed(func)(*t) for t in tasks):
-                results.append(result)
-                progress.update(len(results))
+        with loop_phase(func, len(tasks)) as progress:
+            func = _Task(func)  # the same rules (BLAS threads, one task per process) wherever the task runs
+            if self.scheduler is None and (self.workers == 1 or len(tasks) <= 1):
+                for t in tasks:
+                    results.append(func(*t))
+                    progress.update(1)
+                return results
+            with self._joblib_context():
+                # a generator in task order: results arrive as they finish, for progress
+                for result in Parallel(n_jobs=self.workers if self.scheduler is None else -1,
+                                       return_as="generator")(delayed(func)(*t) for t in tasks):
+                    results.append(result)
+                    progress.update(1)
         return results
 
     @contextlib.contextmanager
@@ -537,12 +505,12 @@ class Backend:
                     # unlike multiprocessing.Pool, the executor notices a worker that died and raises
                     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                                    initializer=_single_threaded_worker)
-                progress = _Progress(_task_name(func), len(tasks))
                 results = []
                 try:
-                    for result in executor.map(_run_with_shared_context, [(token, func, t) for t in tasks]):
-                        results.append(result)
-                        progress.update(len(results))
+                    with loop_phase(func, len(tasks)) as progress:
+                        for result in executor.map(_run_with_shared_context, [(token, func, t) for t in tasks]):
+                            results.append(result)
+                            progress.update(1)
                 except BrokenProcessPool:
                     from iml_genomics.errors import ResourceError
 

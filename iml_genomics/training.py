@@ -33,6 +33,9 @@ class TrainResult:
     positive_class : str or None
         Two classes: the class AUROC / average precision (and, downstream, SHAP signs) refer to
         (``data.positive_class``, else the last label in sorted order); None otherwise.
+    covariates : list of dict or None
+        How ``data.covariates`` were encoded as model inputs (:func:`iml_genomics.covariates.fit_encoding`);
+        None without covariates.
     """
 
     cv: CVResult
@@ -42,10 +45,11 @@ class TrainResult:
     gene_ids: list
     used_genes: list
     positive_class: str | None = None
+    covariates: list | None = None
 
     def manifest(self, cfg) -> dict:
         """Bundle metadata (everything explain/select need besides the model)."""
-        return {
+        out = {
             "task": self.task,
             "classes": self.classes,
             "positive_class": self.positive_class,
@@ -57,9 +61,13 @@ class TrainResult:
             # keeps the bundle byte-identical whatever --jobs was
             # (nor the Dask scheduler: a later explain must not inherit an address that may be gone)
             "config": {**{k: v for k, v in cfg.to_dict().items() if k != "n_jobs"}, "parallel": {"scheduler": None}},
-            "cv_summary": self.cv.metrics.set_index("split").loc[["mean", "sd"]].drop(
-                columns=["repeat", "fold", "n_train", "n_test"]).to_dict(orient="index"),
+            "cv_summary": {stat: dict(zip(self.cv.summary["metric"], self.cv.summary[stat].astype(float)))
+                           for stat in ("mean", "sd")},
         }
+        if self.covariates:
+            # explain/evaluate append these columns (encoded the same way) after the genes
+            out["covariates"] = self.covariates
+        return out
 
 
 # the written results must not depend on the BLAS threads of the calling process (parallel.py)
@@ -90,14 +98,47 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     sample_ids, gene_ids = list(adata.obs_names), list(adata.var_names)
     check_counts(X, cfg.preprocess.transform, adata.uns.get("sources", {}).get("expression", "expression"),
                  sample_ids, gene_ids)
-    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
+    encoding = None
+    if cfg.data.covariates:
+        from iml_genomics.covariates import apply_encoding, fit_encoding, with_covariates
+
+        encoding = fit_encoding(adata.obs, cfg.data.covariates, source=source, gene_ids=gene_ids)
+        X = with_covariates(X, apply_encoding(adata.obs, encoding, source=source))
+    n_cov = X.shape[1] - len(gene_ids)
+    pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None,
+                              n_covariates=n_cov)
     n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
     cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
                         positive_class=positive, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed,
                         n_jobs=n_jobs, backend=backend)
-    final = pipeline.fit(X, y)
-    used = used_gene_mask(final, len(gene_ids))
-    return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u], positive)
+    from iml_genomics.progress import phase
+
+    with phase("final model on all samples", total=1, unit="fit") as progress:
+        final = pipeline.fit(X, y)
+        progress.update(1)
+    used = used_gene_mask(final, len(gene_ids) + n_cov)[:len(gene_ids)]
+    return TrainResult(cv, final, task, classes, gene_ids, [g for g, u in zip(gene_ids, used) if u], positive,
+                       encoding)
+
+
+def model_input(adata, manifest: dict, source: str):
+    """The model's input matrix of a cohort: its genes (in the cohort's order) and, when the bundle was
+    trained with covariates, their columns encoded as recorded in ``manifest['covariates']``.
+
+    Returns
+    -------
+    X : ndarray or CSR matrix
+    feature_ids : list of str
+        Gene ids, then covariate feature ids (``covariate:...``).
+    """
+    from iml_genomics.covariates import apply_encoding, features, with_covariates
+
+    X = design_matrix(adata)
+    encoding = manifest.get("covariates") or []
+    if not encoding:
+        return X, list(adata.var_names)
+    return (with_covariates(X, apply_encoding(adata.obs, encoding, source=source)),
+            list(adata.var_names) + features(encoding))
 
 
 def design_matrix(adata) -> np.ndarray | sparse.csr_matrix:

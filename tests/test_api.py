@@ -143,7 +143,8 @@ def test_the_doc_session_ran_every_step(session):
             assert f"`{name}(" in doc, name
 
 
-TABLES = (("cv_metrics_df", "train/cv_metrics.tsv"), ("oof_predictions_df", "train/oof_predictions.tsv"),
+TABLES = (("cv_metrics_df", "train/cv_metrics.tsv"), ("cv_summary_df", "train/cv_summary.tsv"),
+          ("oof_predictions_df", "train/oof_predictions.tsv"),
           ("ranking_df", "explain/gene_ranking.tsv"), ("local_df", "explain/local_explanations.tsv"),
           ("interactions_df", "explain/interactions.tsv"), ("selection_df", "select/knockoff_selection.tsv"),
           ("gene_sets_df", "report/gene_sets.tsv"))
@@ -295,7 +296,7 @@ def test_key_added_keeps_two_analyses_apart_and_config_may_be_a_dict_or_config(s
     # the unprefixed analysis is untouched; the stronger penalty gives fewer genes any attribution
     pd.testing.assert_series_equal(adata.var["mean_abs_shap"], session["read"]["gene_sets"].var["mean_abs_shap"])
     assert 0 < (adata.var["sparse_mean_abs_shap"] > 0).sum() < (adata.var["mean_abs_shap"] > 0).sum()
-    assert len(ig.get.cv_metrics_df(adata, key_added="sparse")) == 3 + 2
+    assert len(ig.get.cv_metrics_df(adata, key_added="sparse")) == 3
     assert ig.get.config(adata, "train", key_added="sparse").model.params["C"] == 0.05
     assert ig.get.config(adata, "train").model.params["C"] == 0.3
     # an explicit Config replaces the recorded one for explain, but the model stays the stored one

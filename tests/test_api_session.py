@@ -47,7 +47,7 @@ def test_the_session_check_can_fail():
     import pandas as pd
 
     fake_top = pd.DataFrame(index=[f"RPL{i}" for i in range(10)])
-    fake_cv = pd.DataFrame({"split": ["mean"], "auroc": [0.99]})
+    fake_cv = pd.DataFrame({"mean": [0.99]}, index=pd.Index(["auroc"], name="metric"))
     with pytest.raises(AssertionError):
         exec(code, {"top": fake_top, "selected": pd.DataFrame(index=["GNLY", "NKG7", "GZMB"]), "cv": fake_cv})
     with pytest.raises(AssertionError):  # markers on top but a selection of noise

@@ -529,7 +529,7 @@ def test_layouts_give_same_metrics(data, reference_metrics, layout):
     proc = run_train(*train_args(data, expression=path, extra=extra), cwd=data["dir"])
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert {p.name for p in data["out"].iterdir() if not p.name.startswith(".")} == {"cv_metrics.tsv", "oof_predictions.tsv", "model.skops",
+    assert {p.name for p in data["out"].iterdir() if not p.name.startswith(".")} == {"cv_metrics.tsv", "cv_summary.tsv", "oof_predictions.tsv", "model.skops",
                                                        "model.json", "provenance.json"}
     assert (data["out"] / "cv_metrics.tsv").read_bytes() == reference_metrics()
 

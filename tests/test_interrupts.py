@@ -120,7 +120,7 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         assert ba == bb, rel
 
 
-_PROGRESS = re.compile(r"^\d\d:\d\d:\d\d iml-genomics INFO ")
+_PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\dT)?\d\d:\d\d:\d\d iml-genomics INFO ")
 
 
 def one_line(stderr: str) -> str:

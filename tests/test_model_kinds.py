@@ -428,7 +428,7 @@ def test_train_hist_gradient_boosting_on_the_demo(tmp_path, demo_paths):
     out = tmp_path / "train"
     run_cli("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
             "--labels", demo_paths["labels"], "--out", out, "--model", "hist_gradient_boosting", "--jobs", "2")
-    metrics = pd.read_csv(out / "cv_metrics.tsv", sep="\t").set_index("split")
-    assert metrics.loc["mean", "auroc"] > 0.75
+    metrics = pd.read_csv(out / "cv_summary.tsv", sep="\t").set_index("metric")
+    assert metrics.loc["auroc", "mean"] > 0.75
     assert json.loads((out / "model.json").read_text())["model_name"] == "hist_gradient_boosting"
     load_bundle(out)

@@ -169,7 +169,7 @@ def test_progress_lines_in_logs_and_quiet(tmp_path):
     common = ["train", "--config", ROOT / "configs" / "demo.yaml", "--expression",
               TEST_DATA / "demo_expression.csv.gz", "--labels", TEST_DATA / "demo_labels.tsv", "--jobs", "2"]
     loud = run_cli(*common, "--out", tmp_path / "loud")
-    assert "INFO fit fold: 5/5" in loud.stderr
+    assert "INFO train: fitting CV folds 5/5 folds" in loud.stderr
     quiet = run_cli("-q", *common, "--out", tmp_path / "quiet")
     assert "INFO" not in quiet.stderr
     assert (tmp_path / "loud" / "cv_metrics.tsv").read_bytes() == (tmp_path / "quiet" / "cv_metrics.tsv").read_bytes()

@@ -39,7 +39,7 @@ def test_outputs_and_contract(runs):
     table = pd.read_csv(out / "knockoff_selection.tsv", sep="\t", keep_default_na=False)
     assert list(table.columns) == ["gene_id", "w", "selected", "selection_frequency", "e_value", "rank", "group",
                                    "tested", "p_value", "q_value"]
-    assert (table["p_value"] == "").all() and (table["q_value"] == "").all()  # dCRT columns, empty for knockoffs
+    assert (table["p_value"] == "NA").all() and (table["q_value"] == "NA").all()  # dCRT columns, NA for knockoffs
     assert len(table) == 400 and list(table["rank"]) == list(range(1, 401)) and table["tested"].all()
     summary = json.loads((out / "select_summary.json").read_text())
     assert {"target_fdr", "offset", "threshold", "n_selected", "covariance_model", "factor_rank", "s_method",

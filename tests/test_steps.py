@@ -126,6 +126,7 @@ def test_step_functions_return_what_the_cli_writes(runs, in_memory, tmp_path):
     m = in_memory
     expected = {
         ("train", "cv_metrics.tsv"): m["train"].cv_metrics,
+        ("train", "cv_summary.tsv"): m["train"].cv_summary,
         ("train", "oof_predictions.tsv"): m["train"].oof_predictions,
         ("explain", "gene_ranking.tsv"): m["explain"].ranking,
         ("explain", "local_explanations.tsv"): m["explain"].local,

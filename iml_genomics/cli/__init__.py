@@ -127,18 +127,31 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Timestamped lines on stderr: INFO by default, WARNING with --quiet, DEBUG with --verbose."""
     import logging
 
+    from iml_genomics import progress
+    from iml_genomics.cli import common
+
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s iml-genomics %(levelname)s %(message)s", "%H:%M:%S"))
+    # through tqdm while a bar is drawn: a warning never lands inside a progress bar
+    handler = progress.BarSafeHandler(sys.stderr)
+    # full ISO date and time: Snakemake and cluster logs outlive the day they were written
+    handler.setFormatter(logging.Formatter("%(asctime)s iml-genomics %(levelname)s %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("iml_genomics")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # -q: warnings and errors only (no bars, no progress lines, no summary line); a terminal gets bars,
+    # a file or pipe (Snakemake's log:, a batch job's output) sparse timestamped lines
+    common.QUIET = quiet
+    click_ctx = click.get_current_context(silent=True)
+    step = click_ctx.invoked_subcommand if click_ctx is not None else None
+    progress.configure("off" if quiet else "bar" if progress._isatty(sys.stderr) else "log",
+                       step=None if step == "run" else step)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="iml-genomics")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress lines).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress, no summary line).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages on stderr.")
 def main(quiet, verbose):
     """From an expression cohort to ranked, error-controlled, pathway-level biomarkers.
@@ -147,8 +160,9 @@ def main(quiet, verbose):
     Steps: train -> explain -> select -> report (or all of them with `run`).
     Each step reads files, writes a directory with provenance.json, and can be
     one Snakemake rule. See `iml-genomics COMMAND --help`.
-    Progress of long loops goes to stderr: a live counter on a terminal, a
-    few timestamped lines otherwise (cluster logs); -q silences it.
+    Progress of long loops goes to stderr: one bar per phase on a terminal,
+    a timestamped line every 10 s otherwise (cluster logs); -q silences it
+    and the summary line (warnings and errors are still shown).
     """
     configure_logging(quiet, verbose)
     install_signal_handlers()

@@ -8,6 +8,16 @@ from pathlib import Path
 import click
 
 
+#: Set by ``iml-genomics -q`` (and ``run --quiet``): warnings and errors only, no summary line.
+QUIET = False
+
+
+def echo_summary(line: str) -> None:
+    """The one-line summary a command ends with, on stderr; nothing under ``-q``."""
+    if not QUIET:
+        click.echo(line, err=True)
+
+
 def cohort_options(func):
     """--config, --expression, --labels and the reader options, as one decorator."""
     options = [
@@ -77,6 +87,12 @@ def make_backend(cfg):
     """
     from iml_genomics.parallel import Backend
 
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("expression"):
+        # in a SLURM job granted less memory than this step's estimate: one line now, not an OOM kill later
+        from iml_genomics.cluster import check_granted_memory
+
+        check_granted_memory(cfg, ctx.params["expression"], ctx.info_name)
     return Backend.from_config(cfg)
 
 
@@ -147,7 +163,8 @@ def load_cohort_for(cfg, expression, labels, *, require_labels: bool = True, che
                         sample_id_column=cfg.data.sample_id_column,
                         genes_as_rows=cfg.data.orientation == "genes_x_samples", layer=cfg.data.layer,
                         drop_unmatched=cfg.data.drop_unmatched, covariates=cfg.data.covariates,
-                        require_labels=require_labels, positive_class=cfg.data.positive_class)
+                        require_labels=require_labels, positive_class=cfg.data.positive_class,
+                        sensitive=cfg.data.sensitive)
     if require_labels:
         from iml_genomics.io.cohort import check_variation
 
@@ -271,3 +288,51 @@ def out_option(func):
 def comma_list(text: str) -> list:
     """``"a, b,,c"`` -> ``['a', 'b', 'c']``: a comma-separated command-line list, blanks dropped."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+class CommaSeparated(click.ParamType):
+    """An option value that may list several items separated by commas (``--k 10,20,50``).
+
+    Each item is checked by ``inner`` (a choice, an integer range...), so a bad
+    item fails with that type's own message naming it. Used with
+    ``multiple=True``: the option may also be repeated; :func:`flatten` joins
+    the lists.
+    """
+
+    def __init__(self, inner: click.ParamType):
+        self.inner = inner
+        self.name = f"{inner.name}[,...]"
+
+    def get_metavar(self, param, *args, **kwargs):
+        inner = self.inner.get_metavar(param, *args, **kwargs) if hasattr(self.inner, "get_metavar") else None
+        return f"{inner or self.inner.name.upper()}[,...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = comma_list(str(value))
+        if not items:
+            self.fail(f"'{value}' lists nothing; give one or more values separated by commas.", param, ctx)
+        return [self.inner.convert(item, param, ctx) for item in items]
+
+
+def flatten(groups) -> tuple:
+    """The items of a repeated :class:`CommaSeparated` option, in order, duplicates kept once."""
+    return tuple(dict.fromkeys(item for group in (groups or ()) for item in group))
+
+
+def config_argument(positional: str | None, option: str | None) -> str:
+    """The config of `run`, given as its argument CONFIG or as ``--config`` (one of them).
+
+    Raises
+    ------
+    click.UsageError
+        Neither given, or both given and naming different files (exit 2, one line).
+    """
+    import os
+
+    if positional is None and option is None:
+        raise click.UsageError("missing the config: give it as 'run CONFIG' or 'run --config CONFIG'.")
+    if positional is not None and option is not None and os.path.realpath(positional) != os.path.realpath(option):
+        raise click.UsageError(f"two configs given: argument '{positional}' and --config '{option}'; give one.")
+    return positional if positional is not None else option

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import (cohort_options, comma_list, common_overrides, echo_warnings, load_cohort_for,
+from iml_genomics.cli.common import (cohort_options, echo_summary, comma_list, common_overrides, echo_warnings, load_cohort_for,
                                      make_backend, out_option, resolve_config)
 
 
@@ -64,4 +64,4 @@ def compare(config_path, expression, labels, out, models, cv_folds, cv_repeats, 
     prov.mark("cross_validate_models")
     with staged_output(out) as stage:
         write_compare(stage, result, prov)
-    click.echo(compare_line(result, out), err=True)
+    echo_summary(compare_line(result, out))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import out_option
+from iml_genomics.cli.common import CommaSeparated, echo_summary, flatten, out_option
 
 
 @click.command()
@@ -15,8 +15,9 @@ from iml_genomics.cli.common import out_option
 @click.option("--selection", "selections", multiple=True, type=click.Path(dir_okay=False),
               help="Gene selection (knockoff_selection.tsv: gene_id, selected, ...); repeat for several.")
 @out_option
-@click.option("--k", "k_values", multiple=True, type=click.IntRange(min=1),
-              help="k for precision at k, top-k agreement and prediction gaps; repeat [10, 20, 50].")
+@click.option("--k", "k_values", multiple=True, type=CommaSeparated(click.IntRange(min=1)),
+              help="k for precision at k, top-k agreement and prediction gaps: 10,20,50 or repeat the option "
+                   "[10,20,50].")
 @click.option("--expression", type=click.Path(dir_okay=False), default=None,
               help="Expression matrix: with --labels, computes prediction gaps (refits the model).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None, help="Labels table for prediction gaps.")
@@ -103,7 +104,7 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
         adata = load_cohort_for(cfg, expression, labels)
         prov.mark("read")
     result = evaluate_step(adata, cfg, truth=truth_genes, rankings=ranking_lists, selections=selection_lists,
-                           k_values=k_values or (10, 20, 50), n_random=n_random, backend=backend)
+                           k_values=flatten(k_values) or (10, 20, 50), n_random=n_random, backend=backend)
     prov.mark("evaluate")
     prov.extra["n_true_genes"] = result.n_true_genes
     with staged_output(out) as stage:
@@ -116,8 +117,8 @@ def evaluate(truth, rankings, selections, out, k_values, expression, labels, lab
                         (result.ranking_metrics, "{0.source}: AUPRC = {0.auprc:.3f}, R-precision = "
                                                  "{0.r_precision:.3f}")):
         for row in (frame.itertuples() if frame is not None else ()):
-            click.echo("evaluate: " + line.format(row), err=True)
-    click.echo(f"evaluate: wrote {out}", err=True)
+            echo_summary("evaluate: " + line.format(row))
+    echo_summary(f"evaluate: wrote {out}")
 
 
 def _label(path, paths) -> str:

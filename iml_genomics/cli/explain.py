@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import comma_list, cohort_options, common_overrides, echo_warnings, make_backend, out_option
+from iml_genomics.cli.common import echo_summary, comma_list, cohort_options, common_overrides, echo_warnings, make_backend, out_option
 
 
 @click.command()
@@ -83,15 +83,21 @@ def explain(model_dir, config_path, expression, labels, out, method, methods, sa
         if labels is not None or opts.get("label_column") or label_column is None:
             raise
         adata = read(None)
+    oof = None
+    if cfg.data.sensitive and (Path(model_dir) / "oof_predictions.tsv").is_file():
+        from iml_genomics.report.inputs import read_tsv
+
+        # the audit scores train's out-of-fold predictions per group (recomputed when absent)
+        oof = read_tsv(Path(model_dir) / "oof_predictions.tsv")
     prov.mark("read")
     with staged_output(out) as stage:
-        writer = attribution_writer(stage, adata.obs_names)
+        writer = attribution_writer(stage, adata.obs_names, prov)
         try:
             result = explain_step(adata, cfg, model=(pipeline, manifest), on_chunk=writer,
-                                  model_source=f"{model_dir}/model.json", backend=backend)
+                                  model_source=f"{model_dir}/model.json", backend=backend, oof=oof)
         finally:
             writer.close()
         echo_warnings(result.warnings)
         prov.mark("explain")
         write_explain(stage, result, prov)
-    click.echo(explain_line(result, adata, out), err=True)
+    echo_summary(explain_line(result, adata, out))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import echo_warnings, out_option, resolve_config
+from iml_genomics.cli.common import echo_summary, echo_warnings, out_option, resolve_config
 
 
 class _MultiValueOption(click.Option):
@@ -123,7 +123,7 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     rc = cfg.report
     if config_path:
         # paths written in a config file may be relative to the file rather than to the working directory
-        for key in ("gene_sets", "gene_map"):
+        for key in ("gene_sets", "gene_map", "alias_map"):
             value = getattr(rc, key)
             if value and not Path(value).exists() and (Path(config_path).parent / value).exists() \
                     and overrides.get(f"report.{key}") is None:
@@ -153,8 +153,10 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
                             or (inputs.model or {}).get("positive_class"))
     collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
     genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(inputs)
-    gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
-                                   symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
+    from iml_genomics.gene_ids import load_gene_map
+
+    gene_table = load_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
+                               symbol_column=rc.gene_map_symbol_column, alias_map=rc.alias_map)
     prov.mark("read_cohort_and_gene_sets")
     explicit = positive_class is not None or (config_path is not None and cfg.data.positive_class is not None)
     result = report_step(adata, cfg, inputs=inputs, collection=collection, gene_map=gene_table,
@@ -166,4 +168,4 @@ def report(input_dirs, gene_sets, gene_map, out, config_path, expression, labels
     prov.mark("analyse")
     with staged_output(out) as stage:
         write_report(stage, result, prov)
-    click.echo(report_line(result, out), err=True)
+    echo_summary(report_line(result, out))

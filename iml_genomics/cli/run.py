@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 
@@ -15,7 +13,9 @@ def _available_steps() -> list[str]:
 
 
 @click.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "config_option", default=None, type=click.Path(dir_okay=False),
+              help="The YAML config, as the other subcommands take it (or give it as the argument CONFIG).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output directory; each step writes OUT/<step>/.")
 @click.option("--force", is_flag=True, help="Redo every step even when its outputs are up to date.")
@@ -27,9 +27,10 @@ def _available_steps() -> list[str]:
 @click.option("--write-h5ad", "write_h5ad", default=None, type=click.Path(dir_okay=False),
               help="Also write the cohort with every result attached (var columns, SHAP in obsm, tables and the "
                    "model in uns['iml_genomics']) to this .h5ad, readable by anndata and scanpy.")
-@click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("--quiet", is_flag=True, help="Only warnings and errors on stderr (as iml-genomics -q).")
 @click.option("--verbose", is_flag=True, help="Debug messages on stderr.")
-def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, write_h5ad, quiet, verbose):
+def run(config_path, config_option, out, force, steps, n_jobs, scheduler, dry_run, max_memory, write_h5ad, quiet,
+        verbose):
     """Run the whole pipeline from one YAML config.
 
     \b
@@ -41,7 +42,11 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     Example:
       iml-genomics run configs/demo.yaml --out results/demo
       iml-genomics run configs/demo.yaml --out results/demo --write-h5ad results/demo.h5ad
+      iml-genomics run --config configs/demo.yaml --out results/demo
     """
+    from iml_genomics.cli.common import config_argument
+
+    config_path = config_argument(config_path, config_option)
     from iml_genomics import pipeline as pl
     from iml_genomics.cli import configure_logging
     from iml_genomics.cli.common import echo_warnings, resolve_config
@@ -49,8 +54,10 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     from iml_genomics.errors import ConfigError, ResourceError
     from iml_genomics.steps.run import run_pipeline
 
+    from iml_genomics.cli import common
+
     if quiet or verbose:
-        configure_logging(quiet, verbose)
+        configure_logging(quiet or common.QUIET, verbose)
     # validated (model.params, --jobs, scheduler contacted) as every subcommand does
     cfg = resolve_config(config_path, overrides={"n_jobs": n_jobs, "parallel.scheduler": scheduler})
     if cfg.parallel.scheduler:
@@ -72,11 +79,11 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     wanted = [s for s in pl.STEPS if s in wanted and s in available]
 
     n_samples, n_genes = pl.peek_shape(expression, genes_as_rows=cfg.data.orientation == "genes_x_samples")
-    estimates = pl.estimate_resources(cfg, n_samples, n_genes, n_jobs=cfg.n_jobs)
+    estimates = pl.estimate_resources(cfg, n_samples, n_genes, n_jobs=cfg.n_jobs, nnz=pl.peek_nnz(expression))
     limit = pl.parse_memory(max_memory) if max_memory else None
     if dry_run or limit is not None:
-        lines = [f"{'step':<8} {'peak memory':>12}  work"]
-        lines += [f"{e.step:<8} {pl.format_bytes(e.peak_memory_bytes):>12}  {e.work}"
+        lines = [f"{'step':<8} {'peak memory':>12} {'time':>8}  work"]
+        lines += [f"{e.step:<8} {pl.format_bytes(e.peak_memory_bytes):>12} {e.seconds:>7.0f}s  {e.work}"
                   for e in estimates if e.step in wanted]
         if dry_run:
             click.echo("\n".join(lines))
@@ -91,8 +98,7 @@ def run(config_path, out, force, steps, n_jobs, scheduler, dry_run, max_memory, 
     # the steps get the file's config with --jobs/--scheduler applied (the report runs with the file's as is)
     result = run_pipeline(load_config(config_path), out=out, config_path=config_path, steps=wanted, force=force,
                           n_jobs=n_jobs, scheduler=scheduler, estimates=estimates,
-                          echo=lambda line: click.echo(line, err=True), warn=echo_warnings,
-                          progress=sys.stderr.isatty() and not quiet, write_h5ad=write_h5ad)
+                          echo=common.echo_summary, warn=echo_warnings, write_h5ad=write_h5ad)
     report = result.out / "report" / "report.html"
-    click.echo(f"run: {', '.join(wanted)} complete in {result.out}" + (f"; open {report}" if report.is_file() else ""),
-               err=True)
+    common.echo_summary(f"run: {', '.join(wanted)} complete in {result.out}"
+                        + (f"; open {report}" if report.is_file() else ""))

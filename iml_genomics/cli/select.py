@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, make_backend,
+from iml_genomics.cli.common import (echo_summary, cohort_options, common_overrides, echo_warnings, load_cohort_for, make_backend,
                                      out_option, resolve_config)
 
 
@@ -64,4 +64,4 @@ def select(config_path, expression, labels, out, fdr, n_draws, statistic, s_meth
     prov.mark("knockoffs")
     with staged_output(out) as stage:
         write_select(stage, result, prov)
-    click.echo(select_line(result, out), err=True)
+    echo_summary(select_line(result, out))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iml_genomics.cli.common import (cohort_options, common_overrides, echo_warnings, load_cohort_for, make_backend,
+from iml_genomics.cli.common import (echo_summary, cohort_options, common_overrides, echo_warnings, load_cohort_for, make_backend,
                                      out_option, resolve_config)
 
 
@@ -18,7 +18,7 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     """Cross-validate a model on a cohort and save the model bundle.
 
     \b
-    Writes to OUT: cv_metrics.tsv, oof_predictions.tsv, model.skops,
+    Writes to OUT: cv_metrics.tsv, cv_summary.tsv, oof_predictions.tsv, model.skops,
     model.json, provenance.json.
     \b
     Example:
@@ -46,4 +46,4 @@ def train(config_path, expression, labels, out, model_name, cv_folds, cv_repeats
     prov.mark("cross_validate_and_fit")
     with staged_output(out) as stage:
         write_train(stage, result, prov)
-    click.echo(train_line(result, cfg, out), err=True)
+    echo_summary(train_line(result, cfg, out))

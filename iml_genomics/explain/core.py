@@ -16,7 +16,7 @@ from iml_genomics.errors import InputDataError
 from iml_genomics.parallel import fixed_blas_threads
 
 RANKING_COLUMNS = ["gene_id", "rank", "mean_abs_shap", "mean_shap", "sd", "rank_low", "rank_high", "top_k_frequency",
-                   "permutation_importance", "permutation_importance_sd", "used", "method", "scale"]
+                   "permutation_importance", "permutation_importance_sd", "used", "method", "scale", "feature_type"]
 
 
 @dataclass
@@ -118,7 +118,8 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
 
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=ecfg.shap_mode,
                               background_size=ecfg.background_size, random_state=random_state,
-                              positive_class=positive_class, values=do_shap)
+                              positive_class=positive_class, values=do_shap,
+                              engine=getattr(ecfg, "tree_shap_engine", "fast"))
     mask = plan.used_mask
     q, k = len(plan.gene_ids), len(plan.outputs)
     summary: dict = {"method": method, "task": task, "classes_explained": plan.outputs, "labels_used": has_labels,
@@ -155,6 +156,8 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         summary.update({"max_additivity_error": max_err, "shap_method": plan.method, "scale": plan.scale,
                         "n_samples_explained": n_done, "shap_exact": plan.exact,
                         "shap_background": plan.background_note})
+        if plan.kind == "tree":  # which Tree SHAP implementation ran (explain.tree_shap_engine), and why not fast
+            summary.update({"shap_engine": plan.engine, "shap_engine_note": plan.engine_note})
         summary["approximations"] += plan.approximations
         if local_rows:
             expr = X[local_rows][:, np.flatnonzero(mask)]
@@ -196,7 +199,8 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
                                    shap=do_shap, shap_mode=ecfg.shap_mode, background_size=ecfg.background_size,
                                    permutation=(do_perm and same) or not do_shap,
                                    n_repeats=ecfg.permutation_repeats, scoring=ecfg.permutation_scoring,
-                                   random_state=random_state, backend=backend)
+                                   random_state=random_state, backend=backend,
+                                   tree_shap_engine=getattr(ecfg, "tree_shap_engine", "fast"))
         perm_list = refits["permutation"]
         if do_perm and not same:
             perm_list = refit_importances(refit_pipeline, X, y, splits=perm_splits, classes=classes,
@@ -243,6 +247,9 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
         ranking.loc[~mask, col] = np.nan
     ranking["method"] = plan.method if do_shap else "permutation_oof"
     ranking["scale"] = plan.scale if do_shap else "raw"
+    # gene | covariate: the explain step marks the covariate inputs of a model trained with data.covariates
+    ranking["feature_type"] = np.where(pd.Series(gene_ids).str.startswith("covariate:").to_numpy(), "covariate",
+                                       "gene")
     key = "mean_abs_shap" if do_shap else "permutation_importance"
     score = np.where(mask, np.nan_to_num(ranking[key].to_numpy(), nan=-np.inf), -np.inf)
     order = np.lexsort((np.asarray(gene_ids, dtype=object), ~mask, -score))

@@ -6,8 +6,9 @@ attributions live on the genes that reach the model; they are mapped back to
 gene ids with :func:`iml_genomics.preprocess.used_gene_mask`. Three routes:
 
 - tree ensembles (random forest, extra trees, gradient boosting, histogram
-  gradient boosting, CART): Tree SHAP from the ``shap`` library,
-  path-dependent or interventional; exact;
+  gradient boosting, CART): exact Tree SHAP, path-dependent or interventional, from the compiled engine
+  :mod:`iml_genomics.explain.fast_treeshap` (threads over rows; ``explain.tree_shap_engine: fast``, the
+  default) or from the ``shap`` library's TreeExplainer (``shap``, and for models the engine does not read);
 - linear models (logistic / lasso / elastic net / linear SVM): the closed form
   ``phi_j = b_j (z_j - E[z_j])`` on the margin scale; exact;
 - anything else (models the registry declares ``shap="agnostic"``, and
@@ -37,6 +38,11 @@ from iml_genomics.parallel import Backend, resolve_backend, spawn_seeds
 from iml_genomics.preprocess import used_gene_mask
 
 SHAP_MODES = ("tree_path_dependent", "interventional")
+#: ``explain.tree_shap_engine``: the compiled engine of :mod:`iml_genomics.explain.fast_treeshap` (threads over
+#: rows, shap's values to float rounding) or shap's own ``TreeExplainer`` (forked processes over chunks).
+TREE_SHAP_ENGINES = ("fast", "shap")
+#: ``ShapPlan.engine`` / explain_summary.json ``shap_engine`` of each engine actually used.
+ENGINE_NAMES = {"fast": "iml_genomics.fast_treeshap", "shap": "shap.TreeExplainer"}
 
 
 
@@ -247,6 +253,18 @@ class ShapPlan:
     # False when the model's predict runs OpenMP (ModelSpec.openmp_predict): chunks then go to fresh
     # workers instead of forked ones
     fork: bool = True
+    # the Tree SHAP implementation used (ENGINE_NAMES), '' for the linear and agnostic routes, and why the
+    # compiled engine was not used when it was asked for
+    engine: str = ""
+    engine_note: str = ""
+
+
+@dataclass
+class FastTreePayload:
+    """What a chunk needs from the compiled engine: the explainer and the sign of a single binary margin."""
+
+    explainer: object
+    sign: float = 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +357,12 @@ def _chunk_agnostic(estimator, Z, classes, background, n_pairs, seed, positive_c
 def _explain_chunk(context, X_chunk, start, stop, seed):
     pre, estimator, classes, kind, payload, positive = context
     Z = preprocess(pre, X_chunk)
-    if kind == "linear":
+    if isinstance(payload, FastTreePayload):
+        # the explainer was built for exactly the explained outputs (plan_shap): only a single binary margin
+        # (boosting's log-odds of classes[1]) is negated when the other class is the positive one
+        values = payload.sign * payload.explainer.shap_values(Z)
+        base = np.broadcast_to(payload.sign * payload.explainer.expected_value, (Z.shape[0], values.shape[2])).copy()
+    elif kind == "linear":
         values, base = _chunk_linear(estimator, Z, classes, payload, positive)
     elif kind == "tree":
         values, base = _chunk_tree(payload, Z, len(explained_outputs(estimator, classes)),
@@ -368,8 +391,12 @@ def background_rows(n: int, size: int, random_state: int) -> np.ndarray:
 
 def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependent", background_size: int = 100,
               random_state: int = 0, background=None, agnostic_pairs: int = 5, positive_class: str | None = None,
-              values: bool = True):
+              values: bool = True, engine: str = "fast"):
     """Decide the explainer and prepare what every chunk needs.
+
+    ``engine`` (tree models): 'fast' uses the compiled :class:`iml_genomics.explain.fast_treeshap.FastTreeExplainer`
+    where it reads the model and shap's ``TreeExplainer`` elsewhere (``plan.engine`` says which, ``plan.engine_note``
+    why not the fast one); 'shap' always uses shap's.
 
     ``positive_class`` (two classes) is the class explained (``plan.outputs``); the last class when None.
     ``values=False`` plans without building an explainer (payload None): the genes used and the outputs
@@ -390,6 +417,8 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
     """
     if mode not in SHAP_MODES:
         raise ValueError(f"mode must be one of {SHAP_MODES}; got {mode!r}")
+    if engine not in TREE_SHAP_ENGINES:
+        raise ValueError(f"engine must be one of {TREE_SHAP_ENGINES}; got {engine!r}")
     pre, estimator = split_pipeline(pipeline)
     gene_ids = [str(g) for g in gene_ids]
     if len(gene_ids) != X.shape[1]:
@@ -411,15 +440,20 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
             return preprocess(pre, background)
         return preprocess(pre, X[background_rows(X.shape[0], background_size, random_state)])
 
+    engine_used, engine_note = "", ""
     if kind == "tree":
-        import shap
+        bg = background_matrix() if mode == "interventional" else None
+        payload = None
+        if engine == "fast":
+            payload, engine_note = _fast_tree_payload(estimator, classes, positive_class, mode, bg)
+        if payload is None:
+            import shap
 
+            payload = shap.TreeExplainer(estimator, data=bg, feature_perturbation=mode)
+        engine_used = ENGINE_NAMES["fast" if isinstance(payload, FastTreePayload) else "shap"]
         if mode == "interventional":
-            bg = background_matrix()
-            payload = shap.TreeExplainer(estimator, data=bg, feature_perturbation="interventional")
             note = f"interventional: {bg.shape[0]} background samples drawn from the explained cohort"
         else:
-            payload = shap.TreeExplainer(estimator, feature_perturbation="tree_path_dependent")
             note = "tree_path_dependent: expectations under the trees' own training cover"
     elif kind == "linear":
         scaler = dict(getattr(pipeline, "steps", [])).get("scale")
@@ -442,8 +476,31 @@ def plan_shap(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_dependen
                               f"{bg.shape[0]} background samples; additive exactly, not exact per gene")
         note = f"independent masker over {bg.shape[0]} background samples drawn from the explained cohort"
     plan = ShapPlan(used, mask, outputs, output_scale(estimator, classes), method_name(kind, mode), kind,
-                    kind != "agnostic", approximations, note, fork)
+                    kind != "agnostic", approximations, note, fork, engine_used, engine_note)
     return plan, payload
+
+
+def _fast_tree_payload(estimator, classes, positive_class, mode, bg):
+    """(FastTreePayload, '') for a model the compiled engine reads, else (None, the reason it does not)."""
+    from iml_genomics.explain.fast_treeshap import FastTreeExplainer, UnsupportedModel, model_outputs
+
+    if mode == "interventional":
+        # the compiled interventional kernel is exact (it equals an enumeration of every coalition) but not yet
+        # faster than shap's, and shap's values differ from the exact ones (~1e-8 on scikit-learn trees, up to
+        # 1e-2..1 on histogram gradient boosting; tests/test_fast_treeshap.py): explain keeps shap's numbers
+        # and speed here until that is settled (docs/explain.md)
+        return None, "interventional: shap.TreeExplainer kept (the compiled kernel is exact but not faster yet)"
+    try:
+        columns, sign = None, 1.0
+        if classes is not None and len(classes) == 2:
+            if model_outputs(estimator) == 2:  # class probabilities: keep the positive one's column only
+                columns = [_positive_index(classes, positive_class)]
+            else:  # one log-odds margin of classes[1]
+                sign = _binary_sign(classes, positive_class)
+        explainer = FastTreeExplainer(estimator, data=bg, feature_perturbation=mode, output_columns=columns)
+    except UnsupportedModel as exc:
+        return None, f"{exc}: shap.TreeExplainer used"
+    return FastTreePayload(explainer, sign), ""
 
 
 def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_size: int = 256, n_jobs: int | None = 1,
@@ -458,11 +515,26 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     """
     pre, estimator = split_pipeline(pipeline)
     n = X.shape[0]
+    backend = resolve_backend(backend, n_jobs)
+    if isinstance(payload, FastTreePayload) and not backend.distributed:
+        # the compiled engine runs the rows of each chunk in threads (no GIL): no processes to fork or start,
+        # so small jobs gain too. The values do not depend on the threads, nor on the chunks.
+        payload.explainer.n_threads = backend.workers
+        positive = plan.outputs[0] if classes is not None and len(classes) == 2 else None
+        context = (pre, estimator, classes, plan.kind, payload, positive)
+        edges = np.linspace(0, n, -(-n // chunk_size) + 1).round().astype(int) if n else np.zeros(1, dtype=int)
+        for s, e in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            chunk = _explain_chunk(context, X[s:e], s, e, 0)
+            if chunk.max_additivity_error > additivity_tolerance:
+                _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
+            yield chunk
+        return
+    if isinstance(payload, FastTreePayload):
+        payload.explainer.n_threads = 1  # one thread per Dask task: the workers are the parallelism
     # ceil(n / chunk_size) chunks of equal size (within one sample): unequal chunks leave a worker idle at the end
     edges = np.linspace(0, n, -(-n // chunk_size) + 1).round().astype(int) if n else np.zeros(1, dtype=int)
     bounds = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
     seeds = spawn_seeds(random_state, len(bounds))
-    backend = resolve_backend(backend, n_jobs)
     wave = max(1, 2 * backend.workers)
     # the model and explainer are shared by every chunk: forked workers inherit them instead of each importing
     # shap and unpickling the forest (see shared_context_pool); each task carries only its own rows. Only tree
@@ -470,14 +542,26 @@ def iter_shap_chunks(pipeline, X, *, plan: ShapPlan, payload, classes, chunk_siz
     # predict for the additivity check, and the model-agnostic route calls it for every coalition.
     # binary: plan.outputs holds the one class explained (plan_shap's positive_class)
     positive = plan.outputs[0] if classes is not None and len(classes) == 2 else None
-    with backend.shared_context_pool((pre, estimator, classes, plan.kind, payload, positive),
-                                     fork=plan.fork) as run:
-        for w in range(0, len(bounds), wave):
-            tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
-            for chunk in run(_explain_chunk, tasks):
-                if chunk.max_additivity_error > additivity_tolerance:
-                    _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
-                yield chunk
+    from iml_genomics.progress import silenced, tracker
+
+    # one bar over all waves, counted in samples; each wave's own loop stays quiet. A tracker, not a phase
+    # context, because this generator may be abandoned between chunks (the caller's exception)
+    progress, finished = tracker("SHAP values", total=n, unit="samples"), False
+    try:
+        with backend.shared_context_pool((pre, estimator, classes, plan.kind, payload, positive),
+                                         fork=plan.fork) as run:
+            for w in range(0, len(bounds), wave):
+                tasks = [(X[s:e], s, e, seeds[w + i]) for i, (s, e) in enumerate(bounds[w:w + wave])]
+                with silenced():
+                    chunks = run(_explain_chunk, tasks)
+                for chunk, (s, e) in zip(chunks, bounds[w:w + wave]):
+                    if chunk.max_additivity_error > additivity_tolerance:
+                        _raise_additivity(chunk, plan, additivity_tolerance, sample_ids)
+                    progress.update(e - s)
+                    yield chunk
+        finished = True
+    finally:
+        progress.close(finished)
 
 
 def _raise_additivity(chunk: ShapChunk, plan: ShapPlan, tol: float, sample_ids) -> None:
@@ -498,7 +582,7 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
                       background_size: int = 100, chunk_size: int = 256, n_jobs: int | None = 1,
                       random_state: int = 0, additivity_tolerance: float = 1e-4, background=None,
                       sample_ids=None, agnostic_pairs: int = 5, positive_class: str | None = None,
-                      backend: Backend | None = None) -> ShapResult:
+                      backend: Backend | None = None, engine: str = "fast") -> ShapResult:
     """SHAP values of a fitted pipeline for every row of ``X``, on the genes that enter the model.
 
     Parameters
@@ -535,6 +619,8 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
     positive_class : str, optional
         Two classes: the class whose output is explained (its attributions are the negatives of the other
         class's on the log-odds / margin scale, and 1 - p on the probability scale); the last class when None.
+    engine : {'fast', 'shap'}
+        Tree models: the compiled engine where it reads the model (else shap's TreeExplainer), or shap's.
 
     Returns
     -------
@@ -547,7 +633,7 @@ def shap_attributions(pipeline, X, *, gene_ids, classes, mode: str = "tree_path_
     """
     plan, payload = plan_shap(pipeline, X, gene_ids=gene_ids, classes=classes, mode=mode,
                               background_size=background_size, random_state=random_state, background=background,
-                              agnostic_pairs=agnostic_pairs, positive_class=positive_class)
+                              agnostic_pairs=agnostic_pairs, positive_class=positive_class, engine=engine)
     n, q, k = X.shape[0], len(plan.gene_ids), len(plan.outputs)
     values = np.empty((n, q, k))
     base = np.empty((n, k))

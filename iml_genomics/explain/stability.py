@@ -134,7 +134,7 @@ def ranking_stability(importances, *, gene_ids, top_k: int = 20,
 
 
 def _refit_task(pipeline, X, y, train_idx, test_idx, classes, gene_ids, seed, do_shap, shap_mode, background_size,
-                do_perm, n_repeats, scoring):
+                do_perm, n_repeats, scoring, engine="fast"):
     from sklearn.base import clone
 
     from iml_genomics.explain.permutation import permutation_importance_fitted
@@ -146,7 +146,7 @@ def _refit_task(pipeline, X, y, train_idx, test_idx, classes, gene_ids, seed, do
     if do_shap:
         res = shap_attributions(model, X[test_idx], gene_ids=gene_ids, classes=classes, mode=shap_mode,
                                 background_size=background_size, chunk_size=max(1, len(test_idx)), n_jobs=1,
-                                random_state=seed, additivity_tolerance=np.inf)
+                                random_state=seed, additivity_tolerance=np.inf, engine=engine)
         from iml_genomics.preprocess import used_gene_mask
 
         full = np.zeros(n_genes)
@@ -164,7 +164,8 @@ def _refit_task(pipeline, X, y, train_idx, test_idx, classes, gene_ids, seed, do
 def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool = True,
                       shap_mode: str = "tree_path_dependent", background_size: int = 100,
                       permutation: bool = True, n_repeats: int = 5, scoring: str = "auto",
-                      random_state: int = 0, n_jobs: int | None = 1, backend: Backend | None = None) -> dict:
+                      random_state: int = 0, n_jobs: int | None = 1, backend: Backend | None = None,
+                      tree_shap_engine: str = "fast") -> dict:
     """Refit ``pipeline`` on each split and measure importances on its held-out rows.
 
     Parameters
@@ -182,6 +183,8 @@ def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool =
     backend : iml_genomics.parallel.Backend, optional
         Runs one task per split (processes or Dask tasks); it decides over ``n_jobs``. Inside a task the
         SHAP and permutation work runs in that task's process.
+    tree_shap_engine : {'fast', 'shap'}
+        Tree SHAP implementation of the refits (``explain.tree_shap_engine``).
 
     Returns
     -------
@@ -191,7 +194,7 @@ def refit_importances(pipeline, X, y, *, splits, classes, gene_ids, shap: bool =
     """
     seeds = spawn_seeds(random_state, len(splits))
     tasks = [(pipeline, X, y, tr, te, classes, list(gene_ids), s, shap, shap_mode, background_size, permutation,
-              n_repeats, scoring) for (_, _, tr, te), s in zip(splits, seeds)]
+              n_repeats, scoring, tree_shap_engine) for (_, _, tr, te), s in zip(splits, seeds)]
     results = resolve_backend(backend, n_jobs).map(_refit_task, tasks)
     return {
         "mean_abs_shap": np.stack([r["mean_abs_shap"] for r in results]) if shap else None,

@@ -33,7 +33,7 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
                 sample_id_column: str | None = None, genes_as_rows: bool = False,
                 layer: str | None = None, drop_unmatched: bool = False,
                 covariates: list[str] | None = None, require_labels: bool = True,
-                positive_class: str | None = None):
+                positive_class: str | None = None, sensitive: list[str] | None = None):
     """Read an expression matrix and its labels, matched by sample id.
 
     Parameters
@@ -50,6 +50,9 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
         Keep the samples present in both files instead of failing.
     covariates : list of str, optional
         Label-table columns to carry along (fixed covariates).
+    sensitive : list of str, optional
+        Label-table columns to carry along for the sensitive-attribute audit (``data.sensitive``); absent or
+        blank values are refused like a covariate's.
     positive_class : str, optional
         ``data.positive_class``: when the label column has more than two classes and this is one of them,
         the outcome becomes that class against all the others (:func:`one_vs_rest`).
@@ -82,17 +85,19 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
             label_source = Path(expression)
             obs.index = obs.index.astype(str)
             table = obs
-            missing = [c for c in [label_column, *(covariates or [])] if c not in table.columns]
+            missing = [c for c in [label_column, *(covariates or []), *(sensitive or [])] if c not in table.columns]
             if missing:
                 what, fix = (("label column", "Pass one with --label-column") if missing[0] == label_column
-                             else ("covariate column", "Fix data.covariates in the config"))
+                             else ("covariate column", "Fix data.covariates in the config")
+                             if missing[0] in (covariates or [])
+                             else ("sensitive column", "Fix data.sensitive in the config"))
                 shown = ", ".join(show_id(c, 60) for c in list(table.columns)[:20]) or "none"
                 raise InputDataError(f"{expression}: {what} '{show_id(missing[0])}' not found in obs; available "
                                      f"columns: {shown}. {fix}.")
         else:
             label_source = Path(labels)
             table = read_labels(labels, label_column=label_column, sample_id_column=sample_id_column,
-                                extra_columns=covariates)
+                                extra_columns=covariates, sensitive_columns=sensitive)
         matrix_set, label_set = set(sample_ids), set(table.index)
         only_matrix = [s for s in sample_ids if s not in label_set]
         only_labels = [s for s in table.index if s not in matrix_set]
@@ -127,15 +132,17 @@ def load_cohort(expression: str | Path, *, labels: str | Path | None, label_colu
                                  f"tab, newline or control character. Rename the class.")
         if positive_class is not None:
             obs_frame[label_column] = one_vs_rest(obs_frame[label_column], positive_class)
-        for column in covariates or []:
+        for column, key in [*((c, "covariates") for c in covariates or []),
+                            *((c, "sensitive") for c in sensitive or [])]:
             # a blank covariate would be one-hot encoded as a level of its own (one column per
             # distinct blank-ish value), silently adjusting for "missing" as if it were a batch
             cov = obs_frame[column]
             blank = cov.isna() | (cov.astype(str).str.strip() == "")
             if blank.any():
-                raise InputDataError(f"{label_source}: covariate column '{show_id(column)}' (data.covariates) is "
+                what = "covariate" if key == "covariates" else "sensitive"
+                raise InputDataError(f"{label_source}: {what} column '{show_id(column)}' (data.{key}) is "
                                      f"empty for {int(blank.sum())} sample(s) ({_few(cov.index[blank])}). Fill "
-                                     f"the values in, remove those samples, or drop the covariate.")
+                                     f"the values in, remove those samples, or drop the {what} column.")
     import anndata as ad  # imported late: a bad input fails fast, before this heavy import
 
     adata = ad.AnnData(X=X if sparse.issparse(X) else np.ascontiguousarray(X), obs=obs_frame,

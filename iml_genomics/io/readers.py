@@ -539,7 +539,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | None = None,
-                extra_columns: list[str] | None = None) -> pd.DataFrame:
+                extra_columns: list[str] | None = None, sensitive_columns: list[str] | None = None) -> pd.DataFrame:
     """Read a labels table indexed by sample id.
 
     Parameters
@@ -553,6 +553,8 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
         ``.h5ad``, whose obs names are the ids).
     extra_columns : list of str, optional
         Further columns that must exist (covariates).
+    sensitive_columns : list of str, optional
+        Further columns that must exist (``data.sensitive``).
 
     Returns
     -------
@@ -575,7 +577,8 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
                                  f"Each sample must appear once in the labels.")
         frame.index = frame.index.astype(str)
         check_ids(list(frame.index), path, "sample")
-        return _check_label_frame(frame, path, label_column, extra_columns, id_desc="obs names")
+        return _check_label_frame(frame, path, label_column, extra_columns, id_desc="obs names",
+                                  sensitive_columns=sensitive_columns)
     frame = read_table(path, "labels")
     if sample_id_column is None:
         sample_id_column = frame.columns[0]
@@ -595,11 +598,13 @@ def read_labels(path: str | Path, *, label_column: str, sample_id_column: str | 
     frame.index.name = "sample_id"
     # the usual spellings of "missing" (R, pandas, Excel, SQL exports) are missing, not a class of their own
     frame = frame.replace({token: np.nan for token in LABEL_NA_TOKENS})
-    return _check_label_frame(frame, path, label_column, extra_columns, id_desc=f"column '{sample_id_column}'")
+    return _check_label_frame(frame, path, label_column, extra_columns, id_desc=f"column '{sample_id_column}'",
+                              sensitive_columns=sensitive_columns)
 
 
 def _check_label_frame(frame: pd.DataFrame, path: Path, label_column: str,
-                       extra_columns: list[str] | None, id_desc: str) -> pd.DataFrame:
+                       extra_columns: list[str] | None, id_desc: str,
+                       sensitive_columns: list[str] | None = None) -> pd.DataFrame:
     if label_column not in frame.columns:
         hint = ""
         if len(frame.columns) <= 1:  # one field per line: the delimiter is not the one the name says
@@ -615,6 +620,10 @@ def _check_label_frame(frame: pd.DataFrame, path: Path, label_column: str,
         if col not in frame.columns:
             raise InputDataError(f"{path}: covariate column '{show_id(col)}' (data.covariates) not found; available "
                                  f"columns: {_columns(frame.columns)}. Fix data.covariates in the config.")
+    for col in sensitive_columns or []:
+        if col not in frame.columns:
+            raise InputDataError(f"{path}: sensitive column '{show_id(col)}' (data.sensitive) not found; available "
+                                 f"columns: {_columns(frame.columns)}. Fix data.sensitive in the config.")
     return frame
 
 

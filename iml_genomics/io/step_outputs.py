@@ -11,11 +11,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from iml_genomics.granularity import WITHHELD_REASON  # output.granularity: aggregate (docs/pipeline.md)
 from iml_genomics.io.writers import write_json, write_tsv
+
+
+def _granularity(prov) -> str:
+    """``output.granularity`` of the step's resolved config (recorded in its provenance)."""
+    output = (getattr(prov, "config", None) or {}).get("output") or {}
+    return output.get("granularity", "full") if isinstance(output, dict) else "full"
+
+
+def aggregate(prov) -> bool:
+    """Whether the step writes aggregate outputs only (``output.granularity: aggregate``)."""
+    return _granularity(prov) == "aggregate"
 
 
 def write_train(stage: str | Path, result, prov) -> None:
     """cv_metrics.tsv, oof_predictions.tsv, model.skops, model.json, provenance.json.
+
+    With ``output.granularity: aggregate`` oof_predictions.tsv is not written (provenance.json says so).
 
     Parameters
     ----------
@@ -30,16 +44,35 @@ def write_train(stage: str | Path, result, prov) -> None:
     stage = Path(stage)
     prov.extra["cohort"] = result.cohort
     write_tsv(result.cv_metrics, stage / "cv_metrics.tsv")
-    write_tsv(result.oof_predictions, stage / "oof_predictions.tsv")
+    write_tsv(result.cv_summary, stage / "cv_summary.tsv")
+    if aggregate(prov):
+        prov.extra["withheld"] = {"files": ["oof_predictions.tsv"], "reason": WITHHELD_REASON}
+    else:
+        write_tsv(result.oof_predictions, stage / "oof_predictions.tsv")
     save_bundle(stage, result.model, result.manifest)
     prov.mark("write")
     prov.write(stage)
 
 
-def attribution_writer(stage: str | Path, sample_ids):
-    """The sink explain streams its SHAP chunks to (``attributions.parquet`` in ``stage``); close it after."""
+class _Discard:
+    """The sink of ``output.granularity: aggregate``: SHAP chunks are not written anywhere."""
+
+    def __call__(self, chunk, plan) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def attribution_writer(stage: str | Path, sample_ids, prov=None):
+    """The sink explain streams its SHAP chunks to (``attributions.parquet`` in ``stage``); close it after.
+
+    With ``output.granularity: aggregate`` in ``prov``'s config the chunks are discarded (no file).
+    """
     from iml_genomics.io.attributions import AttributionWriter
 
+    if prov is not None and aggregate(prov):
+        return _Discard()
     return AttributionWriter(Path(stage) / "attributions.parquet", list(sample_ids))
 
 
@@ -55,15 +88,25 @@ def write_explain(stage: str | Path, result, prov) -> None:
     prov : iml_genomics.io.Provenance
     """
     stage = Path(stage)
+    if aggregate(prov):
+        from iml_genomics.granularity import aggregate_copy
+
+        # generic: any method table with a sample_id column, any method text naming a sample is withheld
+        result = aggregate_copy(result)
+    else:
+        write_tsv(result.local, stage / "local_explanations.tsv")
+    tables, texts, summary = result.method_tables(), result.method_texts(), result.summary
+    audit = getattr(result, "audit", None)
     write_tsv(result.ranking, stage / "gene_ranking.tsv")
-    write_tsv(result.local, stage / "local_explanations.tsv")
     write_tsv(result.interactions, stage / "interactions.tsv")
+    if audit is not None:
+        write_tsv(audit, stage / "audit.tsv")
     # explain.methods: surrogate.tsv, surrogate_rules.txt, partial_dependence.tsv, ... (docs/explain.md)
-    for name, table in result.method_tables().items():
+    for name, table in tables.items():
         write_tsv(table, stage / name)
-    for name, text in result.method_texts().items():
+    for name, text in texts.items():
         (stage / name).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    write_json(result.summary, stage / "explain_summary.json")
+    write_json(summary, stage / "explain_summary.json")
     prov.extra["cohort"] = result.cohort
     prov.mark("write")
     prov.write(stage)
@@ -141,11 +184,13 @@ def write_compare(stage: str | Path, result, prov) -> None:
 
 def train_line(result, cfg, out) -> str:
     """``train: N samples x P genes, MODEL, auroc = m +/- sd (k-fold x r); wrote OUT``."""
-    summary = result.cv_metrics.set_index("split")
+    from iml_genomics.io.interchange import cv_summary_value
+
+    summary = result.cv_summary
     key = "auroc" if result.classes else "r2"
     named = f" (positive class '{result.positive_class}')" if result.positive_class is not None else ""
     return (f"train: {result.cohort['n_samples']} samples x {result.cohort['n_genes']} genes, {cfg.model.name}, "
-            f"{key}{named} = {summary.loc['mean', key]:.3f} +/- {summary.loc['sd', key]:.3f} "
+            f"{key}{named} = {cv_summary_value(summary, key):.3f} +/- {cv_summary_value(summary, key, 'sd'):.3f} "
             f"({cfg.cv.n_splits}-fold x {cfg.cv.n_repeats}); wrote {out}")
 
 

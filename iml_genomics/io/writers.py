@@ -72,8 +72,16 @@ def write_tsv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> 
 
 
 def tsv_text(frame: pd.DataFrame, *, index: bool = False) -> str:
-    """The text :func:`write_tsv` writes: tab-separated, ``\\n`` line ends, floats to 10 significant digits."""
-    return frame.to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.10g")
+    """The text :func:`write_tsv` writes: tab-separated, ``\\n`` line ends, floats to 10 significant digits.
+
+    Booleans are ``TRUE``/``FALSE`` and every missing value (NaN, None, an
+    empty string) is ``NA``, so pandas and R's ``read.delim`` read the same
+    table (:mod:`iml_genomics.io.interchange`).
+    """
+    from iml_genomics.io.interchange import NA, interchange_frame
+
+    return interchange_frame(frame).to_csv(sep="\t", index=index, lineterminator="\n", float_format="%.10g",
+                                           na_rep=NA)
 
 
 _UMASK = os.umask(0)

@@ -168,6 +168,10 @@ def build_report(inputs: ReportInputs, *, collection: gs.GeneSetCollection | Non
         keys = analysis.keys
     else:
         keys = gs.map_gene_ids(gene_ids, gene_map)
+    if gene_map is not None:
+        from iml_genomics.gene_ids import mapping_summary
+
+        summary["gene_ids"] = mapping_summary(gene_ids, keys, gene_map)  # mapping rate (docs/report.md)
     biomarkers = build_biomarkers(inputs, gene_ids=gene_ids, keys=keys, univariate=univariate,
                                   gene_set_table=analysis.table if analysis else None,
                                   sets=analysis.sets if analysis else None)
@@ -201,6 +205,12 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
     # data summary
     info = {"steps found": ", ".join(inputs.steps) or "none",
             "task": result.summary.get("task") or "", "genes measured": result.summary["n_genes"]}
+    gid = result.summary.get("gene_ids")
+    if gid:
+        by = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in gid["by_source"].items() if k != "measured_id")
+        info["ids mapped to symbols"] = (f"{gid['n_mapped']} of {gid['n_measured_ids']} "
+                                         f"({100 * gid['mapping_rate']:.1f}%; {by or 'none'}); "
+                                         f"{gid['n_unmapped']} unmapped keep their own id")
     if adata is not None:
         info["samples"] = adata.n_obs
         if label_column and label_column in adata.obs.columns and result.summary.get("task") != "regression":
@@ -227,12 +237,14 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
 
     # CV performance
     if inputs.cv_metrics is not None:
-        cv = inputs.cv_metrics
-        agg = cv[cv["split"].astype(str).isin(["mean", "sd"])]
-        metric_cols = [c for c in cv.columns if c not in ("split", "repeat", "fold", "n_train", "n_test")]
-        inner = H.table_html(agg[["split", *metric_cols]])
+        from iml_genomics.io.interchange import cv_summary_table
+
+        # one row per metric (mean, sd, n_folds) from cv_summary.tsv; an older train directory has none
+        summary_table = inputs.cv_summary if inputs.cv_summary is not None else cv_summary_table(inputs.cv_metrics)
+        inner = H.table_html(summary_table)
         inner += '<div class="plots">' + P.auc_figure(inputs, model) + "</div>"
-        inner += P.files_note(P.input_link(inputs, "train", "cv_metrics.tsv"),
+        inner += P.files_note(P.input_link(inputs, "train", "cv_summary.tsv"),
+                              P.input_link(inputs, "train", "cv_metrics.tsv"),
                               P.input_link(inputs, "train", "oof_predictions.tsv"))
         if model.get("positive_class"):
             inner += (f'<p class="note">auroc and average_precision treat {H.esc(model["positive_class"])} as the '
@@ -478,9 +490,16 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
         inner += P.local_section(inputs, wanted, labels, true_labels=true_labels, classes=classes)
         inner += P.files_note(P.input_link(inputs, "explain", "local_explanations.tsv"))
     else:
+        withheld = (inputs.explain_summary or {}).get("withheld")
         inner = H.missing(H._MISSING["explain"] if inputs.gene_ranking is None else
+                          "Per-sample outputs withheld (output.granularity: aggregate)." if withheld else
                           "No local_explanations.tsv in the explain output (run explain with --samples).")
     sections.append(("local", "Local explanations", inner))
+
+    if inputs.audit is not None:
+        from iml_genomics.report.audit_section import audit_html
+
+        sections.append(("audit", "Sensitive-attribute audit", audit_html(inputs.audit)))
 
     sections.append(("meaning", "What these numbers mean, and what they don't", H.MEANING))
     sections.append(("provenance", "Provenance", H.provenance_html(inputs.provenance, own_provenance)))

@@ -16,7 +16,7 @@ from iml_genomics.errors import InputDataError
 
 # step -> files that identify its output directory (any one of them suffices)
 MARKERS = {
-    "train": ("cv_metrics.tsv", "model.json", "oof_predictions.tsv"),
+    "train": ("cv_metrics.tsv", "cv_summary.tsv", "model.json", "oof_predictions.tsv"),
     "explain": ("gene_ranking.tsv", "attributions.parquet", "explain_summary.json"),
     "select": ("knockoff_selection.tsv", "select_summary.json"),
     "compare": ("model_comparison.tsv", "compare_summary.json"),
@@ -25,11 +25,13 @@ MARKERS = {
 # file -> columns it must have (the input contracts of the other steps)
 REQUIRED_COLUMNS = {
     "cv_metrics.tsv": ("split",),
+    "cv_summary.tsv": ("metric", "mean", "sd"),
     "oof_predictions.tsv": ("sample_id", "y_true", "y_pred"),
     "gene_ranking.tsv": ("gene_id", "rank", "mean_abs_shap"),
     "local_explanations.tsv": ("sample_id", "gene_id", "shap_value"),
     "interactions.tsv": ("gene_id_1", "gene_id_2", "mean_abs_interaction"),
     "knockoff_selection.tsv": ("gene_id", "w", "selected"),
+    "audit.tsv": ("attribute", "group", "quantity", "metric", "value", "n", "explains"),
     "model_comparison.tsv": ("rank", "model"),
     "robust_genes.tsv": ("gene_id", "n_models", "in_all_models"),
     "model_agreement.tsv": ("model_a", "model_b", "top_k_jaccard"),
@@ -46,6 +48,8 @@ class ReportInputs:
 
     dirs: dict[str, Path] = field(default_factory=dict)
     cv_metrics: pd.DataFrame | None = None
+    # one row per metric (cv_summary.tsv; derived from the folds for a train directory of an older version)
+    cv_summary: pd.DataFrame | None = None
     oof: pd.DataFrame | None = None
     model: dict | None = None
     provenance: dict[str, dict] = field(default_factory=dict)
@@ -59,6 +63,8 @@ class ReportInputs:
     explain_texts: dict = field(default_factory=dict)
     knockoffs: pd.DataFrame | None = None
     select_summary: dict | None = None
+    # audit.tsv of explain (data.sensitive)
+    audit: pd.DataFrame | None = None
     # compare: model_comparison.tsv, robust_genes.tsv, model_agreement.tsv, compare_summary.json
     compare_table: pd.DataFrame | None = None
     compare_robust: pd.DataFrame | None = None
@@ -138,7 +144,12 @@ def load_inputs(directories) -> ReportInputs:
             inputs.provenance[step] = read_json(d / "provenance.json")
         if step == "train":
             if (d / "cv_metrics.tsv").is_file():
-                inputs.cv_metrics = read_tsv(d / "cv_metrics.tsv")
+                from iml_genomics.io.interchange import cv_fold_rows, cv_summary_table
+
+                # an older cv_metrics.tsv ends with mean/sd rows: folds only here, the summary apart
+                inputs.cv_metrics = cv_fold_rows(read_tsv(d / "cv_metrics.tsv"))
+                inputs.cv_summary = (read_tsv(d / "cv_summary.tsv") if (d / "cv_summary.tsv").is_file()
+                                     else cv_summary_table(inputs.cv_metrics))
             if (d / "oof_predictions.tsv").is_file():
                 inputs.oof = read_tsv(d / "oof_predictions.tsv")
             if (d / "model.json").is_file():
@@ -154,6 +165,8 @@ def load_inputs(directories) -> ReportInputs:
                 inputs.local = read_tsv(d / "local_explanations.tsv")
             if (d / "interactions.tsv").is_file():
                 inputs.interactions = read_tsv(d / "interactions.tsv")
+            if (d / "audit.tsv").is_file():
+                inputs.audit = read_tsv(d / "audit.tsv")
             if (d / "explain_summary.json").is_file():
                 inputs.explain_summary = read_json(d / "explain_summary.json")
                 _read_method_files(d, inputs)

@@ -47,6 +47,9 @@ class ExplainResult:
     methods : dict
         The explanation methods of ``explain.methods``: name -> :class:`iml_genomics.explain.methods.MethodOutput`
         (tables and texts by output file name, summary, warnings).
+    audit : pandas.DataFrame or None
+        ``audit.tsv``, the sensitive-attribute audit of ``data.sensitive`` (:func:`iml_genomics.audit.sensitive_audit`);
+        None without sensitive attributes.
     """
 
     ranking: pd.DataFrame
@@ -66,6 +69,7 @@ class ExplainResult:
     attribution_classes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     methods: dict = field(default_factory=dict)
+    audit: pd.DataFrame | None = None
 
     def method_tables(self) -> dict:
         """Every table of the explanation methods by output file name (``surrogate.tsv``, ...)."""
@@ -170,7 +174,7 @@ def explain_config(manifest: dict, cfg=None, *, source: str = "model.json"):
 
 
 def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: int | None = None,
-            on_chunk=None, model_source: str = "model.json", backend=None) -> ExplainResult:
+            on_chunk=None, model_source: str = "model.json", backend=None, oof=None) -> ExplainResult:
     """Explain a fitted model on a cohort: SHAP, permutation importance, stability of the ranking.
 
     Parameters
@@ -192,6 +196,8 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     on_chunk : callable, optional
         Called with ``(ShapChunk, ShapPlan)`` for every chunk of samples, in order (the CLI passes an
         :class:`iml_genomics.io.attributions.AttributionWriter`); the result then holds no attributions.
+        With ``explain.max_samples`` the chunks index the subsample; an ``on_chunk`` with a
+        ``set_sample_ids`` method is told the subsample's ids before the first chunk.
         None = the attributions are kept in the result.
     model_source : str
         Where the manifest came from, for error messages.
@@ -199,6 +205,9 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
         Where the parallel work runs; None = built from ``cfg.parallel.scheduler`` and ``n_jobs``
         (:meth:`~iml_genomics.parallel.Backend.from_config`). A given backend decides over ``n_jobs`` and
         the config's scheduler.
+    oof : pandas.DataFrame, optional
+        Train's out-of-fold predictions (``oof_predictions.tsv``) for the audit of ``data.sensitive``; None =
+        those of ``model`` when it is a TrainResult, else recomputed here with train's folds (same seed).
 
     Returns
     -------
@@ -216,16 +225,33 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     from iml_genomics.explain import explain_cohort
     from iml_genomics.io import prepare_target
     from iml_genomics.models import build_pipeline
-    from iml_genomics.training import align_genes, design_matrix
+    from iml_genomics.covariates import check_manifest_covariates
+    from iml_genomics.covariates import features as covariate_features
+    from iml_genomics.training import align_genes, model_input
 
     pipeline, manifest = (model.model, model.manifest) if hasattr(model, "manifest") else model
     cfg = resolved(explain_config(manifest, cfg, source=model_source), n_jobs, random_state)
     backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
+    from iml_genomics.single_cell import subsample_cohort
+
+    # single-cell scale: SHAP, permutations and refits on a stratified subsample (explain.max_samples)
+    adata, subsample = subsample_cohort(adata, cfg.explain.max_samples, label_column=cfg.data.label_column,
+                                        seed=cfg.seed, min_per_class=cfg.cv.n_splits, task=manifest["task"],
+                                        keep=cfg.explain.samples)
+    if subsample is not None and hasattr(on_chunk, "set_sample_ids"):
+        on_chunk.set_sample_ids(list(adata.obs_names))  # a writer of the cohort's ids: chunks index the subsample
     adata = align_genes(adata, manifest["gene_ids"], expression_source(adata, None))
-    X = design_matrix(adata)
     task, classes = manifest["task"], manifest.get("classes")
     label_column = cfg.data.label_column
     source = label_source(adata)
+    # covariates the bundle was trained with are read from this cohort again (docs/pipeline.md)
+    encoding = check_manifest_covariates(manifest, cfg.data.covariates, model_source)
+    if cfg.data.sensitive:
+        from iml_genomics.covariates import require_column
+
+        for column in cfg.data.sensitive:  # before any work: absent or blank -> one line
+            require_column(adata.obs, column, source=source, key="data.sensitive")
+    X, feature_ids = model_input(adata, manifest, source)
     y = None
     if label_column is not None and label_column in adata.obs:
         y, cohort_classes = prepare_target(adata.obs[label_column], task, n_splits=cfg.cv.n_splits, source=source,
@@ -235,25 +261,73 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
                                  f"the model's ({', '.join(classes)}); use the labels the model was trained on.")
     positive, warning = explained_class(cfg, manifest, classes, source=source,
                                         column=label_column or manifest.get("label_column"))
-    refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
+    cov_features = covariate_features(encoding)
+    refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None,
+                           n_covariates=len(cov_features))
     sample_ids = list(adata.obs_names)
     collector = AttributionCollector() if on_chunk is None else None
-    result = explain_cohort(pipeline, X, gene_ids=list(adata.var_names), sample_ids=sample_ids,
+    result = explain_cohort(pipeline, X, gene_ids=feature_ids, sample_ids=sample_ids,
                             classes=classes, task=task, explain_cfg=cfg.explain, refit_pipeline=refit, y=y,
                             n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, random_state=cfg.seed,
                             backend=backend, on_chunk=on_chunk or collector, positive_class=positive)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "task": task, "classes": classes,
               "labels_used": y is not None, "positive_class": positive}
+    # covariates are model inputs like the genes: their rows stay in the ranking, marked (never hidden)
+    result.ranking["feature_type"] = np.where(result.ranking["gene_id"].isin(cov_features), "covariate", "gene")
+
+    if cov_features:
+        result.summary["covariates"] = {"columns": [e["column"] for e in encoding], "features": cov_features,
+                                        "approach": "model inputs, standardized on each training fold "
+                                                    "(docs/pipeline.md#covariates)"}
+    if subsample is not None:
+        cohort["subsample"] = subsample
     out = ExplainResult(ranking=result.ranking, local=result.local, interactions=result.interactions,
                         summary=result.summary, task=task, classes=classes, positive_class=positive,
                         sample_ids=sample_ids, gene_ids=list(adata.var_names), cohort=cohort,
                         warnings=([warning] if warning else [])
                         + [w for m in result.extra.get("methods", {}).values() for w in m.warnings],
                         methods=result.extra.get("methods", {}))
+    if cfg.data.sensitive:
+        if oof is None and getattr(model, "oof_predictions", None) is not None:
+            oof = model.oof_predictions
+        out.audit = _audit(adata, cfg, X, y, task, classes, positive, refit, result.ranking, oof, backend, source)
+        out.summary["audit"] = {"attributes": list(cfg.data.sensitive), "file": "audit.tsv",
+                                "association_test": "ANOVA F-test per gene, BH q <= 0.05"}
     if collector is not None and collector.plan is not None:
         out.attributions, out.base_values, out.model_output = collector.arrays()
         out.attribution_genes, out.attribution_classes = list(collector.plan.gene_ids), list(collector.plan.outputs)
     return out
+
+
+def _audit(adata, cfg, X, y, task, classes, positive, refit, ranking, oof, backend, source):
+    """``audit.tsv`` (:func:`iml_genomics.audit.sensitive_audit`), with out-of-fold predictions of this cohort."""
+    from iml_genomics.audit import sensitive_audit
+    from iml_genomics.models import cross_validate
+    from iml_genomics.preprocess import ExpressionTransform
+
+    sample_ids = [str(s) for s in adata.obs_names]
+    if y is not None and (oof is None or set(oof["sample_id"].astype(str)) != set(sample_ids)):
+        # not handed train's predictions of these samples (e.g. oof_predictions.tsv withheld by
+        # output.granularity aggregate): the same CV as train (folds from the seed) gives the same predictions
+        oof = cross_validate(refit, X, y, sample_ids=sample_ids, classes=classes, task=task,
+                             n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed,
+                             positive_class=positive, backend=backend).oof
+    genes = list(adata.var_names)
+    # association and predictability on the expression scale the model sees (the configured transform)
+    X_genes = ExpressionTransform(cfg.preprocess.transform).fit(adata.X).transform(adata.X)
+    if oof is not None:
+        import io
+
+        from iml_genomics.io.writers import tsv_text
+
+        # as oof_predictions.tsv holds them (10 significant digits): the audit of `run` (predictions in
+        # memory) and of `explain --model DIR` (read from the file) are then the same bytes
+        oof = pd.read_csv(io.StringIO(tsv_text(oof)), sep="\t", dtype={"sample_id": str})
+    y_true = None if y is None else (np.asarray(y, dtype=np.float64) if classes is None
+                                     else np.searchsorted(np.asarray(classes, dtype=object), np.asarray(y)))
+    return sensitive_audit(adata.obs, list(cfg.data.sensitive), X_genes=X_genes, gene_ids=genes, ranking=ranking,
+                           top_k=cfg.explain.top_k, oof=oof if y is not None else None, y_true=y_true, classes=classes,
+                           positive_class=positive, random_state=cfg.seed, source=source)
 
 
 def explained_class(cfg, manifest, classes, *, source, column):

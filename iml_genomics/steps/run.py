@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from iml_genomics.progress import silenced
+from iml_genomics.progress import step as progress_step
+
 log = logging.getLogger("iml_genomics.run")
 
 
@@ -133,7 +136,7 @@ def _step_args(step: str, config_path, data, out: Path, n_jobs, scheduler, gene_
 
 def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False, n_jobs: int | None = None,
                  scheduler: str | None = None, estimates=None, echo: Callable[[str], None] | None = None,
-                 warn: Callable[[list], None] | None = None, progress: bool = False,
+                 warn: Callable[[list], None] | None = None, progress: bool = True,
                  write_h5ad=None) -> RunResult:
     """Run train -> explain -> select -> report into ``out``, skipping steps that are up to date.
 
@@ -162,7 +165,8 @@ def run_pipeline(cfg, *, out, config_path=None, steps=None, force: bool = False,
     warn : callable, optional
         Receives a list of one-line warnings; default: stderr.
     progress : bool
-        Draw a progress bar on stderr (a terminal).
+        Show the steps' progress as :mod:`iml_genomics.progress` is configured (a bar per phase on a
+        terminal or in a notebook, timestamped lines in a log); False: none during this run.
     write_h5ad : path, optional
         Also write the cohort with every result of the run attached (``iml_genomics.tl.attach_results``: per-gene
         columns in ``var``, SHAP values in ``obsm``, tables, summaries and the model in
@@ -244,6 +248,7 @@ class _Run:
         self.adata = None
         self.results: dict = {}
         self._backend = None
+        self._oof = None  # train's out-of-fold predictions (kept in memory for explain's audit)
 
     def backend(self):
         """One backend for every step of the run (one connection to a Dask scheduler, made when a step runs)."""
@@ -267,8 +272,9 @@ class _Run:
         adata = load_cohort(data.expression, labels=data.labels, label_column=data.label_column,
                             sample_id_column=data.sample_id_column,
                             genes_as_rows=data.orientation == "genes_x_samples", layer=data.layer,
-                            drop_unmatched=data.drop_unmatched, covariates=data.covariates if require else None,
-                            require_labels=require, positive_class=data.positive_class)
+                            drop_unmatched=data.drop_unmatched, covariates=data.covariates,
+                            require_labels=require, positive_class=data.positive_class,
+                            sensitive=data.sensitive)
         if require:
             check_variation(adata, str(data.expression))
         # the label checks of the train/select subcommands (explain and report alone make none)
@@ -296,6 +302,8 @@ class _Run:
         step_inputs = {"train": [self.expression, self.labels], "explain": [self.expression, self.labels],
                        "select": [self.expression, self.labels], "report": [self.gene_sets, self.gene_map],
                        "compare": [self.expression, self.labels]}
+        if self.step_cfg.report.alias_map:  # an edited alias table redoes the report
+            step_inputs["report"].append(Path(self.step_cfg.report.alias_map))
         prov = Provenance("run", resolved, {"expression": self.expression, "labels": self.labels,
                                             "config": self.config_path}, known_sha256=self.hashes.sha256)
         fingerprints: dict[str, str] = {}
@@ -304,7 +312,8 @@ class _Run:
             upstream = {u: fingerprints.get(u) or state.get(u, {}).get("fingerprint") for u in pl.UPSTREAM[step]}
             fp = pl.step_fingerprint(step, resolved, step_inputs[step], upstream, known_sha256=self.hashes.sha256)
             fingerprints[step] = fp
-            done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(step, out / step)
+            done = state.get(step, {}).get("fingerprint") == fp and pl.outputs_complete(
+                step, out / step, resolved.get("output", {}).get("granularity", "full"))
             plan.append((step, fp, done and not self.force))
         to_run = [step for step, _, skip in plan if not skip]
         result = RunResult(out=out, steps=list(wanted))
@@ -318,12 +327,11 @@ class _Run:
                 result.skipped.append(step)
                 continue
             log.info("[%d/%d] %s: running", index, len(wanted), step)
-            if self.progress:
-                sys.stderr.write(f"\r[{'#' * index}{'.' * (len(wanted) - index)}] {step} ...")
-                sys.stderr.flush()
             started = time.perf_counter()
             try:
-                getattr(self, f"_{step}")(to_run)
+                # labels read "explain: SHAP values"; no progress at all when the caller said so
+                with progress_step(step), silenced(not self.progress):
+                    getattr(self, f"_{step}")(to_run)
             except BaseException as exc:
                 _tag(exc, step)
                 raise
@@ -336,10 +344,8 @@ class _Run:
             self._write_state(state)
             log.info("[%d/%d] %s: done in %.1f s", index, len(wanted), step, seconds)
             result.ran.append(step)
-        if self.progress:
-            sys.stderr.write("\n")
         prov.extra["steps"] = {s: state.get(s) for s in wanted}
-        prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work}
+        prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work, "seconds": e.seconds}
                                    for e in self.estimates}
         if self.write_h5ad is not None:
             state["h5ad"] = self._write_cohort_h5ad(to_run)
@@ -462,6 +468,8 @@ class _Run:
             prov.mark("cross_validate_and_fit")
             with staged_output(target) as stage:
                 write_train(stage, res, prov)
+        self._oof = res.oof_predictions  # the audit of data.sensitive reads it, whatever the granularity
+        self._withhold(res)
         self.results["train"] = res
         self.echo(train_line(res, cfg, target))
 
@@ -492,15 +500,16 @@ class _Run:
             keep = (AttributionCollector() if "report" in to_run or self.write_h5ad is not None  # the report
                     else None)  # and the .h5ad read the attributions too
             with staged_output(target) as stage:
-                writer = attribution_writer(stage, adata.obs_names)
+                writer = attribution_writer(stage, adata.obs_names, prov)
 
                 def sink(chunk, plan):
                     writer(chunk, plan)
                     if keep is not None:
                         keep(chunk, plan)
+                sink.set_sample_ids = writer.set_sample_ids  # explain.max_samples: the subsample's ids
                 try:
                     res = explain_step(adata, cfg, model=model, on_chunk=sink, model_source=source,
-                                       backend=self.backend())
+                                       backend=self.backend(), oof=self._oof)
                 finally:
                     writer.close()
                 self.warn(res.warnings)
@@ -509,8 +518,16 @@ class _Run:
         if keep is not None and keep.plan is not None:
             res.attributions, res.base_values, res.model_output = keep.arrays()
             res.attribution_genes, res.attribution_classes = list(keep.plan.gene_ids), list(keep.plan.outputs)
+        self._withhold(res)
         self.results["explain"] = res
         self.echo(explain_line(res, adata, target))
+
+    def _withhold(self, res) -> None:
+        """output.granularity aggregate: the report and --write-h5ad get no per-sample value either."""
+        from iml_genomics.granularity import is_aggregate, withhold_per_sample
+
+        if is_aggregate(self.step_cfg):
+            withhold_per_sample(res)
 
     def _select(self, to_run):
         from iml_genomics.io.step_outputs import select_line, write_select
@@ -589,8 +606,10 @@ class _Run:
             adata = self.cohort(to_run) if paths["expression"] else None
             collection = gs.read_gmt(rc.gene_sets) if rc.gene_sets else None
             genes = [str(g) for g in adata.var_names] if adata is not None else measured_genes(view)
-            gene_table = (gs.read_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
-                                           symbol_column=rc.gene_map_symbol_column) if rc.gene_map else None)
+            from iml_genomics.gene_ids import load_gene_map
+
+            gene_table = load_gene_map(rc.gene_map, genes, id_column=rc.gene_map_id_column,
+                                       symbol_column=rc.gene_map_symbol_column, alias_map=rc.alias_map)
             prov.mark("read_cohort_and_gene_sets")
             res = report_step(adata, cfg, inputs=inputs, **in_memory, collection=collection, gene_map=gene_table,
                               positive_class=cfg.data.positive_class,

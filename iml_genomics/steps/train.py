@@ -16,7 +16,7 @@ class TrainResult:
     Attributes
     ----------
     cv_metrics : pandas.DataFrame
-        ``cv_metrics.tsv``: one row per fold, then ``mean`` and ``sd``.
+        ``cv_metrics.tsv``: one row per fold (``cv_summary`` has the mean and sd per metric).
     oof_predictions : pandas.DataFrame
         ``oof_predictions.tsv``: out-of-fold predictions.
     model : sklearn.pipeline.Pipeline
@@ -51,6 +51,20 @@ class TrainResult:
     cohort: dict
     warnings: list = field(default_factory=list)
     cv: object = None
+
+    def __post_init__(self):
+        # a table read from an older run (file or AnnData) may still end with mean/sd rows
+        if self.cv_metrics is not None:
+            from iml_genomics.io.interchange import cv_fold_rows
+
+            self.cv_metrics = cv_fold_rows(self.cv_metrics)
+
+    @property
+    def cv_summary(self) -> pd.DataFrame:
+        """``cv_summary.tsv``: one row per metric with mean, sd and n_folds."""
+        from iml_genomics.io.interchange import cv_summary_table
+
+        return cv_summary_table(self.cv_metrics)
 
 
 def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = None,
@@ -90,6 +104,11 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
     source = label_source(adata)
     column = cfg.data.label_column
     require_label_column(adata, column, source)
+    from iml_genomics.single_cell import subsample_cohort
+
+    # single-cell scale: CV and the final fit on a stratified subsample (cv.max_samples); min one cell per fold
+    adata, subsample = subsample_cohort(adata, cfg.cv.max_samples, label_column=column, seed=cfg.seed,
+                                        min_per_class=cfg.cv.n_splits, task=cfg.task)
     result = train_model(adata, cfg, source=source, backend=step_backend(cfg, backend))
     _, warning = resolve_positive_class(result.classes, cfg.data.positive_class, source=source, column=column)
     manifest = result.manifest(cfg)
@@ -97,6 +116,8 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
               "classes": result.classes, "n_genes_used": len(result.used_genes),
               # what cv_metrics.tsv's auroc / average_precision treat as the positive label
               "positive_class": result.positive_class}
+    if subsample is not None:
+        cohort["subsample"] = subsample
     return TrainResult(cv_metrics=result.cv.metrics, oof_predictions=result.cv.oof, model=result.model,
                        manifest=manifest, task=result.task, classes=result.classes,
                        positive_class=result.positive_class, gene_ids=result.gene_ids,

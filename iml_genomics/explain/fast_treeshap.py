@@ -1,0 +1,678 @@
+"""Exact Tree SHAP compiled with numba, linear in the tree depth per node, parallel over rows with threads.
+
+Both value functions of Tree SHAP (path-dependent and interventional) are, for one leaf ``l`` reached through the
+unique features ``j`` of its path, a product game ``v_l prod_{j in S} o_j prod_{j not in S} z_j``: ``o_j`` is 1 when
+the explained row follows every split on feature ``j`` along the path and 0 otherwise, ``z_j`` is the product of the
+path's cover ratios for ``j`` (path-dependent) or the same indicator for a background row (interventional). The
+Shapley value of feature ``i`` in such a game is a Beta integral (Yu et al. 2022, "Linear TreeShap"),
+
+    phi_i = v_l (o_i - z_i) * int_0^1 prod_{j != i} (z_j (1 - t) + o_j t) dt,
+
+the integral of a polynomial of degree below the tree depth ``D``. Path-dependent: computed exactly by
+Gauss-Legendre quadrature on ``K = D // 2 + 1`` nodes (per tree). One depth-first walk per tree carries the product
+``P(t)`` down (one multiplication per edge, one division when a feature repeats) and the leaf sums
+``H(t) = sum_l v_l P_l(t)`` up; every edge on feature ``i`` integrates its subtree's sum against its own factor and
+takes it out of the enclosing ``i``-edge's integral again. Each node costs ``O(K)``, so a row costs ``O(T N D)`` over
+``T`` trees of ``N`` nodes where shap's recursion costs ``O(T L D^2)``. Interventional: every factor is t, 1 - t or 1,
+so a leaf's integral is a Beta function of two counts; one walk per (row, background row, tree) visits the nodes
+either row reaches (the same work as shap's, compiled; no sharing across background rows yet).
+
+Blocks of rows run in Python threads over the compiled (GIL-free) kernels; each row is computed by one thread in a
+fixed tree order, so the values are the same bytes whatever the thread count. :class:`FastTreeExplainer` reads the fitted scikit-learn models of the registry
+(random forest, extra trees, CART, gradient boosting, histogram gradient boosting) into flat node arrays the way
+``shap.TreeExplainer`` reads them (same leaf values, covers, output scale and input dtype), so its values equal
+shap's up to float rounding (tests/test_fast_treeshap.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # numba ships with shap (a project dependency)
+    import numba
+    from numba import njit
+except ImportError:  # pragma: no cover - the engine then reports itself unsupported
+    numba = None
+
+
+
+def _families():
+    """(forests, single trees, gradient boosting, histogram gradient boosting): the exact classes read.
+
+    Exact types, not subclasses: a subclass may change how it predicts. Classes, not names, so the registry
+    stays the one place that names models (tests/test_model_kinds.py).
+    """
+    from sklearn import ensemble, tree
+
+    return ((ensemble.RandomForestClassifier, ensemble.RandomForestRegressor, ensemble.ExtraTreesClassifier,
+             ensemble.ExtraTreesRegressor), (tree.DecisionTreeClassifier, tree.DecisionTreeRegressor),
+            (ensemble.GradientBoostingClassifier, ensemble.GradientBoostingRegressor),
+            (ensemble.HistGradientBoostingClassifier, ensemble.HistGradientBoostingRegressor))
+
+
+class UnsupportedModel(ValueError):
+    """The model is outside what the compiled engine reads; callers fall back to shap's TreeExplainer."""
+
+
+# ---------------------------------------------------------------------------
+# compiled kernels
+# ---------------------------------------------------------------------------
+
+if numba is not None:
+    @njit(cache=True, nogil=True)
+    def _walk(x, root, out_off, left, right, feature, threshold, missing_left, value, cover,
+              tn, tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
+        """Add one tree's path-dependent attributions of row ``x`` to ``phi``.
+
+        ``z``, ``o``, ``seen`` are per-feature scratch arrays that the walk leaves as it found them (zeros); the
+        ``*_s`` arrays and ``P``, ``H`` are per-depth stacks.
+        """
+        K = tn.shape[0]
+        V = value.shape[1]
+        if left[root] < 0:
+            return
+        d = 0
+        node_s[0] = root
+        state[0] = 0
+        for k in range(K):
+            P[0, k] = 1.0
+            for v in range(V):
+                H[0, v, k] = 0.0
+        while True:
+            n = node_s[d]
+            if left[n] >= 0 and state[d] < 2:
+                is_left = state[d] == 0
+                state[d] += 1
+                c = left[n] if is_left else right[n]
+                f = feature[n]
+                if is_left:  # where the row goes at this node, read once for both children
+                    xv = x[f]
+                    xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+                hx = 1.0 if xleft[d] == is_left else 0.0
+                r = cover[c]  # the child's share of its parent's cover (precomputed)
+                if seen[f]:
+                    zn = z[f] * r
+                    on = o[f] * hx
+                else:
+                    zn = r
+                    on = hx
+                if left[c] < 0:
+                    # a leaf child is finished here, without a push: its polynomial is P * factor (/ the previous
+                    # factor of f), and its integrand P_leaf / factor needs no division unless f repeats
+                    c1 = on - zn
+                    c0 = (o[f] - z[f]) if seen[f] else 0.0
+                    s1 = 0.0
+                    s0 = 0.0
+                    if seen[f]:
+                        zp = z[f]
+                        op = o[f]
+                        for k in range(K):
+                            t = tn[k]
+                            prev = zp * (1.0 - t) + op * t
+                            base = P[d, k] / prev
+                            pc = base * (zn * (1.0 - t) + on * t)
+                            s0 += tw[k] * pc / prev
+                            s1 += tw[k] * base
+                            for v in range(V):
+                                H[d, v, k] += value[c, v] * pc
+                    else:
+                        for k in range(K):
+                            t = tn[k]
+                            base = P[d, k]
+                            pc = base * (zn * (1.0 - t) + on * t)
+                            s1 += tw[k] * base
+                            for v in range(V):
+                                H[d, v, k] += value[c, v] * pc
+                    g = c1 * s1 - c0 * s0
+                    for v in range(V):
+                        phi[f, out_off + v] += value[c, v] * g
+                    continue
+                dd = d + 1
+                node_s[dd] = c
+                state[dd] = 0
+                efeat[dd] = f
+                sz[dd] = z[f]
+                so[dd] = o[f]
+                sseen[dd] = seen[f]
+                if seen[f]:
+                    zp = z[f]
+                    op = o[f]
+                    for k in range(K):
+                        t = tn[k]
+                        P[dd, k] = P[d, k] * (zn * (1.0 - t) + on * t) / (zp * (1.0 - t) + op * t)
+                else:
+                    for k in range(K):
+                        t = tn[k]
+                        P[dd, k] = P[d, k] * (zn * (1.0 - t) + on * t)
+                for v in range(V):
+                    for k in range(K):
+                        H[dd, v, k] = 0.0
+                z[f] = zn
+                o[f] = on
+                seen[f] = 1
+                d = dd
+            else:
+                if left[n] < 0:
+                    for v in range(V):
+                        val = value[n, v]
+                        for k in range(K):
+                            H[d, v, k] = val * P[d, k]
+                if d == 0:
+                    break
+                f = efeat[d]
+                zn = z[f]
+                on = o[f]
+                zp = sz[d]
+                op = so[d]
+                # this edge's leaves carry the factor (zn, on) of feature f. An enclosing edge on f (factor
+                # (zp, op)) integrates its whole subtree, this one included, against its own factor: the second
+                # term takes this subtree out of it again. Both integrals use the same quadrature nodes, so their
+                # difference is the (exact) quadrature of the enclosing edge's remaining polynomial.
+                c1 = on - zn
+                c0 = op - zp if sseen[d] else 0.0
+                for v in range(V):
+                    s1 = 0.0
+                    if on == 0.0:
+                        for k in range(K):
+                            s1 += tw0[k] * H[d, v, k]
+                        s1 /= zn
+                    else:
+                        for k in range(K):
+                            s1 += tw[k] * H[d, v, k] / (zn * (1.0 - tn[k]) + on * tn[k])
+                    s0 = 0.0
+                    if c0 != 0.0:
+                        if op == 0.0:
+                            for k in range(K):
+                                s0 += tw0[k] * H[d, v, k]
+                            s0 /= zp
+                        else:
+                            for k in range(K):
+                                s0 += tw[k] * H[d, v, k] / (zp * (1.0 - tn[k]) + op * tn[k])
+                    phi[f, out_off + v] += c1 * s1 - c0 * s0
+                z[f] = zp
+                o[f] = op
+                seen[f] = sseen[d]
+                for v in range(V):
+                    for k in range(K):
+                        H[d - 1, v, k] += H[d, v, k]
+                d -= 1
+
+    @njit(cache=True, nogil=True)
+    def _walk_pair(x, b, root, out_off, left, right, feature, threshold, missing_left, value, beta, o, z, seen,
+                   lastd, node_s, state, efeat, sz, so, sseen, slast, na, nc, phi):
+        """Interventional Tree SHAP of row ``x`` against one background row ``b`` in one tree, added to ``phi``.
+
+        With a background row every factor of the product game is t (only x follows feature j's splits), 1 - t
+        (only b does) or 1 (both), so a leaf's polynomial is t^a (1 - t)^c and its Shapley values are Beta
+        integrals ``beta[a, c] = a! c! / (a + c + 1)!``: each of the a features only x satisfies gets
+        ``v beta[a-1, c]``, each of the c only b satisfies ``-v beta[a, c-1]``. The walk visits only nodes x or b
+        reaches, so a pair costs the union of their paths plus O(depth) per leaf both reach together.
+        """
+        V = value.shape[1]
+        if left[root] < 0:
+            return
+        d = 0
+        node_s[0] = root
+        state[0] = 0
+        na[0] = 0
+        nc[0] = 0
+        while True:
+            n = node_s[d]
+            if left[n] >= 0 and state[d] < 2:
+                is_left = state[d] == 0
+                state[d] += 1
+                c = left[n] if is_left else right[n]
+                f = feature[n]
+                xv = x[f]
+                gx = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+                bv = b[f]
+                gb = (missing_left[n] == 1) if np.isnan(bv) else bv <= threshold[n]
+                hx = 1.0 if gx == is_left else 0.0
+                hb = 1.0 if gb == is_left else 0.0
+                if seen[f]:
+                    on = o[f] * hx
+                    zn = z[f] * hb
+                else:
+                    on = hx
+                    zn = hb
+                if on == 0.0 and zn == 0.0:
+                    continue
+                a = na[d]
+                cc = nc[d]
+                if seen[f]:  # take f's previous state out of the counts
+                    if o[f] == 1.0 and z[f] == 0.0:
+                        a -= 1
+                    elif o[f] == 0.0 and z[f] == 1.0:
+                        cc -= 1
+                if on == 1.0 and zn == 0.0:
+                    a += 1
+                elif on == 0.0 and zn == 1.0:
+                    cc += 1
+                dd = d + 1
+                node_s[dd] = c
+                state[dd] = 0
+                efeat[dd] = f
+                sz[dd] = z[f]
+                so[dd] = o[f]
+                sseen[dd] = seen[f]
+                slast[dd] = lastd[f]
+                na[dd] = a
+                nc[dd] = cc
+                z[f] = zn
+                o[f] = on
+                seen[f] = 1
+                lastd[f] = dd
+                d = dd
+            else:
+                if left[n] < 0 and d > 0:
+                    a = na[d]
+                    cc = nc[d]
+                    if a > 0 or cc > 0:
+                        wa = beta[a - 1, cc] if a > 0 else 0.0
+                        wc = beta[a, cc - 1] if cc > 0 else 0.0
+                        for j in range(1, d + 1):
+                            f = efeat[j]
+                            if lastd[f] != j:
+                                continue  # a repeated feature counts once, in its deepest state
+                            if o[f] == 1.0 and z[f] == 0.0:
+                                for v in range(V):
+                                    phi[f, out_off + v] += value[n, v] * wa
+                            elif o[f] == 0.0 and z[f] == 1.0:
+                                for v in range(V):
+                                    phi[f, out_off + v] -= value[n, v] * wc
+                if d == 0:
+                    break
+                f = efeat[d]
+                z[f] = sz[d]
+                o[f] = so[d]
+                seen[f] = sseen[d]
+                lastd[f] = slast[d]
+                d -= 1
+
+    @njit(cache=True, nogil=True)
+    def _shap_rows_interventional(X, B, roots, out_off, left, right, feature, threshold, missing_left, value,
+                                  beta, max_depth, phi_all):
+        """Fill ``phi_all`` (n, p_used, n_out): interventional values of the rows of ``X`` averaged over ``B``."""
+        n, p = X.shape
+        D = max_depth + 2
+        nb = B.shape[0]
+        z = np.zeros(p)
+        o = np.zeros(p)
+        seen = np.zeros(p, dtype=np.uint8)
+        lastd = np.zeros(p, dtype=np.int64)
+        node_s = np.zeros(D, dtype=np.int64)
+        state = np.zeros(D, dtype=np.int64)
+        efeat = np.zeros(D, dtype=np.int64)
+        sz = np.zeros(D)
+        so = np.zeros(D)
+        sseen = np.zeros(D, dtype=np.uint8)
+        slast = np.zeros(D, dtype=np.int64)
+        na = np.zeros(D, dtype=np.int64)
+        nc = np.zeros(D, dtype=np.int64)
+        for i in range(n):
+            phi = phi_all[i]
+            x = X[i]
+            for j in range(nb):
+                for ti in range(roots.shape[0]):
+                    _walk_pair(x, B[j], roots[ti], out_off[ti], left, right, feature, threshold, missing_left,
+                               value, beta, o, z, seen, lastd, node_s, state, efeat, sz, so, sseen, slast, na, nc,
+                               phi)
+            for f in range(p):
+                for v in range(phi.shape[1]):
+                    phi[f, v] /= nb
+
+    @njit(cache=True, nogil=True)
+    def _leaf_sum(x, roots, out_off, left, right, feature, threshold, missing_left, value, n_out):
+        """The sum of the leaf values row ``x`` reaches (the model's raw output without its offset)."""
+        res = np.zeros(n_out)
+        V = value.shape[1]
+        for ti in range(roots.shape[0]):
+            n = roots[ti]
+            while left[n] >= 0:
+                xv = x[feature[n]]
+                go_left = missing_left[n] == 1 if np.isnan(xv) else xv <= threshold[n]
+                n = left[n] if go_left else right[n]
+            for v in range(V):
+                res[out_off[ti] + v] += value[n, v]
+        return res
+
+    @njit(cache=True, nogil=True)
+    def _shap_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, kt,
+                   max_depth, phi_all):
+        """Fill ``phi_all`` (n, p_used, n_out) with the path-dependent values of the rows of ``X``.
+
+        Compiled without the GIL: :func:`_run_blocks` runs blocks of rows in Python threads (no numba thread
+        pool, which is neither fork-safe nor re-entrant under every threading layer).
+        """
+        n, p = X.shape
+        K = tn.shape[1]
+        V = value.shape[1]
+        D = max_depth + 2
+        z = np.zeros(p)
+        o = np.zeros(p)
+        seen = np.zeros(p, dtype=np.uint8)
+        node_s = np.zeros(D, dtype=np.int64)
+        state = np.zeros(D, dtype=np.int64)
+        efeat = np.zeros(D, dtype=np.int64)
+        sz = np.zeros(D)
+        so = np.zeros(D)
+        sseen = np.zeros(D, dtype=np.uint8)
+        xleft = np.zeros(D, dtype=np.bool_)
+        P = np.zeros((D, K))
+        H = np.zeros((D, V, K))
+        for i in range(n):
+            phi = phi_all[i]
+            x = X[i]
+            for ti in range(roots.shape[0]):
+                kk = kt[ti]
+                _walk(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover,
+                      tn[ti, :kk], tw[ti, :kk], tw0[ti, :kk], z, o, seen, node_s, state, efeat, sz, so, sseen,
+                      xleft, P, H, phi)
+
+    @njit(cache=True, nogil=True)
+    def _raw_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, out):
+        for i in range(X.shape[0]):
+            out[i] = _leaf_sum(X[i], roots, out_off, left, right, feature, threshold, missing_left, value,
+                               out.shape[1])
+
+
+def _run_blocks(kernel, n_rows: int, n_threads: int | None, make_args) -> None:
+    """Run ``kernel(*make_args(start, stop))`` on contiguous row blocks in ``n_threads`` Python threads.
+
+    Each row is computed whole by one call, so the values do not depend on the blocks or the threads.
+    """
+    threads = max(1, min(int(n_threads or 1), n_rows))
+    if threads == 1:
+        kernel(*make_args(0, n_rows))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    # several blocks per thread: rows differ in cost (deep paths), so the last block should be short
+    edges = np.linspace(0, n_rows, min(n_rows, 4 * threads) + 1).round().astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(kernel, *make_args(s, e)) for s, e in zip(edges[:-1], edges[1:]) if e > s]:
+            f.result()
+
+
+# ---------------------------------------------------------------------------
+# reading the models
+# ---------------------------------------------------------------------------
+
+
+class _Forest:
+    """Trees appended into flat node arrays (global node ids), as shap.TreeExplainer would read them."""
+
+    def __init__(self):
+        self.left, self.right, self.feature, self.threshold, self.missing_left = [], [], [], [], []
+        self.value, self.cover, self.roots, self.out_off, self.depth = [], [], [], [], []
+        self.n_nodes = 0
+
+    def add(self, left, right, feature, threshold, missing_left, value, cover, depth, out_off=0):
+        left = np.asarray(left, dtype=np.int64)
+        leaf = left < 0
+        shift = lambda a: np.where(leaf, -1, np.asarray(a, dtype=np.int64) + self.n_nodes)  # noqa: E731
+        self.left.append(shift(left))
+        self.right.append(shift(right))
+        self.feature.append(np.where(leaf, 0, np.asarray(feature, dtype=np.int64)))
+        self.threshold.append(np.asarray(threshold, dtype=np.float64))
+        self.missing_left.append(np.asarray(missing_left, dtype=np.uint8))
+        self.value.append(np.asarray(value, dtype=np.float64).reshape(len(left), -1))
+        self.cover.append(np.asarray(cover, dtype=np.float64))
+        self.roots.append(self.n_nodes)
+        self.out_off.append(out_off)
+        self.depth.append(int(depth))
+        self.n_nodes += len(left)
+
+    def arrays(self):
+        widths = {v.shape[1] for v in self.value}
+        if len(widths) != 1:
+            raise UnsupportedModel("trees of different output widths")
+        return dict(left=np.concatenate(self.left), right=np.concatenate(self.right),
+                    feature=np.concatenate(self.feature), threshold=np.concatenate(self.threshold),
+                    missing_left=np.concatenate(self.missing_left), value=np.concatenate(self.value),
+                    cover=np.concatenate(self.cover), roots=np.asarray(self.roots, dtype=np.int64),
+                    out_off=np.asarray(self.out_off, dtype=np.int64)), max(self.depth, default=0)
+
+
+def _add_sklearn_tree(forest, tree, scale, normalize, out_off=0):
+    value = tree.value[:, :, :] if tree.value.ndim == 3 else tree.value
+    value = value.reshape(tree.node_count, -1).astype(np.float64)
+    if normalize:  # class fractions per node, as shap's SingleTree(normalize=True)
+        value = value / value.sum(axis=1, keepdims=True)
+    miss = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, dtype=np.uint8))
+    forest.add(tree.children_left, tree.children_right, tree.feature, tree.threshold, miss, value * scale,
+               tree.weighted_n_node_samples, tree.max_depth, out_off)
+
+
+def _read_model(model):
+    """(forest, base offset per output, input dtype, n_outputs) of a fitted registry tree model.
+
+    Raises
+    ------
+    UnsupportedModel
+        A model class or configuration the engine does not read (the caller then uses shap's TreeExplainer).
+    """
+    from sklearn.base import is_classifier
+
+    forests, trees, boosting, hist = _families()
+    cls = type(model)
+    if cls not in forests + trees + boosting + hist:
+        raise UnsupportedModel(f"{cls.__name__} is not read by the compiled Tree SHAP engine")
+    forest = _Forest()
+    classifier = is_classifier(model)
+    if cls in forests or cls in trees:
+        if getattr(model, "n_outputs_", 1) != 1:
+            raise UnsupportedModel("multi-output trees")
+        members = [e.tree_ for e in model.estimators_] if cls in forests else [model.tree_]
+        for t in members:
+            _add_sklearn_tree(forest, t, 1.0 / len(members), classifier)
+        n_out = len(model.classes_) if classifier else 1
+        return forest, np.zeros(n_out), np.float32, n_out
+    if cls in boosting:
+        from scipy.special import logit
+        from sklearn.dummy import DummyClassifier, DummyRegressor
+
+        est = model.estimators_
+        if est.shape[1] != 1:
+            # shap's TreeExplainer refuses multiclass gradient boosting: there is nothing to be equal to
+            raise UnsupportedModel("multiclass gradient boosting")
+        init = getattr(model, "init_", None)
+        if not isinstance(init, DummyClassifier if classifier else DummyRegressor):
+            raise UnsupportedModel(f"init model {type(init).__name__}")
+        # the prior log-odds of classes[1] (shap's base_offset), or the constant of the regressor's init
+        base = float(logit(init.class_prior_[1])) if classifier else float(np.ravel(init.constant_)[0])
+        for e in est[:, 0]:
+            _add_sklearn_tree(forest, e.tree_, float(model.learning_rate), False)
+        return forest, np.array([base]), np.float32, 1
+    # histogram gradient boosting: the predictors' node records (shap reads the same fields)
+    baseline = np.ravel(np.asarray(model._baseline_prediction, dtype=np.float64))
+    n_out = baseline.size
+    for stage in model._predictors:
+        for k, pred in enumerate(stage):
+            nodes = pred.nodes
+            if np.any(nodes["is_categorical"][nodes["is_leaf"] == 0]):
+                raise UnsupportedModel("categorical splits")
+            leaf = nodes["is_leaf"].astype(bool)
+            forest.add(np.where(leaf, -1, nodes["left"].astype(np.int64)),
+                       np.where(leaf, -1, nodes["right"].astype(np.int64)), nodes["feature_idx"],
+                       nodes["num_threshold"], nodes["missing_go_to_left"], nodes["value"][:, None],
+                       nodes["count"], nodes["depth"].max(), out_off=k)
+    return forest, baseline, np.float64, n_out
+
+
+def _gauss_legendre(depths):
+    """Per tree: Gauss-Legendre nodes and weights on [0, 1], exact for the degree (< depth) of its integrands.
+
+    Returns (nodes, weights, weights / (1 - nodes), count) with one zero-padded row per tree.
+    """
+    counts = np.asarray(depths, dtype=np.int64) // 2 + 1
+    kmax = int(counts.max()) if counts.size else 1
+    tn, tw = np.zeros((counts.size, kmax)), np.zeros((counts.size, kmax))
+    for k in np.unique(counts):
+        x, w = np.polynomial.legendre.leggauss(int(k))
+        tn[counts == k, :k] = (x + 1.0) / 2.0
+        tw[counts == k, :k] = w / 2.0
+    return tn, tw, tw / (1.0 - tn), counts
+
+
+class FastTreeExplainer:
+    """Exact Tree SHAP of a fitted scikit-learn tree model, compiled and threaded.
+
+    Parameters
+    ----------
+    model : fitted estimator
+        A fitted random forest, extra trees, decision tree, gradient boosting or histogram gradient boosting
+        model of scikit-learn (exact class).
+    data : array, optional
+        Background rows for ``feature_perturbation='interventional'``.
+    feature_perturbation : {'tree_path_dependent', 'interventional'}
+    n_threads : int, optional
+        Threads over the rows (None = 1); the values do not depend on it.
+    output_columns : list of int, optional
+        Explain only these outputs (for example the positive class of a binary forest, whose other output is
+        its complement); all outputs when None. Trees holding every output in their leaves then carry only these.
+
+    Attributes
+    ----------
+    expected_value : ndarray, (n_outputs,)
+        The base value: the cover-weighted mean output (path-dependent) or the mean output over ``data``.
+
+    Raises
+    ------
+    UnsupportedModel
+        A model the engine does not read; use ``shap.TreeExplainer``.
+    """
+
+    def __init__(self, model, data=None, feature_perturbation: str = "tree_path_dependent",
+                 n_threads: int | None = None, output_columns=None):
+        if numba is None:  # pragma: no cover
+            raise UnsupportedModel("numba is not installed")
+        if feature_perturbation not in ("tree_path_dependent", "interventional"):
+            raise ValueError(f"feature_perturbation must be 'tree_path_dependent' or 'interventional'; "
+                             f"got {feature_perturbation!r}")
+        forest, self.base_offset, self.input_dtype, self.n_outputs = _read_model(model)
+        a, self.max_depth = forest.arrays()
+        if output_columns is not None:
+            cols = np.asarray(output_columns, dtype=np.int64)
+            if a["value"].shape[1] == self.n_outputs and not a["out_off"].any():
+                a["value"] = np.ascontiguousarray(a["value"][:, cols])  # fewer outputs, less work per node
+                self._slice = None
+            else:  # one output per tree (boosting stacks): explain all, keep the columns asked for
+                self._slice = cols
+            self.base_offset = self.base_offset[cols]
+            self.n_outputs = cols.size
+        else:
+            self._slice = None
+        self.tree_depths = np.asarray(forest.depth, dtype=np.int64)
+        self.n_features = int(model.n_features_in_)
+        # only the features some split uses get scratch space: the rest have no attribution
+        internal = a["left"] >= 0
+        self.used = np.unique(a["feature"][internal])
+        remap = np.zeros(self.n_features, dtype=np.int64)
+        remap[self.used] = np.arange(self.used.size)
+        a["feature"] = np.where(internal, remap[a["feature"]], 0)
+        # the kernels read each child's share of its parent's cover, one load and no division per edge
+        ratio = np.ones_like(a["cover"])
+        nodes = np.flatnonzero(internal)
+        for child in (a["left"][nodes], a["right"][nodes]):
+            ratio[child] = a["cover"][child] / a["cover"][nodes]
+        a["ratio"] = ratio
+        self._a = a
+        self.tn, self.tw, self.tw0, self.kt = _gauss_legendre(self.tree_depths)
+        self.interventional = feature_perturbation == "interventional"
+        self.n_threads = n_threads
+        if self.interventional:
+            if data is None:
+                raise ValueError("interventional Tree SHAP needs background data")
+            self.data = self._prepare(np.asarray(data))
+            if self.data.shape[0] == 0:
+                raise ValueError("interventional Tree SHAP needs at least one background row")
+            self.expected_value = self.base_offset + self._cut(self._raw(self.data)).mean(axis=0)
+        else:
+            self.data = np.zeros((1, self.used.size))
+            self.expected_value = self.base_offset + self._cut(self._cover_mean())
+
+    def _prepare(self, X):
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected {self.n_features} columns; got shape {X.shape}")
+        # scikit-learn trees compare float32 inputs with their thresholds (shap casts the same way)
+        return np.ascontiguousarray(X.astype(self.input_dtype).astype(np.float64)[:, self.used])
+
+    @property
+    def _width(self):
+        # outputs the kernels fill (before the column selection of one-output-per-tree models)
+        return self.n_outputs if self._slice is None else int(self._a["out_off"].max()) + 1
+
+    def _cut(self, arr):
+        return arr if self._slice is None else arr[..., self._slice]
+
+    def _cover_mean(self):
+        a = self._a
+        total = np.zeros(self._width)
+        bounds = list(a["roots"]) + [a["left"].size]
+        for t in range(a["roots"].size):
+            s, e = bounds[t], bounds[t + 1]
+            leaf = a["left"][s:e] < 0
+            w = a["cover"][s:e][leaf] / a["cover"][s]
+            v = a["value"][s:e][leaf]
+            off = a["out_off"][t]
+            total[off:off + v.shape[1]] += w @ v
+        return total
+
+    def _raw(self, X):
+        a = self._a
+        out = np.zeros((X.shape[0], self._width))
+        _run_blocks(_raw_rows, X.shape[0], self.n_threads,
+                    lambda s, e: (X[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"],
+                                  a["threshold"], a["missing_left"], a["value"], out[s:e]))
+        return out
+
+    def predict_raw(self, X) -> np.ndarray:
+        """The explained output (base offset + sum of the trees) of every row, shape (n, n_outputs)."""
+        return self.base_offset + self._cut(self._raw(self._prepare(X)))
+
+    def shap_values(self, X) -> np.ndarray:
+        """SHAP values, shape (n, n_features, n_outputs); rows add up to ``predict_raw - expected_value``."""
+        Xu = self._prepare(X)
+        a = self._a
+        phi = np.zeros((Xu.shape[0], self.used.size, self._width))
+        if self.interventional:
+            from scipy.special import beta as beta_fn
+
+            k = np.arange(self.max_depth + 2)
+            beta = beta_fn(k[:, None] + 1.0, k[None, :] + 1.0)  # a! c! / (a + c + 1)!
+            _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
+                        lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
+                                      a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
+                                      self.max_depth, phi[s:e]))
+            out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
+            out[:, self.used, :] = self._cut(phi)
+            return out
+        _run_blocks(_shap_rows, Xu.shape[0], self.n_threads,
+                    lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"], a["threshold"], a["missing_left"], a["value"], a["ratio"],
+                                  self.tn, self.tw, self.tw0, self.kt, self.max_depth, phi[s:e]))
+        out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
+        out[:, self.used, :] = self._cut(phi)
+        return out
+
+
+def model_outputs(model) -> int:
+    """Outputs the engine explains for ``model``: classes of a forest or tree classifier, else 1 per stack."""
+    from sklearn.base import is_classifier
+
+    forests, trees, _, hist = _families()
+    if type(model) in forests + trees and is_classifier(model):
+        return len(model.classes_)
+    if type(model) in hist:
+        return int(np.size(model._baseline_prediction))
+    return 1
+
+
+def supported(model) -> bool:
+    """True when :class:`FastTreeExplainer` reads ``model`` (else use shap's TreeExplainer)."""
+    try:
+        _read_model(model)
+    except UnsupportedModel:
+        return False
+    return numba is not None
