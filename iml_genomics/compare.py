@@ -293,18 +293,20 @@ def surrogate_fidelity(X, model_output, splits, task: str, *, seed: int, depth: 
     -------
     float
     """
-    from sklearn.metrics import r2_score
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    from iml_genomics.explain.surrogate import fidelity_score
 
     out = np.asarray(model_output)
     scores = []
     for _, _, tr, te in splits:
         if task == "regression":
             tree = DecisionTreeRegressor(max_depth=depth, random_state=seed).fit(X[tr], out[tr])
-            scores.append(r2_score(out[te], tree.predict(X[te])) if np.ptp(out[te]) > 0 else np.nan)
+            # R^2 against a constant held-out output is undefined: left out of the mean
+            scores.append(fidelity_score(tree.predict(X[te]), out[te], False) if np.ptp(out[te]) > 0 else np.nan)
         else:
             tree = DecisionTreeClassifier(max_depth=depth, random_state=seed).fit(X[tr], out[tr])
-            scores.append(float(np.mean(tree.predict(X[te]) == out[te])))
+            scores.append(fidelity_score(tree.predict(X[te]), out[te], True))
     scores = np.asarray(scores, dtype=float)
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
