@@ -502,12 +502,11 @@ def _tables(runs, candidates, gene_ids, top_k, primary, registry):
     rows = []
     for n in candidates:
         run = runs[n]
-        metrics = run.cv.metrics.set_index("split")
-        cols = [c for c in metrics.columns if c not in ("repeat", "fold", "n_train", "n_test")]
+        summary = run.cv.summary.set_index("metric")  # cv_summary.tsv's rows: mean, sd over the folds
         row = {"model": n, "kind": registry[n].kind, "tuned": run.tuned}
-        for c in cols:
-            row[f"{c}_mean"] = float(metrics.loc["mean", c])
-            row[f"{c}_sd"] = float(metrics.loc["sd", c])
+        for c in summary.index:
+            row[f"{c}_mean"] = float(summary.loc[c, "mean"])
+            row[f"{c}_sd"] = float(summary.loc[c, "sd"])
         others = [p["top_k_jaccard"] for p in pairs if n in (p["model_a"], p["model_b"])]
         row.update({
             "n_genes_used": int((run.final_importance > 0).sum()),
