@@ -321,6 +321,168 @@ if numba is not None:
                 for v in range(phi.shape[1]):
                     phi[f, v] /= nb
 
+    # ---- interventional, shared over the background rows ------------------------------------------------------
+    # A leaf's game depends on a row only through which of the leaf's path features it follows on every split
+    # (a bit mask over the path's unique features, first occurrence first). The background rows enter only
+    # through the counts of their masks per leaf, precomputed once; a row explained then costs one walk of
+    # every tree (as path-dependent) plus, per leaf, a loop over the distinct background masks of that leaf.
+
+    @njit(cache=True, nogil=True)
+    def _path_bits(root, left, right, feature, max_depth, bitpos, leaf_u, leaf_fstart, flat, ptr):
+        """Per node of one tree: ``bitpos`` (internal: the bit of its feature in its own path's mask), and
+        per leaf ``leaf_u`` (unique features on its path) and ``flat[leaf_fstart[leaf]:][:u]`` (those features,
+        first occurrence first), appended from ``flat[ptr]``; returns the new end of ``flat``."""
+        D = max_depth + 2
+        stack = np.zeros(2 * D + 2, dtype=np.int64)
+        ulen = np.zeros(2 * D + 2, dtype=np.int64)
+        dep = np.zeros(2 * D + 2, dtype=np.int64)
+        cur = np.zeros(D + 1, dtype=np.int64)
+        sp = 0
+        stack[0] = root
+        ulen[0] = 0
+        dep[0] = 0
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            n = stack[sp]
+            ul = ulen[sp]
+            d = dep[sp]
+            if left[n] < 0:
+                leaf_u[n] = ul
+                leaf_fstart[n] = ptr
+                for j in range(ul):
+                    flat[ptr + j] = cur[j]
+                ptr += ul
+                continue
+            f = feature[n]
+            pos = -1
+            for j in range(ul):
+                if cur[j] == f:
+                    pos = j
+                    break
+            nu = ul
+            if pos < 0:
+                pos = ul
+                cur[ul] = f
+                nu = ul + 1
+            bitpos[n] = pos
+            stack[sp] = right[n]
+            ulen[sp] = nu
+            dep[sp] = d + 1
+            stack[sp + 1] = left[n]
+            ulen[sp + 1] = nu
+            dep[sp + 1] = d + 1
+            sp += 2
+        return ptr
+
+    @njit(cache=True, nogil=True)
+    def _leaf_masks(x, root, left, right, feature, threshold, missing_left, bitpos, max_depth, out):
+        """``out[leaf]``: the path features (bits) that row ``x`` follows on every split of the leaf's path."""
+        D = max_depth + 2
+        stack = np.zeros(2 * D + 2, dtype=np.int64)
+        mstack = np.zeros(2 * D + 2, dtype=np.uint64)
+        stack[0] = root
+        mstack[0] = np.uint64(0xFFFFFFFFFFFFFFFF)
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            n = stack[sp]
+            m = mstack[sp]
+            if left[n] < 0:
+                out[n] = m
+                continue
+            xv = x[feature[n]]
+            gl = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+            off = m & ~(np.uint64(1) << np.uint64(bitpos[n]))
+            stack[sp] = right[n]
+            mstack[sp] = off if gl else m
+            stack[sp + 1] = left[n]
+            mstack[sp + 1] = m if gl else off
+            sp += 2
+
+    @njit(cache=True, nogil=True)
+    def _shap_rows_interventional_shared(X, roots, out_off, left, right, feature, threshold, missing_left, value,
+                                         bitpos, leaf_u, leaf_fstart, leaf_feats, mstart, masks, counts, beta, inv_nb,
+                                         max_depth, phi_all):
+        """Fill ``phi_all`` (n, p_used, n_out): interventional values of the rows of ``X`` over the background
+        summarised by ``masks``/``counts`` (distinct background masks of leaf ``l`` in ``mstart[l]:mstart[l+1]``).
+
+        At a leaf of value v with u unique path features, row x (mask mx) and a background mask m (count c_m)
+        form a product game iff every feature is followed by x or by the background row (``m | mx`` full); then
+        with a = |mx \\ m| features only x follows and c = |not mx| only the background row follows, each of the
+        a gets ``+v c_m beta[a-1, c]`` and each of the c ``-v c_m beta[a, c-1]`` (Beta integrals of t^a (1-t)^c).
+        """
+        n = X.shape[0]
+        V = value.shape[1]
+        D = max_depth + 2
+        stack = np.zeros(2 * D + 2, dtype=np.int64)
+        mstack = np.zeros(2 * D + 2, dtype=np.uint64)
+        w = np.zeros(D + 1)
+        one = np.uint64(1)
+        for i in range(n):
+            phi = phi_all[i]
+            x = X[i]
+            for ti in range(roots.shape[0]):
+                oo = out_off[ti]
+                stack[0] = roots[ti]
+                mstack[0] = np.uint64(0xFFFFFFFFFFFFFFFF)
+                sp = 1
+                while sp > 0:
+                    sp -= 1
+                    nd = stack[sp]
+                    mx0 = mstack[sp]
+                    if left[nd] >= 0:
+                        xv = x[feature[nd]]
+                        gl = (missing_left[nd] == 1) if np.isnan(xv) else xv <= threshold[nd]
+                        off = mx0 & ~(one << np.uint64(bitpos[nd]))
+                        stack[sp] = right[nd]
+                        mstack[sp] = off if gl else mx0
+                        stack[sp + 1] = left[nd]
+                        mstack[sp + 1] = mx0 if gl else off
+                        sp += 2
+                        continue
+                    u = leaf_u[nd]
+                    if u == 0:
+                        continue
+                    full = (one << np.uint64(u)) - one
+                    mx = mx0 & full
+                    nz = full & ~mx
+                    c = 0
+                    t = nz
+                    while t:
+                        c += 1
+                        t &= t - one
+                    for j in range(u):
+                        w[j] = 0.0
+                    sz = 0.0
+                    for q in range(mstart[nd], mstart[nd + 1]):
+                        m = masks[q]
+                        if (m | mx) != full:
+                            continue  # a feature neither row follows: the coalition never reaches the leaf
+                        nx = mx & ~m
+                        a = 0
+                        t = nx
+                        while t:
+                            a += 1
+                            t &= t - one
+                        cm = counts[q]
+                        if c > 0:
+                            sz += cm * beta[a, c - 1]
+                        if a > 0:
+                            wa = cm * beta[a - 1, c]
+                            for j in range(u):
+                                if (nx >> np.uint64(j)) & one:
+                                    w[j] += wa
+                    for j in range(u):
+                        if (nz >> np.uint64(j)) & one:
+                            g = -sz * inv_nb
+                        else:
+                            g = w[j] * inv_nb
+                        if g != 0.0:
+                            f = leaf_feats[leaf_fstart[nd] + j]
+                            for v in range(V):
+                                phi[f, oo + v] += value[nd, v] * g
+
     @njit(cache=True, nogil=True)
     def _leaf_sum(x, roots, out_off, left, right, feature, threshold, missing_left, value, n_out):
         """The sum of the leaf values row ``x`` reaches (the model's raw output without its offset)."""
@@ -588,9 +750,57 @@ class FastTreeExplainer:
             if self.data.shape[0] == 0:
                 raise ValueError("interventional Tree SHAP needs at least one background row")
             self.expected_value = self.base_offset + self._cut(self._raw(self.data)).mean(axis=0)
+            self._bg = self._summarise_background()
         else:
             self.data = np.zeros((1, self.used.size))
             self.expected_value = self.base_offset + self._cut(self._cover_mean())
+
+    def _summarise_background(self):
+        """Per leaf, the distinct masks of path features the background rows follow, with their counts.
+
+        None when a leaf has more than 63 unique features on its path (the masks are 64-bit words): the
+        per-(row, background row) walk is used then.
+        """
+        a = self._a
+        N = a["left"].size
+        bitpos = np.zeros(N, dtype=np.int64)
+        leaf_u = np.zeros(N, dtype=np.int64)
+        leaf_fstart = np.zeros(N, dtype=np.int64)
+        bounds = list(a["roots"]) + [N]
+        n_leaves = int(np.count_nonzero(a["left"] < 0))
+        flat = np.zeros(max(1, n_leaves * (self.max_depth + 1)), dtype=np.int64)
+        ptr = 0
+        for t, root in enumerate(a["roots"]):
+            ptr = _path_bits(root, a["left"], a["right"], a["feature"], int(self.tree_depths[t]), bitpos, leaf_u,
+                             leaf_fstart, flat, ptr)
+        if leaf_u.max(initial=0) > 63:
+            return None
+        mstart = np.zeros(N + 1, dtype=np.int64)
+        masks, counts = [], []
+        scratch = np.zeros(N, dtype=np.uint64)
+        for t, root in enumerate(a["roots"]):
+            s, e = bounds[t], bounds[t + 1]
+            leaves = np.flatnonzero(a["left"][s:e] < 0) + s
+            M = np.empty((self.data.shape[0], leaves.size), dtype=np.uint64)
+            for j, b in enumerate(self.data):
+                _leaf_masks(b, root, a["left"], a["right"], a["feature"], a["threshold"], a["missing_left"],
+                            bitpos, int(self.tree_depths[t]), scratch)
+                M[j] = scratch[leaves]
+            full = (np.uint64(1) << leaf_u[leaves].astype(np.uint64)) - np.uint64(1)
+            S = np.sort(M & full, axis=0).T  # (leaves, background rows)
+            first = np.ones(S.shape, dtype=bool)
+            first[:, 1:] = S[:, 1:] != S[:, :-1]
+            pos = np.flatnonzero(first.ravel())
+            cnt = np.diff(np.append(pos, S.size))
+            masks.append(S.ravel()[pos])
+            counts.append(cnt.astype(np.float64))
+            per_leaf = first.sum(axis=1)
+            mstart[leaves + 1] = per_leaf
+        # leaves of a tree are not contiguous in the node ids: start offsets by a running sum over all nodes
+        mstart = np.cumsum(mstart)
+        return dict(bitpos=bitpos, leaf_u=leaf_u, leaf_fstart=leaf_fstart, leaf_feats=flat[:max(ptr, 1)].copy(),
+                    mstart=mstart, masks=np.concatenate(masks) if masks else np.zeros(0, np.uint64),
+                    counts=np.concatenate(counts) if counts else np.zeros(0))
 
     def _prepare(self, X):
         X = np.asarray(X)
@@ -642,10 +852,18 @@ class FastTreeExplainer:
 
             k = np.arange(self.max_depth + 2)
             beta = beta_fn(k[:, None] + 1.0, k[None, :] + 1.0)  # a! c! / (a + c + 1)!
-            _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
-                        lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
-                                      a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
-                                      self.max_depth, phi[s:e]))
+            if self._bg is not None:
+                g = self._bg
+                _run_blocks(_shap_rows_interventional_shared, Xu.shape[0], self.n_threads,
+                            lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"],
+                                          a["threshold"], a["missing_left"], a["value"], g["bitpos"], g["leaf_u"],
+                                          g["leaf_fstart"], g["leaf_feats"], g["mstart"], g["masks"], g["counts"],
+                                          beta, 1.0 / self.data.shape[0], self.max_depth, phi[s:e]))
+            else:
+                _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
+                            lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
+                                          a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
+                                          self.max_depth, phi[s:e]))
             out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
             out[:, self.used, :] = self._cut(phi)
             return out
