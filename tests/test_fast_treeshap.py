@@ -11,6 +11,7 @@ import shap
 from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor, GradientBoostingClassifier,
                               GradientBoostingRegressor, HistGradientBoostingClassifier,
                               HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
+from sklearn.base import is_classifier
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from iml_genomics.errors import NumericalError
@@ -144,6 +145,43 @@ def test_interventional_is_exact_by_enumeration_and_close_to_shap(name):
         assert np.max(np.abs(got - ref)) <= 1e-6
 
 
+def test_interventional_background_sharing_equals_the_pair_walk():
+    # deep trees with repeated features, missing values, ties and duplicated background rows: the per-leaf
+    # background summary must give the per-(row, background row) walk's numbers (both exact, different sums)
+    X, y = _data(400, 5, seed=12, task="multiclass")
+    X[::9, 2] = np.nan
+    bg = np.vstack([X[:30], X[:10]])  # duplicates: masks with counts > 1
+    for model in (ExtraTreesClassifier(6, random_state=0), HistGradientBoostingClassifier(max_iter=4),
+                  DecisionTreeRegressor(random_state=0)):
+        model.fit(X, y if is_classifier(model) else np.nan_to_num(X[:, 2]) + X[:, 0])
+        ex = FastTreeExplainer(model, data=bg, feature_perturbation="interventional")
+        assert ex.shares_background
+        shared = ex.shap_values(X[200:260])
+        ex._bg = None  # what a leaf with > 63 unique path features forces: the pair walk
+        pairs = ex.shap_values(X[200:260])
+        assert np.max(np.abs(shared - pairs)) <= 1e-13, type(model).__name__
+        np.testing.assert_allclose(ex.expected_value + shared.sum(axis=1), ex.predict_raw(X[200:260]),
+                                   rtol=0, atol=1e-12)
+
+
+def test_interventional_falls_back_to_shap_on_paths_of_more_than_63_genes():
+    # one sample isolated per split, each on its own gene: a chain of 79 splits on 79 different genes
+    n = 80
+    X = np.eye(n)
+    model = DecisionTreeRegressor(random_state=0).fit(X, np.arange(n, dtype=float) ** 2)
+    assert model.tree_.max_depth > 63
+    ex = FastTreeExplainer(model, data=X[:20], feature_perturbation="interventional")
+    assert not ex.shares_background
+    got = ex.shap_values(X[-3:])  # the pair walk still runs, exactly
+    np.testing.assert_allclose(ex.expected_value + got.sum(axis=1), ex.predict_raw(X[-3:]), rtol=0, atol=1e-9)
+    ids = [f"G{j}" for j in range(n)]
+    plan, payload = plan_shap(model, X, gene_ids=ids, classes=None, mode="interventional", background_size=20)
+    assert plan.engine == ENGINE_NAMES["shap"] and "63" in plan.engine_note
+    assert isinstance(payload, shap.TreeExplainer)
+    plan, _ = plan_shap(model, X, gene_ids=ids, classes=None)
+    assert plan.engine == ENGINE_NAMES["fast"]
+
+
 def test_values_do_not_depend_on_threads_or_chunks():
     X, y = _data(300, 12, seed=5, task="multiclass")
     model = RandomForestClassifier(10, random_state=1).fit(X, y)
@@ -179,10 +217,10 @@ def test_plan_uses_the_engine_and_falls_back_to_shap():
         FastTreeExplainer(hgb)
     plan, payload = plan_shap(hgb, Xc, gene_ids=ids, classes=["a", "b"])
     assert plan.engine == ENGINE_NAMES["shap"] and "categorical" in plan.engine_note
-    # interventional: shap's numbers (and speed) are kept in explain, and said so
+    # interventional: the engine's background-sharing kernel (faster than shap's and exact)
     hgb = HistGradientBoostingClassifier(max_iter=5).fit(X, y)
     plan, payload = plan_shap(hgb, X, gene_ids=ids, classes=["a", "b"], mode="interventional", background_size=20)
-    assert plan.engine == ENGINE_NAMES["shap"] and "interventional" in plan.engine_note
+    assert plan.engine == ENGINE_NAMES["fast"] and payload.explainer.shares_background
     plan, payload = plan_shap(hgb, X, gene_ids=ids, classes=["a", "b"])
     assert plan.engine == ENGINE_NAMES["fast"]
     assert plan_shap(model, X, gene_ids=ids, classes=None, values=False)[0].engine == ""

@@ -802,6 +802,11 @@ class FastTreeExplainer:
                     mstart=mstart, masks=np.concatenate(masks) if masks else np.zeros(0, np.uint64),
                     counts=np.concatenate(counts) if counts else np.zeros(0))
 
+    @property
+    def shares_background(self) -> bool:
+        """True when interventional values run over the per-leaf background summary (the fast kernel)."""
+        return self.interventional and self._bg is not None
+
     def _prepare(self, X):
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
