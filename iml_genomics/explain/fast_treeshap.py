@@ -9,7 +9,7 @@ Shapley value of feature ``i`` in such a game is a Beta integral (Yu et al. 2022
     phi_i = v_l (o_i - z_i) * int_0^1 prod_{j != i} (z_j (1 - t) + o_j t) dt,
 
 the integral of a polynomial of degree below the tree depth ``D``. Path-dependent: computed exactly by
-Gauss-Legendre quadrature on ``K = D // 2 + 1`` nodes (per tree). One depth-first walk per tree carries the product
+Gauss-Legendre quadrature on ``K = ceil(D / 2)`` nodes (per tree; exact to degree 2K - 1 >= D - 1). One depth-first walk per tree carries the product
 ``P(t)`` down (one multiplication per edge, one division when a feature repeats) and the leaf sums
 ``H(t) = sum_l v_l P_l(t)`` up; every edge on feature ``i`` integrates its subtree's sum against its own factor and
 takes it out of the enclosing ``i``-edge's integral again. Each node costs ``O(K)``, so a row costs ``O(T N D)`` over
@@ -59,7 +59,7 @@ class UnsupportedModel(ValueError):
 # ---------------------------------------------------------------------------
 
 if numba is not None:
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _walk(x, root, out_off, left, right, feature, threshold, missing_left, value, cover,
               tn, tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
         """Add one tree's path-dependent attributions of row ``x`` to ``phi``.
@@ -197,7 +197,7 @@ if numba is not None:
                         H[d - 1, v, k] += H[d, v, k]
                 d -= 1
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _walk_pair(x, b, root, out_off, left, right, feature, threshold, missing_left, value, beta, o, z, seen,
                    lastd, node_s, state, efeat, sz, so, sseen, slast, na, nc, phi):
         """Interventional Tree SHAP of row ``x`` against one background row ``b`` in one tree, added to ``phi``.
@@ -289,7 +289,7 @@ if numba is not None:
                 lastd[f] = slast[d]
                 d -= 1
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _shap_rows_interventional(X, B, roots, out_off, left, right, feature, threshold, missing_left, value,
                                   beta, max_depth, phi_all):
         """Fill ``phi_all`` (n, p_used, n_out): interventional values of the rows of ``X`` averaged over ``B``."""
@@ -327,7 +327,7 @@ if numba is not None:
     # through the counts of their masks per leaf, precomputed once; a row explained then costs one walk of
     # every tree (as path-dependent) plus, per leaf, a loop over the distinct background masks of that leaf.
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _path_bits(root, left, right, feature, max_depth, bitpos, leaf_u, leaf_fstart, flat, ptr):
         """Per node of one tree: ``bitpos`` (internal: the bit of its feature in its own path's mask), and
         per leaf ``leaf_u`` (unique features on its path) and ``flat[leaf_fstart[leaf]:][:u]`` (those features,
@@ -375,7 +375,7 @@ if numba is not None:
             sp += 2
         return ptr
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _leaf_masks(x, root, left, right, feature, threshold, missing_left, bitpos, max_depth, out):
         """``out[leaf]``: the path features (bits) that row ``x`` follows on every split of the leaf's path."""
         D = max_depth + 2
@@ -400,7 +400,7 @@ if numba is not None:
             mstack[sp + 1] = m if gl else off
             sp += 2
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _shap_rows_interventional_shared(X, roots, out_off, left, right, feature, threshold, missing_left, value,
                                          bitpos, leaf_u, leaf_fstart, leaf_feats, mstart, masks, counts, beta, inv_nb,
                                          max_depth, phi_all):
@@ -483,7 +483,7 @@ if numba is not None:
                             for v in range(V):
                                 phi[f, oo + v] += value[nd, v] * g
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _leaf_sum(x, roots, out_off, left, right, feature, threshold, missing_left, value, n_out):
         """The sum of the leaf values row ``x`` reaches (the model's raw output without its offset)."""
         res = np.zeros(n_out)
@@ -498,7 +498,7 @@ if numba is not None:
                 res[out_off[ti] + v] += value[n, v]
         return res
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _shap_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, kt,
                    max_depth, phi_all):
         """Fill ``phi_all`` (n, p_used, n_out) with the path-dependent values of the rows of ``X``.
@@ -531,7 +531,7 @@ if numba is not None:
                       tn[ti, :kk], tw[ti, :kk], tw0[ti, :kk], z, o, seen, node_s, state, efeat, sz, so, sseen,
                       xleft, P, H, phi)
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _raw_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, out):
         for i in range(X.shape[0]):
             out[i] = _leaf_sum(X[i], roots, out_off, left, right, feature, threshold, missing_left, value,
@@ -667,7 +667,9 @@ def _gauss_legendre(depths):
 
     Returns (nodes, weights, weights / (1 - nodes), count) with one zero-padded row per tree.
     """
-    counts = np.asarray(depths, dtype=np.int64) // 2 + 1
+    # a leaf's integrand has degree below the number of unique features on its path (<= D): K points are exact
+    # up to degree 2K - 1, so ceil(D / 2) suffice (one node fewer than D // 2 + 1 at even depths)
+    counts = np.maximum(1, (np.asarray(depths, dtype=np.int64) + 1) // 2)
     kmax = int(counts.max()) if counts.size else 1
     tn, tw = np.zeros((counts.size, kmax)), np.zeros((counts.size, kmax))
     for k in np.unique(counts):
