@@ -14,8 +14,11 @@ Gauss-Legendre quadrature on ``K = ceil(D / 2)`` nodes (per tree; exact to degre
 ``H(t) = sum_l v_l P_l(t)`` up; every edge on feature ``i`` integrates its subtree's sum against its own factor and
 takes it out of the enclosing ``i``-edge's integral again. Each node costs ``O(K)``, so a row costs ``O(T N D)`` over
 ``T`` trees of ``N`` nodes where shap's recursion costs ``O(T L D^2)``. Interventional: every factor is t, 1 - t or 1,
-so a leaf's integral is a Beta function of two counts; one walk per (row, background row, tree) visits the nodes
-either row reaches (the same work as shap's, compiled; no sharing across background rows yet).
+so a leaf's integral is a Beta function of two counts. A row enters a leaf's game only through the bit mask of the
+leaf's path features it follows on every split, so the background is summarised once, per leaf, as its distinct
+masks with counts; an explained row then costs one walk per tree plus, per leaf, a loop over those masks
+(``O(T (N + sum_l m_l u_l))`` for m_l distinct masks of u_l features, at most the background size) instead of one
+walk per (row, background row, tree). Leaves with more than 63 path features (64-bit masks) keep that pair walk.
 
 Blocks of rows run in Python threads over the compiled (GIL-free) kernels; each row is computed by one thread in a
 fixed tree order, so the values are the same bytes whatever the thread count. :class:`FastTreeExplainer` reads the fitted scikit-learn models of the registry
