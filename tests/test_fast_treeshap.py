@@ -182,6 +182,25 @@ def test_interventional_falls_back_to_shap_on_paths_of_more_than_63_genes():
     assert plan.engine == ENGINE_NAMES["fast"]
 
 
+def test_interventional_summary_is_not_built_where_it_would_not_pay():
+    # one grown-out tree on 1,500 noisy rows: ~1,000 leaves, each with nearly every background row's mask
+    # distinct, against a depth of ~20: the per-leaf loops would cost more than the pair walk, so no summary
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 30))
+    model = DecisionTreeRegressor(random_state=0).fit(X, rng.normal(size=1500))
+    assert model.tree_.n_leaves > 40 * model.tree_.max_depth
+    ex = FastTreeExplainer(model, data=X[:100], feature_perturbation="interventional")
+    assert not ex.shares_background and "distinct background masks" in ex.summary_note
+    got = ex.shap_values(X[-2:])
+    np.testing.assert_allclose(ex.expected_value + got.sum(axis=1), ex.predict_raw(X[-2:]), rtol=0, atol=1e-9)
+    ids = [f"G{j}" for j in range(X.shape[1])]
+    plan, _ = plan_shap(model, X, gene_ids=ids, classes=None, mode="interventional", background_size=100)
+    assert plan.engine == ENGINE_NAMES["shap"] and "distinct background masks" in plan.engine_note
+    # the same data and background, a tree of depth 6: the summary is built
+    small = DecisionTreeRegressor(max_depth=6, random_state=0).fit(X, rng.normal(size=1500))
+    assert FastTreeExplainer(small, data=X[:100], feature_perturbation="interventional").shares_background
+
+
 def test_values_do_not_depend_on_threads_or_chunks():
     X, y = _data(300, 12, seed=5, task="multiclass")
     model = RandomForestClassifier(10, random_state=1).fit(X, y)

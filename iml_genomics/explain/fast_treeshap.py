@@ -747,6 +747,7 @@ class FastTreeExplainer:
         self._a = a
         self.tn, self.tw, self.tw0, self.kt = _gauss_legendre(self.tree_depths)
         self.interventional = feature_perturbation == "interventional"
+        self.summary_note = ""  # why interventional values do not run over the background summary
         self.n_threads = n_threads
         if self.interventional:
             if data is None:
@@ -763,9 +764,11 @@ class FastTreeExplainer:
     def _summarise_background(self):
         """Per leaf, the distinct masks of path features the background rows follow, with their counts.
 
-        None when a leaf has more than 63 unique features on its path (the masks are 64-bit words): the
-        per-(row, background row) walk is used then.
+        None, with the reason in ``self.summary_note``, when a leaf has more than 63 unique features on its
+        path (the masks are 64-bit words) or when the summary would not pay: the per-(row, background row) walk
+        is used then.
         """
+        self.summary_note = ""
         a = self._a
         N = a["left"].size
         bitpos = np.zeros(N, dtype=np.int64)
@@ -779,7 +782,15 @@ class FastTreeExplainer:
             ptr = _path_bits(root, a["left"], a["right"], a["feature"], int(self.tree_depths[t]), bitpos, leaf_u,
                              leaf_fstart, flat, ptr)
         if leaf_u.max(initial=0) > 63:
+            self.summary_note = "a leaf path with more than 63 genes"
             return None
+        # a row costs one check per (leaf, distinct background mask) here against about 2 x depth node visits per
+        # (tree, background row) in the pair walk; a check is over ten times cheaper than a visit (measured), so
+        # past 8 checks per pair-walk visit (huge trees: many leaves, each with nearly all background rows
+        # distinct) the summary no longer pays, and it is not built (which also bounds its memory)
+        nb = self.data.shape[0]
+        budget = min(8 * nb * int(self.tree_depths.sum()), 2 ** 25)
+        total = N  # every node is visited once per row too
         mstart = np.zeros(N + 1, dtype=np.int64)
         masks, counts = [], []
         scratch = np.zeros(N, dtype=np.uint64)
@@ -797,6 +808,11 @@ class FastTreeExplainer:
             first[:, 1:] = S[:, 1:] != S[:, :-1]
             pos = np.flatnonzero(first.ravel())
             cnt = np.diff(np.append(pos, S.size))
+            total += pos.size
+            if total > budget:
+                self.summary_note = (f"{total - N:,}+ distinct background masks over the leaves and {N:,} "
+                                        f"nodes (more than {budget:,}): the summary would not pay")
+                return None
             masks.append(S.ravel()[pos])
             counts.append(cnt.astype(np.float64))
             per_leaf = first.sum(axis=1)

@@ -495,9 +495,9 @@ def _fast_tree_payload(estimator, classes, positive_class, mode, bg):
     except UnsupportedModel as exc:
         return None, f"{exc}: shap.TreeExplainer used"
     if mode == "interventional" and not explainer.shares_background:
-        # a leaf with more than 63 unique path features: only the per-(row, background row) walk runs there,
-        # exact but slower than shap's (docs/benchmarks.md), so shap's explainer is used
-        return None, "interventional: a leaf path with more than 63 genes: shap.TreeExplainer used (faster there)"
+        # no per-leaf background summary (a leaf with more than 63 path genes, or too many distinct masks): only
+        # the per-(row, background row) walk runs, exact but slower than shap's (docs/benchmarks.md)
+        return None, f"interventional: {explainer.summary_note}: shap.TreeExplainer used (faster there)"
     return FastTreePayload(explainer, sign), ""
 
 
