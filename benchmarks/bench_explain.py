@@ -52,9 +52,12 @@ class PeakRSS:
         return total
 
     def _run(self):
+        t0 = time.thread_time()
         while not self._stop.is_set():
             self.peak = max(self.peak, self._rss())
             time.sleep(0.05)
+        # the sampler's own CPU (psutil calls, 20 a second) is not the measured work: taken out of ``cpu``
+        self._own = time.thread_time() - t0
 
     def _cpu(self):
         # forked pools are reaped before the block ends: their CPU time is in RUSAGE_CHILDREN
@@ -77,11 +80,11 @@ class PeakRSS:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
-        cpu1 = self._cpu()
-        # CPU seconds of this process and its (persistent joblib) workers during the block
-        self.cpu = sum(c - self.cpu0.get(pid, 0.0) for pid, c in cpu1.items())
         self._stop.set()
         self._thread.join()
+        cpu1 = self._cpu()
+        # CPU seconds of this process and its (persistent joblib) workers during the block
+        self.cpu = sum(c - self.cpu0.get(pid, 0.0) for pid, c in cpu1.items()) - self._own
         self.peak = max(self.peak, self._rss())
 
 
