@@ -208,6 +208,7 @@ def test_values_do_not_depend_on_threads_or_chunks():
     two = FastTreeExplainer(model, n_threads=2).shap_values(X)
     assert one.tobytes() == two.tobytes()
     bg = X[:15]
+    assert FastTreeExplainer(model, data=bg, feature_perturbation="interventional").shares_background
     a = FastTreeExplainer(model, data=bg, feature_perturbation="interventional", n_threads=1).shap_values(X[:60])
     b = FastTreeExplainer(model, data=bg, feature_perturbation="interventional", n_threads=2).shap_values(X[:60])
     assert a.tobytes() == b.tobytes()
