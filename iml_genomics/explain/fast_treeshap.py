@@ -703,6 +703,9 @@ class FastTreeExplainer:
     ----------
     expected_value : ndarray, (n_outputs,)
         The base value: the cover-weighted mean output (path-dependent) or the mean output over ``data``.
+    summary_note : str
+        Interventional: why the per-leaf background summary was not built (then the slower per-(row,
+        background row) walk runs; :attr:`shares_background` is False), else ''.
 
     Raises
     ------
