@@ -293,18 +293,20 @@ def surrogate_fidelity(X, model_output, splits, task: str, *, seed: int, depth: 
     -------
     float
     """
-    from sklearn.metrics import r2_score
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    from iml_genomics.explain.surrogate import fidelity_score
 
     out = np.asarray(model_output)
     scores = []
     for _, _, tr, te in splits:
         if task == "regression":
             tree = DecisionTreeRegressor(max_depth=depth, random_state=seed).fit(X[tr], out[tr])
-            scores.append(r2_score(out[te], tree.predict(X[te])) if np.ptp(out[te]) > 0 else np.nan)
+            # R^2 against a constant held-out output is undefined: left out of the mean
+            scores.append(fidelity_score(tree.predict(X[te]), out[te], False) if np.ptp(out[te]) > 0 else np.nan)
         else:
             tree = DecisionTreeClassifier(max_depth=depth, random_state=seed).fit(X[tr], out[tr])
-            scores.append(float(np.mean(tree.predict(X[te]) == out[te])))
+            scores.append(fidelity_score(tree.predict(X[te]), out[te], True))
     scores = np.asarray(scores, dtype=float)
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
@@ -500,12 +502,11 @@ def _tables(runs, candidates, gene_ids, top_k, primary, registry):
     rows = []
     for n in candidates:
         run = runs[n]
-        metrics = run.cv.metrics.set_index("split")
-        cols = [c for c in metrics.columns if c not in ("repeat", "fold", "n_train", "n_test")]
+        summary = run.cv.summary.set_index("metric")  # cv_summary.tsv's rows: mean, sd over the folds
         row = {"model": n, "kind": registry[n].kind, "tuned": run.tuned}
-        for c in cols:
-            row[f"{c}_mean"] = float(metrics.loc["mean", c])
-            row[f"{c}_sd"] = float(metrics.loc["sd", c])
+        for c in summary.index:
+            row[f"{c}_mean"] = float(summary.loc[c, "mean"])
+            row[f"{c}_sd"] = float(summary.loc[c, "sd"])
         others = [p["top_k_jaccard"] for p in pairs if n in (p["model_a"], p["model_b"])]
         row.update({
             "n_genes_used": int((run.final_importance > 0).sum()),

@@ -95,6 +95,9 @@ class ModelConfig:
 class CVConfig:
     n_splits: int = _opt(5, min=2, help="Number of cross-validation folds.")
     n_repeats: int = _opt(1, min=1, help="Repeats of k-fold CV with different shuffles.")
+    max_samples: int | None = _opt(
+        None, min=2, help="Train (CV and final fit) on a seeded subsample of at most this many samples, stratified "
+                          "by the label (single-cell scale); null = all samples.")
 
 
 @dataclass
@@ -115,6 +118,9 @@ class ExplainConfig:
     interaction_top_k: int = _opt(20, min=2, help="Genes considered for Shapley interaction values (tree models).")
     additivity_tolerance: float = _opt(1e-4, min=0.0, min_exclusive=True, help="Max |base + sum(phi) - f(x)| allowed.")
     samples: list[str] = _opt([], help="Sample ids for local explanations.")
+    max_samples: int | None = _opt(
+        None, min=2, help="Explain (SHAP, permutation, stability refits) a seeded subsample of at most this many "
+                          "samples, stratified by the label; explain.samples are always kept; null = all samples.")
     local_top_n: int = _opt(10, min=1, help="Genes per direction (up, down) in local_explanations.tsv.")
     interaction_max_samples: int = _opt(
         200, min=1, help="Samples (seeded subset) over which tree interaction values are averaged.")
@@ -190,6 +196,9 @@ class SelectConfig:
     factor_rank: int | None = _opt(None, min=1, help="Rank k of the factor model; chosen from the data when unset.")
     s_method: Literal["mvr", "sdp", "equicorrelated"] = _opt("mvr", help="S-matrix solver.")
     n_draws: int = _opt(1, min=1, help="Knockoff draws aggregated with e-values (derandomised knockoffs).")
+    max_samples: int | None = _opt(
+        None, min=2, help="Run the knockoffs / dCRT on a seeded subsample of at most this many samples, stratified "
+                          "by the label (the dense n x 2p design of the whole cohort may not fit); null = all.")
     groups: Literal["none", "clusters", "file"] = _opt("none", help="Group knockoffs over gene clusters or user groups.")
     group_file: str | None = _opt(None, help="TSV gene_id -> group when groups is file.")
     cluster_correlation: float = _opt(0.5, min=0.0, max=1.0, help="Correlation above which genes are clustered.")
@@ -213,6 +222,10 @@ class ReportConfig:
     max_set_size: int = _opt(500, min=1, help="Largest gene set tested.")
     top_k: int = _opt(50, min=1, help="Top genes of the ranking used for over-representation when no selection exists.")
     n_permutations: int = _opt(1000, min=10, help="Permutations for the rank-based set test.")
+    max_samples: int | None = _opt(
+        None, min=2, help="Per-gene tests and the label-permutation null of the gene-set tests on a seeded subsample "
+                          "of at most this many samples, stratified by the label (the null holds a few dense copies "
+                          "of the matrix: 7.5 GB at 10^5 cells x 2,000 genes); null = all samples.")
     ranking_metric: Literal["auto", "mean_abs_shap", "univariate", "knockoff_w"] = _opt(
         "auto", help="Gene score of the rank-based set test; auto = mean |SHAP| from explain, else the univariate "
                      "statistic, else knockoff W.")

@@ -136,6 +136,32 @@ def explain_method_df(adata, file_name: str, *, key_added: str | None = None):
     return pd.read_parquet(io.BytesIO(np.asarray(methods[file_name], dtype=np.uint8).tobytes()))
 
 
+def explain_method_text(adata, file_name: str, *, key_added: str | None = None) -> str:
+    """A text of an ``explain.methods`` method by its output file name (``surrogate_rules.txt``,
+    ``model_rules.txt``); :func:`iml_genomics.explain.surrogate.parse_rules` reads rules back.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    file_name : str
+        The name ``iml-genomics explain`` writes it under (docs/explain.md).
+    key_added : str, optional
+
+    Returns
+    -------
+    str
+    """
+    from iml_genomics.errors import InputDataError
+
+    texts = recorded(adata, "explain", key_added).get("method_texts") or {}
+    if file_name not in texts:
+        have = ", ".join(sorted(texts)) or "none"
+        raise InputDataError(f"adata.uns['{UNS_KEY}']['{key_prefix(key_added)}explain']['method_texts'] has no "
+                             f"'{file_name}' (present: {have}); run ig.tl.explain with that method in "
+                             f"explain.methods (tables: ig.get.explain_method_df).")
+    return str(texts[file_name])
+
+
 def selection_df(adata, *, key_added: str | None = None):
     """``knockoff_selection.tsv`` of :func:`iml_genomics.tl.select`: every gene, W / p-values, selected."""
     return _table(adata, "select", "knockoff_selection", key_added)

@@ -204,49 +204,161 @@ def peek_shape(path: str | Path, *, genes_as_rows: bool = False) -> tuple[int, i
 
 @dataclass
 class StepEstimate:
-    """Estimated peak memory and work of one step."""
+    """Estimated peak memory (main process plus its workers) and wall time of one step."""
 
     step: str
     peak_memory_bytes: int
     work: str
+    seconds: float = 0.0
 
 
-def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int) -> list[StepEstimate]:
-    """Rough peak memory and work per step, from the cohort's shape and the config.
+def peek_nnz(path: str | Path) -> int | None:
+    """Stored values of a sparse ``.h5ad`` X (None for a dense matrix or another format), without reading them."""
+    if _format_or_none(path) != "h5ad":
+        return None
+    try:
+        import h5py
 
-    The estimates are deliberately conservative (upper bounds of the dense
-    float64 copies each step holds); they exist to refuse a run that cannot
-    fit before hours are spent, not to predict to the megabyte.
+        with h5py.File(path, "r") as f:
+            x = f["X"]
+            return int(x["data"].shape[0]) if isinstance(x, h5py.Group) and "data" in x else None
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _format_or_none(path) -> str | None:
+    """The matrix format its name says, or None where the reader would refuse it (it does, in its own words)."""
+    from iml_genomics.errors import IMLGenomicsError
+    from iml_genomics.io.readers import detect_format
+
+    try:
+        return detect_format(path)
+    except (IMLGenomicsError, ValueError):
+        return None
+
+
+# Calibration of the estimates (docs/benchmarks.md, "Single-cell scale"): measured with
+# benchmarks/bench_single_cell.py on 20,000 and 100,000 simulated cells x 2,000 genes, 2 cores shared with other
+# jobs (load ~10). Memory is the resident set of the main process plus its joblib workers; time is wall time.
+_BASE = 300 * 1024**2            # interpreter, numpy, sklearn, shap, anndata in the main process
+_WORKER = 250 * 1024**2          # one loky worker with the same imports
+_SECONDS_STEP = 2.5              # a step's fixed cost: imports, provenance, hashing and writing its outputs
+_SECONDS_RUN = 4.0               # run's own: interpreter, config, reading the labels
+_SECONDS_PER_VALUE_READ = 2e-7   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
+_TREE_FIT = 3.8e-8               # s per (tree x cell x depth x sqrt(genes)) of a forest fit; depth <= log2(cells)
+_LINEAR_FIT = 4e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
+_SHAP_TREE = 1.5e-7              # s per (tree x cell x 2^depth) of Tree SHAP, path-dependent
+_INTERACTION = 7e-9              # s per (tree x gene^2 x cell) of Tree SHAP interaction values
+_SELECT = 1.5e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
+_UNIVARIATE = 4e-7               # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
+_REPORT_FIXED = 8.0              # the report's gene-set tests, figures and page
+
+
+def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: int | None = None) -> list[StepEstimate]:
+    """Peak memory and wall time per step, from the cohort's shape and the config.
+
+    Parameters
+    ----------
+    cfg : iml_genomics.config.Config
+    n_samples, n_genes : int
+        The matrix's shape (:func:`peek_shape`).
+    n_jobs : int
+    nnz : int, optional
+        Stored values of a sparse matrix (:func:`peek_nnz`); None = dense.
+
+    Returns
+    -------
+    list of StepEstimate
+        train, explain, select, report. Calibrated on measured runs (the constants above); meant to be within
+        a factor of 2 of what a run takes, to refuse a run that cannot fit before hours are spent.
     """
-    from iml_genomics.parallel import effective_n_jobs
+    import math
 
-    n, p = n_samples, n_genes
-    workers = effective_n_jobs(n_jobs)
-    matrix = 8 * n * p
-    base = 300 * 1024**2  # interpreter, numpy, sklearn, shap
-    p_model = min(p, cfg.preprocess.top_k_variable or p)
-    n_fits = cfg.cv.n_splits * cfg.cv.n_repeats + 1
-    trees = cfg.model.params.get("n_estimators", 300) if "forest" in cfg.model.name or "trees" in cfg.model.name else 0
-    train = base + 3 * matrix + workers * 2 * 8 * n * p_model
-    train_work = f"{n} samples x {p} genes (model sees {p_model}); {n_fits} fits" + (f" x {trees} trees" if trees else "")
-    chunk = min(cfg.explain.chunk_size, n)
-    n_refits = cfg.explain.n_bootstraps if cfg.explain.stability == "bootstrap" else cfg.cv.n_splits * cfg.cv.n_repeats
-    explain = base + 3 * matrix + workers * (8 * chunk * p_model * 4) + 4 * n * p_model
-    explain_work = (f"SHAP {n} samples x {p_model} genes in chunks of {chunk}; {n_refits} refits; "
-                    f"permutation {cfg.explain.permutation_repeats} repeats x {p_model} genes")
-    # select: X, its knockoffs and [X, X~] (dense), the factor model U (p x k), per parallel draw
-    k = cfg.select.factor_rank or min(50, n)
+    from iml_genomics.parallel import effective_n_jobs
     from iml_genomics.select.covariance import DENSE_MAX_GENES
 
-    dense = cfg.select.covariance == "ledoit_wolf" or (cfg.select.covariance == "auto" and p <= DENSE_MAX_GENES)
+    n, p = n_samples, n_genes
+    workers = max(1, effective_n_jobs(n_jobs))
+    density = min(1.0, nnz / max(1, n * p)) if nnz is not None else 1.0
+
+    def matrix(rows: int, cols: int = p, dense: bool = nnz is None) -> float:
+        """Bytes of rows x cols as the steps hold it: float64 dense, or CSR (8 + 4 bytes per stored value)."""
+        return 8.0 * rows * cols if dense else 12.0 * density * rows * cols + 8.0 * rows
+
+    cohort = matrix(n)
+    read_seconds = _SECONDS_PER_VALUE_READ * (nnz if nnz is not None else n * p)
+    pool = _WORKER * workers if workers > 1 else 0
+    p_model = min(p, cfg.preprocess.top_k_variable or p)
+    tree_model = cfg.model.name in ("random_forest", "extra_trees", "gradient_boosting", "hist_gradient_boosting",
+                                    "decision_tree")
+    params = cfg.model.params
+    trees = int(params.get("n_estimators", 100)) if cfg.model.name not in ("decision_tree",) else 1
+    if cfg.model.name == "hist_gradient_boosting":
+        trees = int(params.get("max_iter", 100))
+    depth = int(params.get("max_depth") or 16)
+
+    # train: the subsample (cv.max_samples), copied to every worker; dense models hold dense copies
+    n_t = min(n, cfg.cv.max_samples or n)
+    dense_model = nnz is None or cfg.model.name in ("gradient_boosting", "hist_gradient_boosting", "mlp") or \
+        (cfg.preprocess.standardize and not tree_model and nnz is None)
+    x_t = matrix(n_t, p_model, dense=dense_model)
+    n_fits = cfg.cv.n_splits * cfg.cv.n_repeats + 1
+    train_mem = _BASE + 2 * cohort + pool + max(1, min(workers, n_fits)) * 3 * x_t
+    if tree_model:
+        fit = _TREE_FIT * trees * n_t * min(depth, math.log2(max(2, n_t))) * math.sqrt(p_model)
+    else:
+        fit = _LINEAR_FIT * n_t * p_model * (1 if nnz is None else max(density, 0.05) * 4)
+    train_s = fit * n_fits / min(workers, n_fits) + read_seconds
+    train_work = f"{n_t} samples x {p} genes (model sees {p_model}); {n_fits} fits" + (f" x {trees} trees" if tree_model else "")
+    if n_t < n:
+        train_work += f" (a stratified subsample of {n} samples)"
+
+    # explain: SHAP on the subsample (explain.max_samples), interaction values in chunks of <= 512 MiB per worker
+    ec = cfg.explain
+    n_e = min(n, ec.max_samples or n)
+    chunk = min(ec.chunk_size, n_e)
+    n_refits = ec.n_bootstraps if ec.stability == "bootstrap" else cfg.cv.n_splits * cfg.cv.n_repeats
+    n_out = 2
+    explain_mem = _BASE + 2 * cohort + pool + 3 * matrix(n_e, p_model, dense=True) \
+        + workers * 8 * chunk * p_model * n_out * 4
+    shap_s = n_e * (_SHAP_TREE * trees * 2 ** min(depth, 12) if tree_model else 2e-5 * p_model)
+    refit_s = n_refits * (fit * n_e / max(1, n_t) if tree_model else _LINEAR_FIT * n_e * p_model)
+    perm_s = 0.0 if ec.method == "shap" else ec.permutation_repeats * p_model * n_e * 2e-7 * max(1, trees / 10)
+    inter_s = 0.0
+    if tree_model:
+        per_sample = (p_model + 1) ** 2 * n_out * 8
+        per_chunk = min(ec.interaction_max_samples, n_e, max(1, (512 * 2**20) // per_sample))
+        explain_mem += min(workers, -(-min(n_e, ec.interaction_max_samples) // per_chunk)) * 2.5 * per_sample * per_chunk
+        inter_s = _INTERACTION * trees * p_model**2 * min(n_e, ec.interaction_max_samples)
+    explain_s = (shap_s + refit_s + perm_s + inter_s) / workers + read_seconds
+    explain_work = (f"SHAP {n_e} samples x {p_model} genes in chunks of {chunk}; {n_refits} refits; "
+                    f"permutation {ec.permutation_repeats} repeats x {p_model} genes")
+
+    # select: the subsample (select.max_samples) made dense, its knockoffs, [X, X~], the covariance model
+    sc = cfg.select
+    n_s = min(n, sc.max_samples or n)
+    x_s = 8.0 * n_s * p
+    k = sc.factor_rank or min(50, n_s)
+    dense = sc.covariance == "ledoit_wolf" or (sc.covariance == "auto" and p <= DENSE_MAX_GENES)
     dense_cov = 8 * p * p * 3 if dense else 0
-    draws_in_parallel = min(workers, cfg.select.n_draws)
-    select = base + 2 * matrix + dense_cov + 8 * p * k * 4 + draws_in_parallel * 4 * matrix
-    select_work = f"{cfg.select.n_draws} knockoff draw(s) of {n} x {p}; statistic {cfg.select.statistic} on {n} x {2 * p}"
-    report = base + 2 * matrix + 8 * p * 200
+    draws_in_parallel = min(workers, sc.n_draws)
+    select_mem = _BASE + 2 * cohort + pool + 2 * x_s + dense_cov + 8 * p * k * 4 + draws_in_parallel * 4 * x_s
+    select_s = _SELECT * n_s * 2 * p * sc.n_draws / draws_in_parallel + read_seconds
+    select_work = f"{sc.n_draws} knockoff draw(s) of {n_s} x {p}; statistic {sc.statistic} on {n_s} x {2 * p}"
+
+    # report: per-gene tests over every sample, a block of genes dense at a time (report/tables.py)
+    # report: per-gene tests and the gene-set label-permutation null on every sample (or report.max_samples):
+    # the null holds the values, their residuals, centred values and squares dense, and the permutations
+    n_r = min(n, cfg.report.max_samples or n)
+    n_perm = cfg.report.n_permutations
+    report_mem = _BASE + 2 * cohort + 4 * 8.0 * n_r * p + 8.0 * n_perm * n_r + 8 * p * 200
+    report_s = _REPORT_FIXED + _UNIVARIATE * n_r * p * max(1.0, n_perm / 1000) + read_seconds
     report_work = f"{p} genes; rank test with {cfg.report.n_permutations} permutations"
-    return [StepEstimate("train", train, train_work), StepEstimate("explain", explain, explain_work),
-            StepEstimate("select", select, select_work), StepEstimate("report", report, report_work)]
+    startup = _SECONDS_STEP
+    return [StepEstimate("train", int(train_mem), train_work, round(train_s + startup + _SECONDS_RUN, 1)),
+            StepEstimate("explain", int(explain_mem), explain_work, round(explain_s + startup, 1)),
+            StepEstimate("select", int(select_mem), select_work, round(select_s + startup, 1)),
+            StepEstimate("report", int(report_mem), report_work, round(report_s + startup, 1))]
 
 
 def resolve_input(path: str | None, role: str, config_path: str | Path) -> Path | None:

@@ -312,7 +312,11 @@ def attach_results(adata, *, train=None, explain=None, select=None, gene_sets=No
 
 
 def _attach_attributions(adata, result, entry, prefix: str) -> None:
-    """Per-sample SHAP values into ``obsm`` on the var axis; base values, outputs and layout into ``uns``."""
+    """Per-sample SHAP values into ``obsm`` on the var axis; base values, outputs and layout into ``uns``.
+
+    A subsample of cells (``explain.max_samples``) goes to ``uns`` with its cell ids instead of ``obsm``;
+    covariate attributions (``data.covariates``) go to ``uns`` after the genes.
+    """
     import numpy as np
 
     key = prefix + "shap"
@@ -327,7 +331,10 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
 
     is_cov = np.array([g.startswith(PREFIX) and g not in position for g in result.attribution_genes], dtype=bool)
     missing = [g for g, c in zip(result.attribution_genes, is_cov) if g not in position and not c]
-    if list(result.sample_ids) != list(adata.obs_names) or missing:
+    rows = adata.obs_names.get_indexer(list(result.sample_ids))
+    subsample = (list(result.sample_ids) != list(adata.obs_names) and len(rows) < adata.n_obs
+                 and bool((rows >= 0).all()) and bool((np.diff(rows) > 0).all()))
+    if (list(result.sample_ids) != list(adata.obs_names) and not subsample) or missing:
         what = (f"gene '{missing[0]}' is not in adata.var_names" if missing
                 else "its samples differ from adata.obs_names")
         raise InputDataError(f"explain result: {what}; attach it to the AnnData it was computed on.")
@@ -336,15 +343,22 @@ def _attach_attributions(adata, result, entry, prefix: str) -> None:
     cov_values = values[:, is_cov] if is_cov.any() else None
     values = values[:, ~is_cov]
     columns = np.array([position[g] for g in genes], dtype=np.intp)
-    shape = (adata.n_obs, adata.n_vars) + values.shape[2:]
     # genes the model does not use contribute exactly nothing to its output
-    full = np.zeros(shape, dtype=np.float32)
+    full = np.zeros((len(result.sample_ids), adata.n_vars) + values.shape[2:], dtype=np.float32)
     full[:, columns] = values.astype(np.float32)
-    adata.obsm[key] = full
-    entry["attributions"] = {"obsm_key": key, "classes": np.array(result.attribution_classes, dtype=object).astype(str),
+    entry["attributions"] = {"classes": np.array(result.attribution_classes, dtype=object).astype(str),
                              "genes": np.array(genes, dtype=object).astype(str),
                              "base_values": np.asarray(result.base_values, dtype=np.float64),
                              "model_output": np.asarray(result.model_output, dtype=np.float64)}
+    if subsample:
+        # explain.max_samples: only a subsample of cells was explained. obsm needs a row per cell, which at
+        # 10^5 cells would be gigabytes of zeros, so the explained cells' values go to uns with their ids
+        adata.obsm.pop(key, None)
+        entry["attributions"]["values"] = full
+        entry["attributions"]["sample_ids"] = np.array(result.sample_ids, dtype=object).astype(str)
+    else:
+        adata.obsm[key] = full
+        entry["attributions"]["obsm_key"] = key
     if cov_values is not None:
         entry["attributions"]["covariates"] = np.array(
             [g for g, c in zip(result.attribution_genes, is_cov) if c], dtype=object).astype(str)
@@ -395,7 +409,11 @@ def stored_result(adata, step: str, key_added):
 
         position = {g: i for i, g in enumerate(adata.var_names)}
         genes = [str(g) for g in att["genes"]]
-        out.attributions = np.asarray(adata.obsm[att["obsm_key"]])[:, [position[g] for g in genes]]
+        if "values" in att:  # a subsample of cells (explain.max_samples)
+            out.attributions = np.asarray(att["values"])[:, [position[g] for g in genes]]
+            out.sample_ids = [str(x) for x in att["sample_ids"]]
+        else:
+            out.attributions = np.asarray(adata.obsm[att["obsm_key"]])[:, [position[g] for g in genes]]
         if "covariates" in att:  # data.covariates: their attributions were kept in uns, after the genes
             out.attributions = np.concatenate([out.attributions, np.asarray(att["covariate_values"])], axis=1)
             genes = genes + [str(c) for c in att["covariates"]]

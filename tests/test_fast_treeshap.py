@@ -11,6 +11,7 @@ import shap
 from sklearn.ensemble import (ExtraTreesClassifier, ExtraTreesRegressor, GradientBoostingClassifier,
                               GradientBoostingRegressor, HistGradientBoostingClassifier,
                               HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
+from sklearn.base import is_classifier
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from iml_genomics.errors import NumericalError
@@ -144,6 +145,62 @@ def test_interventional_is_exact_by_enumeration_and_close_to_shap(name):
         assert np.max(np.abs(got - ref)) <= 1e-6
 
 
+def test_interventional_background_sharing_equals_the_pair_walk():
+    # deep trees with repeated features, missing values, ties and duplicated background rows: the per-leaf
+    # background summary must give the per-(row, background row) walk's numbers (both exact, different sums)
+    X, y = _data(400, 5, seed=12, task="multiclass")
+    X[::9, 2] = np.nan
+    bg = np.vstack([X[:30], X[:10]])  # duplicates: masks with counts > 1
+    for model in (ExtraTreesClassifier(6, random_state=0), HistGradientBoostingClassifier(max_iter=4),
+                  DecisionTreeRegressor(random_state=0)):
+        model.fit(X, y if is_classifier(model) else np.nan_to_num(X[:, 2]) + X[:, 0])
+        ex = FastTreeExplainer(model, data=bg, feature_perturbation="interventional")
+        assert ex.shares_background
+        shared = ex.shap_values(X[200:260])
+        ex._bg = None  # what a leaf with > 63 unique path features forces: the pair walk
+        pairs = ex.shap_values(X[200:260])
+        assert np.max(np.abs(shared - pairs)) <= 1e-13, type(model).__name__
+        np.testing.assert_allclose(ex.expected_value + shared.sum(axis=1), ex.predict_raw(X[200:260]),
+                                   rtol=0, atol=1e-12)
+
+
+def test_interventional_falls_back_to_shap_on_paths_of_more_than_63_genes():
+    # one sample isolated per split, each on its own gene: a chain of 79 splits on 79 different genes
+    n = 80
+    X = np.eye(n)
+    model = DecisionTreeRegressor(random_state=0).fit(X, np.arange(n, dtype=float) ** 2)
+    assert model.tree_.max_depth > 63
+    ex = FastTreeExplainer(model, data=X[:20], feature_perturbation="interventional")
+    assert not ex.shares_background
+    got = ex.shap_values(X[-3:])  # the pair walk still runs, exactly
+    np.testing.assert_allclose(ex.expected_value + got.sum(axis=1), ex.predict_raw(X[-3:]), rtol=0, atol=1e-9)
+    ids = [f"G{j}" for j in range(n)]
+    plan, payload = plan_shap(model, X, gene_ids=ids, classes=None, mode="interventional", background_size=20)
+    assert plan.engine == ENGINE_NAMES["shap"] and "63" in plan.engine_note
+    assert isinstance(payload, shap.TreeExplainer)
+    plan, _ = plan_shap(model, X, gene_ids=ids, classes=None)
+    assert plan.engine == ENGINE_NAMES["fast"]
+
+
+def test_interventional_summary_is_not_built_where_it_would_not_pay():
+    # one grown-out tree on 1,500 noisy rows: ~1,000 leaves, each with nearly every background row's mask
+    # distinct, against a depth of ~20: the per-leaf loops would cost more than the pair walk, so no summary
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1500, 30))
+    model = DecisionTreeRegressor(random_state=0).fit(X, rng.normal(size=1500))
+    assert model.tree_.n_leaves > 40 * model.tree_.max_depth
+    ex = FastTreeExplainer(model, data=X[:100], feature_perturbation="interventional")
+    assert not ex.shares_background and "distinct background masks" in ex.summary_note
+    got = ex.shap_values(X[-2:])
+    np.testing.assert_allclose(ex.expected_value + got.sum(axis=1), ex.predict_raw(X[-2:]), rtol=0, atol=1e-9)
+    ids = [f"G{j}" for j in range(X.shape[1])]
+    plan, _ = plan_shap(model, X, gene_ids=ids, classes=None, mode="interventional", background_size=100)
+    assert plan.engine == ENGINE_NAMES["shap"] and "distinct background masks" in plan.engine_note
+    # the same data and background, a tree of depth 6: the summary is built
+    small = DecisionTreeRegressor(max_depth=6, random_state=0).fit(X, rng.normal(size=1500))
+    assert FastTreeExplainer(small, data=X[:100], feature_perturbation="interventional").shares_background
+
+
 def test_values_do_not_depend_on_threads_or_chunks():
     X, y = _data(300, 12, seed=5, task="multiclass")
     model = RandomForestClassifier(10, random_state=1).fit(X, y)
@@ -151,6 +208,7 @@ def test_values_do_not_depend_on_threads_or_chunks():
     two = FastTreeExplainer(model, n_threads=2).shap_values(X)
     assert one.tobytes() == two.tobytes()
     bg = X[:15]
+    assert FastTreeExplainer(model, data=bg, feature_perturbation="interventional").shares_background
     a = FastTreeExplainer(model, data=bg, feature_perturbation="interventional", n_threads=1).shap_values(X[:60])
     b = FastTreeExplainer(model, data=bg, feature_perturbation="interventional", n_threads=2).shap_values(X[:60])
     assert a.tobytes() == b.tobytes()
@@ -179,10 +237,10 @@ def test_plan_uses_the_engine_and_falls_back_to_shap():
         FastTreeExplainer(hgb)
     plan, payload = plan_shap(hgb, Xc, gene_ids=ids, classes=["a", "b"])
     assert plan.engine == ENGINE_NAMES["shap"] and "categorical" in plan.engine_note
-    # interventional: shap's numbers (and speed) are kept in explain, and said so
+    # interventional: the engine's background-sharing kernel (faster than shap's and exact)
     hgb = HistGradientBoostingClassifier(max_iter=5).fit(X, y)
     plan, payload = plan_shap(hgb, X, gene_ids=ids, classes=["a", "b"], mode="interventional", background_size=20)
-    assert plan.engine == ENGINE_NAMES["shap"] and "interventional" in plan.engine_note
+    assert plan.engine == ENGINE_NAMES["fast"] and payload.explainer.shares_background
     plan, payload = plan_shap(hgb, X, gene_ids=ids, classes=["a", "b"])
     assert plan.engine == ENGINE_NAMES["fast"]
     assert plan_shap(model, X, gene_ids=ids, classes=None, values=False)[0].engine == ""

@@ -25,7 +25,7 @@ def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("h5ad_run")
     config = fast_config(tmp)
     out, target = tmp / "out", tmp / "cohort.h5ad"
-    proc = run_cli("-q", "run", config, "--out", out, "--write-h5ad", target)
+    proc = run_cli("run", config, "--out", out, "--write-h5ad", target)  # not -q: the summary line is read
     assert f"wrote the cohort with every result attached to {target}" in proc.stderr
     return config, out, target
 

@@ -10,8 +10,8 @@ FORMATS = ("csv.gz", "csv", "tsv", "tsv.gz", "parquet", "h5ad")
 
 
 @click.command()
-@click.option("--family", type=click.Choice(["gaussian", "pathway", "semi-synthetic"]), required=True,
-              help="Simulation family (docs/simulate.md).")
+@click.option("--family", type=click.Choice(["gaussian", "pathway", "semi-synthetic", "single-cell"]), required=True,
+              help="Simulation family (docs/simulate.md); single-cell writes sparse counts as .h5ad only.")
 @out_option
 @click.option("--format", "formats", type=CommaSeparated(click.Choice(FORMATS)), multiple=True,
               default=("csv.gz",), show_default=True,
@@ -58,6 +58,8 @@ FORMATS = ("csv.gz", "csv", "tsv", "tsv.gz", "parquet", "h5ad")
 @click.option("--signal-seed", type=int, default=None, help="Seed of the random planted genes [--seed] (semi-synthetic).")
 @click.option("--transform", type=click.Choice(["none", "log1p"]), default="none", show_default=True,
               help="Transform of --expression before planting, for counts (semi-synthetic).")
+@click.option("--fold-change", type=click.FloatRange(min=1, min_open=True), default=4.0, show_default=True,
+              help="Marker up-regulation in its own cell type (single-cell; --n-signal markers per type).")
 def simulate(family, out, formats, prefix, seed, **opts):
     """Write a cohort with known truth: expression, labels, true genes and pathways.
 
@@ -82,6 +84,8 @@ def simulate(family, out, formats, prefix, seed, **opts):
     from iml_genomics.simulate import simulate as run_simulation
     from iml_genomics.simulate import write_cohort
 
+    if family == "single-cell":
+        return _simulate_single_cell(out, prefix, seed, opts)
     params = _family_params(family, opts)
     prov = Provenance("simulate", {"seed": seed, "n_jobs": 1, "family": family, "formats": list(formats),
                                    "prefix": prefix, **{k: v for k, v in params.items() if k != "expression"}},
@@ -145,3 +149,27 @@ def _family_params(family: str, o: dict) -> dict:
     return {"n_signal": o["n_signal"], "effect_size": o["effect_size"], "outcome": o["outcome"],
             "n_classes": o["n_classes"] or 3, "interactions": o["interactions"], "signal_seed": o["signal_seed"],
             "transform": o["transform"]}
+
+
+def _simulate_single_cell(out, prefix, seed, o) -> None:
+    """Sparse negative-binomial counts with cell types and marker genes (iml_genomics.single_cell)."""
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.io import Provenance, staged_output
+    from iml_genomics.single_cell import write_single_cell
+
+    params = {"n_cells": o["n_samples"], "n_genes": o["n_genes"], "n_types": o["n_classes"] or 5,
+              "n_markers": o["n_signal"], "fold_change": o["fold_change"]}
+    if params["n_types"] * params["n_markers"] > params["n_genes"]:
+        raise ConfigError(f"simulate: --n-classes x --n-signal ({params['n_types']} x {params['n_markers']} marker "
+                          f"genes) exceeds --n-genes {params['n_genes']}; lower one or raise --n-genes.")
+    prov = Provenance("simulate", {"seed": seed, "n_jobs": 1, "family": "single-cell", "formats": ["h5ad"],
+                                   "prefix": prefix, **params}, {})
+    with staged_output(out) as stage:
+        written = write_single_cell(stage, prefix, seed=seed, **params)
+        prov.mark("simulate")
+        prov.extra["cohort"] = written["summary"]
+        prov.extra["simulation"] = {"family": "single-cell", "seed": seed, **params}
+        prov.write(stage)
+    s = written["summary"]
+    click.echo(f"simulate: single-cell, {s['n_samples']} cells x {s['n_genes']} genes ({100 * s['fraction_zero']:.1f}% "
+               f"zeros), {s['n_true_genes']} marker genes, {s['n_pathways']} gene sets; wrote {out}", err=True)

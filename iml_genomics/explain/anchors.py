@@ -174,6 +174,11 @@ def _anchor_task(pipeline, X, row, cols, cohort, classes, boundaries, kw, seed):
     return anchor_sample(pipeline, X, row, cols, cohort, classes, boundaries, seed=seed, **kw)
 
 
+def not_applicable(classes) -> str | None:
+    """Why anchors do not apply (a regression model has no predicted class), or None."""
+    return "anchors explain a predicted class and this model is a regression" if classes is None else None
+
+
 def validate(explain_cfg, *, gene_ids, sample_ids=None, classes=None) -> None:
     """Refuse a regression model and ``explain.anchors_top_genes`` above the matrix's genes, before any work.
 

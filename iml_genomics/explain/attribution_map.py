@@ -109,12 +109,19 @@ def run(ctx: MethodContext) -> MethodOutput:
         return out
     rng = np.random.default_rng(ctx.random_state)
     rows = np.arange(n) if n <= cfg.map_max_samples else np.sort(rng.choice(n, cfg.map_max_samples, replace=False))
+    if A.shape[1] == 0 or not (np.ptp(A[rows], axis=0) > 0).any():
+        # every sample explained alike (a model that predicts one value, e.g. an L1 model with no gene left):
+        # t-SNE's PCA start divides by a zero sd and its NaNs crash the process (segmentation fault)
+        reason = "every sample has the same SHAP values (the model predicts the same for all), nothing to map"
+        out.warnings.append(f"explain: map skipped: {reason}")
+        out.summary = {"skipped": reason}
+        return out
     xy, info = embed(A[rows], method=method, random_state=ctx.random_state)
 
     Xr = ctx.X[rows]
     pred = np.asarray(ctx.pipeline.predict(Xr))
     if ctx.task == "classification":
-        from iml_genomics.explain.surrogate import class_codes
+        from iml_genomics.explain.methods import class_codes
 
         prediction = [str(ctx.classes[c]) for c in class_codes(pred, ctx.classes)]
         label = ([str(ctx.classes[c]) for c in class_codes(np.asarray(ctx.y)[rows], ctx.classes)] if ctx.y is not None

@@ -26,7 +26,9 @@ LOCO's p-value is conservative for null genes (a refit with a useless gene is sl
 difference of a null gene is <= 0). CPI's is exact on one fold when the knockoffs are right (a swap of gene and
 knockoff flips the sign of a null difference) and slightly conservative pooled over CV folds, whose models are
 trained on each other's test samples (measured in docs/explain.md). A gene the fold models do not
-use (filtered out, never split on, zero coefficient) has differences exactly 0: importance 0, p-value 1.
+use (filtered out, never split on, zero coefficient) has CPI differences exactly 0: importance 0, p-value 1; its
+LOCO differences are 0 only when the refit is deterministic (a forest refit on fewer columns draws other random
+features, so they are refit noise around 0).
 
 No file I/O here; the explain step writes ``conditional_importance.tsv``.
 """
@@ -120,14 +122,14 @@ def gaussian_knockoffs(X_train: np.ndarray, random_state: int, s_method: str = "
     shrinks by more than 0.3): heavy shrinkage is also what *independent* genes give, and there a factor model
     finds spurious factors and S collapses (p = 6 independent genes, n = 300: s ~ 0.15 instead of ~1), which
     leaves the knockoff next to the gene and CPI without power. Above it: factors plus blocks. S by
-    ``s_method``; 2C - S is checked to be PSD.
+    ``s_method`` (equicorrelated when MVR's solver fails on a near-singular C); 2C - S is checked to be PSD.
 
     Returns
     -------
     (model, S, prepared)
         For :func:`iml_genomics.select.sampler.sample_knockoffs`.
     """
-    from iml_genomics.errors import InputDataError
+    from iml_genomics.errors import InputDataError, NumericalError
     from iml_genomics.select.covariance import DENSE_MAX_GENES, fit_covariance
     from iml_genomics.select.diagnostics import exchangeability_check
     from iml_genomics.select.sampler import prepare_sampler
@@ -149,9 +151,25 @@ def gaussian_knockoffs(X_train: np.ndarray, random_state: int, s_method: str = "
                 alt = None
             if alt is not None and passes(alt):
                 model = alt
-    s, _ = compute_s(model, s_method, random_state=random_state)
-    check_psd(min_eig_2c_minus_s(model, s))
-    return model, s, prepare_sampler(model, s)
+    try:
+        try:
+            s, _ = compute_s(model, s_method, random_state=random_state)
+            check_psd(min_eig_2c_minus_s(model, s))
+        except NumericalError:
+            if s_method == "equicorrelated":
+                raise
+            # MVR's coordinate descent can lose 2C - S > 0 on a near-singular C; the equicorrelated S (closed
+            # form, valid whenever C is positive definite) gives valid, if less powerful, knockoffs
+            s, _ = compute_s(model, "equicorrelated", random_state=random_state)
+            check_psd(min_eig_2c_minus_s(model, s))
+        return model, s, prepare_sampler(model, s)
+    except (NumericalError, np.linalg.LinAlgError) as exc:
+        # a fold of a handful of training rows has a singular correlation matrix: no knockoff model; the solver's
+        # own message would point at select.s_method, a key explain does not read
+        raise NumericalError(f"explain.methods conditional: the knockoffs of CPI cannot be fitted on the "
+                             f"{X_train.shape[0]} training rows x {X_train.shape[1]} genes of a CV fold "
+                             f"({str(exc).splitlines()[0][:120]}); set explain.conditional_tests: loco, or use "
+                             f"more samples.") from None
 
 
 def _dense(A) -> np.ndarray:
@@ -365,9 +383,12 @@ def conditional_importance(refit_pipeline, X, y, *, gene_ids, genes, splits, tas
 
 
 def validate(explain_cfg, *, gene_ids, sample_ids=None, classes=None) -> None:
-    """``explain.conditional_top_k`` above the genes of the matrix is refused (one line, exit 2)."""
+    """``explain.conditional_top_k`` above the genes of the matrix is refused (one line, exit 2); the default is
+    capped at the genes the model uses instead."""
+    from iml_genomics.explain.methods import is_default
+
     k = int(explain_cfg.conditional_top_k)
-    if k > len(gene_ids):
+    if k > len(gene_ids) and not is_default(explain_cfg, "conditional_top_k"):
         raise ConfigError(f"config: explain.conditional_top_k is {k} but the expression matrix has "
                           f"{len(gene_ids)} genes; set it to at most {len(gene_ids)}.")
 

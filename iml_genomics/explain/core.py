@@ -98,14 +98,21 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
     if missing:
         raise InputDataError(f"explain: sample id(s) {', '.join(repr(s) for s in missing[:5])} given to --samples "
                              f"(explain.samples) are not in the expression matrix.")
+    if len(set(ecfg.samples)) < len(ecfg.samples):
+        # a sample named twice in --samples is explained once: local_explanations.tsv always was, and the
+        # methods (lime, anchors, examples) would otherwise repeat its rows and redo its work
+        import dataclasses
+
+        ecfg = dataclasses.replace(ecfg, samples=list(dict.fromkeys(ecfg.samples)))
     local_rows = sorted({pos[s] for s in ecfg.samples})
     from iml_genomics.explain.methods import NEEDS_ALL_ATTRIBUTIONS, resolve_methods
 
-    extra_methods = resolve_methods(ecfg.methods if methods is None else methods)
+    requested = ecfg.methods if methods is None else methods  # kept: 'all' skips what does not apply
+    extra_methods = resolve_methods(requested)
     # bad method settings (k above the genes, ...) are refused before SHAP and refits, not after them
     from iml_genomics.explain.methods import validate_methods
 
-    validate_methods(extra_methods, ecfg, gene_ids=gene_ids, sample_ids=sample_ids, classes=classes)
+    validate_methods(requested, ecfg, gene_ids=gene_ids, sample_ids=sample_ids, classes=classes)
     keep_all = do_shap and bool(NEEDS_ALL_ATTRIBUTIONS & set(extra_methods))
     all_values = []
 
@@ -280,6 +287,6 @@ def explain_cohort(pipeline, X, *, gene_ids, sample_ids, classes, task: str, exp
             shap_genes=list(plan.gene_ids) if do_shap else [],
             local_shap={sample_ids[r]: np.asarray(keep_v[r])[:, first] for r in local_rows} if do_shap else {},
             attributions=np.concatenate(all_values) if keep_all and all_values else None)
-        extra["methods"] = run_methods(extra_methods, ctx)
+        extra["methods"] = run_methods(requested, ctx)
         summary["methods"] = {name: out.summary for name, out in extra["methods"].items()}
     return ExplainResult(ranking, local_frame, inter, summary, refit_imp, extra)

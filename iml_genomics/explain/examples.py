@@ -73,7 +73,8 @@ def medoid(points: np.ndarray):
 
 
 def validate(explain_cfg, *, gene_ids, sample_ids, classes=None) -> None:
-    """Refuse ``explain.examples_k`` above the other samples of the cohort, before any work.
+    """Refuse ``explain.examples_k`` above the other samples of the cohort, before any work (the default is
+    capped at them instead).
 
     Raises
     ------
@@ -81,20 +82,23 @@ def validate(explain_cfg, *, gene_ids, sample_ids, classes=None) -> None:
     """
     from iml_genomics.errors import ConfigError
 
+    from iml_genomics.explain.methods import is_default
+
     k = explain_cfg.examples_k
     n_samples = len(sample_ids)
-    if explain_cfg.samples and k > n_samples - 1:
+    if explain_cfg.samples and k > n_samples - 1 and not is_default(explain_cfg, "examples_k"):
         raise ConfigError(f"explain.examples_k ({k}) is larger than the {n_samples - 1} other samples of the "
                           f"cohort; set explain.examples_k to at most {n_samples - 1}.")
 
 
 def run(ctx) -> MethodOutput:
     """``examples.tsv`` (nearest samples) and ``prototypes.tsv`` (class medoids)."""
-    from iml_genomics.explain.perturb import class_codes, predicted_classes
+    from iml_genomics.explain.methods import class_codes
+    from iml_genomics.explain.perturb import predicted_classes
 
     cfg = ctx.explain_cfg
-    k = cfg.examples_k
     validate(cfg, gene_ids=ctx.gene_ids, sample_ids=ctx.sample_ids)
+    k = min(cfg.examples_k, len(ctx.sample_ids) - 1)  # the default on a cohort of fewer samples: all the others
     warnings, summary = [], {"k": k, "distance": "euclidean"}
     used = ctx.ranking[ctx.ranking["used"].astype(bool)]["gene_id"].astype(str).tolist()
     model_genes = ctx.shap_genes or sorted(used, key=ctx.gene_ids.index)

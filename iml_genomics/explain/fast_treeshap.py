@@ -9,13 +9,16 @@ Shapley value of feature ``i`` in such a game is a Beta integral (Yu et al. 2022
     phi_i = v_l (o_i - z_i) * int_0^1 prod_{j != i} (z_j (1 - t) + o_j t) dt,
 
 the integral of a polynomial of degree below the tree depth ``D``. Path-dependent: computed exactly by
-Gauss-Legendre quadrature on ``K = D // 2 + 1`` nodes (per tree). One depth-first walk per tree carries the product
+Gauss-Legendre quadrature on ``K = ceil(D / 2)`` nodes (per tree; exact to degree 2K - 1 >= D - 1). One depth-first walk per tree carries the product
 ``P(t)`` down (one multiplication per edge, one division when a feature repeats) and the leaf sums
 ``H(t) = sum_l v_l P_l(t)`` up; every edge on feature ``i`` integrates its subtree's sum against its own factor and
 takes it out of the enclosing ``i``-edge's integral again. Each node costs ``O(K)``, so a row costs ``O(T N D)`` over
 ``T`` trees of ``N`` nodes where shap's recursion costs ``O(T L D^2)``. Interventional: every factor is t, 1 - t or 1,
-so a leaf's integral is a Beta function of two counts; one walk per (row, background row, tree) visits the nodes
-either row reaches (the same work as shap's, compiled; no sharing across background rows yet).
+so a leaf's integral is a Beta function of two counts. A row enters a leaf's game only through the bit mask of the
+leaf's path features it follows on every split, so the background is summarised once, per leaf, as its distinct
+masks with counts; an explained row then costs one walk per tree plus, per leaf, a loop over those masks
+(``O(T (N + sum_l m_l u_l))`` for m_l distinct masks of u_l features, at most the background size) instead of one
+walk per (row, background row, tree). Leaves with more than 63 path features (64-bit masks) keep that pair walk.
 
 Blocks of rows run in Python threads over the compiled (GIL-free) kernels; each row is computed by one thread in a
 fixed tree order, so the values are the same bytes whatever the thread count. :class:`FastTreeExplainer` reads the fitted scikit-learn models of the registry
@@ -59,7 +62,7 @@ class UnsupportedModel(ValueError):
 # ---------------------------------------------------------------------------
 
 if numba is not None:
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _walk(x, root, out_off, left, right, feature, threshold, missing_left, value, cover,
               tn, tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
         """Add one tree's path-dependent attributions of row ``x`` to ``phi``.
@@ -197,7 +200,7 @@ if numba is not None:
                         H[d - 1, v, k] += H[d, v, k]
                 d -= 1
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _walk_pair(x, b, root, out_off, left, right, feature, threshold, missing_left, value, beta, o, z, seen,
                    lastd, node_s, state, efeat, sz, so, sseen, slast, na, nc, phi):
         """Interventional Tree SHAP of row ``x`` against one background row ``b`` in one tree, added to ``phi``.
@@ -289,7 +292,7 @@ if numba is not None:
                 lastd[f] = slast[d]
                 d -= 1
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _shap_rows_interventional(X, B, roots, out_off, left, right, feature, threshold, missing_left, value,
                                   beta, max_depth, phi_all):
         """Fill ``phi_all`` (n, p_used, n_out): interventional values of the rows of ``X`` averaged over ``B``."""
@@ -321,7 +324,169 @@ if numba is not None:
                 for v in range(phi.shape[1]):
                     phi[f, v] /= nb
 
-    @njit(cache=True, nogil=True)
+    # ---- interventional, shared over the background rows ------------------------------------------------------
+    # A leaf's game depends on a row only through which of the leaf's path features it follows on every split
+    # (a bit mask over the path's unique features, first occurrence first). The background rows enter only
+    # through the counts of their masks per leaf, precomputed once; a row explained then costs one walk of
+    # every tree (as path-dependent) plus, per leaf, a loop over the distinct background masks of that leaf.
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _path_bits(root, left, right, feature, max_depth, bitpos, leaf_u, leaf_fstart, flat, ptr):
+        """Per node of one tree: ``bitpos`` (internal: the bit of its feature in its own path's mask), and
+        per leaf ``leaf_u`` (unique features on its path) and ``flat[leaf_fstart[leaf]:][:u]`` (those features,
+        first occurrence first), appended from ``flat[ptr]``; returns the new end of ``flat``."""
+        D = max_depth + 2
+        stack = np.zeros(2 * D + 2, dtype=np.int64)
+        ulen = np.zeros(2 * D + 2, dtype=np.int64)
+        dep = np.zeros(2 * D + 2, dtype=np.int64)
+        cur = np.zeros(D + 1, dtype=np.int64)
+        sp = 0
+        stack[0] = root
+        ulen[0] = 0
+        dep[0] = 0
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            n = stack[sp]
+            ul = ulen[sp]
+            d = dep[sp]
+            if left[n] < 0:
+                leaf_u[n] = ul
+                leaf_fstart[n] = ptr
+                for j in range(ul):
+                    flat[ptr + j] = cur[j]
+                ptr += ul
+                continue
+            f = feature[n]
+            pos = -1
+            for j in range(ul):
+                if cur[j] == f:
+                    pos = j
+                    break
+            nu = ul
+            if pos < 0:
+                pos = ul
+                cur[ul] = f
+                nu = ul + 1
+            bitpos[n] = pos
+            stack[sp] = right[n]
+            ulen[sp] = nu
+            dep[sp] = d + 1
+            stack[sp + 1] = left[n]
+            ulen[sp + 1] = nu
+            dep[sp + 1] = d + 1
+            sp += 2
+        return ptr
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _leaf_masks(x, root, left, right, feature, threshold, missing_left, bitpos, max_depth, out):
+        """``out[leaf]``: the path features (bits) that row ``x`` follows on every split of the leaf's path."""
+        D = max_depth + 2
+        stack = np.zeros(2 * D + 2, dtype=np.int64)
+        mstack = np.zeros(2 * D + 2, dtype=np.uint64)
+        stack[0] = root
+        mstack[0] = np.uint64(0xFFFFFFFFFFFFFFFF)
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            n = stack[sp]
+            m = mstack[sp]
+            if left[n] < 0:
+                out[n] = m
+                continue
+            xv = x[feature[n]]
+            gl = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+            off = m & ~(np.uint64(1) << np.uint64(bitpos[n]))
+            stack[sp] = right[n]
+            mstack[sp] = off if gl else m
+            stack[sp + 1] = left[n]
+            mstack[sp + 1] = m if gl else off
+            sp += 2
+
+    @njit(cache=True, nogil=True, error_model="numpy")
+    def _shap_rows_interventional_shared(X, roots, out_off, left, right, feature, threshold, missing_left, value,
+                                         bitpos, leaf_u, leaf_fstart, leaf_feats, mstart, masks, counts, beta, inv_nb,
+                                         max_depth, phi_all):
+        """Fill ``phi_all`` (n, p_used, n_out): interventional values of the rows of ``X`` over the background
+        summarised by ``masks``/``counts`` (distinct background masks of leaf ``l`` in ``mstart[l]:mstart[l+1]``).
+
+        At a leaf of value v with u unique path features, row x (mask mx) and a background mask m (count c_m)
+        form a product game iff every feature is followed by x or by the background row (``m | mx`` full); then
+        with a = |mx \\ m| features only x follows and c = |not mx| only the background row follows, each of the
+        a gets ``+v c_m beta[a-1, c]`` and each of the c ``-v c_m beta[a, c-1]`` (Beta integrals of t^a (1-t)^c).
+        """
+        n = X.shape[0]
+        V = value.shape[1]
+        D = max_depth + 2
+        stack = np.zeros(2 * D + 2, dtype=np.int64)
+        mstack = np.zeros(2 * D + 2, dtype=np.uint64)
+        w = np.zeros(D + 1)
+        one = np.uint64(1)
+        for i in range(n):
+            phi = phi_all[i]
+            x = X[i]
+            for ti in range(roots.shape[0]):
+                oo = out_off[ti]
+                stack[0] = roots[ti]
+                mstack[0] = np.uint64(0xFFFFFFFFFFFFFFFF)
+                sp = 1
+                while sp > 0:
+                    sp -= 1
+                    nd = stack[sp]
+                    mx0 = mstack[sp]
+                    if left[nd] >= 0:
+                        xv = x[feature[nd]]
+                        gl = (missing_left[nd] == 1) if np.isnan(xv) else xv <= threshold[nd]
+                        off = mx0 & ~(one << np.uint64(bitpos[nd]))
+                        stack[sp] = right[nd]
+                        mstack[sp] = off if gl else mx0
+                        stack[sp + 1] = left[nd]
+                        mstack[sp + 1] = mx0 if gl else off
+                        sp += 2
+                        continue
+                    u = leaf_u[nd]
+                    if u == 0:
+                        continue
+                    full = (one << np.uint64(u)) - one
+                    mx = mx0 & full
+                    nz = full & ~mx
+                    c = 0
+                    t = nz
+                    while t:
+                        c += 1
+                        t &= t - one
+                    for j in range(u):
+                        w[j] = 0.0
+                    sz = 0.0
+                    for q in range(mstart[nd], mstart[nd + 1]):
+                        m = masks[q]
+                        if (m | mx) != full:
+                            continue  # a feature neither row follows: the coalition never reaches the leaf
+                        nx = mx & ~m
+                        a = 0
+                        t = nx
+                        while t:
+                            a += 1
+                            t &= t - one
+                        cm = counts[q]
+                        if c > 0:
+                            sz += cm * beta[a, c - 1]
+                        if a > 0:
+                            wa = cm * beta[a - 1, c]
+                            for j in range(u):
+                                if (nx >> np.uint64(j)) & one:
+                                    w[j] += wa
+                    for j in range(u):
+                        if (nz >> np.uint64(j)) & one:
+                            g = -sz * inv_nb
+                        else:
+                            g = w[j] * inv_nb
+                        if g != 0.0:
+                            f = leaf_feats[leaf_fstart[nd] + j]
+                            for v in range(V):
+                                phi[f, oo + v] += value[nd, v] * g
+
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _leaf_sum(x, roots, out_off, left, right, feature, threshold, missing_left, value, n_out):
         """The sum of the leaf values row ``x`` reaches (the model's raw output without its offset)."""
         res = np.zeros(n_out)
@@ -336,7 +501,7 @@ if numba is not None:
                 res[out_off[ti] + v] += value[n, v]
         return res
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _shap_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, kt,
                    max_depth, phi_all):
         """Fill ``phi_all`` (n, p_used, n_out) with the path-dependent values of the rows of ``X``.
@@ -369,7 +534,7 @@ if numba is not None:
                       tn[ti, :kk], tw[ti, :kk], tw0[ti, :kk], z, o, seen, node_s, state, efeat, sz, so, sseen,
                       xleft, P, H, phi)
 
-    @njit(cache=True, nogil=True)
+    @njit(cache=True, nogil=True, error_model="numpy")
     def _raw_rows(X, roots, out_off, left, right, feature, threshold, missing_left, value, out):
         for i in range(X.shape[0]):
             out[i] = _leaf_sum(X[i], roots, out_off, left, right, feature, threshold, missing_left, value,
@@ -505,7 +670,9 @@ def _gauss_legendre(depths):
 
     Returns (nodes, weights, weights / (1 - nodes), count) with one zero-padded row per tree.
     """
-    counts = np.asarray(depths, dtype=np.int64) // 2 + 1
+    # a leaf's integrand has degree below the number of unique features on its path (<= D): K points are exact
+    # up to degree 2K - 1, so ceil(D / 2) suffice (one node fewer than D // 2 + 1 at even depths)
+    counts = np.maximum(1, (np.asarray(depths, dtype=np.int64) + 1) // 2)
     kmax = int(counts.max()) if counts.size else 1
     tn, tw = np.zeros((counts.size, kmax)), np.zeros((counts.size, kmax))
     for k in np.unique(counts):
@@ -536,6 +703,9 @@ class FastTreeExplainer:
     ----------
     expected_value : ndarray, (n_outputs,)
         The base value: the cover-weighted mean output (path-dependent) or the mean output over ``data``.
+    summary_note : str
+        Interventional: why the per-leaf background summary was not built (then the slower per-(row,
+        background row) walk runs; :attr:`shares_background` is False), else ''.
 
     Raises
     ------
@@ -580,6 +750,7 @@ class FastTreeExplainer:
         self._a = a
         self.tn, self.tw, self.tw0, self.kt = _gauss_legendre(self.tree_depths)
         self.interventional = feature_perturbation == "interventional"
+        self.summary_note = ""  # why interventional values do not run over the background summary
         self.n_threads = n_threads
         if self.interventional:
             if data is None:
@@ -588,9 +759,77 @@ class FastTreeExplainer:
             if self.data.shape[0] == 0:
                 raise ValueError("interventional Tree SHAP needs at least one background row")
             self.expected_value = self.base_offset + self._cut(self._raw(self.data)).mean(axis=0)
+            self._bg = self._summarise_background()
         else:
             self.data = np.zeros((1, self.used.size))
             self.expected_value = self.base_offset + self._cut(self._cover_mean())
+
+    def _summarise_background(self):
+        """Per leaf, the distinct masks of path features the background rows follow, with their counts.
+
+        None, with the reason in ``self.summary_note``, when a leaf has more than 63 unique features on its
+        path (the masks are 64-bit words) or when the summary would not pay: the per-(row, background row) walk
+        is used then.
+        """
+        self.summary_note = ""
+        a = self._a
+        N = a["left"].size
+        bitpos = np.zeros(N, dtype=np.int64)
+        leaf_u = np.zeros(N, dtype=np.int64)
+        leaf_fstart = np.zeros(N, dtype=np.int64)
+        bounds = list(a["roots"]) + [N]
+        n_leaves = int(np.count_nonzero(a["left"] < 0))
+        flat = np.zeros(max(1, n_leaves * (self.max_depth + 1)), dtype=np.int64)
+        ptr = 0
+        for t, root in enumerate(a["roots"]):
+            ptr = _path_bits(root, a["left"], a["right"], a["feature"], int(self.tree_depths[t]), bitpos, leaf_u,
+                             leaf_fstart, flat, ptr)
+        if leaf_u.max(initial=0) > 63:
+            self.summary_note = "a leaf path with more than 63 genes"
+            return None
+        # a row costs one check per (leaf, distinct background mask) here against about 2 x depth node visits per
+        # (tree, background row) in the pair walk; a check is over ten times cheaper than a visit (measured), so
+        # past 8 checks per pair-walk visit (huge trees: many leaves, each with nearly all background rows
+        # distinct) the summary no longer pays, and it is not built (which also bounds its memory)
+        nb = self.data.shape[0]
+        budget = min(8 * nb * int(self.tree_depths.sum()), 2 ** 25)
+        total = N  # every node is visited once per row too
+        mstart = np.zeros(N + 1, dtype=np.int64)
+        masks, counts = [], []
+        scratch = np.zeros(N, dtype=np.uint64)
+        for t, root in enumerate(a["roots"]):
+            s, e = bounds[t], bounds[t + 1]
+            leaves = np.flatnonzero(a["left"][s:e] < 0) + s
+            M = np.empty((self.data.shape[0], leaves.size), dtype=np.uint64)
+            for j, b in enumerate(self.data):
+                _leaf_masks(b, root, a["left"], a["right"], a["feature"], a["threshold"], a["missing_left"],
+                            bitpos, int(self.tree_depths[t]), scratch)
+                M[j] = scratch[leaves]
+            full = (np.uint64(1) << leaf_u[leaves].astype(np.uint64)) - np.uint64(1)
+            S = np.sort(M & full, axis=0).T  # (leaves, background rows)
+            first = np.ones(S.shape, dtype=bool)
+            first[:, 1:] = S[:, 1:] != S[:, :-1]
+            pos = np.flatnonzero(first.ravel())
+            cnt = np.diff(np.append(pos, S.size))
+            total += pos.size
+            if total > budget:
+                self.summary_note = (f"{total - N:,}+ distinct background masks over the leaves and {N:,} "
+                                        f"nodes (more than {budget:,}): the summary would not pay")
+                return None
+            masks.append(S.ravel()[pos])
+            counts.append(cnt.astype(np.float64))
+            per_leaf = first.sum(axis=1)
+            mstart[leaves + 1] = per_leaf
+        # leaves of a tree are not contiguous in the node ids: start offsets by a running sum over all nodes
+        mstart = np.cumsum(mstart)
+        return dict(bitpos=bitpos, leaf_u=leaf_u, leaf_fstart=leaf_fstart, leaf_feats=flat[:max(ptr, 1)].copy(),
+                    mstart=mstart, masks=np.concatenate(masks) if masks else np.zeros(0, np.uint64),
+                    counts=np.concatenate(counts) if counts else np.zeros(0))
+
+    @property
+    def shares_background(self) -> bool:
+        """True when interventional values run over the per-leaf background summary (the fast kernel)."""
+        return self.interventional and self._bg is not None
 
     def _prepare(self, X):
         X = np.asarray(X)
@@ -642,10 +881,18 @@ class FastTreeExplainer:
 
             k = np.arange(self.max_depth + 2)
             beta = beta_fn(k[:, None] + 1.0, k[None, :] + 1.0)  # a! c! / (a + c + 1)!
-            _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
-                        lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
-                                      a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
-                                      self.max_depth, phi[s:e]))
+            if self._bg is not None:
+                g = self._bg
+                _run_blocks(_shap_rows_interventional_shared, Xu.shape[0], self.n_threads,
+                            lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"],
+                                          a["threshold"], a["missing_left"], a["value"], g["bitpos"], g["leaf_u"],
+                                          g["leaf_fstart"], g["leaf_feats"], g["mstart"], g["masks"], g["counts"],
+                                          beta, 1.0 / self.data.shape[0], self.max_depth, phi[s:e]))
+            else:
+                _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
+                            lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
+                                          a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
+                                          self.max_depth, phi[s:e]))
             out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
             out[:, self.used, :] = self._cut(phi)
             return out

@@ -130,6 +130,41 @@ class MethodOutput:
     warnings: list = field(default_factory=list)
 
 
+def class_codes(values, classes) -> np.ndarray:
+    """Positions in ``classes`` of labels or predictions given as class names, or numeric codes passed through.
+
+    The one place the methods turn class names into codes (surrogate, map, examples, lime/anchors' helpers).
+    The dtype decides, not the values: a numeric array is codes already, anything else is names, so a class
+    named '1' is never mistaken for code 1.
+
+    Raises
+    ------
+    ValueError
+        A name that is not one of ``classes``.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "iuf":
+        return values.astype(np.int64)
+    pos = {str(c): i for i, c in enumerate(classes)}
+    unknown = next((v for v in values if str(v) not in pos), None)
+    if unknown is not None:
+        raise ValueError(f"label {str(unknown)!r} is not one of the model's classes ({', '.join(map(str, classes))})")
+    return np.asarray([pos[str(v)] for v in values], dtype=np.int64)
+
+
+def is_default(explain_cfg, key: str) -> bool:
+    """Whether ``explain.<key>`` holds its default value.
+
+    A size a user chose (``pdp_top_k``, ``conditional_top_k``, ``examples_k``) above what the cohort has is
+    refused; the default is capped instead, so that ``--methods all`` runs on a 6-gene panel or a 4-sample
+    cohort without the user having to lower settings they never set.
+    """
+    import dataclasses
+
+    field_ = next(f for f in dataclasses.fields(explain_cfg) if f.name == key)
+    return getattr(explain_cfg, key) == field_.default
+
+
 def resolve_methods(requested) -> list:
     """The methods to run, in :data:`METHOD_NAMES` order, from ``explain.methods``.
 
@@ -150,12 +185,28 @@ def validate_methods(names, explain_cfg, *, gene_ids, sample_ids, classes=None) 
 
     Each module may define ``validate(explain_cfg, *, gene_ids, sample_ids, classes)`` raising a one-line
     ConfigError / InputDataError (k above the genes, ``examples_k`` above the samples, anchors on a
-    regression: ``classes`` is None); methods without one are checked when they run.
+    regression: ``classes`` is None); methods without one are checked when they run. With ``'all'``, a method
+    whose module's ``not_applicable(classes)`` gives a reason is skipped (a warning in :func:`run_methods`),
+    not refused.
     """
+    everything = _asks_for_all(names)
     for name in resolve_methods(names):
-        check = getattr(importlib.import_module(METHOD_MODULES[name]), "validate", None)
+        module = importlib.import_module(METHOD_MODULES[name])
+        if everything and _not_applicable(module, classes):
+            continue  # 'all' skips it with a warning (run_methods); named on its own it is refused below
+        check = getattr(module, "validate", None)
         if check is not None:
             check(explain_cfg, gene_ids=gene_ids, sample_ids=sample_ids, classes=classes)
+
+
+def _asks_for_all(requested) -> bool:
+    return requested == "all" or (not isinstance(requested, str) and "all" in list(requested or []))
+
+
+def _not_applicable(module, classes):
+    """Why the method of ``module`` does not apply to this task (its ``not_applicable(classes)``), or None."""
+    check = getattr(module, "not_applicable", None)
+    return check(classes) if check is not None else None
 
 
 def run_methods(names, ctx: MethodContext) -> dict:
@@ -164,9 +215,16 @@ def run_methods(names, ctx: MethodContext) -> dict:
     Tables are checked for their ``explains`` column here, once, rather than in every method.
     """
     outputs = {}
+    everything = _asks_for_all(names)
     for name in resolve_methods(names):
         module = importlib.import_module(METHOD_MODULES[name])
-        out = module.run(ctx)
+        reason = _not_applicable(module, ctx.classes) if everything else None
+        if reason:
+            # explain.methods: all means every method that applies to this model (anchors need classes)
+            out = MethodOutput(summary={"skipped": reason},
+                               warnings=[f"explain: warning: {name} skipped: {reason} (explain.methods: all)"])
+        else:
+            out = module.run(ctx)
         for file_name, table in out.tables.items():
             if "explains" not in table.columns or not set(table["explains"].astype(str)) <= set(EXPLAINS):
                 raise AssertionError(f"{name}: table {file_name} must say in an 'explains' column whether it "

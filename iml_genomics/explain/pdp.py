@@ -63,9 +63,12 @@ def _monotonicity(grid: np.ndarray, curve: np.ndarray) -> dict:
 
 
 def validate(explain_cfg, *, gene_ids, sample_ids=None, classes=None) -> None:
-    """``explain.pdp_top_k`` must not exceed the matrix's genes (called before the step's long work)."""
+    """``explain.pdp_top_k`` must not exceed the matrix's genes (called before the step's long work); the
+    default is capped at the genes the model uses instead."""
+    from iml_genomics.explain.methods import is_default
+
     k = explain_cfg.pdp_top_k
-    if k > len(gene_ids):
+    if k > len(gene_ids) and not is_default(explain_cfg, "pdp_top_k"):
         raise ConfigError(f"explain.pdp_top_k = {k} is larger than the {len(gene_ids)} genes of the expression "
                           f"matrix; lower explain.pdp_top_k.")
 

@@ -63,15 +63,6 @@ def predicted_classes(pipeline, X_raw, classes) -> np.ndarray:
     return np.asarray(predict_scores(pipeline, X_raw, classes)).argmax(axis=1)
 
 
-def class_codes(y, classes) -> np.ndarray:
-    """Index into ``classes`` of each label of ``y`` (the explain step passes the class names; codes pass through)."""
-    lookup = {str(c): i for i, c in enumerate(classes)}
-    y = np.asarray(y)
-    if all(str(v) in lookup for v in y):
-        return np.array([lookup[str(v)] for v in y], dtype=np.int64)
-    return y.astype(np.int64)
-
-
 def skipped_without_samples(name: str, what: str) -> tuple[dict, list]:
     """Summary and warning of a local method run without ``explain.samples``."""
     reason = "no samples chosen (explain.samples / --samples)"

@@ -484,12 +484,6 @@ def _fast_tree_payload(estimator, classes, positive_class, mode, bg):
     """(FastTreePayload, '') for a model the compiled engine reads, else (None, the reason it does not)."""
     from iml_genomics.explain.fast_treeshap import FastTreeExplainer, UnsupportedModel, model_outputs
 
-    if mode == "interventional":
-        # the compiled interventional kernel is exact (it equals an enumeration of every coalition) but not yet
-        # faster than shap's, and shap's values differ from the exact ones (~1e-8 on scikit-learn trees, up to
-        # 1e-2..1 on histogram gradient boosting; tests/test_fast_treeshap.py): explain keeps shap's numbers
-        # and speed here until that is settled (docs/explain.md)
-        return None, "interventional: shap.TreeExplainer kept (the compiled kernel is exact but not faster yet)"
     try:
         columns, sign = None, 1.0
         if classes is not None and len(classes) == 2:
@@ -500,6 +494,10 @@ def _fast_tree_payload(estimator, classes, positive_class, mode, bg):
         explainer = FastTreeExplainer(estimator, data=bg, feature_perturbation=mode, output_columns=columns)
     except UnsupportedModel as exc:
         return None, f"{exc}: shap.TreeExplainer used"
+    if mode == "interventional" and not explainer.shares_background:
+        # no per-leaf background summary (a leaf with more than 63 path genes, or too many distinct masks): only
+        # the per-(row, background row) walk runs, exact but slower than shap's (docs/benchmarks.md)
+        return None, f"interventional: {explainer.summary_note}: shap.TreeExplainer used (faster there)"
     return FastTreePayload(explainer, sign), ""
 
 

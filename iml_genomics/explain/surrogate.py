@@ -32,7 +32,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from iml_genomics.explain.methods import MethodContext, MethodOutput
+from iml_genomics.explain.methods import MethodContext, MethodOutput, class_codes
 
 SURROGATE_COLUMNS = ["source", "row_type", "rule_id", "rule", "prediction", "n_samples", "fidelity", "accuracy",
                      "evaluated_on", "explains"]
@@ -133,7 +133,15 @@ def _simplify(conds: list) -> list:
 
 
 def _quote(gene: str) -> str:
-    return f"`{gene}`" if (not gene or re.search(r"\s|`", gene)) else gene
+    # ids with whitespace or a backtick are written in backticks, a backtick inside doubled (as SQL quotes
+    # identifiers), so that ``a` b`` reads back as one gene id, not as a broken condition
+    if not gene or re.search(r"\s|`", gene):
+        return "`" + gene.replace("`", "``") + "`"
+    return gene
+
+
+def _unquote(token: str) -> str:
+    return token[1:-1].replace("``", "`") if token.startswith("`") else token
 
 
 def condition_text(conditions: list) -> str:
@@ -147,7 +155,7 @@ def _then(prediction, classes) -> str:
     return f"class = {prediction}" if classes is not None else f"value = {float(prediction)!r}"
 
 
-_COND = re.compile(r"(`[^`]*`|\S+) (<=|>) (\S+)(?: AND |$)")
+_COND = re.compile(r"(`(?:[^`]|``)*`|\S+) (<=|>) (\S+)(?: AND |$)")
 
 
 def _parse_conditions(text: str) -> list:
@@ -158,7 +166,7 @@ def _parse_conditions(text: str) -> list:
         if m.start() != pos:
             raise ValueError(f"cannot parse condition {text!r}")
         g = m.group(1)
-        conds.append((g[1:-1] if g.startswith("`") else g, m.group(2), float(m.group(3))))
+        conds.append((_unquote(g), m.group(2), float(m.group(3))))
         pos = m.end()
     if pos != len(text):
         raise ValueError(f"cannot parse condition {text!r}")
@@ -329,29 +337,23 @@ class Surrogate:
         return apply_rules(rules, frame)
 
 
-def _score(pred, ref, classification: bool) -> float:
-    """Agreement (classes) or R^2 of ``pred`` against ``ref``."""
-    pred = np.asarray(pred, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+def fidelity_score(pred, ref, classification: bool) -> float:
+    """Agreement (classes: share of equal predictions) or R^2 (regression) of ``pred`` against ``ref``.
+
+    The one fidelity score of a surrogate against a model (this module, and ``compare``'s
+    ``surrogate_fidelity``), also its accuracy against the true labels.
+    """
     if classification:
-        return float(np.mean(pred == ref))
+        # codes or class names alike
+        return float(np.mean(np.asarray(pred) == np.asarray(ref)))
     from sklearn.metrics import r2_score
 
-    return float(r2_score(ref, pred))
+    return float(r2_score(np.asarray(ref, dtype=np.float64), np.asarray(pred, dtype=np.float64)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Out-of-fold predictions
 # ---------------------------------------------------------------------------------------------------------------
-
-def class_codes(values, classes) -> np.ndarray:
-    """Class codes (positions in ``classes``) of labels or predictions given as names or as codes."""
-    values = np.asarray(values)
-    if values.dtype.kind in "iuf":
-        return values.astype(np.int64)
-    pos = {str(c): i for i, c in enumerate(classes)}
-    return np.asarray([pos[str(v)] for v in values], dtype=np.int64)
-
 
 def _refit_predict(pipeline, X, y, train_idx, test_idx):
     """One CV refit: predictions of the held-out rows (picklable for Backend.map)."""
@@ -530,11 +532,13 @@ def run(ctx: MethodContext) -> MethodOutput:
         held_rules[te] = s.predict_rules(test).astype(np.float64)
     final = make().fit(frame, target)
 
-    fid_tree, fid_rules = _score(held_tree, target, classification), _score(held_rules, target, classification)
+    fid_tree = fidelity_score(held_tree, target, classification)
+    fid_rules = fidelity_score(held_rules, target, classification)
     acc_tree = acc_rules = acc_model = None
     if labelled:
-        acc_tree, acc_rules = _score(held_tree, truth, classification), _score(held_rules, truth, classification)
-        acc_model = _score(target, truth, classification)
+        acc_tree = fidelity_score(held_tree, truth, classification)
+        acc_rules = fidelity_score(held_rules, truth, classification)
+        acc_model = fidelity_score(target, truth, classification)
     metric = "agreement" if classification else "R^2"
 
     rows = []
@@ -588,7 +592,7 @@ def run(ctx: MethodContext) -> MethodOutput:
                "metric": metric, "max_depth": cfg.surrogate_max_depth, "n_leaves": len(final.leaves_),
                "n_rules": len(final.rules_), "fidelity_tree": fid_tree, "fidelity_rule_list": fid_rules,
                "accuracy_tree": acc_tree, "accuracy_rule_list": acc_rules, "accuracy_model_oof": acc_model,
-               "in_sample_fidelity_tree": _score(tree_pred, target, classification),
+               "in_sample_fidelity_tree": fidelity_score(tree_pred, target, classification),
                "threshold_scale": "raw expression (pipeline input)",
                "accuracy_skipped": None if labelled else "no labels"}
     if classification:
@@ -605,7 +609,7 @@ def run(ctx: MethodContext) -> MethodOutput:
                else model_pred.astype(np.float64))
         written = apply_rules([(leaf["conditions"], "IF", leaf["prediction"]) for leaf in leaves], mframe)
         fid_model = (float(np.mean(written == ref)) if classification else
-                     _score(written.astype(np.float64), ref, False))
+                     fidelity_score(written.astype(np.float64), ref, False))
         mlines = ["# The model itself (model.name: decision_tree), its leaves as rules (iml-genomics explain).",
                   f"# Thresholds are on the {scale.upper()} scale"
                   + (": the values of the input matrix; the model's scaling carried back gene by gene."

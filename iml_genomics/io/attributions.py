@@ -24,6 +24,13 @@ class AttributionWriter:
         self.writer = None
         self.schema = None
 
+    def set_sample_ids(self, sample_ids) -> None:
+        """The ids of the rows explained, when the step explains a subsample of the cohort (explain.max_samples);
+        called before the first chunk."""
+        if self.writer is not None:
+            raise RuntimeError("sample ids changed after the first chunk was written")
+        self.sample_ids = list(sample_ids)
+
     def __call__(self, chunk, plan):
         import numpy as np
         import pyarrow as pa

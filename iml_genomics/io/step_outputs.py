@@ -84,6 +84,9 @@ class _Discard:
     def __call__(self, chunk, plan) -> None:
         return None
 
+    def set_sample_ids(self, sample_ids) -> None:  # explain.max_samples: nothing is written either way
+        return None
+
     def close(self) -> None:
         return None
 

@@ -477,7 +477,9 @@ def _page(inputs: ReportInputs, result: ReportResult, *, adata, label_column, ke
                   "one-sided paired t-test, q-value: Benjamini-Hochberg over the tested genes. This describes the "
                   "<b>data</b> as far as this kind of model can learn it, not the one fitted model: a gene that only "
                   "stands in for a correlated gene has CPI near 0 even when SHAP ranks it high. Both are small for a gene whose "
-                  "information a correlated gene also carries: each can stand in for the other.</p>")
+                  "information a correlated gene also carries: each can stand in for the other. The tested genes "
+                  "are the top of the SHAP ranking of these same samples: the p- and q-values do not account for "
+                  "that choice (docs/explain.md).</p>")
         show = [c for c in ["method", "rank", "gene_id", "importance", "ci_low", "ci_high", "p_value", "q_value",
                             "gene_ranking_rank", "n_samples"] if c in cond.columns]
         inner += H.table_html(cond[show], max_rows=40)

@@ -242,10 +242,29 @@ def _read_method_files(directory: Path, inputs: ReportInputs) -> None:
             if not path.is_file():
                 raise InputDataError(f"{path}: listed in explain_summary.json but missing. Re-run "
                                      f"'iml-genomics explain'.")
+            if path.is_symlink():
+                # a link named like a method file still points outside the explain directory
+                raise InputDataError(f"{path}: listed in explain_summary.json but a symbolic link, not a file "
+                                     f"'iml-genomics explain' wrote. Re-run 'iml-genomics explain'.")
             if file_name.endswith(".tsv"):
                 inputs.explain_methods[file_name] = read_tsv(path)
             else:
-                inputs.explain_texts[file_name] = path.read_text(encoding="utf-8", errors="replace")
+                inputs.explain_texts[file_name] = read_text_head(path)
+
+
+#: bytes of a method's text file (surrogate_rules.txt) the report reads: the rules of a depth-8 tree are a few
+#: hundred KiB at most, and a crafted file of gigabytes must neither fill the memory nor the HTML page
+MAX_TEXT_BYTES = 1 * 2**20
+
+
+def read_text_head(path: Path, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The first ``max_bytes`` of a text file (UTF-8, undecodable bytes replaced), with a note when cut."""
+    with open(path, "rb") as fh:
+        head = fh.read(max_bytes + 1)
+    if len(head) <= max_bytes:
+        return head.decode("utf-8", errors="replace")
+    return (head[:max_bytes].decode("utf-8", errors="ignore")
+            + f"\n# ... (file cut here by the report: more than {max_bytes} bytes)")
 
 
 def cohort_paths(inputs: ReportInputs) -> dict[str, str | None]:

@@ -18,10 +18,13 @@ def _method_summary(inputs, name: str) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def _pre(text: str, max_lines: int = 60) -> str:
+def _pre(text: str, max_lines: int = 60, max_chars: int = 400) -> str:
     lines = text.splitlines()
     more = f"\n... ({len(lines) - max_lines} more lines in the file)" if len(lines) > max_lines else ""
-    return f'<pre class="rules">{H.esc(chr(10).join(lines[:max_lines]) + more)}</pre>'
+    # a rule line is ~100 characters; a longer one (a crafted file) is cut so the page stays readable
+    shown = [ln if len(ln) <= max_chars else ln[:max_chars] + f" ... ({len(ln) - max_chars} more characters)"
+             for ln in lines[:max_lines]]
+    return f'<pre class="rules">{H.esc(chr(10).join(shown) + more)}</pre>'
 
 
 def _symbols(text: str, labels: dict | None) -> str:
@@ -30,8 +33,9 @@ def _symbols(text: str, labels: dict | None) -> str:
         return ""
     import re
 
-    words = set(re.findall(r"`([^`]*)`|(\S+) (?:<=|>) ", text))
-    ids = sorted({a or b for a, b in words} & set(labels))
+    # quoted ids double their backticks (explain.surrogate._quote)
+    words = set(re.findall(r"`((?:[^`]|``)*)` (?:<=|>) |(\S+) (?:<=|>) ", text))
+    ids = sorted({a.replace("``", "`") if a else b for a, b in words} & set(labels))
     if not ids:
         return ""
     return ('<p class="note">Genes in these rules: ' + H.esc(", ".join(f"{g} = {labels[g]}" for g in ids))
@@ -120,12 +124,19 @@ def map_section(inputs, labels: dict | None = None):
              "samples shown": f"{s.get('n_samples', len(table))} of {s.get('n_samples_total', len(table))}",
              "SHAP values of": s.get("attributions_of") or "the prediction"}
     inner = H.kv_table(items)
-    caption = (f'Each dot is a sample, placed by {name} so that samples whose predictions the model explains alike '
-               f'(the same genes pushing in the same direction by similar amounts) lie close together. Left: '
-               f'coloured by the true class; right: by the model\'s prediction. Groups of one class apart from the '
-               f'rest are samples the model reasons about in the same way; a sample sitting among the other class is '
-               f'explained like them. Distances between distant groups and the axes have no meaning. It explains the '
-               f'model, not the biology.')
+    of = s.get("attributions_of") or ""
+    values = f"SHAP values of class {H.esc(of)}" if of else "SHAP values of the prediction"
+    if of:
+        colours = ("Left: coloured by the true class; right: by the model\'s predicted class. Groups of one class "
+                   "apart from the rest are samples the model reasons about in the same way; a sample sitting among "
+                   "the other class is explained like them.")
+    else:  # regression: colour scales of the outcome
+        colours = ("Left: coloured by the true value of the outcome; right: by the model\'s prediction. Samples "
+                   "of similar value apart from the rest are samples the model reasons about in the same way.")
+    caption = (f'Each dot is a sample, placed by {name} of its {values} so that samples whose predictions the model '
+               f'explains alike (the same genes pushing in the same direction by similar amounts) lie close '
+               f'together. {colours} Distances between distant groups and the axes have no meaning. It explains '
+               f'the model, not the biology.')
     inner += '<div class="plots">' + H.figure(plots.attribution_map(table), caption) + "</div>"
     inner += '<p class="note">Full table: attribution_map.tsv.</p>'
     return ("map", "Map of samples in attribution space", inner)

@@ -347,6 +347,10 @@ def attribution_map(table: pd.DataFrame | None) -> str | None:
         ax.set(title=f"coloured by {title}", xlabel=f"{method} 1", ylabel=f"{method} 2")
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.tight_layout()
+    return to_base64_png(fig)
+
+
 def integrated_gradients_plot(table: pd.DataFrame | None, labels: dict[str, str] | None = None, n: int = 15
                               ) -> str | None:
     """Mean |integrated gradients| of the top genes and, when SHAP ran on the same model, IG's rank against

@@ -54,6 +54,10 @@ NULL_WORDS = {
 }
 
 
+# values densified at once by univariate_effects on a sparse matrix (2^24 float64 = 128 MiB)
+_BLOCK_VALUES = 1 << 24
+
+
 def univariate_effects(adata, *, label_column: str, task: str, positive_class: str | None = None,
                        count_data: bool = False, cpm: bool = False) -> pd.DataFrame:
     """One row per gene: effect size and a test of association with the outcome.
@@ -92,16 +96,42 @@ def univariate_effects(adata, *, label_column: str, task: str, positive_class: s
 
         q_value is Benjamini-Hochberg over p_value.
     """
-    from scipy import sparse, stats
+    from scipy import sparse
 
-    X = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X, dtype=float)
-    if count_data and cpm:
-        lib = X.sum(axis=1, keepdims=True)
-        X = X / np.where(lib > 0, lib, 1.0) * 1e6
-    Xt = np.log1p(np.clip(X, 0, None)) if count_data else X
     y = adata.obs[label_column]
     genes = adata.var_names.astype(str)
     out = pd.DataFrame(index=pd.Index(genes, name="gene_id"), columns=UNIVARIATE_COLUMNS, dtype=object)
+    X_all = adata.X
+    lib = None
+    if count_data and cpm:
+        lib = np.asarray(X_all.sum(axis=1), dtype=float).reshape(-1, 1)
+    # every quantity is per gene: a sparse single-cell matrix (10^5 cells) is densified a block of genes at a
+    # time (about 2^24 values, 128 MiB), never whole; a dense matrix is one block as before
+    n = max(1, X_all.shape[0])
+    width = X_all.shape[1] if not sparse.issparse(X_all) else max(1, _BLOCK_VALUES // n)
+    blocks = []
+    for start in range(0, X_all.shape[1], width):
+        part = X_all[:, start:start + width]
+        X = part.toarray() if sparse.issparse(part) else np.asarray(part, dtype=float)
+        blocks.append(_univariate_block(X, y, task=task, positive_class=positive_class, count_data=count_data,
+                                        lib=lib))
+    for col in ("effect", "effect_type", "higher_in", "statistic", "statistic_type", "p_value", "rank_test_p_value"):
+        values = [b[col] for b in blocks]
+        out[col] = values[0] if isinstance(values[0], str) else np.concatenate(values)
+    for col in ("effect", "statistic", "p_value", "rank_test_p_value"):
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    out["q_value"] = gs.benjamini_hochberg(out["p_value"].to_numpy())
+    return out
+
+
+def _univariate_block(X, y, *, task, positive_class, count_data, lib):
+    """univariate_effects' columns for a dense block of genes (cells x genes); ``lib``: CPM library sizes."""
+    from scipy import stats
+
+    out = {}
+    if lib is not None:
+        X = X / np.where(lib > 0, lib, 1.0) * 1e6
+    Xt = np.log1p(np.clip(X, 0, None)) if count_data else X
     with np.errstate(divide="ignore", invalid="ignore"):
         if task == "regression":
             yv = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
@@ -155,9 +185,6 @@ def univariate_effects(adata, *, label_column: str, task: str, positive_class: s
                 out["higher_in"] = np.array(classes, dtype=object)[means.argmax(axis=0)]
                 out["statistic"], out["statistic_type"] = anova.statistic, "anova_f"
                 out["p_value"], out["rank_test_p_value"] = anova.pvalue, kw.pvalue
-    for col in ("effect", "statistic", "p_value", "rank_test_p_value"):
-        out[col] = pd.to_numeric(out[col], errors="coerce")
-    out["q_value"] = gs.benjamini_hochberg(out["p_value"].to_numpy())
     return out
 
 

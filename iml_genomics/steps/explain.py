@@ -196,6 +196,8 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     on_chunk : callable, optional
         Called with ``(ShapChunk, ShapPlan)`` for every chunk of samples, in order (the CLI passes an
         :class:`iml_genomics.io.attributions.AttributionWriter`); the result then holds no attributions.
+        With ``explain.max_samples`` the chunks index the subsample; an ``on_chunk`` with a
+        ``set_sample_ids`` method is told the subsample's ids before the first chunk.
         None = the attributions are kept in the result.
     model_source : str
         Where the manifest came from, for error messages.
@@ -230,6 +232,14 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     pipeline, manifest = (model.model, model.manifest) if hasattr(model, "manifest") else model
     cfg = resolved(explain_config(manifest, cfg, source=model_source), n_jobs, random_state)
     backend = step_backend(cfg, backend)  # before any work: an unreachable scheduler fails at once
+    from iml_genomics.single_cell import subsample_cohort
+
+    # single-cell scale: SHAP, permutations and refits on a stratified subsample (explain.max_samples)
+    adata, subsample = subsample_cohort(adata, cfg.explain.max_samples, label_column=cfg.data.label_column,
+                                        seed=cfg.seed, min_per_class=cfg.cv.n_splits, task=manifest["task"],
+                                        keep=cfg.explain.samples)
+    if subsample is not None and hasattr(on_chunk, "set_sample_ids"):
+        on_chunk.set_sample_ids(list(adata.obs_names))  # a writer of the cohort's ids: chunks index the subsample
     adata = align_genes(adata, manifest["gene_ids"], expression_source(adata, None))
     task, classes = manifest["task"], manifest.get("classes")
     label_column = cfg.data.label_column
@@ -269,6 +279,8 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
         result.summary["covariates"] = {"columns": [e["column"] for e in encoding], "features": cov_features,
                                         "approach": "model inputs, standardized on each training fold "
                                                     "(docs/pipeline.md#covariates)"}
+    if subsample is not None:
+        cohort["subsample"] = subsample
     out = ExplainResult(ranking=result.ranking, local=result.local, interactions=result.interactions,
                         summary=result.summary, task=task, classes=classes, positive_class=positive,
                         sample_ids=sample_ids, gene_ids=list(adata.var_names), cohort=cohort,

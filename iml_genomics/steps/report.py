@@ -202,6 +202,17 @@ def _setup(adata, cfg, inputs, train, explain, select, positive_class, n_jobs, r
     return cfg, inputs, positive, [warning] if warning else [], label_column, task
 
 
+def _subsample(adata, cfg, label_column, task):
+    """The cohort's seeded stratified subsample for the per-gene tests and the permutation null
+    (report.max_samples; iml_genomics.single_cell), keeping the samples whose local explanations are shown."""
+    if adata is None:
+        return None, None
+    from iml_genomics.single_cell import subsample_cohort
+
+    return subsample_cohort(adata, cfg.report.max_samples, label_column=label_column, seed=cfg.seed,
+                            min_per_class=2, task=task or cfg.task, keep=cfg.report.samples or cfg.explain.samples)
+
+
 def _count_options(cfg) -> dict:
     return {"count_data": cfg.preprocess.transform in ("log1p", "log1p_cpm"),
             "cpm": cfg.preprocess.transform == "log1p_cpm"}
@@ -244,10 +255,13 @@ def gene_sets(adata, cfg, *, collection, inputs=None, train=None, explain=None, 
 
     cfg, inputs, positive, warnings, label_column, task = _setup(adata, cfg, inputs, train, explain, select,
                                                                  positive_class, n_jobs, random_state)
+    adata, subsample = _subsample(adata, cfg, label_column, task)
     ctx = report_context(inputs, adata=adata, label_column=label_column, task=task, positive_class=positive,
                          **_count_options(cfg))
     analysis = gene_set_analysis(inputs, ctx, collection, report_cfg=cfg.report, gene_map=gene_map, adata=adata,
                                  label_column=label_column, random_state=cfg.seed, **_count_options(cfg))
+    if subsample is not None:
+        analysis.summary["subsample"] = subsample
     return GeneSetResult(table=analysis.table, group_attributions=_per_sample(analysis.group_per_sample),
                          summary=analysis.summary, keys=analysis.keys,
                          positive_class=ctx.classes[0] if ctx.classes else positive, warnings=warnings)
@@ -306,11 +320,14 @@ def report(adata, cfg, *, inputs=None, train=None, explain=None, select=None, co
 
     cfg, inputs, positive, warnings, label_column, task = _setup(adata, cfg, inputs, train, explain, select,
                                                                  positive_class, n_jobs, random_state, recorded)
+    adata, subsample = _subsample(adata, cfg, label_column, task)
     rc = cfg.report
     result = build_report(inputs, collection=collection, report_cfg=rc, gene_map=gene_map, adata=adata,
                           label_column=label_column, task=task, samples=rc.samples or cfg.explain.samples,
                           random_state=cfg.seed, title=rc.title, own_provenance=own_provenance,
                           positive_class=positive, **_count_options(cfg))
+    if subsample is not None:
+        result.summary["subsample"] = subsample
     return ReportResult(biomarkers=result.biomarkers, gene_sets=result.gene_sets,
                         group_attributions=_per_sample(result.group_attributions_per_sample),
                         summary=result.summary, html=result.html, steps=inputs.steps, task=result.summary.get("task"),

@@ -345,7 +345,7 @@ class _Run:
             log.info("[%d/%d] %s: done in %.1f s", index, len(wanted), step, seconds)
             result.ran.append(step)
         prov.extra["steps"] = {s: state.get(s) for s in wanted}
-        prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work}
+        prov.extra["estimates"] = {e.step: {"peak_memory_bytes": e.peak_memory_bytes, "work": e.work, "seconds": e.seconds}
                                    for e in self.estimates}
         if self.write_h5ad is not None:
             state["h5ad"] = self._write_cohort_h5ad(to_run)
@@ -506,6 +506,7 @@ class _Run:
                     writer(chunk, plan)
                     if keep is not None:
                         keep(chunk, plan)
+                sink.set_sample_ids = writer.set_sample_ids  # explain.max_samples: the subsample's ids
                 try:
                     res = explain_step(adata, cfg, model=model, on_chunk=sink, model_source=source,
                                        backend=self.backend(), oof=self._oof)

@@ -101,6 +101,11 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     expression, source = expression_source(adata, None), label_source(adata)
     column = cfg.data.label_column
     require_label_column(adata, column, source)
+    from iml_genomics.single_cell import subsample_cohort
+
+    # single-cell scale: the dense knockoff design [X, X~] of a subsample only (select.max_samples)
+    adata, subsample = subsample_cohort(adata, sc.max_samples, label_column=column, seed=cfg.seed,
+                                        min_per_class=2, task=cfg.task)
     y_raw = adata.obs[column]
     task = infer_task(y_raw, cfg.task)
     y, classes = prepare_target(y_raw, task, n_splits=2, source=source, column=column)
@@ -157,6 +162,8 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
         warnings.append(verdict)
     result.summary["n_genes_not_tested"] = len(input_gene_ids) - len(gene_ids)
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "n_genes_tested": len(gene_ids), "task": task}
+    if subsample is not None:
+        cohort["subsample"] = subsample
     return SelectResult(selection=with_untested_genes(result.table, input_gene_ids), summary=result.summary,
                         task=task, classes=classes, positive_class=positive, gene_ids=input_gene_ids,
                         tested_genes=gene_ids, cohort=cohort, warnings=warnings)

@@ -104,6 +104,11 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
     source = label_source(adata)
     column = cfg.data.label_column
     require_label_column(adata, column, source)
+    from iml_genomics.single_cell import subsample_cohort
+
+    # single-cell scale: CV and the final fit on a stratified subsample (cv.max_samples); min one cell per fold
+    adata, subsample = subsample_cohort(adata, cfg.cv.max_samples, label_column=column, seed=cfg.seed,
+                                        min_per_class=cfg.cv.n_splits, task=cfg.task)
     result = train_model(adata, cfg, source=source, backend=step_backend(cfg, backend))
     _, warning = resolve_positive_class(result.classes, cfg.data.positive_class, source=source, column=column)
     manifest = result.manifest(cfg)
@@ -111,6 +116,8 @@ def train(adata, cfg, *, n_jobs: int | None = None, random_state: int | None = N
               "classes": result.classes, "n_genes_used": len(result.used_genes),
               # what cv_metrics.tsv's auroc / average_precision treat as the positive label
               "positive_class": result.positive_class}
+    if subsample is not None:
+        cohort["subsample"] = subsample
     return TrainResult(cv_metrics=result.cv.metrics, oof_predictions=result.cv.oof, model=result.model,
                        manifest=manifest, task=result.task, classes=result.classes,
                        positive_class=result.positive_class, gene_ids=result.gene_ids,
