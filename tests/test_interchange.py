@@ -58,6 +58,10 @@ DTYPES = {
         "gene_permutation_p_value": F, "higher_in": S, "direction_score": F, "direction_rank": I,
         "n_query_*": I, "n_overlap_*": I, "overlap_genes_*": S, "odds_ratio_*": F, "p_value_*": F, "q_value_*": F},
 }
+# every table ends with `explains` (model / data / association, docs/pipeline.md); report adds its column key
+for _columns in DTYPES.values():
+    _columns["explains"] = S
+DTYPES["report/biomarkers_columns.tsv"] = {"column": S, "explains": S, "meaning": S}
 PANDAS = {B: "boolean", I: "Int64", F: "float64", S: "string"}
 R_CLASSES = {B: {"logical"}, I: {"integer", "numeric"}, F: {"numeric", "integer"}, S: {"character"}}
 
