@@ -34,12 +34,16 @@ STEP_OUTPUTS = {
 # commit checks the names actually written again). simulate's names depend on --prefix.
 OUTPUT_NAMES = {
     "train": ("cv_metrics.tsv", "cv_summary.tsv", "oof_predictions.tsv", "model.skops", "model.json",
-              "provenance.json"),
+              "train_summary.json", "provenance.json"),
     "explain": ("attributions.parquet", "gene_ranking.tsv", "local_explanations.tsv", "interactions.tsv",
-                "explain_summary.json", "provenance.json", "audit.tsv"),
+                "explain_summary.json", "provenance.json", "audit.tsv",
+                # explain.methods (docs/explain.md)
+                "surrogate.tsv", "surrogate_rules.txt", "model_rules.txt", "partial_dependence.tsv",
+                "attribution_map.tsv", "lime.tsv", "anchors.tsv", "examples.tsv", "prototypes.tsv",
+                "integrated_gradients.tsv", "integrated_gradients_local.tsv", "conditional_importance.tsv"),
     "select": ("knockoff_selection.tsv", "select_summary.json", "provenance.json"),
-    "report": ("biomarkers.tsv", "gene_sets.tsv", "group_attributions.parquet", "report.html",
-               "report_summary.json", "provenance.json"),
+    "report": ("biomarkers.tsv", "biomarkers_columns.tsv", "gene_sets.tsv", "group_attributions.parquet",
+               "report.html", "report_summary.json", "summary.txt", "provenance.json"),
     "evaluate": ("selection_metrics.tsv", "ranking_metrics.tsv", "precision_at_k.tsv", "stability.tsv",
                  "stability_pairs.tsv", "prediction_gaps.tsv", "provenance.json"),
     "simulate": ("provenance.json",),

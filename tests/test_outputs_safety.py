@@ -26,7 +26,7 @@ from conftest import ROOT, one_line
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 TRAIN_FILES = {"cv_metrics.tsv", "cv_summary.tsv", "oof_predictions.tsv", "model.skops", "model.json",
-               "provenance.json"}
+               "train_summary.json", "provenance.json"}
 
 
 def cli(*args, cwd: Path = ROOT, preexec_fn=None, timeout: int = 300) -> subprocess.CompletedProcess:
