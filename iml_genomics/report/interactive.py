@@ -160,7 +160,10 @@ def table(frame: pd.DataFrame | None, *, fmt, page_size: int = 25, max_chars: in
         for col, v in zip(columns, values):
             text = fmt(v)
             if numeric[col]:
-                raw = "" if text == "" else repr(float(v))
+                # the sort key: 12 significant digits sort every value a table can show, and do not put the
+                # last bits of a float on the page (the same number computed in memory or read back from a TSV
+                # can differ there, and the page must be the same bytes either way)
+                raw = "" if text == "" else f"{float(v):.12g}"
                 cells.append(f'<td class="num" data-v="{esc(raw)}">{esc(text)}</td>')
                 continue
             if len(text) > max_chars and col not in SYMBOL_LIST_COLUMNS and col not in GENE_SET_COLUMNS:
