@@ -258,7 +258,52 @@ _UNIVARIATE = 4e-7               # s per (cell x gene) of the report's per-gene 
 _REPORT_FIXED = 8.0              # the report's gene-set tests, figures and page
 
 
-def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: int | None = None) -> list[StepEstimate]:
+#: Median seconds of :func:`machine_slowdown`'s probe on the machine the time constants above were fitted on,
+#: with nothing else running (2 cores, 24 GiB; measured with the constants, docs/benchmarks.md).
+_PROBE_REFERENCE_SECONDS = 0.12
+
+
+def _probe_once(X, y, A, v) -> float:
+    """One timed pass of single-threaded work of the kinds the steps do: a tree fit, BLAS, a sort."""
+    import time
+
+    import numpy as np
+    from sklearn.tree import DecisionTreeClassifier
+    from threadpoolctl import threadpool_limits
+
+    start = time.perf_counter()
+    DecisionTreeClassifier(max_depth=8, random_state=0).fit(X, y)
+    with threadpool_limits(1):
+        B = A
+        for _ in range(3):
+            B = np.tanh(A @ B)
+    np.sort(v)
+    return time.perf_counter() - start
+
+
+def machine_slowdown(repeats: int = 3) -> float:
+    """How many times slower than the calibration machine this machine runs single-threaded work now.
+
+    The time constants of :func:`estimate_resources` were fitted on one machine with nothing else running; the
+    same work takes several times longer on a slower or a busy machine (fitted at a load of about 10, the first
+    constants came out 5x the quiet times). ``run --dry-run`` therefore times a short probe (about 0.1 s per
+    repeat on the calibration machine; the median of ``repeats``) and scales its time estimates by the ratio.
+    Clipped to [0.25, 20] so that one odd probe cannot make an estimate absurd.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 20))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + rng.standard_normal(2000) > 0).astype(int)
+    A = rng.standard_normal((200, 200)) / 15.0
+    v = rng.standard_normal(100_000)
+    _probe_once(X, y, A, v)  # first call pays imports and page faults
+    times = sorted(_probe_once(X, y, A, v) for _ in range(max(1, repeats)))
+    return float(min(20.0, max(0.25, times[len(times) // 2] / _PROBE_REFERENCE_SECONDS)))
+
+
+def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: int | None = None,
+                       slowdown: float = 1.0) -> list[StepEstimate]:
     """Peak memory and wall time per step, from the cohort's shape and the config.
 
     Parameters
@@ -269,6 +314,9 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     n_jobs : int
     nnz : int, optional
         Stored values of a sparse matrix (:func:`peek_nnz`); None = dense.
+    slowdown : float, default 1.0
+        Multiplies every time: :func:`machine_slowdown` for this machine now (``run --dry-run``), 1.0 for the
+        calibration machine with nothing else running.
 
     Returns
     -------
@@ -359,10 +407,10 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     report_s = _REPORT_FIXED + _UNIVARIATE * n_r * p * max(1.0, n_perm / 1000) + read_seconds
     report_work = f"{p} genes; rank test with {cfg.report.n_permutations} permutations"
     startup = _SECONDS_STEP
-    return [StepEstimate("train", int(train_mem), train_work, round(train_s + startup + _SECONDS_RUN, 1)),
-            StepEstimate("explain", int(explain_mem), explain_work, round(explain_s + startup, 1)),
-            StepEstimate("select", int(select_mem), select_work, round(select_s + startup, 1)),
-            StepEstimate("report", int(report_mem), report_work, round(report_s + startup, 1))]
+    return [StepEstimate("train", int(train_mem), train_work, round(slowdown * (train_s + startup + _SECONDS_RUN), 1)),
+            StepEstimate("explain", int(explain_mem), explain_work, round(slowdown * (explain_s + startup), 1)),
+            StepEstimate("select", int(select_mem), select_work, round(slowdown * (select_s + startup), 1)),
+            StepEstimate("report", int(report_mem), report_work, round(slowdown * (report_s + startup), 1))]
 
 
 def resolve_input(path: str | None, role: str, config_path: str | Path) -> Path | None:

@@ -79,13 +79,19 @@ def run(config_path, config_option, out, force, steps, n_jobs, scheduler, dry_ru
     wanted = [s for s in pl.STEPS if s in wanted and s in available]
 
     n_samples, n_genes = pl.peek_shape(expression, genes_as_rows=cfg.data.orientation == "genes_x_samples")
-    estimates = pl.estimate_resources(cfg, n_samples, n_genes, n_jobs=cfg.n_jobs, nnz=pl.peek_nnz(expression))
+    # a dry run times this machine now (a short probe) so that its times are this machine's, not the calibration
+    # machine's; a real run records the calibration machine's estimates in its provenance, next to its timings
+    slowdown = pl.machine_slowdown() if dry_run else 1.0
+    estimates = pl.estimate_resources(cfg, n_samples, n_genes, n_jobs=cfg.n_jobs, nnz=pl.peek_nnz(expression),
+                                      slowdown=slowdown)
     limit = pl.parse_memory(max_memory) if max_memory else None
     if dry_run or limit is not None:
         lines = [f"{'step':<8} {'peak memory':>12} {'time':>8}  work"]
         lines += [f"{e.step:<8} {pl.format_bytes(e.peak_memory_bytes):>12} {e.seconds:>7.0f}s  {e.work}"
                   for e in estimates if e.step in wanted]
         if dry_run:
+            lines.append(f"times: this machine now runs the timing probe {slowdown:.2f}x as long as the machine "
+                         f"the estimates were calibrated on (docs/benchmarks.md)")
             click.echo("\n".join(lines))
         over = [e for e in estimates if e.step in wanted and limit is not None and e.peak_memory_bytes > limit]
         if over:
