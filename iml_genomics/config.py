@@ -212,6 +212,16 @@ class SelectConfig:
         "knockoffs", help="knockoffs (knockoff+ / e-BH) or dcrt (distilled conditional randomization test, one p-value per gene).")
     fdr_procedure: Literal["bh", "by"] = _opt(
         "bh", help="method dcrt: Benjamini-Hochberg (bh) or Benjamini-Yekutieli (by, any dependence) on the p-values.")
+    # pseudobulk (issue 18): iml_genomics/pseudobulk.py, docs/select.md "Pseudobulk"
+    pseudobulk_by: str | None = _opt(
+        None, help="Run the knockoffs / dCRT on pseudobulk profiles: cells summed per (this labels/obs column, "
+                   "class), or per this column with the mean response for a regression; then log1p CPM. Null = "
+                   "on cells. Not with max_samples.")
+    pseudobulk_min_cells: int = _opt(10, min=1, help="Pseudobulk groups with fewer cells are dropped (recorded in "
+                                                     "select_summary.json).")
+    pseudobulk_aggregate: Literal["sum", "mean"] = _opt(
+        "sum", help="sum: counts summed per group, then log1p CPM (refused on non-counts); mean: the values as "
+                    "given averaged per group, then preprocess.transform as configured.")
 
 
 @dataclass
@@ -443,6 +453,7 @@ def check_relations(cfg: Config, source: str = "config") -> None:
                 raise ConfigError(f"{source}: key '{key}' names samples but output.granularity is aggregate, "
                                   f"which writes no per-sample output. Empty {key} or use granularity full.")
     _check_compare_keys(cfg, source)
+    _check_pseudobulk_keys(cfg, source)
     sel = cfg.select
     if sel.n_draws > 1 and sel.derandomize_fdr is not None and sel.derandomize_fdr > sel.fdr:
         raise ConfigError(
@@ -450,6 +461,15 @@ def check_relations(cfg: Config, source: str = "config") -> None:
             f"n_draws = {sel.n_draws}: e-BH at fdr selects only genes of draws whose (1 + #{{W <= -T}}) / "
             f"#{{W >= T}} is <= fdr, and a per-draw level above fdr lets every draw stop where that ratio is "
             f"larger, so almost nothing can be selected. Set derandomize_fdr <= fdr or leave it unset (fdr / 2).")
+
+
+def _check_pseudobulk_keys(cfg: Config, source: str) -> None:
+    """select.pseudobulk_by and select.max_samples are alternatives: pseudobulk pools every cell."""
+    if cfg.select.pseudobulk_by is not None and cfg.select.max_samples is not None:
+        # a subsample of cells would only thin the groups (more dropped below pseudobulk_min_cells) for no
+        # saving: the profiles are a few hundred rows whatever the number of cells
+        raise ConfigError(f"{source}: select.pseudobulk_by and select.max_samples are both set; pseudobulk "
+                          f"pools all cells (its profiles are small). Remove one of the two keys.")
 
 
 def _check_compare_keys(cfg: Config, source: str) -> None:

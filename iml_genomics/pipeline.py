@@ -389,6 +389,10 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     # select: the subsample (select.max_samples) made dense, its knockoffs, [X, X~], the covariance model
     sc = cfg.select
     n_s = min(n, sc.max_samples or n)
+    if sc.pseudobulk_by is not None:
+        # pseudobulk (select.pseudobulk_by): the labels are not read here, so the profiles are counted as at most
+        # n / min_cells and at most 1,000 (500 donors x 2 classes); the sparse sum itself is one pass over X
+        n_s = min(n, max(2, n // sc.pseudobulk_min_cells), 1000)
     x_s = 8.0 * n_s * p
     k = sc.factor_rank or min(50, n_s)
     dense = sc.covariance == "ledoit_wolf" or (sc.covariance == "auto" and p <= DENSE_MAX_GENES)

@@ -18,7 +18,7 @@ _CHUNK_CELLS = 5000
 
 def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types: int = 5, n_markers: int = 10,
                          fold_change: float = 4.0, mean_log: float = -2.8, sd_log: float = 1.2,
-                         dispersion: float = 2.0, seed: int = 0):
+                         dispersion: float = 2.0, n_donors: int = 0, donor_sd: float = 0.3, seed: int = 0):
     """Sparse negative-binomial counts of cells of ``n_types`` cell types with planted marker genes.
 
     Parameters
@@ -35,6 +35,13 @@ def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types
         Gene base means are lognormal(mean_log, sd_log) counts per cell; the defaults give about 90% zeros.
     dispersion : float
         Negative-binomial size theta (Var = mu + mu^2 / theta), drawn as a gamma-Poisson mixture.
+    n_donors : int
+        0 (default): no donors, the cohort of earlier versions byte for byte. Otherwise each cell is drawn
+        from one of ``n_donors`` donors (uniformly; labels column ``donor``: ``D001`` ...), and each donor
+        multiplies every gene's mean by its own lognormal(0, ``donor_sd``) factor, so cells of one donor are
+        correlated as cells of a real individual are (what pseudobulk, ``select.pseudobulk_by``, pools).
+    donor_sd : float
+        Standard deviation of a donor's log effect on a gene (>= 0).
     seed : int
 
     Returns
@@ -42,7 +49,8 @@ def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types
     X : scipy.sparse.csr_matrix
         ``n_cells x n_genes`` float32 counts (never dense as a whole).
     labels : pandas.DataFrame
-        Indexed by ``sample_id`` (cell ids ``C000001`` ...), column ``cell_type``.
+        Indexed by ``sample_id`` (cell ids ``C000001`` ...), column ``cell_type`` (and ``donor`` when
+        ``n_donors`` > 0).
     truth : pandas.DataFrame
         One row per marker gene: gene_id, cell_type, fold_change.
     pathways : dict of str -> list of str
@@ -63,6 +71,8 @@ def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types
         raise ValueError(f"fold_change must be > 1, got {fold_change}")
     if not dispersion > 0:
         raise ValueError(f"dispersion must be > 0, got {dispersion}")
+    if n_donors < 0 or not donor_sd >= 0:
+        raise ValueError(f"n_donors must be >= 0 and donor_sd >= 0, got {n_donors} and {donor_sd}")
     rng = np.random.default_rng(seed)
     base = np.exp(rng.normal(mean_log, sd_log, size=n_genes))
     types = np.repeat(np.arange(n_types), -(-n_cells // n_types))[:n_cells]
@@ -71,6 +81,12 @@ def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types
     marker_fold = np.ones((n_types, n_genes))
     for k in range(n_types):
         marker_fold[k, k * n_markers:(k + 1) * n_markers] = fold_change
+    donor_of, donor_fold = None, None
+    if n_donors:
+        # a stream of its own: the cell types, depths and counts' other inputs are those of n_donors = 0
+        drng = np.random.default_rng([seed, 0xD0D0])
+        donor_of = drng.integers(0, n_donors, size=n_cells)
+        donor_fold = np.exp(drng.normal(0.0, donor_sd, size=(n_donors, n_genes)))
     blocks = []
     # one child stream per block of cells: the draws do not depend on how many blocks came before
     block_seeds = np.random.SeedSequence(seed).spawn(-(-n_cells // _CHUNK_CELLS))
@@ -78,6 +94,8 @@ def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types
         stop = min(start + _CHUNK_CELLS, n_cells)
         brng = np.random.default_rng(block_seeds[b])
         mu = size_factor[start:stop, None] * base[None, :] * marker_fold[types[start:stop]]
+        if donor_fold is not None:
+            mu *= donor_fold[donor_of[start:stop]]
         lam = brng.gamma(dispersion, mu / dispersion)
         counts = brng.poisson(lam).astype(np.float32)
         blocks.append(sparse.csr_matrix(counts))
@@ -87,6 +105,8 @@ def simulate_single_cell(n_cells: int = 10_000, n_genes: int = 2_000, *, n_types
     gene_ids = [f"G{j + 1:05d}" for j in range(n_genes)]
     type_names = np.array([f"type_{k + 1}" for k in range(n_types)])
     labels = pd.DataFrame({"cell_type": type_names[types]}, index=pd.Index(cell_ids, name="sample_id"))
+    if donor_of is not None:
+        labels["donor"] = np.array([f"D{d + 1:03d}" for d in range(n_donors)])[donor_of]
     truth = pd.DataFrame({"gene_id": [gene_ids[j] for j in range(n_types * n_markers)],
                           "cell_type": np.repeat(type_names, n_markers),
                           "fold_change": fold_change})
@@ -131,6 +151,8 @@ def write_single_cell(directory, prefix: str, *, seed: int = 0, **params) -> dic
     summary = {"n_samples": n, "n_genes": p, "fraction_zero": round(1 - X.nnz / (n * p), 4),
                "n_true_genes": len(truth), "n_pathways": len(pathways),
                "class_counts": labels["cell_type"].value_counts().sort_index().to_dict()}
+    if "donor" in labels:
+        summary["n_donors"] = int(labels["donor"].nunique())
     return {"h5ad": str(path), "labels": str(directory / f"{prefix}_labels.tsv"),
             "truth": str(directory / f"{prefix}_truth.tsv"), "pathways": str(directory / f"{prefix}_pathways.gmt"),
             "summary": summary}

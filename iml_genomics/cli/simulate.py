@@ -60,6 +60,11 @@ FORMATS = ("csv.gz", "csv", "tsv", "tsv.gz", "parquet", "h5ad")
               help="Transform of --expression before planting, for counts (semi-synthetic).")
 @click.option("--fold-change", type=click.FloatRange(min=1, min_open=True), default=4.0, show_default=True,
               help="Marker up-regulation in its own cell type (single-cell; --n-signal markers per type).")
+@click.option("--n-donors", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Donors the cells come from, with a donor effect on every gene; labels column donor, for "
+                   "select.pseudobulk_by (single-cell; 0 = no donors).")
+@click.option("--donor-sd", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="SD of a donor's log effect on a gene (single-cell, with --n-donors).")
 def simulate(family, out, formats, prefix, seed, **opts):
     """Write a cohort with known truth: expression, labels, true genes and pathways.
 
@@ -159,6 +164,8 @@ def _simulate_single_cell(out, prefix, seed, o) -> None:
 
     params = {"n_cells": o["n_samples"], "n_genes": o["n_genes"], "n_types": o["n_classes"] or 5,
               "n_markers": o["n_signal"], "fold_change": o["fold_change"]}
+    if o["n_donors"]:  # only then: the provenance of a cohort without donors reads as before
+        params.update(n_donors=o["n_donors"], donor_sd=o["donor_sd"])
     if params["n_types"] * params["n_markers"] > params["n_genes"]:
         raise ConfigError(f"simulate: --n-classes x --n-signal ({params['n_types']} x {params['n_markers']} marker "
                           f"genes) exceeds --n-genes {params['n_genes']}; lower one or raise --n-genes.")

@@ -106,6 +106,14 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     # single-cell scale: the dense knockoff design [X, X~] of a subsample only (select.max_samples)
     adata, subsample = subsample_cohort(adata, sc.max_samples, label_column=column, seed=cfg.seed,
                                         min_per_class=2, task=cfg.task)
+    pseudobulk = None
+    if sc.pseudobulk_by is not None:
+        from iml_genomics.pseudobulk import pseudobulk_config, pseudobulk_cohort
+
+        # the cells become one profile per (donor, class): summed raw counts -> log1p CPM (pseudobulk.py)
+        adata, pseudobulk = pseudobulk_cohort(adata, cfg, task=infer_task(adata.obs[column], cfg.task),
+                                              source=source, expression=expression)
+        cfg = pseudobulk_config(cfg)
     y_raw = adata.obs[column]
     task = infer_task(y_raw, cfg.task)
     y, classes = prepare_target(y_raw, task, n_splits=2, source=source, column=column)
@@ -164,6 +172,9 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     cohort = {"n_samples": adata.n_obs, "n_genes": adata.n_vars, "n_genes_tested": len(gene_ids), "task": task}
     if subsample is not None:
         cohort["subsample"] = subsample
+    if pseudobulk is not None:
+        cohort["pseudobulk"] = pseudobulk
+        result.summary["pseudobulk"] = pseudobulk
     return SelectResult(selection=with_untested_genes(result.table, input_gene_ids), summary=result.summary,
                         task=task, classes=classes, positive_class=positive, gene_ids=input_gene_ids,
                         tested_genes=gene_ids, cohort=cohort, warnings=warnings)
