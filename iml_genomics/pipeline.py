@@ -251,11 +251,47 @@ _SECONDS_RUN = 4.0               # run's own: interpreter, config, reading the l
 _SECONDS_PER_VALUE_READ = 2e-7   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
 _TREE_FIT = 3.8e-8               # s per (tree x cell x depth x sqrt(genes)) of a forest fit; depth <= log2(cells)
 _LINEAR_FIT = 4e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
-_SHAP_TREE = 1.5e-7              # s per (tree x cell x 2^depth) of Tree SHAP, path-dependent
-_INTERACTION = 7e-9              # s per (tree x gene^2 x cell) of Tree SHAP interaction values
+_SHAP_NODE = 3e-8               # s per (row x tree x node) of exact Tree SHAP, times (1 + depth / 16)
+_LINEAR_SHAP = 2e-8              # s per (row x gene) of linear SHAP or one linear prediction
+_PREDICT_NODE = 5e-8             # s per (row x tree x level) of a tree prediction (permutation importance)
+_INTERACTION_PATH = 6.4e-9       # s per (row x tree x leaf x depth^3) of shap's interaction values
+_INTERACTION_CELL = 1.2e-8       # s per (row x (genes + 1)^2 x output) of the interaction matrix itself
 _SELECT = 1.5e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
 _UNIVARIATE = 4e-7               # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
 _REPORT_FIXED = 8.0              # the report's gene-set tests, figures and page
+
+
+def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
+    """(trees, depth, leaves per tree) the configured tree model will grow on ``n_fit`` samples; None if not trees.
+
+    Read from the registry's own defaults merged with ``model.params`` (a random forest has 300 trees, a
+    gradient boosting depth 3). Leaves of an unbounded tree grow as about (n / min_samples_leaf)^0.75 (measured
+    on sparse single-cell and dense bulk cohorts; pure leaves stop a tree early), and such trees are unbalanced:
+    their deepest path is about 4 log2(leaves).
+    """
+    import math
+
+    from iml_genomics.models import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(cfg.model.name)
+    if spec is None or spec.kind != "tree":
+        return None
+    try:
+        params = spec[1 if cfg.task == "regression" else 0](0, dict(cfg.model.params)).get_params()
+    except (TypeError, ValueError):
+        params = dict(cfg.model.params)
+    trees = int(params.get("n_estimators") or params.get("max_iter") or 1)
+    min_leaf = params.get("min_samples_leaf") or 1
+    min_leaf = max(1.0, min_leaf * n_fit if isinstance(min_leaf, float) else float(min_leaf))
+    leaves = max(2.0, (n_fit / min_leaf) ** 0.75)
+    if params.get("max_leaf_nodes"):
+        leaves = min(leaves, float(params["max_leaf_nodes"]))
+    max_depth = params.get("max_depth")
+    if max_depth:
+        leaves = min(leaves, 2.0 ** max_depth)
+    depth = 4.0 * math.log2(leaves) if not max_depth else float(max_depth)
+    depth = max(1.0, min(depth, 4.0 * math.log2(leaves)))
+    return trees, int(round(depth)), leaves
 
 
 #: Median seconds of :func:`machine_slowdown`'s probe on the machine the time constants above were fitted on,
@@ -341,23 +377,24 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     read_seconds = _SECONDS_PER_VALUE_READ * (nnz if nnz is not None else n * p)
     pool = _WORKER * workers if workers > 1 else 0
     p_model = min(p, cfg.preprocess.top_k_variable or p)
-    tree_model = cfg.model.name in ("random_forest", "extra_trees", "gradient_boosting", "hist_gradient_boosting",
-                                    "decision_tree")
-    params = cfg.model.params
-    trees = int(params.get("n_estimators", 100)) if cfg.model.name not in ("decision_tree",) else 1
-    if cfg.model.name == "hist_gradient_boosting":
-        trees = int(params.get("max_iter", 100))
-    depth = int(params.get("max_depth") or 16)
+    n_t = min(n, cfg.cv.max_samples or n)
+    shape = _tree_shape(cfg, n_t)
+    tree_model = shape is not None
+    trees, depth, leaves = shape if tree_model else (0, 0, 0)
 
     # train: the subsample (cv.max_samples), copied to every worker; dense models hold dense copies
-    n_t = min(n, cfg.cv.max_samples or n)
     dense_model = nnz is None or cfg.model.name in ("gradient_boosting", "hist_gradient_boosting", "mlp") or \
         (cfg.preprocess.standardize and not tree_model and nnz is None)
     x_t = matrix(n_t, p_model, dense=dense_model)
     n_fits = cfg.cv.n_splits * cfg.cv.n_repeats + 1
     train_mem = _BASE + 2 * cohort + pool + max(1, min(workers, n_fits)) * 3 * x_t
     if tree_model:
-        fit = _TREE_FIT * trees * n_t * min(depth, math.log2(max(2, n_t))) * math.sqrt(p_model)
+        # CART's cost: every sample is sorted once per level it passes, on sqrt(p) candidate genes per split
+        # (forests) or all of them (boosting, single trees)
+        candidates = math.sqrt(p_model) if cfg.model.name in ("random_forest", "extra_trees") else p_model
+        if cfg.model.name == "hist_gradient_boosting":
+            candidates = p_model / 8.0  # binned histograms: a pass over the values per tree, not a sort
+        fit = _TREE_FIT * trees * n_t * min(depth, 1.0 + math.log2(max(2, leaves))) * candidates
     else:
         fit = _LINEAR_FIT * n_t * p_model * (1 if nnz is None else max(density, 0.05) * 4)
     train_s = fit * n_fits / min(workers, n_fits) + read_seconds
@@ -373,15 +410,33 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     n_out = 2
     explain_mem = _BASE + 2 * cohort + pool + 3 * matrix(n_e, p_model, dense=True) \
         + workers * 8 * chunk * p_model * n_out * 4
-    shap_s = n_e * (_SHAP_TREE * trees * 2 ** min(depth, 12) if tree_model else 2e-5 * p_model)
+    # exact Tree SHAP (explain/fast_treeshap.py): every node of every tree per row, O(depth) per node; linear
+    # SHAP is one product per (row, gene)
+    nodes = 2 * leaves - 1
+    do_shap = ec.method in ("shap", "all")
+    shap_s = n_e * (_SHAP_NODE * trees * nodes * (1 + depth / 16) if tree_model else _LINEAR_SHAP * p_model)
+    shap_s *= do_shap
     refit_s = n_refits * (fit * n_e / max(1, n_t) if tree_model else _LINEAR_FIT * n_e * p_model)
-    perm_s = 0.0 if ec.method == "shap" else ec.permutation_repeats * p_model * n_e * 2e-7 * max(1, trees / 10)
-    inter_s = 0.0
+    # permutation importance (explain/permutation.py): only genes the model uses, one prediction of the held-out
+    # rows per (gene, repeat); a forest re-evaluates only the trees that split on the gene
     if tree_model:
+        used = min(p_model, trees * leaves)
+        trees_per_gene = trees * min(1.0, leaves / p_model) + 1 if cfg.model.name in ("random_forest", "extra_trees") \
+            else trees
+        predict = _PREDICT_NODE * (depth + 1) * trees_per_gene
+    else:
+        used = min(p_model, 100) if cfg.model.name in ("l1_logistic", "lasso") else p_model
+        predict = _LINEAR_SHAP * p_model
+    perm_s = 0.0 if ec.method == "shap" else ec.permutation_repeats * used * n_e * predict
+    inter_s = 0.0
+    if tree_model and do_shap:
         per_sample = (p_model + 1) ** 2 * n_out * 8
         per_chunk = min(ec.interaction_max_samples, n_e, max(1, (512 * 2**20) // per_sample))
         explain_mem += min(workers, -(-min(n_e, ec.interaction_max_samples) // per_chunk)) * 2.5 * per_sample * per_chunk
-        inter_s = _INTERACTION * trees * p_model**2 * min(n_e, ec.interaction_max_samples)
+        # shap's interaction values: one conditioned pass of its O(L D^2) recursion per feature on a path
+        # (about D of them), plus the (p + 1)^2 matrix per sample
+        inter_s = min(n_e, ec.interaction_max_samples) * (
+            _INTERACTION_PATH * trees * leaves * depth ** 3 + _INTERACTION_CELL * (p_model + 1) ** 2 * n_out)
     explain_s = (shap_s + refit_s + perm_s + inter_s) / workers + read_seconds
     explain_work = (f"SHAP {n_e} samples x {p_model} genes in chunks of {chunk}; {n_refits} refits; "
                     f"permutation {ec.permutation_repeats} repeats x {p_model} genes")

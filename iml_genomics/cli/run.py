@@ -90,9 +90,11 @@ def run(config_path, config_option, out, force, steps, n_jobs, scheduler, dry_ru
         lines += [f"{e.step:<8} {pl.format_bytes(e.peak_memory_bytes):>12} {e.seconds:>7.0f}s  {e.work}"
                   for e in estimates if e.step in wanted]
         if dry_run:
-            lines.append(f"times: this machine now runs the timing probe {slowdown:.2f}x as long as the machine "
-                         f"the estimates were calibrated on (docs/benchmarks.md)")
             click.echo("\n".join(lines))
+            # on stderr: stdout stays the table that scripts read
+            common.echo_summary(f"run --dry-run: times are for this machine now, which ran a timing probe "
+                                f"{slowdown:.2f}x as long as the machine the estimates were calibrated on "
+                                f"(docs/benchmarks.md)")
         over = [e for e in estimates if e.step in wanted and limit is not None and e.peak_memory_bytes > limit]
         if over:
             raise ResourceError(f"step '{over[0].step}' is estimated at {pl.format_bytes(over[0].peak_memory_bytes)}, "
