@@ -241,23 +241,26 @@ def _format_or_none(path) -> str | None:
         return None
 
 
-# Calibration of the estimates (docs/benchmarks.md, "Single-cell scale"): measured with
-# benchmarks/bench_single_cell.py on 20,000 and 100,000 simulated cells x 2,000 genes, 2 cores shared with other
-# jobs (load ~10). Memory is the resident set of the main process plus its joblib workers; time is wall time.
+# Calibration of the estimates (docs/benchmarks.md, "Single-cell scale"): memory measured with
+# benchmarks/bench_single_cell.py on 20,000 and 100,000 simulated cells x 2,000 genes; times refitted on runs of
+# 100,000 cells (several subsample sizes, forests of depth 8 and unbounded, L1 logistic), 3,000 cells and dense
+# bulk cohorts on the same 2-core machine with nothing else running (the first fit, at a load of ~10, gave
+# times 4-6x too long there), and single-thread CPU times of the fits and Tree SHAP phases. Memory is the
+# resident set of the main process plus its joblib workers; time is wall time, scaled by machine_slowdown().
 _BASE = 300 * 1024**2            # interpreter, numpy, sklearn, shap, anndata in the main process
 _WORKER = 250 * 1024**2          # one loky worker with the same imports
-_SECONDS_STEP = 2.5              # a step's fixed cost: imports, provenance, hashing and writing its outputs
-_SECONDS_RUN = 4.0               # run's own: interpreter, config, reading the labels
-_SECONDS_PER_VALUE_READ = 2e-7   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
-_TREE_FIT = 3.8e-8               # s per (tree x cell x depth x sqrt(genes)) of a forest fit; depth <= log2(cells)
-_LINEAR_FIT = 4e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
-_SHAP_NODE = 3e-8               # s per (row x tree x node) of exact Tree SHAP, times (1 + depth / 16)
-_LINEAR_SHAP = 2e-8              # s per (row x gene) of linear SHAP or one linear prediction
+_SECONDS_STEP = 1.0              # a step's fixed cost: imports, provenance, hashing and writing its outputs
+_SECONDS_RUN = 3.0               # run's own: interpreter, config, reading the labels
+_SECONDS_PER_VALUE_READ = 3e-8   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
+_TREE_FIT = 4e-9                 # s per (tree x cell x level x candidate gene) of a tree fit (see _tree_shape)
+_LINEAR_FIT = 6e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
+_SHAP_NODE = 3e-8                # s per (row x tree x node) of exact Tree SHAP, times (1 + depth / 16)
+_LINEAR_SHAP = 2e-9              # s per (row x gene) of linear SHAP or one linear prediction
 _PREDICT_NODE = 5e-8             # s per (row x tree x level) of a tree prediction (permutation importance)
-_INTERACTION = 4e-10              # s per (sample x tree x gene x leaf x depth^2) of shap's interaction values
-_SELECT = 1.5e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
-_UNIVARIATE = 4e-7               # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
-_REPORT_FIXED = 8.0              # the report's gene-set tests, figures and page
+_INTERACTION = 2.2e-10           # s per (sample x tree x gene x leaf x depth^2) of shap's interaction values
+_SELECT = 3e-7                   # s per (cell x 2 genes) of the knockoff statistic, covariance included
+_UNIVARIATE = 1.4e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
+_REPORT_FIXED = 2.0              # the report's gene-set tests, figures and page
 
 
 def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
@@ -424,7 +427,7 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
             else trees
         predict = _PREDICT_NODE * (depth + 1) * trees_per_gene
     else:
-        used = min(p_model, 100) if cfg.model.name in ("l1_logistic", "lasso") else p_model
+        used = min(p_model, 50) if cfg.model.name in ("l1_logistic", "lasso") else p_model
         predict = _LINEAR_SHAP * p_model
     perm_s = 0.0 if ec.method == "shap" else ec.permutation_repeats * used * n_e * predict
     inter_s = 0.0
