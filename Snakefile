@@ -69,6 +69,15 @@ def rule_mem_mb(step):
                                             check_node=workflow.non_local_exec)
 
 
+def rule_runtime(step, floor_minutes):
+    """A rule's runtime (minutes): 4x the step's `iml-genomics run --dry-run` time estimate for the cohort, at
+    least floor_minutes, x attempt (iml_genomics.cluster.rule_runtime)."""
+    from iml_genomics.cluster import rule_runtime as runtime
+
+    return lambda wc, threads, attempt: runtime(COHORTS[wc.cohort], step, threads=threads, attempt=attempt,
+                                                floor_minutes=floor_minutes)
+
+
 def cohort(wildcards):
     return COHORTS[wildcards.cohort]
 
@@ -196,7 +205,7 @@ rule train:
     threads: 2
     resources:
         mem_mb=rule_mem_mb("train"),
-        runtime=lambda wc, attempt: 60 * attempt,  # minutes
+        runtime=rule_runtime("train", 60),  # minutes
     params:
         config=config_path,
         settings=settings("train"),
@@ -230,7 +239,7 @@ rule explain:
     threads: 2
     resources:
         mem_mb=rule_mem_mb("explain"),
-        runtime=lambda wc, attempt: 120 * attempt,  # minutes
+        runtime=rule_runtime("explain", 120),  # minutes
     params:
         config=config_path,
         settings=settings("explain"),
@@ -283,7 +292,7 @@ rule select:
     threads: 2
     resources:
         mem_mb=rule_mem_mb("select"),
-        runtime=lambda wc, attempt: 120 * attempt,  # minutes
+        runtime=rule_runtime("select", 120),  # minutes
     params:
         config=config_path,
         settings=settings("select"),
@@ -326,7 +335,7 @@ rule report:
     threads: 1
     resources:
         mem_mb=rule_mem_mb("report"),
-        runtime=lambda wc, attempt: 20 * attempt,  # minutes
+        runtime=rule_runtime("report", 20),  # minutes
     params:
         config=config_path,
         settings=settings("report"),

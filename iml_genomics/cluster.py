@@ -70,14 +70,22 @@ def _job_memory_from_scontrol(job_id: str) -> int | None:
     return int(float(match.group(1)) * _UNIT_MB[match.group(2)] * MiB)
 
 
-def step_estimate_bytes(cfg, expression, step: str) -> int | None:
-    """The ``run --dry-run`` peak-memory estimate of ``step`` for this config and matrix (header only)."""
+def step_estimate(cfg, expression, step: str):
+    """The ``run --dry-run`` estimate (a ``pipeline.StepEstimate``) of ``step`` for this config and matrix, read
+    from its header (shape, and the stored values of a sparse ``.h5ad``); None for an unknown step."""
     from iml_genomics import pipeline as pl
 
     n_samples, n_genes = pl.peek_shape(expression, genes_as_rows=cfg.data.orientation == "genes_x_samples")
-    for e in pl.estimate_resources(cfg, n_samples, n_genes, n_jobs=cfg.n_jobs):
+    for e in pl.estimate_resources(cfg, n_samples, n_genes, n_jobs=cfg.n_jobs, nnz=pl.peek_nnz(expression)):
         if e.step == step:
-            return e.peak_memory_bytes
+            return e
+    return None
+
+
+def step_estimate_bytes(cfg, expression, step: str) -> int | None:
+    """The ``run --dry-run`` peak-memory estimate of ``step`` for this config and matrix (header only)."""
+    estimate = step_estimate(cfg, expression, step)
+    return estimate.peak_memory_bytes if estimate is not None else None
     return None
 
 
@@ -156,4 +164,21 @@ def rule_mem_mb(cohort: dict, step: str, *, threads: int, attempt: int, first_sh
                                     f"{where} has {node_mb} MB (sinfo); lower preprocess.top_k_variable or "
                                     f"select.n_draws in {cohort['config']}, or use a partition with larger nodes.")
     return mem_mb
+
+
+#: Margin of a rule's runtime over its time estimate: the estimate is meant within 2x on the calibration machine,
+#: and a cluster node may be slower or shared.
+RUNTIME_MARGIN = 4.0
+
+
+def rule_runtime(cohort: dict, step: str, *, threads: int, attempt: int, floor_minutes: int) -> int:
+    """``runtime`` (minutes) for a Snakemake rule: ``RUNTIME_MARGIN`` x the step's dry-run time estimate, at least
+    ``floor_minutes``, times ``attempt`` (a job killed at its time limit is retried with more)."""
+    from iml_genomics.config import load_config
+
+    cfg = load_config(cohort["config"])
+    cfg.n_jobs = threads
+    estimate = step_estimate(cfg, cohort["expression"], step)
+    minutes = -(-RUNTIME_MARGIN * (estimate.seconds if estimate is not None else 0.0) // 60)
+    return int(max(floor_minutes, minutes) * attempt)
 

@@ -218,6 +218,7 @@ class StepEstimate:
 
 def peek_nnz(path: str | Path) -> int | None:
     """Stored values of a sparse ``.h5ad`` X (None for a dense matrix or another format), without reading them."""
+    path = Path(path)
     if _format_or_none(path) != "h5ad":
         return None
     try:

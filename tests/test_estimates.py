@@ -53,3 +53,49 @@ def test_the_probe_sees_a_busy_machine():
         for proc in spinners:
             proc.join()
     assert busy > 1.5 * idle, (idle, busy)
+
+
+def test_rule_runtime_follows_the_time_estimate_above_its_floor(tmp_path):
+    import math
+
+    import yaml
+
+    from iml_genomics.cluster import RUNTIME_MARGIN, rule_runtime, step_estimate
+
+    demo = {"config": str(ROOT / "configs" / "demo.yaml"), "expression": str(ROOT / "test_data" / "demo_expression.csv.gz")}
+    assert rule_runtime(demo, "explain", threads=2, attempt=1, floor_minutes=120) == 120
+    assert rule_runtime(demo, "explain", threads=2, attempt=2, floor_minutes=120) == 240
+    # a forest of 20,000 unbounded trees with interaction values on every sample: hours, above any floor
+    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    cfg["data"] = {**cfg["data"], **{k: str(ROOT / v) for k, v in cfg["data"].items() if k in ("expression", "labels")}}
+    cfg["model"] = {"name": "random_forest", "params": {"n_estimators": 20000}}
+    cfg["explain"] = {**cfg["explain"], "interaction_max_samples": 400}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(cfg))
+    big = {"config": str(tmp_path / "big.yaml"), "expression": demo["expression"]}
+    from iml_genomics.config import load_config
+
+    loaded = load_config(big["config"])
+    loaded.n_jobs = 2
+    seconds = step_estimate(loaded, big["expression"], "explain").seconds
+    minutes = rule_runtime(big, "explain", threads=2, attempt=1, floor_minutes=120)
+    assert minutes == math.ceil(RUNTIME_MARGIN * seconds / 60) > 120
+
+
+def test_cluster_memory_estimate_reads_a_sparse_h5ad_as_sparse(tmp_path):
+    """SLURM's mem_mb comes from the same estimate as the dry run, stored values included (it used to size a
+    sparse cohort as dense)."""
+    import anndata as ad
+    import pandas as pd
+
+    from iml_genomics.cluster import step_estimate_bytes
+    from iml_genomics.single_cell import simulate_single_cell
+
+    X, labels, *_ = simulate_single_cell(4000, 400, n_types=2, n_markers=5, seed=0)
+    path = tmp_path / "cells.h5ad"
+    ad.AnnData(X=X.astype("float64"), obs=pd.DataFrame(index=labels.index)).write_h5ad(path)
+    cfg = load_config(ROOT / "configs" / "single_cell.yaml")
+    cfg.n_jobs = 2
+    dense = {e.step: e.peak_memory_bytes for e in pl.estimate_resources(cfg, 4000, 400, n_jobs=2)}
+    sparse = {e.step: e.peak_memory_bytes for e in pl.estimate_resources(cfg, 4000, 400, n_jobs=2, nnz=X.nnz)}
+    for step in ("train", "report"):
+        assert step_estimate_bytes(cfg, path, step) == sparse[step] < dense[step]
