@@ -665,6 +665,17 @@ def _read_model(model):
     return forest, baseline, np.float64, n_out
 
 
+def _complementary(a) -> bool:
+    """True when, in every tree, the two outputs of every leaf add up to one constant (class probabilities)."""
+    leaf = a["left"] < 0
+    total = a["value"].sum(axis=1)
+    tree_of = np.searchsorted(a["roots"], np.arange(a["left"].size), side="right") - 1
+    const = np.zeros(a["roots"].size)
+    const[tree_of[leaf][::-1]] = total[leaf][::-1]  # one leaf's sum per tree (the first leaf)
+    # relative 1e-12: the leaf fractions are a / (a + b) and b / (a + b), whose float sum may be 1 - 2^-53
+    return bool(np.all(np.abs(total[leaf] - const[tree_of[leaf]]) <= 1e-12 * np.abs(const[tree_of[leaf]])))
+
+
 def _gauss_legendre(depths):
     """Per tree: Gauss-Legendre nodes and weights on [0, 1], exact for the degree (< depth) of its integrands.
 
@@ -749,6 +760,15 @@ class FastTreeExplainer:
         a["ratio"] = ratio
         self._a = a
         self.tn, self.tw, self.tw0, self.kt = _gauss_legendre(self.tree_depths)
+        # A binary forest or tree classifier whose two class probabilities add up to the same constant in every
+        # leaf of a tree: the game of class 0 is a constant minus that of class 1, and a constant game has zero
+        # Shapley values, so phi_0 = -phi_1 exactly. Only class 1 is computed then (both classes cost one).
+        self._complement = False
+        self._kvalue = a["value"]  # the leaf values the SHAP kernels read
+        if a["value"].shape[1] == 2 and self._slice is None and not a["out_off"].any():
+            self._complement = _complementary(a)
+            if self._complement:
+                self._kvalue = np.ascontiguousarray(a["value"][:, 1:])
         self.interventional = feature_perturbation == "interventional"
         self.summary_note = ""  # why interventional values do not run over the background summary
         self.n_threads = n_threads
@@ -875,7 +895,7 @@ class FastTreeExplainer:
         """SHAP values, shape (n, n_features, n_outputs); rows add up to ``predict_raw - expected_value``."""
         Xu = self._prepare(X)
         a = self._a
-        phi = np.zeros((Xu.shape[0], self.used.size, self._width))
+        phi = np.zeros((Xu.shape[0], self.used.size, self._kvalue.shape[1] if self._complement else self._width))
         if self.interventional:
             from scipy.special import beta as beta_fn
 
@@ -885,22 +905,53 @@ class FastTreeExplainer:
                 g = self._bg
                 _run_blocks(_shap_rows_interventional_shared, Xu.shape[0], self.n_threads,
                             lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"],
-                                          a["threshold"], a["missing_left"], a["value"], g["bitpos"], g["leaf_u"],
+                                          a["threshold"], a["missing_left"], self._kvalue, g["bitpos"], g["leaf_u"],
                                           g["leaf_fstart"], g["leaf_feats"], g["mstart"], g["masks"], g["counts"],
                                           beta, 1.0 / self.data.shape[0], self.max_depth, phi[s:e]))
             else:
                 _run_blocks(_shap_rows_interventional, Xu.shape[0], self.n_threads,
                             lambda s, e: (Xu[s:e], self.data, a["roots"], a["out_off"], a["left"], a["right"],
-                                          a["feature"], a["threshold"], a["missing_left"], a["value"], beta,
+                                          a["feature"], a["threshold"], a["missing_left"], self._kvalue, beta,
                                           self.max_depth, phi[s:e]))
-            out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
+            return self._scatter(phi)
+        if self._kvalue.shape[1] == 1:
+            # one output per tree: the kernels specialised on the quadrature node count (_fts_kernels), one call
+            # per group of trees of equal count; each row still sums its trees in one fixed order
+            groups = self._k_groups()
+            value = np.ascontiguousarray(self._kvalue[:, 0])
+
+            def block(s, e):
+                for rows, sel, k in groups:
+                    rows(Xu[s:e], a["roots"][sel], a["out_off"][sel], a["left"], a["right"], a["feature"],
+                         a["threshold"], a["missing_left"], value, a["ratio"], self.tn[sel[0], :k].copy(),
+                         self.tw[sel[0], :k].copy(), self.tw0[sel[0], :k].copy(), self.max_depth, phi[s:e])
+
+            _run_blocks(block, Xu.shape[0], self.n_threads, lambda s, e: (s, e))
+        else:
+            _run_blocks(_shap_rows, Xu.shape[0], self.n_threads,
+                        lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"],
+                                      a["threshold"], a["missing_left"], self._kvalue, a["ratio"], self.tn, self.tw,
+                                      self.tw0, self.kt, self.max_depth, phi[s:e]))
+        return self._scatter(phi)
+
+    def _k_groups(self):
+        """(kernel, tree indices, K) per quadrature node count present, in increasing K."""
+        from iml_genomics.explain import _fts_kernels as fk
+
+        out = []
+        for k in np.unique(self.kt).tolist():
+            rows = getattr(fk, f"_rows_k{k}", None) or fk._rows_kany
+            out.append((rows, np.flatnonzero(self.kt == k), int(k)))
+        return out
+
+    def _scatter(self, phi):
+        """(n, n_features, n_outputs) from the kernels' (n, used features, width) values."""
+        out = np.zeros((phi.shape[0], self.n_features, self.n_outputs))
+        if self._complement:
+            out[:, self.used, 1] = phi[:, :, 0]
+            out[:, self.used, 0] = -phi[:, :, 0]
+        else:
             out[:, self.used, :] = self._cut(phi)
-            return out
-        _run_blocks(_shap_rows, Xu.shape[0], self.n_threads,
-                    lambda s, e: (Xu[s:e], a["roots"], a["out_off"], a["left"], a["right"], a["feature"], a["threshold"], a["missing_left"], a["value"], a["ratio"],
-                                  self.tn, self.tw, self.tw0, self.kt, self.max_depth, phi[s:e]))
-        out = np.zeros((Xu.shape[0], self.n_features, self.n_outputs))
-        out[:, self.used, :] = self._cut(phi)
         return out
 
 
