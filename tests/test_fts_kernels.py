@@ -70,7 +70,7 @@ def test_complement_is_not_used_where_the_outputs_do_not_add_up_to_a_constant():
 
 
 def test_deep_trees_run_the_kernel_with_a_runtime_node_count():
-    # a tree of depth > 16 needs more than 8 quadrature nodes: the generic single-output kernel, equal to shap
+    # a tree of depth > 24 needs more than 12 quadrature nodes: the generic single-output kernel, equal to shap
     rng = np.random.default_rng(3)
     X = rng.normal(size=(3000, 10))
     model = DecisionTreeRegressor(random_state=0).fit(X, rng.normal(size=3000))

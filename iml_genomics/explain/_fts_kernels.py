@@ -1347,3 +1347,599 @@ def _rows_k8(X, roots, out_off, left, right, feature, threshold, missing_left, v
         for ti in range(roots.shape[0]):
             _walk_k8(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover, tn,
                       tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _walk_k9(x, root, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, z, o,
+              seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
+    K = 9
+    if left[root] < 0:
+        return
+    d = 0
+    node_s[0] = root
+    state[0] = 0
+    for k in range(K):
+        P[0, k] = 1.0
+        H[0, k] = 0.0
+    while True:
+        n = node_s[d]
+        if left[n] >= 0 and state[d] < 2:
+            is_left = state[d] == 0
+            state[d] += 1
+            c = left[n] if is_left else right[n]
+            f = feature[n]
+            if is_left:  # where the row goes at this node, read once for both children
+                xv = x[f]
+                xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+            hx = 1.0 if xleft[d] == is_left else 0.0
+            r = cover[c]
+            sf = seen[f]
+            zp = 0.0
+            op = 0.0
+            if sf:
+                zp = z[f]
+                op = o[f]
+                zn = zp * r
+                on = op * hx
+            else:
+                zn = r
+                on = hx
+            c1 = on - zn
+            if left[c] < 0:  # a leaf child is finished here, without a push
+                vc = value[c]
+                s1 = 0.0
+                if sf:
+                    s0 = 0.0
+                    for k in range(K):
+                        t = tn[k]
+                        prev = zp + (op - zp) * t
+                        base = P[d, k] / prev
+                        pc = base * (zn + c1 * t)
+                        s0 += tw[k] * pc / prev
+                        s1 += tw[k] * base
+                        H[d, k] += vc * pc
+                    g = c1 * s1 - (op - zp) * s0
+                else:
+                    for k in range(K):
+                        base = P[d, k]
+                        s1 += tw[k] * base
+                        H[d, k] += vc * (base * (zn + c1 * tn[k]))
+                    g = c1 * s1
+                phi[f, out_off] += vc * g
+                continue
+            dd = d + 1
+            node_s[dd] = c
+            state[dd] = 0
+            efeat[dd] = f
+            sseen[dd] = sf
+            sz[dd] = zp
+            so[dd] = op
+            if sf:
+                for k in range(K):
+                    t = tn[k]
+                    P[dd, k] = P[d, k] * (zn + c1 * t) / (zp + (op - zp) * t)
+            else:
+                for k in range(K):
+                    P[dd, k] = P[d, k] * (zn + c1 * tn[k])
+            for k in range(K):
+                H[dd, k] = 0.0
+            z[f] = zn
+            o[f] = on
+            seen[f] = 1
+            d = dd
+        else:
+            if left[n] < 0:
+                val = value[n]
+                for k in range(K):
+                    H[d, k] = val * P[d, k]
+            if d == 0:
+                break
+            f = efeat[d]
+            zn = z[f]
+            on = o[f]
+            zp = sz[d]
+            op = so[d]
+            # as in fast_treeshap._walk: this edge's integral, minus the enclosing edge on f's share of it
+            c1 = on - zn
+            s1 = 0.0
+            if on == 0.0:
+                for k in range(K):
+                    s1 += tw0[k] * H[d, k]
+                s1 /= zn
+            else:
+                for k in range(K):
+                    s1 += tw[k] * H[d, k] / (zn + c1 * tn[k])
+            s0 = 0.0
+            c0 = 0.0
+            if sseen[d]:
+                c0 = op - zp
+                if c0 != 0.0:
+                    if op == 0.0:
+                        for k in range(K):
+                            s0 += tw0[k] * H[d, k]
+                        s0 /= zp
+                    else:
+                        for k in range(K):
+                            s0 += tw[k] * H[d, k] / (zp + c0 * tn[k])
+            phi[f, out_off] += c1 * s1 - c0 * s0
+            z[f] = zp
+            o[f] = op
+            seen[f] = sseen[d]
+            for k in range(K):
+                H[d - 1, k] += H[d, k]
+            d -= 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rows_k9(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0,
+              max_depth, phi_all):
+    """Add to ``phi_all`` (n, p_used, n_out) the values of the trees ``roots`` (one output column each, ``value``
+    1-D), all integrated on the quadrature nodes ``tn`` (K = 9)."""
+    n, p = X.shape
+    K = 9
+    D = max_depth + 2
+    z = np.zeros(p)
+    o = np.zeros(p)
+    seen = np.zeros(p, dtype=np.uint8)
+    node_s = np.zeros(D, dtype=np.int64)
+    state = np.zeros(D, dtype=np.int64)
+    efeat = np.zeros(D, dtype=np.int64)
+    sz = np.zeros(D)
+    so = np.zeros(D)
+    sseen = np.zeros(D, dtype=np.uint8)
+    xleft = np.zeros(D, dtype=np.bool_)
+    P = np.zeros((D, K))
+    H = np.zeros((D, K))
+    for i in range(n):
+        phi = phi_all[i]
+        x = X[i]
+        for ti in range(roots.shape[0]):
+            _walk_k9(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover, tn,
+                      tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _walk_k10(x, root, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, z, o,
+              seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
+    K = 10
+    if left[root] < 0:
+        return
+    d = 0
+    node_s[0] = root
+    state[0] = 0
+    for k in range(K):
+        P[0, k] = 1.0
+        H[0, k] = 0.0
+    while True:
+        n = node_s[d]
+        if left[n] >= 0 and state[d] < 2:
+            is_left = state[d] == 0
+            state[d] += 1
+            c = left[n] if is_left else right[n]
+            f = feature[n]
+            if is_left:  # where the row goes at this node, read once for both children
+                xv = x[f]
+                xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+            hx = 1.0 if xleft[d] == is_left else 0.0
+            r = cover[c]
+            sf = seen[f]
+            zp = 0.0
+            op = 0.0
+            if sf:
+                zp = z[f]
+                op = o[f]
+                zn = zp * r
+                on = op * hx
+            else:
+                zn = r
+                on = hx
+            c1 = on - zn
+            if left[c] < 0:  # a leaf child is finished here, without a push
+                vc = value[c]
+                s1 = 0.0
+                if sf:
+                    s0 = 0.0
+                    for k in range(K):
+                        t = tn[k]
+                        prev = zp + (op - zp) * t
+                        base = P[d, k] / prev
+                        pc = base * (zn + c1 * t)
+                        s0 += tw[k] * pc / prev
+                        s1 += tw[k] * base
+                        H[d, k] += vc * pc
+                    g = c1 * s1 - (op - zp) * s0
+                else:
+                    for k in range(K):
+                        base = P[d, k]
+                        s1 += tw[k] * base
+                        H[d, k] += vc * (base * (zn + c1 * tn[k]))
+                    g = c1 * s1
+                phi[f, out_off] += vc * g
+                continue
+            dd = d + 1
+            node_s[dd] = c
+            state[dd] = 0
+            efeat[dd] = f
+            sseen[dd] = sf
+            sz[dd] = zp
+            so[dd] = op
+            if sf:
+                for k in range(K):
+                    t = tn[k]
+                    P[dd, k] = P[d, k] * (zn + c1 * t) / (zp + (op - zp) * t)
+            else:
+                for k in range(K):
+                    P[dd, k] = P[d, k] * (zn + c1 * tn[k])
+            for k in range(K):
+                H[dd, k] = 0.0
+            z[f] = zn
+            o[f] = on
+            seen[f] = 1
+            d = dd
+        else:
+            if left[n] < 0:
+                val = value[n]
+                for k in range(K):
+                    H[d, k] = val * P[d, k]
+            if d == 0:
+                break
+            f = efeat[d]
+            zn = z[f]
+            on = o[f]
+            zp = sz[d]
+            op = so[d]
+            # as in fast_treeshap._walk: this edge's integral, minus the enclosing edge on f's share of it
+            c1 = on - zn
+            s1 = 0.0
+            if on == 0.0:
+                for k in range(K):
+                    s1 += tw0[k] * H[d, k]
+                s1 /= zn
+            else:
+                for k in range(K):
+                    s1 += tw[k] * H[d, k] / (zn + c1 * tn[k])
+            s0 = 0.0
+            c0 = 0.0
+            if sseen[d]:
+                c0 = op - zp
+                if c0 != 0.0:
+                    if op == 0.0:
+                        for k in range(K):
+                            s0 += tw0[k] * H[d, k]
+                        s0 /= zp
+                    else:
+                        for k in range(K):
+                            s0 += tw[k] * H[d, k] / (zp + c0 * tn[k])
+            phi[f, out_off] += c1 * s1 - c0 * s0
+            z[f] = zp
+            o[f] = op
+            seen[f] = sseen[d]
+            for k in range(K):
+                H[d - 1, k] += H[d, k]
+            d -= 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rows_k10(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0,
+              max_depth, phi_all):
+    """Add to ``phi_all`` (n, p_used, n_out) the values of the trees ``roots`` (one output column each, ``value``
+    1-D), all integrated on the quadrature nodes ``tn`` (K = 10)."""
+    n, p = X.shape
+    K = 10
+    D = max_depth + 2
+    z = np.zeros(p)
+    o = np.zeros(p)
+    seen = np.zeros(p, dtype=np.uint8)
+    node_s = np.zeros(D, dtype=np.int64)
+    state = np.zeros(D, dtype=np.int64)
+    efeat = np.zeros(D, dtype=np.int64)
+    sz = np.zeros(D)
+    so = np.zeros(D)
+    sseen = np.zeros(D, dtype=np.uint8)
+    xleft = np.zeros(D, dtype=np.bool_)
+    P = np.zeros((D, K))
+    H = np.zeros((D, K))
+    for i in range(n):
+        phi = phi_all[i]
+        x = X[i]
+        for ti in range(roots.shape[0]):
+            _walk_k10(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover, tn,
+                      tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _walk_k11(x, root, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, z, o,
+              seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
+    K = 11
+    if left[root] < 0:
+        return
+    d = 0
+    node_s[0] = root
+    state[0] = 0
+    for k in range(K):
+        P[0, k] = 1.0
+        H[0, k] = 0.0
+    while True:
+        n = node_s[d]
+        if left[n] >= 0 and state[d] < 2:
+            is_left = state[d] == 0
+            state[d] += 1
+            c = left[n] if is_left else right[n]
+            f = feature[n]
+            if is_left:  # where the row goes at this node, read once for both children
+                xv = x[f]
+                xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+            hx = 1.0 if xleft[d] == is_left else 0.0
+            r = cover[c]
+            sf = seen[f]
+            zp = 0.0
+            op = 0.0
+            if sf:
+                zp = z[f]
+                op = o[f]
+                zn = zp * r
+                on = op * hx
+            else:
+                zn = r
+                on = hx
+            c1 = on - zn
+            if left[c] < 0:  # a leaf child is finished here, without a push
+                vc = value[c]
+                s1 = 0.0
+                if sf:
+                    s0 = 0.0
+                    for k in range(K):
+                        t = tn[k]
+                        prev = zp + (op - zp) * t
+                        base = P[d, k] / prev
+                        pc = base * (zn + c1 * t)
+                        s0 += tw[k] * pc / prev
+                        s1 += tw[k] * base
+                        H[d, k] += vc * pc
+                    g = c1 * s1 - (op - zp) * s0
+                else:
+                    for k in range(K):
+                        base = P[d, k]
+                        s1 += tw[k] * base
+                        H[d, k] += vc * (base * (zn + c1 * tn[k]))
+                    g = c1 * s1
+                phi[f, out_off] += vc * g
+                continue
+            dd = d + 1
+            node_s[dd] = c
+            state[dd] = 0
+            efeat[dd] = f
+            sseen[dd] = sf
+            sz[dd] = zp
+            so[dd] = op
+            if sf:
+                for k in range(K):
+                    t = tn[k]
+                    P[dd, k] = P[d, k] * (zn + c1 * t) / (zp + (op - zp) * t)
+            else:
+                for k in range(K):
+                    P[dd, k] = P[d, k] * (zn + c1 * tn[k])
+            for k in range(K):
+                H[dd, k] = 0.0
+            z[f] = zn
+            o[f] = on
+            seen[f] = 1
+            d = dd
+        else:
+            if left[n] < 0:
+                val = value[n]
+                for k in range(K):
+                    H[d, k] = val * P[d, k]
+            if d == 0:
+                break
+            f = efeat[d]
+            zn = z[f]
+            on = o[f]
+            zp = sz[d]
+            op = so[d]
+            # as in fast_treeshap._walk: this edge's integral, minus the enclosing edge on f's share of it
+            c1 = on - zn
+            s1 = 0.0
+            if on == 0.0:
+                for k in range(K):
+                    s1 += tw0[k] * H[d, k]
+                s1 /= zn
+            else:
+                for k in range(K):
+                    s1 += tw[k] * H[d, k] / (zn + c1 * tn[k])
+            s0 = 0.0
+            c0 = 0.0
+            if sseen[d]:
+                c0 = op - zp
+                if c0 != 0.0:
+                    if op == 0.0:
+                        for k in range(K):
+                            s0 += tw0[k] * H[d, k]
+                        s0 /= zp
+                    else:
+                        for k in range(K):
+                            s0 += tw[k] * H[d, k] / (zp + c0 * tn[k])
+            phi[f, out_off] += c1 * s1 - c0 * s0
+            z[f] = zp
+            o[f] = op
+            seen[f] = sseen[d]
+            for k in range(K):
+                H[d - 1, k] += H[d, k]
+            d -= 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rows_k11(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0,
+              max_depth, phi_all):
+    """Add to ``phi_all`` (n, p_used, n_out) the values of the trees ``roots`` (one output column each, ``value``
+    1-D), all integrated on the quadrature nodes ``tn`` (K = 11)."""
+    n, p = X.shape
+    K = 11
+    D = max_depth + 2
+    z = np.zeros(p)
+    o = np.zeros(p)
+    seen = np.zeros(p, dtype=np.uint8)
+    node_s = np.zeros(D, dtype=np.int64)
+    state = np.zeros(D, dtype=np.int64)
+    efeat = np.zeros(D, dtype=np.int64)
+    sz = np.zeros(D)
+    so = np.zeros(D)
+    sseen = np.zeros(D, dtype=np.uint8)
+    xleft = np.zeros(D, dtype=np.bool_)
+    P = np.zeros((D, K))
+    H = np.zeros((D, K))
+    for i in range(n):
+        phi = phi_all[i]
+        x = X[i]
+        for ti in range(roots.shape[0]):
+            _walk_k11(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover, tn,
+                      tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _walk_k12(x, root, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0, z, o,
+              seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi):
+    K = 12
+    if left[root] < 0:
+        return
+    d = 0
+    node_s[0] = root
+    state[0] = 0
+    for k in range(K):
+        P[0, k] = 1.0
+        H[0, k] = 0.0
+    while True:
+        n = node_s[d]
+        if left[n] >= 0 and state[d] < 2:
+            is_left = state[d] == 0
+            state[d] += 1
+            c = left[n] if is_left else right[n]
+            f = feature[n]
+            if is_left:  # where the row goes at this node, read once for both children
+                xv = x[f]
+                xleft[d] = (missing_left[n] == 1) if np.isnan(xv) else xv <= threshold[n]
+            hx = 1.0 if xleft[d] == is_left else 0.0
+            r = cover[c]
+            sf = seen[f]
+            zp = 0.0
+            op = 0.0
+            if sf:
+                zp = z[f]
+                op = o[f]
+                zn = zp * r
+                on = op * hx
+            else:
+                zn = r
+                on = hx
+            c1 = on - zn
+            if left[c] < 0:  # a leaf child is finished here, without a push
+                vc = value[c]
+                s1 = 0.0
+                if sf:
+                    s0 = 0.0
+                    for k in range(K):
+                        t = tn[k]
+                        prev = zp + (op - zp) * t
+                        base = P[d, k] / prev
+                        pc = base * (zn + c1 * t)
+                        s0 += tw[k] * pc / prev
+                        s1 += tw[k] * base
+                        H[d, k] += vc * pc
+                    g = c1 * s1 - (op - zp) * s0
+                else:
+                    for k in range(K):
+                        base = P[d, k]
+                        s1 += tw[k] * base
+                        H[d, k] += vc * (base * (zn + c1 * tn[k]))
+                    g = c1 * s1
+                phi[f, out_off] += vc * g
+                continue
+            dd = d + 1
+            node_s[dd] = c
+            state[dd] = 0
+            efeat[dd] = f
+            sseen[dd] = sf
+            sz[dd] = zp
+            so[dd] = op
+            if sf:
+                for k in range(K):
+                    t = tn[k]
+                    P[dd, k] = P[d, k] * (zn + c1 * t) / (zp + (op - zp) * t)
+            else:
+                for k in range(K):
+                    P[dd, k] = P[d, k] * (zn + c1 * tn[k])
+            for k in range(K):
+                H[dd, k] = 0.0
+            z[f] = zn
+            o[f] = on
+            seen[f] = 1
+            d = dd
+        else:
+            if left[n] < 0:
+                val = value[n]
+                for k in range(K):
+                    H[d, k] = val * P[d, k]
+            if d == 0:
+                break
+            f = efeat[d]
+            zn = z[f]
+            on = o[f]
+            zp = sz[d]
+            op = so[d]
+            # as in fast_treeshap._walk: this edge's integral, minus the enclosing edge on f's share of it
+            c1 = on - zn
+            s1 = 0.0
+            if on == 0.0:
+                for k in range(K):
+                    s1 += tw0[k] * H[d, k]
+                s1 /= zn
+            else:
+                for k in range(K):
+                    s1 += tw[k] * H[d, k] / (zn + c1 * tn[k])
+            s0 = 0.0
+            c0 = 0.0
+            if sseen[d]:
+                c0 = op - zp
+                if c0 != 0.0:
+                    if op == 0.0:
+                        for k in range(K):
+                            s0 += tw0[k] * H[d, k]
+                        s0 /= zp
+                    else:
+                        for k in range(K):
+                            s0 += tw[k] * H[d, k] / (zp + c0 * tn[k])
+            phi[f, out_off] += c1 * s1 - c0 * s0
+            z[f] = zp
+            o[f] = op
+            seen[f] = sseen[d]
+            for k in range(K):
+                H[d - 1, k] += H[d, k]
+            d -= 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rows_k12(X, roots, out_off, left, right, feature, threshold, missing_left, value, cover, tn, tw, tw0,
+              max_depth, phi_all):
+    """Add to ``phi_all`` (n, p_used, n_out) the values of the trees ``roots`` (one output column each, ``value``
+    1-D), all integrated on the quadrature nodes ``tn`` (K = 12)."""
+    n, p = X.shape
+    K = 12
+    D = max_depth + 2
+    z = np.zeros(p)
+    o = np.zeros(p)
+    seen = np.zeros(p, dtype=np.uint8)
+    node_s = np.zeros(D, dtype=np.int64)
+    state = np.zeros(D, dtype=np.int64)
+    efeat = np.zeros(D, dtype=np.int64)
+    sz = np.zeros(D)
+    so = np.zeros(D)
+    sseen = np.zeros(D, dtype=np.uint8)
+    xleft = np.zeros(D, dtype=np.bool_)
+    P = np.zeros((D, K))
+    H = np.zeros((D, K))
+    for i in range(n):
+        phi = phi_all[i]
+        x = X[i]
+        for ti in range(roots.shape[0]):
+            _walk_k12(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover, tn,
+                      tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi)
