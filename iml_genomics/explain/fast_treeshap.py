@@ -20,6 +20,11 @@ masks with counts; an explained row then costs one walk per tree plus, per leaf,
 (``O(T (N + sum_l m_l u_l))`` for m_l distinct masks of u_l features, at most the background size) instead of one
 walk per (row, background row, tree). Leaves with more than 63 path features (64-bit masks) keep that pair walk.
 
+Trees with one output column (regression, boosting, one class of a forest) run the path-dependent walk in
+kernels specialised on the quadrature node count K (:mod:`iml_genomics.explain._fts_kernels`, generated), so the
+loops over the K nodes are unrolled; a binary class-probability forest computes class 1 only and negates it for
+class 0 (the two games add up to a constant, whose Shapley values are zero).
+
 Blocks of rows run in Python threads over the compiled (GIL-free) kernels; each row is computed by one thread in a
 fixed tree order, so the values are the same bytes whatever the thread count. :class:`FastTreeExplainer` reads the fitted scikit-learn models of the registry
 (random forest, extra trees, CART, gradient boosting, histogram gradient boosting) into flat node arrays the way
