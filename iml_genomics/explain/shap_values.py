@@ -360,7 +360,9 @@ def _explain_chunk(context, X_chunk, start, stop, seed):
     if isinstance(payload, FastTreePayload):
         # the explainer was built for exactly the explained outputs (plan_shap): only a single binary margin
         # (boosting's log-odds of classes[1]) is negated when the other class is the positive one
-        values = payload.sign * payload.explainer.shap_values(Z)
+        values = payload.explainer.shap_values(Z)
+        if payload.sign != 1.0:  # (no pass over the chunk's values otherwise)
+            values = payload.sign * values
         base = np.broadcast_to(payload.sign * payload.explainer.expected_value, (Z.shape[0], values.shape[2])).copy()
     elif kind == "linear":
         values, base = _chunk_linear(estimator, Z, classes, payload, positive)
