@@ -117,9 +117,9 @@ class AnalysisValues:
 
 def _codes(y) -> tuple[np.ndarray, list[str]]:
     """Integer class codes of the labels (as strings) and the sorted classes: a permuted block of codes is
-    8 bytes per sample where the labels' strings were up to hundreds."""
+    one byte per sample (up to 255 classes) where the labels' strings took 4 bytes per character."""
     uniq, code = np.unique(pd.Series(np.asarray(y)).astype(str).to_numpy(), return_inverse=True)
-    return code.astype(np.int64).reshape(-1), [str(c) for c in uniq]
+    return code.reshape(-1).astype(np.min_scalar_type(len(uniq))), [str(c) for c in uniq]
 
 
 def residual_correlation(values: AnalysisValues, y, task: str, members: list[np.ndarray]) -> np.ndarray:
