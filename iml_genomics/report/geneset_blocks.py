@@ -11,13 +11,22 @@ four times (values, residuals, centred values, their squares) plus a permutation
 
 Results equal the dense computation of :func:`iml_genomics.report.tables.analysis_values`,
 :func:`~iml_genomics.report.tables.outcome_residuals`, :func:`iml_genomics.genesets.inter_gene_correlation`
-and :func:`~iml_genomics.report.tables.permuted_statistics` to the bit, with one exception: when the
-samples do not fit one block and the sets' per-sample means do not fit the budget either, the mean over
-samples of each set's squared per-sample mean is summed block by block (a different summation order: the
-inter-gene correlation then agrees to ~1e-15, tested to 1e-12). Why the rest is exact: each column
-reduction (``mean(axis=0)``) adds rows in order whatever the block width, the matrix products split by
-columns give the same bits (they do not when split by rows, so permutations stay in blocks of
-:data:`PERMUTATION_BLOCK` rows, the dense code's block), and every other operation is elementwise.
+and :func:`~iml_genomics.report.tables.permuted_statistics`, to the bit where the summation order is the
+same and within 1e-12 where it is not (tests/test_geneset_blocks.py):
+
+* every column reduction (``mean(axis=0)``) adds the rows in order whatever the width of the block (a block
+  is never one column wide, which numpy would reduce pairwise); every other per-gene operation is elementwise;
+* the permuted statistics are matrix products split by columns: OpenBLAS gave the same bits for blocks of
+  167 genes x 100,000 cells (the 100,000-cell report's files are byte-identical), not for products of a
+  few columns (its small-matrix kernel sums in another order): then within 1e-12. Split by rows the bits
+  changed at most sizes tried, so the permutations stay in blocks of :data:`PERMUTATION_BLOCK` rows, the dense
+  code's block;
+* the inter-gene correlation is exact while the sets' per-sample means fit one budget (sets x samples
+  <= budget); beyond, each set's mean square is summed block by block (within 1e-12). For a continuous
+  outcome the fitted values are a product split by rows (within 1e-12).
+
+Same input and budget, same bytes: nothing here depends on the number of jobs (BLAS runs with the
+threads :mod:`iml_genomics.parallel` fixes).
 """
 
 from __future__ import annotations
