@@ -461,12 +461,17 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
         select_s *= 1.5  # the distilled CRT's per-gene residual fits: 1.4x knockoffs at p = 20,000 (docs/benchmarks.md)
     select_work = f"{sc.n_draws} knockoff draw(s) of {n_s} x {p}; statistic {sc.statistic} on {n_s} x {2 * p}"
 
-    # report: per-gene tests over every sample, a block of genes dense at a time (report/tables.py)
-    # report: per-gene tests and the gene-set label-permutation null on every sample (or report.max_samples):
-    # the null holds the values, their residuals, centred values and squares dense, and the permutations
+    # report: per-gene tests and the gene-set label-permutation null on every sample (or report.max_samples),
+    # both from blocks of about 2^24 values densified one at a time (report/tables.py, report/geneset_blocks.py):
+    # a block and its transforms and casts (about 7 blocks' worth, measured: 0.9 GB above the cohort at
+    # 100,000 x 2,000), a block of 200 permutations (int32 indices, 1-byte labels, the 0/1 float design) and
+    # the block's permuted statistics and p-values
     n_r = min(n, cfg.report.max_samples or n)
     n_perm = cfg.report.n_permutations
-    report_mem = _BASE + 2 * cohort + 4 * 8.0 * n_r * p + 8.0 * n_perm * n_r + 8 * p * 200
+    from iml_genomics.report.geneset_blocks import BLOCK_VALUES
+
+    report_mem = (_BASE + 2 * cohort + 7 * 8.0 * min(n_r * p, BLOCK_VALUES) + 13.0 * 200 * n_r
+                  + 4 * 8 * p * 200)
     report_s = _REPORT_FIXED + _UNIVARIATE * n_r * p * max(1.0, n_perm / 1000) + read_seconds
     report_work = f"{p} genes; rank test with {cfg.report.n_permutations} permutations"
     startup = _SECONDS_STEP

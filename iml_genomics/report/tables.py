@@ -13,6 +13,8 @@ import pandas as pd
 
 from iml_genomics import genesets as gs
 from iml_genomics.io.readers import tested_rows, truthy
+from iml_genomics.report.geneset_blocks import (BLOCK_VALUES, AnalysisValues, permutation_block_rows,
+                                                permuted_statistics_blocks, residual_correlation)
 from iml_genomics.report.inputs import ReportInputs, measured_genes
 
 UNIVARIATE_COLUMNS = ["effect", "effect_type", "higher_in", "statistic", "statistic_type", "p_value",
@@ -352,29 +354,73 @@ def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, posit
     -------
     stat : (B, p) array (NaN where a gene is constant), p : (B, p) array or None
     """
+    Xc, Xc2 = centered if centered is not None else (Xt - Xt.mean(axis=0), None)
+    design = permuted_design(y, task, perm, positive_class=positive_class)
+    return statistics_from_design(Xc, Xc2, design, with_p=with_p)
+
+
+def permuted_design(y, task: str, perm: np.ndarray, *, positive_class: str | None = None,
+                    codes: tuple | None = None) -> tuple:
+    """What :func:`permuted_statistics` needs of a block of label permutations, whatever the genes.
+
+    Parameters
+    ----------
+    y, task, perm, positive_class
+        As :func:`permuted_statistics`.
+    codes : (int array, sorted classes), optional
+        The labels as codes into their sorted classes (classification), so the permuted labels are
+        integers rather than strings.
+
+    Returns
+    -------
+    tuple
+        ``('regression', Y centred per row, its row sums of squares)``, ``('binary', I1, n1, n0)`` or
+        ``('anova', [(Ic, nc) per class], g)``; the 0/1 designs are float (B, n) arrays.
+    """
+    n = perm.shape[1]
+    if task == "regression":
+        yv = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").to_numpy(dtype=float)
+        Y = yv[perm]
+        Y = Y - Y.mean(axis=1, keepdims=True)
+        return ("regression", Y, (Y ** 2).sum(axis=1, keepdims=True))
+    if codes is None:
+        uniq, code = np.unique(pd.Series(np.asarray(y)).astype(str).to_numpy(), return_inverse=True)
+        classes = [str(c) for c in uniq]  # sorted as sorted() sorts strings
+        code = code.reshape(-1).astype(np.min_scalar_type(len(classes)))
+    else:
+        code, classes = codes
+    L = code[perm]
+    if len(classes) == 2:
+        pos = positive_class if positive_class in classes else classes[-1]
+        I1 = (L == classes.index(pos)).astype(float)
+        n1 = I1.sum(axis=1, keepdims=True)
+        return ("binary", I1, n1, n - n1)
+    parts = []
+    for c in range(len(classes)):
+        Ic = (L == c).astype(float)
+        parts.append((Ic, Ic.sum(axis=1, keepdims=True)))
+    return ("anova", parts, len(classes))
+
+
+def statistics_from_design(Xc: np.ndarray, Xc2: np.ndarray | None, design: tuple, *,
+                           with_p: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The permuted statistics (and p-values) of the centred genes ``Xc`` (its square ``Xc2`` or None)
+    under a :func:`permuted_design`: every quantity is per gene, so a block of genes gives its columns."""
     from scipy import special  # the distributions' ufuncs: t.sf / f.sf without the per-call overhead
 
-    Xc, Xc2 = centered if centered is not None else (Xt - Xt.mean(axis=0), None)
     n = Xc.shape[0]
     pval = None
+    kind = design[0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        if task == "regression":
-            yv = pd.to_numeric(pd.Series(np.asarray(y)), errors="coerce").to_numpy(dtype=float)
-            Y = yv[perm]
-            Y = Y - Y.mean(axis=1, keepdims=True)
-            r = (Y @ Xc) / np.sqrt((Y ** 2).sum(axis=1, keepdims=True) * (Xc ** 2).sum(axis=0))
+        if kind == "regression":
+            _, Y, Ysq = design
+            r = (Y @ Xc) / np.sqrt(Ysq * (Xc2 if Xc2 is not None else Xc ** 2).sum(axis=0))
             stat = r * np.sqrt((n - 2) / np.clip(1 - r ** 2, 1e-300, None))
             if with_p:
                 pval = 2 * special.stdtr(n - 2, -np.abs(stat))
             return stat, pval
-        labels = pd.Series(np.asarray(y)).astype(str).to_numpy()
-        classes = sorted(set(labels))
-        L = labels[perm]
-        if len(classes) == 2:
-            pos = positive_class if positive_class in classes else classes[-1]
-            I1 = (L == pos).astype(float)
-            n1 = I1.sum(axis=1, keepdims=True)
-            n0 = n - n1
+        if kind == "binary":
+            _, I1, n1, n0 = design
             if Xc2 is None:
                 Xc2 = Xc ** 2
             S1, Q1 = I1 @ Xc, I1 @ Xc2
@@ -387,13 +433,11 @@ def permuted_statistics(Xt: np.ndarray, y, task: str, perm: np.ndarray, *, posit
                 df = (a + b) ** 2 / (a ** 2 / (n1 - 1) + b ** 2 / (n0 - 1))
                 pval = 2 * special.stdtr(df, -np.abs(stat))
             return stat, pval
+        _, parts, g = design
         total = (Xc2 if Xc2 is not None else Xc ** 2).sum(axis=0)
-        between = np.zeros((len(perm), Xc.shape[1]))
-        for c in classes:
-            Ic = (L == c).astype(float)
-            nc = Ic.sum(axis=1, keepdims=True)
+        between = np.zeros((len(parts[0][0]), Xc.shape[1]))
+        for Ic, nc in parts:
             between += (Ic @ Xc) ** 2 / nc
-        g = len(classes)
         stat = (between / (g - 1)) / ((total - between) / (n - g))
         if with_p:
             pval = special.fdtrc(g - 1, n - g, stat)
@@ -602,7 +646,7 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
                       gene_ids: list[str] | None = None, classes: tuple[str, str] | None = None,
                       adata=None, label_column: str | None = None, task: str | None = None,
                       positive_class: str | None = None, count_data: bool = False, cpm: bool = False,
-                      null: str = "auto") -> GeneSetAnalysis:
+                      null: str = "auto", block_values: int | None = None) -> GeneSetAnalysis:
     """Over-representation, prerank test and group attributions for every set.
 
     ``classes`` = (positive class, other class) for a two-class outcome: every set is named by the class it
@@ -618,6 +662,10 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     genes-independent nulls are reported and no set is flagged. The
     ``null_method`` (over-representation) and ``gsea_null_method`` (rank test)
     columns say which null each row used.
+
+    The expression is read a block of about ``block_values`` values at a time (default
+    :data:`~iml_genomics.report.geneset_blocks.BLOCK_VALUES`; :mod:`iml_genomics.report.geneset_blocks`),
+    never densified whole: the results do not depend on it (see that module for the one case of last bits).
 
     Returns a :class:`GeneSetAnalysis` whose table has the columns
     :data:`GENE_SET_COLUMNS`, sorted by the rule in docs/report.md.
@@ -676,11 +724,12 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
     # ---- which null: decided per cohort (docs/report.md, "Nulls")
     have_cohort = (adata is not None and label_column is not None and label_column in adata.obs.columns
                    and univariate is not None)
-    Xt = y = None
+    values = y = None
     n_distinct = 0.0
     if have_cohort:
-        # every sample, exactly as univariate_effects uses them, so permuted statistics match the observed ones
-        Xt = analysis_values(adata, count_data=count_data, cpm=cpm)
+        # every sample, exactly as univariate_effects uses them, so permuted statistics match the observed ones;
+        # served a block at a time (a dense copy of 10^5 cells was 1.6 GB, and the nulls made four)
+        values = AnalysisValues(adata.X, count_data=count_data, cpm=cpm, budget=block_values or BLOCK_VALUES)
         y = adata.obs[label_column].to_numpy()
         n_distinct = gs.distinct_permutations(y)
     can_permute = have_cohort and null == "auto" and n_distinct >= MIN_DISTINCT_PERMUTATIONS
@@ -703,12 +752,21 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
                 col_of_key.setdefault(k, []).append(j)
         members = [np.array([c for g in sets[name] for c in col_of_key.get(g, ())], dtype=np.int64)
                    for name in sets]
-        rho = gs.inter_gene_correlation(outcome_residuals(Xt, y, task), members)
+        rho = residual_correlation(values, y, task, members)
         rho = np.clip(np.nan_to_num(rho), 0.0, None)  # as limma's allow.neg.cor = FALSE: never liberalise
     perm = None
     if "phenotype_permutation" in (ora_null, rank_null):
         rng = np.random.default_rng([int(random_state or 0), 12])  # its own stream: gene permutations unchanged
-        perm = np.stack([rng.permutation(len(y)) for _ in range(n_permutations)])
+        rows = permutation_block_rows(len(y), values.budget)
+
+        def perm():
+            # drawn a block at a time, in the order one (n_permutations, n) matrix would be: same permutations
+            for b0 in range(0, n_permutations, rows):
+                block = np.empty((min(rows, n_permutations - b0), len(y)), dtype=np.int64 if len(y) > 2**31 - 1
+                                 else np.int32)  # half the bytes of the stacked int64 rows, the same indices
+                for i in range(len(block)):
+                    block[i] = rng.permutation(len(y))
+                yield block
 
     null_overlaps = null_stat = None
     null_direction: tuple = (None, None)
@@ -720,11 +778,8 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         stat_ids = [id_names[j] for j in stat_cols]
         chunks_o, chunks_s = [], []
         chunks_d: tuple[list, list] = ([], [])
-        Xc = Xt - Xt.mean(axis=0)
-        centered = (Xc, Xc ** 2 if task != "regression" else None)
-        for b0 in range(0, len(perm), 200):
-            stat, pval = permuted_statistics(Xt, y, task, perm[b0:b0 + 200], positive_class=positive_class,
-                                             with_p=ora_null == "phenotype_permutation", centered=centered)
+        for stat, pval in permuted_statistics_blocks(values, y, task, perm(), positive_class=positive_class,
+                                                     with_p=ora_null == "phenotype_permutation"):
             if ora_null == "phenotype_permutation":
                 over = _query_overlaps(pval, id_names, keys, top_k, ora_sets,
                                        stat=stat if split is not None else None)
