@@ -255,6 +255,7 @@ _SHAP_TREE = 1.5e-7              # s per (tree x cell x 2^depth) of Tree SHAP, p
 _INTERACTION = 7e-9              # s per (tree x gene^2 x cell) of Tree SHAP interaction values
 _SELECT = 1.5e-6                 # s per (cell x 2 genes) of the knockoff statistic, covariance included
 _UNIVARIATE = 4e-7               # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
+_AGNOSTIC = 1.9e-8               # s per (evaluated row x gene) of a small MLP's forward pass in permutation SHAP
 _REPORT_FIXED = 8.0              # the report's gene-set tests, figures and page
 
 
@@ -326,6 +327,10 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     explain_mem = _BASE + 2 * cohort + pool + 3 * matrix(n_e, p_model, dense=True) \
         + workers * 8 * chunk * p_model * n_out * 4
     shap_s = n_e * (_SHAP_TREE * trees * 2 ** min(depth, 12) if tree_model else 2e-5 * p_model)
+    if cfg.model.name == "mlp" and ec.method != "permutation":
+        # model-agnostic permutation SHAP: 5 antithetic pairs x 2 (genes + 1) coalitions x background rows per
+        # explained cell, each a forward pass costing ~genes (measured: 346 s at 200 cells x 300 genes, sc18)
+        shap_s = n_e * 10 * (p_model + 1) * min(ec.background_size, n_e) * p_model * _AGNOSTIC
     refit_s = n_refits * (fit * n_e / max(1, n_t) if tree_model else _LINEAR_FIT * n_e * p_model)
     perm_s = 0.0 if ec.method == "shap" else ec.permutation_repeats * p_model * n_e * 2e-7 * max(1, trees / 10)
     inter_s = 0.0
