@@ -63,6 +63,7 @@ def dense_reason(pipeline) -> str | None:
     str or None
         The model class that needs dense input, or the centring scaler; None when sparse input is fine.
     """
+    from sklearn.base import is_classifier, is_regressor
     from sklearn.preprocessing import StandardScaler
 
     parts = [pipeline]
@@ -71,9 +72,11 @@ def dense_reason(pipeline) -> str | None:
     for part in parts:
         if isinstance(part, StandardScaler) and part.with_mean:
             return "its StandardScaler centres the genes (fitted on a dense matrix)"
-    model = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
-    if model is not None and not _accepts_sparse(model):
-        return f"{type(model).__name__} takes dense input only"
+    for part in parts:
+        # the model itself, not a Pipeline / search wrapper around it (their tags follow their first step)
+        leaf = not hasattr(part, "steps") and not hasattr(part, "estimator")
+        if leaf and (is_classifier(part) or is_regressor(part)) and not _accepts_sparse(part):
+            return f"{type(part).__name__} takes dense input only"
     return None
 
 

@@ -265,3 +265,24 @@ def test_every_model_task_and_preprocessing_runs_or_refuses_in_one_line(sparse_h
         assert proc.returncode == 2 and len(lines) == 1 and "explain.method" in lines[0], proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
+
+
+def test_a_tuned_hist_gradient_boosting_is_seen_as_dense_only():
+    from sklearn.model_selection import GridSearchCV
+
+    from iml_genomics.models import build_pipeline
+
+    hgb = build_pipeline(_cfg("hist_gradient_boosting", {}), "classification", sparse_input=True, n_classes=2)
+    assert "HistGradientBoosting" in dense_reason(GridSearchCV(hgb, {"model__max_iter": [5, 10]}))
+    rf = build_pipeline(_cfg("random_forest", {}), "classification", sparse_input=True, n_classes=2)
+    assert dense_reason(GridSearchCV(rf, {"model__max_depth": [2, 3]})) is None
+
+
+def test_evaluate_prediction_gaps_with_hist_gradient_boosting_on_sparse_input():
+    from iml_genomics.steps.evaluate import prediction_gap_table
+
+    adata = _cohort(n_cells=300, n_genes=30)
+    cfg = _cfg("hist_gradient_boosting", {"max_iter": 5})
+    ranking = pd.DataFrame({"gene_id": list(adata.var_names), "rank": np.arange(1, 31)})
+    table = prediction_gap_table(adata, cfg, {"shap": ranking}, (5,), 1)
+    assert len(table) and set(table["source"]) == {"shap"}
