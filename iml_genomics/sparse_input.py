@@ -206,3 +206,27 @@ def check_explainable(cfg, task: str, classes) -> None:
         text = str(exc).replace("run explain --method permutation",
                                 f"set explain.method: permutation (it is '{cfg.explain.method}')")
         raise ConfigError(f"config: {text[len('explain: '):] if text.startswith('explain: ') else text}") from None
+
+
+def check_model_statistic(cfg, *, source: str) -> None:
+    """Refuse ``select.statistic: model`` for a model with neither ``coef_`` nor ``feature_importances_``.
+
+    :func:`iml_genomics.select.statistics.model_importance` finds out only after fitting on [X, X~]; a ``run``
+    found out after train and explain. Linear registry models have ``coef_``; tree models declare
+    ``feature_importances_`` on their class (HistGradientBoosting does not, nor does the MLP).
+
+    Raises
+    ------
+    iml_genomics.errors.ConfigError
+    """
+    from iml_genomics.errors import ConfigError
+    from iml_genomics.models import MODEL_REGISTRY
+
+    spec = MODEL_REGISTRY.get(cfg.model.name)
+    if spec is None:
+        return  # an unknown model name is refused by its own check
+    has_importance = spec.kind == "linear" or all(hasattr(type(build(0, {})), "feature_importances_")
+                                                  for build in spec)
+    if not has_importance:
+        raise ConfigError(f"{source}: select.statistic is 'model' but model '{cfg.model.name}' has neither "
+                          f"coef_ nor feature_importances_; use select.statistic: lasso or random_forest.")

@@ -286,3 +286,30 @@ def test_evaluate_prediction_gaps_with_hist_gradient_boosting_on_sparse_input():
     ranking = pd.DataFrame({"gene_id": list(adata.var_names), "rank": np.arange(1, 31)})
     table = prediction_gap_table(adata, cfg, {"shap": ranking}, (5,), 1)
     assert len(table) and set(table["source"]) == {"shap"}
+
+
+def test_select_statistic_model_is_refused_before_training_exactly_for_models_without_importances(sparse_h5ad,
+                                                                                                  tmp_path):
+    import warnings
+
+    from iml_genomics.models import MODEL_REGISTRY, build_estimator
+    from iml_genomics.sparse_input import check_model_statistic
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.repeat([0, 1, 2], 20)
+    for name in MODEL_REGISTRY:  # the static check agrees with what a fitted model has
+        est = build_estimator(name, "classification", seed=0, params={}, n_classes=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X, y)
+        has = hasattr(est, "coef_") or hasattr(est, "feature_importances_")
+        cfg = config_from_dict({"model": {"name": name}, "select": {"statistic": "model"}})
+        if has:
+            check_model_statistic(cfg, source="c.yaml")
+        else:
+            with pytest.raises(ConfigError, match="select.statistic"):
+                check_model_statistic(cfg, source="c.yaml")
+    d, h5ad = sparse_h5ad
+    config = _write_cfg(tmp_path / "m.yaml", h5ad, select={"statistic": "model"})
+    one_line(run_cli("run", config, "--out", tmp_path / "o", check=False), 2, "select.statistic", "lasso")
+    assert not (tmp_path / "o").exists()

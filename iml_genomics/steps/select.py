@@ -197,6 +197,10 @@ def check_select_config(cfg, *, source: str) -> None:
     if sc.groups == "file" and not sc.group_file:
         raise ConfigError(f"{source}: select.groups is 'file' but select.group_file is not set; "
                           f"give a TSV with columns gene_id and group.")
+    if sc.method == "knockoffs" and sc.statistic == "model":
+        from iml_genomics.sparse_input import check_model_statistic
+
+        check_model_statistic(cfg, source=source)  # before hours of training, not after them
 
 
 def gene_groups(groups, gene_ids, *, source: str) -> list:
