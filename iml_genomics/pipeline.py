@@ -261,6 +261,7 @@ _PREDICT_NODE = 5e-8             # s per (row x tree x level) of a tree predicti
 _INTERACTION = 2.2e-10           # s per (sample x tree x gene x leaf x depth^2) of shap's interaction values
 _SELECT = 3e-7                   # s per (cell x 2 genes) of the knockoff statistic, covariance included
 _UNIVARIATE = 1.4e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
+_AGNOSTIC = 6e-9                 # s per (evaluated row x gene) of a small MLP's forward pass in permutation SHAP
 _REPORT_FIXED = 2.0              # the report's gene-set tests, figures and page
 
 
@@ -419,6 +420,11 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     do_shap = ec.method in ("shap", "all")
     shap_s = n_e * (_SHAP_NODE * trees * nodes * (1 + depth / 16) if tree_model else _LINEAR_SHAP * p_model)
     shap_s *= do_shap
+    if cfg.model.name == "mlp" and ec.method != "permutation":
+        # model-agnostic permutation SHAP: 5 antithetic pairs x 2 (genes + 1) coalitions x background rows per
+        # explained cell, each a forward pass costing ~genes (measured: 346 s at 200 cells x 300 genes at a load
+        # of ~11, 124 s at ~4; sc18)
+        shap_s = n_e * 10 * (p_model + 1) * min(ec.background_size, n_e) * p_model * _AGNOSTIC
     refit_s = n_refits * (fit * n_e / max(1, n_t) if tree_model else _LINEAR_FIT * n_e * p_model)
     # permutation importance (explain/permutation.py): only genes the model uses, one prediction of the held-out
     # rows per (gene, repeat); a forest re-evaluates only the trees that split on the gene

@@ -107,6 +107,12 @@ def train_model(adata, cfg, *, n_jobs: int | None = None, source: str = "labels"
     n_cov = X.shape[1] - len(gene_ids)
     pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None,
                               n_covariates=n_cov)
+    from iml_genomics.sparse_input import densify_for
+
+    # a model without sparse input (HistGradientBoosting) gets a dense copy of the cells it trains on only
+    # (the step's cv.max_samples subsample); the scaler above was still chosen for the sparse matrix
+    X = densify_for(X, pipeline, key="cv.max_samples",
+                    source=adata.uns.get("sources", {}).get("expression", "expression"))
     n_jobs = cfg.n_jobs if n_jobs is None else n_jobs
     cv = cross_validate(pipeline, X, y, sample_ids=sample_ids, classes=classes, task=task,
                         positive_class=positive, n_splits=cfg.cv.n_splits, n_repeats=cfg.cv.n_repeats, seed=cfg.seed,

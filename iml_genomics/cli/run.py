@@ -102,6 +102,12 @@ def run(config_path, config_option, out, force, steps, n_jobs, scheduler, dry_ru
                                 f"select.n_draws, or run on a larger node.")
         if dry_run:
             return
+    from iml_genomics.sparse_input import resource_warning
+
+    # a cohort too big for its config: say so before hours are spent (the memory refusal above is opt-in)
+    too_big = resource_warning(estimates, steps=wanted)
+    if too_big:
+        echo_warnings([too_big])
 
     # the steps get the file's config with --jobs/--scheduler applied (the report runs with the file's as is)
     result = run_pipeline(load_config(config_path), out=out, config_path=config_path, steps=wanted, force=force,

@@ -126,6 +126,9 @@ def prediction_gap_table(adata, cfg, rankings, k_values, n_random, *, backend=No
         raise ConfigError(f"evaluate: every --k is >= the {len(gene_ids)} genes of {expression_source(adata, None)}; "
                           f"prediction gaps need k < number of genes.")
     pipeline = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None)
+    from iml_genomics.sparse_input import densify_for
+
+    X = densify_for(X, pipeline, key="model.name", source=expression_source(adata, None))  # HistGradientBoosting
     parts = []
     for name, ranking in rankings.items():
         gaps = prediction_gaps(X, y, gene_ids, ranking, pipeline=pipeline, task=task, classes=classes, k_values=ks,

@@ -264,6 +264,12 @@ def explain(adata, cfg=None, *, model, n_jobs: int | None = None, random_state: 
     cov_features = covariate_features(encoding)
     refit = build_pipeline(cfg, task, sparse_input=sparse.issparse(X), n_classes=len(classes) if classes else None,
                            n_covariates=len(cov_features))
+    from iml_genomics.sparse_input import densify_for
+
+    # the bundle or the refit may need dense rows (a centring scaler fitted on a dense matrix, HistGradientBoosting):
+    # only the explained subsample (explain.max_samples) is densified
+    X = densify_for(densify_for(X, pipeline, key="explain.max_samples", source=expression_source(adata, None)),
+                    refit, key="explain.max_samples", source=expression_source(adata, None))
     sample_ids = list(adata.obs_names)
     collector = AttributionCollector() if on_chunk is None else None
     result = explain_cohort(pipeline, X, gene_ids=feature_ids, sample_ids=sample_ids,

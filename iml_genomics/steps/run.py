@@ -288,6 +288,11 @@ class _Run:
                                                 column=data.label_column)
             if warning:
                 self.warn([warning])
+            if "explain" in to_run and "train" in to_run:
+                from iml_genomics.sparse_input import check_explainable
+
+                # a model SHAP cannot explain is refused before training, not after it
+                check_explainable(cfg, infer_task(y, cfg.task), classes)
         self.adata = adata
         return adata
 

@@ -120,6 +120,7 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     positive, warning = resolve_positive_class(classes, cfg.data.positive_class, source=source, column=column)
     warnings = [warning] if warning else []
     X = design_matrix(adata)
+    was_sparse = hasattr(X, "toarray")
     gene_ids = list(adata.var_names)
     check_counts(X, cfg.preprocess.transform, expression, list(adata.obs_names), gene_ids)
     if hasattr(X, "toarray"):
@@ -133,6 +134,15 @@ def select(adata, cfg, *, groups=None, n_jobs: int | None = None, random_state: 
     if hasattr(X, "toarray"):
         X = X.toarray()
     X = np.asarray(X, dtype=np.float64)
+    if subsample is not None or was_sparse:
+        from iml_genomics.sparse_input import drop_constant_genes
+
+        # sparse counts (and a subsample of cells) leave genes with no count at all: untested, not a refusal
+        X, gene_ids, dropped = drop_constant_genes(X, gene_ids)
+        if dropped:
+            warnings.append(f"iml-genomics: warning: select: {len(dropped)} gene(s) constant across the "
+                            f"{X.shape[0]} cells used (first '{dropped[0]}') are not tested (W = NaN); "
+                            f"raise select.max_samples or filter genes (preprocess.min_expression) to test them.")
     if cfg.data.covariates:
         from iml_genomics.covariates import require_column
 
@@ -198,6 +208,10 @@ def check_select_config(cfg, *, source: str) -> None:
     if sc.groups == "file" and not sc.group_file:
         raise ConfigError(f"{source}: select.groups is 'file' but select.group_file is not set; "
                           f"give a TSV with columns gene_id and group.")
+    if sc.method == "knockoffs" and sc.statistic == "model":
+        from iml_genomics.sparse_input import check_model_statistic
+
+        check_model_statistic(cfg, source=source)  # before hours of training, not after them
 
 
 def gene_groups(groups, gene_ids, *, source: str) -> list:
