@@ -22,6 +22,48 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
     return proc
 
 
+_SILENT_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
+def run_cli_inprocess(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``iml-genomics ARGS`` in this process: click's CliRunner in standalone mode, as the entry point runs.
+
+    Same exit code and stderr as :func:`run_cli` without a new interpreter and its 2-3 s of imports (most of
+    a refused command's cost). So that :func:`one_line` holds a run to the same rules: an exception escaping
+    the CLI is turned into its traceback text, and every warning a real run would print (the interpreter's
+    default filters) is appended to stderr as its own line. The process's signal handlers (the CLI installs
+    its own for SIGINT/SIGTERM) and working directory (``ROOT``, as for ``run_cli``) are restored afterwards.
+    Keep :func:`run_cli` where the process itself is under test (start-up, ``--jobs`` workers, signals).
+    """
+    import contextlib
+    import signal
+    import traceback
+    import warnings
+
+    from click.testing import CliRunner
+
+    from iml_genomics.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.chdir(ROOT), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    for w in caught:
+        if not issubclass(w.category, _SILENT_WARNINGS):
+            stderr += warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+    proc = subprocess.CompletedProcess(["iml-genomics", *map(str, args)], result.exit_code, result.stdout, stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"iml-genomics {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
 def one_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
     """``code``, exactly one stderr line holding every needle, no traceback; returns the line."""
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
