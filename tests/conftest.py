@@ -31,8 +31,9 @@ def run_cli_inprocess(*args: str, check: bool = True) -> subprocess.CompletedPro
     Same exit code and stderr as :func:`run_cli` without a new interpreter and its 2-3 s of imports (most of
     a refused command's cost). So that :func:`one_line` holds a run to the same rules: an exception escaping
     the CLI is turned into its traceback text, and every warning a real run would print (the interpreter's
-    default filters) is appended to stderr as its own line. The process's signal handlers (the CLI installs
-    its own for SIGINT/SIGTERM) and working directory (``ROOT``, as for ``run_cli``) are restored afterwards.
+    default filters) is appended to stderr as its own line. ``sys.argv`` is the entry point's while it runs (provenance
+    records it); the process's signal handlers (the CLI installs its own for SIGINT/SIGTERM) and working directory
+    (``ROOT``, as for ``run_cli``) are restored afterwards.
     Keep :func:`run_cli` where the process itself is under test (start-up, ``--jobs`` workers, signals).
     """
     import contextlib
@@ -45,11 +46,15 @@ def run_cli_inprocess(*args: str, check: bool = True) -> subprocess.CompletedPro
     from iml_genomics.cli import main
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    argv = sys.argv
+    # provenance.json records sys.argv: the entry point's, not pytest's
+    sys.argv = ["iml-genomics", *map(str, args)]
     try:
         with contextlib.chdir(ROOT), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
     finally:
+        sys.argv = argv
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     stderr = result.stderr
@@ -92,7 +97,7 @@ def demo_paths() -> dict[str, Path]:
 def demo_train_dir(tmp_path_factory, demo_paths) -> Path:
     """The demo cohort trained once per session with configs/demo.yaml."""
     out = tmp_path_factory.mktemp("demo_train") / "train"
-    run_cli("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
+    run_cli_inprocess("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
             "--labels", demo_paths["labels"], "--out", out, "--jobs", "2")
     return out
 
