@@ -47,7 +47,7 @@ def demo_runs(tmp_path_factory):
     labels = pd.read_csv(TEST_DATA / "demo_labels.tsv", sep="\t")
     labels[labels["sample_id"].isin(expr.index)].to_csv(root / "labels.tsv", sep="\t", index=False)
     run_cli_inprocess("train", "--config", root / "cfg.yaml", "--expression", root / "demo.tsv",
-            "--labels", root / "labels.tsv", "--out", root / "train", "--jobs", "1")
+                      "--labels", root / "labels.tsv", "--out", root / "train", "--jobs", "1")
     run_cli_inprocess(*_explain_args(root), "--out", root / "j1", "--jobs", "1")
     return root
 
@@ -138,7 +138,7 @@ def test_outputs_exist_and_say_what_they_explain(demo_runs):
 def test_report_shows_one_section_per_method(demo_runs):
     root = demo_runs
     run_cli_inprocess("report", "--inputs", root / "train", "--inputs", root / "j1", "--out", root / "report",
-            "--jobs", "1")
+                      "--jobs", "1")
     page = (root / "report" / "report.html").read_text()
     for anchor, words in (("surrogate", "Global surrogate and rules"), ("pdp", "Partial dependence and ICE"),
                           ("map", "Map of samples in attribution space")):

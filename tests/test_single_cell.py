@@ -58,8 +58,9 @@ def test_stratified_subsample_keeps_shares_seed_and_minimum():
 def tiny_sparse(tmp_path_factory):
     """1,200 cells x 120 genes of sparse counts, through `simulate` (the CLI)."""
     d = tmp_path_factory.mktemp("sc")
-    run_cli_inprocess("simulate", "--family", "single-cell", "--n-samples", "1200", "--n-genes", "120", "--n-classes", "3",
-            "--n-signal", "5", "--out", d / "data", "--prefix", "sc")
+    run_cli_inprocess("simulate", "--family", "single-cell", "--n-samples", "1200", "--n-genes", "120",
+                      "--n-classes", "3",
+                      "--n-signal", "5", "--out", d / "data", "--prefix", "sc")
     cfg = yaml.safe_load((ROOT / "configs" / "single_cell.yaml").read_text())
     cfg["data"]["expression"] = str(d / "data" / "sc_expression.h5ad")
     cfg["report"]["gene_sets"] = str(d / "data" / "sc_pathways.gmt")
@@ -143,8 +144,9 @@ def test_bad_single_cell_inputs_are_one_line(tiny_sparse, tmp_path):
     bad.write_text(yaml.safe_dump(cfg))
     one_line(run_cli_inprocess("run", bad, "--out", tmp_path / "o", check=False), 2, "cv.max_samples")
     assert not (tmp_path / "o").exists()
-    proc = run_cli_inprocess("simulate", "--family", "single-cell", "--n-genes", "20", "--n-classes", "5", "--n-signal", "5",
-                   "--out", tmp_path / "s", check=False)
+    proc = run_cli_inprocess("simulate", "--family", "single-cell", "--n-genes", "20", "--n-classes", "5",
+                             "--n-signal", "5",
+                             "--out", tmp_path / "s", check=False)
     one_line(proc, 2, "--n-genes")
     assert not (tmp_path / "s").exists()
 
