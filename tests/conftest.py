@@ -106,23 +106,3 @@ def demo_train_dir(tmp_path_factory, demo_paths) -> Path:
                       "--labels", demo_paths["labels"], "--out", out, "--jobs", "2")
     return out
 
-
-# --- scheduling under pytest-xdist (`-n 2`, pyproject's `--dist loadgroup`) ------------------------------
-# Plain `--dist load` hands out runs of consecutive tests and splits a module wherever a run ends (near the end
-# of the queue, every two tests), so both workers would each build the same module-scoped fixture (a trained
-# demo bundle, a Snakemake run, a browser page: 10-60 s each). Tests that share a module- or class-scoped
-# fixture are put in one xdist group (their module's name): one worker builds each such fixture once; every
-# other test is still balanced test by test. Session fixtures are built once per worker whatever the mode.
-_SHARED_SCOPES = {"module", "class", "package"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which appends the group to the node id
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group") is not None:
-            continue
-        shared = any(defs and defs[-1].scope in _SHARED_SCOPES for name, defs in info.name2fixturedefs.items()
-                     if name in item.fixturenames)
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
