@@ -53,6 +53,34 @@ def _bootstrap_ci(score, idx: np.ndarray, rng: np.random.Generator) -> tuple[flo
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def binary_auroc(is_positive: np.ndarray, score: np.ndarray) -> float:
+    """AUROC of ``score`` for the rows where ``is_positive`` is true: the Mann-Whitney U over n1 x n0.
+
+    Equal to :func:`sklearn.metrics.roc_auc_score` (ties count one half) without its input validation,
+    which cost ~6 ms per call: the bootstrap interval of every group calls it ``N_BOOTSTRAP`` times.
+
+    Parameters
+    ----------
+    is_positive : ndarray of bool
+    score : ndarray of float
+
+    Returns
+    -------
+    float
+        NaN when one of the two classes is absent.
+    """
+    from scipy.stats import rankdata
+
+    is_positive = np.asarray(is_positive, dtype=bool)
+    n1 = int(is_positive.sum())
+    n0 = is_positive.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    # average ranks are halves of integers: their sum and U are exact in float64, one rounding in the division
+    u = rankdata(score)[is_positive].sum() - n1 * (n1 + 1) / 2.0
+    return float(u / (n1 * n0))
+
+
 def _performance_rows(attribute, groups, oof, y_true, classes, positive, rng) -> list[dict]:
     """Per-group metric of the out-of-fold predictions (one row per group)."""
     from sklearn import metrics
@@ -74,7 +102,7 @@ def _performance_rows(attribute, groups, oof, y_true, classes, positive, rng) ->
             if two and present.size == 2:
                 def score(rows_, _t=y_true, _p=probs, _k=k):
                     t = _t[rows_] == _k
-                    return metrics.roc_auc_score(t, _p[rows_, _k]) if 0 < t.sum() < t.size else np.nan
+                    return binary_auroc(t, _p[rows_, _k]) if 0 < t.sum() < t.size else np.nan
                 row.update(metric="auroc", note=f"out-of-fold AUROC of class '{classes[k]}'", chance=0.5)
             else:
                 def score(rows_, _t=y_true, _p=probs):

@@ -14,7 +14,7 @@ import pytest
 
 import anndata as ad
 
-from conftest import TEST_DATA, one_line, run_cli
+from conftest import TEST_DATA, one_line, run_cli_inprocess
 from iml_genomics.config import config_from_dict
 
 
@@ -98,18 +98,18 @@ def test_cli_audit_file_report_section_and_bad_column(tmp_path, demo_train_dir):
     (tmp_path / "c.yaml").write_text("data:\n  label_column: condition\n  sensitive: [sex]\nexplain: {method: shap}\n")
     args = ["explain", "--config", tmp_path / "c.yaml", "--model", demo_train_dir, "--expression",
             TEST_DATA / "demo_expression.csv.gz", "--jobs", "1"]
-    run_cli(*args, "--labels", tmp_path / "labels.tsv", "--out", tmp_path / "explain")
+    run_cli_inprocess(*args, "--labels", tmp_path / "labels.tsv", "--out", tmp_path / "explain")
     audit = pd.read_csv(tmp_path / "explain" / "audit.tsv", sep="\t")
     assert set(audit["quantity"]) == {"performance", "predictability", "attribution_share"}
     assert set(audit["group"]) == {"F", "M", "all"} and set(audit["explains"]) <= {"model", "data"}
-    run_cli("report", "--inputs", demo_train_dir, tmp_path / "explain", "--out", tmp_path / "report")
+    run_cli_inprocess("report", "--inputs", demo_train_dir, tmp_path / "explain", "--out", tmp_path / "report")
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Sensitive-attribute audit" in html and "Benjamini-Hochberg" in html
     # absent and blank attribute columns: one line, exit 2, nothing written
     labels.drop(columns="sex").to_csv(tmp_path / "nosex.tsv", sep="\t", index=False)
-    one_line(run_cli(*args, "--labels", tmp_path / "nosex.tsv", "--out", tmp_path / "o1", check=False), 2,
+    one_line(run_cli_inprocess(*args, "--labels", tmp_path / "nosex.tsv", "--out", tmp_path / "o1", check=False), 2,
              "'sex'", "data.sensitive")
     labels.assign(sex=[""] + list(labels["sex"][1:])).to_csv(tmp_path / "blank.tsv", sep="\t", index=False)
-    one_line(run_cli(*args, "--labels", tmp_path / "blank.tsv", "--out", tmp_path / "o2", check=False), 2,
+    one_line(run_cli_inprocess(*args, "--labels", tmp_path / "blank.tsv", "--out", tmp_path / "o2", check=False), 2,
              "'sex'", "data.sensitive", "S0001")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CONFIGS, TEST_DATA, one_line, run_cli
+from conftest import CONFIGS, TEST_DATA, one_line, run_cli_inprocess
 from iml_genomics.compare import candidate_pipeline, compare_models, surrogate_fidelity
 from iml_genomics.config import config_from_dict
 from iml_genomics.models import cv_splits
@@ -156,7 +156,7 @@ def _demo_args(config):
 def demo_compare_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     out = tmp / "jobs2"
-    run_cli(*_demo_args(_demo_config(tmp)), "--out", out, "--jobs", "2")
+    run_cli_inprocess(*_demo_args(_demo_config(tmp)), "--out", out, "--jobs", "2")
     return out
 
 
@@ -186,7 +186,7 @@ def test_cli_end_to_end_on_the_demo(demo_compare_dir):
 
 def test_report_has_a_model_comparison_section(tmp_path, demo_compare_dir):
     out = tmp_path / "report"
-    run_cli("report", "--inputs", demo_compare_dir, "--out", out)
+    run_cli_inprocess("report", "--inputs", demo_compare_dir, "--out", out)
     html = (out / "report.html").read_text()
     assert "Model comparison" in html
     summary = json.loads((demo_compare_dir / "compare_summary.json").read_text())
@@ -203,7 +203,7 @@ def test_report_has_a_model_comparison_section(tmp_path, demo_compare_dir):
 ])
 def test_bad_candidates_one_line_nothing_written(tmp_path, args, needles):
     out = tmp_path / "out"
-    proc = run_cli(*_demo_args(_demo_config(tmp_path)), "--out", out, *args, check=False)
+    proc = run_cli_inprocess(*_demo_args(_demo_config(tmp_path)), "--out", out, *args, check=False)
     one_line(proc, 2, *needles)
     assert not out.exists()
 
@@ -220,7 +220,7 @@ def test_bad_config_candidates_and_tuning(tmp_path):
     ]:
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({"data": {"label_column": "condition"}, "model": model}))
-        proc = run_cli(*_demo_args(path), "--out", out, check=False)
+        proc = run_cli_inprocess(*_demo_args(path), "--out", out, check=False)
         one_line(proc, 2, *needles)
         assert not out.exists()
 
@@ -230,13 +230,13 @@ def test_run_with_candidates_and_jobs_1_writes_the_bytes_of_compare_with_jobs_2(
     bytes whatever --jobs, whichever command), then skips it when up to date."""
     config = _demo_config(tmp_path)
     out = tmp_path / "run"
-    proc = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
+    proc = run_cli_inprocess("run", config, "--steps", "train", "--out", out, "--jobs", "1")
     assert "compare: 400 samples x 400 genes, 2 models on the same folds" in proc.stderr
     for name in TABLES:
         assert (out / "compare" / name).read_bytes() == (demo_compare_dir / name).read_bytes(), name
     state = json.loads((out / "run_state.json").read_text())
     assert {"train", "compare"} <= set(state)
-    again = run_cli("run", config, "--steps", "train", "--out", out, "--jobs", "1")
+    again = run_cli_inprocess("run", config, "--steps", "train", "--out", out, "--jobs", "1")
     assert "compare: up to date, skipped" in again.stderr and "compare: 400 samples" not in again.stderr
 
 

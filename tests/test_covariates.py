@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy import sparse
 
-from conftest import TEST_DATA, one_line, run_cli
+from conftest import TEST_DATA, one_line, run_cli_inprocess
 from iml_genomics.config import config_from_dict
 from iml_genomics.errors import InputDataError
 
@@ -138,14 +138,14 @@ def cov_bundle(tmp_path_factory):
     labels.to_csv(base / "labels.tsv", sep="\t", index=False)
     (base / "cfg.yaml").write_text("data:\n  label_column: condition\n  covariates: [batch, age]\n"
                                    "model: {name: l1_logistic, params: {C: 0.3}}\nexplain: {method: shap}\n")
-    run_cli("train", "--config", base / "cfg.yaml", "--expression", TEST_DATA / "demo_expression.csv.gz",
-            "--labels", base / "labels.tsv", "--out", base / "train", "--jobs", "1")
+    run_cli_inprocess("train", "--config", base / "cfg.yaml", "--expression", TEST_DATA / "demo_expression.csv.gz",
+                      "--labels", base / "labels.tsv", "--out", base / "train", "--jobs", "1")
     return base, labels
 
 
 def _explain(base, labels_path, out, *extra):
-    return run_cli("explain", "--model", base / "train", "--expression", TEST_DATA / "demo_expression.csv.gz",
-                   "--labels", labels_path, "--out", out, "--jobs", "1", *extra, check=False)
+    return run_cli_inprocess("explain", "--model", base / "train", "--expression", TEST_DATA / "demo_expression.csv.gz",
+                             "--labels", labels_path, "--out", out, "--jobs", "1", *extra, check=False)
 
 
 def test_bundle_records_covariates_and_explain_reports_them(cov_bundle):
@@ -186,8 +186,9 @@ def test_train_and_select_refuse_absent_or_blank_columns(cov_bundle, tmp_path, s
         table.loc[5, column] = "NA"
     table.to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
     (tmp_path / "c.yaml").write_text(f"data:\n  label_column: condition\n  {key}: [{column}]\n")
-    proc = run_cli(step, "--config", tmp_path / "c.yaml", "--expression", TEST_DATA / "demo_expression.csv.gz",
-                   "--labels", tmp_path / "labels.tsv", "--out", tmp_path / "out", check=False)
+    proc = run_cli_inprocess(step, "--config", tmp_path / "c.yaml", "--expression",
+                             TEST_DATA / "demo_expression.csv.gz",
+                             "--labels", tmp_path / "labels.tsv", "--out", tmp_path / "out", check=False)
     line = one_line(proc, 2, f"'{column}'", f"data.{key}")
     if blank:
         assert table.iloc[5]["sample_id"] in line
@@ -205,8 +206,8 @@ def test_crafted_covariate_bundles_are_refused(cov_bundle, tmp_path):
         manifest = json.loads((bundle / "model.json").read_text())
         edit(manifest)
         (bundle / "model.json").write_text(json.dumps(manifest))
-        proc = run_cli("explain", "--model", bundle, "--expression", TEST_DATA / "demo_expression.csv.gz",
-                       "--labels", base / "labels.tsv", "--out", tmp_path / f"out_{name}", check=False)
+        proc = run_cli_inprocess("explain", "--model", bundle, "--expression", TEST_DATA / "demo_expression.csv.gz",
+                                 "--labels", base / "labels.tsv", "--out", tmp_path / f"out_{name}", check=False)
         one_line(proc, 2, "model")
         assert not (tmp_path / f"out_{name}").exists()
 

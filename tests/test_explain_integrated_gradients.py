@@ -20,7 +20,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from conftest import one_line, run_cli
+from conftest import one_line, run_cli_inprocess
 from iml_genomics.errors import NumericalError
 from iml_genomics.explain.integrated_gradients import (IG_COLUMNS, IG_LOCAL_COLUMNS, _weights,
                                                        check_completeness, integrated_gradients, network_gradients,
@@ -348,8 +348,8 @@ def test_cli_bad_integrated_gradients_config_is_one_line_and_writes_nothing(mlp_
                                                       "  methods: [integrated_gradients]\n"
                                                       "  integrated_gradients_steps: 1\n"))
     out = tmp_path / "out"
-    proc = run_cli("explain", "--model", root / "train", "--expression", root / "sim_expression.tsv",
-                   "--config", tmp_path / "bad.yaml", "--out", out, check=False)
+    proc = run_cli_inprocess("explain", "--model", root / "train", "--expression", root / "sim_expression.tsv",
+                             "--config", tmp_path / "bad.yaml", "--out", out, check=False)
     one_line(proc, 2, "integrated_gradients_steps")
     assert not out.exists()
 
@@ -367,8 +367,9 @@ def test_cli_completeness_failure_is_one_line_exit_3_and_writes_nothing(mlp_bund
                 "--labels", root / "sim_labels.tsv", "--out", tmp_path / "train", "--jobs", "1")
     out = tmp_path / "out"
     # -q: the progress lines of the SHAP and IG chunks before the failure are not what is checked
-    proc = run_cli("-q", "explain", "--model", tmp_path / "train", "--expression", root / "sim_expression.tsv",
-                   "--config", tmp_path / "sharp.yaml", "--out", out, check=False)
+    proc = run_cli_inprocess("-q", "explain", "--model", tmp_path / "train", "--expression",
+                             root / "sim_expression.tsv",
+                             "--config", tmp_path / "sharp.yaml", "--out", out, check=False)
     one_line(proc, 3, "completeness check failed", "for sample 'S", "2 gauss_legendre steps",
              "explain.integrated_gradients_steps")
     assert not out.exists()

@@ -8,7 +8,7 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import ROOT, TEST_DATA, one_line, run_cli
+from conftest import ROOT, TEST_DATA, one_line, run_cli_inprocess
 
 from iml_genomics.explain.anchors import ANCHOR_COLUMNS
 from iml_genomics.explain.examples import EXAMPLE_COLUMNS, PROTOTYPE_COLUMNS
@@ -38,7 +38,7 @@ def explained(demo_train_dir, tmp_path_factory):
     common = ["explain", "--model", demo_train_dir, "--config", root / "cfg.yaml",
               "--expression", TEST_DATA / "demo_expression.csv.gz", "--labels", TEST_DATA / "demo_labels.tsv"]
     for jobs in (1, 2):
-        run_cli(*common, "--out", root / f"j{jobs}", "--jobs", jobs)
+        run_cli_inprocess(*common, "--out", root / f"j{jobs}", "--jobs", jobs)
     return root, common
 
 
@@ -65,7 +65,7 @@ def test_outputs_columns_and_jobs_invariance(explained):
 
 def test_report_shows_the_three_methods(explained, tmp_path):
     root, _ = explained
-    run_cli("report", "--inputs", root / "j1", "--out", tmp_path / "report")
+    run_cli_inprocess("report", "--inputs", root / "j1", "--out", tmp_path / "report")
     html = (tmp_path / "report" / "report.html").read_text()
     sections = {}
     for name in ("lime", "anchors", "examples"):
@@ -85,7 +85,7 @@ def test_too_many_lime_genes_is_one_line_exit_2(explained, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(CONFIG + "  lime_top_genes: 100000\n")
     args = [a if a != root / "cfg.yaml" else bad for a in common]
-    proc = run_cli(*args, "--out", tmp_path / "out", check=False)
+    proc = run_cli_inprocess(*args, "--out", tmp_path / "out", check=False)
     one_line(proc, 2, "explain.lime_top_genes (100000)", "400 genes")
     assert not (tmp_path / "out").exists()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TEST_DATA, one_line, run_cli
+from conftest import TEST_DATA, one_line, run_cli, run_cli_inprocess
 from iml_genomics.explain.surrogate import apply_rules, parse_rules
 
 CONFIG = """\
@@ -46,9 +46,9 @@ def demo_runs(tmp_path_factory):
     expr.to_csv(root / "demo.tsv", sep="\t")
     labels = pd.read_csv(TEST_DATA / "demo_labels.tsv", sep="\t")
     labels[labels["sample_id"].isin(expr.index)].to_csv(root / "labels.tsv", sep="\t", index=False)
-    run_cli("train", "--config", root / "cfg.yaml", "--expression", root / "demo.tsv",
-            "--labels", root / "labels.tsv", "--out", root / "train", "--jobs", "1")
-    run_cli(*_explain_args(root), "--out", root / "j1", "--jobs", "1")
+    run_cli_inprocess("train", "--config", root / "cfg.yaml", "--expression", root / "demo.tsv",
+                      "--labels", root / "labels.tsv", "--out", root / "train", "--jobs", "1")
+    run_cli_inprocess(*_explain_args(root), "--out", root / "j1", "--jobs", "1")
     return root
 
 
@@ -137,8 +137,8 @@ def test_outputs_exist_and_say_what_they_explain(demo_runs):
 
 def test_report_shows_one_section_per_method(demo_runs):
     root = demo_runs
-    run_cli("report", "--inputs", root / "train", "--inputs", root / "j1", "--out", root / "report",
-            "--jobs", "1")
+    run_cli_inprocess("report", "--inputs", root / "train", "--inputs", root / "j1", "--out", root / "report",
+                      "--jobs", "1")
     page = (root / "report" / "report.html").read_text()
     for anchor, words in (("surrogate", "Global surrogate and rules"), ("pdp", "Partial dependence and ICE"),
                           ("map", "Map of samples in attribution space")):
@@ -160,7 +160,7 @@ def test_bad_input_is_one_line_and_writes_nothing(demo_runs, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(CONFIG.replace("pdp_top_k: 3", "pdp_top_k: 80"))
     base = ["explain", "--model", root / "train", "--config", bad, "--expression", root / "demo.tsv", "--jobs", "1"]
-    proc = run_cli(*base, "--out", tmp_path / "out", "--methods", "pdp", check=False)
+    proc = run_cli_inprocess(*base, "--out", tmp_path / "out", "--methods", "pdp", check=False)
     one_line(proc, 2, "explain.pdp_top_k = 80", "60 genes")
     assert not (tmp_path / "out").exists()
     # refused before SHAP and the refits (explain.methods.validate_methods), not after them

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CONFIGS, ROOT, run_cli
+from conftest import CONFIGS, ROOT, run_cli_inprocess
 from iml_genomics import explains as E
 from iml_genomics.report.inputs import load_inputs
 from iml_genomics.report.plain_summary import CAVEAT_CODES, THRESHOLDS, plain_summary
@@ -40,7 +40,7 @@ def _fast_config(tmp_path, name: str, **data) -> str:
 def demo_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("explains_demo")
     out = base / "run"
-    run_cli("run", _fast_config(base, "demo"), "--out", out)
+    run_cli_inprocess("run", _fast_config(base, "demo"), "--out", out)
     return out
 
 
@@ -48,12 +48,12 @@ def demo_run(tmp_path_factory):
 def null_run(tmp_path_factory):
     """A cohort whose outcome is independent of every gene (effect size 0)."""
     base = tmp_path_factory.mktemp("explains_null")
-    run_cli("simulate", "--family", "gaussian", "--n-samples", "80", "--n-genes", "100", "--effect-size", "0",
-            "--seed", "3", "--out", base / "sim")
+    run_cli_inprocess("simulate", "--family", "gaussian", "--n-samples", "80", "--n-genes", "100", "--effect-size", "0",
+                      "--seed", "3", "--out", base / "sim")
     out = base / "run"
     cfg = _fast_config(base, "null", expression=str(base / "sim" / "simulated_expression.csv.gz"),
                        labels=str(base / "sim" / "simulated_labels.tsv"), gene_sets=None)  # sets: the report's cost
-    run_cli("run", cfg, "--out", out)
+    run_cli_inprocess("run", cfg, "--out", out)
     return out
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CONFIGS, TEST_DATA, one_line, run_cli
+from conftest import CONFIGS, TEST_DATA, one_line, run_cli_inprocess
 
 SAMPLE_IDS = pd.read_csv(TEST_DATA / "demo_labels.tsv", sep="\t", dtype=str)["sample_id"].tolist()
 # whole ids only (S0001 must not match inside S00012)
@@ -92,7 +92,7 @@ def runs(tmp_path_factory):
     for mode in ("aggregate", None):
         cfg = _config(base, mode)
         target = base / (mode or "full")
-        run_cli("run", cfg, "--out", target, "--write-h5ad", base / f"{mode or 'full'}.h5ad")
+        run_cli_inprocess("run", cfg, "--out", target, "--write-h5ad", base / f"{mode or 'full'}.h5ad")
         out[mode or "full"] = (target, base / f"{mode or 'full'}.h5ad")
     return out
 
@@ -141,7 +141,7 @@ def test_aggregate_run_writes_no_sample_id_anywhere(runs):
 def test_aggregate_rerun_is_up_to_date(runs):
     """The files aggregate never writes do not make `run` think the steps are incomplete."""
     target, _ = runs["aggregate"]
-    proc = run_cli("run", target.parent / "aggregate.yaml", "--out", target)
+    proc = run_cli_inprocess("run", target.parent / "aggregate.yaml", "--out", target)
     assert "up to date" in proc.stderr or "skipped" in proc.stderr, proc.stderr
     state = json.loads((target / "run_state.json").read_text())
     assert set(state) >= {"train", "explain", "select", "report"}
@@ -152,7 +152,7 @@ def test_aggregate_refuses_explain_samples(tmp_path):
     raw["output"] = {"granularity": "aggregate"}  # demo.yaml has explain.samples: [S0001, S0002]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    proc = run_cli("run", cfg, "--out", tmp_path / "out", check=False)
+    proc = run_cli_inprocess("run", cfg, "--out", tmp_path / "out", check=False)
     one_line(proc, 2, "explain.samples", "aggregate")
     assert not (tmp_path / "out").exists()
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli_inprocess
 from iml_genomics.io.interchange import cv_fold_rows, cv_summary_table, interchange_frame
 from iml_genomics.io.writers import tsv_text
 
@@ -100,7 +100,7 @@ report: {{gene_sets: {TEST_DATA / 'demo_pathways.gmt'}, gene_map: {gene_map}, mi
          n_permutations: 100}}
 """)
     out = tmp / "run"
-    run_cli("run", str(config), "--out", str(out), "--jobs", "2")
+    run_cli_inprocess("run", str(config), "--out", str(out), "--jobs", "2")
     return out
 
 
@@ -254,6 +254,6 @@ def test_evaluate_reads_both_boolean_spellings(tmp_path):
         sel.write_text(f"gene_id\tw\tselected\tp_value\nG1\t1\t{spelling[0]}\tNA\nG3\t0.5\t{spelling[0]}\t\n"
                        f"G2\t0\t{spelling[1]}\tNA\n")
         out = tmp_path / f"eval_{spelling[0]}"
-        run_cli("evaluate", "--truth", str(truth), "--selection", str(sel), "--out", str(out))
+        run_cli_inprocess("evaluate", "--truth", str(truth), "--selection", str(sel), "--out", str(out))
         res = pd.read_csv(out / "selection_metrics.tsv", sep="\t")
         assert res["n_selected"].tolist() == [2] and res["false_positives"].tolist() == [1], res

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TEST_DATA, run_cli
+from conftest import TEST_DATA, run_cli_inprocess
 from iml_genomics.errors import BundleError, InputDataError
 from iml_genomics.io.cohort import resolve_positive_class
 
@@ -31,16 +31,16 @@ def cc(tmp_path_factory):
     labels.to_csv(root / "labels.tsv", sep="\t", index=False)
     common = ["--expression", EXPR, "--labels", root / "labels.tsv", "--label-column", "condition",
               "--cv-folds", "3", "--jobs", "1"]
-    default = run_cli("train", *common, "--out", root / "train_default")
-    chosen = run_cli("train", *common, "--out", root / "train_case", "--positive-class", "case")
+    default = run_cli_inprocess("train", *common, "--out", root / "train_default")
+    chosen = run_cli_inprocess("train", *common, "--out", root / "train_case", "--positive-class", "case")
     return {"root": root, "labels": root / "labels.tsv", "default_stderr": default.stderr,
             "chosen_stderr": chosen.stderr}
 
 
 def _explain(cc, model, out, *extra):
     # unlabelled: SHAP of the final model only (no refits), which is what the positive class changes
-    run_cli("explain", "--model", cc["root"] / model, "--expression", EXPR,
-            "--out", cc["root"] / out, "--method", "shap", "--jobs", "1", *extra)
+    run_cli_inprocess("explain", "--model", cc["root"] / model, "--expression", EXPR,
+                      "--out", cc["root"] / out, "--method", "shap", "--jobs", "1", *extra)
     return cc["root"] / out
 
 
@@ -90,17 +90,17 @@ def test_explain_shap_signs_flip_and_the_bundle_value_is_used_unless_overridden(
 
 def test_select_and_report_name_the_chosen_class(cc):
     root = cc["root"]
-    run_cli("select", "--expression", EXPR, "--labels", cc["labels"], "--label-column", "condition",
-            "--positive-class", "case", "--out", root / "select_case", "--jobs", "1")
+    run_cli_inprocess("select", "--expression", EXPR, "--labels", cc["labels"], "--label-column", "condition",
+                      "--positive-class", "case", "--out", root / "select_case", "--jobs", "1")
     summary = json.loads((root / "select_case" / "select_summary.json").read_text())
     assert summary["positive_class"] == "case"
     explain_default = root / "explain_default"
     if not explain_default.is_dir():
         _explain(cc, "train_default", "explain_default")
     # the bundle (and explain) used 'control'; the report is asked about 'case'
-    proc = run_cli("report", "--inputs", root / "train_default", explain_default, "--gene-sets",
-                   TEST_DATA / "demo_pathways.gmt", "--permutations", "100", "--positive-class", "case",
-                   "--out", root / "report_case")
+    proc = run_cli_inprocess("report", "--inputs", root / "train_default", explain_default, "--gene-sets",
+                             TEST_DATA / "demo_pathways.gmt", "--permutations", "100", "--positive-class", "case",
+                             "--out", root / "report_case")
     assert "warning" not in proc.stderr
     bm = pd.read_csv(root / "report_case" / "biomarkers.tsv", sep="\t")
     assert set(bm["higher_in"].dropna()) == {"case", "control"}
@@ -132,16 +132,16 @@ def test_unknown_positive_class_is_one_line_exit_2_nothing_written(cc):
     long_value = "x" * 5000
     base = ["--expression", EXPR, "--labels", cc["labels"], "--label-column", "condition", "--jobs", "1"]
     out = root / "bad_train"
-    proc = run_cli("train", *base, "--positive-class", long_value, "--out", out, check=False)
+    proc = run_cli_inprocess("train", *base, "--positive-class", long_value, "--out", out, check=False)
     _assert_refused(proc, out, str(cc["labels"]), "'condition'", "case, control", "5000 characters")
     assert len(proc.stderr) < 600
     # select reads labels through the same check as train (cli.common.load_cohort_for)
     out = root / "bad_explain"
-    _assert_refused(run_cli("explain", "--model", root / "train_default", *base, "--positive-class", "Case",
-                            "--out", out, check=False), out, "'Case'", "case, control")
+    _assert_refused(run_cli_inprocess("explain", "--model", root / "train_default", *base, "--positive-class", "Case",
+                                      "--out", out, check=False), out, "'Case'", "case, control")
     out = root / "bad_report"
-    _assert_refused(run_cli("report", "--inputs", root / "train_default", "--positive-class", "ctrl",
-                            "--out", out, check=False), out, "'ctrl'", "case, control")
+    _assert_refused(run_cli_inprocess("report", "--inputs", root / "train_default", "--positive-class", "ctrl",
+                                      "--out", out, check=False), out, "'ctrl'", "case, control")
 
 
 def test_a_positive_class_of_a_many_class_column_is_asked_against_the_rest(cc, tmp_path):
@@ -151,20 +151,21 @@ def test_a_positive_class_of_a_many_class_column_is_asked_against_the_rest(cc, t
     labels.loc[labels.index % 3 == 0, "condition"] = "other"
     labels.to_csv(tmp_path / "three.tsv", sep="\t", index=False)
     base = ["--expression", EXPR, "--labels", tmp_path / "three.tsv", "--label-column", "condition"]
-    run_cli("train", *base, "--positive-class", "case", "--out", tmp_path / "train", "--jobs", "1")
+    run_cli_inprocess("train", *base, "--positive-class", "case", "--out", tmp_path / "train", "--jobs", "1")
     model = json.loads((tmp_path / "train" / "model.json").read_text())
     assert model["classes"] == ["case", "rest"] and model["positive_class"] == "case"
     oof = pd.read_csv(tmp_path / "train" / "oof_predictions.tsv", sep="\t")
     truth = labels.set_index(labels.columns[0])["condition"]
     expected = truth.where(truth == "case", "rest").loc[oof["sample_id"]].to_numpy()
     assert (oof["y_true"].astype(str).to_numpy() == expected).all()
-    run_cli("explain", "--model", tmp_path / "train", *base, "--method", "shap", "--out", tmp_path / "explain")
+    run_cli_inprocess("explain", "--model", tmp_path / "train", *base, "--method", "shap", "--out",
+                      tmp_path / "explain")
     assert json.loads((tmp_path / "explain" / "explain_summary.json").read_text())["positive_class"] == "case"
-    run_cli("report", "--inputs", tmp_path / "train", tmp_path / "explain", "--out", tmp_path / "report")
+    run_cli_inprocess("report", "--inputs", tmp_path / "train", tmp_path / "explain", "--out", tmp_path / "report")
     biomarkers = pd.read_csv(tmp_path / "report" / "biomarkers.tsv", sep="\t")
     assert set(biomarkers["higher_in"].dropna()) <= {"case", "rest"}
     out = tmp_path / "out"
-    proc = run_cli("train", *base, "--positive-class", "tumour", "--out", out, "--jobs", "1", check=False)
+    proc = run_cli_inprocess("train", *base, "--positive-class", "tumour", "--out", out, "--jobs", "1", check=False)
     _assert_refused(proc, out, "not a label", "case, control, other")
 
 
@@ -263,13 +264,15 @@ def test_planted_pathways_land_in_the_list_of_their_class(tmp_path):
     sets = {"PW_UP": genes[0:20], "PW_DOWN": genes[20:40],
             **{f"PW_NULL_{k}": genes[40 + 20 * k:60 + 20 * k] for k in range(8)}}
     (tmp_path / "sets.gmt").write_text("".join(f"{k}\tna\t" + "\t".join(v) + "\n" for k, v in sets.items()))
-    run_cli("train", "--expression", tmp_path / "expr.csv", "--labels", tmp_path / "y.tsv", "--label-column", "y",
-            "--cv-folds", "3", "--jobs", "1", "--positive-class", "case", "--out", tmp_path / "train")
+    run_cli_inprocess("train", "--expression", tmp_path / "expr.csv", "--labels", tmp_path / "y.tsv",
+                      "--label-column", "y",
+                      "--cv-folds", "3", "--jobs", "1", "--positive-class", "case", "--out", tmp_path / "train")
     for positive, other in (("case", "control"), ("control", "case")):
         out = tmp_path / f"report_{positive}"
-        run_cli("report", "--inputs", tmp_path / "train", "--gene-sets", tmp_path / "sets.gmt", "--min-set-size",
-                "5", "--permutations", "100", "--ranking-metric", "univariate", "--positive-class", positive,
-                "--out", out)
+        run_cli_inprocess("report", "--inputs", tmp_path / "train", "--gene-sets", tmp_path / "sets.gmt",
+                          "--min-set-size",
+                          "5", "--permutations", "100", "--ranking-metric", "univariate", "--positive-class", positive,
+                          "--out", out)
         table = pd.read_csv(out / "gene_sets.tsv", sep="\t").set_index("gene_set")
         assert table.loc["PW_UP", "higher_in"] == "case" and table.loc["PW_UP", "direction_rank"] == 1
         assert table.loc["PW_DOWN", "higher_in"] == "control" and table.loc["PW_DOWN", "direction_rank"] == 1

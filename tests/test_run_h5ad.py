@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import one_line, run_cli
+from conftest import one_line, run_cli_inprocess
 from test_run_function import fast_config
 
 import iml_genomics as ig
@@ -25,7 +25,7 @@ def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("h5ad_run")
     config = fast_config(tmp)
     out, target = tmp / "out", tmp / "cohort.h5ad"
-    proc = run_cli("run", config, "--out", out, "--write-h5ad", target)  # not -q: the summary line is read
+    proc = run_cli_inprocess("run", config, "--out", out, "--write-h5ad", target)  # not -q: the summary line is read
     assert f"wrote the cohort with every result attached to {target}" in proc.stderr
     return config, out, target
 
@@ -67,7 +67,7 @@ def test_the_h5ad_holds_every_result_of_the_run(first_run, tmp_path):
 def test_an_up_to_date_run_rewrites_the_same_content_from_the_step_directories(first_run, tmp_path):
     config, out, target = first_run
     before = ad.read_h5ad(target)
-    proc = run_cli("--verbose", "run", config, "--out", out, "--write-h5ad", target)
+    proc = run_cli_inprocess("--verbose", "run", config, "--out", out, "--write-h5ad", target)
     assert "up to date, skipped" in proc.stderr and "running" not in proc.stderr  # every step read back
     after = ad.read_h5ad(target)
     pd.testing.assert_frame_equal(before.var, after.var)
@@ -80,13 +80,13 @@ def test_a_file_the_run_did_not_write_is_never_replaced(first_run, tmp_path):
     users = tmp_path / "mine.h5ad"
     users.write_bytes(b"a user's own file")
     out = tmp_path / "fresh"
-    proc = run_cli("run", config, "--out", out, "--write-h5ad", users, check=False)
+    proc = run_cli_inprocess("run", config, "--out", out, "--write-h5ad", users, check=False)
     one_line(proc, 2, str(users), "was not written by")
     assert users.read_bytes() == b"a user's own file"
     assert not (out / "train").exists()  # refused before any step ran
     # a directory, and a path whose directory is missing
-    one_line(run_cli("run", config, "--out", out, "--write-h5ad", tmp_path, check=False), 2, "directory")
-    one_line(run_cli("run", config, "--out", out, "--write-h5ad", tmp_path / "no" / "x.h5ad", check=False), 2,
+    one_line(run_cli_inprocess("run", config, "--out", out, "--write-h5ad", tmp_path, check=False), 2, "directory")
+    one_line(run_cli_inprocess("run", config, "--out", out, "--write-h5ad", tmp_path / "no" / "x.h5ad", check=False), 2,
              "does not exist")
 
 
@@ -96,6 +96,6 @@ def test_a_symbolic_link_is_never_written_through(first_run, tmp_path):
     target.write_bytes(b"kept")
     link = tmp_path / "link.h5ad"
     link.symlink_to(target)
-    proc = run_cli("run", config, "--out", tmp_path / "fresh", "--write-h5ad", link, check=False)
+    proc = run_cli_inprocess("run", config, "--out", tmp_path / "fresh", "--write-h5ad", link, check=False)
     one_line(proc, 2, str(link), "symbolic link")
     assert target.read_bytes() == b"kept" and not (tmp_path / "fresh" / "train").exists()

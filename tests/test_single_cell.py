@@ -11,7 +11,7 @@ import pandas.testing as pd_testing
 import pytest
 import yaml
 
-from conftest import ROOT, one_line, run_cli
+from conftest import ROOT, one_line, run_cli, run_cli_inprocess
 
 from iml_genomics.single_cell import simulate_single_cell, stratified_subsample
 
@@ -58,8 +58,9 @@ def test_stratified_subsample_keeps_shares_seed_and_minimum():
 def tiny_sparse(tmp_path_factory):
     """1,200 cells x 120 genes of sparse counts, through `simulate` (the CLI)."""
     d = tmp_path_factory.mktemp("sc")
-    run_cli("simulate", "--family", "single-cell", "--n-samples", "1200", "--n-genes", "120", "--n-classes", "3",
-            "--n-signal", "5", "--out", d / "data", "--prefix", "sc")
+    run_cli_inprocess("simulate", "--family", "single-cell", "--n-samples", "1200", "--n-genes", "120",
+                      "--n-classes", "3",
+                      "--n-signal", "5", "--out", d / "data", "--prefix", "sc")
     cfg = yaml.safe_load((ROOT / "configs" / "single_cell.yaml").read_text())
     cfg["data"]["expression"] = str(d / "data" / "sc_expression.h5ad")
     cfg["report"]["gene_sets"] = str(d / "data" / "sc_pathways.gmt")
@@ -78,7 +79,7 @@ def _estimates(config, out, jobs):
     """(peak memory bytes over the steps, total seconds) of `run --dry-run`."""
     from iml_genomics.pipeline import parse_memory
 
-    dry = run_cli("run", config, "--out", out, "--dry-run", "--jobs", jobs).stdout
+    dry = run_cli_inprocess("run", config, "--out", out, "--dry-run", "--jobs", jobs).stdout
     rows = [line.split() for line in dry.splitlines()[1:]]
     return max(parse_memory(" ".join(r[1:3])) for r in rows), sum(float(r[3].rstrip("s")) for r in rows)
 
@@ -98,7 +99,7 @@ def test_subsampled_run_is_the_same_bytes_with_any_jobs_and_its_memory_within_2x
     d, config = tiny_sparse
     est_peak, est_seconds = _estimates(config, d / "run1", "1")
     got = _measure(config, d / "run1", "1", "--write-h5ad", d / "run1.h5ad")
-    run_cli("run", config, "--out", d / "run2", "--jobs", "2", "--steps", "train,explain,select")
+    run_cli_inprocess("run", config, "--out", d / "run2", "--jobs", "2", "--steps", "train,explain,select")
     files = ["train/cv_metrics.tsv", "train/oof_predictions.tsv", "train/model.skops", "explain/gene_ranking.tsv",
              "explain/attributions.parquet", "select/knockoff_selection.tsv"]
     for name in files:
@@ -141,10 +142,11 @@ def test_bad_single_cell_inputs_are_one_line(tiny_sparse, tmp_path):
     cfg["cv"]["max_samples"] = 1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    one_line(run_cli("run", bad, "--out", tmp_path / "o", check=False), 2, "cv.max_samples")
+    one_line(run_cli_inprocess("run", bad, "--out", tmp_path / "o", check=False), 2, "cv.max_samples")
     assert not (tmp_path / "o").exists()
-    proc = run_cli("simulate", "--family", "single-cell", "--n-genes", "20", "--n-classes", "5", "--n-signal", "5",
-                   "--out", tmp_path / "s", check=False)
+    proc = run_cli_inprocess("simulate", "--family", "single-cell", "--n-genes", "20", "--n-classes", "5",
+                             "--n-signal", "5",
+                             "--out", tmp_path / "s", check=False)
     one_line(proc, 2, "--n-genes")
     assert not (tmp_path / "s").exists()
 

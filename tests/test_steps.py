@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CONFIGS, ROOT, TEST_DATA, run_cli
+from conftest import CONFIGS, ROOT, TEST_DATA, run_cli_inprocess
 
 STEP_DIRS = ("train", "explain", "select", "report")
 
@@ -38,14 +38,14 @@ def runs(tmp_path_factory):
     """(run's OUT, OUT of the four subcommands run one by one with the arguments `run` gives them)."""
     base = tmp_path_factory.mktemp("steps")
     by_run, by_steps = base / "by_run", base / "by_steps"
-    run_cli("run", "configs/demo.yaml", "--out", by_run)  # relative, as the subcommands get it
+    run_cli_inprocess("run", "configs/demo.yaml", "--out", by_run)  # relative, as the subcommands get it
     config = ["--config", "configs/demo.yaml"]
     cohort = ["--expression", "test_data/demo_expression.csv.gz", "--labels", "test_data/demo_labels.tsv"]
-    run_cli("train", *config, *cohort, "--out", by_steps / "train")
-    run_cli("explain", *config, *cohort, "--model", by_steps / "train", "--out", by_steps / "explain")
-    run_cli("select", *config, *cohort, "--out", by_steps / "select")
-    run_cli("report", *config, "--inputs", *(by_steps / s for s in ("train", "explain", "select")),
-            "--out", by_steps / "report", "--gene-sets", "test_data/demo_pathways.gmt")
+    run_cli_inprocess("train", *config, *cohort, "--out", by_steps / "train")
+    run_cli_inprocess("explain", *config, *cohort, "--model", by_steps / "train", "--out", by_steps / "explain")
+    run_cli_inprocess("select", *config, *cohort, "--out", by_steps / "select")
+    run_cli_inprocess("report", *config, "--inputs", *(by_steps / s for s in ("train", "explain", "select")),
+                      "--out", by_steps / "report", "--gene-sets", "test_data/demo_pathways.gmt")
     return by_run, by_steps
 
 
@@ -227,8 +227,9 @@ def test_evaluate_step_returns_what_the_cli_writes(runs, tmp_path):
     by_run, _ = runs
     ranking, selection = by_run / "explain" / "gene_ranking.tsv", by_run / "select" / "knockoff_selection.tsv"
     out = tmp_path / "eval"
-    run_cli("evaluate", "--truth", TEST_DATA / "demo_truth.tsv", "--ranking", ranking, "--selection", selection,
-            "--out", out)
+    run_cli_inprocess("evaluate", "--truth", TEST_DATA / "demo_truth.tsv", "--ranking", ranking, "--selection",
+                      selection,
+                      "--out", out)
     result = steps.evaluate(truth=truth_from_table(read_table(TEST_DATA / "demo_truth.tsv", "truth"), "truth"),
                             rankings=ranking_from_table(read_table(ranking, "ranking"), "explain/gene_ranking.tsv"),
                             selections={"select/knockoff_selection.tsv":

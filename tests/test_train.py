@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
-from conftest import TEST_DATA, run_cli
+from conftest import TEST_DATA, run_cli_inprocess
 from iml_genomics.config import config_from_dict
 from iml_genomics.models import build_pipeline, cross_validate, load_bundle
 from iml_genomics.preprocess import GeneFilter, used_gene_mask
@@ -66,8 +66,8 @@ def test_bundle_round_trip_predicts_like_cv_refit(demo_train_dir):
 @pytest.mark.parametrize("fmt", ["parquet", "h5ad"])
 def test_same_metrics_for_every_format(tmp_path, demo_paths, demo_train_dir, fmt):
     out = tmp_path / fmt
-    run_cli("train", "--config", demo_paths["config"], "--expression", demo_paths[fmt],
-            "--labels", demo_paths["labels"], "--out", out, "--jobs", "1")
+    run_cli_inprocess("train", "--config", demo_paths["config"], "--expression", demo_paths[fmt],
+                      "--labels", demo_paths["labels"], "--out", out, "--jobs", "1")
     for table in TABLES:
         assert (out / table).read_bytes() == (demo_train_dir / table).read_bytes(), table
 
@@ -75,8 +75,8 @@ def test_same_metrics_for_every_format(tmp_path, demo_paths, demo_train_dir, fmt
 def test_jobs_do_not_change_bytes(tmp_path, demo_paths, demo_train_dir):
     """--jobs 1 and --jobs 2 write byte-identical tables (the fixture used --jobs 2)."""
     out = tmp_path / "jobs1"
-    run_cli("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
-            "--labels", demo_paths["labels"], "--out", out, "--jobs", "1")
+    run_cli_inprocess("train", "--config", demo_paths["config"], "--expression", demo_paths["csv.gz"],
+                      "--labels", demo_paths["labels"], "--out", out, "--jobs", "1")
     for table in (*TABLES, "model.json"):
         assert (out / table).read_bytes() == (demo_train_dir / table).read_bytes(), table
 
@@ -91,8 +91,9 @@ def test_random_forest_jobs_identical_and_repeated_cv(tmp_path, demo_paths):
     outs = []
     for jobs in ("1", "2"):
         out = tmp_path / f"rf{jobs}"
-        run_cli("train", "--config", config, "--expression", demo_paths["csv.gz"],
-                "--labels", demo_paths["labels"], "--out", out, "--jobs", jobs, "--cv-folds", "3", "--cv-repeats", "2")
+        run_cli_inprocess("train", "--config", config, "--expression", demo_paths["csv.gz"],
+                          "--labels", demo_paths["labels"], "--out", out, "--jobs", jobs, "--cv-folds", "3",
+                          "--cv-repeats", "2")
         outs.append(out)
     for table in TABLES:
         assert (outs[0] / table).read_bytes() == (outs[1] / table).read_bytes()
@@ -167,8 +168,8 @@ def test_regression_task(tmp_path):
     cohort = simulate_gaussian(80, 60, n_signal=4, effect_size=1.0, outcome="continuous", seed=3)
     paths = write_cohort(cohort, tmp_path / "data", "reg", formats=("tsv",))
     out = tmp_path / "out"
-    run_cli("train", "--expression", paths["tsv"], "--labels", tmp_path / "data" / "reg_labels.tsv",
-            "--label-column", "condition", "--model", "lasso", "--out", out)
+    run_cli_inprocess("train", "--expression", paths["tsv"], "--labels", tmp_path / "data" / "reg_labels.tsv",
+                      "--label-column", "condition", "--model", "lasso", "--out", out)
     cv = pd.read_csv(out / "cv_metrics.tsv", sep="\t").set_index("split")
     assert list(cv.columns[-4:]) == ["r2", "rmse", "mae", "explains"]
     assert cv_mean(out, "r2") > 0.5
@@ -181,8 +182,8 @@ def test_multiclass_task(tmp_path):
     cohort = simulate_gaussian(150, 40, n_signal=6, effect_size=3.0, outcome="multiclass", n_classes=3, seed=4)
     paths = write_cohort(cohort, tmp_path / "data", "mc", formats=("csv",))
     out = tmp_path / "out"
-    run_cli("train", "--expression", paths["csv"], "--labels", tmp_path / "data" / "mc_labels.tsv",
-            "--label-column", "condition", "--model", "l1_logistic", "--out", out, "--cv-folds", "3")
+    run_cli_inprocess("train", "--expression", paths["csv"], "--labels", tmp_path / "data" / "mc_labels.tsv",
+                      "--label-column", "condition", "--model", "l1_logistic", "--out", out, "--cv-folds", "3")
     assert cv_mean(out, "auroc") > 0.6
     oof = pd.read_csv(out / "oof_predictions.tsv", sep="\t")
     assert {"prob_class_1", "prob_class_2", "prob_class_3"} <= set(oof.columns)
@@ -205,9 +206,9 @@ def test_every_registry_model_trains(model):
 def test_golub_auroc(tmp_path):
     """Real data: ALL vs AML is well separated (Golub 1999); CV AUROC with its sd."""
     out = tmp_path / "golub"
-    run_cli("train", "--config", TEST_DATA.parent / "configs" / "golub.yaml",
-            "--expression", TEST_DATA / "golub_expression.tsv.gz", "--labels", TEST_DATA / "golub_labels.tsv",
-            "--out", out, "--jobs", "2")
+    run_cli_inprocess("train", "--config", TEST_DATA.parent / "configs" / "golub.yaml",
+                      "--expression", TEST_DATA / "golub_expression.tsv.gz", "--labels", TEST_DATA / "golub_labels.tsv",
+                      "--out", out, "--jobs", "2")
     assert cv_mean(out, "auroc") > 0.9
     assert 0 <= cv_mean(out, "auroc", "sd") < 0.2
 
@@ -239,10 +240,10 @@ def test_sparse_h5ad_layer_with_count_transform(tmp_path):
     config.write_text("preprocess: {transform: log1p_cpm, min_expression: 0.5, min_expression_fraction: 0.2}\n"
                       "model: {name: l1_logistic, params: {C: 0.5}}\n")
     out_sparse, out_dense = tmp_path / "sparse", tmp_path / "dense"
-    run_cli("train", "--config", config, "--expression", path, "--layer", "counts", "--label-column", "group",
-            "--out", out_sparse)
-    run_cli("train", "--config", config, "--expression", dense, "--labels", labels, "--label-column", "group",
-            "--out", out_dense)
+    run_cli_inprocess("train", "--config", config, "--expression", path, "--layer", "counts", "--label-column", "group",
+                      "--out", out_sparse)
+    run_cli_inprocess("train", "--config", config, "--expression", dense, "--labels", labels, "--label-column", "group",
+                      "--out", out_dense)
     auroc_sparse = cv_mean(out_sparse, "auroc")
     auroc_dense = cv_mean(out_dense, "auroc")
     assert auroc_sparse > 0.9
