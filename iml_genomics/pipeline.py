@@ -250,15 +250,16 @@ def _format_or_none(path) -> str | None:
 # resident set of the main process plus its joblib workers; time is wall time, scaled by machine_slowdown().
 _BASE = 300 * 1024**2            # interpreter, numpy, sklearn, shap, anndata in the main process
 _WORKER = 250 * 1024**2          # one loky worker with the same imports
-_SECONDS_STEP = 1.0              # a step's fixed cost: imports, provenance, hashing and writing its outputs
+_SECONDS_STEP = 0.8              # a step's fixed cost: imports, provenance, hashing and writing its outputs
 _SECONDS_RUN = 3.0               # run's own: interpreter, config, reading the labels
 _SECONDS_PER_VALUE_READ = 3e-8   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
 _TREE_FIT = 4e-9                 # s per (tree x cell x level x candidate gene) of a tree fit (see _tree_shape)
 _LINEAR_FIT = 6e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
+_SHAP_KERNEL_LOAD = 1.5          # loading the compiled Tree SHAP kernels from numba's cache
 _SHAP_NODE = 3e-8                # s per (row x tree x node) of exact Tree SHAP, times (1 + depth / 16)
 _LINEAR_SHAP = 2e-9              # s per (row x gene) of linear SHAP or one linear prediction
 _PREDICT_NODE = 5e-8             # s per (row x tree x level) of a tree prediction (permutation importance)
-_INTERACTION = 2.2e-10           # s per (sample x tree x gene x leaf x depth^2) of shap's interaction values
+_INTERACTION = 3e-10             # s per (sample x tree x gene x leaf x depth^2) of shap's interaction values
 _SELECT = 3e-7                   # s per (cell x 2 genes) of the knockoff statistic, covariance included
 _UNIVARIATE = 1.4e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
 _AGNOSTIC = 6e-9                 # s per (evaluated row x gene) of a small MLP's forward pass in permutation SHAP
@@ -269,7 +270,8 @@ def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
     """(trees, depth, leaves per tree) the configured tree model will grow on ``n_fit`` samples; None if not trees.
 
     Read from the registry's own defaults merged with ``model.params`` (a random forest has 300 trees, a
-    gradient boosting depth 3). Leaves grow as about 0.3 (n / min_samples_leaf)^0.85, up to 2^max_depth
+    gradient boosting depth 3). Leaves grow as about 0.3 (capped depth) or 0.6 (unbounded) x
+    (n / min_samples_leaf)^0.85, up to 2^max_depth
     (measured on single-cell cohorts with forests of depth 8, 12 and unbounded: pure leaves stop a tree early),
     and unbounded trees are unbalanced: their deepest path is about 4 log2(leaves).
     """
@@ -287,10 +289,11 @@ def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
     trees = int(params.get("n_estimators") or params.get("max_iter") or 1)
     min_leaf = params.get("min_samples_leaf") or 1
     min_leaf = max(1.0, min_leaf * n_fit if isinstance(min_leaf, float) else float(min_leaf))
-    leaves = max(2.0, 0.3 * (n_fit / min_leaf) ** 0.85)
+    max_depth = params.get("max_depth")
+    # a depth cap stops branches before they are pure, so capped trees have fewer leaves than 2^depth suggests
+    leaves = max(2.0, (0.3 if max_depth else 0.6) * (n_fit / min_leaf) ** 0.85)
     if params.get("max_leaf_nodes"):
         leaves = min(leaves, float(params["max_leaf_nodes"]))
-    max_depth = params.get("max_depth")
     if max_depth:
         leaves = min(leaves, 2.0 ** max_depth)
     depth = 4.0 * math.log2(leaves) if not max_depth else float(max_depth)
@@ -300,7 +303,7 @@ def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
 
 #: Median seconds of :func:`machine_slowdown`'s probe on the machine the time constants above were fitted on,
 #: with nothing else running (2 cores, 24 GiB; measured with the constants, docs/benchmarks.md).
-_PROBE_REFERENCE_SECONDS = 0.12
+_PROBE_REFERENCE_SECONDS = 0.032
 
 
 def _probe_once(X, y, A, v) -> float:
@@ -321,12 +324,12 @@ def _probe_once(X, y, A, v) -> float:
     return time.perf_counter() - start
 
 
-def machine_slowdown(repeats: int = 3) -> float:
+def machine_slowdown(repeats: int = 5) -> float:
     """How many times slower than the calibration machine this machine runs single-threaded work now.
 
     The time constants of :func:`estimate_resources` were fitted on one machine with nothing else running; the
     same work takes several times longer on a slower or a busy machine (fitted at a load of about 10, the first
-    constants came out 5x the quiet times). ``run --dry-run`` therefore times a short probe (about 0.1 s per
+    constants came out 5x the quiet times). ``run --dry-run`` therefore times a short probe (about 0.03 s per
     repeat on the calibration machine; the median of ``repeats``) and scales its time estimates by the ratio.
     Clipped to [0.25, 20] so that one odd probe cannot make an estimate absurd.
     """
@@ -434,7 +437,7 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
             else trees
         predict = _PREDICT_NODE * (depth + 1) * trees_per_gene
     else:
-        used = min(p_model, 50) if cfg.model.name in ("l1_logistic", "lasso") else p_model
+        used = min(p_model, 100) if cfg.model.name in ("l1_logistic", "lasso") else p_model
         predict = _LINEAR_SHAP * p_model
     perm_s = 0.0 if ec.method == "shap" else ec.permutation_repeats * used * n_e * predict
     inter_s = 0.0
@@ -446,6 +449,8 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
         # depth 3 to 65 and 500 to 2,000 genes; every gene is conditioned on, not only the tree's own)
         inter_s = min(n_e, ec.interaction_max_samples) * _INTERACTION * trees * p_model * leaves * depth ** 2
     explain_s = (shap_s + refit_s + perm_s + inter_s) / workers + read_seconds
+    if tree_model and do_shap:
+        explain_s += _SHAP_KERNEL_LOAD
     explain_work = (f"SHAP {n_e} samples x {p_model} genes in chunks of {chunk}; {n_refits} refits; "
                     f"permutation {ec.permutation_repeats} repeats x {p_model} genes")
 
