@@ -253,13 +253,15 @@ _WORKER = 250 * 1024**2          # one loky worker with the same imports
 _SECONDS_STEP = 0.8              # a step's fixed cost: imports, provenance, hashing and writing its outputs
 _SECONDS_RUN = 3.0               # run's own: interpreter, config, reading the labels
 _SECONDS_PER_VALUE_READ = 3e-8   # reading + hashing one stored value of the matrix (12 bytes as CSR float64)
-_TREE_FIT = 4e-9                 # s per (tree x cell x level x candidate gene) of a tree fit (see _tree_shape)
+_TREE_FIT = 1e-9                 # s per (tree x cell x level x candidate gene) of a tree fit (see _tree_shape)
+_TREE_FIT_DENSE = 3e-8           # the same, times the matrix's share of non-zero values
 _LINEAR_FIT = 6e-8               # s per (cell x gene) of one linear fit (its regularisation path included)
 _SHAP_KERNEL_LOAD = 1.5          # loading the compiled Tree SHAP kernels from numba's cache
 _SHAP_NODE = 3e-8                # s per (row x tree x node) of exact Tree SHAP, times (1 + depth / 16)
 _LINEAR_SHAP = 2e-9              # s per (row x gene) of linear SHAP or one linear prediction
 _PREDICT_NODE = 5e-8             # s per (row x tree x level) of a tree prediction (permutation importance)
-_INTERACTION = 3e-10             # s per (sample x tree x gene x leaf x depth^2) of shap's interaction values
+_INTERACTION_GENE = 2.5e-8       # s per (sample x tree x split gene x gene) of shap's interaction values
+_INTERACTION_PATH = 2e-9         # s per (sample x tree x split gene x leaf x depth^2) of the same
 _SELECT = 3e-7                   # s per (cell x 2 genes) of the knockoff statistic, covariance included
 _UNIVARIATE = 1.4e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
 _AGNOSTIC = 6e-9                 # s per (evaluated row x gene) of a small MLP's forward pass in permutation SHAP
@@ -270,10 +272,8 @@ def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
     """(trees, depth, leaves per tree) the configured tree model will grow on ``n_fit`` samples; None if not trees.
 
     Read from the registry's own defaults merged with ``model.params`` (a random forest has 300 trees, a
-    gradient boosting depth 3). Leaves grow as about 0.3 (capped depth) or 0.6 (unbounded) x
-    (n / min_samples_leaf)^0.85, up to 2^max_depth
-    (measured on single-cell cohorts with forests of depth 8, 12 and unbounded: pure leaves stop a tree early),
-    and unbounded trees are unbalanced: their deepest path is about 4 log2(leaves).
+    gradient boosting depth 3); leaves and depth as measured (below). Unbounded trees are unbalanced: their
+    deepest path is about 4 log2(leaves).
     """
     import math
 
@@ -290,12 +290,16 @@ def _tree_shape(cfg, n_fit: int) -> tuple[int, int, float] | None:
     min_leaf = params.get("min_samples_leaf") or 1
     min_leaf = max(1.0, min_leaf * n_fit if isinstance(min_leaf, float) else float(min_leaf))
     max_depth = params.get("max_depth")
-    # a depth cap stops branches before they are pure, so capped trees have fewer leaves than 2^depth suggests
-    leaves = max(2.0, (0.3 if max_depth else 0.6) * (n_fit / min_leaf) ** 0.85)
+    # measured (single-cell forests of depth 8, 12 and unbounded, min_samples_leaf 1 to 20; a bulk forest of
+    # 1,000 samples): a depth cap stops branches long before 2^depth leaves; an unbounded tree stops when its
+    # leaves are pure or at min_samples_leaf
+    if max_depth:
+        leaves = min(2.0 ** max_depth, 3.0 * (n_fit / min_leaf) ** 0.5)
+    else:
+        leaves = min(n_fit / (2.5 * min_leaf), 0.5 * n_fit ** 0.8)
     if params.get("max_leaf_nodes"):
         leaves = min(leaves, float(params["max_leaf_nodes"]))
-    if max_depth:
-        leaves = min(leaves, 2.0 ** max_depth)
+    leaves = max(2.0, leaves)
     depth = 4.0 * math.log2(leaves) if not max_depth else float(max_depth)
     depth = max(1.0, min(depth, 4.0 * math.log2(leaves)))
     return trees, int(round(depth)), leaves
@@ -401,7 +405,10 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
         candidates = math.sqrt(p_model) if cfg.model.name in ("random_forest", "extra_trees") else p_model
         if cfg.model.name == "hist_gradient_boosting":
             candidates = p_model / 8.0  # binned histograms: a pass over the values per tree, not a sort
-        fit = _TREE_FIT * trees * n_t * min(depth, 1.0 + math.log2(max(2, leaves))) * candidates
+        # sorting continuous values costs more than the few distinct values of sparse counts (measured: 4e-9 s
+        # per unit on 10% dense counts, ~3e-8 on dense Gaussian bulk values)
+        fit = (_TREE_FIT + _TREE_FIT_DENSE * density) * trees * n_t * min(depth, 1.0 + math.log2(max(2, leaves))) \
+            * candidates
     else:
         fit = _LINEAR_FIT * n_t * p_model * (1 if nnz is None else max(density, 0.05) * 4)
     train_s = fit * n_fits / min(workers, n_fits) + read_seconds
@@ -445,9 +452,12 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
         per_sample = (p_model + 1) ** 2 * n_out * 8
         per_chunk = min(ec.interaction_max_samples, n_e, max(1, (512 * 2**20) // per_sample))
         explain_mem += min(workers, -(-min(n_e, ec.interaction_max_samples) // per_chunk)) * 2.5 * per_sample * per_chunk
-        # shap's interaction values: per sample, about trees x genes x leaves x depth^2 (measured on forests of
-        # depth 3 to 65 and 500 to 2,000 genes; every gene is conditioned on, not only the tree's own)
-        inter_s = min(n_e, ec.interaction_max_samples) * _INTERACTION * trees * p_model * leaves * depth ** 2
+        # shap's interaction values: per sample and tree, one conditioned Tree SHAP pass per gene the tree splits
+        # on (about one per leaf), each O(leaves x depth^2) plus a pass over a genes-long vector (measured on
+        # forests of depth 8 to 65, 500 to 5,000 genes, sparse and dense)
+        split_genes = min(p_model, leaves)
+        inter_s = min(n_e, ec.interaction_max_samples) * trees * split_genes * (
+            _INTERACTION_GENE * p_model + _INTERACTION_PATH * leaves * depth ** 2)
     explain_s = (shap_s + refit_s + perm_s + inter_s) / workers + read_seconds
     if tree_model and do_shap:
         explain_s += _SHAP_KERNEL_LOAD
