@@ -223,8 +223,13 @@ def _plain(value):
 def native_importance(pipeline, n_genes: int) -> np.ndarray:
     """|coef| (summed over classes) or ``feature_importances_`` of a fitted pipeline, over the input genes.
 
-    Genes the pipeline's filters drop get 0.
+    A network (``coefs_``) gets the summed |weights| from each gene into the first hidden layer, the usual
+    connection-weight magnitude; a model with none of these (histogram gradient boosting) gets 1 for every
+    gene a tree splits on and 0 elsewhere, which is what ``n_genes_used`` and ``used_by_final_model`` read
+    (its fold importances are held-out SHAP values, see :func:`importance_kind`). Genes the pipeline's
+    filters drop get 0.
     """
+    from iml_genomics.explain.permutation import relevant_features
     from iml_genomics.preprocess import used_gene_mask
 
     est = pipeline.steps[-1][1]
@@ -232,8 +237,10 @@ def native_importance(pipeline, n_genes: int) -> np.ndarray:
         imp = np.abs(np.atleast_2d(np.asarray(est.coef_, dtype=np.float64))).sum(axis=0)
     elif hasattr(est, "feature_importances_"):
         imp = np.asarray(est.feature_importances_, dtype=np.float64)
-    else:  # pragma: no cover - every registry model has one of the two
-        raise ConfigError(f"model {type(est).__name__} has neither coef_ nor feature_importances_.")
+    elif hasattr(est, "coefs_"):
+        imp = np.abs(np.asarray(est.coefs_[0], dtype=np.float64)).sum(axis=1)
+    else:
+        imp = relevant_features(est, int(est.n_features_in_)).astype(np.float64)
     full = np.zeros(n_genes)
     full[used_gene_mask(pipeline, n_genes)] = imp
     return full

@@ -289,3 +289,19 @@ def test_a_class_too_small_for_the_inner_folds_is_refused():
     untuned = config_from_dict({"data": {"label_column": "y"}, "cv": {"n_splits": 4}, "model": {
         "inner_folds": 4, "tuning": {"l1_logistic": {}, "decision_tree": {}}}})
     assert len(compare(adata, untuned, candidates=["l1_logistic", "decision_tree"], n_jobs=1).comparison) == 2
+
+
+def test_models_without_coef_or_feature_importances_can_be_compared():
+    """hist_gradient_boosting (no feature_importances_) and mlp (coefs_) used to fail after all the CV work."""
+    from iml_genomics.steps import compare
+
+    cfg = config_from_dict({"data": {"label_column": "y"}, "explain": {"top_k": 5}, "cv": {"n_splits": 3},
+                            "model": {"candidates": ["hist_gradient_boosting", "mlp"],
+                                      "tuning": {"hist_gradient_boosting": {"max_iter": [20]},
+                                                 "mlp": {"alpha": [1e-3]}}}})
+    result = compare(_interaction_cohort(1, n=150, p=6), cfg, n_jobs=1)
+    table = result.comparison.set_index("model")
+    assert set(table.index) == {"hist_gradient_boosting", "mlp"}
+    # the planted genes are among those the final models use
+    assert table.loc["hist_gradient_boosting", "n_genes_used"] >= 4
+    assert table.loc["mlp", "n_genes_used"] == 6
