@@ -168,9 +168,9 @@ def test_resource_warning_fires_without_subsamples_and_is_silent_with_single_cel
 
 
 def test_run_warns_at_the_start_on_a_cohort_too_big_for_its_config(tmp_path):
-    # 2,000 cells x 1,000 genes and an MLP whose model-agnostic SHAP explains every cell: estimated > 4 h.
+    # 2,000 cells x 2,000 genes and an MLP whose model-agnostic SHAP explains every cell: estimated > 4 h.
     # The positive class is absent, so the run stops at its first check after the warning (nothing trains).
-    run_cli("simulate", "--family", "single-cell", "--n-samples", "2000", "--n-genes", "1000", "--out",
+    run_cli("simulate", "--family", "single-cell", "--n-samples", "2000", "--n-genes", "2000", "--out",
             tmp_path / "data", "--prefix", "sc")
     config = _write_cfg(tmp_path / "big.yaml", tmp_path / "data" / "sc_expression.h5ad",
                         data={"positive_class": "no_such_type"}, model={"name": "mlp", "params": {}},
