@@ -759,7 +759,7 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
         rng = np.random.default_rng([int(random_state or 0), 12])  # its own stream: gene permutations unchanged
         rows = permutation_block_rows(len(y), values.budget)
 
-        def perm():
+        def permutation_blocks():
             # drawn a block at a time, in the order one (n_permutations, n) matrix would be: same permutations
             for b0 in range(0, n_permutations, rows):
                 block = np.empty((min(rows, n_permutations - b0), len(y)), dtype=np.int64 if len(y) > 2**31 - 1
@@ -767,6 +767,8 @@ def analyse_gene_sets(inputs: ReportInputs, collection: gs.GeneSetCollection, *,
                 for i in range(len(block)):
                     block[i] = rng.permutation(len(y))
                 yield block
+
+        perm = permutation_blocks
 
     null_overlaps = null_stat = None
     null_direction: tuple = (None, None)
