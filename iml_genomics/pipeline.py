@@ -264,7 +264,7 @@ _INTERACTION_GENE = 2.5e-8       # s per (sample x tree x split gene x gene) of 
 _INTERACTION_PATH = 2e-9         # s per (sample x tree x split gene x leaf x depth^2) of the same
 _SELECT = 3e-7                   # s per (cell x 2 genes) of the knockoff statistic, covariance included
 _UNIVARIATE = 1.4e-7             # s per (cell x gene) of the report's per-gene tests and 1,000 permutations
-_AGNOSTIC = 6e-9                 # s per (evaluated row x gene) of a small MLP's forward pass in permutation SHAP
+_AGNOSTIC = 1.3e-8               # s per (evaluated row x gene) of a small MLP's forward pass in permutation SHAP
 _REPORT_FIXED = 2.0              # the report's gene-set tests, figures and page
 
 
@@ -432,8 +432,8 @@ def estimate_resources(cfg, n_samples: int, n_genes: int, *, n_jobs: int, nnz: i
     shap_s *= do_shap
     if cfg.model.name == "mlp" and ec.method != "permutation":
         # model-agnostic permutation SHAP: 5 antithetic pairs x 2 (genes + 1) coalitions x background rows per
-        # explained cell, each a forward pass costing ~genes (measured: 346 s at 200 cells x 300 genes at a load
-        # of ~11, 124 s at ~4; sc18)
+        # explained cell, each a forward pass costing ~genes (measured on the quiet calibration machine: explain
+        # 336 s for 200 of 3,000 sparse cells x 500 genes)
         shap_s = n_e * 10 * (p_model + 1) * min(ec.background_size, n_e) * p_model * _AGNOSTIC
     refit_s = n_refits * (fit * n_e / max(1, n_t) if tree_model else _LINEAR_FIT * n_e * p_model)
     # permutation importance (explain/permutation.py): only genes the model uses, one prediction of the held-out
