@@ -183,6 +183,8 @@ def test_two_runs_give_different_summaries(demo_run, null_run):
     codes = [c["code"] for c in null["plain_summary_caveats"]]
     # no gene carries signal: nothing is selected, and the cohort is small
     assert "empty_selection" in codes and "small_n" in codes
+    # and the model is no better than guessing, which the paragraph says first
+    assert codes[0] == "near_chance" and "close to chance" in null["plain_summary"]
     assert "select no gene at a target FDR of 0.1" in null["plain_summary"]
     assert "knockoff+ selects nothing unless at least 10 genes" in null["plain_summary"]
 
@@ -222,7 +224,13 @@ def test_each_caveat_exactly_when_its_condition_holds(clean):
     def select_with(**diag):
         return _edited(inputs, select_summary={**ss, "diagnostics": {**ss["diagnostics"], **diag}})
 
+    cv = inputs.cv_summary
+
+    def cv_at(value):
+        return _edited(inputs, cv_summary=cv.assign(mean=np.where(cv["metric"] == "auroc", value, cv["mean"])))
+
     cases = {
+        "near_chance": (cv_at(THRESHOLDS["chance_auroc"]), {}),
         "small_n": (inputs, {"n_samples": THRESHOLDS["small_n"] - 1}),
         "unstable_ranking": (_edited(inputs, explain_summary={**es, "fold_agreement": {
             **es["fold_agreement"], "jaccard_top_k_mean": THRESHOLDS["unstable_jaccard"] - 0.01}}), {}),
@@ -238,6 +246,7 @@ def test_each_caveat_exactly_when_its_condition_holds(clean):
         assert codes == [code], (code, codes)
         assert "Caveats: " in text
     # just inside each boundary: no caveat
+    assert _codes(cv_at(THRESHOLDS["chance_auroc"] + 0.001), gene_sets)[0] == []
     assert _codes(inputs, gene_sets, n_samples=THRESHOLDS["small_n"], n_genes=400)[0] == []
     assert _codes(inputs, gene_sets, class_counts={"normal": 300, "tumour": 75})[0] == []  # 1:4 exactly
     assert _codes(inputs, gene_sets, n_genes=400 * THRESHOLDS["genes_per_sample"])[0] == []

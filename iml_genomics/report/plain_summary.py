@@ -26,9 +26,12 @@ THRESHOLDS = {
     "imbalance_ratio": 0.25,
     # more than this many genes per sample
     "genes_per_sample": 10,
+    # cross-validated accuracy at or below these: the model does little better than guessing (AUROC 0.5, R2 0)
+    "chance_auroc": 0.6,
+    "chance_r2": 0.05,
 }
 
-CAVEAT_CODES = ("small_n", "unstable_ranking", "empty_selection", "failed_diagnostic", "diagnostic_not_run",
+CAVEAT_CODES = ("near_chance", "small_n", "unstable_ranking", "empty_selection", "failed_diagnostic", "diagnostic_not_run",
                 "class_imbalance", "many_genes_few_samples")
 
 
@@ -162,6 +165,13 @@ def plain_summary(inputs, *, gene_sets: pd.DataFrame | None = None, gene_set_sum
             sentences.append(f"The {name} model, fitted{where}, reaches a cross-validated "
                              f"{metric.upper() if metric == 'auroc' else 'R2'}{pos} of {f3(mean)}{spread} (mean +/- sd "
                              f"over folds).")
+            chance = THRESHOLDS["chance_auroc"] if metric == "auroc" else THRESHOLDS["chance_r2"]
+            if mean is not None and mean <= chance:
+                label = "AUROC" if metric == "auroc" else "R2"
+                caveats["near_chance"] = (
+                    f"the model is close to chance (cross-validated {label} {f3(mean)}, at or below {chance:g}; "
+                    f"chance is {'0.5' if metric == 'auroc' else '0'}): the genes it relies on, and any ranking of "
+                    f"them, may describe noise; the selection and gene-set results do not depend on the model")
         else:
             sentences.append(f"The {name} model was fitted{where}; no cross-validated accuracy was found.")
     else:
