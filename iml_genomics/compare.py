@@ -48,43 +48,11 @@ EXPLAINS = "model"
 
 
 def check_candidates(candidates, *, key: str = "model.candidates", source: str = "config") -> list[str]:
-    """Validate a list of registry model names for a comparison.
+    """Validate a list of registry model names for a comparison (at least two): see
+    :func:`iml_genomics.config.check_candidate_names`, the one check of these names."""
+    from iml_genomics.config import check_candidate_names
 
-    Parameters
-    ----------
-    candidates : list of str
-    key : str
-        The config key or option the names came from (for the message).
-    source : str
-        The config file or ``option --models`` (for the message).
-
-    Returns
-    -------
-    list of str
-
-    Raises
-    ------
-    ConfigError
-        An unknown name (the message lists the valid ones), a name given twice, or fewer than two names.
-    """
-    from iml_genomics.models import MODEL_REGISTRY
-
-    names = [str(c) for c in candidates]
-    for name in names:
-        if name not in MODEL_REGISTRY:
-            near = difflib.get_close_matches(name, list(MODEL_REGISTRY), n=1) if len(name) <= 200 else []
-            from iml_genomics.errors import shorten
-
-            raise ConfigError(f"{source}: key '{key}' names an unknown model {shorten(name)}"
-                              + (f" (did you mean {near[0]!r}?)" if near else "")
-                              + f"; valid names: {', '.join(MODEL_REGISTRY)}.")
-    dup = [n for i, n in enumerate(names) if n in names[:i]]
-    if dup:
-        raise ConfigError(f"{source}: key '{key}' lists '{dup[0]}' twice; list each model once.")
-    if len(names) < 2:
-        raise ConfigError(f"{source}: key '{key}' lists {len(names)} model(s); a comparison needs at least two "
-                          f"(for example [l1_logistic, random_forest]).")
-    return names
+    return check_candidate_names(candidates, key=key, source=source)
 
 
 def tuning_grid(name: str, task: str, tuning: dict | None) -> dict[str, list]:

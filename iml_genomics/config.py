@@ -473,22 +473,54 @@ def _check_pseudobulk_keys(cfg: Config, source: str) -> None:
                           f"pools all cells (its profiles are small). Remove one of the two keys.")
 
 
+def check_candidate_names(candidates, *, key: str = "model.candidates", source: str = "config",
+                          allow_empty: bool = False) -> list[str]:
+    """Validate a list of model names to compare: registry names, each once, at least two.
+
+    The one check of ``model.candidates`` (config validation) and of ``compare --models`` / ``ig.tl.compare``
+    (:func:`iml_genomics.compare.compare_models`); light, so the config loader imports no model library.
+
+    Parameters
+    ----------
+    candidates : list of str
+    key : str
+        The config key or option the names came from (for the message).
+    source : str
+        The config file or option (for the message).
+    allow_empty : bool
+        An empty list is valid (the config key's default: no comparison).
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ConfigError
+        An unknown name (with a "did you mean" and the valid names), a name given twice, or fewer than two names.
+    """
+    valid = typing.get_args(typing.get_type_hints(ModelConfig)["name"])
+    names = [str(c) for c in candidates]
+    for name in names:
+        if name not in valid:
+            near = difflib.get_close_matches(name, valid, n=1) if len(name) <= 200 else []
+            raise ConfigError(f"{source}: key '{key}' names an unknown model {shorten(name)}"
+                              + (f" (did you mean {near[0]!r}?)" if near else "")
+                              + f"; valid names: {', '.join(valid)}.")
+    dup = [n for i, n in enumerate(names) if n in names[:i]]
+    if dup:
+        raise ConfigError(f"{source}: key '{key}' lists '{dup[0]}' twice; list each model once.")
+    if len(names) < 2 and not (allow_empty and not names):
+        raise ConfigError(f"{source}: key '{key}' lists {len(names)} model(s); a comparison needs at least two "
+                          f"(for example [l1_logistic, random_forest])" + (", or leave it empty." if allow_empty
+                                                                           else "."))
+    return names
+
+
 def _check_compare_keys(cfg: Config, source: str) -> None:
     """model.candidates: registry names, each once, at least two (or none); model.tuning: name -> grid."""
     names = typing.get_args(typing.get_type_hints(ModelConfig)["name"])
-    candidates = cfg.model.candidates
-    for name in candidates:
-        if name not in names:
-            near = difflib.get_close_matches(name, names, n=1) if len(name) <= 200 else []
-            raise ConfigError(f"{source}: key 'model.candidates' names an unknown model {shorten(name)}"
-                              + (f" (did you mean {near[0]!r}?)" if near else "")
-                              + f"; valid names: {', '.join(names)}.")
-    dup = [n for i, n in enumerate(candidates) if n in candidates[:i]]
-    if dup:
-        raise ConfigError(f"{source}: key 'model.candidates' lists '{dup[0]}' twice; list each model once.")
-    if len(candidates) == 1:
-        raise ConfigError(f"{source}: key 'model.candidates' lists one model; a comparison needs at least two "
-                          f"(for example [l1_logistic, random_forest]), or leave it empty.")
+    check_candidate_names(cfg.model.candidates, source=source, allow_empty=True)
     for name, grid in cfg.model.tuning.items():
         if name not in names:
             raise ConfigError(f"{source}: key 'model.tuning' names an unknown model {shorten(name)}; valid names: "
