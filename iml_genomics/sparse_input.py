@@ -174,8 +174,9 @@ def drop_constant_genes(X: np.ndarray, gene_ids: list) -> tuple[np.ndarray, list
         The kept columns (``X`` itself when none is dropped).
     kept_ids, dropped_ids : list of str
     """
-    scale = X.std(axis=0)
-    const = scale <= 1e-12 * np.maximum(1.0, np.abs(X.mean(axis=0)))
+    from iml_genomics.select.filter import constant_columns
+
+    const = constant_columns(X)
     if not const.any():
         return X, list(gene_ids), []
     return (X[:, ~const], [g for g, c in zip(gene_ids, const) if not c],

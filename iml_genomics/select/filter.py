@@ -50,6 +50,11 @@ class KnockoffResult:
     s: np.ndarray = field(repr=False)
 
 
+def constant_columns(R: np.ndarray) -> np.ndarray:
+    """Mask of the columns without variation, by the covariance fit's rule (sd <= 1e-12 x max(1, |mean|))."""
+    return R.std(axis=0) <= 1e-12 * np.maximum(1.0, np.abs(R.mean(axis=0)))
+
+
 def check_variation(R: np.ndarray, gene_ids, *, method: str, covariates: bool) -> None:
     """Refuse genes without variation (after the covariates), naming the first by its id.
 
@@ -57,8 +62,7 @@ def check_variation(R: np.ndarray, gene_ids, *, method: str, covariates: bool) -
     Checked here, where the gene ids are known, with the same rule as the covariance fit, so the message
     names a gene of the user's file and not a column index of the filtered matrix.
     """
-    scale = R.std(axis=0)
-    const = np.flatnonzero(scale <= 1e-12 * np.maximum(1.0, np.abs(R.mean(axis=0))))
+    const = np.flatnonzero(constant_columns(R))
     if const.size:
         where = " after the covariates are regressed out" if covariates else ""
         raise InputDataError(f"expression: gene '{gene_ids[const[0]]}' is constant across samples{where} "
