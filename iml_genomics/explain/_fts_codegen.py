@@ -179,6 +179,15 @@ def _rows_kNAME(X, roots, out_off, left, right, feature, threshold, missing_left
 '''
 
 
+FOOTER = '''
+
+def rows_kernel(k: int):
+    """The path-dependent row kernel for trees integrated on ``k`` quadrature nodes (the run-time-K one when
+    ``k`` has no specialised kernel)."""
+    return globals().get(f"_rows_k{k}", _rows_kany)
+'''
+
+
 def kernel_source() -> str:
     """The text of :mod:`iml_genomics.explain._fts_kernels`."""
     parts = [HEADER]
@@ -187,4 +196,5 @@ def kernel_source() -> str:
         expr = "tn.shape[0]" if k == K_ANY else str(k)
         doc = "K = len(tn)" if k == K_ANY else f"K = {k}"
         parts.append(TEMPLATE.replace("NAME", name).replace("KEXPR", expr).replace("KDOC", doc))
+    parts.append(FOOTER)
     return "".join(parts)

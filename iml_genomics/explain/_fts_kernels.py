@@ -1943,3 +1943,9 @@ def _rows_k12(X, roots, out_off, left, right, feature, threshold, missing_left, 
         for ti in range(roots.shape[0]):
             _walk_k12(x, roots[ti], out_off[ti], left, right, feature, threshold, missing_left, value, cover, tn,
                       tw, tw0, z, o, seen, node_s, state, efeat, sz, so, sseen, xleft, P, H, phi)
+
+
+def rows_kernel(k: int):
+    """The path-dependent row kernel for trees integrated on ``k`` quadrature nodes (the run-time-K one when
+    ``k`` has no specialised kernel)."""
+    return globals().get(f"_rows_k{k}", _rows_kany)

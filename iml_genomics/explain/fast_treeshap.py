@@ -956,8 +956,7 @@ class FastTreeExplainer:
 
         out = []
         for k in np.unique(self.kt).tolist():
-            rows = getattr(fk, f"_rows_k{k}", None) or fk._rows_kany
-            out.append((rows, np.flatnonzero(self.kt == k), int(k)))
+            out.append((fk.rows_kernel(k), np.flatnonzero(self.kt == k), int(k)))
         return out
 
     def _scatter(self, phi):
