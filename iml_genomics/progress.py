@@ -104,7 +104,7 @@ def mode() -> str:
     chosen = _settings["mode"]
     if chosen != "auto":
         return chosen
-    return "bar" if _in_notebook() or _isatty(sys.stderr) else "log"
+    return "bar" if _in_notebook() or isatty(sys.stderr) else "log"
 
 
 @contextlib.contextmanager
@@ -281,7 +281,8 @@ def _has_widgets() -> bool:
     return importlib.util.find_spec("ipywidgets") is not None
 
 
-def _isatty(stream) -> bool:
+def isatty(stream) -> bool:
+    """Whether ``stream`` is a terminal (False for a closed or replaced stream)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):

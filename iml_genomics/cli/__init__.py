@@ -145,7 +145,7 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     common.QUIET = quiet
     click_ctx = click.get_current_context(silent=True)
     step = click_ctx.invoked_subcommand if click_ctx is not None else None
-    progress.configure("off" if quiet else "bar" if progress._isatty(sys.stderr) else "log",
+    progress.configure("off" if quiet else "bar" if progress.isatty(sys.stderr) else "log",
                        step=None if step == "run" else step)
 
 
