@@ -456,27 +456,36 @@ class _Run:
         return Provenance(step, cfg_dict, inputs, known_sha256=self.hashes.sha256)
 
     # -- the steps ----------------------------------------------------------------------------------------
+    def _cohort_step(self, name, to_run, run_step, write, phase):
+        """Train and compare: guard, provenance of the cohort's files, read the cohort, run, warn, write staged.
+
+        Returns the step's result and its output directory.
+        """
+        from iml_genomics.io.writers import staged_output
+
+        cfg, data, target = self.step_cfg, self.step_cfg.data, self.out / name
+        with self._guard(name):
+            prov = self._provenance(name, cfg.to_dict(), {"expression": data.expression, "labels": data.labels,
+                                                          "config": self.config_path})
+            adata = self.cohort(to_run)
+            prov.mark("read")
+            res = run_step(adata, cfg, backend=self.backend())
+            self.warn(res.warnings)
+            prov.mark(phase)
+            with staged_output(target) as stage:
+                write(stage, res, prov)
+        return res, target
+
     def _train(self, to_run):
         from iml_genomics.io.step_outputs import train_line, write_train
-        from iml_genomics.io.writers import staged_output
         from iml_genomics.steps.train import train as train_step
 
         self._debug_command("train")
-        cfg, data, target = self.step_cfg, self.step_cfg.data, self.out / "train"
-        with self._guard("train"):
-            prov = self._provenance("train", cfg.to_dict(), {"expression": data.expression, "labels": data.labels,
-                                                             "config": self.config_path})
-            adata = self.cohort(to_run)
-            prov.mark("read")
-            res = train_step(adata, cfg, backend=self.backend())
-            self.warn(res.warnings)
-            prov.mark("cross_validate_and_fit")
-            with staged_output(target) as stage:
-                write_train(stage, res, prov)
+        res, target = self._cohort_step("train", to_run, train_step, write_train, "cross_validate_and_fit")
         self._oof = res.oof_predictions  # the audit of data.sensitive reads it, whatever the granularity
         self._withhold(res)
         self.results["train"] = res
-        self.echo(train_line(res, cfg, target))
+        self.echo(train_line(res, self.step_cfg, target))
 
     def _explain(self, to_run):
         from iml_genomics.io.step_outputs import attribution_writer, explain_line, write_explain
@@ -562,20 +571,9 @@ class _Run:
 
     def _compare(self, to_run):
         from iml_genomics.io.step_outputs import compare_line, write_compare
-        from iml_genomics.io.writers import staged_output
         from iml_genomics.steps.compare import compare as compare_step
 
-        cfg, data, target = self.step_cfg, self.step_cfg.data, self.out / "compare"
-        with self._guard("compare"):
-            prov = self._provenance("compare", cfg.to_dict(), {"expression": data.expression, "labels": data.labels,
-                                                               "config": self.config_path})
-            adata = self.cohort(to_run)
-            prov.mark("read")
-            res = compare_step(adata, cfg, backend=self.backend())
-            self.warn(res.warnings)
-            prov.mark("cross_validate_models")
-            with staged_output(target) as stage:
-                write_compare(stage, res, prov)
+        res, target = self._cohort_step("compare", to_run, compare_step, write_compare, "cross_validate_models")
         self.results["compare"] = res
         self.echo(compare_line(res, target))
 
